@@ -1,0 +1,113 @@
+//! Engine configuration.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::aligned::BLOCK_BYTES;
+use crate::error::{EngineError, Result};
+use crate::io::FaultPlan;
+
+/// How the shards reach the disk.
+#[derive(Debug, Clone, Default)]
+pub enum IoMode {
+    /// io_uring with O_DIRECT: production.
+    #[default]
+    Uring,
+    /// io_uring with injected failures (tests only).
+    UringWithFaults(Arc<FaultPlan>),
+}
+
+/// What recovery does on finding corruption (invalid data followed by durable data).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open, naming the file and byte position.
+    #[default]
+    Strict,
+    /// Truncate the log at the first invalid batch, dropping everything after it. Loses
+    /// acknowledged data: only on an operator's explicit request.
+    Repair,
+}
+
+/// Engine settings. [`EngineConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Directory holding all topics; created if missing. Must support O_DIRECT.
+    pub data_dir: PathBuf,
+    /// Shard threads; default one per available core.
+    pub shards: usize,
+    /// Pin each shard thread to a core.
+    pub pin_shards: bool,
+    /// Size of each segment file, preallocated (default 256 MiB).
+    pub segment_bytes: u64,
+    /// Largest batch accepted (default 1 MiB).
+    pub max_batch_bytes: usize,
+    /// Largest single flush (default 4 MiB); appends beyond it wait for the next flush.
+    pub max_flush_bytes: usize,
+    /// Recently flushed bytes kept in memory per partition to serve tail reads (default 4 MiB).
+    pub tail_cache_bytes: usize,
+    /// Bytes a partition may hold gathered but not yet flushed before its shard stops taking
+    /// new requests (backpressure; default 16 MiB).
+    pub max_pending_bytes: usize,
+    /// Requests queued per shard before senders block (default 4096).
+    pub queue_depth: usize,
+    /// Disk backend.
+    pub io: IoMode,
+    /// What to do about corruption found when opening.
+    pub recovery: RecoveryMode,
+}
+
+impl EngineConfig {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let shards = core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1));
+        Self {
+            data_dir: data_dir.into(),
+            shards,
+            pin_shards: true,
+            segment_bytes: 256 << 20,
+            max_batch_bytes: 1 << 20,
+            max_flush_bytes: 4 << 20,
+            tail_cache_bytes: 4 << 20,
+            max_pending_bytes: 16 << 20,
+            queue_depth: 4096,
+            io: IoMode::Uring,
+            recovery: RecoveryMode::Strict,
+        }
+    }
+
+    /// Checks the limits against each other.
+    pub fn validate(&self) -> Result<()> {
+        let block = BLOCK_BYTES as u64;
+        let fail = |msg: String| Err(EngineError::InvalidConfig(msg));
+        if self.shards == 0 || self.shards > 1024 {
+            return fail(format!("shards must be 1..=1024, not {}", self.shards));
+        }
+        if self.segment_bytes % block != 0 || self.segment_bytes < 16 * block {
+            return fail(format!(
+                "segment_bytes must be a multiple of {block} and at least {}, not {}",
+                16 * block,
+                self.segment_bytes
+            ));
+        }
+        if self.max_flush_bytes % BLOCK_BYTES != 0 || self.max_flush_bytes < 2 * BLOCK_BYTES {
+            return fail(format!(
+                "max_flush_bytes must be a multiple of {BLOCK_BYTES} and at least two blocks, not {}",
+                self.max_flush_bytes
+            ));
+        }
+        // A batch must fit in one flush with its trailer, and in one segment.
+        let room = (self.max_flush_bytes - BLOCK_BYTES).min((self.segment_bytes / 2) as usize);
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > room {
+            return fail(format!(
+                "max_batch_bytes must be 1..={room} (a flush less one block, at most half a segment), not {}",
+                self.max_batch_bytes
+            ));
+        }
+        if self.max_pending_bytes < self.max_flush_bytes || self.queue_depth == 0 {
+            return fail(
+                "max_pending_bytes must be at least max_flush_bytes, queue_depth positive".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! The engine: starts the shards, routes requests to them, and keeps the topic catalog.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::config::{EngineConfig, IoMode};
+use crate::error::{EngineError, Result};
+use crate::io::{Disk, FaultyDisk, UringDisk, Waker};
+use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
+use crate::shard::{Command, Shard, ShardStats};
+use crate::{OffsetRange, ReadResult};
+
+struct ShardHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    stats: Arc<ShardStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Totals over all shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Appends acknowledged (durable).
+    pub appends: u64,
+    /// Flushes completed.
+    pub flushes: u64,
+    /// `fdatasync`s issued by flushes.
+    pub syncs: u64,
+    /// Bytes written by flushes.
+    pub bytes_written: u64,
+    /// Flushes that failed.
+    pub failed_flushes: u64,
+    /// Disk reads issued by the read path.
+    pub disk_reads: u64,
+}
+
+/// A running storage engine over one data directory.
+///
+/// ```no_run
+/// use keel_engine::{BatchBuilder, Engine, EngineConfig};
+/// # fn main() -> Result<(), keel_engine::EngineError> {
+/// let engine = Engine::open(EngineConfig::new("/var/lib/keel"))?;
+/// engine.create_topic("orders", 4)?;
+/// let mut batch = BatchBuilder::new(0);
+/// batch.push(Some(b"customer-7"), b"order #1", &[]);
+/// let offsets = engine.append_wait("orders", 0, batch.build())?; // returns once durable
+/// let read = engine.read_wait("orders", 0, offsets.first, 1 << 20)?;
+/// # Ok(()) }
+/// ```
+pub struct Engine {
+    cfg: Arc<EngineConfig>,
+    shards: Vec<ShardHandle>,
+    catalog: Mutex<BTreeMap<String, TopicMeta>>,
+    closed: AtomicBool,
+    _lock: DataDirLock,
+}
+
+/// The shard owning `partition` of `topic`: a pure function of the two and the shard count.
+pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
+    // FNV-1a: stable across runs and versions, unlike the std hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in topic.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h.wrapping_add(u64::from(partition)) % shards as u64) as usize
+}
+
+impl Engine {
+    /// Opens the data directory (creating it if needed), starts the shards and recovers every
+    /// partition. Fails if the directory is locked, lacks O_DIRECT, io_uring is unavailable, or
+    /// a partition is corrupt (see [`crate::RecoveryMode`]).
+    pub fn open(cfg: EngineConfig) -> Result<Self> {
+        cfg.validate()?;
+        let dir = cfg.data_dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| EngineError::io("create data directory", &dir, e))?;
+        let lock = DataDirLock::acquire(&dir)?;
+        layout::check_direct_io(&dir)?;
+        layout::create_dir_durable(&topics_dir(&dir))?;
+        let topics = load_catalog(&cfg)?;
+        let cfg = Arc::new(cfg);
+        let mut engine = Self {
+            shards: Vec::new(),
+            catalog: Mutex::new(BTreeMap::new()),
+            closed: AtomicBool::new(false),
+            _lock: lock,
+            cfg: Arc::clone(&cfg),
+        };
+        for id in 0..cfg.shards {
+            engine.shards.push(start_shard(&cfg, id)?);
+        }
+        for (name, meta) in topics {
+            engine.add_topic_to_shards(&name, meta.partitions)?;
+            engine.catalog().insert(name, meta);
+        }
+        Ok(engine)
+    }
+
+    fn catalog(&self) -> MutexGuard<'_, BTreeMap<String, TopicMeta>> {
+        // A panic while holding this lock cannot leave the map half-changed (each change is one
+        // insert or remove), so a poisoned lock is still safe to use.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Creates a topic with `partitions` partitions, durably.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        layout::validate_topic_name(name)?;
+        if partitions == 0 || partitions > layout::MAX_PARTITIONS {
+            return Err(EngineError::InvalidConfig(format!(
+                "a topic needs 1..={} partitions, not {partitions}",
+                layout::MAX_PARTITIONS
+            )));
+        }
+        let mut catalog = self.catalog();
+        if catalog.contains_key(name) {
+            return Err(EngineError::TopicExists(name.to_string()));
+        }
+        let dir = topic_dir(&self.cfg.data_dir, name);
+        if dir.exists() {
+            // Left by a creation that crashed before its metadata was written.
+            fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
+        }
+        layout::create_dir_durable(&dir)?;
+        for p in 0..partitions {
+            fs::create_dir(dir.join(p.to_string()))
+                .map_err(|e| EngineError::io("create partition directory", &dir, e))?;
+        }
+        // Metadata last: a topic directory without it is an unfinished creation.
+        let meta = TopicMeta { partitions };
+        meta.write(&dir)?;
+        self.add_topic_to_shards(name, partitions)?;
+        catalog.insert(name.to_string(), meta);
+        Ok(())
+    }
+
+    /// Deletes a topic: pending appends fail, in-flight flushes finish, then its files go.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let mut catalog = self.catalog();
+        if !catalog.contains_key(name) {
+            return Err(EngineError::UnknownTopic(name.to_string()));
+        }
+        let topic: Arc<str> = Arc::from(name);
+        let replies = self.broadcast(|reply| Command::RemoveTopic {
+            topic: Arc::clone(&topic),
+            reply,
+        })?;
+        for reply in replies {
+            reply.recv().map_err(|_| EngineError::ShuttingDown)??;
+        }
+        catalog.remove(name);
+        let dir = topic_dir(&self.cfg.data_dir, name);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let doomed = topics_dir(&self.cfg.data_dir).join(format!(".deleted-{name}-{nanos}"));
+        // Rename first, durably: a crash mid-removal leaves a directory startup finishes off,
+        // never a half-deleted topic.
+        fs::rename(&dir, &doomed).map_err(|e| EngineError::io("rename deleted topic", &dir, e))?;
+        layout::sync_dir(&topics_dir(&self.cfg.data_dir))?;
+        fs::remove_dir_all(&doomed).map_err(|e| EngineError::io("remove", &doomed, e))
+    }
+
+    /// Topics and their partition counts, by name.
+    pub fn list_topics(&self) -> Vec<(String, u32)> {
+        self.catalog()
+            .iter()
+            .map(|(name, meta)| (name.clone(), meta.partitions))
+            .collect()
+    }
+
+    /// Number of partitions of `topic`.
+    pub fn partitions(&self, topic: &str) -> Result<u32> {
+        self.catalog()
+            .get(topic)
+            .map(|m| m.partitions)
+            .ok_or_else(|| EngineError::UnknownTopic(topic.to_string()))
+    }
+
+    fn add_topic_to_shards(&self, name: &str, partitions: u32) -> Result<()> {
+        let topic: Arc<str> = Arc::from(name);
+        let n = self.shards.len();
+        // Every shard learns the partition count (to tell an unknown partition from one owned
+        // elsewhere); each opens only the partitions it owns.
+        let mut waits = Vec::new();
+        for (id, shard) in self.shards.iter().enumerate() {
+            let owned = (0..partitions)
+                .filter(|&p| shard_for(name, p, n) == id)
+                .collect();
+            let (reply, rx) = bounded(1);
+            let cmd = Command::AddTopic {
+                topic: Arc::clone(&topic),
+                partitions,
+                owned,
+                reply,
+            };
+            self.send(shard, cmd)?;
+            waits.push(rx);
+        }
+        let mut first_err = None;
+        for rx in waits {
+            if let Err(e) = rx
+                .recv()
+                .map_err(|_| EngineError::ShuttingDown)
+                .and_then(|r| r)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn broadcast(
+        &self,
+        make: impl Fn(Sender<Result<()>>) -> Command,
+    ) -> Result<Vec<crossbeam_channel::Receiver<Result<()>>>> {
+        let mut replies = Vec::new();
+        for shard in &self.shards {
+            let (reply, rx) = bounded(1);
+            self.send(shard, make(reply))?;
+            replies.push(rx);
+        }
+        Ok(replies)
+    }
+
+    fn send(&self, shard: &ShardHandle, cmd: Command) -> Result<()> {
+        self.send_or_return(shard, cmd)
+            .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Appends a RecordBatch v2 to a partition. `done` runs on the shard thread once the batch
+    /// is durable (with the offsets it was given) or has failed; it must return quickly.
+    /// Blocks only when the shard's queue is full (backpressure).
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Vec<u8>,
+        done: impl FnOnce(Result<OffsetRange>) + Send + 'static,
+    ) {
+        let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
+        let cmd = Command::Append {
+            topic: Arc::from(topic),
+            partition,
+            batch,
+            done: Box::new(done),
+        };
+        if let Err(crossbeam_channel::SendError(cmd)) = self.send_or_return(shard, cmd) {
+            if let Command::Append { done, .. } = cmd {
+                done(Err(EngineError::ShuttingDown));
+            }
+        }
+    }
+
+    fn send_or_return(
+        &self,
+        shard: &ShardHandle,
+        cmd: Command,
+    ) -> Result<(), crossbeam_channel::SendError<Command>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(crossbeam_channel::SendError(cmd));
+        }
+        shard.tx.send(cmd)?;
+        shard.waker.wake();
+        Ok(())
+    }
+
+    /// [`Engine::append`], waiting for the outcome.
+    pub fn append_wait(&self, topic: &str, partition: u32, batch: Vec<u8>) -> Result<OffsetRange> {
+        let (tx, rx) = bounded(1);
+        self.append(topic, partition, batch, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Reads whole batches from `from` on, up to `max_bytes` (at least one batch when any is
+    /// there). Only durable data is returned. `done` runs on the shard thread.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+        done: impl FnOnce(Result<ReadResult>) + Send + 'static,
+    ) {
+        let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
+        let cmd = Command::Read {
+            topic: Arc::from(topic),
+            partition,
+            from,
+            max_bytes,
+            done: Box::new(done),
+        };
+        if let Err(crossbeam_channel::SendError(cmd)) = self.send_or_return(shard, cmd) {
+            if let Command::Read { done, .. } = cmd {
+                done(Err(EngineError::ShuttingDown));
+            }
+        }
+    }
+
+    /// [`Engine::read`], waiting for the answer.
+    pub fn read_wait(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        let (tx, rx) = bounded(1);
+        self.read(topic, partition, from, max_bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Counters summed over the shards.
+    pub fn stats(&self) -> EngineStats {
+        let mut total = EngineStats::default();
+        for s in &self.shards {
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            total.appends += get(&s.stats.appends);
+            total.flushes += get(&s.stats.flushes);
+            total.syncs += get(&s.stats.syncs);
+            total.bytes_written += get(&s.stats.bytes_written);
+            total.failed_flushes += get(&s.stats.failed_flushes);
+            total.disk_reads += get(&s.stats.disk_reads);
+        }
+        total
+    }
+
+    /// Stops taking requests, lets every shard finish and answer what is in flight, and waits
+    /// for them. Dropping the engine does the same.
+    pub fn shutdown(mut self) {
+        self.stop_shards();
+    }
+
+    fn stop_shards(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        for shard in &self.shards {
+            if shard.tx.send(Command::Stop).is_ok() {
+                shard.waker.signal();
+            }
+        }
+        for shard in &mut self.shards {
+            if let Some(t) = shard.thread.take() {
+                if t.join().is_err() {
+                    log::error!("a shard thread panicked");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_shards();
+    }
+}
+
+fn start_shard(cfg: &Arc<EngineConfig>, id: usize) -> Result<ShardHandle> {
+    let uring = UringDisk::new().map_err(EngineError::uring_unavailable)?;
+    match &cfg.io {
+        IoMode::Uring => spawn_shard(cfg, id, uring),
+        IoMode::UringWithFaults(plan) => {
+            spawn_shard(cfg, id, FaultyDisk::new(uring, Arc::clone(plan)))
+        }
+    }
+}
+
+fn spawn_shard<D: Disk + Send + 'static>(
+    cfg: &Arc<EngineConfig>,
+    id: usize,
+    disk: D,
+) -> Result<ShardHandle> {
+    let (tx, rx) = bounded(cfg.queue_depth);
+    let stats = Arc::new(ShardStats::default());
+    let waker = disk.waker();
+    let shard = Shard::new(disk, rx, Arc::clone(cfg), Arc::clone(&stats));
+    let core = cfg
+        .pin_shards
+        .then(core_affinity::get_core_ids)
+        .flatten()
+        .and_then(|ids| ids.get(id % ids.len().max(1)).copied());
+    let thread = std::thread::Builder::new()
+        .name(format!("keel-shard-{id}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            shard.run();
+        })
+        .map_err(|e| EngineError::io("spawn shard thread", "", e))?;
+    Ok(ShardHandle {
+        tx,
+        waker,
+        stats,
+        thread: Some(thread),
+    })
+}
+
+/// Reads every topic's metadata, finishing interrupted creations and deletions.
+fn load_catalog(cfg: &EngineConfig) -> Result<BTreeMap<String, TopicMeta>> {
+    let dir = topics_dir(&cfg.data_dir);
+    let mut topics = BTreeMap::new();
+    let entries = fs::read_dir(&dir).map_err(|e| EngineError::io("list topics", &dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("list topics", &dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(".deleted-") {
+            fs::remove_dir_all(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+            continue;
+        }
+        if layout::validate_topic_name(&name).is_err() || !path.is_dir() {
+            log::warn!("ignoring {} in the topics directory", path.display());
+            continue;
+        }
+        match TopicMeta::read(&path)? {
+            Some(meta) => {
+                topics.insert(name, meta);
+            }
+            None => {
+                log::warn!("removing {}: its creation was interrupted", path.display());
+                fs::remove_dir_all(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+            }
+        }
+    }
+    Ok(topics)
+}

@@ -1,0 +1,94 @@
+//! The disk seam: every disk operation a shard performs goes through [`Disk`].
+//!
+//! Writes, reads and data syncs are submitted and complete later ([`Disk::wait`]); the buffer
+//! travels into the backend with the submission and comes back in the completion, so nothing
+//! can free or reuse it while the kernel owns it. Rare operations (open, allocate, full file and
+//! directory syncs) are blocking calls. The storage code is generic over this trait: io_uring
+//! in production ([`UringDisk`]), with a fault-injecting wrapper ([`FaultyDisk`]) for tests.
+
+mod faulty;
+mod uring;
+mod wake;
+
+use std::io;
+use std::path::Path;
+
+use crate::aligned::AlignedBuf;
+
+pub use faulty::{FaultPlan, FaultyDisk};
+pub use uring::UringDisk;
+pub use wake::Waker;
+
+/// A file opened through a [`Disk`], valid until [`Disk::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId(pub u32);
+
+/// What a completion reports on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    /// A write; carries the buffer back.
+    Write,
+    /// A read; carries the buffer back.
+    Read,
+    /// The data sync linked after a write.
+    Sync,
+}
+
+/// The result of one submitted operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The token given at submission.
+    pub token: u64,
+    /// Which operation this is.
+    pub kind: IoKind,
+    /// Bytes transferred (0 for syncs), or the OS error.
+    pub result: io::Result<usize>,
+    /// The buffer of a write or read, returned to its owner.
+    pub buf: Option<AlignedBuf>,
+}
+
+/// How [`Disk::allocate`] reserved the space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// `fallocate` reserved the blocks.
+    Fallocated,
+    /// The filesystem has no `fallocate`; zeros were written instead.
+    ZeroFilled,
+}
+
+/// Disk operations of one shard. Not shared between threads: one backend per shard.
+pub trait Disk {
+    /// Opens (optionally creating) a file for O_DIRECT reads and writes.
+    fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId>;
+    /// Closes a file. No operation on it may be in flight.
+    fn close(&mut self, file: FileId);
+    /// Current length of the file in bytes.
+    fn len(&mut self, file: FileId) -> io::Result<u64>;
+    /// Reserves `bytes` for the file (blocking), so later writes inside it need no new blocks.
+    fn allocate(&mut self, file: FileId, bytes: u64) -> io::Result<Allocation>;
+    /// Shrinks or grows the file to `bytes` (blocking).
+    fn truncate(&mut self, file: FileId, bytes: u64) -> io::Result<()>;
+    /// `fsync` of the file, data and metadata (blocking).
+    fn sync_all(&mut self, file: FileId) -> io::Result<()>;
+    /// `fsync` of a directory, making entries created or renamed in it durable (blocking).
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+    /// Submits a write of `buf[..len]` at `offset`; with `then_sync`, an `fdatasync` that starts
+    /// only after the write succeeded. Completions: one `Write` (with the buffer), and one
+    /// `Sync` when `then_sync`. `offset`, `len` must be block aligned.
+    fn submit_write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        len: usize,
+        token: u64,
+        then_sync: bool,
+    );
+    /// Submits a read of `len` bytes at `offset` into `buf`.
+    fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64);
+    /// Collects finished operations into `out`. With `block`, sleeps until at least one
+    /// finishes or the [`Waker`] fires.
+    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()>;
+    /// The handle other threads use to interrupt a blocking [`Disk::wait`].
+    fn waker(&self) -> std::sync::Arc<Waker>;
+}

@@ -1,0 +1,363 @@
+//! The production backend: one io_uring per shard, files opened with O_DIRECT.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
+use crate::aligned::{AlignedBuf, BLOCK_BYTES};
+
+/// Submission queue entries per ring; the shard bounds what it keeps in flight well below this.
+const RING_ENTRIES: u32 = 256;
+/// Completion queue size: generous so a burst of completions never has to wait for space.
+const COMPLETION_ENTRIES: u32 = 4096;
+/// user_data of the eventfd read that wakes the shard.
+const WAKE_TOKEN: u64 = u64::MAX;
+/// Set in user_data for the sync linked after a write.
+const SYNC_BIT: u64 = 1 << 63;
+/// Bytes written per call when zero-filling a file on a filesystem without `fallocate`.
+const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// io_uring disk backend.
+pub struct UringDisk {
+    ring: IoUring,
+    files: Vec<Option<File>>,
+    free_ids: Vec<u32>,
+    /// Buffers the kernel may be touching, by user_data; returned only with their completion.
+    in_flight: HashMap<u64, (IoKind, AlignedBuf)>,
+    /// Linked syncs not yet completed.
+    syncs_in_flight: usize,
+    waker: Arc<Waker>,
+    /// Target of the posted eventfd read; boxed so its address is stable while the read runs.
+    wake_buf: Box<[u8; 8]>,
+    wake_posted: bool,
+    /// Completions for submissions that failed before reaching the kernel, handed out by the
+    /// next `wait` so callers see one path for every failure.
+    submit_failures: Vec<Completion>,
+}
+
+impl UringDisk {
+    /// Creates a ring. The error is the raw one; [`crate::EngineError::uring_unavailable`] turns
+    /// it into advice.
+    pub fn new() -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_cqsize(COMPLETION_ENTRIES)
+            .build(RING_ENTRIES)?;
+        Ok(Self {
+            ring,
+            files: Vec::new(),
+            free_ids: Vec::new(),
+            in_flight: HashMap::new(),
+            syncs_in_flight: 0,
+            waker: Arc::new(Waker::new()?),
+            wake_buf: Box::new([0; 8]),
+            wake_posted: false,
+            submit_failures: Vec::new(),
+        })
+    }
+
+    fn fd(&self, file: FileId) -> io::Result<i32> {
+        match self.files.get(file.0 as usize) {
+            Some(Some(f)) => Ok(f.as_raw_fd()),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "file id not open")),
+        }
+    }
+
+    fn file(&self, file: FileId) -> io::Result<&File> {
+        match self.files.get(file.0 as usize) {
+            Some(Some(f)) => Ok(f),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, "file id not open")),
+        }
+    }
+
+    /// Makes room for `n` entries in the submission queue, submitting queued ones if needed.
+    fn reserve(&mut self, n: usize) -> io::Result<()> {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            self.ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Pushes entries after [`Self::reserve`] made room for them.
+    fn push_reserved(&mut self, entries: &[squeue::Entry]) {
+        for entry in entries {
+            // SAFETY: every entry points at memory that stays alive until its completion: data
+            // buffers sit in `in_flight` (heap, never moved), the wake buffer is boxed in self,
+            // and Drop waits for all completions before any of them is freed.
+            let pushed = unsafe { self.ring.submission().push(entry) };
+            debug_assert!(pushed.is_ok(), "reserve() guaranteed room");
+        }
+    }
+
+    fn post_wake_read(&mut self) -> io::Result<()> {
+        if self.wake_posted {
+            return Ok(());
+        }
+        let entry = opcode::Read::new(types::Fd(self.waker.fd()), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(WAKE_TOKEN);
+        self.reserve(1)?;
+        self.push_reserved(&[entry]);
+        self.wake_posted = true;
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (user_data, res) in cqes {
+            let result = if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res as usize)
+            };
+            if user_data == WAKE_TOKEN {
+                self.wake_posted = false;
+            } else if user_data & SYNC_BIT != 0 {
+                self.syncs_in_flight -= 1;
+                out.push(Completion {
+                    token: user_data & !SYNC_BIT,
+                    kind: IoKind::Sync,
+                    result: result.map(|_| 0),
+                    buf: None,
+                });
+            } else if let Some((kind, buf)) = self.in_flight.remove(&user_data) {
+                out.push(Completion {
+                    token: user_data,
+                    kind,
+                    result,
+                    buf: Some(buf),
+                });
+            }
+        }
+    }
+
+    fn fail_now(
+        &mut self,
+        token: u64,
+        kind: IoKind,
+        buf: AlignedBuf,
+        err: io::Error,
+        then_sync: bool,
+    ) {
+        self.submit_failures.push(Completion {
+            token,
+            kind,
+            result: Err(err),
+            buf: Some(buf),
+        });
+        if then_sync {
+            self.submit_failures.push(Completion {
+                token,
+                kind: IoKind::Sync,
+                result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                buf: None,
+            });
+        }
+    }
+}
+
+impl Disk for UringDisk {
+    fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(path)?;
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.files[id as usize] = Some(file);
+                id
+            }
+            None => {
+                self.files.push(Some(file));
+                (self.files.len() - 1) as u32
+            }
+        };
+        Ok(FileId(id))
+    }
+
+    fn close(&mut self, file: FileId) {
+        if let Some(slot) = self.files.get_mut(file.0 as usize) {
+            if slot.take().is_some() {
+                self.free_ids.push(file.0);
+            }
+        }
+    }
+
+    fn len(&mut self, file: FileId) -> io::Result<u64> {
+        Ok(self.file(file)?.metadata()?.len())
+    }
+
+    fn allocate(&mut self, file: FileId, bytes: u64) -> io::Result<Allocation> {
+        let fd = self.fd(file)?;
+        // SAFETY: plain syscall on a descriptor we own; result checked.
+        let rc = unsafe { libc::fallocate(fd, 0, 0, bytes as libc::off_t) };
+        if rc == 0 {
+            return Ok(Allocation::Fallocated);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(err);
+        }
+        let f = self.file(file)?;
+        let zeros = AlignedBuf::zeroed(ZERO_FILL_CHUNK_BYTES);
+        let mut at = 0u64;
+        while at < bytes {
+            let n = (bytes - at).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
+            let n = crate::aligned::align_up(n as u64) as usize;
+            std::os::unix::fs::FileExt::write_all_at(f, &zeros.as_slice()[..n], at)?;
+            at += n as u64;
+        }
+        Ok(Allocation::ZeroFilled)
+    }
+
+    fn truncate(&mut self, file: FileId, bytes: u64) -> io::Result<()> {
+        self.file(file)?.set_len(bytes)
+    }
+
+    fn sync_all(&mut self, file: FileId) -> io::Result<()> {
+        self.file(file)?.sync_all()
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn submit_write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        mut buf: AlignedBuf,
+        len: usize,
+        token: u64,
+        then_sync: bool,
+    ) {
+        debug_assert!(offset % BLOCK_BYTES as u64 == 0 && len % BLOCK_BYTES == 0);
+        assert!(
+            len <= buf.capacity(),
+            "write of {len} bytes from a {} byte buffer",
+            buf.capacity()
+        );
+        let fd = match self.fd(file) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.fail_now(token, IoKind::Write, buf, e, then_sync);
+                return;
+            }
+        };
+        if let Err(e) = self.reserve(2) {
+            self.fail_now(token, IoKind::Write, buf, e, then_sync);
+            return;
+        }
+        let write = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
+            .offset(offset)
+            .build()
+            .user_data(token);
+        self.in_flight.insert(token, (IoKind::Write, buf));
+        if then_sync {
+            // Linked: the kernel starts the sync only after the write succeeded, and cancels
+            // it if the write failed. Unlinked entries may run in any order.
+            let sync = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(token | SYNC_BIT);
+            self.push_reserved(&[write.flags(squeue::Flags::IO_LINK), sync]);
+            self.syncs_in_flight += 1;
+        } else {
+            self.push_reserved(&[write]);
+        }
+    }
+
+    fn submit_read(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        mut buf: AlignedBuf,
+        len: usize,
+        token: u64,
+    ) {
+        debug_assert!(offset % BLOCK_BYTES as u64 == 0 && len % BLOCK_BYTES == 0);
+        assert!(
+            len <= buf.capacity(),
+            "read of {len} bytes into a {} byte buffer",
+            buf.capacity()
+        );
+        let fd = match self.fd(file) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.fail_now(token, IoKind::Read, buf, e, false);
+                return;
+            }
+        };
+        if let Err(e) = self.reserve(1) {
+            self.fail_now(token, IoKind::Read, buf, e, false);
+            return;
+        }
+        let read = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
+            .offset(offset)
+            .build()
+            .user_data(token);
+        self.in_flight.insert(token, (IoKind::Read, buf));
+        self.push_reserved(&[read]);
+    }
+
+    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()> {
+        let had_failures = !self.submit_failures.is_empty();
+        out.append(&mut self.submit_failures);
+        self.post_wake_read()?;
+        let want = usize::from(block && !had_failures && out.is_empty());
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.reap(out);
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+}
+
+impl Drop for UringDisk {
+    fn drop(&mut self) {
+        // The kernel may still write into buffers of unfinished operations; wait for every one
+        // of them (and the posted wake read) before the memory is freed.
+        if self.wake_posted {
+            self.waker.signal();
+        }
+        let mut sink = Vec::new();
+        for _ in 0..10_000 {
+            if self.in_flight.is_empty() && self.syncs_in_flight == 0 && !self.wake_posted {
+                return;
+            }
+            if self.ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.reap(&mut sink);
+        }
+        // Could not drain: leak the buffers rather than free memory the kernel may write.
+        std::mem::forget(std::mem::take(&mut self.in_flight));
+        let wake = std::mem::replace(&mut self.wake_buf, Box::new([0; 8]));
+        std::mem::forget(wake);
+    }
+}

@@ -1,0 +1,276 @@
+//! Where things live in the data directory, and the small durable files beside the segments.
+//!
+//! ```text
+//! DATA/LOCK                                  flock'ed while an engine has the directory
+//! DATA/topics/NAME/meta                      topic metadata, replaced atomically
+//! DATA/topics/NAME/PARTITION/BASE.seg        segments, BASE = 20-digit first offset
+//! DATA/topics/NAME/PARTITION/next.prep       the next segment, allocated ahead of need
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{EngineError, Result};
+
+const META_HEADER: &str = "keel-topic 1";
+/// Name of the prepared, not yet used, next segment of a partition.
+pub const PREPARED_SEGMENT: &str = "next.prep";
+const SEGMENT_SUFFIX: &str = ".seg";
+/// Longest topic name (as Kafka's).
+pub const MAX_TOPIC_NAME_BYTES: usize = 249;
+/// Most partitions per topic.
+pub const MAX_PARTITIONS: u32 = 4096;
+
+/// Directory holding all topics.
+pub fn topics_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("topics")
+}
+
+/// Directory of one topic.
+pub fn topic_dir(data_dir: &Path, topic: &str) -> PathBuf {
+    topics_dir(data_dir).join(topic)
+}
+
+/// Directory of one partition.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    topic_dir(data_dir, topic).join(partition.to_string())
+}
+
+/// File name of the segment whose first offset is `base_offset`.
+pub fn segment_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}{SEGMENT_SUFFIX}")
+}
+
+/// The base offset of a segment file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Checks a topic name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`, not starting with
+/// `.` (reserved for the engine's own entries).
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_TOPIC_NAME_BYTES {
+        Some("longer than 249 bytes")
+    } else if name.starts_with('.') {
+        Some("starts with '.'")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only ASCII letters, digits, '.', '_' and '-' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(EngineError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Durable topic metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// Number of partitions.
+    pub partitions: u32,
+}
+
+impl TopicMeta {
+    fn encode(&self) -> String {
+        let body = format!("{META_HEADER}\npartitions {}\n", self.partitions);
+        let crc = crc32c::crc32c(body.as_bytes());
+        format!("{body}crc {crc:08x}\n")
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let (body, crc_line) = text.rsplit_once("crc ")?;
+        let crc = u32::from_str_radix(crc_line.trim(), 16).ok()?;
+        if crc32c::crc32c(body.as_bytes()) != crc {
+            return None;
+        }
+        let mut lines = body.lines();
+        if lines.next()? != META_HEADER {
+            return None;
+        }
+        let partitions = lines.next()?.strip_prefix("partitions ")?.parse().ok()?;
+        Some(Self { partitions })
+    }
+
+    /// Reads `dir/meta`; `Ok(None)` when it does not exist (an interrupted creation).
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("meta");
+        match fs::read_to_string(&path) {
+            Ok(text) => Self::decode(&text)
+                .map(Some)
+                .ok_or(EngineError::Corruption {
+                    position: 0,
+                    detail: "topic metadata fails its checksum".into(),
+                    path,
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(EngineError::io("read topic metadata", path, e)),
+        }
+    }
+
+    /// Replaces `dir/meta` atomically: temp file, fsync, rename, fsync the directory.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("meta.tmp");
+        let path = dir.join("meta");
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(self.encode().as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(|e| EngineError::io("write topic metadata", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| EngineError::io("rename topic metadata", &path, e))?;
+        sync_dir(dir)
+    }
+}
+
+/// fsync of a directory, so entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EngineError::io("sync directory", dir, e))
+}
+
+/// Creates a directory (and parents) and makes its entry durable in its parent.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| EngineError::io("create directory", dir, e))?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// An exclusive `flock` on `DATA/LOCK`, held for the engine's lifetime.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock or fails at once if another process has it.
+    pub fn acquire(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| EngineError::io("open lock file", &path, e))?;
+        // SAFETY: flock on a descriptor we own; result checked.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(EngineError::DataDirLocked {
+                    dir: data_dir.to_path_buf(),
+                    lock: path,
+                });
+            }
+            return Err(EngineError::io("lock data directory", &path, err));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// Fails with a clear error when `data_dir` cannot do O_DIRECT (tmpfs, some FUSE mounts).
+pub fn check_direct_io(data_dir: &Path) -> Result<()> {
+    let probe = data_dir.join(".direct-io-probe");
+    let opened = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe);
+    let _ = fs::remove_file(&probe);
+    match opened {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(EngineError::DirectIoUnsupported {
+            path: data_dir.to_path_buf(),
+            hint: if is_tmpfs(data_dir) {
+                ", it is on tmpfs"
+            } else {
+                ""
+            },
+            source: std::sync::Arc::new(e),
+        }),
+        Err(e) => Err(EngineError::io("probe O_DIRECT in", data_dir, e)),
+    }
+}
+
+/// True when `path` is on tmpfs.
+pub fn is_tmpfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: c_path is NUL-terminated; stat is a valid out-pointer of the right type.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    // SAFETY: statfs succeeded, so it filled the struct (it was zeroed before anyway).
+    rc == 0 && unsafe { stat.assume_init() }.f_type == libc::TMPFS_MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_reject_others() {
+        assert_eq!(segment_file_name(42), "00000000000000000042.seg");
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(u64::MAX / 2)),
+            Some(u64::MAX / 2)
+        );
+        assert_eq!(parse_segment_file_name("42.seg"), None);
+        assert_eq!(parse_segment_file_name("next.prep"), None);
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(validate_topic_name("orders.v2_eu-1").is_ok());
+        for bad in ["", ".", "..", ".hidden", "a/b", "sp ace", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn topic_meta_round_trips_and_detects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(TopicMeta::read(dir.path()).unwrap(), None);
+        TopicMeta { partitions: 12 }.write(dir.path()).unwrap();
+        assert_eq!(
+            TopicMeta::read(dir.path()).unwrap(),
+            Some(TopicMeta { partitions: 12 })
+        );
+        let text = fs::read_to_string(dir.path().join("meta")).unwrap();
+        fs::write(dir.path().join("meta"), text.replace("12", "13")).unwrap();
+        assert!(matches!(
+            TopicMeta::read(dir.path()),
+            Err(EngineError::Corruption { .. })
+        ));
+    }
+
+    #[test]
+    fn second_lock_on_a_data_dir_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DataDirLock::acquire(dir.path()).unwrap();
+        assert!(matches!(
+            DataDirLock::acquire(dir.path()),
+            Err(EngineError::DataDirLocked { .. })
+        ));
+    }
+}

@@ -1,0 +1,251 @@
+//! Opening a partition: find its segments, scan them, decide torn tail or corruption, and make
+//! the last segment ready for appends. The rules are in `docs/FORMAT.md`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::aligned::{align_down, align_up, AlignedBuf};
+use crate::blocking::{BlockingIo, FileReader};
+use crate::config::{EngineConfig, RecoveryMode};
+use crate::error::{EngineError, Result};
+use crate::io::{Disk, FileId};
+use crate::layout::{
+    parse_segment_file_name, partition_dir, segment_file_name, sync_dir, PREPARED_SEGMENT,
+};
+use crate::partition::{prepare_segment, Limits, Partition};
+use crate::recovery::{scan, Scan};
+use crate::segment::Segment;
+use crate::trailer::{self, Trailer, TRAILER_BYTES};
+
+/// Bytes of zeros written per call when clearing leftovers of a torn flush.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// Opens (creating if new) partition `id` of `topic`, recovering its log.
+pub fn open_partition<D: Disk>(
+    io: &mut BlockingIo<'_, D>,
+    cfg: &EngineConfig,
+    topic: Arc<str>,
+    id: u32,
+) -> Result<Partition> {
+    let dir = partition_dir(&cfg.data_dir, &topic, id);
+    let limits = Limits::from_config(cfg);
+    let bases = list_segments(&dir)?;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut opened: Vec<FileId> = Vec::new();
+    let result = (|| {
+        if bases.is_empty() {
+            segments.push(create_first_segment(io.disk, &dir, limits.segment_bytes)?);
+            return Ok(());
+        }
+        for (i, &base) in bases.iter().enumerate() {
+            let path = dir.join(segment_file_name(base));
+            let file = io
+                .disk
+                .open(&path, false)
+                .map_err(|e| EngineError::io("open segment", &path, e))?;
+            opened.push(file);
+            let is_last = i + 1 == bases.len();
+            if let Some(prev) = segments.last() {
+                if prev.next_offset != base {
+                    return Err(EngineError::Corruption {
+                        path: path.clone(),
+                        position: 0,
+                        detail: format!(
+                            "segment starts at offset {base} but the previous one ends at {}",
+                            prev.next_offset
+                        ),
+                    });
+                }
+            }
+            let s = scan_file(io, file, &path, base, limits.max_batch_bytes)?;
+            let damage = damage(&s, is_last);
+            let truncate_here = match (damage, cfg.recovery) {
+                (Some(detail), RecoveryMode::Strict) => {
+                    return Err(EngineError::Corruption {
+                        path,
+                        position: s.valid_end,
+                        detail,
+                    })
+                }
+                (Some(detail), RecoveryMode::Repair) => {
+                    log::warn!(
+                        "repair: truncating {} at byte {}: {detail}",
+                        path.display(),
+                        s.valid_end
+                    );
+                    true
+                }
+                (None, _) => false,
+            };
+            let ends_log = is_last || truncate_here;
+            let durable_end = if ends_log {
+                make_appendable(io, file, &path, &s, limits.segment_bytes)?
+            } else {
+                s.sealed_end
+            };
+            segments.push(Segment::new(
+                base,
+                path,
+                file,
+                durable_end,
+                s.next_offset,
+                s.index,
+            ));
+            if truncate_here {
+                remove_segments_after(&dir, &bases[i + 1..])?;
+                break;
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(Partition::new(
+            topic,
+            id,
+            dir,
+            segments,
+            limits,
+            cfg.tail_cache_bytes,
+        )),
+        Err(e) => {
+            for file in opened {
+                io.disk.close(file);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Why a scanned segment cannot be used as it is, if it cannot.
+fn damage(s: &Scan, is_last: bool) -> Option<String> {
+    let why = s.invalid.as_deref().unwrap_or("empty header");
+    if let Some(at) = s.later_flush_at {
+        return Some(format!(
+            "{why}, yet a flush sealed later sits at byte {at}: data that was durable is damaged"
+        ));
+    }
+    if !is_last && (s.valid_end != s.sealed_end || s.dirty_end > s.valid_end) {
+        return Some(format!("{why}, in a segment followed by a newer one"));
+    }
+    None
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let entries = fs::read_dir(dir).map_err(|e| EngineError::io("list partition", dir, e))?;
+    let mut bases = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("list partition", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = parse_segment_file_name(&name) {
+            bases.push(base);
+        } else if name == PREPARED_SEGMENT {
+            // Never used: it is made again when needed.
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn create_first_segment<D: Disk>(disk: &mut D, dir: &Path, segment_bytes: u64) -> Result<Segment> {
+    let (file, prep) = prepare_segment(disk, dir, segment_bytes)?;
+    let path = dir.join(segment_file_name(0));
+    fs::rename(&prep, &path)
+        .map_err(|e| EngineError::io("rename prepared segment to", &path, e))?;
+    sync_dir(dir)?;
+    Ok(Segment::new(0, path, file, 0, 0, Vec::new()))
+}
+
+fn scan_file<D: Disk>(
+    io: &mut BlockingIo<'_, D>,
+    file: FileId,
+    path: &Path,
+    base: u64,
+    max_batch_bytes: usize,
+) -> Result<Scan> {
+    let len = io
+        .disk
+        .len(file)
+        .map_err(|e| EngineError::io("stat segment", path, e))?;
+    scan(FileReader { io, file }, len, base, max_batch_bytes)
+        .map_err(|e| EngineError::io("read segment", path, e))
+}
+
+/// Seals a torn last flush, clears what it left past the end, restores the file's size, and
+/// makes all of that durable. Returns where the next flush starts.
+fn make_appendable<D: Disk>(
+    io: &mut BlockingIo<'_, D>,
+    file: FileId,
+    path: &Path,
+    s: &Scan,
+    segment_bytes: u64,
+) -> Result<u64> {
+    let fail = |e| EngineError::io("recover segment", path, e);
+    let len = io.disk.len(file).map_err(fail)?;
+    if len < segment_bytes {
+        io.disk.allocate(file, segment_bytes).map_err(fail)?;
+        io.disk.sync_all(file).map_err(fail)?;
+    }
+    let mut writes: Vec<(u64, Option<AlignedBuf>, usize)> = Vec::new();
+    let mut end = s.sealed_end;
+    if s.valid_end > s.sealed_end {
+        // The batches of a flush that was in flight survived without its trailer: seal them,
+        // rewriting only the block(s) they end in, which never held acknowledged data.
+        end = trailer::flush_end(s.valid_end);
+        let block_start = align_down(s.valid_end);
+        writes.push((
+            block_start,
+            Some(seal(s, block_start, end)),
+            (end - block_start) as usize,
+        ));
+        log::warn!(
+            "{}: sealed a torn tail; the log ends at offset {}",
+            path.display(),
+            s.next_offset
+        );
+    }
+    let dirty_end = align_up(s.dirty_end).min(segment_bytes);
+    let mut at = end;
+    while at < dirty_end {
+        let n = (dirty_end - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        writes.push((at, None, n));
+        at += n as u64;
+    }
+    let count = writes.len();
+    for (i, (pos, buf, n)) in writes.into_iter().enumerate() {
+        let buf = buf.unwrap_or_else(|| AlignedBuf::zeroed(n));
+        // The last write carries the one fdatasync that makes all of them durable.
+        io.write(file, pos, buf, n, i + 1 == count).map_err(fail)?;
+    }
+    Ok(end)
+}
+
+/// The block(s) `[block_start, end)` holding the unsealed batches' tail, zeros and a trailer.
+fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed((end - block_start) as usize);
+    let bytes = buf.as_mut_slice();
+    bytes[..s.tail_block.len()].copy_from_slice(&s.tail_block);
+    let trailer_at = (end - block_start) as usize - TRAILER_BYTES;
+    let pad = &bytes[s.tail_block.len()..trailer_at];
+    let t = Trailer {
+        flush_start: s.sealed_end,
+        next_offset: s.next_offset,
+        flush_crc: crc32c::crc32c_append(s.unsealed_crc, pad),
+    };
+    t.encode(&mut bytes[trailer_at..(end - block_start) as usize]);
+    buf
+}
+
+fn remove_segments_after(dir: &Path, bases: &[u64]) -> Result<()> {
+    for &base in bases {
+        let path: PathBuf = dir.join(segment_file_name(base));
+        fs::remove_file(&path).map_err(|e| EngineError::io("remove segment", &path, e))?;
+    }
+    if !bases.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,490 @@
+//! A partition's write side: gathering appends, group-committed flushes, segment rolls and
+//! poisoning. One shard owns each partition; nothing here is shared between threads.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::aligned::AlignedBuf;
+use crate::batch::{self, BatchView};
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::io::{Allocation, Completion, Disk, FileId, IoKind};
+use crate::layout::{segment_file_name, PREPARED_SEGMENT};
+use crate::segment::Segment;
+use crate::tail::{Chunk, TailCache};
+use crate::trailer::{self, Trailer, TRAILER_BYTES};
+use crate::{AppendDone, OffsetRange};
+
+/// Smallest gather buffer; buffers grow by doubling up to the flush limit.
+const MIN_GATHER_BYTES: usize = 64 * 1024;
+/// Flush buffers kept for reuse per partition.
+const SPARE_BUFFERS_MAX: usize = 2;
+
+/// Appends waiting for the same flush.
+struct Gather {
+    buf: AlignedBuf,
+    len: usize,
+    /// Position of the flush in its segment (block aligned).
+    start_pos: u64,
+    /// This flush goes to a new segment starting at `first_offset`.
+    new_segment: bool,
+    first_offset: u64,
+    next_offset: u64,
+    waiters: Vec<(AppendDone, OffsetRange)>,
+    /// (base offset, position in the flush) of each batch, for the index.
+    batches: Vec<(u64, u32)>,
+}
+
+impl Gather {
+    /// Bytes the flush occupies on disk: batches, padding and trailer, to a block boundary.
+    fn flushed_len(&self) -> usize {
+        trailer::flush_end(self.len as u64) as usize
+    }
+}
+
+/// The flush in flight: its write and linked sync were submitted under `token`.
+struct Flush {
+    gather: Gather,
+    len: usize,
+    buf: Option<AlignedBuf>,
+    write: Option<io::Result<usize>>,
+    sync: Option<io::Result<usize>>,
+}
+
+/// The limits a partition works within (from [`EngineConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Segment file size.
+    pub segment_bytes: u64,
+    /// Largest batch.
+    pub max_batch_bytes: usize,
+    /// Largest flush.
+    pub max_flush_bytes: usize,
+}
+
+impl Limits {
+    /// Takes the limits from the engine configuration.
+    pub fn from_config(cfg: &EngineConfig) -> Self {
+        Self {
+            segment_bytes: cfg.segment_bytes,
+            max_batch_bytes: cfg.max_batch_bytes,
+            max_flush_bytes: cfg.max_flush_bytes,
+        }
+    }
+}
+
+/// One partition of a topic.
+pub struct Partition {
+    pub(crate) topic: Arc<str>,
+    pub(crate) id: u32,
+    pub(crate) dir: PathBuf,
+    pub(crate) segments: Vec<Segment>,
+    /// Next offset to assign.
+    next_offset: u64,
+    /// High watermark: every offset below it is durable.
+    pub(crate) durable_next: u64,
+    pending: VecDeque<Gather>,
+    pending_bytes: usize,
+    flushing: Option<Flush>,
+    pub(crate) tail: TailCache,
+    poisoned: Option<EngineError>,
+    prepared: Option<(FileId, PathBuf)>,
+    need_prepare: bool,
+    spare: Vec<AlignedBuf>,
+    /// Disk reads in flight; the partition may not be closed while any are.
+    pub(crate) reads_in_flight: usize,
+    pub(crate) limits: Limits,
+}
+
+/// What a completed flush did, for the shard's counters.
+pub struct FlushDone {
+    /// Appends answered.
+    pub appends: usize,
+    /// Bytes written (whole blocks).
+    pub bytes: usize,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+impl Partition {
+    /// A partition whose segments were recovered; `segments` is not empty.
+    pub(crate) fn new(
+        topic: Arc<str>,
+        id: u32,
+        dir: PathBuf,
+        segments: Vec<Segment>,
+        limits: Limits,
+        tail_cache_bytes: usize,
+    ) -> Self {
+        let next = segments.last().map_or(0, |s| s.next_offset);
+        Self {
+            topic,
+            id,
+            dir,
+            segments,
+            next_offset: next,
+            durable_next: next,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            flushing: None,
+            tail: TailCache::new(tail_cache_bytes),
+            poisoned: None,
+            prepared: None,
+            need_prepare: true,
+            spare: Vec::new(),
+            reads_in_flight: 0,
+            limits,
+        }
+    }
+
+    /// Bytes gathered and not yet durable.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// True when no flush or read is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.flushing.is_none() && self.reads_in_flight == 0
+    }
+
+    /// True when appends are gathered and no flush is running.
+    pub fn wants_flush(&self) -> bool {
+        self.flushing.is_none() && !self.pending.is_empty()
+    }
+
+    /// First offset kept.
+    pub fn log_start(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    /// Validates `batch`, assigns its offsets and gathers it into the next flush. `done` is
+    /// called once the batch is durable, or with the reason it never will be.
+    pub fn append(&mut self, mut batch: Vec<u8>, done: AppendDone) {
+        if let Some(err) = &self.poisoned {
+            return done(Err(err.clone()));
+        }
+        if batch.len() > self.limits.max_batch_bytes {
+            let max = self.limits.max_batch_bytes;
+            return done(Err(EngineError::BatchTooLarge {
+                size: batch.len(),
+                max,
+            }));
+        }
+        let count = match BatchView::verify(&batch) {
+            Ok(view) => view.record_count() as u64,
+            Err(e) => return done(Err(e.into())),
+        };
+        let first = self.next_offset;
+        batch::set_base_offset(&mut batch, first);
+        let range = OffsetRange {
+            first,
+            last: first + count - 1,
+        };
+        let max_flush = self.limits.max_flush_bytes;
+        let g = self.gather_for(batch.len());
+        let at = g.len;
+        let needed = trailer::flush_end((at + batch.len()) as u64) as usize;
+        if needed > g.buf.capacity() {
+            let grown = (g.buf.capacity() * 2).min(max_flush);
+            let mut bigger = AlignedBuf::zeroed(grown.max(needed));
+            bigger.as_mut_slice()[..at].copy_from_slice(&g.buf.as_slice()[..at]);
+            g.buf = bigger;
+        }
+        g.buf.as_mut_slice()[at..at + batch.len()].copy_from_slice(&batch);
+        g.batches.push((first, at as u32));
+        g.len += batch.len();
+        g.next_offset = first + count;
+        g.waiters.push((done, range));
+        self.next_offset = first + count;
+        self.pending_bytes += batch.len();
+    }
+
+    /// The gather that takes a batch of `len` bytes: the newest one if it has room in its flush
+    /// and its segment, else a new one.
+    fn gather_for(&mut self, len: usize) -> &mut Gather {
+        let limits = self.limits;
+        let fits = |g: &Gather| {
+            let flushed = trailer::flush_end((g.len + len) as u64);
+            flushed as usize <= limits.max_flush_bytes
+                && g.start_pos + flushed <= limits.segment_bytes
+        };
+        if !self.pending.back().is_some_and(fits) {
+            let mut start_pos = self.next_gather_pos();
+            let new_segment = start_pos + trailer::flush_end(len as u64) > limits.segment_bytes;
+            if new_segment {
+                start_pos = 0;
+            }
+            let buf = match self.spare.pop() {
+                Some(buf) => buf,
+                None => AlignedBuf::zeroed(MIN_GATHER_BYTES),
+            };
+            self.pending.push_back(Gather {
+                buf,
+                len: 0,
+                start_pos,
+                new_segment,
+                first_offset: self.next_offset,
+                next_offset: self.next_offset,
+                waiters: Vec::new(),
+                batches: Vec::new(),
+            });
+        }
+        let last = self.pending.len() - 1;
+        &mut self.pending[last]
+    }
+
+    /// Where a new gather would start in the segment the last gather (or flush) targets.
+    fn next_gather_pos(&self) -> u64 {
+        if let Some(back) = self.pending.back() {
+            return back.start_pos + back.flushed_len() as u64;
+        }
+        if let Some(f) = &self.flushing {
+            return f.gather.start_pos + f.len as u64;
+        }
+        self.segments.last().map_or(0, |s| s.durable_end)
+    }
+
+    /// Starts the next flush if none is running: one aligned write of the gathered batches,
+    /// padding and trailer, linked to one `fdatasync`.
+    pub fn start_flush<D: Disk>(&mut self, disk: &mut D, token: u64) {
+        if self.flushing.is_some() {
+            return;
+        }
+        let Some(mut g) = self.pending.pop_front() else {
+            return;
+        };
+        if g.new_segment {
+            if let Err(e) = self.roll(disk, g.first_offset) {
+                // Nothing of these appends was written: fail them and every later one (their
+                // offsets follow), and hand the offsets out again.
+                self.next_offset = g.first_offset;
+                self.pending.push_front(g);
+                self.fail_pending(&e);
+                return;
+            }
+        }
+        let Some(seg) = self.segments.last() else {
+            self.pending.push_front(g);
+            let path = self.dir.clone();
+            let err = io::Error::other("partition has no segment");
+            self.fail_pending(&EngineError::io("flush to", path, err));
+            return;
+        };
+        debug_assert_eq!(g.start_pos, seg.durable_end, "flushes are contiguous");
+        let len = g.flushed_len();
+        let trailer_at = len - TRAILER_BYTES;
+        let bytes = g.buf.as_mut_slice();
+        bytes[g.len..trailer_at].fill(0);
+        let t = Trailer {
+            flush_start: g.start_pos,
+            next_offset: g.next_offset,
+            flush_crc: crc32c::crc32c(&bytes[..trailer_at]),
+        };
+        t.encode(&mut bytes[trailer_at..len]);
+        let buf = std::mem::replace(&mut g.buf, AlignedBuf::zeroed(0));
+        disk.submit_write(seg.file, g.start_pos, buf, len, token, true);
+        self.flushing = Some(Flush {
+            gather: g,
+            len,
+            buf: None,
+            write: None,
+            sync: None,
+        });
+        if self.need_prepare {
+            // Done while the flush is in the kernel, so the next roll finds its file ready.
+            self.need_prepare = false;
+            match prepare_segment(disk, &self.dir, self.limits.segment_bytes) {
+                Ok(prepared) => self.prepared = Some(prepared),
+                Err(e) => log::warn!(
+                    "{}/{}: could not prepare the next segment: {e}",
+                    self.topic,
+                    self.id
+                ),
+            }
+        }
+    }
+
+    /// Moves to a new segment whose first offset is `base_offset`.
+    fn roll<D: Disk>(&mut self, disk: &mut D, base_offset: u64) -> Result<()> {
+        let (file, prep_path) = match self.prepared.take() {
+            Some(p) => p,
+            None => prepare_segment(disk, &self.dir, self.limits.segment_bytes)?,
+        };
+        let path = self.dir.join(segment_file_name(base_offset));
+        if let Err(e) = std::fs::rename(&prep_path, &path) {
+            self.prepared = Some((file, prep_path));
+            return Err(EngineError::io("rename prepared segment to", path, e));
+        }
+        // The new name must be durable before anything stored under it is acknowledged.
+        disk.sync_dir(&self.dir)
+            .map_err(|e| EngineError::io("sync directory", &self.dir, e))?;
+        self.segments.push(Segment::new(
+            base_offset,
+            path,
+            file,
+            0,
+            base_offset,
+            Vec::new(),
+        ));
+        self.need_prepare = true;
+        Ok(())
+    }
+
+    /// Takes a completion of the running flush; returns what the flush did once both its write
+    /// and its sync are in.
+    pub fn on_flush_completion(&mut self, c: Completion) -> Option<FlushDone> {
+        let f = self.flushing.as_mut()?;
+        match c.kind {
+            IoKind::Write => {
+                f.buf = c.buf;
+                f.write = Some(c.result);
+            }
+            IoKind::Sync => f.sync = Some(c.result),
+            IoKind::Read => return None,
+        }
+        if f.write.is_none() || f.sync.is_none() {
+            return None;
+        }
+        let mut f = self.flushing.take()?;
+        let outcome = match (f.write.take(), f.sync.take()) {
+            (Some(Ok(n)), Some(Ok(_))) if n == f.len => Ok(()),
+            (Some(Ok(n)), Some(Ok(_))) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {} bytes", f.len),
+            )),
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+            _ => Err(io::Error::other("flush completion missing")),
+        };
+        let appends = f.gather.waiters.len();
+        let bytes = f.len;
+        let ok = outcome.is_ok();
+        match outcome {
+            Ok(()) => self.commit(f),
+            Err(e) => self.poison(f, e),
+        }
+        Some(FlushDone { appends, bytes, ok })
+    }
+
+    fn commit(&mut self, mut f: Flush) {
+        let g = &mut f.gather;
+        if let Some(seg) = self.segments.last_mut() {
+            for &(offset, at) in &g.batches {
+                seg.note_batch(offset, g.start_pos + u64::from(at));
+            }
+            seg.durable_end = g.start_pos + f.len as u64;
+            seg.next_offset = g.next_offset;
+        }
+        self.durable_next = g.next_offset;
+        self.pending_bytes -= g.len;
+        if let Some(buf) = f.buf.take() {
+            let mut evicted = Vec::new();
+            let chunk = Chunk {
+                buf,
+                data_len: g.len,
+                first_offset: g.first_offset,
+            };
+            self.tail.push(chunk, &mut evicted);
+            self.recycle(evicted);
+        }
+        for (done, range) in g.waiters.drain(..) {
+            done(Ok(range));
+        }
+    }
+
+    /// A write or sync failed: after an fsync error the file's state is unknown, so the
+    /// partition takes no more writes. Everything not yet durable fails; reads go on.
+    fn poison(&mut self, mut f: Flush, cause: io::Error) {
+        let path = self
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        log::error!(
+            "{}/{}: write or sync of {} failed, partition stops taking writes: {cause}",
+            self.topic,
+            self.id,
+            path.display()
+        );
+        let err = EngineError::Poisoned {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            path,
+            source: Arc::new(cause),
+        };
+        self.pending_bytes -= f.gather.len;
+        for (done, _) in f.gather.waiters.drain(..) {
+            done(Err(err.clone()));
+        }
+        if let Some(buf) = f.buf.take() {
+            self.recycle(vec![buf]);
+        }
+        self.fail_pending(&err);
+        self.poisoned = Some(err);
+    }
+
+    /// Fails every gathered append that has not been submitted.
+    pub fn fail_pending(&mut self, err: &EngineError) {
+        let mut freed = Vec::new();
+        for mut g in self.pending.drain(..) {
+            self.pending_bytes -= g.len;
+            for (done, _) in g.waiters.drain(..) {
+                done(Err(err.clone()));
+            }
+            freed.push(g.buf);
+        }
+        self.recycle(freed);
+    }
+
+    fn recycle(&mut self, bufs: Vec<AlignedBuf>) {
+        for buf in bufs {
+            if self.spare.len() < SPARE_BUFFERS_MAX && buf.capacity() >= MIN_GATHER_BYTES {
+                self.spare.push(buf);
+            }
+        }
+    }
+
+    /// Closes every file (the partition must be idle).
+    pub fn close<D: Disk>(self, disk: &mut D) {
+        debug_assert!(self.is_idle());
+        for seg in &self.segments {
+            disk.close(seg.file);
+        }
+        if let Some((file, _)) = self.prepared {
+            disk.close(file);
+        }
+    }
+}
+
+/// Creates `dir/next.prep` with `bytes` reserved, durable in its directory.
+pub(crate) fn prepare_segment<D: Disk>(
+    disk: &mut D,
+    dir: &Path,
+    bytes: u64,
+) -> Result<(FileId, PathBuf)> {
+    let path = dir.join(PREPARED_SEGMENT);
+    let file = disk
+        .open(&path, true)
+        .map_err(|e| EngineError::io("create segment", &path, e))?;
+    let prepared = disk
+        .allocate(file, bytes)
+        .and_then(|how| {
+            if how == Allocation::ZeroFilled {
+                log::warn!(
+                    "{}: filesystem has no fallocate; the segment was zero-filled instead (slower)",
+                    path.display()
+                );
+            }
+            disk.sync_all(file)
+        })
+        .and_then(|()| disk.sync_dir(dir));
+    match prepared {
+        Ok(()) => Ok((file, path)),
+        Err(e) => {
+            disk.close(file);
+            let _ = std::fs::remove_file(&path);
+            Err(EngineError::io("allocate segment", path, e))
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The read path: whole batches from an offset on, from the tail cache when it holds them,
+//! else with O_DIRECT reads of the segments.
+
+use crate::aligned::{align_down, align_up};
+use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
+use crate::error::{EngineError, Result};
+use crate::io::{Completion, FileId};
+use crate::partition::Partition;
+use crate::trailer::{self, Trailer, TRAILER_BYTES};
+use crate::ReadDone;
+
+/// Smallest disk read; reads are at least this long so small fetches still move forward.
+const MIN_READ_BYTES: usize = 64 * 1024;
+/// Largest single disk read.
+const MAX_READ_BYTES: usize = 8 << 20;
+
+/// What a read returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole batches, concatenated, exactly as stored (base offsets assigned).
+    pub data: Vec<u8>,
+    /// The offset to read from next: one past the last record returned.
+    pub next_offset: u64,
+    /// One past the last durable offset of the partition when the read was answered.
+    pub high_watermark: u64,
+}
+
+/// A read waiting for the disk.
+pub struct DiskRead {
+    /// Offset asked for.
+    pub from: u64,
+    /// Byte budget of the answer (at least one batch is returned).
+    pub max_bytes: usize,
+    /// Segment being read (by base offset).
+    pub segment_base: u64,
+    /// Position in that segment to continue parsing at.
+    pub pos: u64,
+    /// The length of the batch at `pos`, when a previous read saw only its start.
+    pub need_bytes: usize,
+    /// Batches collected so far.
+    pub out: Vec<u8>,
+    /// One past the last offset collected.
+    pub next_offset: u64,
+    /// Where the answer goes.
+    pub done: ReadDone,
+}
+
+/// What parsing a region found.
+enum Parsed {
+    /// The byte budget is used up.
+    Full,
+    /// Needs the bytes from `pos` on (`need` of them when the batch length is known); past
+    /// the segment's durable end this means the segment is done.
+    More { pos: u64, need: usize },
+}
+
+impl Partition {
+    /// Starts a read. Answers at once when it can (from memory, or with an error); otherwise
+    /// returns the disk read to issue.
+    pub fn begin_read(&mut self, from: u64, max_bytes: usize, done: ReadDone) -> Option<DiskRead> {
+        let (start, end) = (self.log_start(), self.durable_next);
+        if from < start || from > end {
+            done(Err(EngineError::OffsetOutOfRange {
+                offset: from,
+                start,
+                end,
+            }));
+            return None;
+        }
+        if from == end || self.tail.covers(from) {
+            let mut data = Vec::new();
+            let next_offset = self.tail.read(from, max_bytes, &mut data);
+            done(Ok(ReadResult {
+                data,
+                next_offset,
+                high_watermark: end,
+            }));
+            return None;
+        }
+        let seg = self.segments.iter().rev().find(|s| s.base_offset <= from)?;
+        Some(DiskRead {
+            from,
+            max_bytes,
+            segment_base: seg.base_offset,
+            pos: seg.lookup(from),
+            need_bytes: 0,
+            out: Vec::new(),
+            next_offset: from,
+            done,
+        })
+    }
+
+    /// The file, aligned position and length of the next disk read for `r`, or `None` when the
+    /// read is finished.
+    pub fn next_read(&self, r: &DiskRead) -> Option<(FileId, u64, usize)> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.base_offset == r.segment_base)?;
+        if r.pos >= seg.durable_end {
+            return None;
+        }
+        let start = align_down(r.pos);
+        let body = r
+            .max_bytes
+            .clamp(MIN_READ_BYTES, MAX_READ_BYTES)
+            .max(r.need_bytes);
+        let len = align_up((r.pos - start) as u64 + body as u64).min(seg.durable_end - start);
+        Some((seg.file, start, len as usize))
+    }
+
+    /// Takes the completion of `r`'s disk read. Returns the read again if it needs another
+    /// disk read, or answers it and returns `None`.
+    pub fn continue_read(
+        &mut self,
+        mut r: DiskRead,
+        read_pos: u64,
+        c: Completion,
+    ) -> Option<DiskRead> {
+        let Some(seg_index) = self
+            .segments
+            .iter()
+            .position(|s| s.base_offset == r.segment_base)
+        else {
+            return self.finish_read(r, Ok(()));
+        };
+        let seg = &self.segments[seg_index];
+        let (path, durable_end) = (seg.path.clone(), seg.durable_end);
+        let n = match c.result {
+            Ok(n) => n,
+            Err(e) => return self.finish_read(r, Err(EngineError::io("read segment", path, e))),
+        };
+        let Some(buf) = c.buf else {
+            return self.finish_read(r, Ok(()));
+        };
+        let region_end = (read_pos + n as u64).min(durable_end);
+        let region = &buf.as_slice()[..(region_end - read_pos) as usize];
+        match collect(region, read_pos, &mut r) {
+            Err((position, detail)) => {
+                let err = EngineError::Corruption {
+                    path,
+                    position,
+                    detail,
+                };
+                self.finish_read(r, Err(err))
+            }
+            Ok(Parsed::Full) => self.finish_read(r, Ok(())),
+            Ok(Parsed::More { pos, need }) if pos < durable_end => {
+                r.pos = pos;
+                r.need_bytes = need;
+                Some(r)
+            }
+            Ok(_) => match self.segments.get(seg_index + 1) {
+                Some(next) if next.base_offset < self.durable_next => {
+                    r.segment_base = next.base_offset;
+                    r.pos = 0;
+                    r.need_bytes = 0;
+                    Some(r)
+                }
+                _ => self.finish_read(r, Ok(())),
+            },
+        }
+    }
+
+    fn finish_read(&mut self, r: DiskRead, outcome: Result<()>) -> Option<DiskRead> {
+        let answer = outcome.map(|()| ReadResult {
+            data: r.out,
+            next_offset: r.next_offset,
+            high_watermark: self.durable_next,
+        });
+        (r.done)(answer);
+        None
+    }
+}
+
+/// Walks batches in `region` (which starts at segment position `region_pos`) from `r.pos`,
+/// skipping padding and trailers, appending wanted batches to `r.out`.
+fn collect(
+    region: &[u8],
+    region_pos: u64,
+    r: &mut DiskRead,
+) -> std::result::Result<Parsed, (u64, String)> {
+    let mut pos = r.pos;
+    loop {
+        let at = (pos - region_pos) as usize;
+        // Only zeros up to where this flush's trailer would sit, then a trailer: the flush ends
+        // here. No batch can look like that (its length field is non-zero and not negative).
+        let flush_end = trailer::flush_end(pos);
+        let Some(until_flush_end) = region.get(at..(flush_end - region_pos) as usize) else {
+            return Ok(Parsed::More {
+                pos,
+                need: (flush_end - pos) as usize,
+            });
+        };
+        let (padding, trailer) = until_flush_end.split_at(until_flush_end.len() - TRAILER_BYTES);
+        if padding.iter().all(|&b| b == 0) && Trailer::decode(trailer).is_some() {
+            pos = flush_end;
+            continue;
+        }
+        let prefix = &until_flush_end[..LOG_OVERHEAD_BYTES.min(until_flush_end.len())];
+        let len = batch::declared_len(prefix).ok_or((pos, "impossible batch length".to_string()))? as usize;
+        let Some(bytes) = region.get(at..at + len) else {
+            return Ok(Parsed::More { pos, need: len });
+        };
+        let view = BatchView::verify(bytes).map_err(|e| (pos, e.to_string()))?;
+        if view.last_offset() as u64 >= r.from {
+            if !r.out.is_empty() && r.out.len() + len > r.max_bytes {
+                return Ok(Parsed::Full);
+            }
+            r.out.extend_from_slice(bytes);
+            r.next_offset = view.last_offset() as u64 + 1;
+            if r.out.len() >= r.max_bytes {
+                return Ok(Parsed::Full);
+            }
+        }
+        pos += len as u64;
+    }
+}

@@ -1,0 +1,398 @@
+//! Scanning a segment on open: where the log ends, whether the damage is a torn tail or
+//! corruption, and the sparse index. See `docs/FORMAT.md` for the rules.
+
+use std::io;
+
+use crate::aligned::{align_down, AlignedBuf, BLOCK_BYTES};
+use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
+use crate::segment::{IndexEntry, INDEX_INTERVAL_BYTES};
+use crate::trailer::{self, Trailer, TRAILER_BYTES};
+
+/// Bytes read per step while scanning.
+const SCAN_WINDOW_BYTES: usize = 4 << 20;
+
+/// Positioned reads of one file, block aligned.
+pub trait ReadAt {
+    /// Reads up to `len` bytes at block-aligned `pos` into `buf`; returns the buffer and the
+    /// bytes read (fewer at the end of the file).
+    fn read_at(&mut self, pos: u64, buf: AlignedBuf, len: usize)
+        -> (AlignedBuf, io::Result<usize>);
+}
+
+/// A sliding window over a file, so batches that straddle read boundaries are seen whole.
+struct Window<R> {
+    src: R,
+    buf: AlignedBuf,
+    start: u64,
+    filled: usize,
+    file_len: u64,
+}
+
+impl<R: ReadAt> Window<R> {
+    fn new(src: R, file_len: u64) -> Self {
+        Self {
+            src,
+            buf: AlignedBuf::zeroed(SCAN_WINDOW_BYTES),
+            start: 0,
+            filled: 0,
+            file_len,
+        }
+    }
+
+    /// `n` bytes at `pos`, or `None` when they run past the end of the file.
+    fn get(&mut self, pos: u64, n: usize) -> io::Result<Option<&[u8]>> {
+        let end = pos + n as u64;
+        if end > self.file_len {
+            return Ok(None);
+        }
+        if pos < self.start || end > self.start + self.filled as u64 {
+            let start = align_down(pos);
+            let want = (end - start) as usize;
+            if want > self.buf.capacity() {
+                self.buf = AlignedBuf::zeroed(want);
+            }
+            let len =
+                crate::aligned::align_up((self.file_len - start).min(self.buf.capacity() as u64))
+                    as usize;
+            let buf = std::mem::replace(&mut self.buf, AlignedBuf::zeroed(BLOCK_BYTES));
+            let (buf, read) = self.src.read_at(start, buf, len);
+            self.buf = buf;
+            self.start = start;
+            self.filled = read?;
+            if end > self.start + self.filled as u64 {
+                return Ok(None);
+            }
+        }
+        let at = (pos - self.start) as usize;
+        Ok(Some(&self.buf.as_slice()[at..at + n]))
+    }
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// End of the last valid batch: where the log ends in this segment.
+    pub valid_end: u64,
+    /// End of the last flush sealed by a valid trailer (block aligned, ≤ `valid_end` rounded up).
+    pub sealed_end: u64,
+    /// CRC-32C of the bytes `[sealed_end, valid_end)`: the batches of an unsealed torn flush.
+    pub unsealed_crc: u32,
+    /// One past the last offset found.
+    pub next_offset: u64,
+    /// Sparse offset → position index.
+    pub index: Vec<IndexEntry>,
+    /// Why the scan stopped before the end of the file with invalid data, if it did.
+    pub invalid: Option<String>,
+    /// Position of a valid trailer of a *later* flush beyond the end: proof that the damage is
+    /// corruption of data that was durable, not a torn tail.
+    pub later_flush_at: Option<u64>,
+    /// End of the last block past `valid_end` holding non-zero bytes (leftovers to clear).
+    pub dirty_end: u64,
+    /// Bytes of the last, partial block of the log: `[align_down(valid_end), valid_end)`.
+    pub tail_block: Vec<u8>,
+}
+
+/// Scans a segment whose first offset is `base_offset` and that is `file_len` bytes long.
+pub fn scan<R: ReadAt>(
+    src: R,
+    file_len: u64,
+    base_offset: u64,
+    max_batch_bytes: usize,
+) -> io::Result<Scan> {
+    let mut w = Window::new(src, file_len);
+    let mut s = Scan {
+        next_offset: base_offset,
+        ..Scan::default()
+    };
+    let mut pos = 0u64;
+    let mut last_indexed: Option<u64> = None;
+    let mut flush_first_offset = base_offset;
+    loop {
+        match sealed_flush_at(&mut w, pos, &s)? {
+            Seal::Sealed(end) => {
+                s.sealed_end = end;
+                s.valid_end = end;
+                s.unsealed_crc = 0;
+                flush_first_offset = s.next_offset;
+                pos = end;
+                continue;
+            }
+            Seal::Damaged(why) => {
+                // Its batches verify but the flush as a whole does not (a byte outside the
+                // batch CRCs changed): none of it can be trusted.
+                s.valid_end = s.sealed_end;
+                s.unsealed_crc = 0;
+                s.next_offset = flush_first_offset;
+                s.index.retain(|e| e.pos < s.sealed_end);
+                s.invalid = Some(why);
+                break;
+            }
+            Seal::None => {}
+        }
+        match batch_at(&mut w, pos, s.next_offset, max_batch_bytes)? {
+            Step::Batch { len, next_offset } => {
+                if last_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL_BYTES) {
+                    s.index.push(IndexEntry {
+                        offset: s.next_offset,
+                        pos,
+                    });
+                    last_indexed = Some(pos);
+                }
+                let bytes = w.get(pos, len)?.unwrap_or_default();
+                s.unsealed_crc = crc32c::crc32c_append(s.unsealed_crc, bytes);
+                s.next_offset = next_offset;
+                pos += len as u64;
+                s.valid_end = pos;
+            }
+            Step::End => break,
+            Step::Invalid(why) => {
+                s.invalid = Some(why);
+                break;
+            }
+        }
+    }
+    let tail_start = align_down(s.valid_end);
+    s.tail_block = w
+        .get(tail_start, (s.valid_end - tail_start) as usize)?
+        .unwrap_or_default()
+        .to_vec();
+    look_past_the_end(&mut w, &mut s)?;
+    Ok(s)
+}
+
+enum Seal {
+    /// A valid trailer seals the flush here; it ends at the given position.
+    Sealed(u64),
+    /// The flush's trailer is here but its CRC does not match the flush's bytes.
+    Damaged(String),
+    /// No trailer of this flush right after `pos`.
+    None,
+}
+
+/// Whether the trailer of the flush that began at `s.sealed_end` follows `pos` (with only
+/// zero padding between).
+fn sealed_flush_at<R: ReadAt>(w: &mut Window<R>, pos: u64, s: &Scan) -> io::Result<Seal> {
+    let end = trailer::flush_end(pos);
+    let trailer_at = end - TRAILER_BYTES as u64;
+    let Some(raw) = w.get(trailer_at, TRAILER_BYTES)? else {
+        return Ok(Seal::None);
+    };
+    let Some(t) = Trailer::decode(raw) else {
+        return Ok(Seal::None);
+    };
+    if t.flush_start != s.sealed_end || t.next_offset != s.next_offset || pos == s.sealed_end {
+        return Ok(Seal::None);
+    }
+    let Some(pad) = w.get(pos, (trailer_at - pos) as usize)? else {
+        return Ok(Seal::None);
+    };
+    if pad.iter().all(|&b| b == 0) && crc32c::crc32c_append(s.unsealed_crc, pad) == t.flush_crc {
+        Ok(Seal::Sealed(end))
+    } else {
+        Ok(Seal::Damaged(format!(
+            "the flush at byte {} fails its checksum",
+            s.sealed_end
+        )))
+    }
+}
+
+enum Step {
+    Batch { len: usize, next_offset: u64 },
+    End,
+    Invalid(String),
+}
+
+fn batch_at<R: ReadAt>(
+    w: &mut Window<R>,
+    pos: u64,
+    expected: u64,
+    max_batch_bytes: usize,
+) -> io::Result<Step> {
+    let Some(prefix) = w.get(pos, LOG_OVERHEAD_BYTES)? else {
+        return Ok(Step::End);
+    };
+    if prefix.iter().all(|&b| b == 0) {
+        return Ok(Step::End);
+    }
+    let base = i64::from_be_bytes(prefix[..8].try_into().unwrap_or_default());
+    let Some(len) = batch::declared_len(prefix).filter(|&n| n <= max_batch_bytes as u64) else {
+        return Ok(Step::Invalid(format!(
+            "batch at byte {pos} declares an impossible length"
+        )));
+    };
+    if base != expected as i64 {
+        return Ok(Step::Invalid(format!(
+            "batch at byte {pos} has base offset {base}, expected {expected}"
+        )));
+    }
+    let Some(bytes) = w.get(pos, len as usize)? else {
+        return Ok(Step::Invalid(format!(
+            "batch at byte {pos} runs past the end of the file"
+        )));
+    };
+    match BatchView::verify(bytes) {
+        Ok(view) => Ok(Step::Batch {
+            len: len as usize,
+            next_offset: view.last_offset() as u64 + 1,
+        }),
+        Err(e) => Ok(Step::Invalid(format!("batch at byte {pos}: {e}"))),
+    }
+}
+
+/// Reads every block after the end: notes leftovers to clear and trailers of later flushes.
+fn look_past_the_end<R: ReadAt>(w: &mut Window<R>, s: &mut Scan) -> io::Result<()> {
+    let mut block = align_down(s.valid_end);
+    s.dirty_end = s.valid_end;
+    while let Some(bytes) = w.get(block, BLOCK_BYTES)? {
+        let from = s.valid_end.saturating_sub(block) as usize;
+        if bytes[from..].iter().any(|&b| b != 0) {
+            s.dirty_end = block + BLOCK_BYTES as u64;
+        }
+        let trailer = Trailer::decode(&bytes[BLOCK_BYTES - TRAILER_BYTES..]);
+        if s.later_flush_at.is_none() && trailer.is_some_and(|t| t.flush_start > s.sealed_end) {
+            s.later_flush_at = Some(block + (BLOCK_BYTES - TRAILER_BYTES) as u64);
+        }
+        block += BLOCK_BYTES as u64;
+    }
+    // A file cut short mid-block still has bytes after the last whole block.
+    let rest = w.file_len.saturating_sub(block.max(s.valid_end));
+    if rest > 0 {
+        if let Some(bytes) = w.get(block.max(s.valid_end), rest as usize)? {
+            if bytes.iter().any(|&b| b != 0) {
+                s.dirty_end = w.file_len;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(missing_docs)]
+pub mod tests {
+    use super::*;
+
+    /// Reads from bytes in memory.
+    pub struct MemFile<'a>(pub &'a [u8]);
+
+    impl ReadAt for MemFile<'_> {
+        fn read_at(
+            &mut self,
+            pos: u64,
+            mut buf: AlignedBuf,
+            len: usize,
+        ) -> (AlignedBuf, io::Result<usize>) {
+            let start = (pos as usize).min(self.0.len());
+            let n = len.min(self.0.len() - start);
+            buf.as_mut_slice()[..n].copy_from_slice(&self.0[start..start + n]);
+            (buf, Ok(n))
+        }
+    }
+
+    /// Builds segment bytes from flushes of batches, as the writer lays them out.
+    pub fn segment_with(
+        flushes: &[Vec<Vec<u8>>],
+        base: u64,
+        file_len: usize,
+    ) -> (Vec<u8>, Vec<u64>) {
+        let mut out = vec![0u8; file_len];
+        let mut pos = 0usize;
+        let mut next = base;
+        let mut starts = Vec::new();
+        for flush in flushes {
+            let flush_start = pos;
+            for b in flush {
+                let mut b = b.clone();
+                batch::set_base_offset(&mut b, next);
+                next = BatchView::verify(&b).unwrap().last_offset() as u64 + 1;
+                starts.push(pos as u64);
+                out[pos..pos + b.len()].copy_from_slice(&b);
+                pos += b.len();
+            }
+            let end = trailer::flush_end(pos as u64) as usize;
+            let crc = crc32c::crc32c(&out[flush_start..end - TRAILER_BYTES]);
+            let t = Trailer {
+                flush_start: flush_start as u64,
+                next_offset: next,
+                flush_crc: crc,
+            };
+            t.encode(&mut out[end - TRAILER_BYTES..end]);
+            pos = end;
+        }
+        (out, starts)
+    }
+
+    pub fn batch_of(n: usize, value_len: usize) -> Vec<u8> {
+        let mut b = batch::BatchBuilder::new(0);
+        for i in 0..n {
+            b.push(None, &vec![0xa0 + i as u8; value_len], &[]);
+        }
+        b.build()
+    }
+
+    #[test]
+    fn clean_segment_scans_to_its_last_flush() {
+        let flushes = vec![
+            vec![batch_of(2, 100), batch_of(1, 5000)],
+            vec![batch_of(3, 10)],
+        ];
+        let (bytes, _) = segment_with(&flushes, 50, 64 * 1024);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 50, 1 << 20).unwrap();
+        assert_eq!(s.next_offset, 56);
+        assert_eq!(s.valid_end, s.sealed_end);
+        assert_eq!(s.sealed_end, 12288);
+        assert!(s.invalid.is_none() && s.later_flush_at.is_none());
+        assert_eq!(s.dirty_end, s.valid_end);
+        assert_eq!(s.index[0], IndexEntry { offset: 50, pos: 0 });
+    }
+
+    #[test]
+    fn a_flip_before_a_later_flush_is_reported_as_corruption() {
+        let flushes = vec![
+            vec![batch_of(2, 100)],
+            vec![batch_of(1, 100)],
+            vec![batch_of(1, 100)],
+        ];
+        let (mut bytes, starts) = segment_with(&flushes, 0, 64 * 1024);
+        bytes[starts[1] as usize + 30] ^= 1;
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
+        assert_eq!(s.valid_end, 4096);
+        assert!(
+            s.invalid.as_deref().is_some_and(|w| w.contains("CRC")),
+            "{:?}",
+            s.invalid
+        );
+        assert_eq!(s.later_flush_at, Some(3 * 4096 - TRAILER_BYTES as u64));
+    }
+
+    #[test]
+    fn a_flip_outside_the_batch_crc_fails_the_whole_flush() {
+        let flushes = vec![vec![batch_of(1, 100)], vec![batch_of(2, 100)], vec![batch_of(1, 100)]];
+        let (mut bytes, starts) = segment_with(&flushes, 0, 64 * 1024);
+        bytes[starts[1] as usize + 13] ^= 1; // leader epoch: not covered by the batch CRC
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
+        assert_eq!((s.valid_end, s.sealed_end, s.next_offset), (4096, 4096, 1));
+        assert!(s.invalid.as_deref().is_some_and(|w| w.contains("checksum")));
+        assert!(s.later_flush_at.is_some());
+    }
+
+    #[test]
+    fn a_torn_last_flush_keeps_its_valid_prefix_unsealed() {
+        let flushes = vec![
+            vec![batch_of(1, 100)],
+            vec![batch_of(1, 3000), batch_of(1, 3000)],
+        ];
+        let (mut bytes, starts) = segment_with(&flushes, 0, 64 * 1024);
+        // Lose the block holding the second batch's tail and the trailer.
+        bytes[8192..12288].fill(0);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
+        assert_eq!(s.sealed_end, 4096);
+        assert_eq!(s.valid_end, starts[2]);
+        assert_eq!(s.next_offset, 2);
+        assert!(s.later_flush_at.is_none());
+        assert_eq!(
+            s.dirty_end, 8192,
+            "the torn second batch's first block is left over"
+        );
+        assert_eq!(s.tail_block.len() as u64, starts[2] - 4096);
+    }
+}

@@ -1,0 +1,439 @@
+//! A shard: one thread, one ring, the partitions routed to it. Shared nothing: requests arrive
+//! over a bounded channel and the thread is woken through its ring.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::blocking::BlockingIo;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::io::{Completion, Disk, Waker};
+use crate::open::open_partition;
+use crate::partition::Partition;
+use crate::read::DiskRead;
+use crate::{AppendDone, ReadDone};
+
+/// Requests taken from the channel per turn before flushes are started, so one busy producer
+/// cannot delay the flush of what is already gathered for long.
+const COMMANDS_PER_TURN_MAX: usize = 4096;
+
+/// A request to a shard.
+pub enum Command {
+    /// Append a batch to a partition this shard owns.
+    Append {
+        /// Topic name.
+        topic: Arc<str>,
+        /// Partition.
+        partition: u32,
+        /// A RecordBatch v2.
+        batch: Vec<u8>,
+        /// Called once durable, or failed.
+        done: AppendDone,
+    },
+    /// Read whole batches from an offset on.
+    Read {
+        /// Topic name.
+        topic: Arc<str>,
+        /// Partition.
+        partition: u32,
+        /// First offset wanted.
+        from: u64,
+        /// Byte budget (at least one batch is returned).
+        max_bytes: usize,
+        /// Called with the answer.
+        done: ReadDone,
+    },
+    /// Learn a topic and open the partitions of it this shard owns.
+    AddTopic {
+        /// Topic name.
+        topic: Arc<str>,
+        /// Partition count of the topic.
+        partitions: u32,
+        /// The ones this shard owns.
+        owned: Vec<u32>,
+        /// Answer.
+        reply: Sender<Result<()>>,
+    },
+    /// Forget a topic, once its in-flight work is done.
+    RemoveTopic {
+        /// Topic name.
+        topic: Arc<str>,
+        /// Answer, once its partitions are closed.
+        reply: Sender<Result<()>>,
+    },
+    /// Finish what is in flight and exit.
+    Stop,
+}
+
+/// Counters of one shard, readable from any thread.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Appends answered successfully.
+    pub appends: AtomicU64,
+    /// Flushes completed (each one write + one fdatasync).
+    pub flushes: AtomicU64,
+    /// `fdatasync`s issued on the write path.
+    pub syncs: AtomicU64,
+    /// Bytes written by flushes (whole blocks).
+    pub bytes_written: AtomicU64,
+    /// Flushes that failed and poisoned their partition.
+    pub failed_flushes: AtomicU64,
+    /// Disk reads issued.
+    pub disk_reads: AtomicU64,
+}
+
+struct TopicSlot {
+    partitions: u32,
+    owned: HashMap<u32, Partition>,
+    removing: Option<Sender<Result<()>>>,
+}
+
+/// What an in-flight operation belongs to.
+enum Owner {
+    Flush(Arc<str>, u32),
+    Read(Arc<str>, u32, u64, DiskRead),
+}
+
+/// The shard's state, run by [`Shard::run`] on its own thread.
+pub struct Shard<D> {
+    disk: D,
+    rx: Receiver<Command>,
+    waker: Arc<Waker>,
+    cfg: Arc<EngineConfig>,
+    stats: Arc<ShardStats>,
+    topics: HashMap<Arc<str>, TopicSlot>,
+    ops: HashMap<u64, Owner>,
+    next_token: u64,
+    deferred: Vec<Completion>,
+    to_flush: Vec<(Arc<str>, u32)>,
+    /// A partition holds more unflushed bytes than allowed: take no requests until it drains.
+    throttled: bool,
+    stopping: bool,
+}
+
+impl<D: Disk> Shard<D> {
+    /// A shard over `disk`, taking requests from `rx`.
+    pub fn new(
+        disk: D,
+        rx: Receiver<Command>,
+        cfg: Arc<EngineConfig>,
+        stats: Arc<ShardStats>,
+    ) -> Self {
+        let waker = disk.waker();
+        Self {
+            disk,
+            rx,
+            waker,
+            cfg,
+            stats,
+            topics: HashMap::new(),
+            ops: HashMap::new(),
+            next_token: 1,
+            deferred: Vec::new(),
+            to_flush: Vec::new(),
+            throttled: false,
+            stopping: false,
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// The event loop: runs until [`Command::Stop`] and all in-flight work is done.
+    pub fn run(mut self) {
+        let mut completions = Vec::new();
+        loop {
+            let mut took = 0;
+            self.throttled = self.over_pending_limit();
+            while took < COMMANDS_PER_TURN_MAX && !self.throttled {
+                match self.rx.try_recv() {
+                    Ok(cmd) => {
+                        took += 1;
+                        self.handle(cmd);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.stopping = true;
+                        break;
+                    }
+                }
+            }
+            self.start_flushes();
+            self.finish_removals();
+            if self.stopping
+                && self.ops.is_empty()
+                && self.deferred.is_empty()
+                && self.to_flush.is_empty()
+            {
+                break;
+            }
+            let mut block = took == 0 && self.deferred.is_empty();
+            if block {
+                self.waker.park();
+                if !self.rx.is_empty() && !self.throttled {
+                    block = false;
+                }
+            }
+            completions.append(&mut self.deferred);
+            if let Err(e) = self.disk.wait(&mut completions, block) {
+                log::error!("shard ring wait failed: {e}");
+            }
+            self.waker.unpark();
+            for c in completions.drain(..) {
+                self.on_completion(c);
+            }
+        }
+        for (_, slot) in self.topics.drain() {
+            for (_, p) in slot.owned {
+                p.close(&mut self.disk);
+            }
+        }
+    }
+
+    fn over_pending_limit(&self) -> bool {
+        let limit = self.cfg.max_pending_bytes;
+        self.to_flush.iter().any(|(t, p)| {
+            self.topics
+                .get(t)
+                .and_then(|s| s.owned.get(p))
+                .is_some_and(|p| p.pending_bytes() >= limit)
+        })
+    }
+
+    fn partition(&mut self, topic: &str, partition: u32) -> Result<&mut Partition> {
+        let Some(slot) = self.topics.get_mut(topic) else {
+            return Err(EngineError::UnknownTopic(topic.to_string()));
+        };
+        if slot.removing.is_some() {
+            return Err(EngineError::TopicDeleted(topic.to_string()));
+        }
+        if partition >= slot.partitions {
+            return Err(EngineError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            });
+        }
+        slot.owned
+            .get_mut(&partition)
+            .ok_or(EngineError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append {
+                topic,
+                partition,
+                batch,
+                done,
+            } => {
+                let limit = self.cfg.max_pending_bytes;
+                match self.partition(&topic, partition) {
+                    Ok(p) => {
+                        p.append(batch, done);
+                        let over = p.pending_bytes() >= limit;
+                        if p.wants_flush() {
+                            self.to_flush.push((topic, partition));
+                        }
+                        self.throttled |= over;
+                    }
+                    Err(e) => done(Err(e)),
+                }
+            }
+            Command::Read {
+                topic,
+                partition,
+                from,
+                max_bytes,
+                done,
+            } => match self.partition(&topic, partition) {
+                Ok(p) => {
+                    if let Some(r) = p.begin_read(from, max_bytes, done) {
+                        self.submit_read(topic, partition, r);
+                    }
+                }
+                Err(e) => done(Err(e)),
+            },
+            Command::AddTopic {
+                topic,
+                partitions,
+                owned,
+                reply,
+            } => {
+                let _ = reply.send(self.add_topic(topic, partitions, owned));
+            }
+            Command::RemoveTopic { topic, reply } => match self.topics.get_mut(&topic) {
+                Some(slot) => {
+                    let err = EngineError::TopicDeleted(topic.to_string());
+                    for p in slot.owned.values_mut() {
+                        p.fail_pending(&err);
+                    }
+                    slot.removing = Some(reply);
+                }
+                None => {
+                    let _ = reply.send(Ok(()));
+                }
+            },
+            Command::Stop => self.stopping = true,
+        }
+    }
+
+    fn add_topic(&mut self, topic: Arc<str>, partitions: u32, owned: Vec<u32>) -> Result<()> {
+        let mut opened = HashMap::new();
+        for id in owned {
+            let token = self.token();
+            let mut io = BlockingIo {
+                disk: &mut self.disk,
+                deferred: &mut self.deferred,
+                token,
+            };
+            match open_partition(&mut io, &self.cfg, Arc::clone(&topic), id) {
+                Ok(p) => {
+                    opened.insert(id, p);
+                }
+                Err(e) => {
+                    for (_, p) in opened {
+                        p.close(&mut self.disk);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let slot = TopicSlot {
+            partitions,
+            owned: opened,
+            removing: None,
+        };
+        self.topics.insert(topic, slot);
+        Ok(())
+    }
+
+    fn finish_removals(&mut self) {
+        let done: Vec<Arc<str>> = self
+            .topics
+            .iter()
+            .filter(|(_, s)| s.removing.is_some() && s.owned.values().all(Partition::is_idle))
+            .map(|(t, _)| Arc::clone(t))
+            .collect();
+        for topic in done {
+            if let Some(slot) = self.topics.remove(&topic) {
+                for (_, p) in slot.owned {
+                    p.close(&mut self.disk);
+                }
+                if let Some(reply) = slot.removing {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn start_flushes(&mut self) {
+        let mut list = std::mem::take(&mut self.to_flush);
+        for (topic, partition) in list.drain(..) {
+            let token = self.token();
+            let Some(p) = self
+                .topics
+                .get_mut(&topic)
+                .and_then(|s| s.owned.get_mut(&partition))
+            else {
+                continue;
+            };
+            if !p.wants_flush() {
+                continue;
+            }
+            p.start_flush(&mut self.disk, token);
+            if !p.is_idle() {
+                self.ops.insert(token, Owner::Flush(topic, partition));
+            }
+        }
+        self.to_flush = list;
+    }
+
+    fn submit_read(&mut self, topic: Arc<str>, partition: u32, r: DiskRead) {
+        let token = self.token();
+        let Ok(p) = self.partition(&topic, partition) else {
+            return (r.done)(Err(EngineError::TopicDeleted(topic.to_string())));
+        };
+        let Some((file, pos, len)) = p.next_read(&r) else {
+            let answer = crate::ReadResult {
+                data: r.out,
+                next_offset: r.next_offset,
+                high_watermark: p.durable_next,
+            };
+            return (r.done)(Ok(answer));
+        };
+        p.reads_in_flight += 1;
+        self.disk.submit_read(
+            file,
+            pos,
+            crate::aligned::AlignedBuf::zeroed(len),
+            len,
+            token,
+        );
+        self.stats.disk_reads.fetch_add(1, Ordering::Relaxed);
+        self.ops
+            .insert(token, Owner::Read(topic, partition, pos, r));
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let token = c.token;
+        match self.ops.get(&token) {
+            Some(Owner::Flush(topic, partition)) => {
+                let (topic, partition) = (Arc::clone(topic), *partition);
+                let Some(p) = self
+                    .topics
+                    .get_mut(&topic)
+                    .and_then(|s| s.owned.get_mut(&partition))
+                else {
+                    return;
+                };
+                let Some(done) = p.on_flush_completion(c) else {
+                    return;
+                };
+                self.ops.remove(&token);
+                let counter = if done.ok {
+                    &self.stats.flushes
+                } else {
+                    &self.stats.failed_flushes
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if done.ok {
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .appends
+                        .fetch_add(done.appends as u64, Ordering::Relaxed);
+                    self.stats
+                        .bytes_written
+                        .fetch_add(done.bytes as u64, Ordering::Relaxed);
+                }
+                if p.wants_flush() {
+                    self.to_flush.push((topic, partition));
+                }
+            }
+            Some(Owner::Read(..)) => {
+                let Some(Owner::Read(topic, partition, pos, r)) = self.ops.remove(&token) else {
+                    return;
+                };
+                let Some(p) = self
+                    .topics
+                    .get_mut(&topic)
+                    .and_then(|s| s.owned.get_mut(&partition))
+                else {
+                    return (r.done)(Err(EngineError::TopicDeleted(topic.to_string())));
+                };
+                p.reads_in_flight -= 1;
+                if let Some(r) = p.continue_read(r, pos, c) {
+                    self.submit_read(topic, partition, r);
+                }
+            }
+            None => log::warn!("completion for unknown operation {token}"),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The flush trailer: the last bytes of every flush, marking where it began and sealing it.
+//!
+//! Every flush covers whole blocks: its batches, zero padding, and this 40-byte trailer ending
+//! exactly on the flush's final block boundary. Flushes are issued one at a time per partition,
+//! each only after the previous one's `fdatasync` completed, so a valid trailer on disk proves
+//! that everything before its flush was durable. Recovery uses that to tell a torn tail (damage
+//! inside the one flush that may have been in flight) from corruption (damage before a later,
+//! sealed flush). Layout (big-endian), see `docs/FORMAT.md`:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..8   | marker: eight 0xFF bytes (base offset -1, which no batch can have) |
+//! | 8..12  | magic `KFLU` |
+//! | 12..20 | position in the segment where this flush starts (block aligned) |
+//! | 20..28 | next offset: one past the last record of the flush |
+//! | 28..32 | CRC-32C of the flush's bytes from its start up to this trailer |
+//! | 32..36 | reserved, zero |
+//! | 36..40 | CRC-32C of bytes 0..36 of the trailer |
+
+use crate::aligned::align_up;
+
+/// Size of a trailer in bytes.
+pub const TRAILER_BYTES: usize = 40;
+const MARKER: [u8; 8] = [0xff; 8];
+const MAGIC: &[u8; 4] = b"KFLU";
+
+/// A decoded, self-consistent trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Segment position where the sealed flush begins.
+    pub flush_start: u64,
+    /// One past the last offset in the flush.
+    pub next_offset: u64,
+    /// CRC-32C of the flush bytes before the trailer (batches and padding).
+    pub flush_crc: u32,
+}
+
+impl Trailer {
+    /// Encodes into exactly [`TRAILER_BYTES`] bytes.
+    pub fn encode(&self, out: &mut [u8]) {
+        assert_eq!(out.len(), TRAILER_BYTES);
+        out[0..8].copy_from_slice(&MARKER);
+        out[8..12].copy_from_slice(MAGIC);
+        out[12..20].copy_from_slice(&self.flush_start.to_be_bytes());
+        out[20..28].copy_from_slice(&self.next_offset.to_be_bytes());
+        out[28..32].copy_from_slice(&self.flush_crc.to_be_bytes());
+        out[32..36].fill(0);
+        let crc = crc32c::crc32c(&out[..36]);
+        out[36..40].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    /// Decodes `bytes` if they hold a trailer whose own CRC verifies.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != TRAILER_BYTES || bytes[0..8] != MARKER || &bytes[8..12] != MAGIC {
+            return None;
+        }
+        let stored = u32::from_be_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]);
+        if crc32c::crc32c(&bytes[..36]) != stored {
+            return None;
+        }
+        let u64_at = |at: usize| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(raw)
+        };
+        Some(Self {
+            flush_start: u64_at(12),
+            next_offset: u64_at(20),
+            flush_crc: u32::from_be_bytes([bytes[28], bytes[29], bytes[30], bytes[31]]),
+        })
+    }
+}
+
+/// Where a flush must end when its batches end at `data_end`: the first block boundary that
+/// leaves room for the trailer.
+pub fn flush_end(data_end: u64) -> u64 {
+    align_up(data_end + TRAILER_BYTES as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_any_damage() {
+        let t = Trailer {
+            flush_start: 8192,
+            next_offset: 77,
+            flush_crc: 0xdead_beef,
+        };
+        let mut bytes = [0u8; TRAILER_BYTES];
+        t.encode(&mut bytes);
+        assert_eq!(Trailer::decode(&bytes), Some(t));
+        for i in 0..TRAILER_BYTES {
+            let mut bad = bytes;
+            bad[i] ^= 0x20;
+            assert_eq!(Trailer::decode(&bad), None, "flip at {i}");
+        }
+        assert_eq!(Trailer::decode(&[0u8; TRAILER_BYTES]), None);
+    }
+
+    #[test]
+    fn flush_end_leaves_room_for_the_trailer() {
+        assert_eq!(flush_end(0), 4096);
+        assert_eq!(flush_end(4096 - 40), 4096);
+        assert_eq!(flush_end(4096 - 39), 8192);
+        assert_eq!(flush_end(5000), 8192);
+    }
+}

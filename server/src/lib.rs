@@ -1,0 +1,1 @@
+//! Placeholder: this crate arrives with a later issue (see DESIGN.md).
