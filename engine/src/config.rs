@@ -82,14 +82,16 @@ impl EngineConfig {
         if self.shards == 0 || self.shards > 1024 {
             return fail(format!("shards must be 1..=1024, not {}", self.shards));
         }
-        if self.segment_bytes % block != 0 || self.segment_bytes < 16 * block {
+        if !self.segment_bytes.is_multiple_of(block) || self.segment_bytes < 16 * block {
             return fail(format!(
                 "segment_bytes must be a multiple of {block} and at least {}, not {}",
                 16 * block,
                 self.segment_bytes
             ));
         }
-        if self.max_flush_bytes % BLOCK_BYTES != 0 || self.max_flush_bytes < 2 * BLOCK_BYTES {
+        if !self.max_flush_bytes.is_multiple_of(BLOCK_BYTES)
+            || self.max_flush_bytes < 2 * BLOCK_BYTES
+        {
             return fail(format!(
                 "max_flush_bytes must be a multiple of {BLOCK_BYTES} and at least two blocks, not {}",
                 self.max_flush_bytes

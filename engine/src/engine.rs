@@ -74,13 +74,13 @@ pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
 impl Engine {
     /// Opens the data directory (creating it if needed), starts the shards and recovers every
     /// partition. Fails if the directory is locked, lacks O_DIRECT, io_uring is unavailable, or
-    /// a partition is corrupt (see [`crate::RecoveryMode`]).
+    /// the filesystem is in memory or lacks O_DIRECT, or a partition is corrupt (see [`crate::RecoveryMode`]).
     pub fn open(cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
         let dir = cfg.data_dir.clone();
         fs::create_dir_all(&dir).map_err(|e| EngineError::io("create data directory", &dir, e))?;
         let lock = DataDirLock::acquire(&dir)?;
-        layout::check_direct_io(&dir)?;
+        layout::check_filesystem(&dir)?;
         layout::create_dir_durable(&topics_dir(&dir))?;
         let topics = load_catalog(&cfg)?;
         let cfg = Arc::new(cfg);
@@ -254,10 +254,10 @@ impl Engine {
             batch,
             done: Box::new(done),
         };
-        if let Err(crossbeam_channel::SendError(cmd)) = self.send_or_return(shard, cmd) {
-            if let Command::Append { done, .. } = cmd {
-                done(Err(EngineError::ShuttingDown));
-            }
+        if let Err(crossbeam_channel::SendError(Command::Append { done, .. })) =
+            self.send_or_return(shard, cmd)
+        {
+            done(Err(EngineError::ShuttingDown));
         }
     }
 
@@ -301,10 +301,10 @@ impl Engine {
             max_bytes,
             done: Box::new(done),
         };
-        if let Err(crossbeam_channel::SendError(cmd)) = self.send_or_return(shard, cmd) {
-            if let Command::Read { done, .. } = cmd {
-                done(Err(EngineError::ShuttingDown));
-            }
+        if let Err(crossbeam_channel::SendError(Command::Read { done, .. })) =
+            self.send_or_return(shard, cmd)
+        {
+            done(Err(EngineError::ShuttingDown));
         }
     }
 

@@ -30,16 +30,23 @@ pub enum EngineError {
         #[source]
         source: Arc<io::Error>,
     },
-    /// The data directory is on a filesystem without O_DIRECT (tmpfs, for one).
-    #[error("data directory {} does not support O_DIRECT{hint}: use a directory on ext4 or xfs ({source})", path.display())]
+    /// The data directory is on a filesystem without O_DIRECT (some FUSE mounts).
+    #[error("data directory {} does not support O_DIRECT: use a directory on ext4 or xfs ({source})", path.display())]
     DirectIoUnsupported {
         /// The data directory.
         path: PathBuf,
-        /// Extra words when the filesystem was recognised (", it is on tmpfs").
-        hint: &'static str,
         /// The open error.
         #[source]
         source: Arc<io::Error>,
+    },
+    /// The data directory is on a filesystem that keeps data in memory only (tmpfs, ramfs):
+    /// nothing acknowledged there would survive a reboot.
+    #[error("data directory {} is on {fs}, which keeps data in memory only: nothing stored there survives a reboot; use a directory on ext4 or xfs", path.display())]
+    VolatileFilesystem {
+        /// The data directory.
+        path: PathBuf,
+        /// The filesystem type.
+        fs: &'static str,
     },
     /// Another process holds the data directory.
     #[error("data directory {} is locked by another process (lock file {})", dir.display(), lock.display())]

@@ -105,7 +105,7 @@ impl Partition {
             .max_bytes
             .clamp(MIN_READ_BYTES, MAX_READ_BYTES)
             .max(r.need_bytes);
-        let len = align_up((r.pos - start) as u64 + body as u64).min(seg.durable_end - start);
+        let len = align_up((r.pos - start) + body as u64).min(seg.durable_end - start);
         Some((seg.file, start, len as usize))
     }
 
@@ -198,7 +198,8 @@ fn collect(
             continue;
         }
         let prefix = &until_flush_end[..LOG_OVERHEAD_BYTES.min(until_flush_end.len())];
-        let len = batch::declared_len(prefix).ok_or((pos, "impossible batch length".to_string()))? as usize;
+        let len = batch::declared_len(prefix).ok_or((pos, "impossible batch length".to_string()))?
+            as usize;
         let Some(bytes) = region.get(at..at + len) else {
             return Ok(Parsed::More { pos, need: len });
         };

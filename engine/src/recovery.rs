@@ -366,7 +366,11 @@ pub mod tests {
 
     #[test]
     fn a_flip_outside_the_batch_crc_fails_the_whole_flush() {
-        let flushes = vec![vec![batch_of(1, 100)], vec![batch_of(2, 100)], vec![batch_of(1, 100)]];
+        let flushes = vec![
+            vec![batch_of(1, 100)],
+            vec![batch_of(2, 100)],
+            vec![batch_of(1, 100)],
+        ];
         let (mut bytes, starts) = segment_with(&flushes, 0, 64 * 1024);
         bytes[starts[1] as usize + 13] ^= 1; // leader epoch: not covered by the batch CRC
         let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();

@@ -85,13 +85,18 @@ pub fn read_all(engine: &Engine, topic: &str, partition: u32) -> Vec<(u64, Vec<u
     let mut out = Vec::new();
     let mut from = 0;
     loop {
-        let r = engine.read_wait(topic, partition, from, 100_000).expect("read");
+        let r = engine
+            .read_wait(topic, partition, from, 100_000)
+            .expect("read");
         for view in keel_engine::batch::batches(&r.data) {
             let view = view.expect("read returned a batch that does not verify");
             out.push((view.base_offset() as u64, view.bytes().to_vec()));
         }
         if r.next_offset >= r.high_watermark || r.data.is_empty() {
-            assert_eq!(r.next_offset, r.high_watermark, "read stopped short of the end");
+            assert_eq!(
+                r.next_offset, r.high_watermark,
+                "read stopped short of the end"
+            );
             return out;
         }
         from = r.next_offset;

@@ -3,12 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use keel_tests::{data_dir, random_batch, read_all, small_config, with_offset, Rng};
 use keel_engine::{Engine, EngineError};
+use keel_tests::{data_dir, random_batch, read_all, small_config, with_offset, Rng};
 
 type Expected = BTreeMap<u32, Vec<(u64, Vec<u8>)>>;
 
-fn fill(engine: &Engine, topic: &str, partitions: u32, batches: usize, rng: &mut Rng, expected: &mut Expected) {
+fn fill(
+    engine: &Engine,
+    topic: &str,
+    partitions: u32,
+    batches: usize,
+    rng: &mut Rng,
+    expected: &mut Expected,
+) {
     for _ in 0..batches {
         let p = rng.below(u64::from(partitions)) as u32;
         let records = 1 + rng.below(20) as usize;
@@ -17,7 +24,9 @@ fn fill(engine: &Engine, topic: &str, partitions: u32, batches: usize, rng: &mut
         let range = engine.append_wait(topic, p, batch.clone()).expect("append");
         assert_eq!(range.last - range.first + 1, records as u64);
         let log = expected.entry(p).or_default();
-        let next = log.last().map_or(0, |(o, b)| o + keel_engine::BatchView::verify(b).unwrap().record_count() as u64);
+        let next = log.last().map_or(0, |(o, b)| {
+            o + keel_engine::BatchView::verify(b).unwrap().record_count() as u64
+        });
         assert_eq!(range.first, next, "offsets are dense per partition");
         log.push((range.first, with_offset(&batch, range.first)));
     }
@@ -46,12 +55,20 @@ fn batches_round_trip_across_segments_partitions_and_reopen() {
     check(&engine, "events", &expected);
     drop(engine);
 
-    let segments = std::fs::read_dir(dir.path().join("topics/events/0")).unwrap().count();
-    assert!(segments >= 3, "the log should span several segments, has {segments} files");
+    let segments = std::fs::read_dir(dir.path().join("topics/events/0"))
+        .unwrap()
+        .count();
+    assert!(
+        segments >= 3,
+        "the log should span several segments, has {segments} files"
+    );
 
     let engine = Engine::open(cfg).unwrap();
     check(&engine, "events", &expected);
-    assert!(engine.stats().disk_reads > 0, "after a reopen the reads come from disk");
+    assert!(
+        engine.stats().disk_reads > 0,
+        "after a reopen the reads come from disk"
+    );
     // Appends continue densely after the recovered end, and everything survives a reopen.
     fill(&engine, "events", 3, 50, &mut rng, &mut expected);
     drop(engine);
@@ -75,7 +92,9 @@ fn reads_without_a_tail_cache_come_from_disk_and_honour_offsets_and_limits() {
 
     // From an offset inside a batch: that whole batch comes first.
     let (base, bytes) = &log[100];
-    let count = keel_engine::BatchView::verify(bytes).unwrap().record_count() as u64;
+    let count = keel_engine::BatchView::verify(bytes)
+        .unwrap()
+        .record_count() as u64;
     let r = engine.read_wait("t", 0, base + count - 1, 1).unwrap();
     assert_eq!(&r.data, bytes, "one whole batch, even over max_bytes");
     assert_eq!(r.next_offset, base + count);

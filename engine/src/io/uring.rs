@@ -247,7 +247,7 @@ impl Disk for UringDisk {
         token: u64,
         then_sync: bool,
     ) {
-        debug_assert!(offset % BLOCK_BYTES as u64 == 0 && len % BLOCK_BYTES == 0);
+        debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
         assert!(
             len <= buf.capacity(),
             "write of {len} bytes from a {} byte buffer",
@@ -291,7 +291,7 @@ impl Disk for UringDisk {
         len: usize,
         token: u64,
     ) {
-        debug_assert!(offset % BLOCK_BYTES as u64 == 0 && len % BLOCK_BYTES == 0);
+        debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
         assert!(
             len <= buf.capacity(),
             "read of {len} bytes into a {} byte buffer",

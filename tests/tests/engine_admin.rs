@@ -1,0 +1,150 @@
+//! Topics are durable; bad names, unknown topics and partitions, malformed and oversized
+//! batches get named errors; a data directory is used by one engine at a time; tmpfs is
+//! refused with a clear message.
+
+use keel_engine::{BatchError, Engine, EngineConfig, EngineError};
+use keel_tests::{data_dir, one_record, read_all, small_config};
+
+#[test]
+fn topics_are_created_listed_deleted_and_survive_a_restart() {
+    let dir = data_dir();
+    let engine = Engine::open(small_config(dir.path(), 2)).unwrap();
+    engine.create_topic("a", 3).unwrap();
+    engine.create_topic("b.events", 1).unwrap();
+    engine.create_topic("doomed", 2).unwrap();
+    engine.append_wait("doomed", 1, one_record(b"x")).unwrap();
+    assert!(matches!(
+        engine.create_topic("a", 1),
+        Err(EngineError::TopicExists(_))
+    ));
+    engine.delete_topic("doomed").unwrap();
+    assert!(
+        !dir.path().join("topics/doomed").exists(),
+        "a deleted topic's files are gone"
+    );
+    assert!(matches!(
+        engine.append_wait("doomed", 0, one_record(b"x")),
+        Err(EngineError::UnknownTopic(_))
+    ));
+    assert!(matches!(
+        engine.delete_topic("doomed"),
+        Err(EngineError::UnknownTopic(_))
+    ));
+    engine.append_wait("a", 2, one_record(b"kept")).unwrap();
+    drop(engine);
+
+    let engine = Engine::open(small_config(dir.path(), 2)).unwrap();
+    let topics = engine.list_topics();
+    assert_eq!(
+        topics,
+        vec![("a".to_string(), 3), ("b.events".to_string(), 1)]
+    );
+    assert_eq!(read_all(&engine, "a", 2).len(), 1);
+    // A recreated topic starts empty.
+    engine.create_topic("doomed", 1).unwrap();
+    assert_eq!(read_all(&engine, "doomed", 0).len(), 0);
+}
+
+#[test]
+fn bad_requests_get_named_errors_and_the_engine_keeps_serving() {
+    let dir = data_dir();
+    let engine = Engine::open(small_config(dir.path(), 2)).unwrap();
+    for bad in ["", "has/slash", "..", ".hidden", "white space"] {
+        assert!(
+            matches!(
+                engine.create_topic(bad, 1),
+                Err(EngineError::InvalidTopicName { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        engine.create_topic("zero", 0),
+        Err(EngineError::InvalidConfig(_))
+    ));
+    engine.create_topic("t", 2).unwrap();
+    assert!(matches!(
+        engine.append_wait("nope", 0, one_record(b"x")),
+        Err(EngineError::UnknownTopic(t)) if t == "nope"
+    ));
+    assert!(matches!(
+        engine.append_wait("t", 2, one_record(b"x")),
+        Err(EngineError::UnknownPartition { partition: 2, .. })
+    ));
+    assert!(matches!(
+        engine.read_wait("t", 9, 0, 100),
+        Err(EngineError::UnknownPartition { partition: 9, .. })
+    ));
+    let mut bad_crc = one_record(b"x");
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    assert!(matches!(
+        engine.append_wait("t", 0, bad_crc),
+        Err(EngineError::InvalidBatch(BatchError::Crc { .. }))
+    ));
+    assert!(matches!(
+        engine.append_wait("t", 0, vec![1, 2, 3]),
+        Err(EngineError::InvalidBatch(BatchError::Length { .. }))
+    ));
+    let huge = one_record(&vec![0u8; 100_000]);
+    assert!(matches!(
+        engine.append_wait("t", 0, huge),
+        Err(EngineError::BatchTooLarge { max: 65_536, .. })
+    ));
+    // None of that consumed offsets or stopped the partition.
+    assert_eq!(
+        engine
+            .append_wait("t", 0, one_record(b"fine"))
+            .unwrap()
+            .first,
+        0
+    );
+}
+
+#[test]
+fn a_data_directory_is_locked_by_its_engine() {
+    let dir = data_dir();
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    match Engine::open(small_config(dir.path(), 1)) {
+        Err(EngineError::DataDirLocked { .. }) => {}
+        Err(e) => panic!("expected the lock error, got {e}"),
+        Ok(_) => panic!("two engines opened one data directory"),
+    }
+    drop(engine);
+    Engine::open(small_config(dir.path(), 1)).unwrap();
+}
+
+#[test]
+fn tmpfs_is_refused_with_a_clear_message() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !keel_engine::layout::is_tmpfs(shm) {
+        eprintln!("skipping: /dev/shm is not tmpfs on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    match Engine::open(EngineConfig::new(dir.path())) {
+        Err(e @ EngineError::VolatileFilesystem { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("tmpfs") && msg.contains("ext4"), "{msg}");
+        }
+        Err(e) => panic!("expected the volatile filesystem error, got {e}"),
+        Ok(_) => panic!("opened a data directory on tmpfs"),
+    }
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let dir = data_dir();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.segment_bytes = 1000;
+    assert!(matches!(
+        Engine::open(cfg),
+        Err(EngineError::InvalidConfig(_))
+    ));
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.max_batch_bytes = cfg.max_flush_bytes;
+    assert!(matches!(
+        Engine::open(cfg),
+        Err(EngineError::InvalidConfig(_))
+    ));
+}

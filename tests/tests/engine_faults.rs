@@ -1,0 +1,127 @@
+//! Failing writes and syncs poison the partition: nothing not durable is acknowledged, later
+//! appends fail too, reads go on. A full disk fails appends without taking the engine down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+use keel_engine::{Engine, EngineError, FaultPlan, IoMode};
+use keel_tests::{data_dir, one_record, read_all, small_config};
+
+fn faulty_engine(dir: &std::path::Path, plan: &Arc<FaultPlan>) -> Engine {
+    let mut cfg = small_config(dir, 1);
+    cfg.io = IoMode::UringWithFaults(Arc::clone(plan));
+    let engine = Engine::open(cfg).unwrap();
+    engine.create_topic("f", 2).unwrap();
+    engine
+}
+
+fn assert_poisoned(r: Result<keel_engine::OffsetRange, EngineError>, errno: i32) {
+    match r {
+        Err(EngineError::Poisoned { source, path, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(errno), "the OS error is kept");
+            assert!(
+                path.to_string_lossy().ends_with(".seg"),
+                "the segment is named: {path:?}"
+            );
+        }
+        other => panic!("expected a poisoned partition, got {other:?}"),
+    }
+}
+
+fn poisoning_fails_in_flight_and_later_appends(fail: impl Fn(&FaultPlan)) {
+    let dir = data_dir();
+    let plan = FaultPlan::new();
+    let engine = faulty_engine(dir.path(), &plan);
+    for i in 0..10 {
+        engine
+            .append_wait("f", 0, one_record(format!("ok {i}").as_bytes()))
+            .unwrap();
+    }
+    let good = read_all(&engine, "f", 0);
+
+    fail(&plan);
+    // A burst in flight together: the failing flush and whatever gathered behind it.
+    let (tx, rx) = bounded(64);
+    for i in 0..32 {
+        let tx = tx.clone();
+        engine.append(
+            "f",
+            0,
+            one_record(format!("doomed {i}").as_bytes()),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+    }
+    for _ in 0..32 {
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("every append is answered");
+        assert_poisoned(r, libc_eio());
+    }
+    assert!(plan.injected() >= 1);
+    plan.heal();
+    // Still poisoned after the disk "recovers": a failed fsync cannot be retried safely.
+    assert_poisoned(engine.append_wait("f", 0, one_record(b"later")), libc_eio());
+    // Reads go on, and other partitions keep working.
+    assert_eq!(read_all(&engine, "f", 0), good);
+    engine
+        .append_wait("f", 1, one_record(b"other partition"))
+        .unwrap();
+    drop(engine);
+
+    // After a restart the acknowledged data is intact and the partition takes writes again.
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    let after = read_all(&engine, "f", 0);
+    assert_eq!(after[..good.len()], good[..]);
+    engine
+        .append_wait("f", 0, one_record(b"after restart"))
+        .unwrap();
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+#[test]
+fn a_failed_write_poisons_the_partition() {
+    poisoning_fails_in_flight_and_later_appends(|plan| plan.fail_write_in(1));
+}
+
+#[test]
+fn a_failed_fdatasync_poisons_the_partition() {
+    poisoning_fails_in_flight_and_later_appends(|plan| plan.fail_sync_in(1));
+}
+
+#[test]
+fn no_space_for_a_new_segment_fails_appends_but_not_the_engine() {
+    let dir = data_dir();
+    let plan = FaultPlan::new();
+    let engine = faulty_engine(dir.path(), &plan);
+    plan.set_errno(28); // ENOSPC
+    plan.fail_allocate_in(1);
+    let value = vec![7u8; 30_000];
+    let mut acked = Vec::new();
+    let err = loop {
+        match engine.append_wait("f", 0, one_record(&value)) {
+            Ok(r) => acked.push(r.first),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 100, "the segment should have filled up");
+    };
+    assert!(matches!(err, EngineError::NoSpace { .. }), "got {err}");
+    // Still no space: still a clean error, nothing half-acknowledged.
+    assert!(matches!(
+        engine.append_wait("f", 0, one_record(&value)),
+        Err(EngineError::NoSpace { .. })
+    ));
+    plan.heal();
+    let r = engine.append_wait("f", 0, one_record(&value)).unwrap();
+    assert_eq!(
+        r.first,
+        acked.len() as u64,
+        "the offsets of failed appends are handed out again"
+    );
+    assert_eq!(read_all(&engine, "f", 0).len(), acked.len() + 1);
+}

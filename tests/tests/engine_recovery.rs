@@ -1,0 +1,221 @@
+//! Recovery: a torn tail is cut off and appends go on after it; corruption before later,
+//! durable data refuses to open with the file and byte position, unless repair is asked for.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use keel_engine::{Engine, EngineError, RecoveryMode};
+use keel_tests::{data_dir, one_record, random_batch, read_all, small_config, with_offset, Rng};
+
+/// Fills one partition until its log spans segments, the last holding over 64 KiB. Returns
+/// every batch as stored (base offset, bytes).
+fn build_log(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let engine = Engine::open(small_config(dir, 1)).unwrap();
+    engine.create_topic("t", 1).unwrap();
+    let mut rng = Rng(0xfeed);
+    let mut log = Vec::new();
+    while segment_files(dir).len() < 2 || last_segment_data_end(dir, &log) < 80 * 1024 {
+        let records = 1 + rng.below(4) as usize;
+        let batch = random_batch(&mut rng, records, 1200);
+        let r = engine.append_wait("t", 0, batch.clone()).unwrap();
+        log.push((r.first, with_offset(&batch, r.first)));
+    }
+    log
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("topics/t/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Byte position of each batch in `file`, found by searching for its exact bytes (independent
+/// of the engine's own scanner).
+fn positions(file: &[u8], log: &[(u64, Vec<u8>)]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    for (i, (_, bytes)) in log.iter().enumerate() {
+        if let Some(at) = file[from..]
+            .windows(bytes.len())
+            .position(|w| w == &bytes[..])
+        {
+            out.push((i, from + at));
+            from += at + bytes.len();
+        }
+    }
+    out
+}
+
+fn last_segment_data_end(dir: &Path, log: &[(u64, Vec<u8>)]) -> usize {
+    let files = segment_files(dir);
+    let Some(last) = files.last() else { return 0 };
+    let bytes = fs::read(last).unwrap();
+    let base: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let tail: Vec<_> = log.iter().filter(|(o, _)| *o >= base).cloned().collect();
+    positions(&bytes, &tail)
+        .last()
+        .map_or(0, |&(i, at)| at + tail[i].1.len())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_torn_tail_at_every_512_byte_boundary_of_the_last_64_kib_is_cut_off() {
+    let pristine = data_dir();
+    let log = build_log(pristine.path());
+    let last_file = segment_files(pristine.path()).pop().unwrap();
+    let base: u64 = last_file
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let file = fs::read(&last_file).unwrap();
+    let tail: Vec<_> = log.iter().filter(|(o, _)| *o >= base).cloned().collect();
+    let placed = positions(&file, &tail);
+    assert_eq!(
+        placed.len(),
+        tail.len(),
+        "every batch of the last segment was found in it"
+    );
+    let data_end = placed.last().map(|&(i, at)| at + tail[i].1.len()).unwrap();
+    let first_cut = (data_end - 64 * 1024) / 512 * 512;
+    let mut rng = Rng(99);
+
+    for (n, cut) in (first_cut..=data_end.div_ceil(512) * 512)
+        .step_by(512)
+        .enumerate()
+    {
+        let scratch = data_dir();
+        copy_dir(pristine.path(), scratch.path());
+        let _ = fs::remove_file(scratch.path().join("LOCK"));
+        let victim = segment_files(scratch.path()).pop().unwrap();
+        let mut bytes = fs::read(&victim).unwrap();
+        bytes.truncate(cut);
+        // Alternate: nothing after the cut, zeros, garbage.
+        match n % 3 {
+            0 => {}
+            1 => bytes.extend(std::iter::repeat_n(0u8, 8192)),
+            _ => bytes.extend(rng.bytes(8192)),
+        }
+        fs::write(&victim, &bytes).unwrap();
+
+        let survivors: Vec<_> = placed
+            .iter()
+            .filter(|&&(i, at)| at + tail[i].1.len() <= cut)
+            .map(|&(i, _)| tail[i].clone())
+            .collect();
+        let mut expected: Vec<_> = log.iter().filter(|(o, _)| *o < base).cloned().collect();
+        expected.extend(survivors);
+
+        let engine = Engine::open(small_config(scratch.path(), 1))
+            .unwrap_or_else(|e| panic!("cut at {cut}: reopen failed: {e}"));
+        let got = read_all(&engine, "t", 0);
+        assert!(
+            got == expected,
+            "cut at {cut}: the batches before the damage differ"
+        );
+        // Appends continue right after the surviving log, and survive another reopen.
+        let next = expected.last().map_or(base, |(o, b)| {
+            o + keel_engine::BatchView::verify(b).unwrap().record_count() as u64
+        });
+        let value = format!("after cut {cut}");
+        let r = engine
+            .append_wait("t", 0, one_record(value.as_bytes()))
+            .unwrap();
+        assert_eq!(
+            r.first, next,
+            "cut at {cut}: appends continue at the end of the log"
+        );
+        drop(engine);
+        let engine = Engine::open(small_config(scratch.path(), 1))
+            .unwrap_or_else(|e| panic!("cut at {cut}: second reopen failed: {e}"));
+        let got = read_all(&engine, "t", 0);
+        assert_eq!(got.len(), expected.len() + 1, "cut at {cut}");
+        assert_eq!(
+            got.last().unwrap().1,
+            with_offset(&one_record(value.as_bytes()), next)
+        );
+    }
+}
+
+/// Flips one byte inside batch `victim` of the log and returns (file, byte position).
+fn flip_inside(dir: &Path, log: &[(u64, Vec<u8>)], victim: usize) -> (PathBuf, usize) {
+    for file in segment_files(dir) {
+        let mut bytes = fs::read(&file).unwrap();
+        let batch = &log[victim].1;
+        if let Some(at) = bytes.windows(batch.len()).position(|w| w == &batch[..]) {
+            let pos = at + batch.len() / 2;
+            bytes[pos] ^= 0x40;
+            fs::write(&file, &bytes).unwrap();
+            return (file, pos);
+        }
+    }
+    panic!("batch {victim} not found");
+}
+
+#[test]
+fn a_flipped_byte_followed_by_valid_batches_is_named_corruption() {
+    for victim_at in [0.3, 0.95] {
+        let dir = data_dir();
+        let log = build_log(dir.path());
+        // One in an older segment, one near the end of the last segment.
+        let victim = (log.len() as f64 * victim_at) as usize;
+        let (file, pos) = flip_inside(dir.path(), &log, victim);
+        match Engine::open(small_config(dir.path(), 1)) {
+            Err(EngineError::Corruption {
+                path,
+                position,
+                detail,
+            }) => {
+                assert_eq!(path, file, "the error names the damaged file");
+                let batch_len = log[victim].1.len() as u64;
+                assert!(
+                    position <= pos as u64 && position + batch_len >= pos as u64,
+                    "position {position} should be the damaged batch (flip at {pos}); {detail}"
+                );
+                let shown = format!(
+                    "{}",
+                    EngineError::Corruption {
+                        path,
+                        position,
+                        detail
+                    }
+                );
+                assert!(shown.contains(&format!("at byte {position}")), "{shown}");
+            }
+            Err(e) => panic!("expected corruption, got {e}"),
+            Ok(_) => panic!("a corrupt segment was opened (victim {victim})"),
+        }
+
+        // Repair truncates at the damaged batch and keeps everything before it.
+        let mut cfg = small_config(dir.path(), 1);
+        cfg.recovery = RecoveryMode::Repair;
+        let engine = Engine::open(cfg).unwrap();
+        let got = read_all(&engine, "t", 0);
+        assert_eq!(got, log[..victim].to_vec());
+        let r = engine
+            .append_wait("t", 0, one_record(b"after repair"))
+            .unwrap();
+        assert_eq!(r.first, log[victim].0);
+        drop(engine);
+        let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+        assert_eq!(read_all(&engine, "t", 0).len(), victim + 1);
+    }
+}
