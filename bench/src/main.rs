@@ -1,1 +1,319 @@
-fn main() {}
+//! `keel-bench`: measures the disk's ceiling and the storage engine against it.
+//!
+//! ```text
+//! keel-bench probe  --dir DIR              the disk's ceiling (O_DIRECT write + fdatasync)
+//! keel-bench engine --dir DIR [--seconds]  probe, then the engine's bandwidth, group commit,
+//!                                          latency at half load and memory, as ratios
+//! ```
+
+mod engine_load;
+mod probe;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use engine_load::{Load, Outcome};
+use keel_engine::{Engine, EngineConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "keel-bench",
+    version,
+    about = "Keel benchmarks: the disk's ceiling and Keel measured against it, in one run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure the disk: O_DIRECT 1 MiB and 4 KiB writes, each followed by fdatasync.
+    Probe {
+        /// Directory on the filesystem to measure (a temporary file is created and removed).
+        #[arg(long, default_value = "./keel-data")]
+        dir: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Probe the disk, then load the storage engine in-process with 1 KiB messages and report
+    /// each figure beside its target as a ratio to the probe.
+    Engine {
+        /// Directory for the engine's data (a fresh subdirectory is used and removed).
+        #[arg(long, default_value = "./keel-data")]
+        dir: PathBuf,
+        /// Seconds per workload.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Shard threads (default: one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Message value size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        message_bytes: usize,
+    },
+    /// One engine workload with every knob exposed, for tuning.
+    Load {
+        /// Directory for the engine's data (a fresh subdirectory is used and removed).
+        #[arg(long, default_value = "./keel-data")]
+        dir: PathBuf,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Shard threads (default: one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Logical appenders.
+        #[arg(long, default_value_t = 64)]
+        appenders: usize,
+        /// Appends each appender keeps in flight (closed loop).
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Total appends per second, open loop (instead of the window).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Message value size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        message_bytes: usize,
+        /// Messages per appended batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Partitions (default: one per shard).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Threads driving the appenders.
+        #[arg(long, default_value_t = 2)]
+        drivers: usize,
+        /// Use prepared segments as fallocated, without zeroing them first.
+        #[arg(long)]
+        no_zero: bool,
+        /// Let the scheduler place shard threads instead of pinning each to a core.
+        #[arg(long)]
+        no_pin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Probe { dir, seconds } => probe::run(&dir, seconds)
+            .map(|p| print!("{}", p.table()))
+            .map_err(|e| format!("probe failed in {}: {e}", dir.display())),
+        Command::Engine {
+            dir,
+            seconds,
+            shards,
+            message_bytes,
+        } => engine_suite(&dir, seconds, shards, message_bytes),
+        Command::Load {
+            dir,
+            seconds,
+            shards,
+            appenders,
+            window,
+            rate,
+            message_bytes,
+            batch,
+            partitions,
+            drivers,
+            no_zero,
+            no_pin,
+        } => open_engine(&dir, shards, !no_zero, !no_pin).and_then(|(engine, data)| {
+            let partitions = partitions.unwrap_or(engine.config().shards as u32);
+            let load = Load {
+                appenders,
+                window,
+                rate,
+                message_bytes,
+                messages_per_batch: batch,
+                seconds,
+                partitions,
+                drivers,
+            };
+            let result = engine
+                .create_topic("load", partitions)
+                .map_err(|e| e.to_string())
+                .and_then(|()| engine_load::run(&engine, "load", &load));
+            drop(engine);
+            let _ = std::fs::remove_dir_all(&data);
+            let out = result?;
+            println!(
+                "{:.0} msg/s, {:.1} MB/s, {:.1} msg/sync, latency p50 {} µs p99 {} µs p99.9 {} µs max {} µs, errors {}",
+                out.messages_per_s(),
+                out.mb_per_s(message_bytes),
+                out.messages_per_sync(),
+                out.latency_us[0],
+                out.latency_us[1],
+                out.latency_us[2],
+                out.latency_us[3],
+                out.errors
+            );
+            Ok(())
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_engine(
+    dir: &Path,
+    shards: Option<usize>,
+    zero_segments: bool,
+    pin: bool,
+) -> Result<(Arc<Engine>, PathBuf), String> {
+    let data = dir.join(format!("keel-bench-{}", std::process::id()));
+    let mut cfg = EngineConfig::new(&data);
+    cfg.zero_segments = zero_segments;
+    cfg.pin_shards = pin;
+    if let Some(n) = shards {
+        cfg.shards = n;
+    }
+    let engine = Engine::open(cfg)
+        .map_err(|e| format!("cannot open the engine in {}: {e}", data.display()))?;
+    Ok((Arc::new(engine), data))
+}
+
+fn engine_suite(
+    dir: &Path,
+    seconds: f64,
+    shards: Option<usize>,
+    message_bytes: usize,
+) -> Result<(), String> {
+    let probe = probe::run(dir, seconds.min(3.0))
+        .map_err(|e| format!("probe failed in {}: {e}", dir.display()))?;
+    let (engine, data) = open_engine(dir, shards, true, true)?;
+    let result = run_workloads(&engine, seconds, message_bytes, &probe);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&data);
+    let report = result?;
+    println!("{}", probe.table());
+    println!("{report}");
+    Ok(())
+}
+
+fn run_workloads(
+    engine: &Arc<Engine>,
+    seconds: f64,
+    message_bytes: usize,
+    probe: &probe::Probe,
+) -> Result<String, String> {
+    let shards = engine.config().shards as u32;
+    let rss_start = engine_load::rss_kib();
+    engine
+        .create_topic("bandwidth", shards)
+        .map_err(|e| e.to_string())?;
+    engine
+        .create_topic("group-commit", 1)
+        .map_err(|e| e.to_string())?;
+    let base = Load {
+        appenders: 64,
+        window: 32,
+        rate: None,
+        message_bytes,
+        messages_per_batch: 1,
+        seconds,
+        partitions: shards,
+        drivers: 2,
+    };
+    let step = |name: &str, topic: &str, load: &Load| -> Result<Outcome, String> {
+        eprintln!("engine: {name} for {seconds} s");
+        let out = engine_load::run(engine, topic, load)?;
+        if out.errors > 0 {
+            return Err(format!("{name}: {} appends failed", out.errors));
+        }
+        eprintln!(
+            "engine: {name}: {:.0} msg/s, {:.1} MB/s, {:.1} msg/sync, p99 {} µs",
+            out.messages_per_s(),
+            out.mb_per_s(message_bytes),
+            out.messages_per_sync(),
+            out.latency_us[1]
+        );
+        Ok(out)
+    };
+    let bandwidth = step(
+        "bandwidth (64 appenders x 32 in flight)",
+        "bandwidth",
+        &base,
+    )?;
+    let group = step(
+        "group commit (64 appenders x 1 in flight, one partition)",
+        "group-commit",
+        &Load {
+            window: 1,
+            partitions: 1,
+            ..base.clone()
+        },
+    )?;
+    let half_rate = bandwidth.messages_per_s() / 2.0;
+    let half = step(
+        "latency at half the bandwidth load (open loop)",
+        "bandwidth",
+        &Load {
+            rate: Some(half_rate),
+            ..base.clone()
+        },
+    )?;
+    let rss_end = engine_load::rss_kib();
+    let written_mib = engine.stats().bytes_written >> 20;
+    Ok(report(
+        probe,
+        &bandwidth,
+        &group,
+        &half,
+        message_bytes,
+        [rss_start, rss_end],
+        written_mib,
+    ))
+}
+
+fn report(
+    p: &probe::Probe,
+    bw: &Outcome,
+    gc: &Outcome,
+    half: &Outcome,
+    message_bytes: usize,
+    rss_kib: [u64; 2],
+    written_mib: u64,
+) -> String {
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let bw_ratio = bw.mb_per_s(message_bytes) / p.big_mb_s;
+    let gc_ratio = gc.messages_per_s() / p.small_syncs_s;
+    let lat_ratio = half.latency_us[1] as f64 / p.small_us[1].max(1) as f64;
+    let mut s = String::new();
+    s += &format!("| engine, {message_bytes} B messages | figure | ratio to the probe | target | |\n|---|---|---|---|---|\n");
+    s += &format!(
+        "| bandwidth: 64 appenders x 32 in flight | {:.1} MB/s, {:.0} msg/s, {:.1} msg/sync | {bw_ratio:.2} x 1 MiB write+sync MB/s | >= 0.70 | {} |\n",
+        bw.mb_per_s(message_bytes),
+        bw.messages_per_s(),
+        bw.messages_per_sync(),
+        verdict(bw_ratio >= 0.7)
+    );
+    s += &format!(
+        "| group commit: 64 appenders x 1 in flight | {:.0} msg/s, {:.1} msg/sync | {gc_ratio:.1} x 4 KiB sync rate | >= 15, and >= 32 msg/sync | {} |\n",
+        gc.messages_per_s(),
+        gc.messages_per_sync(),
+        verdict(gc_ratio >= 15.0 && gc.messages_per_sync() >= 32.0)
+    );
+    s += &format!(
+        "| latency at half load ({:.0} msg/s, open loop) | p50 {} µs, p99 {} µs, p99.9 {} µs | p99 {lat_ratio:.2} x probe p99 | <= 3 | {} |\n",
+        half.messages_per_s(),
+        half.latency_us[0],
+        half.latency_us[1],
+        half.latency_us[2],
+        verdict(lat_ratio <= 3.0)
+    );
+    s += &format!(
+        "| resident memory | {} MiB before, {} MiB after writing {written_mib} MiB | | bounded | |\n",
+        rss_kib[0] >> 10,
+        rss_kib[1] >> 10
+    );
+    s
+}

@@ -270,7 +270,7 @@ impl Engine {
             return Err(crossbeam_channel::SendError(cmd));
         }
         shard.tx.send(cmd)?;
-        shard.waker.wake();
+        shard.waker.wake(shard.tx.len());
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod io;
 pub mod layout;
 mod open;
 mod partition;
+mod prepare;
 mod read;
 pub mod recovery;
 mod segment;
@@ -26,6 +27,7 @@ mod shard;
 mod tail;
 pub mod trailer;
 mod varint;
+mod zeroing;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};
 pub use config::{EngineConfig, IoMode, RecoveryMode};

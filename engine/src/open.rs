@@ -13,13 +13,12 @@ use crate::io::{Disk, FileId};
 use crate::layout::{
     parse_segment_file_name, partition_dir, segment_file_name, sync_dir, PREPARED_SEGMENT,
 };
-use crate::partition::{prepare_segment, Limits, Partition};
+use crate::partition::{Limits, Partition};
+use crate::prepare::NextSegment;
 use crate::recovery::{scan, Scan};
 use crate::segment::Segment;
 use crate::trailer::{self, Trailer, TRAILER_BYTES};
-
-/// Bytes of zeros written per call when clearing leftovers of a torn flush.
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
+use crate::zeroing::ZERO_CHUNK_BYTES;
 
 /// Opens (creating if new) partition `id` of `topic`, recovering its log.
 pub fn open_partition<D: Disk>(
@@ -35,7 +34,12 @@ pub fn open_partition<D: Disk>(
     let mut opened: Vec<FileId> = Vec::new();
     let result = (|| {
         if bases.is_empty() {
-            segments.push(create_first_segment(io.disk, &dir, limits.segment_bytes)?);
+            segments.push(create_first_segment(
+                io,
+                &dir,
+                limits.segment_bytes,
+                cfg.zero_segments,
+            )?);
             return Ok(());
         }
         for (i, &base) in bases.iter().enumerate() {
@@ -100,14 +104,7 @@ pub fn open_partition<D: Disk>(
         Ok(())
     })();
     match result {
-        Ok(()) => Ok(Partition::new(
-            topic,
-            id,
-            dir,
-            segments,
-            limits,
-            cfg.tail_cache_bytes,
-        )),
+        Ok(()) => Ok(Partition::new(topic, id, dir, segments, limits, cfg)),
         Err(e) => {
             for file in opened {
                 io.disk.close(file);
@@ -150,13 +147,33 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(bases)
 }
 
-fn create_first_segment<D: Disk>(disk: &mut D, dir: &Path, segment_bytes: u64) -> Result<Segment> {
-    let (file, prep) = prepare_segment(disk, dir, segment_bytes)?;
+/// Creates segment 0 of a new partition, zeroed before any append reaches it when `zero`
+/// (see `zeroing.rs` for why).
+fn create_first_segment<D: Disk>(
+    io: &mut BlockingIo<'_, D>,
+    dir: &Path,
+    segment_bytes: u64,
+    zero: bool,
+) -> Result<Segment> {
+    let first = NextSegment::create(io.disk, dir, segment_bytes)?;
+    if zero {
+        let mut at = 0;
+        while at < segment_bytes {
+            let n = (segment_bytes - at).min(ZERO_CHUNK_BYTES) as usize;
+            let last = at + n as u64 == segment_bytes;
+            let written = io.write(first.file, at, AlignedBuf::zeroed(n), n, last);
+            if let Err(e) = written {
+                io.disk.close(first.file);
+                return Err(EngineError::io("zero segment", &first.path, e));
+            }
+            at += n as u64;
+        }
+    }
     let path = dir.join(segment_file_name(0));
-    fs::rename(&prep, &path)
+    fs::rename(&first.path, &path)
         .map_err(|e| EngineError::io("rename prepared segment to", &path, e))?;
     sync_dir(dir)?;
-    Ok(Segment::new(0, path, file, 0, 0, Vec::new()))
+    Ok(Segment::new(0, path, first.file, 0, 0, Vec::new()))
 }
 
 fn scan_file<D: Disk>(
@@ -210,7 +227,7 @@ fn make_appendable<D: Disk>(
     let dirty_end = align_up(s.dirty_end).min(segment_bytes);
     let mut at = end;
     while at < dirty_end {
-        let n = (dirty_end - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let n = (dirty_end - at).min(ZERO_CHUNK_BYTES) as usize;
         writes.push((at, None, n));
         at += n as u64;
     }

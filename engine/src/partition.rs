@@ -3,18 +3,20 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::aligned::AlignedBuf;
 use crate::batch::{self, BatchView};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::io::{Allocation, Completion, Disk, FileId, IoKind};
-use crate::layout::{segment_file_name, PREPARED_SEGMENT};
+use crate::io::{Completion, Disk, IoKind};
+use crate::layout::segment_file_name;
+use crate::prepare::NextSegment;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
 use crate::trailer::{self, Trailer, TRAILER_BYTES};
+use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES};
 use crate::{AppendDone, OffsetRange};
 
 /// Smallest gather buffer; buffers grow by doubling up to the flush limit.
@@ -90,8 +92,10 @@ pub struct Partition {
     flushing: Option<Flush>,
     pub(crate) tail: TailCache,
     poisoned: Option<EngineError>,
-    prepared: Option<(FileId, PathBuf)>,
+    next_segment: Option<NextSegment>,
     need_prepare: bool,
+    zero_segments: bool,
+    zeroing: Zeroing,
     spare: Vec<AlignedBuf>,
     /// Disk reads in flight; the partition may not be closed while any are.
     pub(crate) reads_in_flight: usize,
@@ -116,8 +120,9 @@ impl Partition {
         dir: PathBuf,
         segments: Vec<Segment>,
         limits: Limits,
-        tail_cache_bytes: usize,
+        cfg: &EngineConfig,
     ) -> Self {
+        let (tail_cache_bytes, zero_segments) = (cfg.tail_cache_bytes, cfg.zero_segments);
         let next = segments.last().map_or(0, |s| s.next_offset);
         Self {
             topic,
@@ -131,8 +136,10 @@ impl Partition {
             flushing: None,
             tail: TailCache::new(tail_cache_bytes),
             poisoned: None,
-            prepared: None,
+            next_segment: None,
             need_prepare: true,
+            zero_segments,
+            zeroing: Zeroing::new(),
             spare: Vec::new(),
             reads_in_flight: 0,
             limits,
@@ -146,7 +153,7 @@ impl Partition {
 
     /// True when no flush or read is in flight.
     pub fn is_idle(&self) -> bool {
-        self.flushing.is_none() && self.reads_in_flight == 0
+        self.flushing.is_none() && self.reads_in_flight == 0 && !self.zeroing.busy()
     }
 
     /// True when appends are gathered and no flush is running.
@@ -247,13 +254,17 @@ impl Partition {
     }
 
     /// Starts the next flush if none is running: one aligned write of the gathered batches,
-    /// padding and trailer, linked to one `fdatasync`.
-    pub fn start_flush<D: Disk>(&mut self, disk: &mut D, token: u64) {
+    /// padding and trailer, linked to one `fdatasync`. Returns whether it submitted one.
+    pub fn start_flush<D: Disk>(&mut self, disk: &mut D, token: u64) -> bool {
         if self.flushing.is_some() {
-            return;
+            return false;
+        }
+        if self.flush_waits_for_zeroing() {
+            // Its completion starts the flush.
+            return false;
         }
         let Some(mut g) = self.pending.pop_front() else {
-            return;
+            return false;
         };
         if g.new_segment {
             if let Err(e) = self.roll(disk, g.first_offset) {
@@ -262,7 +273,7 @@ impl Partition {
                 self.next_offset = g.first_offset;
                 self.pending.push_front(g);
                 self.fail_pending(&e);
-                return;
+                return false;
             }
         }
         let Some(seg) = self.segments.last() else {
@@ -270,7 +281,7 @@ impl Partition {
             let path = self.dir.clone();
             let err = io::Error::other("partition has no segment");
             self.fail_pending(&EngineError::io("flush to", path, err));
-            return;
+            return false;
         };
         debug_assert_eq!(g.start_pos, seg.durable_end, "flushes are contiguous");
         let len = g.flushed_len();
@@ -295,8 +306,9 @@ impl Partition {
         if self.need_prepare {
             // Done while the flush is in the kernel, so the next roll finds its file ready.
             self.need_prepare = false;
-            match prepare_segment(disk, &self.dir, self.limits.segment_bytes) {
-                Ok(prepared) => self.prepared = Some(prepared),
+            let (dir, size) = (&self.dir, self.limits.segment_bytes);
+            match NextSegment::create(disk, dir, size) {
+                Ok(next) => self.next_segment = Some(next),
                 Err(e) => log::warn!(
                     "{}/{}: could not prepare the next segment: {e}",
                     self.topic,
@@ -304,19 +316,21 @@ impl Partition {
                 ),
             }
         }
+        true
     }
 
     /// Moves to a new segment whose first offset is `base_offset`.
     fn roll<D: Disk>(&mut self, disk: &mut D, base_offset: u64) -> Result<()> {
-        let (file, prep_path) = match self.prepared.take() {
-            Some(p) => p,
-            None => prepare_segment(disk, &self.dir, self.limits.segment_bytes)?,
+        let next = match self.next_segment.take() {
+            Some(next) => next,
+            None => NextSegment::create(disk, &self.dir, self.limits.segment_bytes)?,
         };
         let path = self.dir.join(segment_file_name(base_offset));
-        if let Err(e) = std::fs::rename(&prep_path, &path) {
-            self.prepared = Some((file, prep_path));
+        if let Err(e) = std::fs::rename(&next.path, &path) {
+            self.next_segment = Some(next);
             return Err(EngineError::io("rename prepared segment to", path, e));
         }
+        let file = next.file;
         // The new name must be durable before anything stored under it is acknowledged.
         disk.sync_dir(&self.dir)
             .map_err(|e| EngineError::io("sync directory", &self.dir, e))?;
@@ -445,46 +459,169 @@ impl Partition {
         }
     }
 
+    /// True when the next flush would write where a zero chunk is in flight.
+    fn flush_waits_for_zeroing(&self) -> bool {
+        let Some(g) = self.pending.front() else {
+            return false;
+        };
+        let end = g.start_pos + g.flushed_len() as u64;
+        let file = if g.new_segment {
+            self.next_segment.as_ref().map(|n| n.file)
+        } else {
+            self.segments.last().map(|s| s.file)
+        };
+        file.is_some_and(|f| self.zeroing.overlaps(f, g.start_pos, end))
+    }
+
+    /// Submits the next zero chunk into the prepared next segment, if one is due. The active
+    /// segment is never zeroed while in use: any metadata change to its file would make the
+    /// appenders' next `fdatasync` commit the journal.
+    pub fn zero_step<D: Disk>(&mut self, disk: &mut D, token: u64) -> bool {
+        if !self.zero_segments || self.poisoned.is_some() {
+            return false;
+        }
+        // Paced to twice the writer's progress through the active segment, so the next one is
+        // ready when the active one is half full and zeroing never floods the device.
+        let size = self.limits.segment_bytes;
+        let written = self.segments.last().map_or(size, |s| s.durable_end);
+        let target = written
+            .saturating_mul(2)
+            .saturating_add(ZERO_CHUNK_BYTES)
+            .min(size);
+        match &self.next_segment {
+            Some(next) if next.zeroed_to < target => {
+                self.zeroing
+                    .submit(disk, next.file, next.zeroed_to, size, token)
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes a completion of the zero chunk in flight.
+    pub fn on_zero_completion(&mut self, c: Completion) {
+        let Some(done) = self.zeroing.on_completion(c) else {
+            return;
+        };
+        // A failed chunk is given up on: the space stays usable as reserved.
+        let end = if done.ok {
+            done.end
+        } else {
+            self.limits.segment_bytes
+        };
+        if let Some(next) = self.next_segment.as_mut().filter(|n| n.file == done.file) {
+            next.zeroed_to = end;
+        }
+    }
+
+    /// True while a zero chunk is in flight.
+    pub fn zeroing(&self) -> bool {
+        self.zeroing.busy()
+    }
+
     /// Closes every file (the partition must be idle).
     pub fn close<D: Disk>(self, disk: &mut D) {
         debug_assert!(self.is_idle());
         for seg in &self.segments {
             disk.close(seg.file);
         }
-        if let Some((file, _)) = self.prepared {
-            disk.close(file);
+        if let Some(next) = self.next_segment {
+            disk.close(next.file);
         }
     }
 }
 
-/// Creates `dir/next.prep` with `bytes` reserved, durable in its directory.
-pub(crate) fn prepare_segment<D: Disk>(
-    disk: &mut D,
-    dir: &Path,
-    bytes: u64,
-) -> Result<(FileId, PathBuf)> {
-    let path = dir.join(PREPARED_SEGMENT);
-    let file = disk
-        .open(&path, true)
-        .map_err(|e| EngineError::io("create segment", &path, e))?;
-    let prepared = disk
-        .allocate(file, bytes)
-        .and_then(|how| {
-            if how == Allocation::ZeroFilled {
-                log::warn!(
-                    "{}: filesystem has no fallocate; the segment was zero-filled instead (slower)",
-                    path.display()
-                );
-            }
-            disk.sync_all(file)
-        })
-        .and_then(|()| disk.sync_dir(dir));
-    match prepared {
-        Ok(()) => Ok((file, path)),
-        Err(e) => {
-            disk.close(file);
-            let _ = std::fs::remove_file(&path);
-            Err(EngineError::io("allocate segment", path, e))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::MemDisk;
+    use crate::zeroing::ZERO_CHUNK_BYTES;
+
+    fn batch(value_len: usize) -> Vec<u8> {
+        let mut b = crate::BatchBuilder::new(0);
+        b.push(None, &vec![0x33; value_len], &[]);
+        b.build()
+    }
+
+    #[test]
+    fn a_roll_waits_for_the_zero_write_in_flight_in_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.segment_bytes = 1 << 20;
+        cfg.max_flush_bytes = 1 << 20;
+        cfg.max_batch_bytes = 256 << 10;
+        let first = disk
+            .open(&dir.path().join(segment_file_name(0)), true)
+            .unwrap();
+        let segments = vec![Segment::new(
+            0,
+            dir.path().join(segment_file_name(0)),
+            first,
+            0,
+            0,
+            Vec::new(),
+        )];
+        let mut p = Partition::new(
+            Arc::from("t"),
+            0,
+            dir.path().to_path_buf(),
+            segments,
+            Limits::from_config(&cfg),
+            &cfg,
+        );
+        let done = |_r: Result<OffsetRange>| {};
+
+        // Fill most of segment 0 in one flush; that flush also prepares the next segment.
+        for _ in 0..4 {
+            p.append(batch(200_000), Box::new(done));
         }
+        assert!(p.start_flush(&mut disk, 1));
+        let next = p.next_segment.as_ref().map(|n| n.file).unwrap();
+        // One zero chunk of the next segment goes in flight, and the flush completes.
+        assert!(p.zero_step(&mut disk, 2));
+        disk.complete(0);
+        let mut c = Vec::new();
+        disk.wait(&mut c, false).unwrap();
+        for c in c {
+            p.on_flush_completion(c);
+        }
+        // The next batch does not fit: its flush must roll into the next segment, where the
+        // zero chunk [0, 256 KiB) is still in flight, so it waits.
+        p.append(batch(250_000), Box::new(done));
+        assert!(
+            p.pending.front().is_some_and(|g| g.new_segment),
+            "the test needs a roll"
+        );
+        assert!(
+            !p.start_flush(&mut disk, 3),
+            "the flush must wait for the zero write"
+        );
+        let into_next: Vec<_> = disk.writes.iter().filter(|w| w.file == next).collect();
+        assert_eq!(
+            into_next.len(),
+            1,
+            "only the zero chunk was written to the next segment"
+        );
+        assert_eq!(
+            (into_next[0].offset, into_next[0].len as u64),
+            (0, ZERO_CHUNK_BYTES)
+        );
+        disk.complete(0);
+        let mut c = Vec::new();
+        disk.wait(&mut c, false).unwrap();
+        for c in c {
+            p.on_zero_completion(c);
+        }
+        assert!(p.start_flush(&mut disk, 4));
+        let data_write = disk.writes.last().copied().unwrap();
+        assert_eq!((data_write.file, data_write.offset), (next, 0));
+        disk.complete(0);
+        let written = disk.contents(next);
+        let view = BatchView::verify(&written[..batch(250_000).len()]).unwrap();
+        assert_eq!(
+            view.base_offset(),
+            4,
+            "the data is intact at the start of the new segment"
+        );
     }
 }

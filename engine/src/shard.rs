@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::blocking::BlockingIo;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::io::{Completion, Disk, Waker};
+use crate::io::{Completion, Disk, Waker, WAKE_BATCH};
 use crate::open::open_partition;
 use crate::partition::Partition;
 use crate::read::DiskRead;
@@ -94,6 +94,7 @@ struct TopicSlot {
 /// What an in-flight operation belongs to.
 enum Owner {
     Flush(Arc<str>, u32),
+    Zero(Arc<str>, u32),
     Read(Arc<str>, u32, u64, DiskRead),
 }
 
@@ -174,8 +175,15 @@ impl<D: Disk> Shard<D> {
             }
             let mut block = took == 0 && self.deferred.is_empty();
             if block {
-                self.waker.park();
-                if !self.rx.is_empty() && !self.throttled {
+                let busy = !self.ops.is_empty();
+                self.waker.park(busy);
+                let queued = self.rx.len();
+                let must_take = if busy {
+                    queued >= WAKE_BATCH
+                } else {
+                    queued > 0
+                };
+                if must_take && !self.throttled {
                     block = false;
                 }
             }
@@ -348,12 +356,31 @@ impl<D: Disk> Shard<D> {
             if !p.wants_flush() {
                 continue;
             }
-            p.start_flush(&mut self.disk, token);
-            if !p.is_idle() {
-                self.ops.insert(token, Owner::Flush(topic, partition));
+            if p.start_flush(&mut self.disk, token) {
+                self.ops
+                    .insert(token, Owner::Flush(Arc::clone(&topic), partition));
             }
+            self.kick_zeroing(topic, partition);
         }
         self.to_flush = list;
+    }
+
+    /// Keeps one zero write into the partition's prepared segment in flight, until it is done.
+    fn kick_zeroing(&mut self, topic: Arc<str>, partition: u32) {
+        if self.stopping {
+            return;
+        }
+        let token = self.token();
+        let Some(p) = self
+            .topics
+            .get_mut(&topic)
+            .and_then(|s| s.owned.get_mut(&partition))
+        else {
+            return;
+        };
+        if p.zero_step(&mut self.disk, token) {
+            self.ops.insert(token, Owner::Zero(topic, partition));
+        }
     }
 
     fn submit_read(&mut self, topic: Arc<str>, partition: u32, r: DiskRead) {
@@ -414,8 +441,31 @@ impl<D: Disk> Shard<D> {
                         .fetch_add(done.bytes as u64, Ordering::Relaxed);
                 }
                 if p.wants_flush() {
-                    self.to_flush.push((topic, partition));
+                    self.to_flush.push((Arc::clone(&topic), partition));
                 }
+                self.kick_zeroing(topic, partition);
+            }
+            Some(Owner::Zero(..)) => {
+                let Some(Owner::Zero(topic, partition)) = self.ops.remove(&token) else {
+                    return;
+                };
+                let Some(p) = self
+                    .topics
+                    .get_mut(&topic)
+                    .and_then(|s| s.owned.get_mut(&partition))
+                else {
+                    return;
+                };
+                p.on_zero_completion(c);
+                if p.zeroing() {
+                    // The last chunk's sync is still to come under the same token.
+                    self.ops.insert(token, Owner::Zero(topic, partition));
+                    return;
+                }
+                if p.wants_flush() {
+                    self.to_flush.push((Arc::clone(&topic), partition));
+                }
+                self.kick_zeroing(topic, partition);
             }
             Some(Owner::Read(..)) => {
                 let Some(Owner::Read(topic, partition, pos, r)) = self.ops.remove(&token) else {

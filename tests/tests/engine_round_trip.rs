@@ -107,3 +107,45 @@ fn reads_without_a_tail_cache_come_from_disk_and_honour_offsets_and_limits() {
         Err(EngineError::OffsetOutOfRange { .. })
     ));
 }
+
+#[test]
+fn data_survives_rolls_that_race_the_zeroing_of_the_next_segment() {
+    // Segments of 4 MiB are zeroed in 256 KiB chunks; hundreds of appends in flight at once
+    // roll into the next segment while its zeroing is still running.
+    let dir = data_dir();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.segment_bytes = 4 << 20;
+    cfg.max_batch_bytes = 256 * 1024;
+    cfg.max_flush_bytes = 1 << 20;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    engine.create_topic("z", 1).unwrap();
+    let mut rng = Rng(0x2e20);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut sent = Vec::new();
+    for i in 0..2000 {
+        let batch = random_batch(&mut rng, 4, 3000);
+        let tx = tx.clone();
+        engine.append("z", 0, batch.clone(), move |r| {
+            let _ = tx.send((i, r));
+        });
+        sent.push(batch);
+    }
+    let mut expected = vec![(0, Vec::new()); sent.len()];
+    for _ in 0..sent.len() {
+        let (i, r) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        let first = r.unwrap().first;
+        expected[i] = (first, with_offset(&sent[i], first));
+    }
+    expected.sort();
+    let segments = std::fs::read_dir(dir.path().join("topics/z/0"))
+        .unwrap()
+        .count();
+    assert!(
+        segments >= 4,
+        "expected several rolls, found {segments} files"
+    );
+    assert_eq!(read_all(&engine, "z", 0), expected);
+    drop(engine);
+    let engine = Engine::open(cfg).unwrap();
+    assert_eq!(read_all(&engine, "z", 0), expected);
+}

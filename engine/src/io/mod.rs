@@ -4,9 +4,11 @@
 //! travels into the backend with the submission and comes back in the completion, so nothing
 //! can free or reuse it while the kernel owns it. Rare operations (open, allocate, full file and
 //! directory syncs) are blocking calls. The storage code is generic over this trait: io_uring
-//! in production ([`UringDisk`]), with a fault-injecting wrapper ([`FaultyDisk`]) for tests.
+//! in production ([`UringDisk`]), with a fault-injecting wrapper ([`FaultyDisk`]) and an
+//! in-memory disk that completes operations on command ([`MemDisk`]) for tests.
 
 mod faulty;
+mod memory;
 mod uring;
 mod wake;
 
@@ -16,8 +18,9 @@ use std::path::Path;
 use crate::aligned::AlignedBuf;
 
 pub use faulty::{FaultPlan, FaultyDisk};
+pub use memory::{MemDisk, WriteRecord};
 pub use uring::UringDisk;
-pub use wake::Waker;
+pub use wake::{Waker, WAKE_BATCH};
 
 /// A file opened through a [`Disk`], valid until [`Disk::close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,17 +1,26 @@
-//! Waking a shard that sleeps in its ring, without polling.
+//! Waking a shard that sleeps in its ring, without polling and without a syscall per request.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-/// An eventfd the shard keeps a read posted on, plus a flag saying whether it sleeps.
+const RUNNING: u8 = 0;
+/// Asleep with I/O in flight: its completion will wake the shard, so new requests only need to
+/// wake it once [`WAKE_BATCH`] of them have queued up.
+const PARKED_BUSY: u8 = 1;
+/// Asleep with nothing in flight: any request must wake it.
+const PARKED_IDLE: u8 = 2;
+/// Requests queued behind a busy shard before a sender wakes it early.
+pub const WAKE_BATCH: usize = 64;
+
+/// An eventfd the shard keeps a read posted on, plus the shard's sleep state.
 ///
-/// Producers call [`Waker::wake`] after queueing work; only when the shard has said it is about
-/// to sleep does that cost a syscall.
+/// Senders call [`Waker::wake`] after queueing work; only when the shard sleeps and needs the
+/// work now does that cost a syscall.
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,
-    parked: AtomicBool,
+    state: AtomicU8,
 }
 
 impl Waker {
@@ -26,7 +35,7 @@ impl Waker {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(Self {
             fd,
-            parked: AtomicBool::new(false),
+            state: AtomicU8::new(RUNNING),
         })
     }
 
@@ -35,24 +44,33 @@ impl Waker {
         self.fd.as_raw_fd()
     }
 
-    /// Called by the shard before it re-checks its queue and sleeps.
-    pub fn park(&self) {
-        self.parked.store(true, Ordering::SeqCst);
+    /// Called by the shard before it re-checks its queue and sleeps; `busy` when I/O is in
+    /// flight (a completion is sure to wake it).
+    pub fn park(&self, busy: bool) {
+        let state = if busy { PARKED_BUSY } else { PARKED_IDLE };
+        self.state.store(state, Ordering::SeqCst);
     }
 
     /// Called by the shard once it is awake (or decided not to sleep).
     pub fn unpark(&self) {
-        self.parked.store(false, Ordering::SeqCst);
+        self.state.store(RUNNING, Ordering::SeqCst);
     }
 
-    /// Wakes the shard if it is parked.
-    pub fn wake(&self) {
-        if self.parked.swap(false, Ordering::SeqCst) {
-            self.signal();
+    /// Wakes the shard if it sleeps and should see the work now; `queued` is the length of its
+    /// queue after the sender's request went in.
+    pub fn wake(&self, queued: usize) {
+        match self.state.load(Ordering::SeqCst) {
+            RUNNING => {}
+            PARKED_BUSY if queued < WAKE_BATCH => {}
+            _ => {
+                if self.state.swap(RUNNING, Ordering::SeqCst) != RUNNING {
+                    self.signal();
+                }
+            }
         }
     }
 
-    /// Makes the posted read complete, whether or not the shard is parked.
+    /// Makes the posted read complete, whatever the shard's state.
     pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live local to our own eventfd. A failure can only be

@@ -1,0 +1,249 @@
+//! In-process load on the storage engine: many logical appenders, each keeping a window of
+//! messages in flight (closed loop) or sending at a fixed total rate (open loop, latency
+//! measured from the intended send time so a stall is not hidden).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use hdrhistogram::Histogram;
+use keel_engine::{BatchBuilder, Engine};
+
+/// One workload.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Logical appenders.
+    pub appenders: usize,
+    /// Appends each keeps in flight (closed loop).
+    pub window: usize,
+    /// Total appends per second (open loop); `None` for closed loop.
+    pub rate: Option<f64>,
+    /// Bytes of each message value.
+    pub message_bytes: usize,
+    /// Messages per appended batch.
+    pub messages_per_batch: usize,
+    /// How long to send.
+    pub seconds: f64,
+    /// Partitions of the topic written (appender i writes partition i % partitions).
+    pub partitions: u32,
+    /// Threads driving the appenders.
+    pub drivers: usize,
+}
+
+/// What a workload achieved.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Messages acknowledged durable.
+    pub messages: u64,
+    /// Seconds from the first send to the last acknowledgement.
+    pub seconds: f64,
+    /// `fdatasync`s the engine issued meanwhile.
+    pub syncs: u64,
+    /// Append→durable latency in microseconds: p50, p99, p99.9, max.
+    pub latency_us: [u64; 4],
+    /// Failed appends (should be 0).
+    pub errors: u64,
+}
+
+impl Outcome {
+    /// Messages per second.
+    pub fn messages_per_s(&self) -> f64 {
+        self.messages as f64 / self.seconds
+    }
+    /// Payload megabytes (10^6) per second.
+    pub fn mb_per_s(&self, message_bytes: usize) -> f64 {
+        self.messages_per_s() * message_bytes as f64 / 1e6
+    }
+    /// Messages sharing each fdatasync.
+    pub fn messages_per_sync(&self) -> f64 {
+        self.messages as f64 / self.syncs.max(1) as f64
+    }
+}
+
+/// (appender, intended send time, acknowledged at, succeeded). The acknowledgement time is
+/// taken in the engine's callback, so the driver's own scheduling does not add to it.
+type Ack = (usize, Instant, Instant, bool);
+
+/// Open loop: how long the driver sleeps between bursts of sends that fell due.
+const OPEN_LOOP_TICK: Duration = Duration::from_micros(100);
+
+fn template(load: &Load) -> Vec<u8> {
+    let mut b = BatchBuilder::new(1_700_000_000_000);
+    let value = vec![0x6b; load.message_bytes];
+    for _ in 0..load.messages_per_batch {
+        b.push(None, &value, &[]);
+    }
+    b.build()
+}
+
+fn send(
+    engine: &Engine,
+    topic: &str,
+    partition: u32,
+    batch: &[u8],
+    appender: usize,
+    at: Instant,
+    acks: &Sender<Ack>,
+) {
+    let acks = acks.clone();
+    engine.append(topic, partition, batch.to_vec(), move |r| {
+        let _ = acks.send((appender, at, Instant::now(), r.is_ok()));
+    });
+}
+
+/// Runs `load` against `topic` (which must have `load.partitions` partitions).
+pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, String> {
+    let before = engine.stats();
+    let started = Instant::now();
+    let drivers: Vec<_> = (0..load.drivers.max(1))
+        .map(|d| {
+            let (engine, topic, load) = (Arc::clone(engine), topic.to_string(), load.clone());
+            std::thread::spawn(move || drive(&engine, &topic, &load, d))
+        })
+        .collect();
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let (mut messages, mut errors, mut last_ack) = (0, 0, started);
+    for d in drivers {
+        let part = d
+            .join()
+            .map_err(|_| "a load driver panicked".to_string())??;
+        hist.add(&part.hist).map_err(|e| e.to_string())?;
+        messages += part.messages;
+        errors += part.errors;
+        last_ack = last_ack.max(part.last_ack);
+    }
+    let syncs = engine.stats().syncs - before.syncs;
+    let q = |p| hist.value_at_quantile(p);
+    Ok(Outcome {
+        messages: messages * load.messages_per_batch as u64,
+        seconds: (last_ack - started).as_secs_f64(),
+        syncs,
+        latency_us: [q(0.5), q(0.99), q(0.999), hist.max()],
+        errors,
+    })
+}
+
+struct DriverResult {
+    hist: Histogram<u64>,
+    messages: u64,
+    errors: u64,
+    last_ack: Instant,
+}
+
+fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<DriverResult, String> {
+    let batch = template(load);
+    let mine: Vec<usize> = (driver..load.appenders)
+        .step_by(load.drivers.max(1))
+        .collect();
+    let partition_of = |a: usize| (a % load.partitions as usize) as u32;
+    let (tx, rx): (Sender<Ack>, Receiver<Ack>) = unbounded();
+    let mut r = DriverResult {
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        messages: 0,
+        errors: 0,
+        last_ack: Instant::now(),
+    };
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(load.seconds);
+    let mut in_flight = 0usize;
+    let on_ack = |(_, at, acked, ok): Ack, r: &mut DriverResult| {
+        let _ = r.hist.record((acked - at).as_micros().max(1) as u64);
+        r.last_ack = r.last_ack.max(acked);
+        if ok {
+            r.messages += 1;
+        } else {
+            r.errors += 1;
+        }
+    };
+    match load.rate {
+        None => {
+            for &a in &mine {
+                for _ in 0..load.window {
+                    send(
+                        engine,
+                        topic,
+                        partition_of(a),
+                        &batch,
+                        a,
+                        Instant::now(),
+                        &tx,
+                    );
+                    in_flight += 1;
+                }
+            }
+            while in_flight > 0 {
+                let ack = rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .map_err(|_| "no ack within 30 s")?;
+                in_flight -= 1;
+                let appender = ack.0;
+                on_ack(ack, &mut r);
+                if Instant::now() < end {
+                    send(
+                        engine,
+                        topic,
+                        partition_of(appender),
+                        &batch,
+                        appender,
+                        Instant::now(),
+                        &tx,
+                    );
+                    in_flight += 1;
+                }
+            }
+        }
+        Some(rate) => {
+            // Sleep in short ticks and send every message that fell due, stamped with the time
+            // it was due; take acks without blocking, so no ack costs a wake-up.
+            set_fine_timer_slack();
+            let interval = Duration::from_secs_f64(load.drivers.max(1) as f64 / rate);
+            let mut next = start;
+            let mut k = 0usize;
+            while next < end {
+                let now = Instant::now();
+                while next <= now && next < end {
+                    let a = mine[k % mine.len()];
+                    send(engine, topic, partition_of(a), &batch, a, next, &tx);
+                    in_flight += 1;
+                    k += 1;
+                    next += interval;
+                }
+                while let Ok(ack) = rx.try_recv() {
+                    in_flight -= 1;
+                    on_ack(ack, &mut r);
+                }
+                std::thread::sleep(
+                    OPEN_LOOP_TICK.min(next.saturating_duration_since(Instant::now())),
+                );
+            }
+            while in_flight > 0 {
+                let ack = rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .map_err(|_| "no ack within 30 s")?;
+                in_flight -= 1;
+                on_ack(ack, &mut r);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Lets this thread's short sleeps end on time (the default slack is 50 µs).
+fn set_fine_timer_slack() {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and affects only this thread.
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
+}
+
+/// Resident set size of this process in KiB, from /proc.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,121 @@
+//! The disk's ceiling: plain O_DIRECT writes each followed by `fdatasync`, one at a time, on the
+//! filesystem of the data directory. Everything Keel does is measured against these figures.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use keel_engine::aligned::AlignedBuf;
+
+/// File size used by the probe; writes wrap around inside it.
+const PROBE_FILE_BYTES: u64 = 1 << 30;
+
+/// What the probe measured.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// 1 MiB write + fdatasync, sequential: MB/s (10^6 bytes).
+    pub big_mb_s: f64,
+    /// Syncs per second in that run.
+    pub big_syncs_s: f64,
+    /// 4 KiB write + fdatasync: syncs per second.
+    pub small_syncs_s: f64,
+    /// 4 KiB write + fdatasync latency percentiles, microseconds: p50, p99, p99.9.
+    pub small_us: [u64; 3],
+}
+
+fn open_probe_file(dir: &Path) -> io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("keel-probe.tmp");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)?;
+    std::fs::remove_file(&path)?; // gone when closed, whatever happens
+    Ok(file)
+}
+
+/// Writes the whole file once, so the timed writes overwrite allocated, written blocks and
+/// each `fdatasync` flushes data only: the disk's own ceiling.
+fn prefill(file: &File) -> io::Result<()> {
+    let buf = AlignedBuf::zeroed(1 << 20);
+    let mut at = 0;
+    while at < PROBE_FILE_BYTES {
+        file.write_all_at(buf.as_slice(), at)?;
+        at += 1 << 20;
+    }
+    file.sync_all()
+}
+
+fn timed_writes(
+    file: &File,
+    block: usize,
+    seconds: f64,
+    hist: &mut Histogram<u64>,
+) -> io::Result<(u64, Duration)> {
+    let mut buf = AlignedBuf::zeroed(block);
+    buf.as_mut_slice().fill(0x5a);
+    let started = Instant::now();
+    let mut at = 0u64;
+    let mut count = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        file.write_all_at(buf.as_slice(), at)?;
+        file.sync_data()?;
+        let _ = hist.record(t.elapsed().as_micros() as u64);
+        at = (at + block as u64) % PROBE_FILE_BYTES;
+        count += 1;
+    }
+    Ok((count, started.elapsed()))
+}
+
+/// Runs the probe for about `2 * seconds` (plus the prefill).
+pub fn run(dir: &Path, seconds: f64) -> io::Result<Probe> {
+    let file = open_probe_file(dir)?;
+    eprintln!(
+        "probe: preparing a {} MiB file in {}",
+        PROBE_FILE_BYTES >> 20,
+        dir.display()
+    );
+    prefill(&file)?;
+    let mut hist = Histogram::<u64>::new(3).map_err(io::Error::other)?;
+    eprintln!("probe: 1 MiB write + fdatasync for {seconds} s");
+    let (big, big_time) = timed_writes(&file, 1 << 20, seconds, &mut hist)?;
+    hist.reset();
+    eprintln!("probe: 4 KiB write + fdatasync for {seconds} s");
+    let (small, small_time) = timed_writes(&file, 4096, seconds, &mut hist)?;
+    let secs = |d: Duration| d.as_secs_f64();
+    Ok(Probe {
+        big_mb_s: (big << 20) as f64 / secs(big_time) / 1e6,
+        big_syncs_s: big as f64 / secs(big_time),
+        small_syncs_s: small as f64 / secs(small_time),
+        small_us: [
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            hist.value_at_quantile(0.999),
+        ],
+    })
+}
+
+impl Probe {
+    /// A markdown table of the figures.
+    pub fn table(&self) -> String {
+        format!(
+            "| disk probe (O_DIRECT, one at a time) | figure |\n|---|---|\n\
+             | 1 MiB write + fdatasync | {:.0} MB/s ({:.0} syncs/s) |\n\
+             | 4 KiB write + fdatasync | {:.0} syncs/s |\n\
+             | 4 KiB write + fdatasync latency | p50 {} µs, p99 {} µs, p99.9 {} µs |\n",
+            self.big_mb_s,
+            self.big_syncs_s,
+            self.small_syncs_s,
+            self.small_us[0],
+            self.small_us[1],
+            self.small_us[2]
+        )
+    }
+}

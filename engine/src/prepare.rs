@@ -1,0 +1,49 @@
+//! Creating a segment file before it is needed: reserved with `fallocate` and durable in its
+//! directory, so a roll only has to rename it. Zeroing it is [`crate::zeroing`]'s job.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{EngineError, Result};
+use crate::io::{Allocation, Disk, FileId};
+use crate::layout::PREPARED_SEGMENT;
+
+/// A prepared segment file (`next.prep`).
+pub struct NextSegment {
+    /// The file, open through the shard's disk.
+    pub file: FileId,
+    /// Its path.
+    pub path: PathBuf,
+    /// Everything below this position has been overwritten with zeros.
+    pub zeroed_to: u64,
+}
+
+impl NextSegment {
+    /// Creates `dir/next.prep` with `size` bytes reserved, durable in its directory.
+    pub fn create<D: Disk>(disk: &mut D, dir: &Path, size: u64) -> Result<Self> {
+        let path = dir.join(PREPARED_SEGMENT);
+        let file = disk
+            .open(&path, true)
+            .map_err(|e| EngineError::io("create segment", &path, e))?;
+        let reserved = disk
+            .allocate(file, size)
+            .and_then(|how| {
+                if how == Allocation::ZeroFilled {
+                    log::warn!("{}: the filesystem has no fallocate; the segment was zero-filled inline (slower)", path.display());
+                }
+                disk.sync_all(file)
+            })
+            .and_then(|()| disk.sync_dir(dir));
+        match reserved {
+            Ok(()) => Ok(Self {
+                file,
+                path,
+                zeroed_to: 0,
+            }),
+            Err(e) => {
+                disk.close(file);
+                let _ = std::fs::remove_file(&path);
+                Err(EngineError::io("allocate segment", path, e))
+            }
+        }
+    }
+}
