@@ -88,14 +88,11 @@ pub fn open_partition<D: Disk>(
             } else {
                 s.sealed_end
             };
-            segments.push(Segment::new(
-                base,
-                path,
-                file,
-                durable_end,
-                s.next_offset,
-                s.index,
-            ));
+            let mut segment = Segment::new(base, path, file, durable_end, s.next_offset, s.index);
+            if !ends_log {
+                segment.seal_index();
+            }
+            segments.push(segment);
             if truncate_here {
                 remove_segments_after(&dir, &bases[i + 1..])?;
                 break;

@@ -334,6 +334,9 @@ impl Partition {
         // The new name must be durable before anything stored under it is acknowledged.
         disk.sync_dir(&self.dir)
             .map_err(|e| EngineError::io("sync directory", &self.dir, e))?;
+        if let Some(sealed) = self.segments.last_mut() {
+            sealed.seal_index();
+        }
         self.segments.push(Segment::new(
             base_offset,
             path,

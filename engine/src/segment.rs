@@ -4,8 +4,12 @@ use std::path::PathBuf;
 
 use crate::io::FileId;
 
-/// Distance in bytes between index entries: a lookup lands at most this far before its batch.
+/// Distance in bytes between index entries of the segment being written: a lookup lands at
+/// most this far before its batch.
 pub const INDEX_INTERVAL_BYTES: u64 = 32 * 1024;
+/// Most index entries a sealed segment keeps, so memory does not grow with the log: 4 KiB per
+/// segment, and a read of old data walks at most segment size / this from its entry.
+pub const SEALED_INDEX_ENTRIES_MAX: usize = 256;
 
 /// Maps the first offset of a batch to its byte position in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,29 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Thins the index to at most [`SEALED_INDEX_ENTRIES_MAX`] evenly spread entries, once the
+    /// segment is sealed and reads of it become rare.
+    pub fn seal_index(&mut self) {
+        let n = self.index.len();
+        if n <= SEALED_INDEX_ENTRIES_MAX {
+            return;
+        }
+        let keep_every = n.div_ceil(SEALED_INDEX_ENTRIES_MAX);
+        let mut i = 0;
+        self.index.retain(|_| {
+            i += 1;
+            (i - 1) % keep_every == 0
+        });
+        self.index.shrink_to_fit();
+    }
+
+    /// Entries in the index.
+    pub fn index_len(&self) -> usize {
+        self.index.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +116,23 @@ mod tests {
         assert_eq!(s.lookup(119), 0);
         assert_eq!(s.lookup(125), 40_000);
         assert_eq!(s.lookup(10_000), 80_000);
+    }
+
+    #[test]
+    fn sealing_keeps_a_bounded_index_that_still_lands_before_each_batch() {
+        let mut s = Segment::new(0, PathBuf::new(), FileId(0), 0, 0, Vec::new());
+        for i in 0..10_000u64 {
+            s.note_batch(i * 10, i * INDEX_INTERVAL_BYTES);
+        }
+        s.seal_index();
+        assert!(s.index_len() <= SEALED_INDEX_ENTRIES_MAX);
+        assert_eq!(s.lookup(0), 0);
+        for offset in [5, 999, 54_321, 99_990] {
+            let pos = s.lookup(offset);
+            assert!(
+                pos <= offset / 10 * INDEX_INTERVAL_BYTES,
+                "lands at or before the batch"
+            );
+        }
     }
 }
