@@ -16,7 +16,7 @@ use crate::prepare::NextSegment;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
 use crate::trailer::{self, Trailer, TRAILER_BYTES};
-use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES};
+use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES, ZERO_FLUSH_BYTES_MAX};
 use crate::{AppendDone, OffsetRange};
 
 /// Smallest gather buffer; buffers grow by doubling up to the flush limit.
@@ -96,6 +96,9 @@ pub struct Partition {
     need_prepare: bool,
     zero_segments: bool,
     zeroing: Zeroing,
+    /// Moving average of flush sizes: large flushes amortise the extent conversion, so zeroing
+    /// would only cost bandwidth.
+    flush_bytes_avg: usize,
     spare: Vec<AlignedBuf>,
     /// Disk reads in flight; the partition may not be closed while any are.
     pub(crate) reads_in_flight: usize,
@@ -110,6 +113,9 @@ pub struct FlushDone {
     pub bytes: usize,
     /// Whether it succeeded.
     pub ok: bool,
+    /// The appenders to tell, once the next flush is on its way: the partition's state already
+    /// reflects the outcome, so answering them can overlap the next write.
+    pub answers: Vec<(AppendDone, Result<OffsetRange>)>,
 }
 
 impl Partition {
@@ -140,6 +146,7 @@ impl Partition {
             need_prepare: true,
             zero_segments,
             zeroing: Zeroing::new(),
+            flush_bytes_avg: 0,
             spare: Vec::new(),
             reads_in_flight: 0,
             limits,
@@ -376,15 +383,21 @@ impl Partition {
         };
         let appends = f.gather.waiters.len();
         let bytes = f.len;
+        self.flush_bytes_avg = (self.flush_bytes_avg * 7 + bytes) / 8;
         let ok = outcome.is_ok();
-        match outcome {
+        let answers = match outcome {
             Ok(()) => self.commit(f),
             Err(e) => self.poison(f, e),
-        }
-        Some(FlushDone { appends, bytes, ok })
+        };
+        Some(FlushDone {
+            appends,
+            bytes,
+            ok,
+            answers,
+        })
     }
 
-    fn commit(&mut self, mut f: Flush) {
+    fn commit(&mut self, mut f: Flush) -> Vec<(AppendDone, Result<OffsetRange>)> {
         let g = &mut f.gather;
         if let Some(seg) = self.segments.last_mut() {
             for &(offset, at) in &g.batches {
@@ -405,14 +418,15 @@ impl Partition {
             self.tail.push(chunk, &mut evicted);
             self.recycle(evicted);
         }
-        for (done, range) in g.waiters.drain(..) {
-            done(Ok(range));
-        }
+        g.waiters
+            .drain(..)
+            .map(|(done, range)| (done, Ok(range)))
+            .collect()
     }
 
     /// A write or sync failed: after an fsync error the file's state is unknown, so the
     /// partition takes no more writes. Everything not yet durable fails; reads go on.
-    fn poison(&mut self, mut f: Flush, cause: io::Error) {
+    fn poison(&mut self, mut f: Flush, cause: io::Error) -> Vec<(AppendDone, Result<OffsetRange>)> {
         let path = self
             .segments
             .last()
@@ -431,14 +445,18 @@ impl Partition {
             source: Arc::new(cause),
         };
         self.pending_bytes -= f.gather.len;
-        for (done, _) in f.gather.waiters.drain(..) {
-            done(Err(err.clone()));
-        }
+        let answers = f
+            .gather
+            .waiters
+            .drain(..)
+            .map(|(done, _)| (done, Err(err.clone())))
+            .collect();
         if let Some(buf) = f.buf.take() {
             self.recycle(vec![buf]);
         }
         self.fail_pending(&err);
         self.poisoned = Some(err);
+        answers
     }
 
     /// Fails every gathered append that has not been submitted.
@@ -480,7 +498,8 @@ impl Partition {
     /// segment is never zeroed while in use: any metadata change to its file would make the
     /// appenders' next `fdatasync` commit the journal.
     pub fn zero_step<D: Disk>(&mut self, disk: &mut D, token: u64) -> bool {
-        if !self.zero_segments || self.poisoned.is_some() {
+        let big_flushes = self.flush_bytes_avg >= ZERO_FLUSH_BYTES_MAX;
+        if !self.zero_segments || big_flushes || self.poisoned.is_some() {
             return false;
         }
         // Paced to twice the writer's progress through the active segment, so the next one is

@@ -96,6 +96,7 @@ impl Segment {
     }
 
     /// Entries in the index.
+    #[cfg(test)]
     pub fn index_len(&self) -> usize {
         self.index.len()
     }

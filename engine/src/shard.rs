@@ -18,7 +18,7 @@ use crate::{AppendDone, ReadDone};
 
 /// Requests taken from the channel per turn before flushes are started, so one busy producer
 /// cannot delay the flush of what is already gathered for long.
-const COMMANDS_PER_TURN_MAX: usize = 4096;
+const COMMANDS_PER_TURN_MAX: usize = 256;
 
 /// A request to a shard.
 pub enum Command {
@@ -414,6 +414,7 @@ impl<D: Disk> Shard<D> {
         match self.ops.get(&token) {
             Some(Owner::Flush(topic, partition)) => {
                 let (topic, partition) = (Arc::clone(topic), *partition);
+                let next_token = self.token();
                 let Some(p) = self
                     .topics
                     .get_mut(&topic)
@@ -425,6 +426,14 @@ impl<D: Disk> Shard<D> {
                     return;
                 };
                 self.ops.remove(&token);
+                // Keep the disk busy: the next flush goes out before this one's appenders are
+                // answered.
+                if p.start_flush(&mut self.disk, next_token) {
+                    self.ops
+                        .insert(next_token, Owner::Flush(Arc::clone(&topic), partition));
+                } else if p.wants_flush() {
+                    self.to_flush.push((Arc::clone(&topic), partition));
+                }
                 let counter = if done.ok {
                     &self.stats.flushes
                 } else {
@@ -440,8 +449,8 @@ impl<D: Disk> Shard<D> {
                         .bytes_written
                         .fetch_add(done.bytes as u64, Ordering::Relaxed);
                 }
-                if p.wants_flush() {
-                    self.to_flush.push((Arc::clone(&topic), partition));
+                for (answer, outcome) in done.answers {
+                    answer(outcome);
                 }
                 self.kick_zeroing(topic, partition);
             }

@@ -14,6 +14,10 @@ use std::io;
 use crate::aligned::AlignedBuf;
 use crate::io::{Completion, Disk, FileId, IoKind};
 
+/// Zeroing stops while flushes average this size or more: the conversion's cost per sync is
+/// then small beside the write, and writing every byte twice would halve the bandwidth
+/// (docs/BENCHMARKS.md has both measurements).
+pub const ZERO_FLUSH_BYTES_MAX: usize = 512 << 10;
 /// Bytes zeroed per write.
 pub const ZERO_CHUNK_BYTES: u64 = 256 << 10;
 
