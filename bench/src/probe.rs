@@ -48,6 +48,17 @@ fn open_probe_file(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// A probe file whose space is only reserved (unwritten extents), as a fresh log segment's is.
+fn open_fallocated_probe_file(dir: &Path) -> io::Result<File> {
+    let file = open_probe_file(dir)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: plain syscall on a descriptor we own; result checked.
+    if unsafe { libc::fallocate(fd, 0, 0, PROBE_FILE_BYTES as i64) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 /// Writes the whole file once, so the timed writes overwrite allocated, written blocks and
 /// each `fdatasync` flushes data only: the disk's own ceiling.
 fn prefill(file: &File) -> io::Result<()> {
@@ -100,37 +111,13 @@ pub fn run(dir: &Path, seconds: f64) -> io::Result<Probe> {
     let small_us = quantiles(&hist);
     drop(file);
     eprintln!("probe: 4 KiB write + fdatasync into fallocated space for {seconds} s");
-    let file = open_probe_file(dir)?;
-    // SAFETY: plain syscall on a descriptor we own; result checked.
-    if unsafe {
-        libc::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            0,
-            0,
-            PROBE_FILE_BYTES as i64,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    let file = open_fallocated_probe_file(dir)?;
     hist.reset();
     timed_writes(&file, 4096, seconds, &mut hist)?;
     let small_unwritten_us = quantiles(&hist);
     drop(file);
     eprintln!("probe: 1 MiB write + fdatasync into fallocated space for {seconds} s");
-    let file = open_probe_file(dir)?;
-    // SAFETY: plain syscall on a descriptor we own; result checked.
-    if unsafe {
-        libc::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            0,
-            0,
-            PROBE_FILE_BYTES as i64,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    let file = open_fallocated_probe_file(dir)?;
     let (big_unwritten, big_unwritten_time) =
         timed_writes(&file, 1 << 20, seconds.min(0.25), &mut hist)?;
     drop(file);

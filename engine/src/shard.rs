@@ -91,6 +91,18 @@ struct TopicSlot {
     removing: Option<Sender<Result<()>>>,
 }
 
+/// The partition of `topic` this shard owns, if it does. A free function, so the borrow of the
+/// topics stays apart from the shard's disk and operation table.
+fn owned<'a>(
+    topics: &'a mut HashMap<Arc<str>, TopicSlot>,
+    topic: &str,
+    partition: u32,
+) -> Option<&'a mut Partition> {
+    topics
+        .get_mut(topic)
+        .and_then(|s| s.owned.get_mut(&partition))
+}
+
 /// What an in-flight operation belongs to.
 enum Owner {
     Flush(Arc<str>, u32),
@@ -346,11 +358,7 @@ impl<D: Disk> Shard<D> {
         let mut list = std::mem::take(&mut self.to_flush);
         for (topic, partition) in list.drain(..) {
             let token = self.token();
-            let Some(p) = self
-                .topics
-                .get_mut(&topic)
-                .and_then(|s| s.owned.get_mut(&partition))
-            else {
+            let Some(p) = owned(&mut self.topics, &topic, partition) else {
                 continue;
             };
             if !p.wants_flush() {
@@ -371,11 +379,7 @@ impl<D: Disk> Shard<D> {
             return;
         }
         let token = self.token();
-        let Some(p) = self
-            .topics
-            .get_mut(&topic)
-            .and_then(|s| s.owned.get_mut(&partition))
-        else {
+        let Some(p) = owned(&mut self.topics, &topic, partition) else {
             return;
         };
         if p.zero_step(&mut self.disk, token) {
@@ -415,11 +419,7 @@ impl<D: Disk> Shard<D> {
             Some(Owner::Flush(topic, partition)) => {
                 let (topic, partition) = (Arc::clone(topic), *partition);
                 let next_token = self.token();
-                let Some(p) = self
-                    .topics
-                    .get_mut(&topic)
-                    .and_then(|s| s.owned.get_mut(&partition))
-                else {
+                let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };
                 let Some(done) = p.on_flush_completion(c) else {
@@ -458,11 +458,7 @@ impl<D: Disk> Shard<D> {
                 let Some(Owner::Zero(topic, partition)) = self.ops.remove(&token) else {
                     return;
                 };
-                let Some(p) = self
-                    .topics
-                    .get_mut(&topic)
-                    .and_then(|s| s.owned.get_mut(&partition))
-                else {
+                let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };
                 p.on_zero_completion(c);
@@ -480,11 +476,7 @@ impl<D: Disk> Shard<D> {
                 let Some(Owner::Read(topic, partition, pos, r)) = self.ops.remove(&token) else {
                     return;
                 };
-                let Some(p) = self
-                    .topics
-                    .get_mut(&topic)
-                    .and_then(|s| s.owned.get_mut(&partition))
-                else {
+                let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return (r.done)(Err(EngineError::TopicDeleted(topic.to_string())));
                 };
                 p.reads_in_flight -= 1;

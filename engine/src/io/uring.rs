@@ -91,9 +91,8 @@ impl UringDisk {
     /// Pushes entries after [`Self::reserve`] made room for them.
     fn push_reserved(&mut self, entries: &[squeue::Entry]) {
         for entry in entries {
-            // SAFETY: every entry points at memory that stays alive until its completion: data
-            // buffers sit in `in_flight` (heap, never moved), the wake buffer is boxed in self,
-            // and Drop waits for all completions before any of them is freed.
+            // SAFETY: each entry's memory outlives its operation: data buffers sit in `in_flight`,
+            // the wake buffer is boxed in self, and Drop waits for every completion first.
             let pushed = unsafe { self.ring.submission().push(entry) };
             debug_assert!(pushed.is_ok(), "reserve() guaranteed room");
         }
@@ -141,6 +140,37 @@ impl UringDisk {
                     result,
                     buf: Some(buf),
                 });
+            }
+        }
+    }
+
+    /// Checks a submission and makes room in the queue for it (and its linked sync); if that is
+    /// impossible, reports it failed through the next `wait` and returns nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        kind: IoKind,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        len: usize,
+        token: u64,
+        then_sync: bool,
+    ) -> Option<(i32, AlignedBuf)> {
+        debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
+        assert!(
+            len <= buf.capacity(),
+            "{kind:?} of {len} bytes with a {} byte buffer",
+            buf.capacity()
+        );
+        let ready = self
+            .fd(file)
+            .and_then(|fd| self.reserve(1 + usize::from(then_sync)).map(|()| fd));
+        match ready {
+            Ok(fd) => Some((fd, buf)),
+            Err(e) => {
+                self.fail_now(token, kind, buf, e, then_sync);
+                None
             }
         }
     }
@@ -242,28 +272,16 @@ impl Disk for UringDisk {
         &mut self,
         file: FileId,
         offset: u64,
-        mut buf: AlignedBuf,
+        buf: AlignedBuf,
         len: usize,
         token: u64,
         then_sync: bool,
     ) {
-        debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
-        assert!(
-            len <= buf.capacity(),
-            "write of {len} bytes from a {} byte buffer",
-            buf.capacity()
-        );
-        let fd = match self.fd(file) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.fail_now(token, IoKind::Write, buf, e, then_sync);
-                return;
-            }
-        };
-        if let Err(e) = self.reserve(2) {
-            self.fail_now(token, IoKind::Write, buf, e, then_sync);
+        let Some((fd, mut buf)) =
+            self.admit(IoKind::Write, file, offset, buf, len, token, then_sync)
+        else {
             return;
-        }
+        };
         let write = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
             .offset(offset)
             .build()
@@ -283,31 +301,11 @@ impl Disk for UringDisk {
         }
     }
 
-    fn submit_read(
-        &mut self,
-        file: FileId,
-        offset: u64,
-        mut buf: AlignedBuf,
-        len: usize,
-        token: u64,
-    ) {
-        debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
-        assert!(
-            len <= buf.capacity(),
-            "read of {len} bytes into a {} byte buffer",
-            buf.capacity()
-        );
-        let fd = match self.fd(file) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.fail_now(token, IoKind::Read, buf, e, false);
-                return;
-            }
-        };
-        if let Err(e) = self.reserve(1) {
-            self.fail_now(token, IoKind::Read, buf, e, false);
+    fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {
+        let Some((fd, mut buf)) = self.admit(IoKind::Read, file, offset, buf, len, token, false)
+        else {
             return;
-        }
+        };
         let read = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
             .offset(offset)
             .build()
