@@ -43,6 +43,10 @@ pub struct Outcome {
     pub latency_us: [u64; 4],
     /// Failed appends (should be 0).
     pub errors: u64,
+    /// Open loop: how late the generator sent messages after their intended time, microseconds
+    /// (p50, p99, max). Large values mean the generator, not the engine, fell behind; they are
+    /// still counted in the latency, as a client would see them.
+    pub send_late_us: Option<[u64; 3]>,
 }
 
 impl Outcome {
@@ -104,11 +108,18 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let (mut messages, mut errors, mut last_ack) = (0, 0, started);
+    let mut late: Option<Histogram<u64>> = None;
     for d in drivers {
         let part = d
             .join()
             .map_err(|_| "a load driver panicked".to_string())??;
         hist.add(&part.hist).map_err(|e| e.to_string())?;
+        if let Some(l) = &part.late {
+            match late.as_mut() {
+                Some(all) => all.add(l).map_err(|e| e.to_string())?,
+                None => late = Some(l.clone()),
+            }
+        }
         messages += part.messages;
         errors += part.errors;
         last_ack = last_ack.max(part.last_ack);
@@ -121,11 +132,13 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         syncs,
         latency_us: [q(0.5), q(0.99), q(0.999), hist.max()],
         errors,
+        send_late_us: late.map(|l| [l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()]),
     })
 }
 
 struct DriverResult {
     hist: Histogram<u64>,
+    late: Option<Histogram<u64>>,
     messages: u64,
     errors: u64,
     last_ack: Instant,
@@ -140,6 +153,7 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
     let (tx, rx): (Sender<Ack>, Receiver<Ack>) = unbounded();
     let mut r = DriverResult {
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        late: None,
         messages: 0,
         errors: 0,
         last_ack: Instant::now(),
@@ -200,9 +214,12 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
             let interval = Duration::from_secs_f64(load.drivers.max(1) as f64 / rate);
             let mut next = start;
             let mut k = 0usize;
+            let mut late =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             while next < end {
                 let now = Instant::now();
                 while next <= now && next < end {
+                    let _ = late.record((now - next).as_micros().max(1) as u64);
                     let a = mine[k % mine.len()];
                     send(engine, topic, partition_of(a), &batch, a, next, &tx);
                     in_flight += 1;
@@ -217,6 +234,7 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
                     OPEN_LOOP_TICK.min(next.saturating_duration_since(Instant::now())),
                 );
             }
+            r.late = Some(late);
             while in_flight > 0 {
                 let ack = rx
                     .recv_timeout(Duration::from_secs(30))

@@ -151,6 +151,9 @@ fn main() -> ExitCode {
                 out.latency_us[3],
                 out.errors
             );
+            if let Some([p50, p99, max]) = out.send_late_us {
+                println!("generator sent late by p50 {p50} µs, p99 {p99} µs, max {max} µs");
+            }
             Ok(())
         }),
     };
@@ -324,8 +327,12 @@ fn report(
             }
         };
         s += &format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {} / {} / {} µs | {ratio} | {target} | {} |\n",
+            "| {}{} | {:.0} | {:.0} | {:.1} | {} / {} / {} µs | {ratio} | {target} | {} |\n",
             r.name,
+            o.send_late_us
+                .map_or(String::new(), |[_, p99, max]| format!(
+                    " (the generator sent late by p99 {p99} µs, max {max} µs)"
+                )),
             o.messages_per_s(),
             o.mb_per_s(message_bytes),
             o.messages_per_sync(),
