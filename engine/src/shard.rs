@@ -159,6 +159,9 @@ impl<D: Disk> Shard<D> {
 
     /// The event loop: runs until [`Command::Stop`] and all in-flight work is done.
     pub fn run(mut self) {
+        if let Err(e) = self.disk.start_on_thread() {
+            log::warn!("could not let the ring's workers use every core ({e}); syncs may wait behind their shard");
+        }
         let mut completions = Vec::new();
         loop {
             let mut took = 0;
@@ -185,7 +188,10 @@ impl<D: Disk> Shard<D> {
             {
                 break;
             }
-            let mut block = took == 0 && self.deferred.is_empty();
+            // Sleep unless work is certainly waiting: a drained queue (or, with I/O in flight, a
+            // trickle the completion will pick up) is not a reason to spin; the re-check after
+            // parking closes the race with senders.
+            let mut block = took < COMMANDS_PER_TURN_MAX && self.deferred.is_empty();
             if block {
                 let busy = !self.ops.is_empty();
                 self.waker.park(busy);

@@ -194,4 +194,7 @@ impl<D: Disk> Disk for FaultyDisk<D> {
     fn waker(&self) -> Arc<Waker> {
         self.inner.waker()
     }
+    fn start_on_thread(&mut self) -> io::Result<()> {
+        self.inner.start_on_thread()
+    }
 }

@@ -94,4 +94,9 @@ pub trait Disk {
     fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()>;
     /// The handle other threads use to interrupt a blocking [`Disk::wait`].
     fn waker(&self) -> std::sync::Arc<Waker>;
+    /// Called once on the thread that will use the disk, after it is pinned, before any
+    /// submission.
+    fn start_on_thread(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

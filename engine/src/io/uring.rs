@@ -334,6 +334,20 @@ impl Disk for UringDisk {
     fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
     }
+
+    /// Lets the kernel's io_uring workers (which run our fdatasyncs) use every core. They would
+    /// otherwise inherit the shard's pinning and wait behind their own busy shard for a
+    /// scheduler slice, milliseconds, before a sync could even start.
+    fn start_on_thread(&mut self) -> io::Result<()> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: cpu_set_t is plain data; an all-zero value is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for cpu in 0..cores.min(libc::CPU_SETSIZE as usize) {
+            // SAFETY: cpu is below CPU_SETSIZE, the capacity of the set.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        self.ring.submitter().register_iowq_aff(&set)
+    }
 }
 
 impl Drop for UringDisk {
