@@ -179,3 +179,38 @@ impl EngineError {
 
 /// Result of engine operations.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_uring_failures_come_with_the_likely_cause_and_fix() {
+        let advice =
+            |errno| EngineError::uring_unavailable(io::Error::from_raw_os_error(errno)).to_string();
+        assert!(
+            advice(libc::ENOMEM).contains("RLIMIT_MEMLOCK"),
+            "{}",
+            advice(libc::ENOMEM)
+        );
+        assert!(advice(libc::ENOMEM).contains("LimitMEMLOCK"));
+        let eperm = advice(libc::EPERM);
+        assert!(
+            eperm.contains("seccomp") || eperm.contains("io_uring_disabled"),
+            "{eperm}"
+        );
+        assert!(advice(libc::ENOSYS).contains("5.6"));
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let e = EngineError::io(
+            "write",
+            "/data/x",
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(matches!(e, EngineError::NoSpace { .. }));
+        let e = EngineError::io("write", "/data/x", io::Error::from_raw_os_error(libc::EIO));
+        assert!(e.to_string().contains("/data/x"), "the path is kept: {e}");
+    }
+}
