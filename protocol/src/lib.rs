@@ -1,1 +1,40 @@
-//! Placeholder: this crate arrives with a later issue (see DESIGN.md).
+//! Keel's binary protocol: length-prefixed, little-endian, versioned frames, and pure codecs
+//! for them (no I/O). Every frame is documented byte by byte in `docs/PROTOCOL.md`.
+//!
+//! Decoding never panics, never reads past its input, and never allocates more than the input
+//! could justify; a frame's size is checked against a limit before anything is buffered
+//! ([`frame_len`]). Requests that fail to decode report whether their header was readable, so
+//! the server can answer with an error instead of dropping the connection.
+//!
+//! ```
+//! use keel_protocol::{decode_request, encode_request, frame_len, Request, DEFAULT_MAX_FRAME_BYTES, REQUEST_HEADER_BYTES};
+//!
+//! let mut wire = Vec::new();
+//! encode_request(7, &Request::CreateTopic { topic: "orders".into(), partitions: 4 }, &mut wire);
+//! let len = frame_len(&wire, REQUEST_HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES).unwrap().unwrap();
+//! let (header, request) = decode_request(&wire[..len]).unwrap();
+//! assert_eq!(header.correlation_id, 7);
+//! assert_eq!(request, Request::CreateTopic { topic: "orders".into(), partitions: 4 });
+//! ```
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod frame;
+mod request;
+mod response;
+mod wire;
+
+pub use api::{ApiKey, ErrorCode, RESERVED_API_KEYS};
+pub use frame::{
+    frame_len, DecodeError, DEFAULT_MAX_FRAME_BYTES, REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
+    SIZE_PREFIX_BYTES,
+};
+pub use request::{
+    decode_request, encode_request, BadRequest, PartitionTarget, Request, RequestHeader,
+};
+pub use response::{
+    decode_response, encode_error, encode_response, response_correlation_id, ApiVersions,
+    ErrorReply, Response, TopicInfo,
+};
+pub use wire::MAX_STRING_BYTES;

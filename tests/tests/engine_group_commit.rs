@@ -17,28 +17,29 @@ fn sixty_four_appenders_share_fdatasyncs() {
     engine.create_topic("gc", 1).unwrap();
     let before = engine.stats();
 
-    let threads: Vec<_> = (0..APPENDERS)
-        .map(|t| {
-            let engine = Arc::clone(&engine);
-            std::thread::spawn(move || {
-                (0..EACH)
-                    .map(|i| {
-                        let value = format!("appender {t} message {i}");
-                        let r = engine
-                            .append_wait("gc", 0, one_record(value.as_bytes()))
-                            .unwrap();
-                        (r.first, value)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut acked: Vec<(u64, String)> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    // 64 appenders, each sending its next message only once the previous one is acknowledged
+    // (driven from one thread through callbacks, so the test does not hinge on 64 OS threads
+    // being scheduled in time).
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let send = |appender: usize, i: usize| {
+        let tx = tx.clone();
+        let value = format!("appender {appender} message {i}");
+        engine.append("gc", 0, one_record(value.as_bytes()), move |r| {
+            let _ = tx.send((appender, i, value, r));
+        });
+    };
+    for appender in 0..APPENDERS {
+        send(appender, 0);
+    }
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    while acked.len() < APPENDERS * EACH {
+        let (appender, i, value, r) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        acked.push((r.unwrap().first, value));
+        if i + 1 < EACH {
+            send(appender, i + 1);
+        }
+    }
     acked.sort();
-
     let stats = engine.stats();
     let appends = stats.appends - before.appends;
     let syncs = stats.syncs - before.syncs;
@@ -62,43 +63,4 @@ fn sixty_four_appenders_share_fdatasyncs() {
         let record = view.records().next().unwrap().unwrap();
         assert_eq!(record.value, Some(value.as_bytes()));
     }
-}
-
-#[test]
-fn shutdown_answers_every_append_and_keeps_every_acknowledged_one() {
-    let dir = data_dir();
-    let cfg = small_config(dir.path(), 2);
-    let engine = Engine::open(cfg.clone()).unwrap();
-    engine.create_topic("s", 2).unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for i in 0..2000u32 {
-        let tx = tx.clone();
-        let value = format!("message {i}");
-        engine.append("s", i % 2, one_record(value.as_bytes()), move |r| {
-            let _ = tx.send((i, value, r));
-        });
-    }
-    drop(tx);
-    drop(engine); // stops taking requests, finishes what is in flight
-    let answers: Vec<_> = rx.iter().collect();
-    assert_eq!(
-        answers.len(),
-        2000,
-        "every append is answered, none is dropped silently"
-    );
-    let engine = Engine::open(cfg).unwrap();
-    let logs = [read_all(&engine, "s", 0), read_all(&engine, "s", 1)];
-    let mut acked = 0;
-    for (i, value, r) in answers {
-        let Ok(range) = r else { continue };
-        acked += 1;
-        let (base, bytes) = &logs[(i % 2) as usize][range.first as usize];
-        assert_eq!(*base, range.first);
-        let view = keel_engine::BatchView::verify(bytes).unwrap();
-        assert_eq!(
-            view.records().next().unwrap().unwrap().value,
-            Some(value.as_bytes())
-        );
-    }
-    assert!(acked > 0);
 }

@@ -1,0 +1,239 @@
+//! Requests: what clients send.
+
+use crate::api::ApiKey;
+use crate::frame::{begin_frame, end_frame, DecodeError, REQUEST_HEADER_BYTES, SIZE_PREFIX_BYTES};
+use crate::wire::{Reader, Writer};
+
+/// The header every request starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    /// Which request.
+    pub api: ApiKey,
+    /// Its version.
+    pub version: u16,
+    /// Chosen by the client; echoed in the response.
+    pub correlation_id: u32,
+}
+
+/// Where a produced batch goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionTarget<'a> {
+    /// This partition.
+    Partition(u32),
+    /// The partition the server derives from this key.
+    Key(&'a [u8]),
+}
+
+/// A decoded request. Batch bytes are borrowed from the frame, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Version negotiation; the server answers with what it supports and its limits.
+    Handshake {
+        /// Free-form client name, for logs.
+        client: String,
+    },
+    /// Create a topic.
+    CreateTopic {
+        /// Name.
+        topic: String,
+        /// Partition count.
+        partitions: u32,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Name.
+        topic: String,
+    },
+    /// List topics.
+    ListTopics,
+    /// Partitions of a topic.
+    Metadata {
+        /// Name.
+        topic: String,
+    },
+    /// Append one RecordBatch v2; answered once it is durable.
+    Produce {
+        /// Topic.
+        topic: String,
+        /// Partition, or key to hash.
+        target: PartitionTarget<'a>,
+        /// Idempotent producer id (-1: none).
+        producer_id: i64,
+        /// Sequence of the batch's first record for that producer.
+        base_sequence: i32,
+        /// The batch, as a Kafka producer would send it.
+        batch: &'a [u8],
+    },
+    /// Read batches from an offset.
+    Fetch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// First offset wanted.
+        offset: u64,
+        /// Byte budget of the answer (at least one batch is returned when there is one).
+        max_bytes: u32,
+        /// How long to wait for data when there is none yet (0: answer at once).
+        max_wait_ms: u32,
+    },
+}
+
+impl Request<'_> {
+    /// The api of this request.
+    pub fn api(&self) -> ApiKey {
+        match self {
+            Request::Handshake { .. } => ApiKey::Handshake,
+            Request::CreateTopic { .. } => ApiKey::CreateTopic,
+            Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
+            Request::ListTopics => ApiKey::ListTopics,
+            Request::Metadata { .. } => ApiKey::Metadata,
+            Request::Produce { .. } => ApiKey::Produce,
+            Request::Fetch { .. } => ApiKey::Fetch,
+        }
+    }
+}
+
+/// A request that could not be decoded; `correlation_id` is set when the header was readable,
+/// so the server can answer it with an error instead of closing the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad request (correlation id {correlation_id:?}): {error}")]
+pub struct BadRequest {
+    /// The request's correlation id, if the header could be read.
+    pub correlation_id: Option<u32>,
+    /// What is wrong.
+    pub error: DecodeError,
+}
+
+/// Appends one whole request frame (size prefix included) to `out`.
+pub fn encode_request(correlation_id: u32, request: &Request<'_>, out: &mut Vec<u8>) {
+    let at = begin_frame(out);
+    let mut w = Writer::new(out);
+    w.u16(request.api() as u16);
+    w.u16(request.api().versions().1);
+    w.u32(correlation_id);
+    match request {
+        Request::Handshake { client } => w.string(client),
+        Request::CreateTopic { topic, partitions } => {
+            w.string(topic);
+            w.u32(*partitions);
+        }
+        Request::DeleteTopic { topic } | Request::Metadata { topic } => w.string(topic),
+        Request::ListTopics => {}
+        Request::Produce {
+            topic,
+            target,
+            producer_id,
+            base_sequence,
+            batch,
+        } => {
+            w.string(topic);
+            match target {
+                PartitionTarget::Partition(p) => {
+                    w.u8(0);
+                    w.u32(*p);
+                }
+                PartitionTarget::Key(key) => {
+                    w.u8(1);
+                    w.bytes(key);
+                }
+            }
+            w.i64(*producer_id);
+            w.i32(*base_sequence);
+            w.bytes(batch);
+        }
+        Request::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms,
+        } => {
+            w.string(topic);
+            w.u32(*partition);
+            w.u64(*offset);
+            w.u32(*max_bytes);
+            w.u32(*max_wait_ms);
+        }
+    }
+    end_frame(out, at);
+}
+
+/// Decodes one request frame (size prefix included, as [`crate::frame_len`] delimits it).
+pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request<'_>), BadRequest> {
+    let mut r = Reader::new(frame);
+    let bad = |correlation_id, error| BadRequest {
+        correlation_id,
+        error,
+    };
+    let size = r.u32("size").map_err(|e| bad(None, e))? as usize;
+    if size != r.remaining() || size < REQUEST_HEADER_BYTES {
+        return Err(bad(None, DecodeError::Malformed("size")));
+    }
+    let (key, version, correlation_id) = (|| {
+        Ok::<_, DecodeError>((
+            r.u16("api key")?,
+            r.u16("api version")?,
+            r.u32("correlation id")?,
+        ))
+    })()
+    .map_err(|e| bad(None, e))?;
+    debug_assert_eq!(
+        frame.len() - r.remaining(),
+        SIZE_PREFIX_BYTES + REQUEST_HEADER_BYTES
+    );
+    let header = (|| {
+        let api = ApiKey::from_u16(key)?;
+        let (min, max) = api.versions();
+        if version < min || version > max {
+            return Err(DecodeError::UnsupportedVersion { api: key, version });
+        }
+        Ok(RequestHeader {
+            api,
+            version,
+            correlation_id,
+        })
+    })()
+    .map_err(|e| bad(Some(correlation_id), e))?;
+    let request = decode_body(header.api, &mut r)
+        .and_then(|req| r.finish().map(|()| req))
+        .map_err(|e| bad(Some(correlation_id), e))?;
+    Ok((header, request))
+}
+
+fn decode_body<'a>(api: ApiKey, r: &mut Reader<'a>) -> Result<Request<'a>, DecodeError> {
+    Ok(match api {
+        ApiKey::Handshake => Request::Handshake {
+            client: r.string("client name")?,
+        },
+        ApiKey::CreateTopic => Request::CreateTopic {
+            topic: r.string("topic")?,
+            partitions: r.u32("partitions")?,
+        },
+        ApiKey::DeleteTopic => Request::DeleteTopic {
+            topic: r.string("topic")?,
+        },
+        ApiKey::ListTopics => Request::ListTopics,
+        ApiKey::Metadata => Request::Metadata {
+            topic: r.string("topic")?,
+        },
+        ApiKey::Produce => Request::Produce {
+            topic: r.string("topic")?,
+            target: match r.u8("partition target")? {
+                0 => PartitionTarget::Partition(r.u32("partition")?),
+                1 => PartitionTarget::Key(r.bytes("key")?),
+                _ => return Err(DecodeError::Malformed("partition target")),
+            },
+            producer_id: r.i64("producer id")?,
+            base_sequence: r.i32("base sequence")?,
+            batch: r.bytes("batch")?,
+        },
+        ApiKey::Fetch => Request::Fetch {
+            topic: r.string("topic")?,
+            partition: r.u32("partition")?,
+            offset: r.u64("offset")?,
+            max_bytes: r.u32("max bytes")?,
+            max_wait_ms: r.u32("max wait")?,
+        },
+    })
+}
