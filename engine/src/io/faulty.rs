@@ -128,9 +128,6 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         }
         self.inner.allocate(file, bytes)
     }
-    fn truncate(&mut self, file: FileId, bytes: u64) -> io::Result<()> {
-        self.inner.truncate(file, bytes)
-    }
     fn sync_all(&mut self, file: FileId) -> io::Result<()> {
         self.inner.sync_all(file)
     }

@@ -124,10 +124,6 @@ impl Disk for MemDisk {
         }
         Ok(Allocation::Fallocated)
     }
-    fn truncate(&mut self, file: FileId, bytes: u64) -> io::Result<()> {
-        self.files[file.0 as usize].resize(bytes as usize, 0);
-        Ok(())
-    }
     fn sync_all(&mut self, _file: FileId) -> io::Result<()> {
         Ok(())
     }

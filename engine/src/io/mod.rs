@@ -69,8 +69,6 @@ pub trait Disk {
     fn len(&mut self, file: FileId) -> io::Result<u64>;
     /// Reserves `bytes` for the file (blocking), so later writes inside it need no new blocks.
     fn allocate(&mut self, file: FileId, bytes: u64) -> io::Result<Allocation>;
-    /// Shrinks or grows the file to `bytes` (blocking).
-    fn truncate(&mut self, file: FileId, bytes: u64) -> io::Result<()>;
     /// `fsync` of the file, data and metadata (blocking).
     fn sync_all(&mut self, file: FileId) -> io::Result<()>;
     /// `fsync` of a directory, making entries created or renamed in it durable (blocking).

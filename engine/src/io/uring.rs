@@ -256,10 +256,6 @@ impl Disk for UringDisk {
         Ok(Allocation::ZeroFilled)
     }
 
-    fn truncate(&mut self, file: FileId, bytes: u64) -> io::Result<()> {
-        self.file(file)?.set_len(bytes)
-    }
-
     fn sync_all(&mut self, file: FileId) -> io::Result<()> {
         self.file(file)?.sync_all()
     }
