@@ -93,6 +93,9 @@ enum Command {
         /// Let the scheduler place shard threads instead of pinning each to a core.
         #[arg(long)]
         no_pin: bool,
+        /// Use the portable backend (pwrite + fdatasync on a thread) instead of io_uring.
+        #[arg(long)]
+        portable: bool,
     },
 }
 
@@ -121,7 +124,8 @@ fn main() -> ExitCode {
             drivers,
             no_zero,
             no_pin,
-        } => open_engine(&dir, shards, !no_zero, !no_pin).and_then(|(engine, data)| {
+            portable,
+        } => open_engine(&dir, shards, !no_zero, !no_pin, portable).and_then(|(engine, data)| {
             let partitions = partitions.unwrap_or(engine.config().shards as u32);
             let load = Load {
                 appenders,
@@ -171,11 +175,15 @@ fn open_engine(
     shards: Option<usize>,
     zero_segments: bool,
     pin: bool,
+    portable: bool,
 ) -> Result<(Arc<Engine>, PathBuf), String> {
     let data = dir.join(format!("keel-bench-{}", std::process::id()));
     let mut cfg = EngineConfig::new(&data);
     cfg.zero_segments = zero_segments;
     cfg.pin_shards = pin;
+    if portable {
+        cfg.io = keel_engine::IoMode::Portable;
+    }
     if let Some(n) = shards {
         cfg.shards = n;
     }
@@ -192,7 +200,7 @@ fn engine_suite(
 ) -> Result<(), String> {
     let probe = probe::run(dir, seconds.min(3.0))
         .map_err(|e| format!("probe failed in {}: {e}", dir.display()))?;
-    let (engine, data) = open_engine(dir, shards, true, true)?;
+    let (engine, data) = open_engine(dir, shards, true, true, false)?;
     let result = run_workloads(&engine, seconds, message_bytes, &probe);
     drop(engine);
     let _ = std::fs::remove_dir_all(&data);

@@ -15,6 +15,9 @@ pub enum IoMode {
     Uring,
     /// io_uring with injected failures (tests only).
     UringWithFaults(Arc<FaultPlan>),
+    /// `pwrite` + `fdatasync` on one I/O thread per shard: slower, for hosts where io_uring is
+    /// blocked (containers with the default seccomp profile, `kernel.io_uring_disabled`).
+    Portable,
 }
 
 /// What recovery does on finding corruption (invalid data followed by durable data).

@@ -11,7 +11,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::config::{EngineConfig, IoMode};
 use crate::error::{EngineError, Result};
-use crate::io::{Disk, FaultyDisk, UringDisk, Waker};
+use crate::io::{Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
 use crate::shard::{Command, Shard, ShardStats};
 use crate::{OffsetRange, ReadResult};
@@ -368,11 +368,16 @@ impl Drop for Engine {
 }
 
 fn start_shard(cfg: &Arc<EngineConfig>, id: usize) -> Result<ShardHandle> {
-    let uring = UringDisk::new().map_err(EngineError::uring_unavailable)?;
+    let uring = || UringDisk::new().map_err(EngineError::uring_unavailable);
     match &cfg.io {
-        IoMode::Uring => spawn_shard(cfg, id, uring),
+        IoMode::Uring => spawn_shard(cfg, id, uring()?),
         IoMode::UringWithFaults(plan) => {
-            spawn_shard(cfg, id, FaultyDisk::new(uring, Arc::clone(plan)))
+            spawn_shard(cfg, id, FaultyDisk::new(uring()?, Arc::clone(plan)))
+        }
+        IoMode::Portable => {
+            let disk = PortableDisk::new()
+                .map_err(|e| EngineError::io("start the portable I/O thread", "", e))?;
+            spawn_shard(cfg, id, disk)
         }
     }
 }

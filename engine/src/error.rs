@@ -22,7 +22,7 @@ pub enum EngineError {
         source: Arc<io::Error>,
     },
     /// io_uring could not be set up; the message says the likely cause and the fix.
-    #[error("io_uring is unavailable: {advice} ({source})")]
+    #[error("io_uring is unavailable: {advice} ({source}); or select the portable backend (IoMode::Portable), which is slower")]
     UringUnavailable {
         /// Likely cause and fix.
         advice: String,

@@ -4,11 +4,14 @@
 //! travels into the backend with the submission and comes back in the completion, so nothing
 //! can free or reuse it while the kernel owns it. Rare operations (open, allocate, full file and
 //! directory syncs) are blocking calls. The storage code is generic over this trait: io_uring
-//! in production ([`UringDisk`]), with a fault-injecting wrapper ([`FaultyDisk`]) and an
+//! in production ([`UringDisk`]), a slower portable one for hosts that block io_uring
+//! ([`PortableDisk`]), a fault-injecting wrapper ([`FaultyDisk`]) and an
 //! in-memory disk that completes operations on command ([`MemDisk`]) for tests.
 
 mod faulty;
+mod files;
 mod memory;
+mod portable;
 mod uring;
 mod wake;
 
@@ -19,6 +22,7 @@ use crate::aligned::AlignedBuf;
 
 pub use faulty::{FaultPlan, FaultyDisk};
 pub use memory::{MemDisk, WriteRecord};
+pub use portable::PortableDisk;
 pub use uring::UringDisk;
 pub use wake::{Waker, WAKE_BATCH};
 

@@ -1,15 +1,14 @@
 //! The production backend: one io_uring per shard, files opened with O_DIRECT.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use super::files::{self, FileTable};
 use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
 use crate::aligned::{AlignedBuf, BLOCK_BYTES};
 
@@ -21,14 +20,11 @@ const COMPLETION_ENTRIES: u32 = 4096;
 const WAKE_TOKEN: u64 = u64::MAX;
 /// Set in user_data for the sync linked after a write.
 const SYNC_BIT: u64 = 1 << 63;
-/// Bytes written per call when zero-filling a file on a filesystem without `fallocate`.
-const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// io_uring disk backend.
 pub struct UringDisk {
     ring: IoUring,
-    files: Vec<Option<File>>,
-    free_ids: Vec<u32>,
+    files: FileTable,
     /// Buffers the kernel may be touching, by user_data; returned only with their completion.
     in_flight: HashMap<u64, (IoKind, AlignedBuf)>,
     /// Linked syncs not yet completed.
@@ -51,8 +47,7 @@ impl UringDisk {
             .build(RING_ENTRIES)?;
         Ok(Self {
             ring,
-            files: Vec::new(),
-            free_ids: Vec::new(),
+            files: FileTable::default(),
             in_flight: HashMap::new(),
             syncs_in_flight: 0,
             waker: Arc::new(Waker::new()?),
@@ -63,17 +58,7 @@ impl UringDisk {
     }
 
     fn fd(&self, file: FileId) -> io::Result<i32> {
-        match self.files.get(file.0 as usize) {
-            Some(Some(f)) => Ok(f.as_raw_fd()),
-            _ => Err(io::Error::new(io::ErrorKind::NotFound, "file id not open")),
-        }
-    }
-
-    fn file(&self, file: FileId) -> io::Result<&File> {
-        match self.files.get(file.0 as usize) {
-            Some(Some(f)) => Ok(f),
-            _ => Err(io::Error::new(io::ErrorKind::NotFound, "file id not open")),
-        }
+        self.files.get(file).map(|f| f.as_raw_fd())
     }
 
     /// Makes room for `n` entries in the submission queue, submitting queued ones if needed.
@@ -202,66 +187,27 @@ impl UringDisk {
 
 impl Disk for UringDisk {
     fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-            .open(path)?;
-        let id = match self.free_ids.pop() {
-            Some(id) => {
-                self.files[id as usize] = Some(file);
-                id
-            }
-            None => {
-                self.files.push(Some(file));
-                (self.files.len() - 1) as u32
-            }
-        };
-        Ok(FileId(id))
+        self.files.open(path, create)
     }
 
     fn close(&mut self, file: FileId) {
-        if let Some(slot) = self.files.get_mut(file.0 as usize) {
-            if slot.take().is_some() {
-                self.free_ids.push(file.0);
-            }
-        }
+        self.files.close(file);
     }
 
     fn len(&mut self, file: FileId) -> io::Result<u64> {
-        Ok(self.file(file)?.metadata()?.len())
+        Ok(self.files.get(file)?.metadata()?.len())
     }
 
     fn allocate(&mut self, file: FileId, bytes: u64) -> io::Result<Allocation> {
-        let fd = self.fd(file)?;
-        // SAFETY: plain syscall on a descriptor we own; result checked.
-        let rc = unsafe { libc::fallocate(fd, 0, 0, bytes as libc::off_t) };
-        if rc == 0 {
-            return Ok(Allocation::Fallocated);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(err);
-        }
-        let f = self.file(file)?;
-        let zeros = AlignedBuf::zeroed(ZERO_FILL_CHUNK_BYTES);
-        let mut at = 0u64;
-        while at < bytes {
-            let n = (bytes - at).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
-            let n = crate::aligned::align_up(n as u64) as usize;
-            std::os::unix::fs::FileExt::write_all_at(f, &zeros.as_slice()[..n], at)?;
-            at += n as u64;
-        }
-        Ok(Allocation::ZeroFilled)
+        files::allocate(self.files.get(file)?, bytes)
     }
 
     fn sync_all(&mut self, file: FileId) -> io::Result<()> {
-        self.file(file)?.sync_all()
+        self.files.get(file)?.sync_all()
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        files::sync_dir(dir)
     }
 
     fn submit_write(
