@@ -238,7 +238,9 @@ impl Engine {
     }
 
     /// Appends a RecordBatch v2 to a partition. `done` runs on the shard thread once the batch
-    /// is durable (with the offsets it was given) or has failed; it must return quickly.
+    /// is durable (with the offsets it was given) or has failed. It must return quickly and
+    /// must not call the engine's waiting methods (`*_wait`, topic administration): they would
+    /// wait for the very shard running it. Sending on a channel is the intended use.
     /// Blocks only when the shard's queue is full (backpressure).
     pub fn append(
         &self,
@@ -284,7 +286,8 @@ impl Engine {
     }
 
     /// Reads whole batches from `from` on, up to `max_bytes` (at least one batch when any is
-    /// there). Only durable data is returned. `done` runs on the shard thread.
+    /// there). Only durable data is returned. `done` runs on the shard thread, under the same
+    /// rules as [`Engine::append`]'s.
     pub fn read(
         &self,
         topic: &str,
