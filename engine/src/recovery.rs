@@ -239,6 +239,16 @@ fn batch_at<R: ReadAt>(
     }
 }
 
+/// Whether trailer `t`, found past the end of the log, can only belong to a flush written after
+/// the one that was in flight: it starts on a block boundary beyond that flush's start, and it
+/// ends at an offset beyond every offset found. (A torn flush's own trailer starts *at* that
+/// flush's start.)
+fn proves_later_flush(t: &Trailer, s: &Scan) -> bool {
+    t.flush_start > s.sealed_end
+        && t.flush_start % BLOCK_BYTES as u64 == 0
+        && t.next_offset > s.next_offset
+}
+
 /// Reads every block after the end: notes leftovers to clear and trailers of later flushes.
 fn look_past_the_end<R: ReadAt>(w: &mut Window<R>, s: &mut Scan) -> io::Result<()> {
     let mut block = align_down(s.valid_end);
@@ -249,7 +259,7 @@ fn look_past_the_end<R: ReadAt>(w: &mut Window<R>, s: &mut Scan) -> io::Result<(
             s.dirty_end = block + BLOCK_BYTES as u64;
         }
         let trailer = Trailer::decode(&bytes[BLOCK_BYTES - TRAILER_BYTES..]);
-        if s.later_flush_at.is_none() && trailer.is_some_and(|t| t.flush_start > s.sealed_end) {
+        if s.later_flush_at.is_none() && trailer.is_some_and(|t| proves_later_flush(&t, s)) {
             s.later_flush_at = Some(block + (BLOCK_BYTES - TRAILER_BYTES) as u64);
         }
         block += BLOCK_BYTES as u64;
@@ -361,6 +371,32 @@ pub mod tests {
             "{:?}",
             s.invalid
         );
+        assert_eq!(s.later_flush_at, Some(3 * 4096 - TRAILER_BYTES as u64));
+    }
+
+    #[test]
+    fn only_a_plausible_later_flush_counts_as_proof_of_corruption() {
+        let flushes = vec![vec![batch_of(3, 100)]];
+        let (mut bytes, _) = segment_with(&flushes, 10, 64 * 1024);
+        // Past the end (offsets 10..13), a trailer that is valid on its own but whose offsets do
+        // not go beyond the log: leftovers from elsewhere, not a later flush of this log.
+        let stale = Trailer {
+            flush_start: 8192,
+            next_offset: 5,
+            flush_crc: 1,
+        };
+        stale.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
+        assert_eq!(s.later_flush_at, None);
+        assert_eq!(s.dirty_end, 3 * 4096, "it is still cleared as a leftover");
+        // A trailer that could only come from a later flush of this log is proof.
+        let later = Trailer {
+            flush_start: 8192,
+            next_offset: 20,
+            flush_crc: 1,
+        };
+        later.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
         assert_eq!(s.later_flush_at, Some(3 * 4096 - TRAILER_BYTES as u64));
     }
 
