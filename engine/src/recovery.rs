@@ -245,7 +245,7 @@ fn batch_at<R: ReadAt>(
 /// flush's start.)
 fn proves_later_flush(t: &Trailer, s: &Scan) -> bool {
     t.flush_start > s.sealed_end
-        && t.flush_start % BLOCK_BYTES as u64 == 0
+        && t.flush_start.is_multiple_of(BLOCK_BYTES as u64)
         && t.next_offset > s.next_offset
 }
 
