@@ -96,6 +96,9 @@ enum Command {
         /// Use the portable backend (pwrite + fdatasync on a thread) instead of io_uring.
         #[arg(long)]
         portable: bool,
+        /// Segment size in MiB.
+        #[arg(long, default_value_t = 256)]
+        segment_mib: u64,
     },
 }
 
@@ -125,7 +128,8 @@ fn main() -> ExitCode {
             no_zero,
             no_pin,
             portable,
-        } => open_engine(&dir, shards, !no_zero, !no_pin, portable).and_then(|(engine, data)| {
+            segment_mib,
+        } => open_engine(&dir, shards, !no_zero, !no_pin, portable, segment_mib).and_then(|(engine, data)| {
             let partitions = partitions.unwrap_or(engine.config().shards as u32);
             let load = Load {
                 appenders,
@@ -176,11 +180,13 @@ fn open_engine(
     zero_segments: bool,
     pin: bool,
     portable: bool,
+    segment_mib: u64,
 ) -> Result<(Arc<Engine>, PathBuf), String> {
     let data = dir.join(format!("keel-bench-{}", std::process::id()));
     let mut cfg = EngineConfig::new(&data);
     cfg.zero_segments = zero_segments;
     cfg.pin_shards = pin;
+    cfg.segment_bytes = segment_mib << 20;
     if portable {
         cfg.io = keel_engine::IoMode::Portable;
     }
@@ -200,7 +206,7 @@ fn engine_suite(
 ) -> Result<(), String> {
     let probe = probe::run(dir, seconds.min(3.0))
         .map_err(|e| format!("probe failed in {}: {e}", dir.display()))?;
-    let (engine, data) = open_engine(dir, shards, true, true, false)?;
+    let (engine, data) = open_engine(dir, shards, true, true, false, 256)?;
     let result = run_workloads(&engine, seconds, message_bytes, &probe);
     drop(engine);
     let _ = std::fs::remove_dir_all(&data);
