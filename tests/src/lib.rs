@@ -110,3 +110,13 @@ pub fn with_offset(batch: &[u8], base_offset: u64) -> Vec<u8> {
     assert!(BatchView::verify(&b).is_ok());
     b
 }
+
+/// The value the crash test's appender writes for (round, partition, seq): deterministic, of
+/// varied length, so the checker can regenerate it byte for byte.
+pub fn crash_value(round: u32, partition: u32, seq: u64) -> Vec<u8> {
+    let mut value = format!("round {round} partition {partition} seq {seq} ").into_bytes();
+    let mut rng = Rng(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let extra = rng.below(3000) as usize;
+    value.extend(rng.bytes(extra));
+    value
+}
