@@ -44,7 +44,7 @@ fn run_and_kill(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut acked = BTreeMap::new();
     let mut reader = BufReader::new(stdout);
-    let mut take = |line: &str, acked: &mut BTreeMap<_, _>| {
+    let take = |line: &str, acked: &mut BTreeMap<_, _>| {
         let f: Vec<u64> = line
             .split_whitespace()
             .skip(1)
