@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::aligned::BLOCK_BYTES;
 use crate::error::{EngineError, Result};
-use crate::io::FaultPlan;
+use crate::io::{CrashPlan, FaultPlan};
 
 /// How the shards reach the disk.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +15,8 @@ pub enum IoMode {
     Uring,
     /// io_uring with injected failures (tests only).
     UringWithFaults(Arc<FaultPlan>),
+    /// io_uring with simulated power loss: unsynced writes can be undone (tests only).
+    UringWithCrashes(Arc<CrashPlan>),
     /// `pwrite` + `fdatasync` on one I/O thread per shard: slower, for hosts where io_uring is
     /// blocked (containers with the default seccomp profile, `kernel.io_uring_disabled`).
     Portable,

@@ -11,7 +11,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::config::{EngineConfig, IoMode};
 use crate::error::{EngineError, Result};
-use crate::io::{Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
+use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
 use crate::shard::{Command, Shard, ShardStats};
 use crate::{OffsetRange, ReadResult};
@@ -376,6 +376,9 @@ fn start_shard(cfg: &Arc<EngineConfig>, id: usize) -> Result<ShardHandle> {
         IoMode::Uring => spawn_shard(cfg, id, uring()?),
         IoMode::UringWithFaults(plan) => {
             spawn_shard(cfg, id, FaultyDisk::new(uring()?, Arc::clone(plan)))
+        }
+        IoMode::UringWithCrashes(plan) => {
+            spawn_shard(cfg, id, CrashingDisk::new(uring()?, Arc::clone(plan)))
         }
         IoMode::Portable => {
             let disk = PortableDisk::new()

@@ -33,7 +33,7 @@ pub use batch::{BatchBuilder, BatchError, BatchView, Record};
 pub use config::{EngineConfig, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats};
 pub use error::{EngineError, Result};
-pub use io::FaultPlan;
+pub use io::{CrashPlan, FaultPlan};
 pub use read::ReadResult;
 
 /// The offsets given to one appended batch (inclusive).

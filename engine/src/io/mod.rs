@@ -8,6 +8,7 @@
 //! ([`PortableDisk`]), a fault-injecting wrapper ([`FaultyDisk`]) and an
 //! in-memory disk that completes operations on command ([`MemDisk`]) for tests.
 
+mod crashing;
 mod faulty;
 mod files;
 mod memory;
@@ -20,6 +21,7 @@ use std::path::Path;
 
 use crate::aligned::AlignedBuf;
 
+pub use crashing::{CrashPlan, CrashingDisk};
 pub use faulty::{FaultPlan, FaultyDisk};
 pub use memory::{MemDisk, WriteRecord};
 pub use portable::PortableDisk;

@@ -1,0 +1,295 @@
+//! Power loss, simulated on top of a real backend, for tests.
+//!
+//! Every write's pre-image is saved before the write is submitted. A completed `fdatasync` of a
+//! file makes durable every write to that file whose completion was seen before it (and the
+//! write it is linked to); a blocking `fsync` does the same. [`CrashPlan::crash`] cuts the disk
+//! off: from then on every operation fails. After the engine is dropped,
+//! [`CrashPlan::lose_unsynced_writes`] rolls each write that never became durable back to its
+//! pre-image, wholly or sector by sector (a torn write), as a power cut could. Whatever was
+//! acknowledged must still be there.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
+use crate::aligned::AlignedBuf;
+
+/// Bytes a torn write keeps or loses as a unit (a disk sector).
+const SECTOR_BYTES: usize = 512;
+
+struct Written {
+    disk: usize,
+    file: FileId,
+    /// A handle of our own: it follows renames, and outlives the engine for the rollback.
+    handle: Arc<File>,
+    offset: u64,
+    before: Vec<u8>,
+    token: u64,
+    completed: bool,
+    durable: bool,
+}
+
+/// The record of writes shared by a test and the shards' [`CrashingDisk`]s.
+#[derive(Default)]
+pub struct CrashPlan {
+    writes: Mutex<Vec<Written>>,
+    crashed: AtomicBool,
+    disks: AtomicUsize,
+}
+
+impl std::fmt::Debug for CrashPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashPlan")
+            .field("writes", &self.writes().len())
+            .field("crashed", &self.crashed.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl CrashPlan {
+    /// A plan recording writes, not crashed.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn writes(&self) -> MutexGuard<'_, Vec<Written>> {
+        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cuts the power: every later operation fails with EIO.
+    pub fn crash(&self) {
+        self.crashed.store(true, Ordering::SeqCst);
+    }
+
+    /// After the engine is gone: undoes, newest first, each write no sync covered. `seed` picks
+    /// for each one whether it landed, was lost, or was torn. Returns how many were undone.
+    pub fn lose_unsynced_writes(&self, seed: u64) -> io::Result<usize> {
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let writes = self.writes();
+        let mut undone = 0;
+        for w in writes.iter().rev().filter(|w| !w.durable) {
+            let file = &w.handle;
+            match next() % 3 {
+                0 => continue, // it landed whole
+                1 => file.write_all_at(&w.before, w.offset)?,
+                _ => {
+                    for (i, sector) in w.before.chunks(SECTOR_BYTES).enumerate() {
+                        if next() % 2 == 0 {
+                            file.write_all_at(sector, w.offset + (i * SECTOR_BYTES) as u64)?;
+                        }
+                    }
+                }
+            }
+            file.sync_all()?;
+            undone += 1;
+        }
+        Ok(undone)
+    }
+
+    fn mark_durable(&self, disk: usize, file: FileId, linked_token: Option<u64>) {
+        for w in self.writes().iter_mut() {
+            if w.disk == disk && w.file == file && (w.completed || Some(w.token) == linked_token) {
+                w.durable = true;
+            }
+        }
+    }
+}
+
+/// A backend that records writes for [`CrashPlan`] and passes them to `D`.
+pub struct CrashingDisk<D> {
+    inner: D,
+    plan: Arc<CrashPlan>,
+    id: usize,
+    handles: HashMap<FileId, Arc<File>>,
+    /// Syncs in flight: token → file.
+    syncs: HashMap<u64, FileId>,
+    failed: Vec<Completion>,
+}
+
+impl<D: Disk> CrashingDisk<D> {
+    /// Wraps `inner`.
+    pub fn new(inner: D, plan: Arc<CrashPlan>) -> Self {
+        let id = plan.disks.fetch_add(1, Ordering::SeqCst);
+        Self {
+            inner,
+            plan,
+            id,
+            handles: HashMap::new(),
+            syncs: HashMap::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn crashed(&self) -> bool {
+        self.plan.crashed.load(Ordering::SeqCst)
+    }
+
+    fn eio() -> io::Error {
+        io::Error::from_raw_os_error(libc::EIO)
+    }
+
+    fn before_image(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut before = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match file.read_at(&mut before[got..], offset + got as u64)? {
+                0 => break, // past the end reads as zeros
+                n => got += n,
+            }
+        }
+        Ok(before)
+    }
+}
+
+impl<D: Disk> Disk for CrashingDisk<D> {
+    fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
+        if self.crashed() {
+            return Err(Self::eio());
+        }
+        let file = self.inner.open(path, create)?;
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(handle) => {
+                self.handles.insert(file, Arc::new(handle));
+                Ok(file)
+            }
+            Err(e) => {
+                self.inner.close(file);
+                Err(e)
+            }
+        }
+    }
+    fn close(&mut self, file: FileId) {
+        self.handles.remove(&file);
+        self.inner.close(file);
+    }
+    fn len(&mut self, file: FileId) -> io::Result<u64> {
+        self.inner.len(file)
+    }
+    fn allocate(&mut self, file: FileId, bytes: u64) -> io::Result<Allocation> {
+        if self.crashed() {
+            return Err(Self::eio());
+        }
+        self.inner.allocate(file, bytes)
+    }
+    fn sync_all(&mut self, file: FileId) -> io::Result<()> {
+        if self.crashed() {
+            return Err(Self::eio());
+        }
+        self.inner.sync_all(file)?;
+        self.plan.mark_durable(self.id, file, None);
+        Ok(())
+    }
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        if self.crashed() {
+            return Err(Self::eio());
+        }
+        self.inner.sync_dir(dir)
+    }
+
+    fn submit_write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        len: usize,
+        token: u64,
+        then_sync: bool,
+    ) {
+        let recorded = match self.handles.get(&file) {
+            Some(handle) if !self.crashed() => {
+                Self::before_image(handle, offset, len).map(|before| (Arc::clone(handle), before))
+            }
+            _ => Err(Self::eio()),
+        };
+        let (handle, before) = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed.push(Completion {
+                    token,
+                    kind: IoKind::Write,
+                    result: Err(e),
+                    buf: Some(buf),
+                });
+                if then_sync {
+                    self.failed.push(Completion {
+                        token,
+                        kind: IoKind::Sync,
+                        result: Err(Self::eio()),
+                        buf: None,
+                    });
+                }
+                return;
+            }
+        };
+        self.plan.writes().push(Written {
+            disk: self.id,
+            file,
+            handle,
+            offset,
+            before,
+            token,
+            completed: false,
+            durable: false,
+        });
+        if then_sync {
+            self.syncs.insert(token, file);
+        }
+        self.inner
+            .submit_write(file, offset, buf, len, token, then_sync);
+    }
+
+    fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {
+        self.inner.submit_read(file, offset, buf, len, token);
+    }
+
+    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()> {
+        let had_failed = !self.failed.is_empty();
+        out.append(&mut self.failed);
+        let seen = out.len();
+        self.inner.wait(out, block && !had_failed)?;
+        let crashed = self.crashed();
+        for c in &mut out[seen..] {
+            if crashed {
+                // The power is off: whatever the device says now, nobody may rely on it.
+                if c.result.is_ok() {
+                    c.result = Err(Self::eio());
+                }
+                continue;
+            }
+            match (c.kind, &c.result) {
+                (IoKind::Write, Ok(_)) => {
+                    for w in self.plan.writes().iter_mut() {
+                        if w.disk == self.id && w.token == c.token && !w.completed {
+                            w.completed = true;
+                        }
+                    }
+                }
+                (IoKind::Sync, Ok(_)) => {
+                    if let Some(file) = self.syncs.remove(&c.token) {
+                        self.plan.mark_durable(self.id, file, Some(c.token));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn waker(&self) -> Arc<Waker> {
+        self.inner.waker()
+    }
+    fn start_on_thread(&mut self) -> io::Result<()> {
+        self.inner.start_on_thread()
+    }
+}
