@@ -3,10 +3,12 @@
 //! Writes, reads and data syncs are submitted and complete later ([`Disk::wait`]); the buffer
 //! travels into the backend with the submission and comes back in the completion, so nothing
 //! can free or reuse it while the kernel owns it. Rare operations (open, allocate, full file and
-//! directory syncs) are blocking calls. The storage code is generic over this trait: io_uring
-//! in production ([`UringDisk`]), a slower portable one for hosts that block io_uring
-//! ([`PortableDisk`]), a fault-injecting wrapper ([`FaultyDisk`]) and an
-//! in-memory disk that completes operations on command ([`MemDisk`]) for tests.
+//! directory syncs) are blocking calls. The storage code is generic over this trait:
+//! - [`UringDisk`]: io_uring with O_DIRECT, in production;
+//! - [`PortableDisk`]: pwrite + fdatasync on a thread, for hosts that block io_uring;
+//! - [`FaultyDisk`]: wraps a real backend and fails chosen writes, syncs or allocations;
+//! - [`CrashingDisk`]: wraps a real backend and can undo every write no sync covered (power loss);
+//! - [`MemDisk`]: in memory, completes operations on command (to pin an interleaving).
 
 mod crashing;
 mod faulty;
