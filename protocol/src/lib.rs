@@ -9,12 +9,18 @@
 //! ```
 //! use keel_protocol::{decode_request, encode_request, frame_len, Request, DEFAULT_MAX_FRAME_BYTES, REQUEST_HEADER_BYTES};
 //!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut wire = Vec::new();
 //! encode_request(7, &Request::CreateTopic { topic: "orders".into(), partitions: 4 }, &mut wire);
-//! let len = frame_len(&wire, REQUEST_HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES).unwrap().unwrap();
-//! let (header, request) = decode_request(&wire[..len]).unwrap();
+//! // A stream reader asks how long the frame at its head is, once the size prefix is in.
+//! let Some(len) = frame_len(&wire, REQUEST_HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES)? else {
+//!     return Ok(()); // need more bytes
+//! };
+//! let (header, request) = decode_request(&wire[..len])?;
 //! assert_eq!(header.correlation_id, 7);
 //! assert_eq!(request, Request::CreateTopic { topic: "orders".into(), partitions: 4 });
+//! # Ok(())
+//! # }
 //! ```
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]

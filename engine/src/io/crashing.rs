@@ -215,20 +215,13 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         let (handle, before) = match recorded {
             Ok(r) => r,
             Err(e) => {
-                self.failed.push(Completion {
+                self.failed.extend(Completion::never_ran(
                     token,
-                    kind: IoKind::Write,
-                    result: Err(e),
-                    buf: Some(buf),
-                });
-                if then_sync {
-                    self.failed.push(Completion {
-                        token,
-                        kind: IoKind::Sync,
-                        result: Err(Self::eio()),
-                        buf: None,
-                    });
-                }
+                    IoKind::Write,
+                    buf,
+                    then_sync,
+                    e,
+                ));
                 return;
             }
         };

@@ -145,20 +145,14 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         then_sync: bool,
     ) {
         if self.plan.trips(&self.plan.write_countdown) {
-            self.injected.push(Completion {
+            let err = self.plan.error();
+            self.injected.extend(Completion::never_ran(
                 token,
-                kind: IoKind::Write,
-                result: Err(self.plan.error()),
-                buf: Some(buf),
-            });
-            if then_sync {
-                self.injected.push(Completion {
-                    token,
-                    kind: IoKind::Sync,
-                    result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
-                    buf: None,
-                });
-            }
+                IoKind::Write,
+                buf,
+                then_sync,
+                err,
+            ));
             return;
         }
         if then_sync && self.plan.trips(&self.plan.sync_countdown) {

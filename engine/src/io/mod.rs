@@ -58,6 +58,32 @@ pub struct Completion {
     pub buf: Option<AlignedBuf>,
 }
 
+impl Completion {
+    /// The completions of an operation that never ran: it failed with `err`, and the sync
+    /// linked to it, if any, was cancelled. Every backend reports such failures this way.
+    pub fn never_ran(
+        token: u64,
+        kind: IoKind,
+        buf: AlignedBuf,
+        linked_sync: bool,
+        err: io::Error,
+    ) -> impl Iterator<Item = Completion> {
+        let op = Completion {
+            token,
+            kind,
+            result: Err(err),
+            buf: Some(buf),
+        };
+        let sync = linked_sync.then(|| Completion {
+            token,
+            kind: IoKind::Sync,
+            result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            buf: None,
+        });
+        std::iter::once(op).chain(sync)
+    }
+}
+
 /// How [`Disk::allocate`] reserved the space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocation {

@@ -116,31 +116,14 @@ impl PortableDisk {
             let failed = match op {
                 Op::Write {
                     token, buf, sync, ..
-                } => fail(token, IoKind::Write, buf, sync, err),
-                Op::Read { token, buf, .. } => fail(token, IoKind::Read, buf, false, err),
+                } => Completion::never_ran(token, IoKind::Write, buf, sync, err).collect(),
+                Op::Read { token, buf, .. } => {
+                    Completion::never_ran(token, IoKind::Read, buf, false, err).collect()
+                }
             };
             self.done.push(failed);
         }
     }
-}
-
-/// The completions of an operation that could not run.
-fn fail(token: u64, kind: IoKind, buf: AlignedBuf, sync: bool, err: io::Error) -> Vec<Completion> {
-    let mut out = vec![Completion {
-        token,
-        kind,
-        result: Err(err),
-        buf: Some(buf),
-    }];
-    if sync {
-        out.push(Completion {
-            token,
-            kind: IoKind::Sync,
-            result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
-            buf: None,
-        });
-    }
-    out
 }
 
 /// The I/O thread: runs ops in submission order until the sender is dropped.
@@ -256,7 +239,7 @@ impl Disk for PortableDisk {
             }
             Err(e) => self
                 .done
-                .push(fail(token, IoKind::Write, buf, then_sync, e)),
+                .push(Completion::never_ran(token, IoKind::Write, buf, then_sync, e).collect()),
         }
     }
 
@@ -272,7 +255,9 @@ impl Disk for PortableDisk {
                     token,
                 });
             }
-            Err(e) => self.done.push(fail(token, IoKind::Read, buf, false, e)),
+            Err(e) => self
+                .done
+                .push(Completion::never_ran(token, IoKind::Read, buf, false, e).collect()),
         }
     }
 

@@ -168,20 +168,8 @@ impl UringDisk {
         err: io::Error,
         then_sync: bool,
     ) {
-        self.submit_failures.push(Completion {
-            token,
-            kind,
-            result: Err(err),
-            buf: Some(buf),
-        });
-        if then_sync {
-            self.submit_failures.push(Completion {
-                token,
-                kind: IoKind::Sync,
-                result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
-                buf: None,
-            });
-        }
+        self.submit_failures
+            .extend(Completion::never_ran(token, kind, buf, then_sync, err));
     }
 }
 
