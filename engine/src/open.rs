@@ -30,6 +30,12 @@ pub fn open_partition<D: Disk>(
     let dir = partition_dir(&cfg.data_dir, &topic, id);
     let limits = Limits::from_config(cfg);
     let bases = list_segments(&dir)?;
+    if !bases.is_empty() {
+        // The same for the directory entries of its segments.
+        io.disk
+            .sync_dir(&dir)
+            .map_err(|e| EngineError::io("sync directory", &dir, e))?;
+    }
     let mut segments: Vec<Segment> = Vec::new();
     let mut opened: Vec<FileId> = Vec::new();
     let result = (|| {
@@ -61,6 +67,13 @@ pub fn open_partition<D: Disk>(
                         ),
                     });
                 }
+            }
+            if is_last {
+                // Trust nothing a crashed predecessor may have left unsynced: make it durable
+                // before deciding where the log ends and writing after it.
+                io.disk
+                    .sync_all(file)
+                    .map_err(|e| EngineError::io("sync segment", &path, e))?;
             }
             let s = scan_file(io, file, &path, base, limits.max_batch_bytes)?;
             let damage = damage(&s, is_last);

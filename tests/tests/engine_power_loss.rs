@@ -102,3 +102,51 @@ fn every_acknowledged_append_survives_losing_all_unsynced_writes() {
         }
     }
 }
+
+/// A process crash leaves its last writes on the device but not durable. The next engine must
+/// make them durable before it decides where the log ends and writes after it: otherwise a
+/// power cut soon after could drop the old tail while keeping the new writes behind it, and the
+/// log would look corrupt (a gap followed by a sealed flush) although nothing acknowledged was
+/// damaged.
+#[test]
+fn recovery_makes_a_crashed_predecessors_writes_durable_before_writing_after_them() {
+    for seed in 0..6u64 {
+        let dir = data_dir();
+        let plan = CrashPlan::new();
+        let acked = append_then_cut_power(dir.path(), 0, 600, &plan);
+        plan.power_stays(); // it was the process that died, not the power
+
+        // The next engine recovers and starts appending; the power fails before its first sync.
+        let mut cfg = small_config(dir.path(), 2);
+        cfg.io = IoMode::UringWithCrashes(Arc::clone(&plan));
+        let engine = Engine::open(cfg).unwrap();
+        for seq in 0..64u64 {
+            let partition = (seq % 2) as u32;
+            engine.append(
+                "pl",
+                partition,
+                one_record(&crash_value(1, partition, seq)),
+                |_| {},
+            );
+        }
+        plan.crash();
+        drop(engine);
+        plan.lose_unsynced_writes(seed).unwrap();
+
+        let engine = Engine::open(small_config(dir.path(), 2))
+            .unwrap_or_else(|e| panic!("seed {seed}: the log must open after the power cut: {e}"));
+        let logs = [read_all(&engine, "pl", 0), read_all(&engine, "pl", 1)];
+        for (partition, offset, value) in &acked {
+            let (_, bytes) = logs[*partition as usize]
+                .get(*offset as usize)
+                .unwrap_or_else(|| panic!("seed {seed}: acknowledged {partition}/{offset} lost"));
+            let record = BatchView::verify(bytes)
+                .unwrap()
+                .records()
+                .next()
+                .unwrap()
+                .unwrap();
+            assert_eq!(record.value, Some(&value[..]));
+        }
+    }
+}

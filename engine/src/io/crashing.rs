@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,7 +24,8 @@ const SECTOR_BYTES: usize = 512;
 
 struct Written {
     disk: usize,
-    file: FileId,
+    /// The file's (device, inode): the same across engines and renames.
+    inode: (u64, u64),
     /// A handle of our own: it follows renames, and outlives the engine for the rollback.
     handle: Arc<File>,
     offset: u64,
@@ -66,6 +67,16 @@ impl CrashPlan {
         self.crashed.store(true, Ordering::SeqCst);
     }
 
+    /// Turns [`CrashPlan::crash`] into a process crash instead: the power stayed on, so every
+    /// write submitted before it reached the device (volatile until a later sync covers it),
+    /// and a new engine may use the disk.
+    pub fn power_stays(&self) {
+        for w in self.writes().iter_mut() {
+            w.completed = true;
+        }
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+
     /// After the engine is gone: undoes, newest first, each write no sync covered. `seed` picks
     /// for each one whether it landed, was lost, or was torn. Returns how many were undone.
     pub fn lose_unsynced_writes(&self, seed: u64) -> io::Result<usize> {
@@ -97,9 +108,12 @@ impl CrashPlan {
         Ok(undone)
     }
 
-    fn mark_durable(&self, disk: usize, file: FileId, linked_token: Option<u64>) {
+    /// A sync of the file `inode` makes durable every write to it that had completed, from
+    /// whichever engine, and the write linked to it.
+    fn mark_durable(&self, disk: usize, inode: (u64, u64), linked_token: Option<u64>) {
         for w in self.writes().iter_mut() {
-            if w.disk == disk && w.file == file && (w.completed || Some(w.token) == linked_token) {
+            let linked = w.disk == disk && Some(w.token) == linked_token;
+            if w.inode == inode && (w.completed || linked) {
                 w.durable = true;
             }
         }
@@ -111,7 +125,7 @@ pub struct CrashingDisk<D> {
     inner: D,
     plan: Arc<CrashPlan>,
     id: usize,
-    handles: HashMap<FileId, Arc<File>>,
+    handles: HashMap<FileId, (Arc<File>, (u64, u64))>,
     /// Syncs in flight: token → file.
     syncs: HashMap<u64, FileId>,
     failed: Vec<Completion>,
@@ -158,9 +172,17 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             return Err(Self::eio());
         }
         let file = self.inner.open(path, create)?;
-        match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(handle) => {
-                self.handles.insert(file, Arc::new(handle));
+        let handle = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .and_then(|h| {
+                let meta = h.metadata()?;
+                Ok((h, (meta.dev(), meta.ino())))
+            });
+        match handle {
+            Ok((handle, inode)) => {
+                self.handles.insert(file, (Arc::new(handle), inode));
                 Ok(file)
             }
             Err(e) => {
@@ -187,7 +209,9 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             return Err(Self::eio());
         }
         self.inner.sync_all(file)?;
-        self.plan.mark_durable(self.id, file, None);
+        if let Some((_, inode)) = self.handles.get(&file) {
+            self.plan.mark_durable(self.id, *inode, None);
+        }
         Ok(())
     }
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
@@ -207,12 +231,11 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         then_sync: bool,
     ) {
         let recorded = match self.handles.get(&file) {
-            Some(handle) if !self.crashed() => {
-                Self::before_image(handle, offset, len).map(|before| (Arc::clone(handle), before))
-            }
+            Some((handle, inode)) if !self.crashed() => Self::before_image(handle, offset, len)
+                .map(|before| (Arc::clone(handle), *inode, before)),
             _ => Err(Self::eio()),
         };
-        let (handle, before) = match recorded {
+        let (handle, inode, before) = match recorded {
             Ok(r) => r,
             Err(e) => {
                 self.failed.extend(Completion::never_ran(
@@ -227,7 +250,7 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         };
         self.plan.writes().push(Written {
             disk: self.id,
-            file,
+            inode,
             handle,
             offset,
             before,
@@ -269,8 +292,9 @@ impl<D: Disk> Disk for CrashingDisk<D> {
                     }
                 }
                 (IoKind::Sync, Ok(_)) => {
-                    if let Some(file) = self.syncs.remove(&c.token) {
-                        self.plan.mark_durable(self.id, file, Some(c.token));
+                    let synced = self.syncs.remove(&c.token);
+                    if let Some((_, inode)) = synced.and_then(|file| self.handles.get(&file)) {
+                        self.plan.mark_durable(self.id, *inode, Some(c.token));
                     }
                 }
                 _ => {}
