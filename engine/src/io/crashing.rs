@@ -41,6 +41,10 @@ pub struct CrashPlan {
     writes: Mutex<Vec<Written>>,
     crashed: AtomicBool,
     disks: AtomicUsize,
+    /// Writes still allowed before the power is cut by itself (0: no such countdown).
+    writes_until_crash: AtomicUsize,
+    /// Whether a countdown cut the power.
+    cut_by_countdown: AtomicBool,
 }
 
 impl std::fmt::Debug for CrashPlan {
@@ -65,6 +69,33 @@ impl CrashPlan {
     /// Cuts the power: every later operation fails with EIO.
     pub fn crash(&self) {
         self.crashed.store(true, Ordering::SeqCst);
+    }
+
+    /// Cuts the power by itself when the `n`-th write from now is submitted (that write and all
+    /// later operations fail), e.g. in the middle of a recovery.
+    pub fn crash_at_write(&self, n: usize) {
+        self.writes_until_crash.store(n, Ordering::SeqCst);
+    }
+
+    /// True when a countdown set by [`CrashPlan::crash_at_write`] reaches this write.
+    fn countdown_hits(&self) -> bool {
+        let hit = self
+            .writes_until_crash
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 0).then(|| n - 1)
+            })
+            .is_ok_and(|before| before == 1);
+        if hit {
+            self.cut_by_countdown.store(true, Ordering::SeqCst);
+            self.crash();
+        }
+        hit
+    }
+
+    /// True once a countdown set by [`CrashPlan::crash_at_write`] has cut the power (false if
+    /// fewer writes than that were made).
+    pub fn cut_by_countdown(&self) -> bool {
+        self.cut_by_countdown.load(Ordering::SeqCst)
     }
 
     /// Turns [`CrashPlan::crash`] into a process crash instead: the power stayed on, so every
@@ -230,9 +261,12 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         token: u64,
         then_sync: bool,
     ) {
+        let cut = self.plan.countdown_hits();
         let recorded = match self.handles.get(&file) {
-            Some((handle, inode)) if !self.crashed() => Self::before_image(handle, offset, len)
-                .map(|before| (Arc::clone(handle), *inode, before)),
+            Some((handle, inode)) if !cut && !self.crashed() => {
+                Self::before_image(handle, offset, len)
+                    .map(|before| (Arc::clone(handle), *inode, before))
+            }
             _ => Err(Self::eio()),
         };
         let (handle, inode, before) = match recorded {
