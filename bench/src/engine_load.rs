@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use hdrhistogram::Histogram;
+use keel_engine::histogram::quantile_upper_bound;
 use keel_engine::{BatchBuilder, Engine};
 
 /// One workload.
@@ -43,6 +44,9 @@ pub struct Outcome {
     pub latency_us: [u64; 4],
     /// Failed appends (should be 0).
     pub errors: u64,
+    /// Flush I/O (a flush's write and linked sync, from submission to both completing),
+    /// microseconds, as power-of-two bucket upper bounds: p50, p99, max.
+    pub flush_io_us: [u64; 3],
     /// Open loop: how late the generator sent messages after their intended time, microseconds
     /// (p50, p99, max). Large values mean the generator, not the engine, fell behind; they are
     /// still counted in the latency, as a client would see them.
@@ -124,7 +128,13 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         errors += part.errors;
         last_ack = last_ack.max(part.last_ack);
     }
-    let syncs = engine.stats().syncs - before.syncs;
+    let after = engine.stats();
+    let syncs = after.syncs - before.syncs;
+    let mut io = after.flush_io_us;
+    for (a, b) in io.iter_mut().zip(before.flush_io_us) {
+        *a -= b;
+    }
+    let flush_io_us = [0.5, 0.99, 1.0].map(|q| quantile_upper_bound(&io, q));
     let q = |p| hist.value_at_quantile(p);
     Ok(Outcome {
         messages: messages * load.messages_per_batch as u64,
@@ -132,6 +142,7 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         syncs,
         latency_us: [q(0.5), q(0.99), q(0.999), hist.max()],
         errors,
+        flush_io_us,
         send_late_us: late.map(|l| [l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()]),
     })
 }

@@ -159,6 +159,8 @@ fn main() -> ExitCode {
                 out.latency_us[3],
                 out.errors
             );
+            let [f50, f99, fmax] = out.flush_io_us;
+            println!("flush write+sync below p50 {f50} µs, p99 {f99} µs, max {fmax} µs");
             if let Some([p50, p99, max]) = out.send_late_us {
                 println!("generator sent late by p50 {p50} µs, p99 {p99} µs, max {max} µs");
             }
@@ -315,7 +317,7 @@ fn report(
 ) -> String {
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
     let mut s = format!(
-        "| engine, {message_bytes} B messages | msg/s | MB/s | msg per fdatasync | append→durable p50 / p99 / p99.9 | vs the probe | target | |\n|---|---|---|---|---|---|---|---|\n"
+        "| engine, {message_bytes} B messages | msg/s | MB/s | msg per fdatasync | append→durable p50 / p99 / p99.9 | flush write+sync below p50 / p99 / max | vs the probe | target | |\n|---|---|---|---|---|---|---|---|---|\n"
     );
     for (i, r) in rows.iter().enumerate() {
         let o = &r.out;
@@ -341,7 +343,7 @@ fn report(
             }
         };
         s += &format!(
-            "| {}{} | {:.0} | {:.0} | {:.1} | {} / {} / {} µs | {ratio} | {target} | {} |\n",
+            "| {}{} | {:.0} | {:.0} | {:.1} | {} / {} / {} µs | {} / {} / {} µs | {ratio} | {target} | {} |\n",
             r.name,
             o.send_late_us
                 .map_or(String::new(), |[_, p99, max]| format!(
@@ -353,6 +355,9 @@ fn report(
             o.latency_us[0],
             o.latency_us[1],
             o.latency_us[2],
+            o.flush_io_us[0],
+            o.flush_io_us[1],
+            o.flush_io_us[2],
             verdict(ok)
         );
     }

@@ -11,6 +11,7 @@ use crossbeam_channel::{bounded, Sender};
 
 use crate::config::{EngineConfig, IoMode};
 use crate::error::{EngineError, Result};
+use crate::histogram::LOG2_BUCKETS;
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
 use crate::shard::{Command, Shard, ShardStats};
@@ -26,6 +27,9 @@ struct ShardHandle {
 /// Totals over all shards.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Flush I/O time (submission to write and sync completed), microseconds, by power-of-two
+    /// bucket; read it with [`crate::histogram::quantile_upper_bound`].
+    pub flush_io_us: [u64; LOG2_BUCKETS],
     /// Appends acknowledged (durable).
     pub appends: u64,
     /// Flushes completed.
@@ -337,6 +341,7 @@ impl Engine {
             total.bytes_written += get(&s.stats.bytes_written);
             total.failed_flushes += get(&s.stats.failed_flushes);
             total.disk_reads += get(&s.stats.disk_reads);
+            s.stats.flush_io_us.add_to(&mut total.flush_io_us);
         }
         total
     }

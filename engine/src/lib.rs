@@ -15,6 +15,7 @@ mod blocking;
 mod config;
 mod engine;
 mod error;
+pub mod histogram;
 pub mod io;
 pub mod layout;
 mod open;

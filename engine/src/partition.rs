@@ -48,6 +48,7 @@ impl Gather {
 
 /// The flush in flight: its write and linked sync were submitted under `token`.
 struct Flush {
+    submitted: std::time::Instant,
     gather: Gather,
     len: usize,
     buf: Option<AlignedBuf>,
@@ -113,6 +114,8 @@ pub struct FlushDone {
     pub bytes: usize,
     /// Whether it succeeded.
     pub ok: bool,
+    /// Microseconds from submission to both completions.
+    pub io_us: u64,
     /// The appenders to tell, once the next flush is on its way: the partition's state already
     /// reflects the outcome, so answering them can overlap the next write.
     pub answers: Vec<(AppendDone, Result<OffsetRange>)>,
@@ -304,6 +307,7 @@ impl Partition {
         let buf = std::mem::replace(&mut g.buf, AlignedBuf::zeroed(0));
         disk.submit_write(seg.file, g.start_pos, buf, len, token, true);
         self.flushing = Some(Flush {
+            submitted: std::time::Instant::now(),
             gather: g,
             len,
             buf: None,
@@ -383,6 +387,7 @@ impl Partition {
         };
         let appends = f.gather.waiters.len();
         let bytes = f.len;
+        let io_us = f.submitted.elapsed().as_micros() as u64;
         self.flush_bytes_avg = (self.flush_bytes_avg * 7 + bytes) / 8;
         let ok = outcome.is_ok();
         let answers = match outcome {
@@ -393,6 +398,7 @@ impl Partition {
             appends,
             bytes,
             ok,
+            io_us,
             answers,
         })
     }

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crate::blocking::BlockingIo;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
+use crate::histogram::Log2Histogram;
 use crate::io::{Completion, Disk, Waker, WAKE_BATCH};
 use crate::open::open_partition;
 use crate::partition::Partition;
@@ -83,6 +84,8 @@ pub struct ShardStats {
     pub failed_flushes: AtomicU64,
     /// Disk reads issued.
     pub disk_reads: AtomicU64,
+    /// Microseconds from a flush's submission to both its write and its sync completing.
+    pub flush_io_us: Log2Histogram,
 }
 
 struct TopicSlot {
@@ -447,6 +450,7 @@ impl<D: Disk> Shard<D> {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 if done.ok {
+                    self.stats.flush_io_us.record(done.io_us);
                     self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .appends
