@@ -67,6 +67,28 @@ fn append_then_cut_power(
     acked
 }
 
+/// Every acknowledged (partition, offset, value) is in the log, at that offset, byte for byte.
+fn assert_all_survive(engine: &Engine, acked: &[(u32, u64, Vec<u8>)], context: &str) {
+    let logs = [read_all(engine, "pl", 0), read_all(engine, "pl", 1)];
+    for (partition, offset, value) in acked {
+        let (base, bytes) = logs[*partition as usize]
+            .get(*offset as usize)
+            .unwrap_or_else(|| panic!("{context}: acknowledged {partition}/{offset} lost"));
+        assert_eq!(base, offset);
+        let record = BatchView::verify(bytes)
+            .unwrap()
+            .records()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.value,
+            Some(&value[..]),
+            "{context}: {partition}/{offset} differs"
+        );
+    }
+}
+
 #[test]
 fn every_acknowledged_append_survives_losing_all_unsynced_writes() {
     let dir = data_dir();
@@ -81,25 +103,11 @@ fn every_acknowledged_append_survives_losing_all_unsynced_writes() {
         let engine = Engine::open(small_config(dir.path(), 2)).unwrap_or_else(|e| {
             panic!("round {round}: reopen after the power cut ({undone} writes undone): {e}")
         });
-        let logs = [read_all(&engine, "pl", 0), read_all(&engine, "pl", 1)];
-        for (partition, offset, value) in &all_acked {
-            let log = &logs[*partition as usize];
-            let (base, bytes) = log
-                .get(*offset as usize)
-                .unwrap_or_else(|| panic!("round {round}: acknowledged {partition}/{offset} lost ({undone} writes undone)"));
-            assert_eq!(base, offset);
-            let record = BatchView::verify(bytes)
-                .unwrap()
-                .records()
-                .next()
-                .unwrap()
-                .unwrap();
-            assert_eq!(
-                record.value,
-                Some(&value[..]),
-                "round {round}: {partition}/{offset} differs"
-            );
-        }
+        assert_all_survive(
+            &engine,
+            &all_acked,
+            &format!("round {round} ({undone} writes undone)"),
+        );
     }
 }
 
@@ -135,19 +143,7 @@ fn recovery_makes_a_crashed_predecessors_writes_durable_before_writing_after_the
 
         let engine = Engine::open(small_config(dir.path(), 2))
             .unwrap_or_else(|e| panic!("seed {seed}: the log must open after the power cut: {e}"));
-        let logs = [read_all(&engine, "pl", 0), read_all(&engine, "pl", 1)];
-        for (partition, offset, value) in &acked {
-            let (_, bytes) = logs[*partition as usize]
-                .get(*offset as usize)
-                .unwrap_or_else(|| panic!("seed {seed}: acknowledged {partition}/{offset} lost"));
-            let record = BatchView::verify(bytes)
-                .unwrap()
-                .records()
-                .next()
-                .unwrap()
-                .unwrap();
-            assert_eq!(record.value, Some(&value[..]));
-        }
+        assert_all_survive(&engine, &acked, &format!("seed {seed}"));
     }
 }
 
@@ -186,19 +182,11 @@ fn a_power_cut_during_recovery_loses_nothing_acknowledged() {
         let engine = Engine::open(small_config(dir.path(), 2)).unwrap_or_else(|e| {
             panic!("seed {seed}, cut at write {cut_at}: the log must still open: {e}")
         });
-        let logs = [read_all(&engine, "pl", 0), read_all(&engine, "pl", 1)];
-        for (partition, offset, value) in &acked {
-            let (_, bytes) = logs[*partition as usize]
-                .get(*offset as usize)
-                .unwrap_or_else(|| panic!("seed {seed}, cut at write {cut_at}: acknowledged {partition}/{offset} lost"));
-            let record = BatchView::verify(bytes)
-                .unwrap()
-                .records()
-                .next()
-                .unwrap()
-                .unwrap();
-            assert_eq!(record.value, Some(&value[..]));
-        }
+        assert_all_survive(
+            &engine,
+            &acked,
+            &format!("seed {seed}, cut at write {cut_at}"),
+        );
     }
     assert!(
         cut_during_recovery >= CUTS_WANTED,
