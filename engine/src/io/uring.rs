@@ -269,6 +269,11 @@ impl Disk for UringDisk {
     /// otherwise inherit the shard's pinning and wait behind their own busy shard for a
     /// scheduler slice, milliseconds, before a sync could even start.
     fn start_on_thread(&mut self) -> io::Result<()> {
+        // The workers belong to the thread that submits; the kernel creates them on this
+        // thread's first submission and refuses (EINVAL) to set the affinity of workers that
+        // do not exist yet.
+        self.post_wake_read()?;
+        self.ring.submit()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: cpu_set_t is plain data; an all-zero value is the empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
