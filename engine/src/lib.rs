@@ -10,7 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aligned;
-pub mod batch;
+pub use keel_protocol::batch;
 mod blocking;
 mod config;
 mod engine;
@@ -27,7 +27,6 @@ mod segment;
 mod shard;
 mod tail;
 pub mod trailer;
-mod varint;
 mod zeroing;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};

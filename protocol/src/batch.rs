@@ -396,8 +396,10 @@ pub fn batches(bytes: &[u8]) -> impl Iterator<Item = Result<BatchView<'_>, Batch
     })
 }
 
-/// Walks batches the engine verified itself earlier, trusting their length fields.
-pub(crate) fn trusted_batches(bytes: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
+/// Walks batches that were verified earlier (by the engine, when they were appended), trusting
+/// their length fields and skipping the CRC. Stops at the first length that is impossible or
+/// runs past the bytes. For bytes from anywhere else use [`batches`].
+pub fn trusted_batches(bytes: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
     let mut rest = bytes;
     std::iter::from_fn(move || {
         let len = declared_len(rest)? as usize;

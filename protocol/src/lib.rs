@@ -24,11 +24,14 @@
 //! ```
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
+pub mod batch;
 mod frame;
 mod request;
 mod response;
+mod varint;
 mod wire;
 
 pub use api::{ApiKey, ErrorCode, RESERVED_API_KEYS};
