@@ -1,1 +1,15 @@
-//! Placeholder: this crate arrives with a later issue (see DESIGN.md).
+//! Keel's Rust client: a blocking connection to `keeld` with pipelining (many requests in
+//! flight, answers matched by correlation id), produce acknowledged only after durability,
+//! fetch with long polling, and topic administration. See [`Client`].
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod client;
+mod error;
+mod message;
+
+pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
+pub use error::{ClientError, Result};
+pub use keel_protocol::batch::BatchBuilder;
+pub use keel_protocol::{ErrorCode, TopicInfo};
+pub use message::{Fetched, Message};

@@ -1,1 +1,23 @@
-//! Placeholder: this crate arrives with a later issue (see DESIGN.md).
+//! Keel's server, `keeld`: serves the storage engine over Keel's binary protocol
+//! (`docs/PROTOCOL.md`).
+//!
+//! Each connection has a reader thread, which decodes requests and hands them to the engine's
+//! shards, and a writer thread, which sends answers back as they complete: a produce is
+//! answered only once its batch is durable. Per-connection and per-shard byte budgets bound
+//! what is in flight; when one is spent the server stops reading that socket.
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod budget;
+pub mod config;
+mod connection;
+mod fetch;
+mod handler;
+pub mod logger;
+mod partitioner;
+mod reply;
+mod server;
+
+pub use config::{ConfigError, FileConfig, ServerConfig};
+pub use partitioner::partition_for_key;
+pub use server::{Server, ServerError, Stopper};

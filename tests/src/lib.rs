@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod keeld;
+
 use keel_engine::{BatchBuilder, BatchView, Engine, EngineConfig};
 use tempfile::TempDir;
 

@@ -1,0 +1,66 @@
+//! `keel`: the Keel command-line tool.
+
+mod fetch;
+mod produce;
+mod topic;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use keel_client::{Client, ClientError, ClientOptions};
+
+/// Command-line client for keeld: manage topics, produce messages from stdin, fetch them.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version)]
+struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        env = "KEEL_SERVER",
+        default_value = "127.0.0.1:7070"
+    )]
+    server: String,
+    /// Seconds to wait for an answer before giving up.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create, list and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce one message per line of stdin (the newline is not part of the message).
+    Produce(produce::ProduceArgs),
+    /// Print messages of a partition, one value per line.
+    Fetch(fetch::FetchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(cli.timeout),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(cli.server.as_str(), options)?;
+    match cli.command {
+        Command::Topic(cmd) => topic::run(&client, cmd),
+        Command::Produce(args) => produce::run(&client, &args),
+        Command::Fetch(args) => fetch::run(&client, &args),
+    }
+}

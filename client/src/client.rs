@@ -1,0 +1,570 @@
+//! The blocking, pipelined client: one connection, many requests in flight, answers matched
+//! by correlation id on a reader thread.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use keel_protocol::batch::BatchBuilder;
+use keel_protocol::{
+    decode_response, encode_request, frame_len, response_correlation_id, ApiKey, PartitionTarget,
+    Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES, RESPONSE_HEADER_BYTES,
+};
+
+use crate::error::{ClientError, Result};
+use crate::message::Fetched;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long to wait for the TCP connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for an answer (a fetch's own wait comes on top).
+    pub request_timeout: Duration,
+    /// Name sent in the handshake, for the server's logs.
+    pub client_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            client_name: format!("keel-client {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Where a produced batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// This partition.
+    Partition(u32),
+    /// The partition the server derives from this key (Kafka's default partitioner).
+    Key(&'a [u8]),
+}
+
+/// A produce the server has made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Partition the batch went to.
+    pub partition: u32,
+    /// Offset of its first message.
+    pub first_offset: u64,
+    /// Offset of its last message.
+    pub last_offset: u64,
+}
+
+/// What a fetch asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Byte budget of the answer; at least one batch is returned when there is one.
+    pub max_bytes: u32,
+    /// How long the server may wait for new data when there is none (long polling).
+    pub max_wait: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 20,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// What the server said in the handshake.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// Server name and version.
+    pub server: String,
+    /// Largest request frame it accepts.
+    pub max_frame_bytes: u32,
+}
+
+type Answer = Result<Vec<u8>>;
+
+struct Pending {
+    waiting: HashMap<u32, Sender<Answer>>,
+    /// Set once the connection is gone: why.
+    closed: Option<String>,
+}
+
+struct Shared {
+    writer: Mutex<TcpStream>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU32,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // A map updated in single steps: still consistent after a panic elsewhere.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail_all(&self, why: String) {
+        let mut p = self.pending();
+        for (_, tx) in p.waiting.drain() {
+            let _ = tx.send(Err(ClientError::ConnectionLost(why.clone())));
+        }
+        p.closed.get_or_insert(why);
+    }
+}
+
+/// A connection to `keeld`. Cheap to share between threads (`&Client` is enough to send);
+/// requests from all of them are pipelined on the one connection.
+///
+/// ```no_run
+/// use keel_client::{Client, FetchOptions, Target};
+/// # fn main() -> Result<(), keel_client::ClientError> {
+/// let client = Client::connect("127.0.0.1:7070")?;
+/// client.create_topic("orders", 4)?;
+/// // Answered once both messages are on stable storage.
+/// let ack = client.produce("orders", Target::Key(b"customer-7"), [&b"order #1"[..], b"order #2"])?;
+/// let fetched = client.fetch("orders", ack.partition, ack.first_offset, FetchOptions::default())?;
+/// for m in fetched.messages(ack.first_offset)? {
+///     println!("{} {:?}", m.offset, m.value);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Client {
+    shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
+    options: ClientOptions,
+    info: ServerInfo,
+}
+
+/// A request sent and not yet answered.
+#[must_use = "a request's outcome is only known once waited for"]
+pub struct PendingReply {
+    rx: Receiver<Answer>,
+    id: u32,
+    api: ApiKey,
+    timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+/// A produce sent and not yet acknowledged; [`PendingProduce::wait`] returns once the batch is
+/// durable.
+#[must_use = "a produce is only known to be durable once its ack is waited for"]
+pub struct PendingProduce(PendingReply);
+
+impl PendingProduce {
+    /// Waits for the acknowledgement.
+    pub fn wait(self) -> Result<Ack> {
+        match self.0.wait()? {
+            Response::Produce {
+                partition,
+                first_offset,
+                last_offset,
+            } => Ok(Ack {
+                partition,
+                first_offset,
+                last_offset,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(r: &Response<'_>) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {r:?}"))
+}
+
+impl PendingReply {
+    fn wait_frame(&self) -> Result<Vec<u8>> {
+        match self.rx.recv_timeout(self.timeout) {
+            Ok(answer) => answer,
+            Err(RecvTimeoutError::Timeout) => {
+                self.shared.pending().waiting.remove(&self.id);
+                Err(ClientError::Timeout(self.timeout))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::ConnectionLost(
+                "the client's reader stopped".into(),
+            )),
+        }
+    }
+
+    /// Waits for the answer and decodes it; an error answer becomes [`ClientError::Server`].
+    fn wait(self) -> Result<Response<'static>> {
+        let frame = self.wait_frame()?;
+        let (_, answer) = decode_response(&frame, self.api)
+            .map_err(|e| ClientError::Protocol(format!("{:?} answer: {e}", self.api)))?;
+        let response = answer.map_err(|e| ClientError::Server {
+            code: e.code,
+            message: e.message,
+        })?;
+        Ok(into_owned(response))
+    }
+}
+
+/// Responses borrow from their frame only for fetched batches, which [`Client::fetch`] copies
+/// out itself; the rest are owned already.
+fn into_owned(r: Response<'_>) -> Response<'static> {
+    match r {
+        Response::Handshake {
+            server,
+            max_frame_bytes,
+            apis,
+        } => Response::Handshake {
+            server,
+            max_frame_bytes,
+            apis,
+        },
+        Response::CreateTopic => Response::CreateTopic,
+        Response::DeleteTopic => Response::DeleteTopic,
+        Response::ListTopics(t) => Response::ListTopics(t),
+        Response::Metadata { partitions } => Response::Metadata { partitions },
+        Response::Produce {
+            partition,
+            first_offset,
+            last_offset,
+        } => Response::Produce {
+            partition,
+            first_offset,
+            last_offset,
+        },
+        Response::Fetch {
+            high_watermark,
+            next_offset,
+            ..
+        } => Response::Fetch {
+            high_watermark,
+            next_offset,
+            batches: &[],
+        },
+    }
+}
+
+impl Client {
+    /// Connects with default options and shakes hands.
+    pub fn connect(addr: impl ToSocketAddrs + std::fmt::Display) -> Result<Self> {
+        Self::connect_with(addr, ClientOptions::default())
+    }
+
+    /// Connects and shakes hands: fails if the server does not speak the versions this
+    /// client needs.
+    pub fn connect_with(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let fail = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let addrs = addr
+            .to_socket_addrs()
+            .map_err(|e| fail(format!("cannot resolve: {e}")))?;
+        let mut last = "no address to try".to_string();
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, options.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("{a}: {e}"),
+            }
+        }
+        let stream = stream.ok_or_else(|| fail(last))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| fail(format!("set TCP_NODELAY: {e}")))?;
+        let read_half = stream
+            .try_clone()
+            .map_err(|e| fail(format!("clone the socket: {e}")))?;
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(stream),
+            pending: Mutex::new(Pending {
+                waiting: HashMap::new(),
+                closed: None,
+            }),
+            next_id: AtomicU32::new(1),
+        });
+        let reader_shared = Arc::clone(&shared);
+        let reader = std::thread::Builder::new()
+            .name("keel-client-reader".into())
+            .spawn(move || read_answers(read_half, &reader_shared))
+            .map_err(|e| fail(format!("start the reader thread: {e}")))?;
+        let mut client = Self {
+            shared,
+            reader: Some(reader),
+            options,
+            info: ServerInfo {
+                server: String::new(),
+                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            },
+        };
+        let hello = Request::Handshake {
+            client: client.options.client_name.clone(),
+        };
+        match client.send(&hello, Duration::ZERO)?.wait()? {
+            Response::Handshake {
+                server,
+                max_frame_bytes,
+                apis,
+            } => {
+                for api in ApiKey::ALL {
+                    let ok = apis
+                        .iter()
+                        .any(|v| v.api == api as u16 && v.min == 0 && v.max >= api.versions().1);
+                    if !ok {
+                        return Err(fail(format!(
+                            "server {server} does not speak {api:?} version 0"
+                        )));
+                    }
+                }
+                client.info = ServerInfo {
+                    server,
+                    max_frame_bytes,
+                };
+            }
+            other => return Err(unexpected(&other)),
+        }
+        Ok(client)
+    }
+
+    /// What the server said about itself.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    fn send(&self, request: &Request<'_>, extra_wait: Duration) -> Result<PendingReply> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        encode_request(id, request, &mut frame);
+        let size = frame.len() - 4;
+        if size > self.info.max_frame_bytes as usize {
+            return Err(ClientError::TooLarge {
+                size,
+                max: self.info.max_frame_bytes,
+            });
+        }
+        let (tx, rx) = bounded(1);
+        {
+            let mut p = self.shared.pending();
+            if let Some(why) = &p.closed {
+                return Err(ClientError::ConnectionLost(why.clone()));
+            }
+            p.waiting.insert(id, tx);
+        }
+        let written = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&frame);
+        if let Err(e) = written {
+            self.shared.pending().waiting.remove(&id);
+            return Err(ClientError::ConnectionLost(format!("send failed: {e}")));
+        }
+        Ok(PendingReply {
+            rx,
+            id,
+            api: request.api(),
+            timeout: self.options.request_timeout + extra_wait,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    fn call(&self, request: &Request<'_>) -> Result<Response<'static>> {
+        self.send(request, Duration::ZERO)?.wait()
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        self.call(&Request::CreateTopic {
+            topic: topic.into(),
+            partitions,
+        })
+        .map(drop)
+    }
+
+    /// Deletes a topic and all its messages.
+    pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.call(&Request::DeleteTopic {
+            topic: topic.into(),
+        })
+        .map(drop)
+    }
+
+    /// Every topic with its partition count, by name.
+    pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        match self.call(&Request::ListTopics)? {
+            Response::ListTopics(topics) => Ok(topics),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The partition count of `topic`.
+    pub fn partitions(&self, topic: &str) -> Result<u32> {
+        match self.call(&Request::Metadata {
+            topic: topic.into(),
+        })? {
+            Response::Metadata { partitions } => Ok(partitions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a batch built with [`BatchBuilder`] without waiting; many may be in flight.
+    pub fn send_batch(
+        &self,
+        topic: &str,
+        target: Target<'_>,
+        batch: &[u8],
+    ) -> Result<PendingProduce> {
+        let target = match target {
+            Target::Partition(p) => PartitionTarget::Partition(p),
+            Target::Key(k) => PartitionTarget::Key(k),
+        };
+        let request = Request::Produce {
+            topic: topic.into(),
+            target,
+            producer_id: -1,
+            base_sequence: -1,
+            batch,
+        };
+        self.send(&request, Duration::ZERO).map(PendingProduce)
+    }
+
+    /// Sends `values` as one batch (with the target's key, if it has one) without waiting.
+    pub fn send_values<V: AsRef<[u8]>>(
+        &self,
+        topic: &str,
+        target: Target<'_>,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<PendingProduce> {
+        let mut batch = BatchBuilder::new(now_ms());
+        let key = match target {
+            Target::Key(k) => Some(k),
+            Target::Partition(_) => None,
+        };
+        for v in values {
+            batch.push(key, v.as_ref(), &[]);
+        }
+        if batch.is_empty() {
+            return Err(ClientError::Protocol(
+                "a produce needs at least one message".into(),
+            ));
+        }
+        self.send_batch(topic, target, &batch.build())
+    }
+
+    /// Produces `values` as one batch and waits until it is durable.
+    pub fn produce<V: AsRef<[u8]>>(
+        &self,
+        topic: &str,
+        target: Target<'_>,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<Ack> {
+        self.send_values(topic, target, values)?.wait()
+    }
+
+    /// Reads batches of `partition` from `offset` on. With a `max_wait`, an empty answer
+    /// comes only after waiting that long for new messages.
+    pub fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        options: FetchOptions,
+    ) -> Result<Fetched> {
+        let request = Request::Fetch {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: options.max_bytes,
+            max_wait_ms: u32::try_from(options.max_wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let pending = self.send(&request, options.max_wait)?;
+        let frame = pending.wait_frame()?;
+        let (_, answer) = decode_response(&frame, ApiKey::Fetch)
+            .map_err(|e| ClientError::Protocol(format!("fetch answer: {e}")))?;
+        match answer {
+            Ok(Response::Fetch {
+                high_watermark,
+                next_offset,
+                batches,
+            }) => Ok(Fetched {
+                high_watermark,
+                next_offset,
+                batches: batches.to_vec(),
+            }),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(ClientError::Server {
+                code: e.code,
+                message: e.message,
+            }),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn read_answers(mut stream: TcpStream, shared: &Shared) {
+    // The server's answers fit its own frame limit, which the handshake has not told yet;
+    // this bound only keeps a broken peer from making the client allocate without limit.
+    let max = 1 << 30;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut start, mut end) = (0usize, 0usize);
+    let why = loop {
+        match frame_len(&buf[start..end], RESPONSE_HEADER_BYTES, max) {
+            Ok(Some(len)) => {
+                let frame = buf[start..start + len].to_vec();
+                start += len;
+                let id = match response_correlation_id(&frame) {
+                    Ok(id) => id,
+                    Err(e) => break format!("bad answer: {e}"),
+                };
+                // A request that timed out is no longer waited for; its late answer is dropped.
+                if let Some(tx) = shared.pending().waiting.remove(&id) {
+                    let _ = tx.send(Ok(frame));
+                }
+            }
+            Ok(None) => {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                let need = if end >= 4 {
+                    4 + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+                } else {
+                    0
+                };
+                if buf.len() < need {
+                    buf.resize(need, 0);
+                }
+                match stream.read(&mut buf[end..]) {
+                    Ok(0) => break "the server closed the connection".to_string(),
+                    Ok(n) => end += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break format!("read failed: {e}"),
+                }
+            }
+            Err(e) => break format!("bad answer: {e}"),
+        }
+    };
+    shared.fail_all(why);
+}

@@ -1,0 +1,227 @@
+//! Server settings: defaults, an optional TOML file, and command-line flags over both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use keel_engine::{EngineConfig, IoMode, RecoveryMode};
+use keel_protocol::DEFAULT_MAX_FRAME_BYTES;
+use serde::Deserialize;
+
+/// Default data directory, relative to where `keeld` starts.
+pub const DEFAULT_DATA_DIR: &str = "./keel-data";
+/// Default listen address: loopback only, so a fresh install is not exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// Everything `keeld` runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request frame accepted; larger ones close the connection.
+    pub max_frame_bytes: u32,
+    /// Request and response bytes one connection may have in flight before the server stops
+    /// reading from it.
+    pub connection_inflight_bytes: usize,
+    /// Request bytes all connections together may have in flight on one shard.
+    pub shard_inflight_bytes: usize,
+    /// How long a blocked socket write may take before the connection is dropped.
+    pub write_timeout_ms: u64,
+    /// The storage engine's settings (data directory, shards, segments, I/O backend).
+    pub engine: EngineConfig,
+}
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The config file's contents; every key optional. See `deploy/keeld.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Listen address.
+    pub listen: Option<SocketAddr>,
+    /// Shard threads (default: one per core).
+    pub shards: Option<usize>,
+    /// Pin shard threads to cores.
+    pub pin_shards: Option<bool>,
+    /// Largest request frame, bytes.
+    pub max_frame_bytes: Option<u32>,
+    /// Per-connection in-flight byte limit.
+    pub connection_inflight_bytes: Option<usize>,
+    /// Per-shard in-flight byte limit.
+    pub shard_inflight_bytes: Option<usize>,
+    /// Socket write timeout, milliseconds.
+    pub write_timeout_ms: Option<u64>,
+    /// Segment size, bytes.
+    pub segment_bytes: Option<u64>,
+    /// Largest batch, bytes.
+    pub max_batch_bytes: Option<usize>,
+    /// Zero segments in the background before use.
+    pub zero_segments: Option<bool>,
+    /// "uring" (default) or "portable" (pwrite + fdatasync; slower).
+    pub io: Option<String>,
+    /// "strict" (default: refuse to open a corrupt partition) or "repair" (truncate it, losing
+    /// the data after the corruption).
+    pub recovery: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Builds the server configuration from this file's values over the defaults.
+    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let mut engine = EngineConfig::new(data_dir);
+        if let Some(n) = self.shards {
+            engine.shards = n;
+        }
+        if let Some(pin) = self.pin_shards {
+            engine.pin_shards = pin;
+        }
+        if let Some(n) = self.segment_bytes {
+            engine.segment_bytes = n;
+        }
+        if let Some(n) = self.max_batch_bytes {
+            engine.max_batch_bytes = n;
+        }
+        if let Some(z) = self.zero_segments {
+            engine.zero_segments = z;
+        }
+        engine.io = match self.io.as_deref() {
+            None | Some("uring") => IoMode::Uring,
+            Some("portable") => IoMode::Portable,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "io must be \"uring\" or \"portable\", not {other:?}"
+                )))
+            }
+        };
+        engine.recovery = match self.recovery.as_deref() {
+            None | Some("strict") => RecoveryMode::Strict,
+            Some("repair") => RecoveryMode::Repair,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "recovery must be \"strict\" or \"repair\", not {other:?}"
+                )))
+            }
+        };
+        let listen = match self.listen {
+            Some(a) => a,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("default listen address: {e}")))?,
+        };
+        let cfg = ServerConfig {
+            listen,
+            max_frame_bytes: self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES),
+            connection_inflight_bytes: self.connection_inflight_bytes.unwrap_or(64 << 20),
+            shard_inflight_bytes: self.shard_inflight_bytes.unwrap_or(256 << 20),
+            write_timeout_ms: self.write_timeout_ms.unwrap_or(30_000),
+            engine,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl ServerConfig {
+    /// Checks the limits against each other and the engine's.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if (self.max_frame_bytes as usize) < self.engine.max_batch_bytes + 4096 {
+            return invalid(format!(
+                "max_frame_bytes ({}) must exceed max_batch_bytes ({}) by at least 4096, so a batch and its answer fit in a frame",
+                self.max_frame_bytes, self.engine.max_batch_bytes
+            ));
+        }
+        // A connection must be able to hold one frame of each kind, or a big request would
+        // wait forever for room.
+        let frame = self.max_frame_bytes as usize;
+        if self.connection_inflight_bytes < 2 * frame || self.shard_inflight_bytes < 2 * frame {
+            return invalid(format!(
+                "connection_inflight_bytes and shard_inflight_bytes must be at least twice max_frame_bytes ({})",
+                2 * frame
+            ));
+        }
+        if self.write_timeout_ms == 0 {
+            return invalid("write_timeout_ms must be positive".into());
+        }
+        self.engine
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_on_a_fresh_machine() {
+        let cfg = FileConfig::default().into_config().unwrap();
+        assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(cfg.engine.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(cfg.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_keys_are_refused() {
+        let f: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\n").unwrap();
+        let cfg = f.into_config().unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.engine.shards, 3);
+        assert!(matches!(cfg.engine.io, IoMode::Portable));
+
+        let err = toml::from_str::<FileConfig>("shard = 3\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let bad = FileConfig {
+            io: Some("mmap".into()),
+            ..FileConfig::default()
+        };
+        assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_in_flight_budget_is_refused() {
+        let f = FileConfig {
+            max_frame_bytes: Some(64 << 20),
+            ..FileConfig::default()
+        };
+        assert!(matches!(f.into_config(), Err(ConfigError::Invalid(_))));
+    }
+}

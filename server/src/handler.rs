@@ -1,0 +1,176 @@
+//! Turns decoded requests into engine calls and answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_engine::{shard_for, Engine};
+use keel_protocol::{
+    ApiKey, ApiVersions, ErrorCode, PartitionTarget, Request, Response, TopicInfo,
+};
+
+use crate::budget::ByteBudget;
+use crate::fetch::{Fetch, LongPoll};
+use crate::partitioner::partition_for_key;
+use crate::reply::Reply;
+
+/// Bytes of a fetch response around its batches (header, watermarks, length); a fetch's
+/// `max_bytes` is capped so that its answer always fits in one frame.
+const FETCH_RESPONSE_OVERHEAD: usize = 64;
+/// Longest long-poll wait a fetch may ask for.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+
+/// What every connection shares.
+pub struct Handler {
+    engine: Arc<Engine>,
+    long_poll: Arc<LongPoll>,
+    shard_budgets: Vec<Arc<ByteBudget>>,
+    max_frame_bytes: u32,
+}
+
+impl Handler {
+    /// A handler over `engine`, with one in-flight budget of `shard_inflight_bytes` per shard.
+    pub fn new(
+        engine: Arc<Engine>,
+        long_poll: Arc<LongPoll>,
+        shard_inflight_bytes: usize,
+        max_frame_bytes: u32,
+    ) -> Self {
+        let shard_budgets = (0..engine.config().shards)
+            .map(|_| ByteBudget::new(shard_inflight_bytes))
+            .collect();
+        Self {
+            engine,
+            long_poll,
+            shard_budgets,
+            max_frame_bytes,
+        }
+    }
+
+    /// The largest frame a request may have.
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.max_frame_bytes
+    }
+
+    /// Bytes of connection budget a request holds until its answer is written: its own frame,
+    /// plus the answer it may bring back.
+    pub fn cost(&self, frame_len: usize, request: &Request<'_>) -> usize {
+        match request {
+            Request::Fetch { max_bytes, .. } => frame_len + self.fetch_budget(*max_bytes),
+            _ => frame_len,
+        }
+    }
+
+    fn fetch_budget(&self, max_bytes: u32) -> usize {
+        (max_bytes as usize).min(self.max_frame_bytes as usize - FETCH_RESPONSE_OVERHEAD)
+    }
+
+    fn shard_budget(&self, topic: &str, partition: u32) -> &Arc<ByteBudget> {
+        &self.shard_budgets[shard_for(topic, partition, self.shard_budgets.len())]
+    }
+
+    /// Handles one request; the answer goes through `reply`, now or later.
+    pub fn handle(&self, request: Request<'_>, reply: Reply) {
+        match request {
+            Request::Handshake { .. } => reply.ok(&Response::Handshake {
+                server: format!("keeld {}", env!("CARGO_PKG_VERSION")),
+                max_frame_bytes: self.max_frame_bytes,
+                apis: ApiKey::ALL
+                    .iter()
+                    .map(|&api| {
+                        let (min, max) = api.versions();
+                        ApiVersions {
+                            api: api as u16,
+                            min,
+                            max,
+                        }
+                    })
+                    .collect(),
+            }),
+            Request::CreateTopic { topic, partitions } => {
+                match self.engine.create_topic(&topic, partitions) {
+                    Ok(()) => {
+                        log::info!("created topic {topic:?} with {partitions} partitions");
+                        reply.ok(&Response::CreateTopic);
+                    }
+                    Err(e) => reply.engine_error(&e),
+                }
+            }
+            Request::DeleteTopic { topic } => match self.engine.delete_topic(&topic) {
+                Ok(()) => {
+                    log::info!("deleted topic {topic:?}");
+                    reply.ok(&Response::DeleteTopic);
+                }
+                Err(e) => reply.engine_error(&e),
+            },
+            Request::ListTopics => reply.ok(&Response::ListTopics(
+                self.engine
+                    .list_topics()
+                    .into_iter()
+                    .map(|(name, partitions)| TopicInfo { name, partitions })
+                    .collect(),
+            )),
+            Request::Metadata { topic } => match self.engine.partitions(&topic) {
+                Ok(partitions) => reply.ok(&Response::Metadata { partitions }),
+                Err(e) => reply.engine_error(&e),
+            },
+            Request::Produce {
+                topic,
+                target,
+                batch,
+                ..
+            } => self.produce(topic, target, batch, reply),
+            Request::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait_ms,
+            } => {
+                let shard_hold = self
+                    .shard_budget(&topic, partition)
+                    .acquire(self.fetch_budget(max_bytes));
+                let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
+                self.long_poll.fetch(Fetch {
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes: self.fetch_budget(max_bytes),
+                    deadline: (max_wait_ms > 0).then(|| Instant::now() + wait),
+                    reply,
+                    shard_hold,
+                });
+            }
+        }
+    }
+
+    fn produce(&self, topic: String, target: PartitionTarget<'_>, batch: &[u8], reply: Reply) {
+        let partition = match target {
+            PartitionTarget::Partition(p) => p,
+            PartitionTarget::Key(key) => match self.engine.partitions(&topic) {
+                Ok(n) => partition_for_key(key, n),
+                Err(e) => return reply.engine_error(&e),
+            },
+        };
+        if batch.is_empty() {
+            return reply.error(ErrorCode::InvalidBatch, "empty batch");
+        }
+        let shard_hold = self.shard_budget(&topic, partition).acquire(batch.len());
+        let long_poll = Arc::clone(&self.long_poll);
+        let name = topic.clone();
+        self.engine
+            .append(&topic, partition, batch.to_vec(), move |result| {
+                drop(shard_hold);
+                match result {
+                    Ok(range) => {
+                        reply.ok(&Response::Produce {
+                            partition,
+                            first_offset: range.first,
+                            last_offset: range.last,
+                        });
+                        long_poll.appended(&name, partition);
+                    }
+                    Err(e) => reply.engine_error(&e),
+                }
+            });
+    }
+}

@@ -1,0 +1,87 @@
+//! Answers on their way to a connection's writer, and how engine errors become error codes.
+
+use crossbeam_channel::Sender;
+use keel_engine::EngineError;
+use keel_protocol::{encode_error, encode_response, ErrorCode, Response};
+
+use crate::budget::BudgetHold;
+
+/// One encoded response frame, holding its connection's budget until it is written (or the
+/// connection is gone), so unwritten answers count against the connection's limit too.
+pub struct Outgoing {
+    /// The whole frame, size prefix included.
+    pub frame: Vec<u8>,
+    _hold: BudgetHold,
+}
+
+impl Outgoing {
+    /// A frame holding `hold` until written.
+    pub fn new(frame: Vec<u8>, hold: BudgetHold) -> Self {
+        Self { frame, _hold: hold }
+    }
+}
+
+/// The way back to the client for one request.
+pub struct Reply {
+    correlation_id: u32,
+    tx: Sender<Outgoing>,
+    hold: BudgetHold,
+}
+
+impl Reply {
+    /// A reply to request `correlation_id`, holding `hold` until the answer is written.
+    pub fn new(correlation_id: u32, tx: Sender<Outgoing>, hold: BudgetHold) -> Self {
+        Self {
+            correlation_id,
+            tx,
+            hold,
+        }
+    }
+
+    /// Sends a successful response.
+    pub fn ok(self, response: &Response<'_>) {
+        let mut frame = Vec::new();
+        encode_response(self.correlation_id, response, &mut frame);
+        self.send(frame);
+    }
+
+    /// Sends an error response.
+    pub fn error(self, code: ErrorCode, message: &str) {
+        let mut frame = Vec::new();
+        encode_error(self.correlation_id, code, message, &mut frame);
+        self.send(frame);
+    }
+
+    /// Sends the error response for an engine error.
+    pub fn engine_error(self, e: &EngineError) {
+        self.error(error_code(e), &e.to_string());
+    }
+
+    fn send(self, frame: Vec<u8>) {
+        // The writer is gone when the connection broke; the answer has nowhere to go and its
+        // budget is given back as it is dropped.
+        let _ = self.tx.send(Outgoing {
+            frame,
+            _hold: self.hold,
+        });
+    }
+}
+
+/// The wire code for an engine error.
+pub fn error_code(e: &EngineError) -> ErrorCode {
+    match e {
+        EngineError::UnknownTopic(_) | EngineError::TopicDeleted(_) => ErrorCode::UnknownTopic,
+        EngineError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        EngineError::TopicExists(_) => ErrorCode::TopicExists,
+        EngineError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+        EngineError::InvalidBatch(_) => ErrorCode::InvalidBatch,
+        EngineError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        EngineError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        EngineError::Poisoned { .. } => ErrorCode::PartitionPoisoned,
+        EngineError::NoSpace { .. } => ErrorCode::NoSpace,
+        EngineError::Corruption { .. } => ErrorCode::Corruption,
+        EngineError::ShuttingDown => ErrorCode::ShuttingDown,
+        EngineError::InvalidConfig(_) => ErrorCode::InvalidArgument,
+        _ => ErrorCode::Internal,
+    }
+}

@@ -1,0 +1,286 @@
+//! The server: opens the engine, accepts connections, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keel_engine::{Engine, EngineError};
+
+use crate::config::ServerConfig;
+use crate::connection;
+use crate::fetch::LongPoll;
+use crate::handler::Handler;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The storage engine could not open the data directory.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A thread could not be started, or the listener failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Connections being served, so that shutdown can stop reading them and wait for their
+/// answers to be written.
+#[derive(Default)]
+struct Registry {
+    state: Mutex<RegistryState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    streams: HashMap<u64, TcpStream>,
+    readers: usize,
+    writers: usize,
+}
+
+impl Registry {
+    fn state(&self) -> MutexGuard<'_, RegistryState> {
+        // Counters and a map updated in single steps: still consistent after a panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RegistryState)) {
+        f(&mut self.state());
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds or `timeout` passes; returns whether it holds.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&RegistryState) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state();
+        while !done(&state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+}
+
+/// Stops a running server from another thread (a signal handler's, say).
+#[derive(Clone)]
+pub struct Stopper {
+    stopping: Arc<AtomicBool>,
+    wake_addr: SocketAddr,
+}
+
+impl Stopper {
+    /// Asks the server to stop: no new connections, no new requests, in-flight work finishes
+    /// and is answered, then [`Server::run`] returns.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_secs(1));
+    }
+}
+
+/// A started server: engine open, socket bound, not yet accepting.
+pub struct Server {
+    cfg: ServerConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    engine: Arc<Engine>,
+    handler: Arc<Handler>,
+    long_poll: Arc<LongPoll>,
+    parker: JoinHandle<()>,
+    stopping: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+}
+
+impl Server {
+    /// Binds the listen address and opens the engine (recovering every partition).
+    pub fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(cfg.listen).map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
+            what: "read the listen address",
+            source,
+        })?;
+        let engine = Arc::new(Engine::open(cfg.engine.clone())?);
+        let (long_poll, parker) = LongPoll::start(&engine).map_err(|source| ServerError::Io {
+            what: "start the long-poll thread",
+            source,
+        })?;
+        let handler = Arc::new(Handler::new(
+            Arc::clone(&engine),
+            Arc::clone(&long_poll),
+            cfg.shard_inflight_bytes,
+            cfg.max_frame_bytes,
+        ));
+        Ok(Self {
+            cfg,
+            listener,
+            local_addr,
+            engine,
+            handler,
+            long_poll,
+            parker,
+            stopping: Arc::new(AtomicBool::new(false)),
+            registry: Arc::default(),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// A handle that stops the server.
+    pub fn stopper(&self) -> Stopper {
+        let ip = match self.local_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        Stopper {
+            stopping: Arc::clone(&self.stopping),
+            wake_addr: SocketAddr::new(ip, self.local_addr.port()),
+        }
+    }
+
+    /// Accepts and serves connections until stopped, then shuts down gracefully: stops
+    /// reading requests, lets the engine finish and answer every flush in flight, waits for
+    /// the answers to be written, and closes the engine.
+    pub fn run(self) -> Result<(), ServerError> {
+        let mut next_id = 0u64;
+        for conn in self.listener.incoming() {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            match conn {
+                Ok(stream) => {
+                    next_id += 1;
+                    if let Err(e) = self.spawn_connection(next_id, stream) {
+                        log::error!("cannot serve a new connection: {e}");
+                    }
+                }
+                // Out of file descriptors and the like: the listener itself is fine, and the
+                // connections already open keep being served.
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        self.shut_down();
+        Ok(())
+    }
+
+    fn spawn_connection(&self, id: u64, stream: TcpStream) -> std::io::Result<()> {
+        let peer = stream.peer_addr()?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(Duration::from_millis(self.cfg.write_timeout_ms)))?;
+        let registered = stream.try_clone()?;
+        let writer_done = WriterDone(Arc::clone(&self.registry));
+        self.registry.update(|s| {
+            s.streams.insert(id, registered);
+            s.readers += 1;
+            s.writers += 1;
+        });
+        let handler = Arc::clone(&self.handler);
+        let registry = Arc::clone(&self.registry);
+        let inflight = self.cfg.connection_inflight_bytes;
+        let spawned = std::thread::Builder::new()
+            .name(format!("keel-read-{peer}"))
+            .spawn(move || {
+                log::debug!("{peer}: connected");
+                if let Err(e) = connection::serve(stream, peer, &handler, inflight, writer_done) {
+                    log::warn!("{peer}: {e}");
+                }
+                registry.update(|s| {
+                    s.streams.remove(&id);
+                    s.readers -= 1;
+                });
+                log::debug!("{peer}: stopped reading");
+            });
+        if let Err(e) = spawned {
+            // The closure (and the writer's guard in it) is dropped; undo the reader count.
+            self.registry.update(|s| {
+                s.streams.remove(&id);
+                s.readers -= 1;
+            });
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn shut_down(self) {
+        let Self {
+            cfg,
+            listener,
+            engine,
+            handler,
+            long_poll,
+            parker,
+            registry,
+            ..
+        } = self;
+        drop(listener);
+        let open = registry.state().streams.len();
+        log::info!("stopping: no new connections or requests; finishing what {open} connections have in flight");
+        for stream in registry.state().streams.values() {
+            let _ = stream.shutdown(std::net::Shutdown::Read);
+        }
+        let patience = Duration::from_millis(cfg.write_timeout_ms) + Duration::from_secs(5);
+        if !registry.wait_until(patience, |s| s.readers == 0) {
+            log::warn!("some connections did not stop reading in time");
+        }
+        long_poll.stop();
+        if parker.join().is_err() {
+            log::error!("the long-poll thread panicked");
+        }
+        drop(handler);
+        drop(long_poll);
+        // Every flush in flight completes and is answered before this returns.
+        match Arc::try_unwrap(engine) {
+            Ok(engine) => engine.shutdown(),
+            Err(engine) => drop(engine),
+        }
+        if !registry.wait_until(patience, |s| s.writers == 0) {
+            log::warn!("some answers could not be written in time");
+        }
+        log::info!("stopped");
+    }
+}
+
+/// Held by a connection's writer thread; counts it out when that thread ends.
+pub struct WriterDone(Arc<Registry>);
+
+impl Drop for WriterDone {
+    fn drop(&mut self) {
+        self.0.update(|s| s.writers -= 1);
+    }
+}

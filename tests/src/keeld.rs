@@ -1,0 +1,185 @@
+//! Real `keeld` processes for end-to-end tests: started on a free loopback port over a data
+//! directory, stopped with real signals.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use keel_client::{Client, ClientOptions};
+
+/// How long a server may take to become ready or to stop.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable directory");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `keeld`; killed when dropped.
+pub struct Keeld {
+    child: Option<Child>,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Keeld {
+    /// Starts `keeld` on a free loopback port, with 2 shards, small segments and `extra`
+    /// arguments; its data directory and config file go in `dir` (a restart over the same
+    /// `dir` finds the same data). Returns once it printed its ready line.
+    pub fn start(dir: &Path, extra: &[&str]) -> Keeld {
+        let data_dir = dir.join("data");
+        let config = dir.join("keeld.toml");
+        std::fs::write(
+            &config,
+            "segment_bytes = 1048576\nmax_batch_bytes = 262144\nzero_segments = false\n",
+        )
+        .expect("write the test config");
+        let mut child = Command::new(workspace_bin("keeld"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keeld");
+        let stdout = child.stdout.take().expect("keeld stdout");
+        let mut stderr_pipe = child.stderr.take().expect("keeld stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = bounded(1);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("keeld listening on ") {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr.parse().expect("listen address in the ready line"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "keeld did not become ready within {PATIENCE:?}; its stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Keeld {
+            child: Some(child),
+            addr,
+            data_dir,
+            stderr,
+        }
+    }
+
+    /// A client connected to it.
+    pub fn client(&self) -> Client {
+        let options = ClientOptions {
+            request_timeout: PATIENCE,
+            ..ClientOptions::default()
+        };
+        Client::connect_with(self.addr, options).expect("connect to keeld")
+    }
+
+    /// The `keel` CLI, pointed at it.
+    pub fn keel(&self) -> Command {
+        let mut cmd = Command::new(workspace_bin("keel"));
+        cmd.arg("--server").arg(self.addr.to_string());
+        cmd
+    }
+
+    /// What it logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("keeld is running").id()
+    }
+
+    /// Sends `signal` (a name `kill` understands, like "TERM") and waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("keeld is running");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for keeld") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "keeld did not exit within {PATIENCE:?} of SIG{signal}; its stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `SIGKILL`: the process dies at once, with whatever it had in flight.
+    pub fn kill(&mut self) {
+        let status = self.signal_and_wait("KILL");
+        assert!(
+            !status.success(),
+            "a SIGKILLed process cannot exit successfully"
+        );
+    }
+
+    /// `SIGTERM`: a graceful stop; returns its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_and_wait("TERM")
+    }
+}
+
+impl Drop for Keeld {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
