@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod budget;
+pub mod cli;
 pub mod config;
 mod connection;
 mod fetch;

@@ -14,8 +14,9 @@ use keel_client::{Client, ClientOptions};
 /// How long a server may take to become ready or to stop.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
-pub fn workspace_bin(name: &str) -> PathBuf {
+/// A binary of this package (`test-keeld`, `test-keel`: the real server and CLI, see
+/// `src/bin/`), which cargo builds next to the test executables before running them.
+pub fn package_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
@@ -25,7 +26,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        "{} is missing: run the tests with cargo test, which builds it",
         bin.display()
     );
     bin
@@ -53,7 +54,7 @@ impl Keeld {
             "segment_bytes = 1048576\nmax_batch_bytes = 262144\nzero_segments = false\n",
         )
         .expect("write the test config");
-        let mut child = Command::new(workspace_bin("keeld"))
+        let mut child = Command::new(package_bin("test-keeld"))
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
@@ -119,7 +120,7 @@ impl Keeld {
 
     /// The `keel` CLI, pointed at it.
     pub fn keel(&self) -> Command {
-        let mut cmd = Command::new(workspace_bin("keel"));
+        let mut cmd = Command::new(package_bin("test-keel"));
         cmd.arg("--server").arg(self.addr.to_string());
         cmd
     }

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
+use crate::{Client, ClientError, PendingProduce, Target};
 use clap::Args;
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
-use keel_client::{Client, ClientError, PendingProduce, Target};
 
 /// Bytes of message values gathered into one batch at most (the server's default batch limit
 /// is 1 MiB).

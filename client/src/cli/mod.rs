@@ -1,4 +1,4 @@
-//! `keel`: the Keel command-line tool.
+//! `keel`, the command-line tool: topic administration, produce from stdin, fetch to stdout.
 
 mod fetch;
 mod produce;
@@ -7,8 +7,8 @@ mod topic;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::{Client, ClientError, ClientOptions};
 use clap::{Parser, Subcommand};
-use keel_client::{Client, ClientError, ClientOptions};
 
 /// Command-line client for keeld: manage topics, produce messages from stdin, fetch them.
 #[derive(Parser, Debug)]
@@ -41,7 +41,8 @@ enum Command {
     Fetch(fetch::FetchArgs),
 }
 
-fn main() -> ExitCode {
+/// Runs `keel` with the process's arguments; what the binary's `main` calls.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use crate::{Client, ClientError};
 use clap::Subcommand;
-use keel_client::{Client, ClientError};
 
 #[derive(Subcommand, Debug)]
 pub enum TopicCommand {

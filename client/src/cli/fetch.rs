@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::{Client, ClientError, FetchOptions};
 use clap::Args;
-use keel_client::{Client, ClientError, FetchOptions};
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {

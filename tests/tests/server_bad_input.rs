@@ -1,0 +1,180 @@
+//! Malformed, oversized and unknown requests get named errors or a closed connection, are
+//! logged with the peer's address, and never disturb other connections.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use keel_client::{ErrorCode, FetchOptions, Target};
+use keel_protocol::{decode_response, encode_request, ApiKey, Request, Response};
+use keel_tests::data_dir;
+use keel_tests::keeld::Keeld;
+
+fn connect(server: &Keeld) -> TcpStream {
+    let s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Reads one response frame.
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut frame = size.to_vec();
+    frame.resize(4 + u32::from_le_bytes(size) as usize, 0);
+    s.read_exact(&mut frame[4..]).unwrap();
+    frame
+}
+
+/// Whether the server closes the connection (EOF, or reset) after whatever it still sends.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+fn error_of(frame: &[u8], api: ApiKey) -> (u32, ErrorCode, String) {
+    let (id, answer) = decode_response(frame, api).unwrap();
+    let e = answer.unwrap_err();
+    (id, e.code, e.message)
+}
+
+/// A request frame with a raw header: size, api key, version, correlation id, body.
+fn raw_frame(api: u16, version: u16, id: u32, body: &[u8]) -> Vec<u8> {
+    let mut f = ((8 + body.len()) as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(&api.to_le_bytes());
+    f.extend_from_slice(&version.to_le_bytes());
+    f.extend_from_slice(&id.to_le_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn answerable_bad_requests_get_error_codes_and_the_connection_goes_on() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("t", 1).unwrap();
+    let mut s = connect(&server);
+
+    // Unknown api key, reserved (consumer-group) key, unknown version, truncated body.
+    s.write_all(&raw_frame(99, 0, 11, b"")).unwrap();
+    s.write_all(&raw_frame(8, 0, 12, b"")).unwrap();
+    s.write_all(&raw_frame(ApiKey::Metadata as u16, 7, 13, b""))
+        .unwrap();
+    s.write_all(&raw_frame(ApiKey::Metadata as u16, 0, 14, &[200, 0]))
+        .unwrap();
+    let mut answers: Vec<_> = (0..4)
+        .map(|_| error_of(&read_frame(&mut s), ApiKey::Metadata))
+        .collect();
+    answers.sort_by_key(|a| a.0);
+    let codes: Vec<_> = answers.iter().map(|a| (a.0, a.1)).collect();
+    assert_eq!(
+        codes,
+        [
+            (11, ErrorCode::UnsupportedApi),
+            (12, ErrorCode::UnsupportedApi),
+            (13, ErrorCode::UnsupportedVersion),
+            (14, ErrorCode::MalformedRequest)
+        ]
+    );
+    assert!(answers[0].2.contains("99"), "{}", answers[0].2);
+
+    // The same connection still works.
+    let mut ok = Vec::new();
+    encode_request(15, &Request::Metadata { topic: "t".into() }, &mut ok);
+    s.write_all(&ok).unwrap();
+    let frame = read_frame(&mut s);
+    let (id, answer) = decode_response(&frame, ApiKey::Metadata).unwrap();
+    assert_eq!(
+        (id, answer.unwrap()),
+        (15, Response::Metadata { partitions: 1 })
+    );
+
+    // Unknown topic: a named code.
+    let mut unknown = Vec::new();
+    encode_request(
+        16,
+        &Request::Metadata {
+            topic: "nope".into(),
+        },
+        &mut unknown,
+    );
+    s.write_all(&unknown).unwrap();
+    assert_eq!(
+        error_of(&read_frame(&mut s), ApiKey::Metadata).1,
+        ErrorCode::UnknownTopic
+    );
+
+    let peer = s.local_addr().unwrap().to_string();
+    assert!(
+        server.stderr().contains(&peer),
+        "bad requests are logged with the peer: {}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn an_oversized_or_unreadable_frame_closes_only_its_connection() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("t", 1).unwrap();
+    let before = client
+        .produce("t", Target::Partition(0), ["before"])
+        .unwrap();
+
+    // A size beyond the 16 MiB limit: answered (the header is there) and closed.
+    let mut big = connect(&server);
+    let mut frame = (64u32 << 20).to_le_bytes().to_vec();
+    frame.extend_from_slice(&(ApiKey::Produce as u16).to_le_bytes());
+    frame.extend_from_slice(&0u16.to_le_bytes());
+    frame.extend_from_slice(&21u32.to_le_bytes());
+    big.write_all(&frame).unwrap();
+    let (id, code, message) = error_of(&read_frame(&mut big), ApiKey::Produce);
+    assert_eq!((id, code), (21, ErrorCode::MalformedRequest));
+    assert!(message.contains("outside the allowed"), "{message}");
+    assert!(closed(&mut big));
+
+    // A size smaller than a header: nothing to answer, closed.
+    let mut tiny = connect(&server);
+    tiny.write_all(&3u32.to_le_bytes()).unwrap();
+    tiny.write_all(&[1, 2, 3]).unwrap();
+    assert!(closed(&mut tiny));
+
+    // Random garbage: closed or answered, never a crash.
+    let mut garbage = connect(&server);
+    let _ = garbage.write_all(&[0xff; 1000]);
+    assert!(closed(&mut garbage));
+
+    // A client that vanishes mid-frame.
+    let mut half = connect(&server);
+    let mut ok = Vec::new();
+    encode_request(1, &Request::Metadata { topic: "t".into() }, &mut ok);
+    half.write_all(&ok[..ok.len() - 2]).unwrap();
+    drop(half);
+
+    // Everyone else carries on, and nothing acknowledged was lost.
+    let after = client
+        .produce("t", Target::Partition(0), ["after"])
+        .unwrap();
+    assert_eq!(after.first_offset, before.first_offset + 1);
+    let fetched = client.fetch("t", 0, 0, FetchOptions::default()).unwrap();
+    let values: Vec<_> = fetched
+        .messages(0)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.value.unwrap())
+        .collect();
+    assert_eq!(values, [b"before".to_vec(), b"after".to_vec()]);
+    assert!(
+        server.stderr().contains("closing the connection"),
+        "{}",
+        server.stderr()
+    );
+}

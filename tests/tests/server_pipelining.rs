@@ -1,0 +1,85 @@
+//! Many requests in flight on one connection: every answer finds its request.
+
+use keel_client::{FetchOptions, Target};
+use keel_tests::data_dir;
+use keel_tests::keeld::Keeld;
+
+#[test]
+fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("pipe", 2).unwrap();
+    // All 1,000 are sent before the first answer is awaited.
+    let pending: Vec<_> = (0..1000u32)
+        .map(|i| {
+            let value = format!("message {i:04} {}", "p".repeat((i % 97) as usize));
+            let p = client
+                .send_values("pipe", Target::Partition(i % 2), [value.as_bytes()])
+                .unwrap();
+            (i, value, p)
+        })
+        .collect();
+    let mut by_partition: [Vec<(u64, String)>; 2] = [Vec::new(), Vec::new()];
+    for (i, value, p) in pending {
+        let ack = p.wait().unwrap();
+        assert_eq!(ack.partition, i % 2);
+        assert_eq!(ack.first_offset, ack.last_offset);
+        by_partition[ack.partition as usize].push((ack.first_offset, value));
+    }
+    for (partition, acked) in by_partition.iter_mut().enumerate() {
+        // 500 distinct offsets, 0..500: nothing lost, nothing doubled.
+        acked.sort();
+        let offsets: Vec<u64> = acked.iter().map(|(o, _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..500).collect::<Vec<_>>(),
+            "partition {partition}"
+        );
+        let mut offset = 0;
+        while offset < 500 {
+            let fetched = client
+                .fetch("pipe", partition as u32, offset, FetchOptions::default())
+                .unwrap();
+            for m in fetched.messages(offset).unwrap() {
+                assert_eq!(
+                    m.value.as_deref(),
+                    Some(acked[m.offset as usize].1.as_bytes())
+                );
+            }
+            offset = fetched.next_offset;
+        }
+    }
+}
+
+#[test]
+fn many_connections_produce_at_once() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    server.client().create_topic("shared", 1).unwrap();
+    let acks: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let server = &server;
+                s.spawn(move || {
+                    let client = server.client();
+                    let pending: Vec<_> = (0..100)
+                        .map(|i| {
+                            client
+                                .send_values("shared", Target::Partition(0), [format!("{w}:{i}")])
+                                .unwrap()
+                        })
+                        .collect();
+                    pending
+                        .into_iter()
+                        .map(|p| p.wait().unwrap().first_offset)
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<u64> = acks.into_iter().flatten().collect();
+    all.sort();
+    assert_eq!(all, (0..800).collect::<Vec<_>>());
+}
