@@ -47,11 +47,16 @@ impl Keeld {
     /// arguments; its data directory and config file go in `dir` (a restart over the same
     /// `dir` finds the same data). Returns once it printed its ready line.
     pub fn start(dir: &Path, extra: &[&str]) -> Keeld {
+        Self::start_with_config(dir, "", extra)
+    }
+
+    /// [`Keeld::start`] with more lines for its config file.
+    pub fn start_with_config(dir: &Path, more_config: &str, extra: &[&str]) -> Keeld {
         let data_dir = dir.join("data");
         let config = dir.join("keeld.toml");
         std::fs::write(
             &config,
-            "segment_bytes = 1048576\nmax_batch_bytes = 262144\nzero_segments = false\n",
+            format!("segment_bytes = 1048576\nmax_batch_bytes = 262144\nzero_segments = false\n{more_config}"),
         )
         .expect("write the test config");
         let mut child = Command::new(package_bin("test-keeld"))

@@ -1,0 +1,83 @@
+//! A client that sends and never reads cannot make the server buffer without limit: once the
+//! connection's in-flight budget is spent the server stops reading that socket, and everyone
+//! else is served as before.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use keel_client::{FetchOptions, Target};
+use keel_protocol::{encode_request, Request};
+use keel_tests::data_dir;
+use keel_tests::keeld::Keeld;
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_client_that_never_reads_is_not_buffered_without_limit() {
+    let dir = data_dir();
+    let config = "max_frame_bytes = 524288\nconnection_inflight_bytes = 1048576\nshard_inflight_bytes = 8388608\n";
+    let server = Keeld::start_with_config(dir.path(), config, &[]);
+    let client = server.client();
+    client.create_topic("big", 1).unwrap();
+    for _ in 0..4 {
+        client
+            .produce("big", Target::Partition(0), [vec![1u8; 250 * 1024]])
+            .unwrap();
+    }
+    let baseline = rss(server.pid());
+
+    // 2,000 fetches of ~250 KiB each: half a gigabyte of answers if the server took them all.
+    let mut greedy = TcpStream::connect(server.addr).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut requests = Vec::new();
+    for id in 0..2000 {
+        let fetch = Request::Fetch {
+            topic: "big".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 256 * 1024,
+            max_wait_ms: 0,
+        };
+        encode_request(id, &fetch, &mut requests);
+    }
+    // Small enough for the socket buffers to take it all even when the server stops reading.
+    greedy.write_all(&requests).unwrap();
+
+    // Watch the server's memory while it has every reason to grow.
+    let mut peak = baseline;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        peak = peak.max(rss(server.pid()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < 64 << 20,
+        "server grew by {} MiB for one client that does not read",
+        growth >> 20
+    );
+
+    // Another client is served meanwhile.
+    let ack = client
+        .produce("big", Target::Partition(0), ["small"])
+        .unwrap();
+    assert_eq!(ack.first_offset, 4);
+    let fetched = client.fetch("big", 0, 4, FetchOptions::default()).unwrap();
+    assert_eq!(
+        fetched.messages(4).unwrap()[0].value.as_deref(),
+        Some(&b"small"[..])
+    );
+    drop(greedy);
+}
