@@ -4,10 +4,18 @@
 //! keel-bench probe  --dir DIR              the disk's ceiling (O_DIRECT write + fdatasync)
 //! keel-bench engine --dir DIR [--seconds]  probe, then the engine's bandwidth, group commit,
 //!                                          latency at half load and memory, as ratios
+//! keel-bench server --dir DIR [--seconds]  durable produce over loopback: keeld against the
+//!                                          null server and the engine alone, as ratios
+//! keel-bench produce --server ADDR ...     one produce workload against a running server
+//! keel-bench null-server                   the null server (a sink that answers produces)
 //! ```
 
+mod child;
 mod engine_load;
+mod net_load;
+mod null_server;
 mod probe;
+mod server_suite;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -100,11 +108,63 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         segment_mib: u64,
     },
+    /// Durable produce over loopback: the null server, keeld (a child process) and the engine
+    /// in-process under the same workload, reported as ratios.
+    Server {
+        /// Directory for keeld's and the engine's data (fresh subdirectories, removed after).
+        #[arg(long, default_value = "./keel-data")]
+        dir: PathBuf,
+        /// Seconds per system.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[command(flatten)]
+        shape: server_suite::Shape,
+        /// The keeld binary [default: keeld next to this program].
+        #[arg(long)]
+        keeld: Option<PathBuf>,
+    },
+    /// One produce workload against a running server (keeld or the null server).
+    Produce {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        server: String,
+        /// Topic to produce to; created with --partitions partitions if missing.
+        #[arg(long, default_value = "bench")]
+        topic: String,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[command(flatten)]
+        shape: server_suite::Shape,
+        /// Partitions (producer i writes partition i % partitions).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+    },
+    /// Run the null server: answers produces at once and stores nothing.
+    NullServer {
+        /// Address to listen on; port 0 picks a free one (printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Server {
+            dir,
+            seconds,
+            shape,
+            keeld,
+        } => server_suite::run(&dir, seconds, &shape, keeld),
+        Command::Produce {
+            server,
+            topic,
+            seconds,
+            shape,
+            partitions,
+        } => server_suite::produce_once(&server, &topic, seconds, &shape, partitions),
+        Command::NullServer { listen } => null_server::run(&listen),
         Command::Probe { dir, seconds } => probe::run(&dir, seconds)
             .map(|p| print!("{}", p.table()))
             .map_err(|e| format!("probe failed in {}: {e}", dir.display())),
@@ -176,7 +236,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_engine(
+pub(crate) fn open_engine(
     dir: &Path,
     shards: Option<usize>,
     zero_segments: bool,

@@ -1,0 +1,182 @@
+//! Durable produce over loopback, measured three ways in one run: against the null server (the
+//! network path's ceiling), against `keeld` (the real thing, in its own process), and against
+//! the engine in-process (storage alone).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Args;
+use keel_client::{Client, ErrorCode};
+
+use crate::child::ChildServer;
+use crate::engine_load::{self, Load};
+use crate::net_load::{self, NetLoad, NetOutcome};
+
+/// The shape of the produce load.
+#[derive(Args, Debug, Clone)]
+pub struct Shape {
+    /// Producers, each with its own connection.
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+    /// Messages each producer keeps in flight.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Messages per produce request.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Bytes of each message value.
+    #[arg(long, default_value_t = 1024)]
+    pub message_bytes: usize,
+}
+
+impl Shape {
+    fn net_load(&self, server: &str, topic: &str, partitions: u32, seconds: f64) -> NetLoad {
+        NetLoad {
+            server: server.to_string(),
+            topic: topic.to_string(),
+            producers: self.producers,
+            window: self.window,
+            batch: self.batch,
+            message_bytes: self.message_bytes,
+            partitions,
+            seconds,
+        }
+    }
+}
+
+fn create_topic(server: &str, topic: &str, partitions: u32) -> Result<(), String> {
+    let client = Client::connect(server).map_err(|e| e.to_string())?;
+    match client.create_topic(topic, partitions) {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::TopicExists) => Ok(()),
+        Err(e) => Err(format!("create topic {topic}: {e}")),
+    }
+}
+
+fn line(o: &NetOutcome, message_bytes: usize) -> String {
+    format!(
+        "{:.0} msg/s, {:.1} MB/s, produce→ack p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        o.messages_per_s(),
+        o.mb_per_s(message_bytes),
+        o.latency_us[0],
+        o.latency_us[1],
+        o.latency_us[2],
+        o.latency_us[3]
+    )
+}
+
+/// `keel-bench produce`: one workload against a running server.
+pub fn produce_once(
+    server: &str,
+    topic: &str,
+    seconds: f64,
+    shape: &Shape,
+    partitions: u32,
+) -> Result<(), String> {
+    create_topic(server, topic, partitions)?;
+    let out = net_load::run(&shape.net_load(server, topic, partitions, seconds))?;
+    println!("{}", line(&out, shape.message_bytes));
+    Ok(())
+}
+
+/// `keel-bench server`: the three measurements and a markdown report.
+pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let keeld = keeld.unwrap_or_else(|| exe.with_file_name("keeld"));
+    if !keeld.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p keel-server`, or pass --keeld",
+            keeld.display()
+        ));
+    }
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let partitions = shards as u32;
+
+    eprintln!("null server: {seconds} s");
+    let mut null = Command::new(&exe);
+    null.args(["null-server", "--listen", "127.0.0.1:0"]);
+    let null = ChildServer::start(null, "the null server", "null server listening on ")?;
+    create_topic(&null.addr, "produce", partitions)?;
+    let null_out = net_load::run(&shape.net_load(&null.addr, "produce", partitions, seconds))?;
+    null.stop()?;
+    eprintln!("null server: {}", line(&null_out, shape.message_bytes));
+
+    eprintln!("keeld: {seconds} s");
+    let data = dir.join(format!("keel-bench-keeld-{}", std::process::id()));
+    let mut cmd = Command::new(&keeld);
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"]);
+    let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
+    let keeld_out = create_topic(&server.addr, "produce", partitions).and_then(|()| {
+        net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))
+    });
+    let stopped = server.stop();
+    let _ = std::fs::remove_dir_all(&data);
+    let keeld_out = keeld_out?;
+    stopped?;
+    eprintln!("keeld: {}", line(&keeld_out, shape.message_bytes));
+
+    eprintln!("engine in-process: {seconds} s");
+    let (engine, data) = crate::open_engine(dir, None, true, true, false, 256)?;
+    let load = Load {
+        appenders: shape.producers,
+        window: (shape.window / shape.batch.max(1)).max(1),
+        rate: None,
+        message_bytes: shape.message_bytes,
+        messages_per_batch: shape.batch.max(1),
+        seconds,
+        partitions,
+        drivers: 2,
+    };
+    let engine_out = engine
+        .create_topic("produce", partitions)
+        .map_err(|e| e.to_string())
+        .and_then(|()| engine_load::run(&engine, "produce", &load));
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&data);
+    let engine_out = engine_out?;
+
+    let verdict = |x: f64| if x >= 0.5 { "met" } else { "**missed**" };
+    let vs_null = keeld_out.messages_per_s() / null_out.messages_per_s();
+    let vs_engine = keeld_out.messages_per_s() / engine_out.messages_per_s();
+    let mb = shape.message_bytes;
+    println!(
+        "{} producers x {} messages of {mb} B in flight, {} per request, {partitions} partitions, {seconds} s each\n",
+        shape.producers, shape.window, shape.batch
+    );
+    println!("| system | msg/s | MB/s | produce→ack p50 / p99 / p99.9 / max |\n|---|---|---|---|");
+    for (name, o) in [
+        ("null server (no storage)", &null_out),
+        ("keeld (durable)", &keeld_out),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.1} | {} / {} / {} / {} µs |",
+            o.messages_per_s(),
+            o.mb_per_s(mb),
+            o.latency_us[0],
+            o.latency_us[1],
+            o.latency_us[2],
+            o.latency_us[3]
+        );
+    }
+    println!(
+        "| engine in-process (durable) | {:.0} | {:.1} | {} / {} / {} / {} µs |\n",
+        engine_out.messages_per_s(),
+        engine_out.mb_per_s(mb),
+        engine_out.latency_us[0],
+        engine_out.latency_us[1],
+        engine_out.latency_us[2],
+        engine_out.latency_us[3]
+    );
+    println!("| ratio | measured | target | |\n|---|---|---|---|");
+    println!(
+        "| keeld / null server | {vs_null:.2} | >= 0.50 | {} |",
+        verdict(vs_null)
+    );
+    println!(
+        "| keeld / engine in-process | {vs_engine:.2} | >= 0.50 | {} |",
+        verdict(vs_engine)
+    );
+    Ok(())
+}
