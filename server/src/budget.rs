@@ -51,7 +51,7 @@ impl ByteBudget {
 
     /// Bytes currently taken.
     #[cfg(test)]
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         *self.used()
     }
 }

@@ -6,11 +6,11 @@ use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use crossbeam_channel::{unbounded, Receiver};
 use keel_protocol::{
     decode_request, encode_error, frame_len, ErrorCode, REQUEST_HEADER_BYTES, SIZE_PREFIX_BYTES,
 };
 
+use crate::answers::{answer_queue, AnswerRx, AnswerTx};
 use crate::budget::ByteBudget;
 use crate::handler::Handler;
 use crate::reply::{Outgoing, Reply};
@@ -31,7 +31,7 @@ pub fn serve(
     inflight_bytes: usize,
     writer_done: WriterDone,
 ) -> io::Result<()> {
-    let (tx, rx) = unbounded::<Outgoing>();
+    let (tx, rx) = answer_queue();
     let writer_stream = stream.try_clone()?;
     std::thread::Builder::new()
         .name(format!("keel-write-{peer}"))
@@ -49,7 +49,7 @@ fn read_requests(
     peer: SocketAddr,
     handler: &Arc<Handler>,
     budget: &Arc<ByteBudget>,
-    tx: &crossbeam_channel::Sender<Outgoing>,
+    tx: &AnswerTx,
 ) {
     let max_frame = handler.max_frame_bytes();
     let mut buf = vec![0u8; READ_CHUNK];
@@ -125,7 +125,7 @@ fn read_requests(
                     let mut frame = Vec::new();
                     encode_error(id, ErrorCode::MalformedRequest, &e.to_string(), &mut frame);
                     let hold = budget.acquire(frame.len());
-                    let _ = tx.send(Outgoing::new(frame, hold));
+                    tx.send(Outgoing::new(frame, hold));
                 }
                 return;
             }
@@ -133,26 +133,22 @@ fn read_requests(
     }
 }
 
-fn write_answers(stream: TcpStream, rx: &Receiver<Outgoing>, peer: SocketAddr) {
+fn write_answers(stream: TcpStream, rx: &AnswerRx, peer: SocketAddr) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, &stream);
-    let mut written = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut result = out.write_all(&first.frame);
-        written.push(first);
-        // Everything already answered goes out in the same write.
-        while result.is_ok() && out.buffer().len() < WRITE_BUFFER {
-            let Ok(next) = rx.try_recv() else { break };
-            result = out.write_all(&next.frame);
-            written.push(next);
-        }
-        if let Err(e) = result.and_then(|()| out.flush()) {
+    let mut answers = Vec::new();
+    while rx.take_all(&mut answers) {
+        // Everything answered so far goes out together; written answers give their bytes back
+        // to the connection's budget as they are dropped.
+        let written = answers
+            .drain(..)
+            .try_for_each(|a| out.write_all(&a.frame))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
             log::debug!("{peer}: write failed: {e}; closing the connection");
             // Wakes the reader too, which then stops taking requests.
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
-        // Written: their bytes no longer count against the connection.
-        written.clear();
     }
     let _ = out.flush();
     let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod answers;
 mod budget;
 pub mod cli;
 pub mod config;

@@ -1,9 +1,9 @@
 //! Answers on their way to a connection's writer, and how engine errors become error codes.
 
-use crossbeam_channel::Sender;
 use keel_engine::EngineError;
 use keel_protocol::{encode_error, encode_response, ErrorCode, Response};
 
+use crate::answers::AnswerTx;
 use crate::budget::BudgetHold;
 
 /// One encoded response frame, holding its connection's budget until it is written (or the
@@ -24,13 +24,13 @@ impl Outgoing {
 /// The way back to the client for one request.
 pub struct Reply {
     correlation_id: u32,
-    tx: Sender<Outgoing>,
+    tx: AnswerTx,
     hold: BudgetHold,
 }
 
 impl Reply {
     /// A reply to request `correlation_id`, holding `hold` until the answer is written.
-    pub fn new(correlation_id: u32, tx: Sender<Outgoing>, hold: BudgetHold) -> Self {
+    pub fn new(correlation_id: u32, tx: AnswerTx, hold: BudgetHold) -> Self {
         Self {
             correlation_id,
             tx,
@@ -58,9 +58,9 @@ impl Reply {
     }
 
     fn send(self, frame: Vec<u8>) {
-        // The writer is gone when the connection broke; the answer has nowhere to go and its
-        // budget is given back as it is dropped.
-        let _ = self.tx.send(Outgoing {
+        // When the writer is gone (the connection broke) the answer is dropped, and its budget
+        // given back.
+        self.tx.send(Outgoing {
             frame,
             _hold: self.hold,
         });
