@@ -85,7 +85,7 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     let keeld = keeld.unwrap_or_else(|| exe.with_file_name("keeld"));
     if !keeld.exists() {
         return Err(format!(
-            "{} not found: build it with `cargo build --release -p keel-server`, or pass --keeld",
+            "{} not found: build it with `cargo build --release -p keel-server` (the same profile as keel-bench), or pass --keeld",
             keeld.display()
         ));
     }
