@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use keel_client::{Client, ClientOptions};
+use keel_client::{Client, ClientOptions, FetchOptions, Message};
 
 /// How long a server may take to become ready or to stop.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -188,4 +188,36 @@ impl Drop for Keeld {
             let _ = child.wait();
         }
     }
+}
+
+/// Every message of a partition from `from` to the end of its log, fetched `max_bytes` at a time.
+pub fn fetch_all(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    from: u64,
+    max_bytes: u32,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let options = FetchOptions {
+            max_bytes,
+            ..FetchOptions::default()
+        };
+        let fetched = client.fetch(topic, partition, offset, options).unwrap();
+        out.extend(fetched.messages(offset).unwrap());
+        offset = fetched.next_offset;
+        if fetched.at_end() {
+            return out;
+        }
+    }
+}
+
+/// [`fetch_all`] from offset 0, as (offset, value) pairs.
+pub fn values(client: &Client, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
+    fetch_all(client, topic, partition, 0, 1 << 20)
+        .into_iter()
+        .map(|m| (m.offset, m.value.unwrap_or_default()))
+        .collect()
 }

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_client::{Client, ClientError, FetchOptions, Target};
-use keel_tests::keeld::{Keeld, PATIENCE};
+use keel_client::{Client, ClientError, Target};
+use keel_tests::keeld::{values, Keeld, PATIENCE};
 use keel_tests::{data_dir, Rng};
 
 const PARTITIONS: u32 = 3;
@@ -60,23 +60,6 @@ fn produce_until_killed(
     }
 }
 
-fn read_partition(client: &Client, partition: u32) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetched = client
-            .fetch("crash", partition, offset, FetchOptions::default())
-            .unwrap();
-        for m in fetched.messages(offset).unwrap() {
-            out.push((m.offset, m.value.unwrap()));
-        }
-        offset = fetched.next_offset;
-        if fetched.at_end() {
-            return out;
-        }
-    }
-}
-
 #[test]
 fn sigkill_mid_pipeline_loses_no_acknowledged_message() {
     let dir = data_dir();
@@ -111,7 +94,7 @@ fn sigkill_mid_pipeline_loses_no_acknowledged_message() {
         let client = server.client();
         let mut stored = HashMap::new();
         for p in 0..PARTITIONS {
-            let log = read_partition(&client, p);
+            let log = values(&client, "crash", p);
             // Offsets are dense: nothing torn or doubled shows up as a message.
             for (i, (offset, _)) in log.iter().enumerate() {
                 assert_eq!(*offset, i as u64, "partition {p}");

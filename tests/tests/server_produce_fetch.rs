@@ -4,33 +4,9 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use keel_client::{BatchBuilder, Client, ErrorCode, FetchOptions, Message, Target};
-use keel_tests::keeld::Keeld;
+use keel_client::{BatchBuilder, ErrorCode, FetchOptions, Target};
+use keel_tests::keeld::{fetch_all, Keeld};
 use keel_tests::{data_dir, Rng};
-
-/// Every message of a partition from `from` on.
-fn fetch_all(client: &Client, topic: &str, partition: u32, from: u64) -> Vec<Message> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    loop {
-        let fetched = client
-            .fetch(
-                topic,
-                partition,
-                offset,
-                FetchOptions {
-                    max_bytes: 64 * 1024,
-                    ..FetchOptions::default()
-                },
-            )
-            .unwrap();
-        out.extend(fetched.messages(offset).unwrap());
-        offset = fetched.next_offset;
-        if fetched.at_end() {
-            return out;
-        }
-    }
-}
 
 #[test]
 fn produced_messages_come_back_byte_identical_with_keys_and_headers() {
@@ -71,7 +47,7 @@ fn produced_messages_come_back_byte_identical_with_keys_and_headers() {
         }
     }
     for partition in 0..3 {
-        let got = fetch_all(&client, "events", partition, 0);
+        let got = fetch_all(&client, "events", partition, 0, 64 * 1024);
         let want: Vec<_> = sent.iter().filter(|s| s.0 == partition).collect();
         assert_eq!(got.len(), want.len(), "partition {partition}");
         for (m, (_, offset, (key, value, header))) in got.iter().zip(want) {
@@ -83,7 +59,7 @@ fn produced_messages_come_back_byte_identical_with_keys_and_headers() {
     }
     // A fetch from the middle starts exactly there.
     let middle = sent.iter().find(|s| s.0 == 1 && s.1 > 3).unwrap();
-    let got = fetch_all(&client, "events", 1, middle.1);
+    let got = fetch_all(&client, "events", 1, middle.1, 64 * 1024);
     assert_eq!(got[0].offset, middle.1);
     assert_eq!(got[0].value.as_deref(), Some(&middle.2 .1[..]));
 }

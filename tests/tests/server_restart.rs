@@ -4,24 +4,7 @@ use std::process::Command;
 
 use keel_client::{Client, ClientError, ErrorCode, FetchOptions, Target};
 use keel_tests::data_dir;
-use keel_tests::keeld::{package_bin, Keeld};
-
-fn values(client: &Client, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let fetched = client
-            .fetch(topic, partition, offset, FetchOptions::default())
-            .unwrap();
-        for m in fetched.messages(offset).unwrap() {
-            out.push((m.offset, m.value.unwrap()));
-        }
-        offset = fetched.next_offset;
-        if fetched.at_end() {
-            return out;
-        }
-    }
-}
+use keel_tests::keeld::{package_bin, values, Keeld};
 
 #[test]
 fn a_restarted_server_has_every_topic_and_message() {
