@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 mod connection;
 mod fetch;
+mod frames;
 mod handler;
 pub mod logger;
 mod partitioner;
