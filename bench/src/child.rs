@@ -34,20 +34,25 @@ impl ChildServer {
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Ok(Self {
-                child,
-                addr,
-                name: name.to_string(),
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!(
-                    "{name} did not print its ready line within a minute"
-                ))
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failed = loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+                return Ok(Self {
+                    child,
+                    addr,
+                    name: name.to_string(),
+                });
             }
-        }
+            if let Ok(Some(status)) = child.try_wait() {
+                break format!("{name} exited ({status}) before it was ready");
+            }
+            if Instant::now() > deadline {
+                break format!("{name} did not print its ready line within a minute");
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(failed)
     }
 
     /// SIGTERM, then waits up to a minute (SIGKILL after that).

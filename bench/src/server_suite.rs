@@ -101,21 +101,13 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     null.stop()?;
     eprintln!("null server: {}", line(&null_out, shape.message_bytes));
 
-    eprintln!("keeld: {seconds} s");
-    let data = dir.join(format!("keel-bench-keeld-{}", std::process::id()));
-    let mut cmd = Command::new(&keeld);
-    cmd.arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"]);
-    let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
-    let keeld_out = create_topic(&server.addr, "produce", partitions).and_then(|()| {
-        net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))
-    });
-    let stopped = server.stop();
-    let _ = std::fs::remove_dir_all(&data);
-    let keeld_out = keeld_out?;
-    stopped?;
-    eprintln!("keeld: {}", line(&keeld_out, shape.message_bytes));
+    let mut keeld_outs = Vec::new();
+    for net in ["uring", "threads"] {
+        eprintln!("keeld --net {net}: {seconds} s");
+        let out = run_keeld(&keeld, dir, net, shape, partitions, seconds)?;
+        eprintln!("keeld --net {net}: {}", line(&out, shape.message_bytes));
+        keeld_outs.push((net, out));
+    }
 
     eprintln!("engine in-process: {seconds} s");
     let (engine, data) = crate::open_engine(dir, None, true, true, false, 256)?;
@@ -138,18 +130,23 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     let engine_out = engine_out?;
 
     let verdict = |x: f64| if x >= 0.5 { "met" } else { "**missed**" };
-    let vs_null = keeld_out.messages_per_s() / null_out.messages_per_s();
-    let vs_engine = keeld_out.messages_per_s() / engine_out.messages_per_s();
     let mb = shape.message_bytes;
     println!(
         "{} producers x {} messages of {mb} B in flight, {} per request, {partitions} partitions, {seconds} s each\n",
         shape.producers, shape.window, shape.batch
     );
     println!("| system | msg/s | MB/s | produce→ack p50 / p99 / p99.9 / max |\n|---|---|---|---|");
-    for (name, o) in [
-        ("null server (no storage)", &null_out),
-        ("keeld (durable)", &keeld_out),
-    ] {
+    let mut rows = vec![("null server (no storage)".to_string(), &null_out)];
+    for (net, out) in &keeld_outs {
+        rows.push((format!("keeld --net {net} (durable)"), out));
+    }
+    let engine_out = NetOutcome {
+        messages: engine_out.messages,
+        seconds: engine_out.seconds,
+        latency_us: engine_out.latency_us,
+    };
+    rows.push(("engine in-process (durable)".to_string(), &engine_out));
+    for (name, o) in rows {
         println!(
             "| {name} | {:.0} | {:.1} | {} / {} / {} / {} µs |",
             o.messages_per_s(),
@@ -160,23 +157,48 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
             o.latency_us[3]
         );
     }
-    println!(
-        "| engine in-process (durable) | {:.0} | {:.1} | {} / {} / {} / {} µs |\n",
-        engine_out.messages_per_s(),
-        engine_out.mb_per_s(mb),
-        engine_out.latency_us[0],
-        engine_out.latency_us[1],
-        engine_out.latency_us[2],
-        engine_out.latency_us[3]
-    );
-    println!("| ratio | measured | target | |\n|---|---|---|---|");
-    println!(
-        "| keeld / null server | {vs_null:.2} | >= 0.50 | {} |",
-        verdict(vs_null)
-    );
-    println!(
-        "| keeld / engine in-process | {vs_engine:.2} | >= 0.50 | {} |",
-        verdict(vs_engine)
-    );
+    println!("\n| ratio | measured | target | |\n|---|---|---|---|");
+    for (net, out) in &keeld_outs {
+        let vs_null = out.messages_per_s() / null_out.messages_per_s();
+        let vs_engine = out.messages_per_s() / engine_out.messages_per_s();
+        println!(
+            "| keeld --net {net} / null server | {vs_null:.2} | >= 0.50 | {} |",
+            verdict(vs_null)
+        );
+        println!(
+            "| keeld --net {net} / engine in-process | {vs_engine:.2} | >= 0.50 | {} |",
+            verdict(vs_engine)
+        );
+    }
     Ok(())
+}
+
+/// Starts keeld with `--net net` on a fresh data directory, loads it, stops it.
+fn run_keeld(
+    keeld: &Path,
+    dir: &Path,
+    net: &str,
+    shape: &Shape,
+    partitions: u32,
+    seconds: f64,
+) -> Result<NetOutcome, String> {
+    let data = dir.join(format!("keel-bench-keeld-{}", std::process::id()));
+    let mut cmd = Command::new(keeld);
+    cmd.arg("--data-dir").arg(&data).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "warn",
+        "--net",
+        net,
+    ]);
+    let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
+    let out = create_topic(&server.addr, "produce", partitions).and_then(|()| {
+        net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))
+    });
+    let stopped = server.stop();
+    let _ = std::fs::remove_dir_all(&data);
+    let out = out?;
+    stopped?;
+    Ok(out)
 }

@@ -19,10 +19,15 @@ struct State {
     closed: bool,
 }
 
+/// Called when answers become ready or the last sender goes, for a writer that does not wait
+/// on the condition variable (an event loop).
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Default)]
 struct Queue {
     state: Mutex<State>,
     ready: Condvar,
+    notify: Option<Notify>,
 }
 
 impl Queue {
@@ -38,11 +43,33 @@ pub struct AnswerTx(Arc<Queue>);
 /// The writer's side.
 pub struct AnswerRx(Arc<Queue>);
 
-/// A new, empty queue.
+/// A new, empty queue for a writer thread that waits in [`AnswerRx::take_all`].
 pub fn answer_queue() -> (AnswerTx, AnswerRx) {
-    let q = Arc::new(Queue::default());
+    new_queue(None)
+}
+
+/// A new, empty queue that calls `notify` when answers arrive in it while it is empty and
+/// when its last sender goes; the writer polls it with [`AnswerRx::try_take_all`].
+pub fn notifying_answer_queue(notify: Notify) -> (AnswerTx, AnswerRx) {
+    new_queue(Some(notify))
+}
+
+fn new_queue(notify: Option<Notify>) -> (AnswerTx, AnswerRx) {
+    let q = Arc::new(Queue {
+        notify,
+        ..Queue::default()
+    });
     q.state().senders = 1;
     (AnswerTx(Arc::clone(&q)), AnswerRx(q))
+}
+
+impl Queue {
+    fn wake(&self) {
+        self.ready.notify_one();
+        if let Some(notify) = &self.notify {
+            notify();
+        }
+    }
 }
 
 impl AnswerTx {
@@ -56,7 +83,7 @@ impl AnswerTx {
         let first = s.items.len() == 1;
         drop(s);
         if first {
-            self.0.ready.notify_one();
+            self.0.wake();
         }
     }
 }
@@ -75,7 +102,7 @@ impl Drop for AnswerTx {
         let last = s.senders == 0;
         drop(s);
         if last {
-            self.0.ready.notify_one();
+            self.0.wake();
         }
     }
 }
@@ -93,6 +120,19 @@ impl AnswerRx {
         }
         std::mem::swap(&mut s.items, out);
         true
+    }
+}
+
+impl AnswerRx {
+    /// Moves every queued answer into `out` without waiting.
+    pub fn try_take_all(&self, out: &mut Vec<Outgoing>) {
+        out.append(&mut self.0.state().items);
+    }
+
+    /// Whether no answer is queued and none can come (every sender is gone).
+    pub fn finished(&self) -> bool {
+        let s = self.0.state();
+        s.senders == 0 && s.items.is_empty()
     }
 }
 

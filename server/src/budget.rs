@@ -49,6 +49,19 @@ impl ByteBudget {
         }
     }
 
+    /// Takes `bytes` if they fit now (or nothing else is in flight); `None` otherwise.
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<BudgetHold> {
+        let mut used = self.used();
+        if *used > 0 && *used + bytes > self.limit {
+            return None;
+        }
+        *used += bytes;
+        Some(BudgetHold {
+            budget: Arc::clone(self),
+            bytes,
+        })
+    }
+
     /// Bytes currently taken.
     #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
@@ -89,6 +102,15 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
         waiter.join().unwrap();
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn try_acquire_refuses_what_does_not_fit() {
+        let budget = ByteBudget::new(100);
+        let a = budget.try_acquire(70).unwrap();
+        assert!(budget.try_acquire(40).is_none());
+        drop(a);
+        assert!(budget.try_acquire(40).is_some());
     }
 
     #[test]

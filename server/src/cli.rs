@@ -36,6 +36,10 @@ struct Args {
     /// io_uring, such as containers with the default seccomp profile).
     #[arg(long)]
     portable_io: bool,
+    /// How connections are served: "uring" (an io_uring event loop per shard) or "threads"
+    /// (a reader and a writer thread per connection). [default: uring]
+    #[arg(long, value_name = "MODE")]
+    net: Option<String>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
@@ -70,6 +74,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     file.data_dir = args.data_dir.or(file.data_dir);
     file.listen = args.listen.or(file.listen);
     file.shards = args.shards.or(file.shards);
+    file.net = args.net.or(file.net);
     if args.portable_io {
         file.io = Some("portable".into());
     }

@@ -12,6 +12,15 @@ pub const DEFAULT_DATA_DIR: &str = "./keel-data";
 /// Default listen address: loopback only, so a fresh install is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
+/// How connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetMode {
+    /// A reader and a writer thread per connection, blocking socket calls.
+    Threads,
+    /// One io_uring event loop per shard, each owning its share of the connections.
+    Uring,
+}
+
 /// Everything `keeld` runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -24,8 +33,11 @@ pub struct ServerConfig {
     pub connection_inflight_bytes: usize,
     /// Request bytes all connections together may have in flight on one shard.
     pub shard_inflight_bytes: usize,
-    /// How long a blocked socket write may take before the connection is dropped.
+    /// How long a blocked socket write may take before the connection is dropped (threads
+    /// mode only).
     pub write_timeout_ms: u64,
+    /// How connections are served.
+    pub net: NetMode,
     /// The storage engine's settings (data directory, shards, segments, I/O backend).
     pub engine: EngineConfig,
 }
@@ -82,6 +94,8 @@ pub struct FileConfig {
     pub zero_segments: Option<bool>,
     /// "uring" (default) or "portable" (pwrite + fdatasync; slower).
     pub io: Option<String>,
+    /// How connections are served: "uring" (event loops) or "threads" (two per connection).
+    pub net: Option<String>,
     /// "strict" (default: refuse to open a corrupt partition) or "repair" (truncate it, losing
     /// the data after the corruption).
     pub recovery: Option<String>,
@@ -139,6 +153,15 @@ impl FileConfig {
                 )))
             }
         };
+        let net = match self.net.as_deref() {
+            None | Some("uring") => NetMode::Uring,
+            Some("threads") => NetMode::Threads,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "net must be \"uring\" or \"threads\", not {other:?}"
+                )))
+            }
+        };
         let listen = match self.listen {
             Some(a) => a,
             None => DEFAULT_LISTEN
@@ -151,6 +174,7 @@ impl FileConfig {
             connection_inflight_bytes: self.connection_inflight_bytes.unwrap_or(64 << 20),
             shard_inflight_bytes: self.shard_inflight_bytes.unwrap_or(256 << 20),
             write_timeout_ms: self.write_timeout_ms.unwrap_or(30_000),
+            net,
             engine,
         };
         cfg.validate()?;

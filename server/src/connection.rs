@@ -6,7 +6,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-
 use crate::answers::{answer_queue, AnswerRx, AnswerTx};
 use crate::budget::ByteBudget;
 use crate::frames::{InBuffer, Stop};

@@ -66,19 +66,26 @@ impl InBuffer {
                             let Some(hold) = acquire(handler.cost(len, &request)) else {
                                 return Stop::Parked;
                             };
-                            handler.handle(request, Reply::new(header.correlation_id, tx.clone(), hold));
+                            handler.handle(
+                                request,
+                                Reply::new(header.correlation_id, tx.clone(), hold),
+                            );
                         }
                         Err(bad) => {
                             log::warn!("{peer}: {bad}");
                             let Some(id) = bad.correlation_id else {
-                                log::warn!("{peer}: closing the connection (request header unreadable)");
+                                log::warn!(
+                                    "{peer}: closing the connection (request header unreadable)"
+                                );
                                 return Stop::Close;
                             };
                             let Some(hold) = acquire(len) else {
                                 return Stop::Parked;
                             };
-                            Reply::new(id, tx.clone(), hold)
-                                .error(ErrorCode::for_decode_error(&bad.error), &bad.error.to_string());
+                            Reply::new(id, tx.clone(), hold).error(
+                                ErrorCode::for_decode_error(&bad.error),
+                                &bad.error.to_string(),
+                            );
                         }
                     }
                     self.start += len;
@@ -89,7 +96,8 @@ impl InBuffer {
                     // header is there to say whom to answer, then close.
                     log::warn!("{peer}: {e}; closing the connection");
                     if pending.len() >= SIZE_PREFIX_BYTES + REQUEST_HEADER_BYTES {
-                        let id = u32::from_le_bytes([pending[8], pending[9], pending[10], pending[11]]);
+                        let id =
+                            u32::from_le_bytes([pending[8], pending[9], pending[10], pending[11]]);
                         let mut frame = Vec::new();
                         encode_error(id, ErrorCode::MalformedRequest, &e.to_string(), &mut frame);
                         if let Some(hold) = acquire(frame.len()) {

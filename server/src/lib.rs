@@ -20,7 +20,8 @@ pub mod logger;
 mod partitioner;
 mod reply;
 mod server;
+mod uring_net;
 
-pub use config::{ConfigError, FileConfig, ServerConfig};
+pub use config::{ConfigError, FileConfig, NetMode, ServerConfig};
 pub use partitioner::partition_for_key;
 pub use server::{Server, ServerError, Stopper};

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use keel_engine::{Engine, EngineError};
 
-use crate::config::ServerConfig;
+use crate::config::{NetMode, ServerConfig};
 use crate::connection;
 use crate::fetch::LongPoll;
 use crate::handler::Handler;
+use crate::uring_net::{NetLoops, NewConn};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,8 @@ pub struct Server {
     parker: JoinHandle<()>,
     stopping: Arc<AtomicBool>,
     registry: Arc<Registry>,
+    /// The io_uring loops serving connections, in [`NetMode::Uring`].
+    net: Option<NetLoops>,
 }
 
 impl Server {
@@ -135,7 +138,18 @@ impl Server {
             cfg.shard_inflight_bytes,
             cfg.max_frame_bytes,
         ));
+        let net = match cfg.net {
+            NetMode::Threads => None,
+            NetMode::Uring => Some(
+                NetLoops::start(cfg.engine.shards, &handler, cfg.connection_inflight_bytes)
+                    .map_err(|source| ServerError::Io {
+                        what: "start the io_uring network loops (or use --net threads)",
+                        source,
+                    })?,
+            ),
+        };
         Ok(Self {
+            net,
             cfg,
             listener,
             local_addr,
@@ -204,36 +218,36 @@ impl Server {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_millis(self.cfg.write_timeout_ms)))?;
         let registered = stream.try_clone()?;
-        let writer_done = WriterDone(Arc::clone(&self.registry));
         self.registry.update(|s| {
             s.streams.insert(id, registered);
             s.readers += 1;
             s.writers += 1;
         });
+        // From here on the guards count the connection out, whatever happens to it.
+        let reader_done = ReaderDone(Arc::clone(&self.registry), id);
+        let writer_done = WriterDone(Arc::clone(&self.registry));
+        if let Some(net) = &self.net {
+            net.adopt(NewConn {
+                id,
+                stream,
+                peer,
+                reader_done,
+                writer_done,
+            });
+            return Ok(());
+        }
         let handler = Arc::clone(&self.handler);
-        let registry = Arc::clone(&self.registry);
         let inflight = self.cfg.connection_inflight_bytes;
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("keel-read-{peer}"))
             .spawn(move || {
                 log::debug!("{peer}: connected");
                 if let Err(e) = connection::serve(stream, peer, &handler, inflight, writer_done) {
                     log::warn!("{peer}: {e}");
                 }
-                registry.update(|s| {
-                    s.streams.remove(&id);
-                    s.readers -= 1;
-                });
+                drop(reader_done);
                 log::debug!("{peer}: stopped reading");
-            });
-        if let Err(e) = spawned {
-            // The closure (and the writer's guard in it) is dropped; undo the reader count.
-            self.registry.update(|s| {
-                s.streams.remove(&id);
-                s.readers -= 1;
-            });
-            return Err(e);
-        }
+            })?;
         Ok(())
     }
 
@@ -246,6 +260,7 @@ impl Server {
             long_poll,
             parker,
             registry,
+            net,
             ..
         } = self;
         drop(listener);
@@ -263,6 +278,9 @@ impl Server {
             log::error!("the long-poll thread panicked");
         }
         drop(handler);
+        if let Some(net) = &net {
+            net.release_handler();
+        }
         drop(long_poll);
         // Every flush in flight completes and is answered before this returns.
         match Arc::try_unwrap(engine) {
@@ -272,11 +290,27 @@ impl Server {
         if !registry.wait_until(patience, |s| s.writers == 0) {
             log::warn!("some answers could not be written in time");
         }
+        if let Some(net) = net {
+            net.stop();
+        }
         log::info!("stopped");
     }
 }
 
-/// Held by a connection's writer thread; counts it out when that thread ends.
+/// Held while a connection is read; counts it out of the readers when dropped.
+pub struct ReaderDone(Arc<Registry>, u64);
+
+impl Drop for ReaderDone {
+    fn drop(&mut self) {
+        let id = self.1;
+        self.0.update(|s| {
+            s.streams.remove(&id);
+            s.readers -= 1;
+        });
+    }
+}
+
+/// Held by a connection's writer; counts it out when its last answer is written.
 pub struct WriterDone(Arc<Registry>);
 
 impl Drop for WriterDone {

@@ -2,12 +2,12 @@
 //! connection's in-flight budget is spent the server stops reading that socket, and everyone
 //! else is served as before.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use keel_client::{FetchOptions, Target};
-use keel_protocol::{encode_request, Request};
+use keel_protocol::{decode_response, encode_request, ApiKey, Request};
 use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
 
@@ -22,11 +22,10 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
-#[test]
-fn a_client_that_never_reads_is_not_buffered_without_limit() {
+fn never_reading_client(net: &str) {
     let dir = data_dir();
     let config = "max_frame_bytes = 524288\nconnection_inflight_bytes = 1048576\nshard_inflight_bytes = 8388608\n";
-    let server = Keeld::start_with_config(dir.path(), config, &[]);
+    let server = Keeld::start_with_config(dir.path(), config, &["--net", net]);
     let client = server.client();
     client.create_topic("big", 1).unwrap();
     for _ in 0..4 {
@@ -79,5 +78,32 @@ fn a_client_that_never_reads_is_not_buffered_without_limit() {
         fetched.messages(4).unwrap()[0].value.as_deref(),
         Some(&b"small"[..])
     );
-    drop(greedy);
+
+    // Once the greedy client reads, its parked connection resumes: all 2,000 are answered.
+    greedy
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(&greedy);
+    let mut answered = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let mut size = [0u8; 4];
+        reader.read_exact(&mut size).unwrap();
+        let mut frame = size.to_vec();
+        frame.resize(4 + u32::from_le_bytes(size) as usize, 0);
+        reader.read_exact(&mut frame[4..]).unwrap();
+        let (id, answer) = decode_response(&frame, ApiKey::Fetch).unwrap();
+        assert!(answer.is_ok());
+        answered.insert(id);
+    }
+    assert_eq!(answered.len(), 2000);
+}
+
+#[test]
+fn a_client_that_never_reads_is_not_buffered_without_limit_with_uring_loops() {
+    never_reading_client("uring");
+}
+
+#[test]
+fn a_client_that_never_reads_is_not_buffered_without_limit_with_connection_threads() {
+    never_reading_client("threads");
 }

@@ -119,10 +119,9 @@ fn answerable_bad_requests_get_error_codes_and_the_connection_goes_on() {
     );
 }
 
-#[test]
-fn an_oversized_or_unreadable_frame_closes_only_its_connection() {
+fn unreadable_frames(net: &str) {
     let dir = data_dir();
-    let server = Keeld::start(dir.path(), &[]);
+    let server = Keeld::start(dir.path(), &["--net", net]);
     let client = server.client();
     client.create_topic("t", 1).unwrap();
     let before = client
@@ -177,4 +176,14 @@ fn an_oversized_or_unreadable_frame_closes_only_its_connection() {
         "{}",
         server.stderr()
     );
+}
+
+#[test]
+fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_uring_loops() {
+    unreadable_frames("uring");
+}
+
+#[test]
+fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_connection_threads() {
+    unreadable_frames("threads");
 }

@@ -60,12 +60,11 @@ fn produce_until_killed(
     }
 }
 
-#[test]
-fn sigkill_mid_pipeline_loses_no_acknowledged_message() {
+fn sigkill_mid_pipeline(net: &str) {
     let dir = data_dir();
     let mut all_acked: HashMap<(u32, u64), Vec<u8>> = HashMap::new();
     for round in 0..3u32 {
-        let mut server = Keeld::start(dir.path(), &[]);
+        let mut server = Keeld::start(dir.path(), &["--net", net]);
         let client = server.client();
         if round == 0 {
             client.create_topic("crash", PARTITIONS).unwrap();
@@ -90,7 +89,7 @@ fn sigkill_mid_pipeline_loses_no_acknowledged_message() {
         all_acked.extend(acked);
 
         // Restart on the same data and check every message acknowledged in any round so far.
-        let server = Keeld::start(dir.path(), &[]);
+        let server = Keeld::start(dir.path(), &["--net", net]);
         let client = server.client();
         let mut stored = HashMap::new();
         for p in 0..PARTITIONS {
@@ -120,4 +119,14 @@ fn sigkill_mid_pipeline_loses_no_acknowledged_message() {
         drop(client);
         drop(server);
     }
+}
+
+#[test]
+fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_uring_loops() {
+    sigkill_mid_pipeline("uring");
+}
+
+#[test]
+fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_connection_threads() {
+    sigkill_mid_pipeline("threads");
 }

@@ -4,10 +4,9 @@ use keel_client::{FetchOptions, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
 
-#[test]
-fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged() {
+fn thousand_in_flight(net: &str) {
     let dir = data_dir();
-    let server = Keeld::start(dir.path(), &[]);
+    let server = Keeld::start(dir.path(), &["--net", net]);
     let client = server.client();
     client.create_topic("pipe", 2).unwrap();
     // All 1,000 are sent before the first answer is awaited.
@@ -82,4 +81,14 @@ fn many_connections_produce_at_once() {
     let mut all: Vec<u64> = acks.into_iter().flatten().collect();
     all.sort();
     assert_eq!(all, (0..800).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_uring_loops() {
+    thousand_in_flight("uring");
+}
+
+#[test]
+fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_connection_threads() {
+    thousand_in_flight("threads");
 }

@@ -118,11 +118,10 @@ fn produce_until_stopped(
     (acked, ended)
 }
 
-#[test]
-fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged() {
+fn sigterm_in_flight(net: &str) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dir = data_dir();
-    let mut server = Keeld::start(dir.path(), &[]);
+    let mut server = Keeld::start(dir.path(), &["--net", net]);
     let client = server.client();
     client.create_topic("busy", 2).unwrap();
     client.create_topic("quiet", 1).unwrap();
@@ -155,7 +154,7 @@ fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged() {
         assert!(parked.batches.is_empty());
         producer.join().unwrap()
     });
-    let server = Keeld::start(dir.path(), &[]);
+    let server = Keeld::start(dir.path(), &["--net", net]);
     let client = server.client();
     let stored: Vec<_> = (0..2).map(|p| values(&client, "busy", p)).collect();
     for (ack, value) in &acked {
@@ -171,4 +170,14 @@ fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged() {
         "{} acknowledged, {ended} refused or unanswered",
         acked.len()
     );
+}
+
+#[test]
+fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_uring_loops() {
+    sigterm_in_flight("uring");
+}
+
+#[test]
+fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_connection_threads() {
+    sigterm_in_flight("threads");
 }
