@@ -1,6 +1,6 @@
-//! One client connection: a reader thread that decodes requests and hands them to the
-//! [`Handler`], and a writer thread that sends answers back in the order they complete
-//! (clients match them by correlation id).
+//! One client connection served by threads (`--net threads`): a reader thread that decodes
+//! requests and hands them to the [`Handler`], and a writer thread that sends answers back in
+//! the order they complete (clients match them by correlation id).
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};

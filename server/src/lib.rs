@@ -1,9 +1,9 @@
 //! Keel's server, `keeld`: serves the storage engine over Keel's binary protocol
 //! (`docs/PROTOCOL.md`).
 //!
-//! Each connection has a reader thread, which decodes requests and hands them to the engine's
-//! shards, and a writer thread, which sends answers back as they complete: a produce is
-//! answered only once its batch is durable. Per-connection and per-shard byte budgets bound
+//! Connections are served by io_uring event loops, one per shard (or, with `--net threads`, by
+//! a reader and a writer thread each); requests go to the engine's shards and answers go back
+//! as they complete: a produce is answered only once its batch is durable. Per-connection and per-shard byte budgets bound
 //! what is in flight; when one is spent the server stops reading that socket.
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
