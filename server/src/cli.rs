@@ -97,13 +97,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })?;
     let cfg = server.config();
     println!(
-        "keeld listening on {} (data dir {}, {} shards, io {})",
+        "keeld listening on {} (data dir {}, {} shards, disk io {}, net {})",
         server.local_addr(),
         cfg.engine.data_dir.display(),
         cfg.engine.shards,
         match cfg.engine.io {
             keel_engine::IoMode::Portable => "portable (pwrite + fdatasync)",
             _ => "io_uring",
+        },
+        match cfg.net {
+            crate::NetMode::Uring => "io_uring loops",
+            crate::NetMode::Threads => "threads per connection",
         }
     );
     std::io::stdout().flush()?;
