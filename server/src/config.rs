@@ -33,8 +33,8 @@ pub struct ServerConfig {
     pub connection_inflight_bytes: usize,
     /// Request bytes all connections together may have in flight on one shard.
     pub shard_inflight_bytes: usize,
-    /// How long a blocked socket write may take before the connection is dropped (threads
-    /// mode only).
+    /// How long a connection's answers may make no progress (its client stopped reading)
+    /// before the connection is dropped.
     pub write_timeout_ms: u64,
     /// How connections are served.
     pub net: NetMode,

@@ -141,11 +141,16 @@ impl Server {
         let net = match cfg.net {
             NetMode::Threads => None,
             NetMode::Uring => Some(
-                NetLoops::start(cfg.engine.shards, &handler, cfg.connection_inflight_bytes)
-                    .map_err(|source| ServerError::Io {
-                        what: "start the io_uring network loops (or use --net threads)",
-                        source,
-                    })?,
+                NetLoops::start(
+                    cfg.engine.shards,
+                    &handler,
+                    cfg.connection_inflight_bytes,
+                    Duration::from_millis(cfg.write_timeout_ms),
+                )
+                .map_err(|source| ServerError::Io {
+                    what: "start the io_uring network loops (or use --net threads)",
+                    source,
+                })?,
             ),
         };
         Ok(Self {

@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 use keel_engine::io::Waker;
@@ -28,6 +29,8 @@ use crate::server::{ReaderDone, WriterDone};
 
 const RING_ENTRIES: u32 = 1024;
 const WAKE_TOKEN: u64 = u64::MAX;
+/// The periodic check for sends that make no progress.
+const TICK_TOKEN: u64 = u64::MAX - 1;
 const RECV: u64 = 1;
 const SEND: u64 = 2;
 
@@ -74,8 +77,14 @@ pub struct NetLoops {
 }
 
 impl NetLoops {
-    /// Starts `n` loops (at least one).
-    pub fn start(n: usize, handler: &Arc<Handler>, inflight_bytes: usize) -> io::Result<Self> {
+    /// Starts `n` loops (at least one). A connection whose answers make no progress for
+    /// `write_timeout` (its client stopped reading) is closed.
+    pub fn start(
+        n: usize,
+        handler: &Arc<Handler>,
+        inflight_bytes: usize,
+        write_timeout: Duration,
+    ) -> io::Result<Self> {
         let mut loops = Vec::new();
         for i in 0..n.max(1) {
             // Fails early, with the ring error, if io_uring is not allowed here.
@@ -96,6 +105,9 @@ impl NetLoops {
                         conns: HashMap::new(),
                         inbox: mine,
                         inflight_bytes,
+                        write_timeout,
+                        tick: Box::new(types::Timespec::new()),
+                        tick_posted: false,
                     };
                     net.run();
                 })?;
@@ -152,6 +164,8 @@ struct Conn {
     out: Vec<u8>,
     out_sent: usize,
     send_posted: bool,
+    /// When the send in flight was posted (a send that makes progress is posted again).
+    send_since: Instant,
     /// A send failed: answers are dropped from now on.
     broken: bool,
     reader_done: Option<ReaderDone>,
@@ -163,6 +177,9 @@ struct Loop {
     conns: HashMap<u64, Box<Conn>>,
     inbox: Arc<Inbox>,
     inflight_bytes: usize,
+    write_timeout: Duration,
+    tick: Box<types::Timespec>,
+    tick_posted: bool,
 }
 
 impl Loop {
@@ -185,7 +202,7 @@ impl Loop {
                     self.with_conn(id, |_, _| {});
                 }
             }
-            if closing && self.conns.is_empty() {
+            if closing && self.conns.is_empty() && !self.tick_posted {
                 if !wake_posted {
                     return;
                 }
@@ -201,6 +218,9 @@ impl Loop {
                 // after abandon() has waited for it or leaked the buffer.
                 self.push(&read);
                 wake_posted = true;
+            }
+            if !self.tick_posted && self.conns.values().any(|c| c.send_posted) {
+                self.post_tick();
             }
             let adopted = std::mem::take(&mut *lock(&self.inbox.new_conns));
             for nc in adopted {
@@ -226,6 +246,11 @@ impl Loop {
             for (token, res) in completions {
                 if token == WAKE_TOKEN {
                     wake_posted = false;
+                    continue;
+                }
+                if token == TICK_TOKEN {
+                    self.tick_posted = false;
+                    self.close_stuck_senders();
                     continue;
                 }
                 let (id, kind) = (token >> 2, token & 3);
@@ -265,6 +290,35 @@ impl Loop {
             std::mem::forget(c);
         }
         std::mem::forget(std::mem::replace(wake_buf, Box::new([0; 8])));
+    }
+
+    fn post_tick(&mut self) {
+        let every =
+            (self.write_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        *self.tick = types::Timespec::from(every);
+        let timeout = opcode::Timeout::new(&*self.tick)
+            .build()
+            .user_data(TICK_TOKEN);
+        // SAFETY (of the pushed entry): the timespec is boxed in the loop, which outlives every
+        // operation it posts.
+        self.push(&timeout);
+        self.tick_posted = true;
+    }
+
+    /// Closes connections whose client has not taken any answer bytes for the write timeout:
+    /// the send in flight then fails, and the connection ends.
+    fn close_stuck_senders(&mut self) {
+        for c in self.conns.values_mut() {
+            if c.send_posted && !c.broken && c.send_since.elapsed() > self.write_timeout {
+                log::warn!(
+                    "{}: the client has read no answer for {:?}; closing the connection",
+                    c.peer,
+                    self.write_timeout
+                );
+                c.broken = true;
+                let _ = c.stream.shutdown(Shutdown::Both);
+            }
+        }
     }
 
     /// Queues a submission, submitting what is queued first when the ring is full.
@@ -316,6 +370,7 @@ impl Loop {
             out: Vec::new(),
             out_sent: 0,
             send_posted: false,
+            send_since: Instant::now(),
             broken: false,
             reader_done: Some(nc.reader_done),
             _writer_done: nc.writer_done,
@@ -411,6 +466,7 @@ impl Loop {
         // send_posted is set, and the connection is freed only once no operation is posted.
         self.push(&send);
         c.send_posted = true;
+        c.send_since = Instant::now();
     }
 
     fn on_send(&mut self, c: &mut Conn, res: i32) {

@@ -107,3 +107,63 @@ fn a_client_that_never_reads_is_not_buffered_without_limit_with_uring_loops() {
 fn a_client_that_never_reads_is_not_buffered_without_limit_with_connection_threads() {
     never_reading_client("threads");
 }
+
+/// A client that stops reading its answers is disconnected after the write timeout, instead of
+/// holding its connection (and the server's stop) forever.
+fn stalled_reader_is_disconnected(net: &str) {
+    let dir = data_dir();
+    let config =
+        "max_frame_bytes = 524288\nconnection_inflight_bytes = 1048576\nwrite_timeout_ms = 300\n";
+    let server = Keeld::start_with_config(dir.path(), config, &["--net", net]);
+    let client = server.client();
+    client.create_topic("big", 1).unwrap();
+    client
+        .produce("big", Target::Partition(0), [vec![1u8; 250 * 1024]])
+        .unwrap();
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    let mut requests = Vec::new();
+    for id in 0..2000 {
+        let fetch = Request::Fetch {
+            topic: "big".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 256 * 1024,
+            max_wait_ms: 0,
+        };
+        encode_request(id, &fetch, &mut requests);
+    }
+    stalled.write_all(&requests).unwrap();
+    // Well past the 300 ms timeout, without reading.
+    std::thread::sleep(Duration::from_secs(3));
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut received = Vec::new();
+    let ended = match stalled.read_to_end(&mut received) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(ended, "the stalled connection was not closed");
+    assert!(
+        received.len() < 2000 * 250 * 1024,
+        "every answer arrived: nothing was cut off"
+    );
+    // Everyone else is served.
+    assert_eq!(
+        client
+            .produce("big", Target::Partition(0), ["x"])
+            .unwrap()
+            .first_offset,
+        1
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_with_uring_loops() {
+    stalled_reader_is_disconnected("uring");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_with_connection_threads() {
+    stalled_reader_is_disconnected("threads");
+}
