@@ -18,6 +18,7 @@ mod error;
 pub mod histogram;
 pub mod io;
 pub mod layout;
+pub mod offsets;
 mod open;
 mod partition;
 mod prepare;
