@@ -13,6 +13,7 @@ pub mod aligned;
 pub use keel_protocol::batch;
 mod blocking;
 mod config;
+pub mod delivery;
 mod engine;
 mod error;
 pub mod histogram;

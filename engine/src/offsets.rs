@@ -130,7 +130,10 @@ impl OffsetTable {
             .open(path)
             .map_err(|e| io("open offset table", e))?;
         let want = (slots * SLOT_BYTES) as u64;
-        let len = file.metadata().map_err(|e| io("stat offset table", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| io("stat offset table", e))?
+            .len();
         if len < want {
             file.set_len(want).map_err(|e| io("grow offset table", e))?;
             file.sync_all().map_err(|e| io("sync offset table", e))?;
@@ -288,7 +291,11 @@ mod tests {
         }
         let t = OffsetTable::open(&path, 4).unwrap();
         assert_eq!(t.load(2, 7), Loaded::State(s));
-        assert_eq!(t.load(2, 8), Loaded::Nothing { damaged: false }, "another owner's slot");
+        assert_eq!(
+            t.load(2, 8),
+            Loaded::Nothing { damaged: false },
+            "another owner's slot"
+        );
         assert_eq!(t.load(1, 7), Loaded::Nothing { damaged: false });
     }
 
@@ -303,7 +310,11 @@ mod tests {
         t.store(0, &newer);
         // Stores alternate copies: the newer is in copy 1. Tear it (a half-written sector).
         t.map[COPY_BYTES + 20] ^= 0xff;
-        assert_eq!(t.load(0, 3), Loaded::State(older.clone()), "the intact older copy");
+        assert_eq!(
+            t.load(0, 3),
+            Loaded::State(older.clone()),
+            "the intact older copy"
+        );
         // The next store goes over the torn copy, never over the good one.
         let mut newest = older.clone();
         newest.ack(40);

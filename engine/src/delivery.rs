@@ -1,0 +1,361 @@
+//! Per-message delivery for one (group, partition): which offset goes to which member, what
+//! is redelivered and when, and when a message is dead-lettered. Pure state, no I/O and no
+//! clock of its own (callers pass `now`), so every rule is testable; the acknowledgement state
+//! it keeps is the part stored durably in the offset tables ([`crate::offsets`]).
+//!
+//! Rules (`docs/CONSUMERS.md` will spell them out for users):
+//! - a message is delivered to one member at a time and stays in flight until acknowledged;
+//! - it is redelivered, marked as such with its delivery count, when its member leaves, its
+//!   ack deadline passes, or its member nacks it (after an optional delay);
+//! - a message due for a delivery beyond `max_deliveries` is handed back for dead-lettering
+//!   instead; the caller copies it to the dead-letter topic, then acknowledges it;
+//! - new offsets are delivered only within the ack window above the committed offset.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::offsets::{AckState, WINDOW};
+
+/// A member of a group, as the caller numbers them.
+pub type MemberId = u64;
+
+/// One message handed to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its offset.
+    pub offset: u64,
+    /// 1 on the first delivery.
+    pub delivery_count: u32,
+}
+
+impl Delivery {
+    /// Whether it was delivered before.
+    pub fn redelivered(&self) -> bool {
+        self.delivery_count > 1
+    }
+}
+
+/// What [`PartitionDelivery::next`] hands out.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Messages for the member.
+    pub deliveries: Vec<Delivery>,
+    /// Offsets that were delivered `max_deliveries` times without an ack: copy each to the
+    /// dead-letter topic, then [`PartitionDelivery::ack`] it. (Until acknowledged it is
+    /// neither in flight nor due: if the copy fails, a restart delivers it again.)
+    pub dead_letters: Vec<u64>,
+    /// New messages wait because the ack window is full (the lowest unacknowledged message
+    /// holds it back): worth a metric.
+    pub window_full: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    member: MemberId,
+    deadline: Instant,
+    count: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    ready_at: Instant,
+    count: u32,
+}
+
+/// Delivery state of one (group, partition).
+#[derive(Debug)]
+pub struct PartitionDelivery {
+    acks: AckState,
+    /// The lowest offset never delivered since this state was built.
+    next_new: u64,
+    in_flight: BTreeMap<u64, InFlight>,
+    redeliver: BTreeMap<u64, Waiting>,
+    max_deliveries: u32,
+}
+
+impl PartitionDelivery {
+    /// Starts from durable acknowledgement state (after a restart: every offset it does not
+    /// show acknowledged is delivered again, as a first delivery of this run).
+    pub fn new(acks: AckState, max_deliveries: u32) -> Self {
+        Self {
+            next_new: acks.committed,
+            acks,
+            in_flight: BTreeMap::new(),
+            redeliver: BTreeMap::new(),
+            max_deliveries: max_deliveries.max(1),
+        }
+    }
+
+    /// The acknowledgement state to store durably.
+    pub fn acks(&self) -> &AckState {
+        &self.acks
+    }
+
+    /// Messages `member` holds unacknowledged (for its prefetch limit).
+    pub fn in_flight_of(&self, member: MemberId) -> usize {
+        self.in_flight
+            .values()
+            .filter(|f| f.member == member)
+            .count()
+    }
+
+    /// Up to `max` messages for `member`: due redeliveries first (lowest offset first), then
+    /// new offsets below `high_watermark`, each due back by `now + ack_timeout`.
+    pub fn next(
+        &mut self,
+        member: MemberId,
+        max: usize,
+        high_watermark: u64,
+        now: Instant,
+        ack_timeout: Duration,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        let due: Vec<(u64, Waiting)> = self
+            .redeliver
+            .iter()
+            .filter(|(_, w)| w.ready_at <= now)
+            .map(|(&o, &w)| (o, w))
+            .collect();
+        for (offset, waiting) in due {
+            if batch.deliveries.len() >= max {
+                return batch;
+            }
+            self.redeliver.remove(&offset);
+            if waiting.count >= self.max_deliveries {
+                batch.dead_letters.push(offset);
+                continue;
+            }
+            self.hand_out(
+                &mut batch,
+                member,
+                offset,
+                waiting.count + 1,
+                now + ack_timeout,
+            );
+        }
+        while batch.deliveries.len() < max && self.next_new < high_watermark {
+            let offset = self.next_new;
+            if offset >= self.acks.committed + WINDOW as u64 {
+                batch.window_full = true;
+                break;
+            }
+            self.next_new += 1;
+            if self.acks.is_acked(offset) {
+                continue;
+            }
+            self.hand_out(&mut batch, member, offset, 1, now + ack_timeout);
+        }
+        batch
+    }
+
+    fn hand_out(
+        &mut self,
+        batch: &mut Batch,
+        member: MemberId,
+        offset: u64,
+        count: u32,
+        deadline: Instant,
+    ) {
+        self.in_flight.insert(
+            offset,
+            InFlight {
+                member,
+                deadline,
+                count,
+            },
+        );
+        batch.deliveries.push(Delivery {
+            offset,
+            delivery_count: count,
+        });
+    }
+
+    /// Acknowledges `offset` (from whichever member: a late ack after a redelivery still means
+    /// the message was processed). Returns false when it lies beyond the ack window, which
+    /// cannot happen for an offset that was delivered.
+    pub fn ack(&mut self, offset: u64) -> bool {
+        self.in_flight.remove(&offset);
+        self.redeliver.remove(&offset);
+        self.acks.ack(offset)
+    }
+
+    /// `member` gives `offset` back: it is redelivered once `delay` has passed. A nack for a
+    /// message the member does not hold is ignored.
+    pub fn nack(&mut self, member: MemberId, offset: u64, delay: Duration, now: Instant) {
+        if self
+            .in_flight
+            .get(&offset)
+            .is_some_and(|f| f.member == member)
+        {
+            if let Some(f) = self.in_flight.remove(&offset) {
+                self.redeliver.insert(
+                    offset,
+                    Waiting {
+                        ready_at: now + delay,
+                        count: f.count,
+                    },
+                );
+            }
+        }
+    }
+
+    /// `member` left (disconnected, or its session expired): everything it held is due for
+    /// redelivery now.
+    pub fn member_left(&mut self, member: MemberId, now: Instant) {
+        let held: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.member == member)
+            .map(|(&o, _)| o)
+            .collect();
+        for offset in held {
+            self.requeue(offset, now);
+        }
+    }
+
+    /// Messages whose ack deadline passed become due for redelivery; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let late: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(&o, _)| o)
+            .collect();
+        for &offset in &late {
+            self.requeue(offset, now);
+        }
+        late.len()
+    }
+
+    fn requeue(&mut self, offset: u64, now: Instant) {
+        if let Some(f) = self.in_flight.remove(&offset) {
+            self.redeliver.insert(
+                offset,
+                Waiting {
+                    ready_at: now,
+                    count: f.count,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(30);
+
+    fn offsets(b: &Batch) -> Vec<u64> {
+        b.deliveries.iter().map(|d| d.offset).collect()
+    }
+
+    #[test]
+    fn a_leaving_member_s_messages_go_to_the_other_marked_redelivered() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        let a = p.next(1, 5, 100, now, T);
+        let b = p.next(2, 5, 100, now, T);
+        assert_eq!(offsets(&a), [0, 1, 2, 3, 4]);
+        assert_eq!(offsets(&b), [5, 6, 7, 8, 9]);
+        assert!(p.ack(0) && p.ack(2));
+        p.member_left(1, now);
+        let again = p.next(2, 10, 10, now, T);
+        assert_eq!(
+            offsets(&again),
+            [1, 3, 4],
+            "exactly what member 1 held unacknowledged"
+        );
+        assert!(again
+            .deliveries
+            .iter()
+            .all(|d| d.redelivered() && d.delivery_count == 2));
+        assert_eq!(p.in_flight_of(2), 8);
+        assert_eq!(p.acks().committed, 1);
+    }
+
+    #[test]
+    fn ack_timeouts_and_nacks_redeliver_acks_never_do() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 10), 16);
+        assert_eq!(offsets(&p.next(1, 3, 13, now, T)), [10, 11, 12]);
+        p.ack(11);
+        assert_eq!(p.expire(now + T / 2), 0);
+        assert_eq!(p.expire(now + T), 2, "10 and 12, not the acknowledged 11");
+        let later = now + T;
+        let d = p.next(1, 10, 13, later, T);
+        assert_eq!(offsets(&d), [10, 12]);
+        p.nack(1, 12, Duration::from_secs(5), later);
+        p.nack(2, 10, Duration::ZERO, later); // not member 2's: ignored
+        assert!(
+            offsets(&p.next(1, 10, 13, later, T)).is_empty(),
+            "the nack delay holds 12 back"
+        );
+        let d = p.next(1, 10, 13, later + Duration::from_secs(5), T);
+        assert_eq!(
+            d.deliveries,
+            [Delivery {
+                offset: 12,
+                delivery_count: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn after_max_deliveries_a_message_is_handed_back_for_the_dead_letter_topic() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 3);
+        for round in 1..=3 {
+            let d = p.next(1, 1, 1, now, T);
+            assert_eq!(
+                d.deliveries,
+                [Delivery {
+                    offset: 0,
+                    delivery_count: round
+                }]
+            );
+            p.nack(1, 0, Duration::ZERO, now);
+        }
+        let d = p.next(1, 1, 1, now, T);
+        assert!(d.deliveries.is_empty());
+        assert_eq!(d.dead_letters, [0]);
+        assert!(
+            !p.acks().is_acked(0),
+            "acknowledged only once the caller has copied it"
+        );
+        p.ack(0);
+        assert_eq!(p.acks().committed, 1);
+        assert!(p.next(1, 1, 1, now, T).dead_letters.is_empty());
+    }
+
+    #[test]
+    fn new_messages_wait_while_the_window_is_full() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        let hw = WINDOW as u64 + 10;
+        let first = p.next(1, WINDOW + 10, hw, now, T);
+        assert_eq!(first.deliveries.len(), WINDOW);
+        assert!(first.window_full);
+        for o in 1..WINDOW as u64 {
+            p.ack(o);
+        }
+        assert!(
+            p.next(1, 10, hw, now, T).window_full,
+            "offset 0 still holds the window"
+        );
+        p.ack(0);
+        let more = p.next(1, 100, hw, now, T);
+        assert_eq!(offsets(&more), (WINDOW as u64..hw).collect::<Vec<_>>());
+        assert!(!more.window_full);
+    }
+
+    #[test]
+    fn after_a_restart_only_durably_unacknowledged_messages_come_back() {
+        let now = Instant::now();
+        let mut acks = AckState::new(1, 100);
+        acks.ack(101);
+        acks.ack(103);
+        let mut p = PartitionDelivery::new(acks, 16);
+        assert_eq!(offsets(&p.next(1, 10, 105, now, T)), [100, 102, 104]);
+    }
+}
