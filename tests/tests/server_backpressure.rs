@@ -11,6 +11,22 @@ use keel_protocol::{decode_response, encode_request, ApiKey, Request};
 use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
 
+/// `n` fetches of partition 0 of "big" from offset 0, 256 KiB each, as one buffer of frames.
+fn fetch_requests(n: u32) -> Vec<u8> {
+    let mut requests = Vec::new();
+    for id in 0..n {
+        let fetch = Request::Fetch {
+            topic: "big".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 256 * 1024,
+            max_wait_ms: 0,
+        };
+        encode_request(id, &fetch, &mut requests);
+    }
+    requests
+}
+
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -40,17 +56,7 @@ fn never_reading_client(net: &str) {
     greedy
         .set_write_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut requests = Vec::new();
-    for id in 0..2000 {
-        let fetch = Request::Fetch {
-            topic: "big".into(),
-            partition: 0,
-            offset: 0,
-            max_bytes: 256 * 1024,
-            max_wait_ms: 0,
-        };
-        encode_request(id, &fetch, &mut requests);
-    }
+    let requests = fetch_requests(2000);
     // Small enough for the socket buffers to take it all even when the server stops reading.
     greedy.write_all(&requests).unwrap();
 
@@ -121,17 +127,7 @@ fn stalled_reader_is_disconnected(net: &str) {
         .produce("big", Target::Partition(0), [vec![1u8; 250 * 1024]])
         .unwrap();
     let mut stalled = TcpStream::connect(server.addr).unwrap();
-    let mut requests = Vec::new();
-    for id in 0..2000 {
-        let fetch = Request::Fetch {
-            topic: "big".into(),
-            partition: 0,
-            offset: 0,
-            max_bytes: 256 * 1024,
-            max_wait_ms: 0,
-        };
-        encode_request(id, &fetch, &mut requests);
-    }
+    let requests = fetch_requests(2000);
     stalled.write_all(&requests).unwrap();
     // Well past the 300 ms timeout, without reading.
     std::thread::sleep(Duration::from_secs(3));
