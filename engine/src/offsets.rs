@@ -141,9 +141,9 @@ impl OffsetTable {
                 sync_dir(dir)?;
             }
         }
-        // SAFETY: the file is this process's own (the data directory is locked by flock), so
-        // no one else truncates or writes it while mapped; the map lives in the table with the
-        // file and is only touched through it.
+        // The file is this process's own (the data directory is locked by flock), and the map
+        // lives in the table with the file and is only touched through it.
+        // SAFETY: so no one truncates or writes the file behind the map while it is mapped.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("map offset table", e))?;
         Ok(Self {
             path: path.to_path_buf(),
