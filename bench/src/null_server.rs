@@ -7,7 +7,7 @@ use std::io::{BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use keel_protocol::{
-    encode_error, encode_response, frame_len, ApiKey, ApiVersions, ErrorCode, Response,
+    encode_error, encode_response, ApiKey, ApiVersions, ErrorCode, FrameBuffer, Response,
     REQUEST_HEADER_BYTES,
 };
 
@@ -32,33 +32,23 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = stream.try_clone()?;
     let mut out = BufWriter::with_capacity(256 * 1024, stream);
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut start, mut end) = (0, 0);
+    let mut input = FrameBuffer::new(1 << 20);
     let mut next_offset = 0u64;
     loop {
-        match frame_len(&buf[start..end], REQUEST_HEADER_BYTES, MAX_FRAME) {
+        match input.next_frame_len(REQUEST_HEADER_BYTES, MAX_FRAME) {
             Ok(Some(len)) => {
-                let f = &buf[start..start + len];
+                let f = input.pending();
                 let api = u16::from_le_bytes([f[4], f[5]]);
                 let id = u32::from_le_bytes([f[8], f[9], f[10], f[11]]);
-                start += len;
+                input.consume(len);
                 answer(api, id, &mut next_offset, &mut out)?;
             }
             Ok(None) => {
                 // Answers go out whenever the input runs dry, many per write.
                 out.flush()?;
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                if end >= 4 {
-                    let need = 4 + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    if buf.len() < need {
-                        buf.resize(need, 0);
-                    }
-                }
-                match reader.read(&mut buf[end..])? {
+                match reader.read(input.make_room())? {
                     0 => return Ok(()),
-                    n => end += n,
+                    n => input.filled(n),
                 }
             }
             Err(_) => return Ok(()),

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use keel_protocol::batch::BatchBuilder;
 use keel_protocol::{
-    decode_response, encode_request, frame_len, response_correlation_id, ApiKey, PartitionTarget,
+    decode_response, encode_request, response_correlation_id, ApiKey, FrameBuffer, PartitionTarget,
     Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES, RESPONSE_HEADER_BYTES,
 };
 
@@ -528,13 +528,12 @@ fn read_answers(mut stream: TcpStream, shared: &Shared) {
     // The server's answers fit its own frame limit, which the handshake has not told yet;
     // this bound only keeps a broken peer from making the client allocate without limit.
     let max = 1 << 30;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut input = FrameBuffer::new(64 * 1024);
     let why = loop {
-        match frame_len(&buf[start..end], RESPONSE_HEADER_BYTES, max) {
+        match input.next_frame_len(RESPONSE_HEADER_BYTES, max) {
             Ok(Some(len)) => {
-                let frame = buf[start..start + len].to_vec();
-                start += len;
+                let frame = input.pending()[..len].to_vec();
+                input.consume(len);
                 let id = match response_correlation_id(&frame) {
                     Ok(id) => id,
                     Err(e) => break format!("bad answer: {e}"),
@@ -544,25 +543,12 @@ fn read_answers(mut stream: TcpStream, shared: &Shared) {
                     let _ = tx.send(Ok(frame));
                 }
             }
-            Ok(None) => {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                let need = if end >= 4 {
-                    4 + u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
-                } else {
-                    0
-                };
-                if buf.len() < need {
-                    buf.resize(need, 0);
-                }
-                match stream.read(&mut buf[end..]) {
-                    Ok(0) => break "the server closed the connection".to_string(),
-                    Ok(n) => end += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break format!("read failed: {e}"),
-                }
-            }
+            Ok(None) => match stream.read(input.make_room()) {
+                Ok(0) => break "the server closed the connection".to_string(),
+                Ok(n) => input.filled(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break format!("read failed: {e}"),
+            },
             Err(e) => break format!("bad answer: {e}"),
         }
     };

@@ -29,6 +29,7 @@
 mod api;
 pub mod batch;
 mod frame;
+mod frame_buffer;
 mod request;
 mod response;
 mod varint;
@@ -39,6 +40,7 @@ pub use frame::{
     frame_len, DecodeError, DEFAULT_MAX_FRAME_BYTES, REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
     SIZE_PREFIX_BYTES,
 };
+pub use frame_buffer::FrameBuffer;
 pub use request::{
     decode_request, encode_request, BadRequest, PartitionTarget, Request, RequestHeader,
 };

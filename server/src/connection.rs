@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::answers::{answer_queue, AnswerRx, AnswerTx};
 use crate::budget::ByteBudget;
-use crate::frames::{InBuffer, Stop};
+use crate::frames::{handle_frames, new_input, Stop};
 use crate::handler::Handler;
 use crate::server::WriterDone;
 
@@ -45,17 +45,17 @@ fn read_requests(
     budget: &Arc<ByteBudget>,
     tx: &AnswerTx,
 ) {
-    let mut input = InBuffer::new();
+    let mut input = new_input();
     // Waits while this connection has too much in flight: the socket is not read meanwhile
     // (backpressure).
     let mut acquire = |n| Some(budget.acquire(n));
     loop {
-        if input.handle_frames(peer, handler, tx, &mut acquire) == Stop::Close {
+        if handle_frames(&mut input, peer, handler, tx, &mut acquire) == Stop::Close {
             return;
         }
         match stream.read(input.make_room()) {
             Ok(0) => return,
-            Ok(n) => input.end += n,
+            Ok(n) => input.filled(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log::debug!("{peer}: read failed: {e}");

@@ -22,10 +22,11 @@ use keel_engine::io::Waker;
 
 use crate::answers::{notifying_answer_queue, AnswerRx, AnswerTx};
 use crate::budget::ByteBudget;
-use crate::frames::{InBuffer, Stop};
+use crate::frames::{handle_frames, new_input, Stop};
 use crate::handler::Handler;
 use crate::reply::Outgoing;
 use crate::server::{ReaderDone, WriterDone};
+use keel_protocol::FrameBuffer;
 
 const RING_ENTRIES: u32 = 1024;
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -150,7 +151,7 @@ struct Conn {
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    input: InBuffer,
+    input: FrameBuffer,
     budget: Arc<ByteBudget>,
     /// This connection's own sender, dropped when it stops reading.
     tx: Option<AnswerTx>,
@@ -360,7 +361,7 @@ impl Loop {
             id,
             stream: nc.stream,
             peer: nc.peer,
-            input: InBuffer::new(),
+            input: new_input(),
             budget: ByteBudget::new(self.inflight_bytes),
             tx: Some(tx),
             rx,
@@ -392,7 +393,7 @@ impl Loop {
         )
         .build()
         .user_data(c.id << 2 | RECV);
-        // SAFETY (of the pushed entry): `room` is inside c.input.buf, which is neither resized
+        // SAFETY (of the pushed entry): `room` is inside c.input's storage, which is neither resized
         // nor dropped while recv_posted is set (make_room runs only before posting, and the
         // connection is freed only once no operation is posted).
         self.push(&recv);
@@ -412,7 +413,7 @@ impl Loop {
             c.stop_reading();
             return;
         }
-        c.input.end += res as usize;
+        c.input.filled(res as usize);
         self.handle_input(c);
     }
 
@@ -424,7 +425,7 @@ impl Loop {
         let Some(tx) = c.tx.clone() else { return };
         let budget = Arc::clone(&c.budget);
         let mut acquire = |n| budget.try_acquire(n);
-        match c.input.handle_frames(c.peer, &handler, &tx, &mut acquire) {
+        match handle_frames(&mut c.input, c.peer, &handler, &tx, &mut acquire) {
             Stop::NeedMore => self.post_recv(c),
             Stop::Parked => c.parked = true,
             Stop::Close => c.stop_reading(),

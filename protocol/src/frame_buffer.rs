@@ -1,0 +1,107 @@
+//! A receive buffer for a stream of frames: bytes go in at the end, whole frames come out at
+//! the front. No I/O: the caller reads into [`FrameBuffer::make_room`] and reports how much
+//! arrived with [`FrameBuffer::filled`].
+
+use crate::frame::{frame_len, DecodeError, SIZE_PREFIX_BYTES};
+
+/// Bytes received and not yet taken: `buf[start..end]`.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    chunk: usize,
+}
+
+impl FrameBuffer {
+    /// An empty buffer that reads at least `chunk` bytes at a time.
+    pub fn new(chunk: usize) -> Self {
+        let chunk = chunk.max(SIZE_PREFIX_BYTES);
+        Self {
+            buf: vec![0; chunk],
+            start: 0,
+            end: 0,
+            chunk,
+        }
+    }
+
+    /// The bytes received and not yet taken.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The length of the whole frame at the front, if it is all there; an error when its size
+    /// is outside `min_size..=max_frame_bytes` (see [`frame_len`]).
+    pub fn next_frame_len(
+        &self,
+        min_size: usize,
+        max_frame_bytes: u32,
+    ) -> Result<Option<usize>, DecodeError> {
+        frame_len(self.pending(), min_size, max_frame_bytes)
+    }
+
+    /// Drops `n` bytes from the front (a frame that was handled).
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+
+    /// Moves what is left to the front and makes room for the rest of the frame it starts
+    /// (its size is known once the prefix is in), at least half a chunk; a buffer grown for a
+    /// big frame shrinks back afterwards. Returns the free space to read into.
+    pub fn make_room(&mut self) -> &mut [u8] {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let frame_bytes = match self.buf.get(..SIZE_PREFIX_BYTES) {
+            Some(p) if self.end >= SIZE_PREFIX_BYTES => {
+                SIZE_PREFIX_BYTES + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize
+            }
+            _ => 0,
+        };
+        let room = frame_bytes.max(self.end + self.chunk / 2).max(self.chunk);
+        if self.buf.len() < room {
+            self.buf.resize(room, 0);
+        } else if self.buf.len() > 4 * self.chunk && room == self.chunk {
+            self.buf.truncate(self.chunk);
+            self.buf.shrink_to_fit();
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into the space [`Self::make_room`] returned.
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_request, Request, REQUEST_HEADER_BYTES};
+
+    #[test]
+    fn frames_come_out_whole_however_the_bytes_arrive() {
+        let mut wire = Vec::new();
+        for i in 0..50u32 {
+            let topic = "t".repeat(i as usize * 40);
+            encode_request(i, &Request::Metadata { topic }, &mut wire);
+        }
+        // Fed in pieces of 1..=97 bytes, through a buffer that reads 16 at a time.
+        let mut fb = FrameBuffer::new(16);
+        let (mut fed, mut got, mut step) = (0, Vec::new(), 1);
+        while got.len() < 50 {
+            while let Some(len) = fb.next_frame_len(REQUEST_HEADER_BYTES, 1 << 20).unwrap() {
+                got.push(fb.pending()[..len].to_vec());
+                fb.consume(len);
+            }
+            let room = fb.make_room();
+            let n = room.len().min(step).min(wire.len() - fed);
+            room[..n].copy_from_slice(&wire[fed..fed + n]);
+            fb.filled(n);
+            fed += n;
+            step = step % 97 + 1;
+        }
+        assert_eq!(got.concat(), wire);
+        assert!(fb.pending().is_empty());
+    }
+}
