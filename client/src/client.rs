@@ -172,12 +172,12 @@ impl PendingProduce {
     }
 }
 
-fn unexpected(r: &Response<'_>) -> ClientError {
+pub(crate) fn unexpected(r: &Response<'_>) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {r:?}"))
 }
 
 impl PendingReply {
-    fn wait_frame(&self) -> Result<Vec<u8>> {
+    pub(crate) fn wait_frame(&self) -> Result<Vec<u8>> {
         match self.rx.recv_timeout(self.timeout) {
             Ok(answer) => answer,
             Err(RecvTimeoutError::Timeout) => {
@@ -191,7 +191,7 @@ impl PendingReply {
     }
 
     /// Waits for the answer and decodes it; an error answer becomes [`ClientError::Server`].
-    fn wait(self) -> Result<Response<'static>> {
+    pub(crate) fn wait(self) -> Result<Response<'static>> {
         let frame = self.wait_frame()?;
         let (_, answer) = decode_response(&frame, self.api)
             .map_err(|e| ClientError::Protocol(format!("{:?} answer: {e}", self.api)))?;
@@ -203,8 +203,8 @@ impl PendingReply {
     }
 }
 
-/// Responses borrow from their frame only for fetched batches, which [`Client::fetch`] copies
-/// out itself; the rest are owned already.
+/// Responses borrow from their frame only for fetched and consumed batches, which
+/// [`Client::fetch`] and [`Client::consume`] decode themselves; the rest are owned already.
 fn into_owned(r: Response<'_>) -> Response<'static> {
     match r {
         Response::Handshake {
@@ -238,6 +238,22 @@ fn into_owned(r: Response<'_>) -> Response<'static> {
             next_offset,
             batches: &[],
         },
+        Response::JoinGroup {
+            member,
+            partitions,
+            session_timeout_ms,
+        } => Response::JoinGroup {
+            member,
+            partitions,
+            session_timeout_ms,
+        },
+        Response::LeaveGroup => Response::LeaveGroup,
+        Response::Heartbeat => Response::Heartbeat,
+        Response::Consume { .. } => Response::Consume {
+            partitions: Vec::new(),
+        },
+        Response::Ack => Response::Ack,
+        Response::Nack => Response::Nack,
     }
 }
 
@@ -334,7 +350,7 @@ impl Client {
         &self.info
     }
 
-    fn send(&self, request: &Request<'_>, extra_wait: Duration) -> Result<PendingReply> {
+    pub(crate) fn send(&self, request: &Request<'_>, extra_wait: Duration) -> Result<PendingReply> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
         encode_request(id, request, &mut frame);
@@ -372,7 +388,7 @@ impl Client {
         })
     }
 
-    fn call(&self, request: &Request<'_>) -> Result<Response<'static>> {
+    pub(crate) fn call(&self, request: &Request<'_>) -> Result<Response<'static>> {
         self.send(request, Duration::ZERO)?.wait()
     }
 

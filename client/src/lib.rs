@@ -1,16 +1,19 @@
 //! Keel's Rust client: a blocking connection to `keeld` with pipelining (many requests in
 //! flight, answers matched by correlation id), produce acknowledged only after durability,
-//! fetch with long polling, and topic administration. See [`Client`].
+//! fetch with long polling, topic administration, and consumer groups (join, consume, ack,
+//! nack). See [`Client`].
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cli;
 mod client;
 mod error;
+mod groups;
 mod message;
 
 pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
 pub use error::{ClientError, Result};
+pub use groups::{spans_of, Delivered, Membership, PendingAck};
 pub use keel_protocol::batch::BatchBuilder;
-pub use keel_protocol::{ErrorCode, TopicInfo};
+pub use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, StartAt, TopicInfo};
 pub use message::{Fetched, Message};

@@ -39,31 +39,39 @@ impl Fetched {
     /// The messages at or after `from`, checking each batch's CRC. A batch can start before
     /// the offset asked for; its earlier records are skipped.
     pub fn messages(&self, from: u64) -> Result<Vec<Message>> {
-        let mut out = Vec::new();
-        for batch in batches(&self.batches) {
-            let batch = batch.map_err(|e| ClientError::Protocol(format!("fetched batch: {e}")))?;
-            let base = u64::try_from(batch.base_offset())
-                .map_err(|_| ClientError::Protocol("negative base offset".into()))?;
-            for record in batch.records() {
-                let record =
-                    record.map_err(|e| ClientError::Protocol(format!("fetched record: {e}")))?;
-                let offset = base + record.offset_delta as u64;
-                if offset < from {
-                    continue;
-                }
-                out.push(Message {
-                    offset,
-                    timestamp_ms: batch.base_timestamp() + record.timestamp_delta,
-                    key: record.key.map(<[u8]>::to_vec),
-                    value: record.value.map(<[u8]>::to_vec),
-                    headers: record
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
-                        .collect(),
-                });
-            }
-        }
-        Ok(out)
+        messages_in(&self.batches, |offset| offset >= from)
     }
+}
+
+/// The messages of concatenated batches whose offsets `wanted` picks, checking each batch's
+/// CRC.
+pub(crate) fn messages_in(
+    batches_bytes: &[u8],
+    mut wanted: impl FnMut(u64) -> bool,
+) -> Result<Vec<Message>> {
+    let mut out = Vec::new();
+    for batch in batches(batches_bytes) {
+        let batch = batch.map_err(|e| ClientError::Protocol(format!("batch: {e}")))?;
+        let base = u64::try_from(batch.base_offset())
+            .map_err(|_| ClientError::Protocol("negative base offset".into()))?;
+        for record in batch.records() {
+            let record = record.map_err(|e| ClientError::Protocol(format!("record: {e}")))?;
+            let offset = base + record.offset_delta as u64;
+            if !wanted(offset) {
+                continue;
+            }
+            out.push(Message {
+                offset,
+                timestamp_ms: batch.base_timestamp() + record.timestamp_delta,
+                key: record.key.map(<[u8]>::to_vec),
+                value: record.value.map(<[u8]>::to_vec),
+                headers: record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -11,7 +11,7 @@
 //!   instead; the caller copies it to the dead-letter topic, then acknowledges it;
 //! - new offsets are delivered only within the ack window above the committed offset.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::offsets::{AckState, WINDOW};
@@ -70,6 +70,8 @@ pub struct PartitionDelivery {
     next_new: u64,
     in_flight: BTreeMap<u64, InFlight>,
     redeliver: BTreeMap<u64, Waiting>,
+    /// Messages in flight per member (the prefetch limit is checked per request).
+    held: HashMap<MemberId, usize>,
     max_deliveries: u32,
 }
 
@@ -82,6 +84,7 @@ impl PartitionDelivery {
             acks,
             in_flight: BTreeMap::new(),
             redeliver: BTreeMap::new(),
+            held: HashMap::new(),
             max_deliveries: max_deliveries.max(1),
         }
     }
@@ -93,10 +96,31 @@ impl PartitionDelivery {
 
     /// Messages `member` holds unacknowledged (for its prefetch limit).
     pub fn in_flight_of(&self, member: MemberId) -> usize {
-        self.in_flight
-            .values()
-            .filter(|f| f.member == member)
-            .count()
+        self.held.get(&member).copied().unwrap_or(0)
+    }
+
+    /// The lowest offset [`Self::next`] could hand out at `now`: where a read for it starts.
+    pub fn next_wanted(&self, now: Instant) -> u64 {
+        self.redeliver
+            .iter()
+            .find(|(_, w)| w.ready_at <= now)
+            .map_or(self.next_new, |(&o, _)| o.min(self.next_new))
+    }
+
+    /// Whether a redelivery is due at `now`.
+    pub fn has_due(&self, now: Instant) -> bool {
+        self.redeliver.values().any(|w| w.ready_at <= now)
+    }
+
+    fn take_in_flight(&mut self, offset: u64) -> Option<InFlight> {
+        let f = self.in_flight.remove(&offset)?;
+        if let Some(n) = self.held.get_mut(&f.member) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&f.member);
+            }
+        }
+        Some(f)
     }
 
     /// Up to `max` messages for `member`: due redeliveries first (lowest offset first), then
@@ -164,6 +188,7 @@ impl PartitionDelivery {
                 count,
             },
         );
+        *self.held.entry(member).or_insert(0) += 1;
         batch.deliveries.push(Delivery {
             offset,
             delivery_count: count,
@@ -171,12 +196,49 @@ impl PartitionDelivery {
     }
 
     /// Acknowledges `offset` (from whichever member: a late ack after a redelivery still means
-    /// the message was processed). Returns false when it lies beyond the ack window, which
-    /// cannot happen for an offset that was delivered.
+    /// the message was processed). Returns false for an offset never delivered, which an ack
+    /// cannot skip over.
     pub fn ack(&mut self, offset: u64) -> bool {
-        self.in_flight.remove(&offset);
+        if offset >= self.next_new {
+            return false;
+        }
+        self.take_in_flight(offset);
         self.redeliver.remove(&offset);
         self.acks.ack(offset)
+    }
+
+    /// Acknowledges `first..=last`, skipping what is acknowledged already or was never
+    /// delivered (so a huge span costs no more than the ack window); returns how many offsets
+    /// it acknowledged.
+    pub fn ack_span(&mut self, first: u64, last: u64) -> usize {
+        let from = first.max(self.acks.committed);
+        let to = last.min(self.next_new.saturating_sub(1));
+        if self.next_new == 0 || from > to {
+            return 0;
+        }
+        (from..=to)
+            .filter(|&o| !self.acks.is_acked(o) && self.ack(o))
+            .count()
+    }
+
+    /// [`Self::nack`] for `first..=last`, bounded as [`Self::ack_span`] is.
+    pub fn nack_span(
+        &mut self,
+        member: MemberId,
+        first: u64,
+        last: u64,
+        delay: Duration,
+        now: Instant,
+    ) {
+        let held: Vec<u64> = self
+            .in_flight
+            .range(first..=last)
+            .filter(|(_, f)| f.member == member)
+            .map(|(&o, _)| o)
+            .collect();
+        for offset in held {
+            self.nack(member, offset, delay, now);
+        }
     }
 
     /// `member` gives `offset` back: it is redelivered once `delay` has passed. A nack for a
@@ -187,7 +249,7 @@ impl PartitionDelivery {
             .get(&offset)
             .is_some_and(|f| f.member == member)
         {
-            if let Some(f) = self.in_flight.remove(&offset) {
+            if let Some(f) = self.take_in_flight(offset) {
                 self.redeliver.insert(
                     offset,
                     Waiting {
@@ -196,6 +258,40 @@ impl PartitionDelivery {
                     },
                 );
             }
+        }
+    }
+
+    /// Takes back a delivery `member` was never sent (its answer had no room for it): it is due
+    /// again at once, and this delivery does not count.
+    pub fn give_back(&mut self, member: MemberId, offset: u64, now: Instant) {
+        if self
+            .in_flight
+            .get(&offset)
+            .is_some_and(|f| f.member == member)
+        {
+            if let Some(f) = self.take_in_flight(offset) {
+                self.redeliver.insert(
+                    offset,
+                    Waiting {
+                        ready_at: now,
+                        count: f.count - 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A dead letter could not be copied: it is handed back for dead-lettering again (by the
+    /// next [`Self::next`] at or after `at`).
+    pub fn retry_dead_letter(&mut self, offset: u64, at: Instant) {
+        if offset < self.next_new && !self.acks.is_acked(offset) {
+            self.redeliver.insert(
+                offset,
+                Waiting {
+                    ready_at: at,
+                    count: self.max_deliveries,
+                },
+            );
         }
     }
 
@@ -228,7 +324,7 @@ impl PartitionDelivery {
     }
 
     fn requeue(&mut self, offset: u64, now: Instant) {
-        if let Some(f) = self.in_flight.remove(&offset) {
+        if let Some(f) = self.take_in_flight(offset) {
             self.redeliver.insert(
                 offset,
                 Waiting {
@@ -323,9 +419,33 @@ mod tests {
             !p.acks().is_acked(0),
             "acknowledged only once the caller has copied it"
         );
+        p.retry_dead_letter(0, now);
+        assert_eq!(
+            p.next(1, 1, 1, now, T).dead_letters,
+            [0],
+            "a failed copy is tried again"
+        );
         p.ack(0);
         assert_eq!(p.acks().committed, 1);
         assert!(p.next(1, 1, 1, now, T).dead_letters.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_given_back_unsent_does_not_count() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        p.next(1, 2, 10, now, T);
+        p.give_back(1, 1, now);
+        p.give_back(2, 0, now); // not member 2's
+        assert_eq!(p.in_flight_of(1), 1);
+        let again = p.next(1, 1, 10, now, T);
+        assert_eq!(
+            again.deliveries,
+            [Delivery {
+                offset: 1,
+                delivery_count: 1
+            }]
+        );
     }
 
     #[test]
@@ -347,6 +467,28 @@ mod tests {
         let more = p.next(1, 100, hw, now, T);
         assert_eq!(offsets(&more), (WINDOW as u64..hw).collect::<Vec<_>>());
         assert!(!more.window_full);
+    }
+
+    #[test]
+    fn spans_ack_only_delivered_offsets_and_counts_follow_members() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        p.next(1, 3, 100, now, T);
+        p.next(2, 2, 100, now, T);
+        assert_eq!((p.in_flight_of(1), p.in_flight_of(2)), (3, 2));
+        assert_eq!(p.ack_span(0, u64::MAX), 5, "only the five delivered");
+        assert_eq!(p.acks().committed, 5);
+        assert!(
+            !p.acks().is_acked(5),
+            "never delivered, so never acknowledged"
+        );
+        assert_eq!((p.in_flight_of(1), p.in_flight_of(2)), (0, 0));
+        p.next(1, 4, 100, now, T);
+        assert_eq!(p.next_wanted(now), 9);
+        p.nack_span(1, 0, 6, Duration::ZERO, now);
+        assert_eq!(p.in_flight_of(1), 2);
+        assert!(p.has_due(now));
+        assert_eq!(p.next_wanted(now), 5);
     }
 
     #[test]

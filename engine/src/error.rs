@@ -67,6 +67,32 @@ pub enum EngineError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A consumer-group name that cannot be used.
+    #[error("invalid group name {name:?}: {reason}")]
+    InvalidGroupName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Every slot of an offset table is taken: no more (group, partition) pairs fit.
+    #[error("offset table {} is full ({slots} slots); raise group_slots", path.display())]
+    OffsetTableFull {
+        /// The table file.
+        path: PathBuf,
+        /// Its slots.
+        slots: usize,
+    },
+    /// A sync of an offset table failed earlier: acknowledgements cannot be made durable
+    /// until the server restarts (after an fsync error the file's contents are unknown).
+    #[error("offset table {} stopped taking durable acks after a failed sync: {source}", path.display())]
+    OffsetTablePoisoned {
+        /// The table file.
+        path: PathBuf,
+        /// The OS error of that sync.
+        #[source]
+        source: Arc<io::Error>,
+    },
     /// A topic with this name exists already.
     #[error("topic {0:?} already exists")]
     TopicExists(String),

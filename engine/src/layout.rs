@@ -5,6 +5,8 @@
 //! DATA/topics/NAME/meta                      topic metadata, replaced atomically
 //! DATA/topics/NAME/PARTITION/BASE.seg        segments, BASE = 20-digit first offset
 //! DATA/topics/NAME/PARTITION/next.prep       the next segment, allocated ahead of need
+//! DATA/groups/offsets-N.tbl                  consumer-group offset table N (docs/FORMAT.md)
+//! DATA/groups/TOPIC/GROUP.meta               a group's settings and slots, replaced atomically
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -56,7 +58,28 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 /// Checks a topic name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`, not starting with
 /// `.` (reserved for the engine's own entries).
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
+    match name_problem(name) {
+        Some(reason) => Err(EngineError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a consumer-group name, under the same rules as topic names (it names a file).
+pub fn validate_group_name(name: &str) -> Result<()> {
+    match name_problem(name) {
+        Some(reason) => Err(EngineError::InvalidGroupName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
         Some("empty")
     } else if name.len() > MAX_TOPIC_NAME_BYTES {
         Some("longer than 249 bytes")
@@ -69,13 +92,6 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
         Some("only ASCII letters, digits, '.', '_' and '-' are allowed")
     } else {
         None
-    };
-    match reason {
-        Some(reason) => Err(EngineError::InvalidTopicName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
     }
 }
 
@@ -88,18 +104,11 @@ pub struct TopicMeta {
 
 impl TopicMeta {
     fn encode(&self) -> String {
-        let body = format!("{META_HEADER}\npartitions {}\n", self.partitions);
-        let crc = crc32c::crc32c(body.as_bytes());
-        format!("{body}crc {crc:08x}\n")
+        seal_text(format!("{META_HEADER}\npartitions {}\n", self.partitions))
     }
 
     fn decode(text: &str) -> Option<Self> {
-        let (body, crc_line) = text.rsplit_once("crc ")?;
-        let crc = u32::from_str_radix(crc_line.trim(), 16).ok()?;
-        if crc32c::crc32c(body.as_bytes()) != crc {
-            return None;
-        }
-        let mut lines = body.lines();
+        let mut lines = unseal_text(text)?.lines();
         if lines.next()? != META_HEADER {
             return None;
         }
@@ -123,18 +132,41 @@ impl TopicMeta {
         }
     }
 
-    /// Replaces `dir/meta` atomically: temp file, fsync, rename, fsync the directory.
+    /// Replaces `dir/meta` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join("meta.tmp");
-        let path = dir.join("meta");
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(self.encode().as_bytes())?;
-            f.sync_all()
-        };
-        write().map_err(|e| EngineError::io("write topic metadata", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| EngineError::io("rename topic metadata", &path, e))?;
-        sync_dir(dir)
+        write_atomic(&dir.join("meta"), self.encode().as_bytes())
+    }
+}
+
+/// Appends a `crc XXXXXXXX` line (CRC-32C of everything before it) to a small text file's body.
+pub fn seal_text(body: String) -> String {
+    let crc = crc32c::crc32c(body.as_bytes());
+    format!("{body}crc {crc:08x}\n")
+}
+
+/// The body of text sealed by [`seal_text`], if its CRC checks.
+pub fn unseal_text(text: &str) -> Option<&str> {
+    let (body, crc_line) = text.rsplit_once("crc ")?;
+    let crc = u32::from_str_radix(crc_line.trim(), 16).ok()?;
+    (crc32c::crc32c(body.as_bytes()) == crc).then_some(body)
+}
+
+/// Replaces `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.
+/// A crash leaves the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| EngineError::io("write", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| EngineError::io("rename", path, e))?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
 }
 

@@ -16,6 +16,7 @@ mod config;
 pub mod delivery;
 mod engine;
 mod error;
+pub mod groups;
 pub mod histogram;
 pub mod io;
 pub mod layout;

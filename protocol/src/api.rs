@@ -20,14 +20,23 @@ pub enum ApiKey {
     Produce = 5,
     /// Read batches from an offset, optionally waiting for new ones.
     Fetch = 6,
+    /// Join a consumer group (creating it on first use); answers a member id.
+    JoinGroup = 7,
+    /// Leave a consumer group: what the member holds is redelivered.
+    LeaveGroup = 8,
+    /// Keep a member's session alive.
+    Heartbeat = 9,
+    /// Messages for a member, optionally waiting for some.
+    Consume = 10,
+    /// Acknowledge delivered messages.
+    Ack = 11,
+    /// Give delivered messages back for redelivery.
+    Nack = 12,
 }
-
-/// Api keys reserved for consumer groups (join, leave, heartbeat, consume, ack, nack).
-pub const RESERVED_API_KEYS: std::ops::RangeInclusive<u16> = 7..=12;
 
 impl ApiKey {
     /// Every api, in key order.
-    pub const ALL: [ApiKey; 7] = [
+    pub const ALL: [ApiKey; 13] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -35,13 +44,18 @@ impl ApiKey {
         ApiKey::Metadata,
         ApiKey::Produce,
         ApiKey::Fetch,
+        ApiKey::JoinGroup,
+        ApiKey::LeaveGroup,
+        ApiKey::Heartbeat,
+        ApiKey::Consume,
+        ApiKey::Ack,
+        ApiKey::Nack,
     ];
 
     /// The api with this key.
     pub fn from_u16(key: u16) -> Result<Self, DecodeError> {
         match Self::ALL.get(usize::from(key)) {
             Some(&api) => Ok(api),
-            None if RESERVED_API_KEYS.contains(&key) => Err(DecodeError::ReservedApi(key)),
             None => Err(DecodeError::UnknownApi(key)),
         }
     }
@@ -63,7 +77,7 @@ pub enum ErrorCode {
     Internal = 1,
     /// The request could not be decoded.
     MalformedRequest = 2,
-    /// Unknown or reserved api key.
+    /// Unknown api key.
     UnsupportedApi = 3,
     /// Known api, unsupported version.
     UnsupportedVersion = 4,
@@ -93,11 +107,14 @@ pub enum ErrorCode {
     InvalidArgument = 16,
     /// Too many requests or bytes in flight; retry later.
     Busy = 17,
+    /// No such member in the group: its session ended (timeout, disconnect, restart). Join
+    /// again.
+    UnknownMember = 18,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -116,6 +133,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::InvalidArgument,
         ErrorCode::Busy,
+        ErrorCode::UnknownMember,
     ];
 
     /// The code with this number; unknown numbers (from a newer peer) read as `Internal`.
@@ -129,7 +147,7 @@ impl ErrorCode {
     /// The code that answers a request that failed to decode.
     pub fn for_decode_error(e: &DecodeError) -> Self {
         match e {
-            DecodeError::UnknownApi(_) | DecodeError::ReservedApi(_) => ErrorCode::UnsupportedApi,
+            DecodeError::UnknownApi(_) => ErrorCode::UnsupportedApi,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             _ => ErrorCode::MalformedRequest,
         }

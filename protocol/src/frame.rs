@@ -35,9 +35,6 @@ pub enum DecodeError {
     /// An api key this server does not know.
     #[error("unknown api key {0}")]
     UnknownApi(u16),
-    /// An api key reserved for a feature not built yet.
-    #[error("api key {0} is reserved and not supported yet")]
-    ReservedApi(u16),
     /// A version of a known api that is not supported.
     #[error("api key {api} has no version {version}")]
     UnsupportedVersion {

@@ -35,17 +35,18 @@ mod response;
 mod varint;
 mod wire;
 
-pub use api::{ApiKey, ErrorCode, RESERVED_API_KEYS};
+pub use api::{ApiKey, ErrorCode};
 pub use frame::{
     frame_len, DecodeError, DEFAULT_MAX_FRAME_BYTES, REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
     SIZE_PREFIX_BYTES,
 };
 pub use frame_buffer::FrameBuffer;
 pub use request::{
-    decode_request, encode_request, BadRequest, PartitionTarget, Request, RequestHeader,
+    decode_request, encode_request, BadRequest, JoinSettings, OffsetSpan, PartitionTarget, Request,
+    RequestHeader, StartAt,
 };
 pub use response::{
     decode_response, encode_error, encode_response, response_correlation_id, ApiVersions,
-    ErrorReply, Response, TopicInfo,
+    ConsumedPartition, DeliveryInfo, ErrorReply, Response, TopicInfo,
 };
 pub use wire::MAX_STRING_BYTES;

@@ -24,6 +24,45 @@ pub enum PartitionTarget<'a> {
     Key(&'a [u8]),
 }
 
+/// Where a consumer group starts reading a topic, when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The first offset of each partition.
+    Earliest,
+    /// Each partition's end at creation: only messages produced later.
+    Latest,
+    /// This offset in every partition (clamped to the log's end).
+    Offset(u64),
+    /// The first message whose timestamp (ms since the epoch) is at or after this.
+    Timestamp(i64),
+}
+
+/// Inclusive offsets `first..=last` of one partition, for acks and nacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetSpan {
+    /// Partition.
+    pub partition: u32,
+    /// First offset.
+    pub first: u64,
+    /// Last offset (inclusive).
+    pub last: u64,
+}
+
+/// Settings a member brings when joining. Group-wide ones (`ack_timeout_ms`,
+/// `max_deliveries`) take effect when the group is created and are kept from then on; 0 asks
+/// for the server's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JoinSettings {
+    /// Deliveries the member may hold unacknowledged (prefetch).
+    pub max_unacked: u32,
+    /// The member leaves when it sends nothing for this long.
+    pub session_timeout_ms: u32,
+    /// A delivery not acknowledged within this is redelivered (group-wide).
+    pub ack_timeout_ms: u32,
+    /// Deliveries before a message goes to the dead-letter topic (group-wide).
+    pub max_deliveries: u32,
+}
+
 /// A decoded request. Batch bytes are borrowed from the frame, never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
@@ -77,6 +116,74 @@ pub enum Request<'a> {
         /// How long to wait for data when there is none yet (0: answer at once).
         max_wait_ms: u32,
     },
+    /// Join a group reading a topic (the group is created on first join).
+    JoinGroup {
+        /// Group name.
+        group: String,
+        /// Topic the group reads.
+        topic: String,
+        /// Where a new group starts.
+        start: StartAt,
+        /// The member's settings.
+        settings: JoinSettings,
+    },
+    /// Leave: what the member holds is redelivered.
+    LeaveGroup {
+        /// Group name.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Member id from the join.
+        member: u64,
+    },
+    /// Keep the member's session alive (any request naming the member does too).
+    Heartbeat {
+        /// Group name.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Member id.
+        member: u64,
+    },
+    /// Up to `max_messages` deliveries, waiting up to `max_wait_ms` for the first.
+    Consume {
+        /// Group name.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Member id.
+        member: u64,
+        /// Most deliveries wanted (the member's prefetch limit applies too).
+        max_messages: u32,
+        /// How long to wait when nothing is ready (0: answer at once).
+        max_wait_ms: u32,
+    },
+    /// Acknowledge delivered messages.
+    Ack {
+        /// Group name.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Member id.
+        member: u64,
+        /// Answer only once the acknowledgements are durable.
+        durable: bool,
+        /// What is acknowledged.
+        spans: Vec<OffsetSpan>,
+    },
+    /// Give delivered messages back, to be redelivered after `delay_ms`.
+    Nack {
+        /// Group name.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Member id.
+        member: u64,
+        /// Redelivery waits this long.
+        delay_ms: u32,
+        /// What is given back.
+        spans: Vec<OffsetSpan>,
+    },
 }
 
 impl Request<'_> {
@@ -90,6 +197,12 @@ impl Request<'_> {
             Request::Metadata { .. } => ApiKey::Metadata,
             Request::Produce { .. } => ApiKey::Produce,
             Request::Fetch { .. } => ApiKey::Fetch,
+            Request::JoinGroup { .. } => ApiKey::JoinGroup,
+            Request::LeaveGroup { .. } => ApiKey::LeaveGroup,
+            Request::Heartbeat { .. } => ApiKey::Heartbeat,
+            Request::Consume { .. } => ApiKey::Consume,
+            Request::Ack { .. } => ApiKey::Ack,
+            Request::Nack { .. } => ApiKey::Nack,
         }
     }
 }
@@ -155,8 +268,110 @@ pub fn encode_request(correlation_id: u32, request: &Request<'_>, out: &mut Vec<
             w.u32(*max_bytes);
             w.u32(*max_wait_ms);
         }
+        Request::JoinGroup {
+            group,
+            topic,
+            start,
+            settings,
+        } => {
+            w.string(group);
+            w.string(topic);
+            let (tag, value) = match *start {
+                StartAt::Earliest => (0, 0),
+                StartAt::Latest => (1, 0),
+                StartAt::Offset(o) => (2, o),
+                StartAt::Timestamp(t) => (3, t as u64),
+            };
+            w.u8(tag);
+            w.u64(value);
+            w.u32(settings.max_unacked);
+            w.u32(settings.session_timeout_ms);
+            w.u32(settings.ack_timeout_ms);
+            w.u32(settings.max_deliveries);
+        }
+        Request::LeaveGroup {
+            group,
+            topic,
+            member,
+        }
+        | Request::Heartbeat {
+            group,
+            topic,
+            member,
+        } => {
+            w.string(group);
+            w.string(topic);
+            w.u64(*member);
+        }
+        Request::Consume {
+            group,
+            topic,
+            member,
+            max_messages,
+            max_wait_ms,
+        } => {
+            w.string(group);
+            w.string(topic);
+            w.u64(*member);
+            w.u32(*max_messages);
+            w.u32(*max_wait_ms);
+        }
+        Request::Ack {
+            group,
+            topic,
+            member,
+            durable,
+            spans,
+        } => {
+            w.string(group);
+            w.string(topic);
+            w.u64(*member);
+            w.u8(u8::from(*durable));
+            write_spans(&mut w, spans);
+        }
+        Request::Nack {
+            group,
+            topic,
+            member,
+            delay_ms,
+            spans,
+        } => {
+            w.string(group);
+            w.string(topic);
+            w.u64(*member);
+            w.u32(*delay_ms);
+            write_spans(&mut w, spans);
+        }
     }
     end_frame(out, at);
+}
+
+fn write_spans(w: &mut Writer<'_>, spans: &[OffsetSpan]) {
+    w.u32(spans.len() as u32);
+    for s in spans {
+        w.u32(s.partition);
+        w.u64(s.first);
+        w.u64(s.last);
+    }
+}
+
+const SPAN_BYTES: usize = 20;
+
+fn read_spans(r: &mut Reader<'_>) -> Result<Vec<OffsetSpan>, DecodeError> {
+    let n = r.count(SPAN_BYTES, "span count")?;
+    let mut spans = Vec::with_capacity(n);
+    for _ in 0..n {
+        let span = OffsetSpan {
+            partition: r.u32("partition")?,
+            first: r.u64("first offset")?,
+            last: r.u64("last offset")?,
+        };
+        if span.last < span.first {
+            return Err(DecodeError::Malformed("span ends before it starts"));
+        }
+        spans.push(span);
+    }
+    Ok(spans)
 }
 
 /// Decodes one request frame (size prefix included, as [`crate::frame_len`] delimits it).
@@ -234,6 +449,62 @@ fn decode_body<'a>(api: ApiKey, r: &mut Reader<'a>) -> Result<Request<'a>, Decod
             offset: r.u64("offset")?,
             max_bytes: r.u32("max bytes")?,
             max_wait_ms: r.u32("max wait")?,
+        },
+        ApiKey::JoinGroup => Request::JoinGroup {
+            group: r.string("group")?,
+            topic: r.string("topic")?,
+            start: {
+                let tag = r.u8("start")?;
+                let value = r.u64("start value")?;
+                match tag {
+                    0 => StartAt::Earliest,
+                    1 => StartAt::Latest,
+                    2 => StartAt::Offset(value),
+                    3 => StartAt::Timestamp(value as i64),
+                    _ => return Err(DecodeError::Malformed("start")),
+                }
+            },
+            settings: JoinSettings {
+                max_unacked: r.u32("max unacked")?,
+                session_timeout_ms: r.u32("session timeout")?,
+                ack_timeout_ms: r.u32("ack timeout")?,
+                max_deliveries: r.u32("max deliveries")?,
+            },
+        },
+        ApiKey::LeaveGroup => Request::LeaveGroup {
+            group: r.string("group")?,
+            topic: r.string("topic")?,
+            member: r.u64("member")?,
+        },
+        ApiKey::Heartbeat => Request::Heartbeat {
+            group: r.string("group")?,
+            topic: r.string("topic")?,
+            member: r.u64("member")?,
+        },
+        ApiKey::Consume => Request::Consume {
+            group: r.string("group")?,
+            topic: r.string("topic")?,
+            member: r.u64("member")?,
+            max_messages: r.u32("max messages")?,
+            max_wait_ms: r.u32("max wait")?,
+        },
+        ApiKey::Ack => Request::Ack {
+            group: r.string("group")?,
+            topic: r.string("topic")?,
+            member: r.u64("member")?,
+            durable: match r.u8("durable")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Malformed("durable")),
+            },
+            spans: read_spans(r)?,
+        },
+        ApiKey::Nack => Request::Nack {
+            group: r.string("group")?,
+            topic: r.string("topic")?,
+            member: r.u64("member")?,
+            delay_ms: r.u32("delay")?,
+            spans: read_spans(r)?,
         },
     })
 }

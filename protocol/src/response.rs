@@ -24,6 +24,28 @@ pub struct TopicInfo {
     pub partitions: u32,
 }
 
+/// One delivery of a message to a group member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The message's offset.
+    pub offset: u64,
+    /// 1 on the first delivery; more means it was delivered before (redelivered).
+    pub delivery_count: u32,
+}
+
+/// The deliveries of one partition in a consume answer, with batches holding their messages.
+/// The batches may hold other messages too (delivered to other members, or acknowledged):
+/// only the offsets listed are this member's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedPartition<'a> {
+    /// Partition.
+    pub partition: u32,
+    /// The deliveries, by offset.
+    pub deliveries: Vec<DeliveryInfo>,
+    /// Whole RecordBatch v2 batches covering every delivered offset, concatenated.
+    pub batches: &'a [u8],
+}
+
 /// A successful response. Fetched batches are borrowed from the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
@@ -65,6 +87,28 @@ pub enum Response<'a> {
         /// Whole RecordBatch v2 batches, concatenated.
         batches: &'a [u8],
     },
+    /// Joined.
+    JoinGroup {
+        /// The member's id, for every later request.
+        member: u64,
+        /// Partitions of the topic.
+        partitions: u32,
+        /// The session timeout in force; send something more often than this.
+        session_timeout_ms: u32,
+    },
+    /// Left.
+    LeaveGroup,
+    /// Session renewed.
+    Heartbeat,
+    /// Messages delivered (none when the wait ran out).
+    Consume {
+        /// Per partition with deliveries.
+        partitions: Vec<ConsumedPartition<'a>>,
+    },
+    /// Acknowledged (durably, if asked).
+    Ack,
+    /// Given back.
+    Nack,
 }
 
 /// An error response.
@@ -124,6 +168,28 @@ pub fn encode_response(correlation_id: u32, response: &Response<'_>, out: &mut V
             w.u64(*high_watermark);
             w.u64(*next_offset);
             w.bytes(batches);
+        }
+        Response::JoinGroup {
+            member,
+            partitions,
+            session_timeout_ms,
+        } => {
+            w.u64(*member);
+            w.u32(*partitions);
+            w.u32(*session_timeout_ms);
+        }
+        Response::LeaveGroup | Response::Heartbeat | Response::Ack | Response::Nack => {}
+        Response::Consume { partitions } => {
+            w.u32(partitions.len() as u32);
+            for p in partitions {
+                w.u32(p.partition);
+                w.u32(p.deliveries.len() as u32);
+                for d in &p.deliveries {
+                    w.u64(d.offset);
+                    w.u32(d.delivery_count);
+                }
+                w.bytes(p.batches);
+            }
         }
     }
     end_frame(out, at);
@@ -210,6 +276,37 @@ pub fn decode_response(
             next_offset: r.u64("next offset")?,
             batches: r.bytes("batches")?,
         },
+        ApiKey::JoinGroup => Response::JoinGroup {
+            member: r.u64("member")?,
+            partitions: r.u32("partitions")?,
+            session_timeout_ms: r.u32("session timeout")?,
+        },
+        ApiKey::LeaveGroup => Response::LeaveGroup,
+        ApiKey::Heartbeat => Response::Heartbeat,
+        ApiKey::Consume => {
+            // partition + delivery count + batch length: the least a partition takes.
+            let n = r.count(12, "partition count")?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                let partition = r.u32("partition")?;
+                let m = r.count(12, "delivery count")?;
+                let mut deliveries = Vec::with_capacity(m);
+                for _ in 0..m {
+                    deliveries.push(DeliveryInfo {
+                        offset: r.u64("offset")?,
+                        delivery_count: r.u32("delivery count")?,
+                    });
+                }
+                partitions.push(ConsumedPartition {
+                    partition,
+                    deliveries,
+                    batches: r.bytes("batches")?,
+                });
+            }
+            Response::Consume { partitions }
+        }
+        ApiKey::Ack => Response::Ack,
+        ApiKey::Nack => Response::Nack,
     };
     r.finish()?;
     Ok((correlation_id, Ok(response)))

@@ -18,7 +18,7 @@ fn request_strategy() -> impl Strategy<Value = (String, u32, u64, i64, i32, Vec<
         any::<i32>(),
         proptest::collection::vec(any::<u8>(), 0..300),
         proptest::collection::vec(any::<u8>(), 0..20),
-        0u8..7,
+        0u8..13,
     )
 }
 
@@ -50,14 +50,76 @@ fn build_request<'a>(t: &'a (String, u32, u64, i64, i32, Vec<u8>, Vec<u8>, u8)) 
             base_sequence: *seq,
             batch,
         },
-        _ => Request::Fetch {
+        6 => Request::Fetch {
             topic: topic.clone(),
             partition: *n,
             offset: *offset,
             max_bytes: n.rotate_left(7),
             max_wait_ms: n.rotate_left(13),
         },
+        7 => Request::JoinGroup {
+            group: format!("g-{topic}"),
+            topic: topic.clone(),
+            start: match n % 4 {
+                0 => StartAt::Earliest,
+                1 => StartAt::Latest,
+                2 => StartAt::Offset(*offset),
+                _ => StartAt::Timestamp(*pid),
+            },
+            settings: JoinSettings {
+                max_unacked: *n,
+                session_timeout_ms: n.rotate_left(3),
+                ack_timeout_ms: n.rotate_left(9),
+                max_deliveries: *seq as u32,
+            },
+        },
+        8 => Request::LeaveGroup {
+            group: topic.repeat(2),
+            topic: topic.clone(),
+            member: *offset,
+        },
+        9 => Request::Heartbeat {
+            group: String::new(),
+            topic: topic.clone(),
+            member: *offset,
+        },
+        10 => Request::Consume {
+            group: topic.clone(),
+            topic: topic.clone(),
+            member: *offset,
+            max_messages: *n,
+            max_wait_ms: n.rotate_left(5),
+        },
+        11 => Request::Ack {
+            group: topic.clone(),
+            topic: topic.clone(),
+            member: *offset,
+            durable: n % 2 == 0,
+            spans: spans(batch),
+        },
+        _ => Request::Nack {
+            group: topic.clone(),
+            topic: topic.clone(),
+            member: *offset,
+            delay_ms: *n,
+            spans: spans(batch),
+        },
     }
+}
+
+/// Spans built from arbitrary bytes, each well formed (last >= first).
+fn spans(bytes: &[u8]) -> Vec<OffsetSpan> {
+    bytes
+        .chunks(3)
+        .map(|c| {
+            let first = u64::from(c[0]) << 20;
+            OffsetSpan {
+                partition: u32::from(c.len() as u8),
+                first,
+                last: first + u64::from(*c.last().unwrap_or(&0)),
+            }
+        })
+        .collect()
 }
 
 proptest! {
@@ -89,7 +151,19 @@ proptest! {
             3 => (ApiKey::ListTopics, Response::ListTopics(topics)),
             4 => (ApiKey::Metadata, Response::Metadata { partitions: *n }),
             5 => (ApiKey::Produce, Response::Produce { partition: *n, first_offset: *offset, last_offset: offset.wrapping_add(9) }),
-            _ => (ApiKey::Fetch, Response::Fetch { high_watermark: *offset, next_offset: offset / 2, batches: batch }),
+            6 => (ApiKey::Fetch, Response::Fetch { high_watermark: *offset, next_offset: offset / 2, batches: batch }),
+            7 => (ApiKey::JoinGroup, Response::JoinGroup { member: *offset, partitions: *n, session_timeout_ms: n / 3 }),
+            8 => (ApiKey::LeaveGroup, Response::LeaveGroup),
+            9 => (ApiKey::Heartbeat, Response::Heartbeat),
+            10 => (ApiKey::Consume, Response::Consume {
+                partitions: (0..names.len() as u32).map(|p| ConsumedPartition {
+                    partition: p.wrapping_mul(*n),
+                    deliveries: (0..p).map(|i| DeliveryInfo { offset: offset.wrapping_add(u64::from(i)), delivery_count: i + 1 }).collect(),
+                    batches: &batch[..batch.len() / (p as usize + 1)],
+                }).collect(),
+            }),
+            11 => (ApiKey::Ack, Response::Ack),
+            _ => (ApiKey::Nack, Response::Nack),
         };
         let mut wire = Vec::new();
         encode_response(correlation_id, &response, &mut wire);
@@ -100,7 +174,7 @@ proptest! {
     }
 
     #[test]
-    fn error_responses_round_trip(code in 1u16..18, message in ".{0,100}", correlation_id in any::<u32>()) {
+    fn error_responses_round_trip(code in 1u16..19, message in ".{0,100}", correlation_id in any::<u32>()) {
         let code = ErrorCode::from_u16(code);
         let mut wire = Vec::new();
         encode_error(correlation_id, code, &message, &mut wire);
@@ -166,14 +240,14 @@ fn oversized_and_undersized_frames_are_refused_before_buffering() {
 
 #[test]
 fn a_readable_header_lets_the_server_answer_bad_requests() {
-    // Reserved consumer-group key: the correlation id survives for the error response.
+    // Unknown api key: the correlation id survives for the error response.
     let mut frame = 8u32.to_le_bytes().to_vec();
-    frame.extend_from_slice(&10u16.to_le_bytes());
+    frame.extend_from_slice(&40u16.to_le_bytes());
     frame.extend_from_slice(&0u16.to_le_bytes());
     frame.extend_from_slice(&77u32.to_le_bytes());
     let bad = decode_request(&frame).unwrap_err();
     assert_eq!(bad.correlation_id, Some(77));
-    assert_eq!(bad.error, DecodeError::ReservedApi(10));
+    assert_eq!(bad.error, DecodeError::UnknownApi(40));
     assert_eq!(
         ErrorCode::for_decode_error(&bad.error),
         ErrorCode::UnsupportedApi
@@ -253,6 +327,33 @@ fn a_lying_element_count_is_refused_without_allocating_for_it() {
         decode_request(&wire).unwrap_err().error,
         DecodeError::Truncated("batch")
     ));
+}
+
+#[test]
+fn a_span_that_ends_before_it_starts_is_malformed() {
+    let mut wire = Vec::new();
+    let span = OffsetSpan {
+        partition: 0,
+        first: 10,
+        last: 9,
+    };
+    encode_request(
+        3,
+        &Request::Ack {
+            group: "g".into(),
+            topic: "t".into(),
+            member: 1,
+            durable: true,
+            spans: vec![span],
+        },
+        &mut wire,
+    );
+    let bad = decode_request(&wire).unwrap_err();
+    assert_eq!(bad.correlation_id, Some(3));
+    assert_eq!(
+        bad.error,
+        DecodeError::Malformed("span ends before it starts")
+    );
 }
 
 #[test]

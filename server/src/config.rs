@@ -38,8 +38,37 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// How connections are served.
     pub net: NetMode,
+    /// Consumer-group defaults and limits.
+    pub groups: GroupDefaults,
     /// The storage engine's settings (data directory, shards, segments, I/O backend).
     pub engine: EngineConfig,
+}
+
+/// Consumer-group settings used when a join asks for the default (0), and the table size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupDefaults {
+    /// A member that sends nothing for this long leaves.
+    pub session_timeout_ms: u32,
+    /// A delivery not acknowledged within this is redelivered.
+    pub ack_timeout_ms: u32,
+    /// Deliveries before a message goes to the dead-letter topic.
+    pub max_deliveries: u32,
+    /// Deliveries a member may hold unacknowledged.
+    pub max_unacked: u32,
+    /// Slots per offset table (one table per shard; one slot per group and partition).
+    pub slots: usize,
+}
+
+impl Default for GroupDefaults {
+    fn default() -> Self {
+        Self {
+            session_timeout_ms: 10_000,
+            ack_timeout_ms: 30_000,
+            max_deliveries: 16,
+            max_unacked: 1000,
+            slots: 16_384,
+        }
+    }
 }
 
 /// Why the configuration could not be built.
@@ -99,6 +128,16 @@ pub struct FileConfig {
     /// "strict" (default: refuse to open a corrupt partition) or "repair" (truncate it, losing
     /// the data after the corruption).
     pub recovery: Option<String>,
+    /// Default consumer session timeout, milliseconds.
+    pub session_timeout_ms: Option<u32>,
+    /// Default ack timeout of a new group, milliseconds.
+    pub ack_timeout_ms: Option<u32>,
+    /// Default deliveries before dead-lettering, for a new group.
+    pub max_deliveries: Option<u32>,
+    /// Default prefetch (unacknowledged deliveries per member).
+    pub max_unacked: Option<u32>,
+    /// Slots per offset table.
+    pub group_slots: Option<usize>,
 }
 
 impl FileConfig {
@@ -175,6 +214,16 @@ impl FileConfig {
             shard_inflight_bytes: self.shard_inflight_bytes.unwrap_or(256 << 20),
             write_timeout_ms: self.write_timeout_ms.unwrap_or(30_000),
             net,
+            groups: {
+                let d = GroupDefaults::default();
+                GroupDefaults {
+                    session_timeout_ms: self.session_timeout_ms.unwrap_or(d.session_timeout_ms),
+                    ack_timeout_ms: self.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
+                    max_deliveries: self.max_deliveries.unwrap_or(d.max_deliveries),
+                    max_unacked: self.max_unacked.unwrap_or(d.max_unacked),
+                    slots: self.group_slots.unwrap_or(d.slots),
+                }
+            },
             engine,
         };
         cfg.validate()?;
@@ -203,6 +252,13 @@ impl ServerConfig {
         }
         if self.write_timeout_ms == 0 {
             return invalid("write_timeout_ms must be positive".into());
+        }
+        let g = &self.groups;
+        if g.session_timeout_ms < 100 || g.ack_timeout_ms < 100 {
+            return invalid("session_timeout_ms and ack_timeout_ms must be at least 100".into());
+        }
+        if g.max_deliveries == 0 || g.max_unacked == 0 || g.slots == 0 {
+            return invalid("max_deliveries, max_unacked and group_slots must be positive".into());
         }
         self.engine
             .validate()

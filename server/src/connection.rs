@@ -20,6 +20,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// to a request of this connection has been written.
 pub fn serve(
     stream: TcpStream,
+    conn: u64,
     peer: SocketAddr,
     handler: &Arc<Handler>,
     inflight_bytes: usize,
@@ -34,12 +35,13 @@ pub fn serve(
             drop(writer_done);
         })?;
     let budget = ByteBudget::new(inflight_bytes);
-    read_requests(stream, peer, handler, &budget, &tx);
+    read_requests(stream, conn, peer, handler, &budget, &tx);
     Ok(())
 }
 
 fn read_requests(
     mut stream: TcpStream,
+    conn: u64,
     peer: SocketAddr,
     handler: &Arc<Handler>,
     budget: &Arc<ByteBudget>,
@@ -50,7 +52,7 @@ fn read_requests(
     // (backpressure).
     let mut acquire = |n| Some(budget.acquire(n));
     loop {
-        if handle_frames(&mut input, peer, handler, tx, &mut acquire) == Stop::Close {
+        if handle_frames(&mut input, conn, peer, handler, tx, &mut acquire) == Stop::Close {
             return;
         }
         match stream.read(input.make_room()) {

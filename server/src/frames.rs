@@ -36,6 +36,7 @@ pub fn new_input() -> FrameBuffer {
 /// (`None`: spent; the frame stays for later).
 pub fn handle_frames(
     input: &mut FrameBuffer,
+    conn: u64,
     peer: SocketAddr,
     handler: &Handler,
     tx: &AnswerTx,
@@ -52,8 +53,8 @@ pub fn handle_frames(
                         let Some(hold) = acquire(handler.cost(len, &request)) else {
                             return Stop::Parked;
                         };
-                        handler
-                            .handle(request, Reply::new(header.correlation_id, tx.clone(), hold));
+                        let reply = Reply::new(header.correlation_id, tx.clone(), hold);
+                        handler.handle(request, reply, conn);
                     }
                     Err(bad) => {
                         log::warn!("{peer}: {bad}");

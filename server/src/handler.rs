@@ -10,12 +10,15 @@ use keel_protocol::{
 
 use crate::budget::ByteBudget;
 use crate::fetch::{Fetch, LongPoll};
+use crate::groups::Groups;
 use crate::partitioner::partition_for_key;
 use crate::reply::Reply;
 
 /// Bytes of a fetch response around its batches (header, watermarks, length); a fetch's
 /// `max_bytes` is capped so that its answer always fits in one frame.
 const FETCH_RESPONSE_OVERHEAD: usize = 64;
+/// Batch bytes a consume answer carries at most (unless the frame limit is lower).
+const CONSUME_ANSWER_BYTES: usize = 4 << 20;
 /// Longest long-poll wait a fetch may ask for.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 
@@ -23,6 +26,7 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 pub struct Handler {
     engine: Arc<Engine>,
     long_poll: Arc<LongPoll>,
+    groups: Arc<Groups>,
     shard_budgets: Vec<Arc<ByteBudget>>,
     max_frame_bytes: u32,
 }
@@ -32,6 +36,7 @@ impl Handler {
     pub fn new(
         engine: Arc<Engine>,
         long_poll: Arc<LongPoll>,
+        groups: Arc<Groups>,
         shard_inflight_bytes: usize,
         max_frame_bytes: u32,
     ) -> Self {
@@ -41,6 +46,7 @@ impl Handler {
         Self {
             engine,
             long_poll,
+            groups,
             shard_budgets,
             max_frame_bytes,
         }
@@ -56,8 +62,20 @@ impl Handler {
     pub fn cost(&self, frame_len: usize, request: &Request<'_>) -> usize {
         match request {
             Request::Fetch { max_bytes, .. } => frame_len + self.fetch_budget(*max_bytes),
+            Request::Consume { .. } => frame_len + self.consume_answer_bytes(),
             _ => frame_len,
         }
+    }
+
+    /// Most batch bytes a consume answer carries: room in one frame for the batches plus the
+    /// delivery list, and no more than a few reads' worth.
+    pub fn consume_answer_bytes(&self) -> usize {
+        Self::consume_answer_limit(self.max_frame_bytes)
+    }
+
+    /// [`Handler::consume_answer_bytes`] for a frame limit.
+    pub fn consume_answer_limit(max_frame_bytes: u32) -> usize {
+        (max_frame_bytes as usize / 2).min(CONSUME_ANSWER_BYTES)
     }
 
     fn fetch_budget(&self, max_bytes: u32) -> usize {
@@ -68,8 +86,9 @@ impl Handler {
         &self.shard_budgets[shard_for(topic, partition, self.shard_budgets.len())]
     }
 
-    /// Handles one request; the answer goes through `reply`, now or later.
-    pub fn handle(&self, request: Request<'_>, reply: Reply) {
+    /// Handles one request from connection `conn`; the answer goes through `reply`, now or
+    /// later.
+    pub fn handle(&self, request: Request<'_>, reply: Reply, conn: u64) {
         match request {
             Request::Handshake { .. } => reply.ok(&Response::Handshake {
                 server: format!("keeld {}", env!("CARGO_PKG_VERSION")),
@@ -95,7 +114,11 @@ impl Handler {
                     Err(e) => reply.engine_error(&e),
                 }
             }
-            Request::DeleteTopic { topic } => match self.engine.delete_topic(&topic) {
+            Request::DeleteTopic { topic } => match self
+                .engine
+                .delete_topic(&topic)
+                .and_then(|()| self.groups.topic_deleted(&topic))
+            {
                 Ok(()) => {
                     log::info!("deleted topic {topic:?}");
                     reply.ok(&Response::DeleteTopic);
@@ -140,6 +163,53 @@ impl Handler {
                     shard_hold,
                 });
             }
+            Request::JoinGroup {
+                group,
+                topic,
+                start,
+                settings,
+            } => self.groups.join(group, topic, start, settings, conn, reply),
+            Request::LeaveGroup {
+                group,
+                topic,
+                member,
+            } => self.groups.leave(&group, &topic, member, reply),
+            Request::Heartbeat {
+                group,
+                topic,
+                member,
+            } => self.groups.heartbeat(&group, &topic, member, reply),
+            Request::Consume {
+                group,
+                topic,
+                member,
+                max_messages,
+                max_wait_ms,
+            } => {
+                let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
+                self.groups
+                    .consume(&group, &topic, member, max_messages, wait, reply);
+            }
+            Request::Ack {
+                group,
+                topic,
+                member,
+                durable,
+                spans,
+            } => self
+                .groups
+                .ack(&group, &topic, member, durable, &spans, reply),
+            Request::Nack {
+                group,
+                topic,
+                member,
+                delay_ms,
+                spans,
+            } => {
+                let delay = Duration::from_millis(u64::from(delay_ms));
+                self.groups
+                    .nack(&group, &topic, member, delay, &spans, reply);
+            }
         }
     }
 
@@ -156,6 +226,7 @@ impl Handler {
         }
         let shard_hold = self.shard_budget(&topic, partition).acquire(batch.len());
         let long_poll = Arc::clone(&self.long_poll);
+        let groups = Arc::clone(&self.groups);
         let name = topic.clone();
         self.engine
             .append(&topic, partition, batch.to_vec(), move |result| {
@@ -168,6 +239,7 @@ impl Handler {
                             last_offset: range.last,
                         });
                         long_poll.appended(&name, partition);
+                        groups.appended(&name);
                     }
                     Err(e) => reply.engine_error(&e),
                 }

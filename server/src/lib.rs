@@ -15,6 +15,7 @@ pub mod config;
 mod connection;
 mod fetch;
 mod frames;
+mod groups;
 mod handler;
 pub mod logger;
 mod partitioner;
@@ -22,6 +23,6 @@ mod reply;
 mod server;
 mod uring_net;
 
-pub use config::{ConfigError, FileConfig, NetMode, ServerConfig};
+pub use config::{ConfigError, FileConfig, GroupDefaults, NetMode, ServerConfig};
 pub use partitioner::partition_for_key;
 pub use server::{Server, ServerError, Stopper};

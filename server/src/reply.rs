@@ -81,7 +81,10 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
         EngineError::NoSpace { .. } => ErrorCode::NoSpace,
         EngineError::Corruption { .. } => ErrorCode::Corruption,
         EngineError::ShuttingDown => ErrorCode::ShuttingDown,
-        EngineError::InvalidConfig(_) => ErrorCode::InvalidArgument,
+        EngineError::InvalidConfig(_) | EngineError::InvalidGroupName { .. } => {
+            ErrorCode::InvalidArgument
+        }
+        EngineError::OffsetTablePoisoned { .. } => ErrorCode::PartitionPoisoned,
         _ => ErrorCode::Internal,
     }
 }

@@ -12,6 +12,7 @@ use keel_engine::{Engine, EngineError};
 use crate::config::{NetMode, ServerConfig};
 use crate::connection;
 use crate::fetch::LongPoll;
+use crate::groups::Groups;
 use crate::handler::Handler;
 use crate::uring_net::{NetLoops, NewConn};
 
@@ -45,6 +46,8 @@ pub enum ServerError {
 struct Registry {
     state: Mutex<RegistryState>,
     changed: Condvar,
+    /// Told when a connection closes (its group members leave).
+    groups: Mutex<Option<Arc<Groups>>>,
 }
 
 #[derive(Default)]
@@ -110,6 +113,8 @@ pub struct Server {
     handler: Arc<Handler>,
     long_poll: Arc<LongPoll>,
     parker: JoinHandle<()>,
+    groups: Arc<Groups>,
+    group_threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     registry: Arc<Registry>,
     /// The io_uring loops serving connections, in [`NetMode::Uring`].
@@ -132,12 +137,17 @@ impl Server {
             what: "start the long-poll thread",
             source,
         })?;
+        let answer_bytes = Handler::consume_answer_limit(cfg.max_frame_bytes);
+        let (groups, group_threads) = Groups::start(&engine, cfg.groups, answer_bytes)?;
         let handler = Arc::new(Handler::new(
             Arc::clone(&engine),
             Arc::clone(&long_poll),
+            Arc::clone(&groups),
             cfg.shard_inflight_bytes,
             cfg.max_frame_bytes,
         ));
+        let registry = Arc::new(Registry::default());
+        *lock_groups(&registry) = Some(Arc::clone(&groups));
         let net = match cfg.net {
             NetMode::Threads => None,
             NetMode::Uring => Some(
@@ -162,8 +172,10 @@ impl Server {
             handler,
             long_poll,
             parker,
+            groups,
+            group_threads,
             stopping: Arc::new(AtomicBool::new(false)),
-            registry: Arc::default(),
+            registry,
         })
     }
 
@@ -247,7 +259,8 @@ impl Server {
             .name(format!("keel-read-{peer}"))
             .spawn(move || {
                 log::debug!("{peer}: connected");
-                if let Err(e) = connection::serve(stream, peer, &handler, inflight, writer_done) {
+                if let Err(e) = connection::serve(stream, id, peer, &handler, inflight, writer_done)
+                {
                     log::warn!("{peer}: {e}");
                 }
                 drop(reader_done);
@@ -264,6 +277,8 @@ impl Server {
             handler,
             long_poll,
             parker,
+            groups,
+            group_threads,
             registry,
             net,
             ..
@@ -282,6 +297,15 @@ impl Server {
         if parker.join().is_err() {
             log::error!("the long-poll thread panicked");
         }
+        // Waiting consumes are answered; acks stored so far are synced when the tables close.
+        groups.stop();
+        for t in group_threads {
+            if t.join().is_err() {
+                log::error!("a consumer-group thread panicked");
+            }
+        }
+        lock_groups(&registry).take();
+        drop(groups);
         drop(handler);
         if let Some(net) = &net {
             net.release_handler();
@@ -305,9 +329,17 @@ impl Server {
 /// Held while a connection is read; counts it out of the readers when dropped.
 pub struct ReaderDone(Arc<Registry>, u64);
 
+fn lock_groups(registry: &Registry) -> MutexGuard<'_, Option<Arc<Groups>>> {
+    registry.groups.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Drop for ReaderDone {
     fn drop(&mut self) {
         let id = self.1;
+        let groups = lock_groups(&self.0).clone();
+        if let Some(groups) = groups {
+            groups.connection_closed(id);
+        }
         self.0.update(|s| {
             s.streams.remove(&id);
             s.readers -= 1;

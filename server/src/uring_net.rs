@@ -425,7 +425,7 @@ impl Loop {
         let Some(tx) = c.tx.clone() else { return };
         let budget = Arc::clone(&c.budget);
         let mut acquire = |n| budget.try_acquire(n);
-        match handle_frames(&mut c.input, c.peer, &handler, &tx, &mut acquire) {
+        match handle_frames(&mut c.input, c.id, c.peer, &handler, &tx, &mut acquire) {
             Stop::NeedMore => self.post_recv(c),
             Stop::Parked => c.parked = true,
             Stop::Close => c.stop_reading(),

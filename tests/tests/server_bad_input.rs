@@ -62,7 +62,8 @@ fn answerable_bad_requests_get_error_codes_and_the_connection_goes_on() {
     client.create_topic("t", 1).unwrap();
     let mut s = connect(&server);
 
-    // Unknown api key, reserved (consumer-group) key, unknown version, truncated body.
+    // Unknown api key, a consumer-group request without its body, unknown version, truncated
+    // body.
     s.write_all(&raw_frame(99, 0, 11, b"")).unwrap();
     s.write_all(&raw_frame(8, 0, 12, b"")).unwrap();
     s.write_all(&raw_frame(ApiKey::Metadata as u16, 7, 13, b""))
@@ -78,7 +79,7 @@ fn answerable_bad_requests_get_error_codes_and_the_connection_goes_on() {
         codes,
         [
             (11, ErrorCode::UnsupportedApi),
-            (12, ErrorCode::UnsupportedApi),
+            (12, ErrorCode::MalformedRequest),
             (13, ErrorCode::UnsupportedVersion),
             (14, ErrorCode::MalformedRequest)
         ]

@@ -1,5 +1,7 @@
-//! `keel`, the command-line tool: topic administration, produce from stdin, fetch to stdout.
+//! `keel`, the command-line tool: topic administration, produce from stdin, fetch and consume
+//! to stdout.
 
+mod consume;
 mod fetch;
 mod produce;
 mod topic;
@@ -10,7 +12,8 @@ use std::time::Duration;
 use crate::{Client, ClientError, ClientOptions};
 use clap::{Parser, Subcommand};
 
-/// Command-line client for keeld: manage topics, produce messages from stdin, fetch them.
+/// Command-line client for keeld: manage topics, produce messages from stdin, fetch them, or
+/// consume them as a member of a consumer group.
 #[derive(Parser, Debug)]
 #[command(name = "keel", version)]
 struct Cli {
@@ -39,6 +42,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print messages of a partition, one value per line.
     Fetch(fetch::FetchArgs),
+    /// Consume a topic in a consumer group: print each value on its own line, then
+    /// acknowledge it (durably, unless --fast-ack).
+    Consume(consume::ConsumeArgs),
 }
 
 /// Runs `keel` with the process's arguments; what the binary's `main` calls.
@@ -63,5 +69,6 @@ fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         Command::Topic(cmd) => topic::run(&client, cmd),
         Command::Produce(args) => produce::run(&client, &args),
         Command::Fetch(args) => fetch::run(&client, &args),
+        Command::Consume(args) => consume::run(&client, &args),
     }
 }

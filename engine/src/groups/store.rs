@@ -1,0 +1,508 @@
+//! The durable side of consumer groups: which groups exist, and their acknowledgement state in
+//! the memory-mapped offset tables, made durable by group-committed syncs.
+//!
+//! A group is created in an order that a crash cannot get wrong: its slots are written and
+//! synced first, its meta file last. A crash before the meta file leaves slots no meta file
+//! names, which are free at the next start.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{EngineError, Result};
+use crate::groups::meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
+use crate::groups::table_sync::{SyncDone, TableSync};
+use crate::layout::{self, validate_group_name, validate_topic_name, write_atomic};
+use crate::offsets::{AckState, Loaded, OffsetTable};
+use crate::shard_for;
+
+/// How often a dirty table is synced when no ack waits for it.
+pub const PERIODIC_SYNC: Duration = Duration::from_millis(200);
+
+/// Directory of the group files.
+pub fn groups_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("groups")
+}
+
+fn table_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("offsets-{n}.tbl"))
+}
+
+fn meta_path(dir: &Path, topic: &str, group: &str) -> PathBuf {
+    dir.join(topic).join(format!("{group}.meta"))
+}
+
+struct Table {
+    path: PathBuf,
+    map: Mutex<OffsetTable>,
+    /// Slots some group's meta file names.
+    used: Mutex<BTreeSet<usize>>,
+    sync: TableSync,
+}
+
+impl Table {
+    fn map(&self) -> MutexGuard<'_, OffsetTable> {
+        // A store is a copy into the mapping; a panic mid-copy leaves at most one copy bad,
+        // which its CRC shows.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn used(&self) -> MutexGuard<'_, BTreeSet<usize>> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A group known to the store.
+pub struct StoredGroup {
+    meta: Mutex<GroupMeta>,
+    /// Group name.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Settings, fixed at creation.
+    pub settings: GroupSettings,
+    slots: Vec<SlotRef>,
+}
+
+impl StoredGroup {
+    /// Partitions the group covers.
+    pub fn partitions(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    fn meta(&self) -> MutexGuard<'_, GroupMeta> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every consumer group's durable state in one data directory.
+pub struct GroupStore {
+    dir: PathBuf,
+    tables: Vec<Table>,
+    slots_per_table: usize,
+    groups: Mutex<HashMap<(String, String), Arc<StoredGroup>>>,
+}
+
+impl GroupStore {
+    /// Opens the group files of `data_dir` (which the caller has locked, by opening the
+    /// engine on it), with at least `tables` offset tables of `slots` slots each.
+    pub fn open(data_dir: &Path, tables: usize, slots: usize) -> Result<Self> {
+        let dir = groups_dir(data_dir);
+        layout::create_dir_durable(&dir)?;
+        let mut metas = Vec::new();
+        let mut existing_tables = 0;
+        let entries = fs::read_dir(&dir).map_err(|e| EngineError::io("list groups", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| EngineError::io("list groups", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name
+                .strip_prefix("offsets-")
+                .and_then(|r| r.strip_suffix(".tbl"))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                existing_tables = existing_tables.max(n + 1);
+            } else if entry.path().is_dir() {
+                metas.extend(read_metas(&entry.path())?);
+            }
+        }
+        let mut store = Self {
+            tables: Vec::new(),
+            slots_per_table: slots,
+            groups: Mutex::new(HashMap::new()),
+            dir,
+        };
+        for n in 0..tables.max(existing_tables).max(1) {
+            store
+                .tables
+                .push(open_table(&table_path(&store.dir, n), slots)?);
+        }
+        for meta in metas {
+            for (slot, _) in &meta.partitions {
+                match store.tables.get(slot.table) {
+                    Some(t) if slot.slot < t.map().slots() => {
+                        t.used().insert(slot.slot);
+                    }
+                    _ => {
+                        return Err(EngineError::Corruption {
+                            path: meta_path(&store.dir, &meta.topic, &meta.group),
+                            position: 0,
+                            detail: format!(
+                                "names slot {} of table {}, which does not exist",
+                                slot.slot, slot.table
+                            ),
+                        })
+                    }
+                }
+            }
+            let g = stored(meta);
+            store
+                .groups()
+                .insert((g.group.clone(), g.topic.clone()), Arc::new(g));
+        }
+        Ok(store)
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<StoredGroup>>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group reading `topic`, if it exists.
+    pub fn find(&self, group: &str, topic: &str) -> Option<Arc<StoredGroup>> {
+        self.groups()
+            .get(&(group.to_string(), topic.to_string()))
+            .cloned()
+    }
+
+    /// The group reading `topic`, created with `settings` and starting at `starts` (one
+    /// offset per partition, computed by `starts` only when the group is new) unless it
+    /// exists already. `shards` places each partition's slot in the table of the shard
+    /// owning the partition.
+    pub fn find_or_create(
+        &self,
+        group: &str,
+        topic: &str,
+        settings: GroupSettings,
+        shards: usize,
+        starts: impl FnOnce() -> Result<Vec<u64>>,
+    ) -> Result<Arc<StoredGroup>> {
+        validate_group_name(group)?;
+        validate_topic_name(topic)?;
+        let mut groups = self.groups();
+        let key = (group.to_string(), topic.to_string());
+        if let Some(g) = groups.get(&key) {
+            return Ok(Arc::clone(g));
+        }
+        let starts = starts()?;
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut partitions = Vec::with_capacity(starts.len());
+        let mut taken: Vec<SlotRef> = Vec::new();
+        let release = |taken: &[SlotRef]| {
+            for s in taken {
+                self.tables[s.table].used().remove(&s.slot);
+            }
+        };
+        for (p, &start) in starts.iter().enumerate() {
+            let p = p as u32;
+            let table = shard_for(topic, p, shards.max(1)) % self.tables.len();
+            let Some(slot) = self.take_slot(table) else {
+                release(&taken);
+                return Err(EngineError::OffsetTableFull {
+                    path: self.tables[table].path.clone(),
+                    slots: self.slots_per_table,
+                });
+            };
+            let slot = SlotRef {
+                table,
+                slot,
+                owner: owner_tag(group, topic, p, created),
+            };
+            taken.push(slot);
+            self.tables[table]
+                .map()
+                .store(slot.slot, &AckState::new(slot.owner, start));
+            partitions.push((slot, start));
+        }
+        let tables: BTreeSet<usize> = taken.iter().map(|s| s.table).collect();
+        for t in tables {
+            if let Err(e) = self.tables[t].map().flush() {
+                release(&taken);
+                return Err(e);
+            }
+        }
+        let meta = GroupMeta {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            created,
+            settings,
+            partitions,
+        };
+        let path = meta_path(&self.dir, topic, group);
+        let written = layout::create_dir_durable(path.parent().unwrap_or(&self.dir))
+            .and_then(|()| write_atomic(&path, meta.encode().as_bytes()));
+        if let Err(e) = written {
+            release(&taken);
+            return Err(e);
+        }
+        let g = Arc::new(stored(meta));
+        groups.insert(key, Arc::clone(&g));
+        Ok(g)
+    }
+
+    fn take_slot(&self, table: usize) -> Option<usize> {
+        let t = &self.tables[table];
+        let slots = t.map().slots();
+        let mut used = t.used();
+        let free = (0..slots).find(|s| !used.contains(s))?;
+        used.insert(free);
+        Some(free)
+    }
+
+    /// The acknowledgement state of a partition of `g`: the newest valid copy of its slot, or,
+    /// when both copies are damaged (or lost), its checkpoint, with a warning: messages
+    /// acknowledged after the checkpoint are delivered again, none is skipped.
+    pub fn load(&self, g: &StoredGroup, partition: u32) -> AckState {
+        let slot = g.slots[partition as usize];
+        match self.tables[slot.table].map().load(slot.slot, slot.owner) {
+            Loaded::State(state) => state,
+            Loaded::Nothing { damaged } => {
+                let checkpoint = g.meta().partitions[partition as usize].1;
+                let what = if damaged {
+                    "both copies of its slot are damaged"
+                } else {
+                    "its slot holds nothing for it"
+                };
+                log::warn!(
+                    "group {:?} on {}/{partition}: {what} (table {}, slot {}); redelivering from the checkpoint at offset {checkpoint}",
+                    g.group,
+                    g.topic,
+                    self.tables[slot.table].path.display(),
+                    slot.slot
+                );
+                AckState::new(slot.owner, checkpoint)
+            }
+        }
+    }
+
+    /// Stores a partition's state into its slot; durable after the next sync of its table.
+    pub fn store(&self, g: &StoredGroup, partition: u32, state: &AckState) {
+        let slot = g.slots[partition as usize];
+        let table = &self.tables[slot.table];
+        table.map().store(slot.slot, state);
+        table.sync.note_store();
+    }
+
+    /// Calls `done` once every store made so far to these partitions of `g` is durable.
+    pub fn when_durable(&self, g: &StoredGroup, partitions: &[u32], done: SyncDone) {
+        let tables: BTreeSet<usize> = partitions
+            .iter()
+            .filter_map(|&p| g.slots.get(p as usize))
+            .map(|s| s.table)
+            .collect();
+        if tables.is_empty() {
+            return done(Ok(()));
+        }
+        // One answer after every table's sync: the last to finish calls `done`.
+        let pending = Arc::new(Mutex::new((tables.len(), Some(done), Ok(()))));
+        for t in tables {
+            let pending = Arc::clone(&pending);
+            self.tables[t].sync.when_durable(Box::new(move |r| {
+                let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                p.0 -= 1;
+                if let Err(e) = r {
+                    p.2 = Err(e);
+                }
+                if p.0 == 0 {
+                    if let Some(done) = p.1.take() {
+                        let result = std::mem::replace(&mut p.2, Ok(()));
+                        drop(p);
+                        done(result);
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Records older committed offsets to fall back on (one per partition) in the group's meta
+    /// file. They must be acknowledged already: a fallback redelivers above them.
+    pub fn checkpoint(&self, g: &StoredGroup, committed: &[u64]) -> Result<()> {
+        let mut meta = g.meta();
+        let mut changed = false;
+        for ((_, checkpoint), &c) in meta.partitions.iter_mut().zip(committed) {
+            if c > *checkpoint {
+                *checkpoint = c;
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(());
+        }
+        write_atomic(
+            &meta_path(&self.dir, &g.topic, &g.group),
+            meta.encode().as_bytes(),
+        )
+    }
+
+    /// Forgets every group of `topic` (the topic is being deleted); their slots become free.
+    pub fn remove_topic(&self, topic: &str) -> Result<()> {
+        let mut groups = self.groups();
+        let doomed: Vec<(String, String)> =
+            groups.keys().filter(|(_, t)| t == topic).cloned().collect();
+        let dir = self.dir.join(topic);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
+            layout::sync_dir(&self.dir)?;
+        }
+        for key in doomed {
+            if let Some(g) = groups.remove(&key) {
+                for s in &g.slots {
+                    self.tables[s.table].used().remove(&s.slot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The table file holding a partition's slot, and the slot (for tools and tests).
+    pub fn slot_of(&self, g: &StoredGroup, partition: u32) -> Option<(PathBuf, usize)> {
+        let s = g.slots.get(partition as usize)?;
+        Some((self.tables[s.table].path.clone(), s.slot))
+    }
+
+    /// Syncs done so far over all tables.
+    pub fn syncs(&self) -> u64 {
+        self.tables.iter().map(|t| t.sync.syncs()).sum()
+    }
+}
+
+fn stored(meta: GroupMeta) -> StoredGroup {
+    StoredGroup {
+        group: meta.group.clone(),
+        topic: meta.topic.clone(),
+        settings: meta.settings,
+        slots: meta.partitions.iter().map(|(s, _)| *s).collect(),
+        meta: Mutex::new(meta),
+    }
+}
+
+fn open_table(path: &Path, slots: usize) -> Result<Table> {
+    let map = OffsetTable::open(path, slots)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| EngineError::io("open offset table", path, e))?;
+    Ok(Table {
+        path: path.to_path_buf(),
+        map: Mutex::new(map),
+        used: Mutex::new(BTreeSet::new()),
+        sync: TableSync::start(path.to_path_buf(), file, PERIODIC_SYNC)?,
+    })
+}
+
+/// Reads every `*.meta` in a topic's group directory, removing temp files a crash left.
+fn read_metas(dir: &Path) -> Result<Vec<GroupMeta>> {
+    let mut metas = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| EngineError::io("list groups", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("list groups", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+            continue;
+        }
+        if !name.ends_with(".meta") {
+            log::warn!("ignoring {} in the groups directory", path.display());
+            continue;
+        }
+        let text =
+            fs::read_to_string(&path).map_err(|e| EngineError::io("read group", &path, e))?;
+        let meta = GroupMeta::decode(&text).ok_or_else(|| EngineError::Corruption {
+            path: path.clone(),
+            position: 0,
+            detail: "group metadata fails its checksum".into(),
+        })?;
+        metas.push(meta);
+    }
+    Ok(metas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn starts(v: Vec<u64>) -> impl FnOnce() -> Result<Vec<u64>> {
+        move || Ok(v)
+    }
+
+    #[test]
+    fn groups_and_their_acks_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = GroupSettings {
+            ack_timeout: Duration::from_secs(5),
+            max_deliveries: 4,
+        };
+        {
+            let store = GroupStore::open(dir.path(), 2, 64).unwrap();
+            let g = store
+                .find_or_create("g", "orders", settings, 2, starts(vec![0, 10, 20]))
+                .unwrap();
+            let mut s = store.load(&g, 1);
+            assert_eq!(s.committed, 10);
+            s.ack(10);
+            s.ack(12);
+            store.store(&g, 1, &s);
+            let (tx, rx) = mpsc::channel();
+            store.when_durable(&g, &[1], Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+            let again = store
+                .find_or_create("g", "orders", GroupSettings::default(), 2, || {
+                    panic!("an existing group is not created again")
+                })
+                .unwrap();
+            assert_eq!(again.settings, settings, "settings are fixed at creation");
+        }
+        let store = GroupStore::open(dir.path(), 2, 64).unwrap();
+        let g = store.find("g", "orders").unwrap();
+        assert_eq!(g.partitions(), 3);
+        let s = store.load(&g, 1);
+        assert_eq!(s.committed, 11);
+        assert!(s.is_acked(12) && !s.is_acked(11));
+        assert_eq!(store.load(&g, 2).committed, 20);
+    }
+
+    #[test]
+    fn both_copies_damaged_falls_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = GroupStore::open(dir.path(), 1, 8).unwrap();
+        let g = store
+            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]))
+            .unwrap();
+        let mut s = store.load(&g, 0);
+        for o in 0..50 {
+            s.ack(o);
+            store.store(&g, 0, &s);
+        }
+        store.checkpoint(&g, &[30]).unwrap();
+        let (path, slot) = store.slot_of(&g, 0).unwrap();
+        drop(g);
+        drop(store);
+        let mut bytes = fs::read(&path).unwrap();
+        let at = slot * crate::offsets::SLOT_BYTES;
+        bytes[at + 20] ^= 0xff;
+        bytes[at + crate::offsets::COPY_BYTES + 20] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let store = GroupStore::open(dir.path(), 1, 8).unwrap();
+        let g = store.find("g", "t").unwrap();
+        assert_eq!(
+            store.load(&g, 0).committed,
+            30,
+            "the checkpoint, not 0 or 50"
+        );
+    }
+
+    #[test]
+    fn slots_of_a_deleted_topic_s_groups_are_reused_without_reading_old_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = GroupStore::open(dir.path(), 1, 2).unwrap();
+        let g = store
+            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![7, 7]))
+            .unwrap();
+        let mut s = store.load(&g, 0);
+        s.ack(7);
+        store.store(&g, 0, &s);
+        let full = store.find_or_create("h", "t", GroupSettings::default(), 1, starts(vec![0]));
+        assert!(matches!(full, Err(EngineError::OffsetTableFull { .. })));
+        store.remove_topic("t").unwrap();
+        assert!(store.find("g", "t").is_none());
+        let g2 = store
+            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0, 0]))
+            .unwrap();
+        assert_eq!(store.load(&g2, 0).committed, 0, "a new group starts afresh");
+    }
+}

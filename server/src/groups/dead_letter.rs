@@ -1,0 +1,110 @@
+//! Dead letters: a message delivered `max_deliveries` times without an ack is copied,
+//! durably, to the topic's dead-letter topic `TOPIC.dlq` (created on first use with the same
+//! partition count; the copy goes to the same partition number), and only then counts as
+//! acknowledged. If the copy fails it is tried again later; the message is never dropped.
+
+use std::time::{Duration, Instant};
+
+use keel_engine::batch::{trusted_batches, BatchBuilder};
+use keel_engine::{Engine, EngineError};
+
+use super::{Groups, LiveGroup};
+
+/// Suffix of a topic's dead-letter topic.
+pub const DLQ_SUFFIX: &str = ".dlq";
+/// How long a failed copy waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl Groups {
+    pub(super) fn dead_letter(
+        &self,
+        engine: &Engine,
+        g: &LiveGroup,
+        partition: u32,
+        offsets: &[u64],
+    ) {
+        for &offset in offsets {
+            match copy(engine, g, partition, offset) {
+                Ok(to) => {
+                    if let Some(mut d) = g.partition(partition) {
+                        d.ack(offset);
+                        self.store.store(&g.stored, partition, d.acks());
+                    }
+                    log::warn!(
+                        "group {:?}: {}/{partition} offset {offset} was delivered {} times without an ack; copied to {} offset {to}",
+                        g.stored.group,
+                        g.stored.topic,
+                        g.stored.settings.max_deliveries,
+                        dlq_name(&g.stored.topic)
+                    );
+                }
+                Err(e) => {
+                    log::error!(
+                        "group {:?}: copying {}/{partition} offset {offset} to the dead-letter topic failed: {e}; trying again later",
+                        g.stored.group,
+                        g.stored.topic
+                    );
+                    if let Some(mut d) = g.partition(partition) {
+                        d.retry_dead_letter(offset, Instant::now() + RETRY_AFTER);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_name(topic: &str) -> String {
+    format!("{topic}{DLQ_SUFFIX}")
+}
+
+/// Copies one message, with headers saying where it came from; returns its dead-letter
+/// offset once durable.
+fn copy(engine: &Engine, g: &LiveGroup, partition: u32, offset: u64) -> Result<u64, EngineError> {
+    let topic = &g.stored.topic;
+    let read = engine.read_wait(topic, partition, offset, 1)?;
+    let mut out = None;
+    for b in trusted_batches(&read.data) {
+        let base = b.base_offset() as u64;
+        for r in b.records() {
+            let r = r.map_err(EngineError::InvalidBatch)?;
+            if base + r.offset_delta as u64 == offset {
+                let mut batch = BatchBuilder::new(b.base_timestamp() + r.timestamp_delta);
+                let origin = [
+                    ("keel.dlq.topic", topic.to_string()),
+                    ("keel.dlq.partition", partition.to_string()),
+                    ("keel.dlq.offset", offset.to_string()),
+                    ("keel.dlq.group", g.stored.group.clone()),
+                    (
+                        "keel.dlq.deliveries",
+                        g.stored.settings.max_deliveries.to_string(),
+                    ),
+                ];
+                let mut headers: Vec<(&[u8], &[u8])> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.unwrap_or_default()))
+                    .collect();
+                headers.extend(origin.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+                batch.push(r.key, r.value.unwrap_or_default(), &headers);
+                out = Some(batch.build());
+            }
+        }
+    }
+    let batch = out.ok_or_else(|| {
+        EngineError::InvalidConfig(format!(
+            "offset {offset} of {topic}/{partition} cannot be read"
+        ))
+    })?;
+    let dlq = dlq_name(topic);
+    let partitions = engine.partitions(topic)?;
+    match engine.create_topic(&dlq, partitions) {
+        Ok(()) => log::info!("created dead-letter topic {dlq:?}"),
+        Err(EngineError::TopicExists(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let dlq_partitions = engine.partitions(&dlq)?;
+    Ok(engine
+        .append_wait(&dlq, partition % dlq_partitions, batch)?
+        .first)
+}

@@ -1,0 +1,438 @@
+//! Consumer groups over the network: joining and leaving, sessions, consume with long
+//! polling, acks (optionally answered once durable), nacks, and dead-lettering. The rules
+//! are in `docs/CONSUMERS.md`; per-partition delivery is `keel_engine::delivery`, the durable
+//! state `keel_engine::groups`.
+
+mod consume;
+mod dead_letter;
+mod live;
+mod waiting;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keel_engine::delivery::MemberId;
+use keel_engine::groups::{GroupSettings, GroupStore};
+use keel_engine::{Engine, EngineError};
+use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, Response, StartAt};
+
+use crate::config::GroupDefaults;
+use crate::reply::Reply;
+pub use live::{LiveGroup, Member};
+use waiting::Waiting;
+
+/// How often sessions and ack deadlines are checked, and parked consumes looked at again
+/// when a nack delay or timeout has made something due.
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often each group's committed offsets are recorded as its fallback checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+/// A consume request on its way.
+pub struct ConsumeJob {
+    group: Arc<LiveGroup>,
+    member: MemberId,
+    max: usize,
+    deadline: Option<Instant>,
+    reply: Reply,
+    /// The group's generation when it was last found empty.
+    seen: u64,
+}
+
+/// A join request on its way (it may create the group, which reads and writes files).
+pub struct JoinJob {
+    group: String,
+    topic: String,
+    start: StartAt,
+    settings: JoinSettings,
+    conn: u64,
+    reply: Reply,
+}
+
+/// Every group of the server.
+pub struct Groups {
+    engine: Weak<Engine>,
+    store: Arc<GroupStore>,
+    live: RwLock<HashMap<(String, String), Arc<LiveGroup>>>,
+    /// Held while a group is created or loaded.
+    creating: Mutex<()>,
+    next_member: AtomicU64,
+    defaults: GroupDefaults,
+    /// Most batch bytes one consume answer carries.
+    answer_bytes: usize,
+    waiting: Waiting,
+}
+
+impl Groups {
+    /// Opens the groups' durable state and starts the consume workers and the ticker.
+    pub fn start(
+        engine: &Arc<Engine>,
+        defaults: GroupDefaults,
+        answer_bytes: usize,
+    ) -> Result<(Arc<Self>, Vec<JoinHandle<()>>), EngineError> {
+        let cfg = engine.config();
+        let store = GroupStore::open(&cfg.data_dir, cfg.shards, defaults.slots)?;
+        // Member ids from the clock: an id from before a restart is not taken for a new one.
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        let (waiting, rx) = Waiting::new();
+        let this = Arc::new(Self {
+            engine: Arc::downgrade(engine),
+            store: Arc::new(store),
+            live: RwLock::new(HashMap::new()),
+            creating: Mutex::new(()),
+            next_member: AtomicU64::new(seed),
+            defaults,
+            answer_bytes,
+            waiting,
+        });
+        let threads = waiting::start_threads(&this, rx)
+            .map_err(|e| EngineError::io("start the consumer-group threads", "", e))?;
+        Ok((this, threads))
+    }
+
+    fn live(&self) -> RwLockReadGuard<'_, HashMap<(String, String), Arc<LiveGroup>>> {
+        // Inserts and removals are single steps; the map is consistent after any panic.
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>, EngineError> {
+        self.engine.upgrade().ok_or(EngineError::ShuttingDown)
+    }
+
+    fn find(&self, group: &str, topic: &str) -> Option<Arc<LiveGroup>> {
+        self.live()
+            .get(&(group.to_string(), topic.to_string()))
+            .cloned()
+    }
+
+    /// Queues a join (answered from a worker thread).
+    pub fn join(
+        &self,
+        group: String,
+        topic: String,
+        start: StartAt,
+        settings: JoinSettings,
+        conn: u64,
+        reply: Reply,
+    ) {
+        self.waiting.join(JoinJob {
+            group,
+            topic,
+            start,
+            settings,
+            conn,
+            reply,
+        });
+    }
+
+    fn do_join(&self, job: JoinJob) {
+        let JoinJob {
+            group,
+            topic,
+            start,
+            settings,
+            conn,
+            reply,
+        } = job;
+        let live = match self.load_or_create(&group, &topic, start, settings) {
+            Ok(g) => g,
+            Err(e) => return reply.engine_error(&e),
+        };
+        let pick = |asked: u32, default: u32| if asked == 0 { default } else { asked };
+        let session_timeout_ms = pick(
+            settings.session_timeout_ms,
+            self.defaults.session_timeout_ms,
+        )
+        .max(100);
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        live.members().insert(
+            member,
+            Member {
+                conn,
+                session_timeout: Duration::from_millis(u64::from(session_timeout_ms)),
+                max_unacked: pick(settings.max_unacked, self.defaults.max_unacked) as usize,
+                last_seen: Instant::now(),
+            },
+        );
+        log::info!("group {group:?} on {topic}: member {member} joined");
+        reply.ok(&Response::JoinGroup {
+            member,
+            partitions: live.partition_count(),
+            session_timeout_ms,
+        });
+    }
+
+    fn load_or_create(
+        &self,
+        group: &str,
+        topic: &str,
+        start: StartAt,
+        settings: JoinSettings,
+    ) -> Result<Arc<LiveGroup>, EngineError> {
+        if let Some(g) = self.find(group, topic) {
+            return Ok(g);
+        }
+        let engine = self.engine()?;
+        let partitions = engine.partitions(topic)?;
+        // Creations one at a time, without holding the map: creating reads partitions and
+        // syncs files, and shard threads read the map (on every durable produce), so they
+        // must never wait behind that.
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = self.find(group, topic) {
+            return Ok(g);
+        }
+        let key = (group.to_string(), topic.to_string());
+        let pick = |asked: u32, default: u32| if asked == 0 { default } else { asked };
+        let group_settings = GroupSettings {
+            ack_timeout: Duration::from_millis(u64::from(
+                pick(settings.ack_timeout_ms, self.defaults.ack_timeout_ms).max(100),
+            )),
+            max_deliveries: pick(settings.max_deliveries, self.defaults.max_deliveries),
+        };
+        let stored = self.store.find_or_create(
+            group,
+            topic,
+            group_settings,
+            engine.config().shards,
+            || consume::start_offsets(&engine, topic, partitions, start),
+        )?;
+        if stored.partitions() != partitions {
+            return Err(EngineError::InvalidConfig(format!(
+                "group {group:?} covers {} partitions but topic {topic:?} has {partitions}",
+                stored.partitions()
+            )));
+        }
+        let g = Arc::new(LiveGroup::load(&self.store, stored));
+        log::info!(
+            "group {group:?} on {topic}: loaded, committed offsets {:?}",
+            g.committed()
+        );
+        self.live
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, Arc::clone(&g));
+        Ok(g)
+    }
+
+    fn member_group(
+        &self,
+        group: &str,
+        topic: &str,
+        member: MemberId,
+    ) -> Result<Arc<LiveGroup>, ()> {
+        match self.find(group, topic) {
+            Some(g) if g.touch(member) => Ok(g),
+            _ => Err(()),
+        }
+    }
+
+    /// Leaves: what the member holds is redelivered.
+    pub fn leave(&self, group: &str, topic: &str, member: MemberId, reply: Reply) {
+        match self.find(group, topic) {
+            Some(g) if g.remove_member(member) => {
+                log::info!("group {group:?} on {topic}: member {member} left");
+                self.waiting.wake(&g);
+                reply.ok(&Response::LeaveGroup);
+            }
+            _ => unknown_member(reply, group, member),
+        }
+    }
+
+    /// Renews a session.
+    pub fn heartbeat(&self, group: &str, topic: &str, member: MemberId, reply: Reply) {
+        match self.member_group(group, topic, member) {
+            Ok(_) => reply.ok(&Response::Heartbeat),
+            Err(()) => unknown_member(reply, group, member),
+        }
+    }
+
+    /// Queues a consume (answered from a worker thread, at once or when messages arrive).
+    pub fn consume(
+        &self,
+        group: &str,
+        topic: &str,
+        member: MemberId,
+        max: u32,
+        wait: Duration,
+        reply: Reply,
+    ) {
+        let Ok(g) = self.member_group(group, topic, member) else {
+            return unknown_member(reply, group, member);
+        };
+        // A waiting consume must not outlast the session it keeps alive.
+        let session = g
+            .members()
+            .get(&member)
+            .map_or(Duration::ZERO, |m| m.session_timeout);
+        let wait = wait.min(session / 2);
+        self.waiting.consume(ConsumeJob {
+            seen: g.generation(),
+            group: g,
+            member,
+            max: max as usize,
+            deadline: (!wait.is_zero()).then(|| Instant::now() + wait),
+            reply,
+        });
+    }
+
+    /// Acknowledges spans. An ack from a member whose session ended still counts (the message
+    /// was processed); an ack for a group not loaded is refused, as its member ids are gone.
+    pub fn ack(
+        &self,
+        group: &str,
+        topic: &str,
+        member: MemberId,
+        durable: bool,
+        spans: &[OffsetSpan],
+        reply: Reply,
+    ) {
+        let Some(g) = self.find(group, topic) else {
+            return unknown_member(reply, group, member);
+        };
+        g.touch(member);
+        let mut touched = Vec::new();
+        for span in spans {
+            let Some(mut d) = g.partition(span.partition) else {
+                return reply.error(
+                    ErrorCode::UnknownPartition,
+                    &format!("topic {topic:?} has no partition {}", span.partition),
+                );
+            };
+            if d.ack_span(span.first, span.last) > 0 {
+                // Stored under the partition's lock, so stores of one slot never go back in time.
+                self.store.store(&g.stored, span.partition, d.acks());
+                touched.push(span.partition);
+            }
+        }
+        if !touched.is_empty() {
+            // Acks free prefetch room and the ack window.
+            self.waiting.wake(&g);
+        }
+        if !durable {
+            return reply.ok(&Response::Ack);
+        }
+        self.store.when_durable(
+            &g.stored,
+            &touched,
+            Box::new(move |r| match r {
+                Ok(()) => reply.ok(&Response::Ack),
+                Err(e) => reply.engine_error(&e),
+            }),
+        );
+    }
+
+    /// Gives messages back for redelivery after `delay`.
+    pub fn nack(
+        &self,
+        group: &str,
+        topic: &str,
+        member: MemberId,
+        delay: Duration,
+        spans: &[OffsetSpan],
+        reply: Reply,
+    ) {
+        let Ok(g) = self.member_group(group, topic, member) else {
+            return unknown_member(reply, group, member);
+        };
+        let now = Instant::now();
+        for span in spans {
+            let Some(mut d) = g.partition(span.partition) else {
+                return reply.error(
+                    ErrorCode::UnknownPartition,
+                    &format!("topic {topic:?} has no partition {}", span.partition),
+                );
+            };
+            d.nack_span(member, span.first, span.last, delay, now);
+        }
+        self.waiting.wake(&g);
+        reply.ok(&Response::Nack);
+    }
+
+    /// A connection closed: its members leave.
+    pub fn connection_closed(&self, conn: u64) {
+        for g in self.live().values() {
+            let gone: Vec<MemberId> = g
+                .members()
+                .iter()
+                .filter(|(_, m)| m.conn == conn)
+                .map(|(&id, _)| id)
+                .collect();
+            for member in gone {
+                if g.remove_member(member) {
+                    log::info!(
+                        "group {:?} on {}: member {member} left (its connection closed)",
+                        g.stored.group,
+                        g.stored.topic
+                    );
+                    self.waiting.wake(g);
+                }
+            }
+        }
+    }
+
+    /// An append to `topic` became durable: consumes waiting on its groups look again.
+    pub fn appended(&self, topic: &str) {
+        for ((_, t), g) in self.live().iter() {
+            if t == topic {
+                self.waiting.wake(g);
+            }
+        }
+    }
+
+    /// The topic is being deleted: its groups go with it.
+    pub fn topic_deleted(&self, topic: &str) -> Result<(), EngineError> {
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        self.live
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, t), _| t != topic);
+        self.store.remove_topic(topic)
+    }
+
+    /// Answers every waiting consume and stops the threads.
+    pub fn stop(&self) {
+        self.waiting.stop();
+    }
+
+    fn tick(&self, now: Instant, checkpoint: bool) {
+        let groups: Vec<Arc<LiveGroup>> = self.live().values().cloned().collect();
+        for g in groups {
+            if g.expire(now) {
+                self.waiting.wake(&g);
+            }
+            if checkpoint {
+                self.checkpoint(&g);
+            }
+        }
+    }
+
+    /// Records the group's committed offsets as its fallback, once they are durable in the
+    /// table (a checkpoint must never be ahead of what the table holds durably).
+    fn checkpoint(&self, g: &Arc<LiveGroup>) {
+        let committed = g.committed();
+        let partitions: Vec<u32> = (0..g.partition_count()).collect();
+        let store = Arc::clone(&self.store);
+        let stored = Arc::clone(&g.stored);
+        self.store.when_durable(
+            &g.stored,
+            &partitions,
+            Box::new(move |r| {
+                let result = r.and_then(|()| store.checkpoint(&stored, &committed));
+                if let Err(e) = result {
+                    log::warn!("group {:?}: checkpoint failed: {e}", stored.group);
+                }
+            }),
+        );
+    }
+}
+
+fn unknown_member(reply: Reply, group: &str, member: MemberId) {
+    reply.error(
+        ErrorCode::UnknownMember,
+        &format!("member {member} is not in group {group:?} (its session ended); join again"),
+    );
+}
