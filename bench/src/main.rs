@@ -11,6 +11,7 @@
 //! ```
 
 mod child;
+mod consume_suite;
 mod engine_load;
 mod net_load;
 mod null_server;
@@ -140,6 +141,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         partitions: u32,
     },
+    /// A backlog drained by fetches and by a consumer group acking every message durably, from
+    /// one keeld (a child process), reported as a ratio.
+    Consume {
+        /// Directory for keeld's data (a fresh subdirectory, removed after).
+        #[arg(long, default_value = "./keel-data")]
+        dir: PathBuf,
+        #[command(flatten)]
+        backlog: consume_suite::Backlog,
+        /// The keeld binary [default: keeld next to this program].
+        #[arg(long)]
+        keeld: Option<PathBuf>,
+    },
     /// Run the null server: answers produces at once and stores nothing.
     NullServer {
         /// Address to listen on; port 0 picks a free one (printed).
@@ -165,6 +178,11 @@ fn main() -> ExitCode {
             partitions,
         } => server_suite::produce_once(&server, &topic, seconds, &shape, partitions),
         Command::NullServer { listen } => null_server::run(&listen),
+        Command::Consume {
+            dir,
+            backlog,
+            keeld,
+        } => consume_suite::run(&dir, &backlog, keeld),
         Command::Probe { dir, seconds } => probe::run(&dir, seconds)
             .map(|p| print!("{}", p.table()))
             .map_err(|e| format!("probe failed in {}: {e}", dir.display())),

@@ -216,9 +216,18 @@ impl PartitionDelivery {
         if self.next_new == 0 || from > to {
             return 0;
         }
-        (from..=to)
-            .filter(|&o| !self.acks.is_acked(o) && self.ack(o))
-            .count()
+        let mut n = 0;
+        for o in from..=to {
+            if !self.acks.is_acked(o) {
+                self.take_in_flight(o);
+                self.redeliver.remove(&o);
+                if self.acks.mark(o) {
+                    n += 1;
+                }
+            }
+        }
+        self.acks.advance();
+        n
     }
 
     /// [`Self::nack`] for `first..=last`, bounded as [`Self::ack_span`] is.

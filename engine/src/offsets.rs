@@ -10,6 +10,7 @@
 //! `docs/FORMAT.md`.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -65,6 +66,14 @@ impl AckState {
     /// (delivery must wait until the low end is acknowledged). Moves the committed offset past
     /// every acknowledged offset at the low end.
     pub fn ack(&mut self, offset: u64) -> bool {
+        let marked = self.mark(offset);
+        self.advance();
+        marked
+    }
+
+    /// [`AckState::ack`] without moving the committed offset: for many acks at once, followed
+    /// by one [`AckState::advance`].
+    pub fn mark(&mut self, offset: u64) -> bool {
         let Some(d) = offset.checked_sub(self.committed) else {
             return true;
         };
@@ -72,26 +81,35 @@ impl AckState {
             return false;
         }
         self.window[d as usize / 8] |= 1 << (d % 8);
-        let mut advance = 0;
-        while advance < WINDOW && self.window[advance / 8] & (1 << (advance % 8)) != 0 {
-            advance += 1;
-        }
-        if advance > 0 {
-            self.shift(advance);
-        }
         true
     }
 
-    /// Moves the window up by `n` offsets (all acknowledged).
-    fn shift(&mut self, n: usize) {
-        let mut next = [0u8; BITMAP_BYTES];
-        for bit in n..WINDOW {
-            if self.window[bit / 8] & (1 << (bit % 8)) != 0 {
-                let to = bit - n;
-                next[to / 8] |= 1 << (to % 8);
-            }
+    /// Moves the committed offset past every acknowledged offset at the low end.
+    pub fn advance(&mut self) {
+        let full = self.window.iter().take_while(|&&b| b == 0xff).count();
+        let n = if full == BITMAP_BYTES {
+            WINDOW
+        } else {
+            full * 8 + self.window[full].trailing_ones() as usize
+        };
+        if n > 0 {
+            self.shift(n);
         }
-        *self.window = next;
+    }
+
+    /// Moves the window up by `n` offsets (all acknowledged): bytes move whole, then bits.
+    fn shift(&mut self, n: usize) {
+        let (bytes, bits) = (n / 8, n % 8);
+        let old = *self.window;
+        let at = |i: usize| old.get(i).copied().unwrap_or(0);
+        for i in 0..BITMAP_BYTES {
+            let lo = at(i + bytes);
+            self.window[i] = if bits == 0 {
+                lo
+            } else {
+                lo >> bits | at(i + bytes + 1) << (8 - bits)
+            };
+        }
         self.committed += n as u64;
     }
 }
@@ -135,7 +153,17 @@ impl OffsetTable {
             .map_err(|e| io("stat offset table", e))?
             .len();
         if len < want {
-            file.set_len(want).map_err(|e| io("grow offset table", e))?;
+            // Real zeros, not a sparse tail: a store into a hole or an unwritten extent would
+            // make each sync commit the journal (block allocation), many times slower than a
+            // data-only flush.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = len;
+            while at < want {
+                let n = (want - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(|e| io("grow offset table", e))?;
+                at += n as u64;
+            }
             file.sync_all().map_err(|e| io("sync offset table", e))?;
             if let Some(dir) = path.parent() {
                 sync_dir(dir)?;
@@ -274,6 +302,32 @@ mod tests {
         assert!(!s.is_acked(104));
         assert!(!s.ack(104 + WINDOW as u64), "beyond the window");
         assert!(s.ack(104 + WINDOW as u64 - 1));
+    }
+
+    #[test]
+    fn the_window_shifts_by_any_amount_keeping_every_later_ack() {
+        for gap in [1u64, 7, 8, 9, 63, 64, 65, 1000, 4095] {
+            let mut s = AckState::new(1, 0);
+            let later: Vec<u64> = (gap + 1..WINDOW as u64).step_by(37).collect();
+            for &o in &later {
+                assert!(s.mark(o));
+            }
+            for o in 0..gap {
+                s.mark(o);
+            }
+            s.advance();
+            assert_eq!(s.committed, gap, "offset {gap} itself is not acknowledged");
+            for o in gap..gap + WINDOW as u64 {
+                assert_eq!(s.is_acked(o), later.contains(&o), "gap {gap}, offset {o}");
+            }
+        }
+        let mut all = AckState::new(1, 5);
+        for o in 5..5 + WINDOW as u64 {
+            all.mark(o);
+        }
+        all.advance();
+        assert_eq!(all.committed, 5 + WINDOW as u64);
+        assert!(!all.is_acked(5 + WINDOW as u64));
     }
 
     #[test]

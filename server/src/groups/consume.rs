@@ -11,7 +11,7 @@ use keel_protocol::{ConsumedPartition, DeliveryInfo, Response, StartAt};
 use super::{ConsumeJob, Groups, LiveGroup};
 
 /// Bytes one read asks for.
-const READ_BYTES: usize = 1 << 20;
+const READ_BYTES: usize = 256 << 10;
 
 /// The messages of one partition for one answer.
 pub struct Part {
