@@ -253,40 +253,25 @@ impl PartitionDelivery {
     /// `member` gives `offset` back: it is redelivered once `delay` has passed. A nack for a
     /// message the member does not hold is ignored.
     pub fn nack(&mut self, member: MemberId, offset: u64, delay: Duration, now: Instant) {
-        if self
-            .in_flight
-            .get(&offset)
-            .is_some_and(|f| f.member == member)
-        {
-            if let Some(f) = self.take_in_flight(offset) {
-                self.redeliver.insert(
-                    offset,
-                    Waiting {
-                        ready_at: now + delay,
-                        count: f.count,
-                    },
-                );
-            }
-        }
+        self.take_back(member, offset, now + delay, 0);
     }
 
     /// Takes back a delivery `member` was never sent (its answer had no room for it): it is due
     /// again at once, and this delivery does not count.
     pub fn give_back(&mut self, member: MemberId, offset: u64, now: Instant) {
-        if self
+        self.take_back(member, offset, now, 1);
+    }
+
+    /// Moves `member`'s delivery of `offset` (if it holds it) to the redelivery queue, due at
+    /// `ready_at`, its count lowered by `uncount`.
+    fn take_back(&mut self, member: MemberId, offset: u64, ready_at: Instant, uncount: u32) {
+        let held = self
             .in_flight
             .get(&offset)
-            .is_some_and(|f| f.member == member)
-        {
-            if let Some(f) = self.take_in_flight(offset) {
-                self.redeliver.insert(
-                    offset,
-                    Waiting {
-                        ready_at: now,
-                        count: f.count - 1,
-                    },
-                );
-            }
+            .is_some_and(|f| f.member == member);
+        if let Some(f) = held.then(|| self.take_in_flight(offset)).flatten() {
+            let count = f.count - uncount;
+            self.redeliver.insert(offset, Waiting { ready_at, count });
         }
     }
 
