@@ -135,6 +135,20 @@ impl Keeld {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (up to [`PATIENCE`]) until its log contains `needle`; its log was read from a
+    /// pipe by another thread, so a line written a moment ago may not be there yet. Returns
+    /// whether it came.
+    pub fn log_shows(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr().contains(needle) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("keeld is running").id()

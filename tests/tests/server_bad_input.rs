@@ -114,7 +114,7 @@ fn answerable_bad_requests_get_error_codes_and_the_connection_goes_on() {
 
     let peer = s.local_addr().unwrap().to_string();
     assert!(
-        server.stderr().contains(&peer),
+        server.log_shows(&peer),
         "bad requests are logged with the peer: {}",
         server.stderr()
     );
@@ -173,7 +173,7 @@ fn unreadable_frames(net: &str) {
         .collect();
     assert_eq!(values, [b"before".to_vec(), b"after".to_vec()]);
     assert!(
-        server.stderr().contains("closing the connection"),
+        server.log_shows("closing the connection"),
         "{}",
         server.stderr()
     );

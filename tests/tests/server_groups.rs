@@ -172,7 +172,7 @@ fn a_silent_member_s_session_ends_and_its_messages_move_on() {
             ..
         })
     ));
-    assert!(keeld.stderr().contains("session timed out"));
+    assert!(keeld.log_shows("session timed out"));
 }
 
 #[test]
