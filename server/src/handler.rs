@@ -10,7 +10,7 @@ use keel_protocol::{
 
 use crate::budget::ByteBudget;
 use crate::fetch::{Fetch, LongPoll};
-use crate::groups::Groups;
+use crate::groups::{Groups, JoinJob};
 use crate::partitioner::partition_for_key;
 use crate::reply::Reply;
 
@@ -62,18 +62,13 @@ impl Handler {
     pub fn cost(&self, frame_len: usize, request: &Request<'_>) -> usize {
         match request {
             Request::Fetch { max_bytes, .. } => frame_len + self.fetch_budget(*max_bytes),
-            Request::Consume { .. } => frame_len + self.consume_answer_bytes(),
+            Request::Consume { .. } => frame_len + Self::consume_answer_limit(self.max_frame_bytes),
             _ => frame_len,
         }
     }
 
     /// Most batch bytes a consume answer carries: room in one frame for the batches plus the
     /// delivery list, and no more than a few reads' worth.
-    pub fn consume_answer_bytes(&self) -> usize {
-        Self::consume_answer_limit(self.max_frame_bytes)
-    }
-
-    /// [`Handler::consume_answer_bytes`] for a frame limit.
     pub fn consume_answer_limit(max_frame_bytes: u32) -> usize {
         (max_frame_bytes as usize / 2).min(CONSUME_ANSWER_BYTES)
     }
@@ -168,7 +163,14 @@ impl Handler {
                 topic,
                 start,
                 settings,
-            } => self.groups.join(group, topic, start, settings, conn, reply),
+            } => self.groups.join(JoinJob {
+                group,
+                topic,
+                start,
+                settings,
+                conn,
+                reply,
+            }),
             Request::LeaveGroup {
                 group,
                 topic,

@@ -351,11 +351,6 @@ impl GroupStore {
         let s = g.slots.get(partition as usize)?;
         Some((self.tables[s.table].path.clone(), s.slot))
     }
-
-    /// Syncs done so far over all tables.
-    pub fn syncs(&self) -> u64 {
-        self.tables.iter().map(|t| t.sync.syncs()).sum()
-    }
 }
 
 fn stored(meta: GroupMeta) -> StoredGroup {

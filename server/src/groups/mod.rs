@@ -43,12 +43,18 @@ pub struct ConsumeJob {
 
 /// A join request on its way (it may create the group, which reads and writes files).
 pub struct JoinJob {
-    group: String,
-    topic: String,
-    start: StartAt,
-    settings: JoinSettings,
-    conn: u64,
-    reply: Reply,
+    /// Group name.
+    pub group: String,
+    /// Topic the group reads.
+    pub topic: String,
+    /// Where a new group starts.
+    pub start: StartAt,
+    /// The member's settings.
+    pub settings: JoinSettings,
+    /// The connection it came on (the member leaves when it closes).
+    pub conn: u64,
+    /// Where the answer goes.
+    pub reply: Reply,
 }
 
 /// Every group of the server.
@@ -110,23 +116,8 @@ impl Groups {
     }
 
     /// Queues a join (answered from a worker thread).
-    pub fn join(
-        &self,
-        group: String,
-        topic: String,
-        start: StartAt,
-        settings: JoinSettings,
-        conn: u64,
-        reply: Reply,
-    ) {
-        self.waiting.join(JoinJob {
-            group,
-            topic,
-            start,
-            settings,
-            conn,
-            reply,
-        });
+    pub fn join(&self, job: JoinJob) {
+        self.waiting.join(job);
     }
 
     fn do_join(&self, job: JoinJob) {
@@ -154,7 +145,7 @@ impl Groups {
             Member {
                 conn,
                 session_timeout: Duration::from_millis(u64::from(session_timeout_ms)),
-                max_unacked: pick(settings.max_unacked, self.defaults.max_unacked) as usize,
+                max_unacked: asked_or(settings.max_unacked, self.defaults.max_unacked) as usize,
                 last_seen: Instant::now(),
             },
         );
@@ -186,12 +177,11 @@ impl Groups {
             return Ok(g);
         }
         let key = (group.to_string(), topic.to_string());
-        let pick = |asked: u32, default: u32| if asked == 0 { default } else { asked };
         let group_settings = GroupSettings {
             ack_timeout: Duration::from_millis(u64::from(
-                pick(settings.ack_timeout_ms, self.defaults.ack_timeout_ms).max(100),
+                asked_or(settings.ack_timeout_ms, self.defaults.ack_timeout_ms).max(100),
             )),
-            max_deliveries: pick(settings.max_deliveries, self.defaults.max_deliveries),
+            max_deliveries: asked_or(settings.max_deliveries, self.defaults.max_deliveries),
         };
         let stored = self.store.find_or_create(
             group,
@@ -427,6 +417,15 @@ impl Groups {
                 }
             }),
         );
+    }
+}
+
+/// A join's setting, or the server's default where it asked for one (0).
+fn asked_or(asked: u32, default: u32) -> u32 {
+    if asked == 0 {
+        default
+    } else {
+        asked
     }
 }
 
