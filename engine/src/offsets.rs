@@ -2,13 +2,13 @@
 //! of fixed-size slots, one slot per (group, partition): the committed offset (everything
 //! below it is acknowledged) and a bitmap of acknowledgements in the window above it.
 //!
-//! Each slot holds two copies, each with a sequence number and a CRC-32C. A store writes the
-//! copy that is *not* the newest valid one, so a torn or half-flushed store can only damage the
-//! copy being written; the other still holds the previous state. Loading takes the newest copy
-//! whose CRC checks. The worst a crash can do is bring back an older state: fewer messages
-//! acknowledged, so some are delivered again, never one lost. The layout is in
-//! `docs/FORMAT.md`.
+//! Each slot holds two copies, each with a sequence number and a CRC-32C. The copy a completed
+//! sync made durable is never written until a later sync has made the other one durable, so a torn or half-flushed store can only damage the copy being written; the
+//! other still holds every state a sync covered. Loading takes the newest copy whose CRC
+//! checks. The worst a crash can do is bring back an older state: fewer messages acknowledged,
+//! so some are delivered again, never one lost. The layout is in `docs/FORMAT.md`.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -128,11 +128,32 @@ pub enum Loaded {
     },
 }
 
+/// Where a slot's stores go. The copy a completed sync made durable is *stable*: it is not
+/// written again until a later sync has made the other copy durable, so a power cut during
+/// writeback (which may tear any sector written since the last sync) always leaves one intact
+/// copy holding at least every state a sync has covered. Between syncs, stores overwrite the
+/// other copy.
+#[derive(Debug, Clone, Copy)]
+struct SlotCopies {
+    stable: usize,
+    stable_seq: u64,
+    /// `syncs_started` when the other copy was last written; `None` if it was not written
+    /// since it last became the one to write.
+    written: Option<u64>,
+}
+
 /// One shard's table of slots, memory-mapped.
 pub struct OffsetTable {
     path: PathBuf,
     map: MmapMut,
     _file: File,
+    /// Per slot, filled on first use from what the file holds.
+    copies: Vec<Option<SlotCopies>>,
+    syncs_started: u64,
+    syncs_done: u64,
+    /// Stores that arrived while the copy they would overwrite was being synced: written when
+    /// that sync completes.
+    held: BTreeMap<usize, AckState>,
 }
 
 impl OffsetTable {
@@ -169,14 +190,22 @@ impl OffsetTable {
                 sync_dir(dir)?;
             }
         }
+        // After a process crash the page cache may hold copies the disk does not: made durable
+        // now, the newest valid copy of each slot really is on disk before it becomes stable.
+        file.sync_data().map_err(|e| io("sync offset table", e))?;
         // The file is this process's own (the data directory is locked by flock), and the map
         // lives in the table with the file and is only touched through it.
         // SAFETY: so no one truncates or writes the file behind the map while it is mapped.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("map offset table", e))?;
+        let slots = map.len() / SLOT_BYTES;
         Ok(Self {
             path: path.to_path_buf(),
             map,
             _file: file,
+            copies: vec![None; slots],
+            syncs_started: 0,
+            syncs_done: 0,
+            held: BTreeMap::new(),
         })
     }
 
@@ -192,6 +221,9 @@ impl OffsetTable {
 
     /// Reads a slot for `owner`: the newest copy that checks, if any.
     pub fn load(&self, slot: usize, owner: u64) -> Loaded {
+        if let Some(state) = self.held.get(&slot).filter(|s| s.owner == owner) {
+            return Loaded::State(state.clone());
+        }
         let mut best: Option<(u64, AckState)> = None;
         let mut damaged = false;
         for which in 0..2 {
@@ -213,26 +245,77 @@ impl OffsetTable {
         }
     }
 
-    /// Writes `state` into the slot's older (or invalid) copy. Durable after [`Self::flush`].
-    pub fn store(&mut self, slot: usize, state: &AckState) {
-        let (mut newest, mut target) = (0u64, 0usize);
+    /// The slot's copies as the file holds them: the newest valid one is stable.
+    fn copies_on_disk(&self, slot: usize) -> SlotCopies {
+        let mut found = SlotCopies {
+            stable: 1,
+            stable_seq: 0,
+            written: None,
+        };
         for which in 0..2 {
             if let Decoded::Ok(seq, _) = decode(self.copy(slot, which)) {
-                if seq >= newest {
-                    newest = seq;
-                    target = 1 - which;
+                if seq >= found.stable_seq {
+                    found.stable = which;
+                    found.stable_seq = seq;
                 }
             }
         }
-        let at = slot * SLOT_BYTES + target * COPY_BYTES;
-        encode(newest + 1, state, &mut self.map[at..at + COPY_BYTES]);
+        found
     }
 
-    /// Makes every store so far durable (`msync`).
-    pub fn flush(&self) -> Result<()> {
+    /// Stores `state` into the slot, never over its stable copy. Durable after the next sync
+    /// (see [`Self::sync_starting`]).
+    pub fn store(&mut self, slot: usize, state: &AckState) {
+        let mut c = match self.copies[slot] {
+            Some(c) => c,
+            None => self.copies_on_disk(slot),
+        };
+        if let Some(w) = c.written {
+            if w < self.syncs_done {
+                // A completed sync covered the other copy: it is the stable one now.
+                c = SlotCopies {
+                    stable: 1 - c.stable,
+                    stable_seq: c.stable_seq + 1,
+                    written: None,
+                };
+            } else if w < self.syncs_started {
+                // The sync in flight is writing that copy back, and the stable one is the
+                // fallback should it tear: neither may change until it completes.
+                self.copies[slot] = Some(c);
+                self.held.insert(slot, state.clone());
+                return;
+            }
+        }
+        self.held.remove(&slot);
+        let at = slot * SLOT_BYTES + (1 - c.stable) * COPY_BYTES;
+        encode(c.stable_seq + 1, state, &mut self.map[at..at + COPY_BYTES]);
+        c.written = Some(self.syncs_started);
+        self.copies[slot] = Some(c);
+    }
+
+    /// To be called just before a sync of the table's file starts: it covers every store so
+    /// far. Returns nothing to undo: a sync that fails leaves the table poisoned.
+    pub fn sync_starting(&mut self) {
+        self.syncs_started += 1;
+    }
+
+    /// To be called when the sync begun by the last [`Self::sync_starting`] succeeded: stores
+    /// held back while it ran are written now (each into the copy that is no longer stable).
+    pub fn sync_done(&mut self) {
+        self.syncs_done = self.syncs_started;
+        for (slot, state) in std::mem::take(&mut self.held) {
+            self.store(slot, &state);
+        }
+    }
+
+    /// Makes every store so far durable (`msync`), for a table used by one thread.
+    pub fn flush(&mut self) -> Result<()> {
+        self.sync_starting();
         self.map
             .flush()
-            .map_err(|e| EngineError::io("msync offset table", &self.path, e))
+            .map_err(|e| EngineError::io("msync offset table", &self.path, e))?;
+        self.sync_done();
+        Ok(())
     }
 }
 
@@ -361,8 +444,9 @@ mod tests {
         newer.ack(40);
         newer.ack(41);
         t.store(0, &older);
+        t.flush().unwrap();
         t.store(0, &newer);
-        // Stores alternate copies: the newer is in copy 1. Tear it (a half-written sector).
+        // The synced older state is in copy 0, the newer in copy 1. Tear copy 1.
         t.map[COPY_BYTES + 20] ^= 0xff;
         assert_eq!(
             t.load(0, 3),
@@ -381,11 +465,76 @@ mod tests {
     }
 
     #[test]
+    fn a_synced_copy_is_never_written_until_a_sync_covers_the_other() {
+        let (_dir, mut t) = table(1);
+        let state = |acked: u64| {
+            let mut s = AckState::new(5, 0);
+            for o in 0..acked {
+                s.ack(o);
+            }
+            s
+        };
+        t.store(0, &state(1));
+        t.flush().unwrap();
+        let synced = t.map[..COPY_BYTES].to_vec();
+        // Many stores between two syncs all go over the other copy.
+        for n in 2..10 {
+            t.store(0, &state(n));
+            assert_eq!(t.map[..COPY_BYTES], synced[..], "store {n}");
+        }
+        assert_eq!(t.load(0, 5), Loaded::State(state(9)));
+        t.flush().unwrap();
+        // Now copy 1 is the synced one, and copy 0 is written.
+        let synced = t.map[COPY_BYTES..SLOT_BYTES].to_vec();
+        t.store(0, &state(10));
+        assert_eq!(t.map[COPY_BYTES..SLOT_BYTES], synced[..]);
+        assert_ne!(t.map[..COPY_BYTES], synced[..]);
+        assert_eq!(t.load(0, 5), Loaded::State(state(10)));
+    }
+
+    #[test]
+    fn a_store_during_the_sync_of_its_copy_is_held_until_the_sync_completes() {
+        let (_dir, mut t) = table(1);
+        let state = |committed| AckState::new(5, committed);
+        t.store(0, &state(1));
+        t.flush().unwrap();
+        t.store(0, &state(2));
+        let before = t.map.to_vec();
+        t.sync_starting();
+        // Copy 1 (holding 2) is being written back and copy 0 (holding 1) is the fallback.
+        t.store(0, &state(3));
+        t.store(0, &state(4));
+        assert_eq!(
+            t.map[..],
+            before[..],
+            "neither copy is touched during the sync"
+        );
+        assert_eq!(
+            t.load(0, 5),
+            Loaded::State(state(4)),
+            "a load sees the held store"
+        );
+        t.sync_done();
+        assert_eq!(
+            t.map[COPY_BYTES..],
+            before[COPY_BYTES..],
+            "copy 1 is stable now"
+        );
+        assert_ne!(
+            t.map[..COPY_BYTES],
+            before[..COPY_BYTES],
+            "written to copy 0"
+        );
+        assert_eq!(t.load(0, 5), Loaded::State(state(4)));
+    }
+
+    #[test]
     fn a_torn_store_never_shows_more_acknowledged_than_was_stored() {
         // Whatever prefix of a store reaches the disk, what loads is the old or the new state.
         let (_dir, mut t) = table(1);
         let old = AckState::new(9, 1000);
         t.store(0, &old);
+        t.flush().unwrap();
         let before = t.map.to_vec();
         let mut new = old.clone();
         for o in (1000..1100).step_by(3) {

@@ -3,9 +3,11 @@
 //! [`crate::delivery`]; the acknowledgement state it keeps is what is stored here.
 
 mod meta;
+mod power_cut;
 mod store;
 mod table_sync;
 
 pub use meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
+pub use power_cut::TablePowerCut;
 pub use store::{groups_dir, GroupStore, StoredGroup, PERIODIC_SYNC};
 pub use table_sync::{SyncDone, TableSync};

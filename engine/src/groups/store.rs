@@ -6,13 +6,14 @@
 //! names, which are free at the next start.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{EngineError, Result};
 use crate::groups::meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
+use crate::groups::power_cut::TablePowerCut;
 use crate::groups::table_sync::{SyncDone, TableSync};
 use crate::layout::{self, validate_group_name, validate_topic_name, write_atomic};
 use crate::offsets::{AckState, Loaded, OffsetTable};
@@ -36,7 +37,7 @@ fn meta_path(dir: &Path, topic: &str, group: &str) -> PathBuf {
 
 struct Table {
     path: PathBuf,
-    map: Mutex<OffsetTable>,
+    map: Arc<Mutex<OffsetTable>>,
     /// Slots some group's meta file names.
     used: Mutex<BTreeSet<usize>>,
     sync: TableSync,
@@ -51,6 +52,16 @@ impl Table {
 
     fn used(&self) -> MutexGuard<'_, BTreeSet<usize>> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every store so far durable, now.
+    fn sync_now(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.sync.when_durable(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        // Every waiter is answered, at the latest when the sync thread stops.
+        rx.recv().unwrap_or(Err(EngineError::ShuttingDown))
     }
 }
 
@@ -89,6 +100,25 @@ impl GroupStore {
     /// Opens the group files of `data_dir` (which the caller has locked, by opening the
     /// engine on it), with at least `tables` offset tables of `slots` slots each.
     pub fn open(data_dir: &Path, tables: usize, slots: usize) -> Result<Self> {
+        Self::open_with(data_dir, tables, slots, None)
+    }
+
+    /// [`GroupStore::open`] with every table sync recorded by `power`, for power-loss tests.
+    pub fn open_with_power_cut(
+        data_dir: &Path,
+        tables: usize,
+        slots: usize,
+        power: Arc<TablePowerCut>,
+    ) -> Result<Self> {
+        Self::open_with(data_dir, tables, slots, Some(power))
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        tables: usize,
+        slots: usize,
+        power: Option<Arc<TablePowerCut>>,
+    ) -> Result<Self> {
         let dir = groups_dir(data_dir);
         layout::create_dir_durable(&dir)?;
         let mut metas = Vec::new();
@@ -114,9 +144,11 @@ impl GroupStore {
             dir,
         };
         for n in 0..tables.max(existing_tables).max(1) {
-            store
-                .tables
-                .push(open_table(&table_path(&store.dir, n), slots)?);
+            store.tables.push(open_table(
+                &table_path(&store.dir, n),
+                slots,
+                power.clone(),
+            )?);
         }
         for meta in metas {
             for (slot, _) in &meta.partitions {
@@ -208,7 +240,7 @@ impl GroupStore {
         }
         let tables: BTreeSet<usize> = taken.iter().map(|s| s.table).collect();
         for t in tables {
-            if let Err(e) = self.tables[t].map().flush() {
+            if let Err(e) = self.tables[t].sync_now() {
                 release(&taken);
                 return Err(e);
             }
@@ -363,18 +395,17 @@ fn stored(meta: GroupMeta) -> StoredGroup {
     }
 }
 
-fn open_table(path: &Path, slots: usize) -> Result<Table> {
-    let map = OffsetTable::open(path, slots)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| EngineError::io("open offset table", path, e))?;
+fn open_table(path: &Path, slots: usize, power: Option<Arc<TablePowerCut>>) -> Result<Table> {
+    let map = Arc::new(Mutex::new(OffsetTable::open(path, slots)?));
+    if let Some(p) = &power {
+        p.register(path)
+            .map_err(|e| EngineError::io("read offset table", path, e))?;
+    }
     Ok(Table {
         path: path.to_path_buf(),
-        map: Mutex::new(map),
+        sync: TableSync::start(path.to_path_buf(), Arc::clone(&map), PERIODIC_SYNC, power)?,
+        map,
         used: Mutex::new(BTreeSet::new()),
-        sync: TableSync::start(path.to_path_buf(), file, PERIODIC_SYNC)?,
     })
 }
 

@@ -7,7 +7,7 @@
 //! (`vfs_fsync_range` with datasync) limited to a range; calling it on the file lets the
 //! syncing thread run without holding the table, so acks keep being stored meanwhile.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,6 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
+use crate::groups::power_cut::TablePowerCut;
+use crate::offsets::OffsetTable;
 
 /// Called once the acks stored before [`TableSync::when_durable`] are durable, or the sync
 /// failed.
@@ -37,7 +39,12 @@ struct State {
 struct Shared {
     path: PathBuf,
     file: File,
+    /// Told when each sync starts and completes, so that it never overwrites what a sync
+    /// is writing back or has made durable.
+    table: Arc<Mutex<OffsetTable>>,
     interval: Duration,
+    /// Set in power-loss tests: records what each sync made durable.
+    power: Option<Arc<TablePowerCut>>,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -46,6 +53,10 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         // Counters and a list changed in single steps: consistent even after a panic.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn table(&self) -> MutexGuard<'_, OffsetTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn poisoned_error(&self, e: &Arc<io::Error>) -> EngineError {
@@ -63,12 +74,25 @@ pub struct TableSync {
 }
 
 impl TableSync {
-    /// Starts syncing `file` (the table at `path`).
-    pub fn start(path: PathBuf, file: File, interval: Duration) -> Result<Self> {
+    /// Starts syncing `table` (the file at `path`), through `power` when a test simulates
+    /// power loss.
+    pub fn start(
+        path: PathBuf,
+        table: Arc<Mutex<OffsetTable>>,
+        interval: Duration,
+        power: Option<Arc<TablePowerCut>>,
+    ) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| EngineError::io("open offset table", &path, e))?;
         let shared = Arc::new(Shared {
             path: path.clone(),
             file,
+            table,
             interval,
+            power,
             state: Mutex::new(State {
                 requested: 0,
                 durable: 0,
@@ -140,7 +164,15 @@ fn run(shared: &Shared) {
             st.dirty = false;
             st.last_sync = Instant::now();
             drop(st);
-            let outcome = shared.file.sync_data();
+            // After `target` is read: a store for a waiter beyond it may be held back.
+            shared.table().sync_starting();
+            let outcome = match &shared.power {
+                None => shared.file.sync_data(),
+                Some(p) => p.sync(&shared.path, &shared.file, || shared.file.sync_data()),
+            };
+            if outcome.is_ok() {
+                shared.table().sync_done();
+            }
             st = shared.state();
             st.syncs += 1;
             let answered: Vec<(u64, SyncDone)>;
@@ -202,8 +234,8 @@ mod tests {
     fn waiters_arriving_together_share_syncs_and_all_are_answered() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let file = File::create(&path).unwrap();
-        let sync = TableSync::start(path, file, Duration::from_secs(60)).unwrap();
+        let table = Arc::new(Mutex::new(OffsetTable::open(&path, 4).unwrap()));
+        let sync = TableSync::start(path, table, Duration::from_secs(60), None).unwrap();
         let (tx, rx) = mpsc::channel();
         for _ in 0..200 {
             let tx = tx.clone();
@@ -224,8 +256,8 @@ mod tests {
     fn a_dirty_table_is_synced_without_waiters() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let file = File::create(&path).unwrap();
-        let sync = TableSync::start(path, file, Duration::from_millis(20)).unwrap();
+        let table = Arc::new(Mutex::new(OffsetTable::open(&path, 4).unwrap()));
+        let sync = TableSync::start(path, table, Duration::from_millis(20), None).unwrap();
         sync.note_store();
         let deadline = Instant::now() + Duration::from_secs(10);
         while sync.syncs() == 0 {
