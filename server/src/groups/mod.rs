@@ -29,6 +29,9 @@ use waiting::Waiting;
 pub const TICK: Duration = Duration::from_millis(50);
 /// How often each group's committed offsets are recorded as its fallback checkpoint.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// How long a graceful stop waits for the groups' last checkpoints (a table sync and a small
+/// file write each).
+const STOP_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A consume request on its way.
 pub struct ConsumeJob {
@@ -383,9 +386,27 @@ impl Groups {
         self.store.remove_topic(topic)
     }
 
-    /// Answers every waiting consume and stops the threads.
+    /// Answers every waiting consume, stops the threads, and records every group's committed
+    /// offsets as its checkpoint (no acks arrive any more: connections stopped reading).
     pub fn stop(&self) {
         self.waiting.stop();
+        let groups: Vec<Arc<LiveGroup>> = self.live().values().cloned().collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for g in &groups {
+            let tx = tx.clone();
+            self.checkpoint(g, Box::new(move || drop(tx.send(()))));
+        }
+        drop(tx);
+        let deadline = Instant::now() + STOP_CHECKPOINT_PATIENCE;
+        for _ in &groups {
+            if rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                log::warn!("not every group's checkpoint was written before stopping");
+                break;
+            }
+        }
     }
 
     fn tick(&self, now: Instant, checkpoint: bool) {
@@ -395,14 +416,15 @@ impl Groups {
                 self.waiting.wake(&g);
             }
             if checkpoint {
-                self.checkpoint(&g);
+                self.checkpoint(&g, Box::new(|| ()));
             }
         }
     }
 
     /// Records the group's committed offsets as its fallback, once they are durable in the
-    /// table (a checkpoint must never be ahead of what the table holds durably).
-    fn checkpoint(&self, g: &Arc<LiveGroup>) {
+    /// table (a checkpoint must never be ahead of what the table holds durably); then calls
+    /// `then`.
+    fn checkpoint(&self, g: &Arc<LiveGroup>, then: Box<dyn FnOnce() + Send>) {
         let committed = g.committed();
         let partitions: Vec<u32> = (0..g.partition_count()).collect();
         let store = Arc::clone(&self.store);
@@ -415,6 +437,7 @@ impl Groups {
                 if let Err(e) = result {
                     log::warn!("group {:?}: checkpoint failed: {e}", stored.group);
                 }
+                then();
             }),
         );
     }
