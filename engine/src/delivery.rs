@@ -62,6 +62,19 @@ struct Waiting {
     count: u32,
 }
 
+/// What one (group, partition) handed out since it was loaded, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Messages handed to members, first deliveries and redeliveries.
+    pub deliveries: u64,
+    /// Of those, redeliveries.
+    pub redeliveries: u64,
+    /// Messages sent to the dead-letter topic after `max_deliveries`.
+    pub dead_letters: u64,
+    /// Times new messages were held back because the ack window was full.
+    pub window_full_pauses: u64,
+}
+
 /// Delivery state of one (group, partition).
 #[derive(Debug)]
 pub struct PartitionDelivery {
@@ -73,6 +86,7 @@ pub struct PartitionDelivery {
     /// Messages in flight per member (the prefetch limit is checked per request).
     held: HashMap<MemberId, usize>,
     max_deliveries: u32,
+    counts: DeliveryCounts,
 }
 
 impl PartitionDelivery {
@@ -86,7 +100,24 @@ impl PartitionDelivery {
             redeliver: BTreeMap::new(),
             held: HashMap::new(),
             max_deliveries: max_deliveries.max(1),
+            counts: DeliveryCounts::default(),
         }
+    }
+
+    /// What was handed out since this state was built.
+    pub fn counts(&self) -> DeliveryCounts {
+        self.counts
+    }
+
+    /// Messages delivered and not yet acknowledged (or given back).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether the ack window is full: no new message is delivered until the lowest
+    /// unacknowledged one is acknowledged.
+    pub fn window_full(&self) -> bool {
+        self.next_new >= self.acks.committed + WINDOW as u64
     }
 
     /// The acknowledgement state to store durably.
@@ -161,6 +192,7 @@ impl PartitionDelivery {
             let offset = self.next_new;
             if offset >= self.acks.committed + WINDOW as u64 {
                 batch.window_full = true;
+                self.counts.window_full_pauses += 1;
                 break;
             }
             self.next_new += 1;
@@ -189,6 +221,10 @@ impl PartitionDelivery {
             },
         );
         *self.held.entry(member).or_insert(0) += 1;
+        self.counts.deliveries += 1;
+        if count > 1 {
+            self.counts.redeliveries += 1;
+        }
         batch.deliveries.push(Delivery {
             offset,
             delivery_count: count,
@@ -228,6 +264,13 @@ impl PartitionDelivery {
         }
         self.acks.advance();
         n
+    }
+
+    /// `offset` was copied to the dead-letter topic: it counts as acknowledged.
+    pub fn dead_lettered(&mut self, offset: u64) {
+        if self.ack(offset) {
+            self.counts.dead_letters += 1;
+        }
     }
 
     /// [`Self::nack`] for `first..=last`, bounded as [`Self::ack_span`] is.

@@ -321,16 +321,36 @@ impl BatchBuilder {
 
     /// Adds a record with optional key and headers.
     pub fn push(&mut self, key: Option<&[u8]>, value: &[u8], headers: &[(&[u8], &[u8])]) {
-        let mut body = Vec::with_capacity(value.len() + 16);
+        self.push_parts(key, Some(value), headers.iter().map(|&(k, v)| (k, Some(v))));
+    }
+
+    /// Adds a record exactly as a batch may hold it: a null value (a tombstone) and null
+    /// header values included. Used to copy a record read back from a batch.
+    pub fn push_record(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) {
+        self.push_parts(key, value, headers.iter().copied());
+    }
+
+    fn push_parts<'h>(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'h [u8], Option<&'h [u8]>)>,
+    ) {
+        let mut body = Vec::with_capacity(value.map_or(0, <[u8]>::len) + 16);
         body.push(0); // record attributes: unused by magic 2
         put_varint(&mut body, 0); // timestamp delta
         put_varint(&mut body, i64::from(self.count));
         put_nullable(&mut body, key);
-        put_nullable(&mut body, Some(value));
+        put_nullable(&mut body, value);
         put_varint(&mut body, headers.len() as i64);
         for (hk, hv) in headers {
             put_nullable(&mut body, Some(hk));
-            put_nullable(&mut body, Some(hv));
+            put_nullable(&mut body, hv);
         }
         put_varint(&mut self.records, body.len() as i64);
         self.records.extend_from_slice(&body);
@@ -440,6 +460,20 @@ mod tests {
         assert_eq!(records[1].key, None);
         assert_eq!(records[2].value.map(<[u8]>::len), Some(300));
         assert_eq!(records[2].offset_delta, 2);
+    }
+
+    #[test]
+    fn push_record_keeps_null_values_and_null_header_values() {
+        let mut b = BatchBuilder::new(5);
+        b.push_record(Some(b"gone"), None, &[(b"h", None), (b"i", Some(b""))]);
+        let bytes = b.build();
+        let view = BatchView::verify(&bytes).unwrap();
+        let r = view.records().next().unwrap().unwrap();
+        assert_eq!((r.key, r.value), (Some(&b"gone"[..]), None));
+        assert_eq!(
+            r.headers,
+            vec![(&b"h"[..], None), (&b"i"[..], Some(&b""[..]))]
+        );
     }
 
     #[test]

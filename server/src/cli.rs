@@ -26,6 +26,10 @@ struct Args {
     /// [default: 127.0.0.1:7070]
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Serve metrics (Prometheus text format) at http://ADDR/metrics; port 0 picks a free
+    /// port (logged at start). [default: off]
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Shard threads, each pinned to a core with its own io_uring. [default: one per core]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -73,6 +77,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     file.data_dir = args.data_dir.or(file.data_dir);
     file.listen = args.listen.or(file.listen);
+    file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     file.shards = args.shards.or(file.shards);
     file.net = args.net.or(file.net);
     if args.portable_io {

@@ -26,6 +26,8 @@ pub enum NetMode {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the metrics endpoint (`GET /metrics`), if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest request frame accepted; larger ones close the connection.
     pub max_frame_bytes: u32,
     /// Request and response bytes one connection may have in flight before the server stops
@@ -103,6 +105,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Listen address.
     pub listen: Option<SocketAddr>,
+    /// Metrics endpoint address (off when missing).
+    pub metrics_listen: Option<SocketAddr>,
     /// Shard threads (default: one per core).
     pub shards: Option<usize>,
     /// Pin shard threads to cores.
@@ -209,6 +213,7 @@ impl FileConfig {
         };
         let cfg = ServerConfig {
             listen,
+            metrics_listen: self.metrics_listen,
             max_frame_bytes: self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES),
             connection_inflight_bytes: self.connection_inflight_bytes.unwrap_or(64 << 20),
             shard_inflight_bytes: self.shard_inflight_bytes.unwrap_or(256 << 20),
@@ -276,6 +281,36 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(cfg.engine.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(cfg.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn the_shipped_config_file_and_its_commented_keys_parse() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/keeld.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        FileConfig::load(&path).unwrap().into_config().unwrap();
+        // Every commented-out `key = value` line is a real key with a valid value too.
+        let uncommented: String = text
+            .lines()
+            .map(
+                |l| match l.strip_prefix("# ").and_then(|r| r.split_once(" = ")) {
+                    Some((key, _)) if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
+                        &l[2..]
+                    }
+                    _ => l,
+                },
+            )
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = toml::from_str::<FileConfig>(&uncommented)
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            cfg.metrics_listen.map(|a| a.port()),
+            Some(9070),
+            "metrics_listen is among them"
+        );
     }
 
     #[test]

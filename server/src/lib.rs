@@ -18,6 +18,7 @@ mod frames;
 mod groups;
 mod handler;
 pub mod logger;
+mod metrics;
 mod partitioner;
 mod reply;
 mod server;

@@ -14,6 +14,7 @@ use crate::connection;
 use crate::fetch::LongPoll;
 use crate::groups::Groups;
 use crate::handler::Handler;
+use crate::metrics::{MetricsEndpoint, Sources};
 use crate::uring_net::{NetLoops, NewConn};
 
 /// Why the server could not start or run.
@@ -43,7 +44,7 @@ pub enum ServerError {
 /// Connections being served, so that shutdown can stop reading them and wait for their
 /// answers to be written.
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     state: Mutex<RegistryState>,
     changed: Condvar,
     /// Told when a connection closes (its group members leave).
@@ -58,6 +59,11 @@ struct RegistryState {
 }
 
 impl Registry {
+    /// Connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.state().streams.len()
+    }
+
     fn state(&self) -> MutexGuard<'_, RegistryState> {
         // Counters and a map updated in single steps: still consistent after a panic.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -119,6 +125,7 @@ pub struct Server {
     registry: Arc<Registry>,
     /// The io_uring loops serving connections, in [`NetMode::Uring`].
     net: Option<NetLoops>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Server {
@@ -163,8 +170,24 @@ impl Server {
                 })?,
             ),
         };
+        let metrics = match cfg.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let m = MetricsEndpoint::start(
+                    addr,
+                    Sources {
+                        engine: Arc::downgrade(&engine),
+                        groups: Arc::downgrade(&groups),
+                        registry: Arc::clone(&registry),
+                    },
+                )?;
+                log::info!("metrics on http://{}/metrics", m.local_addr());
+                Some(m)
+            }
+        };
         Ok(Self {
             net,
+            metrics,
             cfg,
             listener,
             local_addr,
@@ -182,6 +205,11 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The metrics endpoint's address, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// The configuration the server runs with.
@@ -281,9 +309,11 @@ impl Server {
             group_threads,
             registry,
             net,
+            metrics,
             ..
         } = self;
         drop(listener);
+        drop(metrics);
         let open = registry.state().streams.len();
         log::info!("stopping: no new connections or requests; finishing what {open} connections have in flight");
         for stream in registry.state().streams.values() {

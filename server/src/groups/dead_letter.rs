@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_engine::batch::{trusted_batches, BatchBuilder};
+use keel_engine::batch::{trusted_batches, BatchBuilder, Record};
 use keel_engine::{Engine, EngineError};
 
 use super::{Groups, LiveGroup};
@@ -27,7 +27,7 @@ impl Groups {
             match copy(engine, g, partition, offset) {
                 Ok(to) => {
                     if let Some(mut d) = g.partition(partition) {
-                        d.ack(offset);
+                        d.dead_lettered(offset);
                         self.store.store(&g.stored, partition, d.acks());
                     }
                     log::warn!(
@@ -53,6 +53,20 @@ impl Groups {
     }
 }
 
+/// The dead-letter copy of `record`: the same key, value and headers (nulls stay null), the
+/// same timestamp, and `origin` added as headers.
+fn dead_letter_batch(timestamp_ms: i64, record: &Record<'_>, origin: &[(&str, String)]) -> Vec<u8> {
+    let mut headers: Vec<(&[u8], Option<&[u8]>)> = record.headers.clone();
+    headers.extend(
+        origin
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+    );
+    let mut batch = BatchBuilder::new(timestamp_ms);
+    batch.push_record(record.key, record.value, &headers);
+    batch.build()
+}
+
 /// The dead-letter topic of `topic`.
 pub fn dlq_name(topic: &str) -> String {
     format!("{topic}{DLQ_SUFFIX}")
@@ -63,31 +77,27 @@ pub fn dlq_name(topic: &str) -> String {
 fn copy(engine: &Engine, g: &LiveGroup, partition: u32, offset: u64) -> Result<u64, EngineError> {
     let topic = &g.stored.topic;
     let read = engine.read_wait(topic, partition, offset, 1)?;
+    let origin = [
+        ("keel.dlq.topic", topic.to_string()),
+        ("keel.dlq.partition", partition.to_string()),
+        ("keel.dlq.offset", offset.to_string()),
+        ("keel.dlq.group", g.stored.group.clone()),
+        (
+            "keel.dlq.deliveries",
+            g.stored.settings.max_deliveries.to_string(),
+        ),
+    ];
     let mut out = None;
     for b in trusted_batches(&read.data) {
         let base = b.base_offset() as u64;
         for r in b.records() {
             let r = r.map_err(EngineError::InvalidBatch)?;
             if base + r.offset_delta as u64 == offset {
-                let mut batch = BatchBuilder::new(b.base_timestamp() + r.timestamp_delta);
-                let origin = [
-                    ("keel.dlq.topic", topic.to_string()),
-                    ("keel.dlq.partition", partition.to_string()),
-                    ("keel.dlq.offset", offset.to_string()),
-                    ("keel.dlq.group", g.stored.group.clone()),
-                    (
-                        "keel.dlq.deliveries",
-                        g.stored.settings.max_deliveries.to_string(),
-                    ),
-                ];
-                let mut headers: Vec<(&[u8], &[u8])> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (*k, v.unwrap_or_default()))
-                    .collect();
-                headers.extend(origin.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-                batch.push(r.key, r.value.unwrap_or_default(), &headers);
-                out = Some(batch.build());
+                out = Some(dead_letter_batch(
+                    b.base_timestamp() + r.timestamp_delta,
+                    &r,
+                    &origin,
+                ));
             }
         }
     }
@@ -107,4 +117,33 @@ fn copy(engine: &Engine, g: &LiveGroup, partition: u32, offset: u64) -> Result<u
     Ok(engine
         .append_wait(&dlq, partition % dlq_partitions, batch)?
         .first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_engine::batch::BatchView;
+
+    #[test]
+    fn a_dead_letter_copy_keeps_the_record_exactly_and_adds_where_it_came_from() {
+        let mut b = BatchBuilder::new(1_000);
+        b.push_record(Some(b"k"), None, &[(b"trace", None), (b"x", Some(b"1"))]);
+        let bytes = b.build();
+        let view = BatchView::verify(&bytes).unwrap();
+        let r = view.records().next().unwrap().unwrap();
+        let copy = dead_letter_batch(1_000, &r, &[("keel.dlq.offset", "7".into())]);
+        let view = BatchView::verify(&copy).unwrap();
+        assert_eq!(view.base_timestamp(), 1_000);
+        let c = view.records().next().unwrap().unwrap();
+        assert_eq!(c.key, Some(&b"k"[..]));
+        assert_eq!(c.value, None, "a tombstone stays a tombstone");
+        assert_eq!(
+            c.headers,
+            vec![
+                (&b"trace"[..], None),
+                (&b"x"[..], Some(&b"1"[..])),
+                (&b"keel.dlq.offset"[..], Some(&b"7"[..])),
+            ]
+        );
+    }
 }

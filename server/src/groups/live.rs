@@ -6,8 +6,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use keel_engine::delivery::{MemberId, PartitionDelivery};
+use keel_engine::delivery::{DeliveryCounts, MemberId, PartitionDelivery};
 use keel_engine::groups::{GroupStore, StoredGroup};
+
+/// What metrics show of one partition of a group.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionMetrics {
+    /// Every offset below it is acknowledged.
+    pub committed: u64,
+    /// Delivered, not yet acknowledged.
+    pub in_flight: usize,
+    /// New messages wait for the lowest unacknowledged one.
+    pub window_full: bool,
+    /// Deliveries, redeliveries, dead letters and window-full pauses so far.
+    pub counts: DeliveryCounts,
+}
 
 /// One member of a group.
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +165,22 @@ impl LiveGroup {
             self.changed();
         }
         any
+    }
+
+    /// Per partition, what metrics show of it.
+    pub fn partition_metrics(&self) -> Vec<PartitionMetrics> {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let d = lock(p);
+                PartitionMetrics {
+                    committed: d.acks().committed,
+                    in_flight: d.in_flight(),
+                    window_full: d.window_full(),
+                    counts: d.counts(),
+                }
+            })
+            .collect()
     }
 
     /// Committed offsets per partition.

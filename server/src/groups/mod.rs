@@ -21,7 +21,7 @@ use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, Response, StartAt};
 
 use crate::config::GroupDefaults;
 use crate::reply::Reply;
-pub use live::{LiveGroup, Member};
+pub use live::{LiveGroup, Member, PartitionMetrics};
 use waiting::Waiting;
 
 /// How often sessions and ack deadlines are checked, and parked consumes looked at again
@@ -345,6 +345,20 @@ impl Groups {
         reply.ok(&Response::Nack);
     }
 
+    /// Every loaded group: (group, topic, members, per-partition metrics), sorted.
+    pub fn metrics(&self) -> Vec<(String, String, usize, Vec<PartitionMetrics>)> {
+        let mut out: Vec<_> = self
+            .live()
+            .iter()
+            .map(|((group, topic), g)| {
+                let members = g.members().len();
+                (group.clone(), topic.clone(), members, g.partition_metrics())
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
     /// A connection closed: its members leave.
     pub fn connection_closed(&self, conn: u64) {
         for g in self.live().values() {
@@ -394,7 +408,12 @@ impl Groups {
         let (tx, rx) = std::sync::mpsc::channel();
         for g in &groups {
             let tx = tx.clone();
-            self.checkpoint(g, Box::new(move || drop(tx.send(()))));
+            self.checkpoint(
+                g,
+                Box::new(move || {
+                    let _ = tx.send(());
+                }),
+            );
         }
         drop(tx);
         let deadline = Instant::now() + STOP_CHECKPOINT_PATIENCE;
