@@ -12,8 +12,10 @@
 //! - new offsets are delivered only within the ack window above the committed offset.
 
 use std::collections::{BTreeMap, HashMap};
+
 use std::time::{Duration, Instant};
 
+use crate::in_flight::OffsetDeque;
 use crate::offsets::{AckState, WINDOW};
 
 /// A member of a group, as the caller numbers them.
@@ -81,7 +83,9 @@ pub struct PartitionDelivery {
     acks: AckState,
     /// The lowest offset never delivered since this state was built.
     next_new: u64,
-    in_flight: BTreeMap<u64, InFlight>,
+    /// Within the ack window, always: no lower than the committed offset, and new offsets
+    /// are delivered only below `committed + WINDOW`.
+    in_flight: OffsetDeque<InFlight>,
     redeliver: BTreeMap<u64, Waiting>,
     /// Messages in flight per member (the prefetch limit is checked per request).
     held: HashMap<MemberId, usize>,
@@ -96,7 +100,7 @@ impl PartitionDelivery {
         Self {
             next_new: acks.committed,
             acks,
-            in_flight: BTreeMap::new(),
+            in_flight: OffsetDeque::default(),
             redeliver: BTreeMap::new(),
             held: HashMap::new(),
             max_deliveries: max_deliveries.max(1),
@@ -144,7 +148,7 @@ impl PartitionDelivery {
     }
 
     fn take_in_flight(&mut self, offset: u64) -> Option<InFlight> {
-        let f = self.in_flight.remove(&offset)?;
+        let f = self.in_flight.remove(offset)?;
         if let Some(n) = self.held.get_mut(&f.member) {
             *n -= 1;
             if *n == 0 {
@@ -247,22 +251,32 @@ impl PartitionDelivery {
     /// delivered (so a huge span costs no more than the ack window); returns how many offsets
     /// it acknowledged.
     pub fn ack_span(&mut self, first: u64, last: u64) -> usize {
-        let from = first.max(self.acks.committed);
-        let to = last.min(self.next_new.saturating_sub(1));
-        if self.next_new == 0 || from > to {
-            return 0;
-        }
+        self.ack_spans([(first, last)])
+    }
+
+    /// [`Self::ack_span`] for many spans, moving the committed offset once at the end (an ack
+    /// request may name each message on its own).
+    pub fn ack_spans(&mut self, spans: impl IntoIterator<Item = (u64, u64)>) -> usize {
         let mut n = 0;
-        for o in from..=to {
-            if !self.acks.is_acked(o) {
-                self.take_in_flight(o);
-                self.redeliver.remove(&o);
-                if self.acks.mark(o) {
-                    n += 1;
+        for (first, last) in spans {
+            let from = first.max(self.acks.committed);
+            let to = last.min(self.next_new.saturating_sub(1));
+            if self.next_new == 0 || from > to {
+                continue;
+            }
+            for o in from..=to {
+                if !self.acks.is_acked(o) {
+                    self.take_in_flight(o);
+                    self.redeliver.remove(&o);
+                    if self.acks.mark(o) {
+                        n += 1;
+                    }
                 }
             }
         }
-        self.acks.advance();
+        if n > 0 {
+            self.acks.advance();
+        }
         n
     }
 
@@ -284,9 +298,9 @@ impl PartitionDelivery {
     ) {
         let held: Vec<u64> = self
             .in_flight
-            .range(first..=last)
+            .range(first, last)
             .filter(|(_, f)| f.member == member)
-            .map(|(&o, _)| o)
+            .map(|(o, _)| o)
             .collect();
         for offset in held {
             self.nack(member, offset, delay, now);
@@ -310,7 +324,7 @@ impl PartitionDelivery {
     fn take_back(&mut self, member: MemberId, offset: u64, ready_at: Instant, uncount: u32) {
         let held = self
             .in_flight
-            .get(&offset)
+            .get(offset)
             .is_some_and(|f| f.member == member);
         if let Some(f) = held.then(|| self.take_in_flight(offset)).flatten() {
             let count = f.count - uncount;
@@ -339,7 +353,7 @@ impl PartitionDelivery {
             .in_flight
             .iter()
             .filter(|(_, f)| f.member == member)
-            .map(|(&o, _)| o)
+            .map(|(o, _)| o)
             .collect();
         for offset in held {
             self.requeue(offset, now);
@@ -348,11 +362,14 @@ impl PartitionDelivery {
 
     /// Messages whose ack deadline passed become due for redelivery; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
+        if self.in_flight.is_empty() {
+            return 0;
+        }
         let late: Vec<u64> = self
             .in_flight
             .iter()
             .filter(|(_, f)| f.deadline <= now)
-            .map(|(&o, _)| o)
+            .map(|(o, _)| o)
             .collect();
         for &offset in &late {
             self.requeue(offset, now);
@@ -526,6 +543,22 @@ mod tests {
         assert_eq!(p.in_flight_of(1), 2);
         assert!(p.has_due(now));
         assert_eq!(p.next_wanted(now), 5);
+    }
+
+    #[test]
+    fn many_spans_at_once_ack_what_each_would_alone() {
+        let now = Instant::now();
+        let mut one = PartitionDelivery::new(AckState::new(1, 0), 16);
+        let mut many = PartitionDelivery::new(AckState::new(1, 0), 16);
+        for p in [&mut one, &mut many] {
+            p.next(1, 50, 100, now, T);
+        }
+        let spans = [(3, 3), (0, 1), (10, 20), (2, 2), (60, 70), (5, 5)];
+        let alone: usize = spans.iter().map(|&(f, l)| one.ack_span(f, l)).sum();
+        assert_eq!(many.ack_spans(spans), alone);
+        assert_eq!(many.acks(), one.acks());
+        assert_eq!(many.acks().committed, 4, "0 to 3 acknowledged, 4 not");
+        assert_eq!(many.in_flight(), 50 - alone);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod engine;
 mod error;
 pub mod groups;
 pub mod histogram;
+mod in_flight;
 pub mod io;
 pub mod layout;
 pub mod offsets;

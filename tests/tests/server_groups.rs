@@ -445,3 +445,54 @@ fn keel_consume_prints_then_acknowledges_and_no_ack_leaves_messages_for_the_next
         "everything was acknowledged"
     );
 }
+
+#[test]
+fn large_messages_and_scattered_redeliveries_arrive_intact() {
+    let dir = data_dir();
+    let keeld = Keeld::start(dir.path(), &[]);
+    let client = keeld.client();
+    client.create_topic("big", 1).unwrap();
+    // 200 KiB each, one batch per message: one read of the log holds about one of them, so
+    // an answer is gathered from several reads.
+    let values: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| {
+            (0..200 << 10)
+                .map(|j: u32| (j as u8) ^ i.wrapping_mul(37))
+                .collect()
+        })
+        .collect();
+    for v in &values {
+        client.produce("big", Target::Partition(0), [v]).unwrap();
+    }
+    let m = join(&client, "big", JoinSettings::default());
+    let check = |got: &[Delivered]| {
+        for d in got {
+            assert_eq!(
+                d.message.value.as_deref(),
+                Some(&values[d.message.offset as usize][..]),
+                "offset {}",
+                d.message.offset
+            );
+        }
+    };
+    let first = drain(&client, &m, 6, Duration::from_secs(1), false);
+    assert_eq!(keys(&first), (0..6).map(|o| (0, o)).collect());
+    check(&first);
+    // Offsets 0, 2 and 4 come back together: batches that do not touch.
+    let scattered: Vec<OffsetSpan> = [0u64, 2, 4]
+        .iter()
+        .map(|&o| OffsetSpan {
+            partition: 0,
+            first: o,
+            last: o,
+        })
+        .collect();
+    client.nack(&m, &scattered, Duration::ZERO).unwrap();
+    let again = drain(&client, &m, 3, Duration::from_secs(1), false);
+    assert_eq!(
+        again.iter().map(|d| d.message.offset).collect::<Vec<_>>(),
+        [0, 2, 4]
+    );
+    assert!(again.iter().all(|d| d.delivery_count == 2));
+    check(&again);
+}

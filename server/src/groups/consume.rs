@@ -1,6 +1,7 @@
 //! Handing messages to a member: pick the offsets (per partition, by the delivery rules),
 //! then read batches that hold them. Runs on a worker thread, as it waits for reads.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use keel_engine::batch::trusted_batches;
@@ -17,7 +18,7 @@ const READ_BYTES: usize = 256 << 10;
 pub struct Part {
     partition: u32,
     deliveries: Vec<DeliveryInfo>,
-    batches: Vec<u8>,
+    covered: Covered,
 }
 
 enum ConsumeError {
@@ -93,17 +94,17 @@ impl Groups {
             if batch.deliveries.is_empty() {
                 continue;
             }
-            let (sent, batches) =
-                match cover(&engine, topic, p, &batch.deliveries, read.data, budget) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        give_back(g, member, p, &batch.deliveries);
-                        return Err(e.into());
-                    }
-                };
+            let covered = match cover(&engine, topic, p, &batch.deliveries, read.data, budget) {
+                Ok(c) => c,
+                Err(e) => {
+                    give_back(g, member, p, &batch.deliveries);
+                    return Err(e.into());
+                }
+            };
+            let sent = covered.sent;
             give_back(g, member, p, &batch.deliveries[sent..]);
             room -= sent;
-            budget = budget.saturating_sub(batches.len());
+            budget = budget.saturating_sub(covered.batches().len());
             parts.push(Part {
                 partition: p,
                 deliveries: batch.deliveries[..sent]
@@ -113,7 +114,7 @@ impl Groups {
                         delivery_count: d.delivery_count,
                     })
                     .collect(),
-                batches,
+                covered,
             });
         }
         Ok(parts)
@@ -139,7 +140,7 @@ fn answer(job: ConsumeJob, parts: &[Part]) {
         .map(|p| ConsumedPartition {
             partition: p.partition,
             deliveries: p.deliveries.clone(),
-            batches: &p.batches,
+            batches: p.covered.batches(),
         })
         .collect();
     job.reply.ok(&Response::Consume { partitions });
@@ -152,9 +153,24 @@ pub fn answer_empty(job: ConsumeJob) {
     });
 }
 
+/// The batches covering some deliveries: one slice of a read (the usual case: nothing is
+/// copied before the answer is encoded), or bytes gathered from several reads.
+pub struct Covered {
+    /// Deliveries covered (a prefix of those asked for).
+    sent: usize,
+    bytes: Vec<u8>,
+    range: Range<usize>,
+}
+
+impl Covered {
+    fn batches(&self) -> &[u8] {
+        &self.bytes[self.range.clone()]
+    }
+}
+
 /// Whole batches holding the delivered offsets (ascending), starting with what was read
 /// already and reading on where it falls short; stops before `budget` bytes (always taking
-/// the first). Returns how many deliveries it covers and the batches.
+/// the first).
 fn cover(
     engine: &Engine,
     topic: &str,
@@ -162,12 +178,21 @@ fn cover(
     deliveries: &[Delivery],
     mut data: Vec<u8>,
     budget: usize,
-) -> Result<(usize, Vec<u8>), EngineError> {
-    let mut out = Vec::new();
+) -> Result<Covered, EngineError> {
+    let mut gathered = Vec::new();
     let mut next = 0;
-    while next < deliveries.len() {
-        let mut progressed = false;
+    loop {
+        // Byte ranges of `data` to send, merged where they touch.
+        let mut pieces: Vec<Range<usize>> = Vec::new();
+        let mut size = gathered.len();
+        let (mut pos, mut full) = (0, false);
         for b in trusted_batches(&data) {
+            if next == deliveries.len() {
+                break;
+            }
+            let len = b.bytes().len();
+            let at = pos;
+            pos += len;
             let (base, last) = (b.base_offset() as u64, b.last_offset() as u64);
             let want = deliveries[next].offset;
             if last < want {
@@ -176,20 +201,41 @@ fn cover(
             if base > want {
                 break;
             }
-            if !out.is_empty() && out.len() + b.bytes().len() > budget {
-                return Ok((next, out));
+            if size > 0 && size + len > budget {
+                full = true;
+                break;
             }
-            out.extend_from_slice(b.bytes());
-            progressed = true;
+            size += len;
+            match pieces.last_mut() {
+                Some(r) if r.end == at => r.end = at + len,
+                _ => pieces.push(at..at + len),
+            }
             while next < deliveries.len() && deliveries[next].offset <= last {
                 next += 1;
             }
-            if next == deliveries.len() {
-                break;
-            }
         }
-        if next == deliveries.len() {
-            break;
+        let progressed = !pieces.is_empty();
+        if full || next == deliveries.len() {
+            if gathered.is_empty() && pieces.len() <= 1 {
+                let range = pieces.pop().unwrap_or(0..0);
+                return Ok(Covered {
+                    sent: next,
+                    bytes: data,
+                    range,
+                });
+            }
+            for r in pieces {
+                gathered.extend_from_slice(&data[r]);
+            }
+            let range = 0..gathered.len();
+            return Ok(Covered {
+                sent: next,
+                bytes: gathered,
+                range,
+            });
+        }
+        for r in pieces {
+            gathered.extend_from_slice(&data[r]);
         }
         let want = deliveries[next].offset;
         let more = engine.read_wait(topic, partition, want, READ_BYTES)?;
@@ -203,7 +249,6 @@ fn cover(
         }
         data = more.data;
     }
-    Ok((next, out))
 }
 
 /// Where a new group starts in each partition.

@@ -287,18 +287,29 @@ impl Groups {
             return unknown_member(reply, group, member);
         };
         g.touch(member);
+        if let Some(bad) = spans.iter().find(|s| s.partition >= g.partition_count()) {
+            return reply.error(
+                ErrorCode::UnknownPartition,
+                &format!("topic {topic:?} has no partition {}", bad.partition),
+            );
+        }
+        // One lock, one window move and one store per partition, however many spans name it.
+        let mut partitions: Vec<u32> = spans.iter().map(|s| s.partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
         let mut touched = Vec::new();
-        for span in spans {
-            let Some(mut d) = g.partition(span.partition) else {
-                return reply.error(
-                    ErrorCode::UnknownPartition,
-                    &format!("topic {topic:?} has no partition {}", span.partition),
-                );
+        for p in partitions {
+            let Some(mut d) = g.partition(p) else {
+                continue;
             };
-            if d.ack_span(span.first, span.last) > 0 {
+            let mine = spans
+                .iter()
+                .filter(|s| s.partition == p)
+                .map(|s| (s.first, s.last));
+            if d.ack_spans(mine) > 0 {
                 // Stored under the partition's lock, so stores of one slot never go back in time.
-                self.store.store(&g.stored, span.partition, d.acks());
-                touched.push(span.partition);
+                self.store.store(&g.stored, p, d.acks());
+                touched.push(p);
             }
         }
         if !touched.is_empty() {
