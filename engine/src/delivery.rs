@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use crate::in_flight::OffsetDeque;
 use crate::offsets::{AckState, WINDOW};
 
+/// How long a redelivery waits for another member before the member that had it may take
+/// it back (see [`PartitionDelivery::next`]).
+pub const HAND_OFF: Duration = Duration::from_secs(1);
+
 /// A member of a group, as the caller numbers them.
 pub type MemberId = u64;
 
@@ -62,6 +66,9 @@ struct InFlight {
 struct Waiting {
     ready_at: Instant,
     count: u32,
+    /// The member that had it (timed out or nacked): while others are there, it goes to one
+    /// of them first.
+    from: Option<MemberId>,
 }
 
 /// What one (group, partition) handed out since it was loaded, for metrics.
@@ -159,20 +166,27 @@ impl PartitionDelivery {
     }
 
     /// Up to `max` messages for `member`: due redeliveries first (lowest offset first), then
-    /// new offsets below `high_watermark`, each due back by `now + ack_timeout`.
+    /// new offsets below `high_watermark`, each due back by `now + ack_timeout`. With `others`
+    /// (the group has other members), a message that timed out or was nacked is not handed
+    /// back to the member that had it until [`HAND_OFF`] after it came due, so another member
+    /// gets it first if one asks; after that anyone may take it, so it never waits for a
+    /// member that does not come.
     pub fn next(
         &mut self,
         member: MemberId,
+        others: bool,
         max: usize,
         high_watermark: u64,
         now: Instant,
         ack_timeout: Duration,
     ) -> Batch {
         let mut batch = Batch::default();
+        let kept_from =
+            |w: &Waiting| others && w.from == Some(member) && now < w.ready_at + HAND_OFF;
         let due: Vec<(u64, Waiting)> = self
             .redeliver
             .iter()
-            .filter(|(_, w)| w.ready_at <= now)
+            .filter(|(_, w)| w.ready_at <= now && !kept_from(w))
             .map(|(&o, &w)| (o, w))
             .collect();
         for (offset, waiting) in due {
@@ -328,7 +342,15 @@ impl PartitionDelivery {
             .is_some_and(|f| f.member == member);
         if let Some(f) = held.then(|| self.take_in_flight(offset)).flatten() {
             let count = f.count - uncount;
-            self.redeliver.insert(offset, Waiting { ready_at, count });
+            let from = (uncount == 0).then_some(member);
+            self.redeliver.insert(
+                offset,
+                Waiting {
+                    ready_at,
+                    count,
+                    from,
+                },
+            );
         }
     }
 
@@ -341,6 +363,7 @@ impl PartitionDelivery {
                 Waiting {
                     ready_at: at,
                     count: self.max_deliveries,
+                    from: None,
                 },
             );
         }
@@ -356,7 +379,7 @@ impl PartitionDelivery {
             .map(|(o, _)| o)
             .collect();
         for offset in held {
-            self.requeue(offset, now);
+            self.requeue(offset, now, false);
         }
     }
 
@@ -372,18 +395,20 @@ impl PartitionDelivery {
             .map(|(o, _)| o)
             .collect();
         for &offset in &late {
-            self.requeue(offset, now);
+            self.requeue(offset, now, true);
         }
         late.len()
     }
 
-    fn requeue(&mut self, offset: u64, now: Instant) {
+    /// Moves `offset` from in flight to due now; `hand_off`: to another member first.
+    fn requeue(&mut self, offset: u64, now: Instant, hand_off: bool) {
         if let Some(f) = self.take_in_flight(offset) {
             self.redeliver.insert(
                 offset,
                 Waiting {
                     ready_at: now,
                     count: f.count,
+                    from: hand_off.then_some(f.member),
                 },
             );
         }
@@ -404,13 +429,13 @@ mod tests {
     fn a_leaving_member_s_messages_go_to_the_other_marked_redelivered() {
         let now = Instant::now();
         let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
-        let a = p.next(1, 5, 100, now, T);
-        let b = p.next(2, 5, 100, now, T);
+        let a = p.next(1, false, 5, 100, now, T);
+        let b = p.next(2, false, 5, 100, now, T);
         assert_eq!(offsets(&a), [0, 1, 2, 3, 4]);
         assert_eq!(offsets(&b), [5, 6, 7, 8, 9]);
         assert!(p.ack(0) && p.ack(2));
         p.member_left(1, now);
-        let again = p.next(2, 10, 10, now, T);
+        let again = p.next(2, false, 10, 10, now, T);
         assert_eq!(
             offsets(&again),
             [1, 3, 4],
@@ -428,20 +453,20 @@ mod tests {
     fn ack_timeouts_and_nacks_redeliver_acks_never_do() {
         let now = Instant::now();
         let mut p = PartitionDelivery::new(AckState::new(1, 10), 16);
-        assert_eq!(offsets(&p.next(1, 3, 13, now, T)), [10, 11, 12]);
+        assert_eq!(offsets(&p.next(1, false, 3, 13, now, T)), [10, 11, 12]);
         p.ack(11);
         assert_eq!(p.expire(now + T / 2), 0);
         assert_eq!(p.expire(now + T), 2, "10 and 12, not the acknowledged 11");
         let later = now + T;
-        let d = p.next(1, 10, 13, later, T);
+        let d = p.next(1, false, 10, 13, later, T);
         assert_eq!(offsets(&d), [10, 12]);
         p.nack(1, 12, Duration::from_secs(5), later);
         p.nack(2, 10, Duration::ZERO, later); // not member 2's: ignored
         assert!(
-            offsets(&p.next(1, 10, 13, later, T)).is_empty(),
+            offsets(&p.next(1, false, 10, 13, later, T)).is_empty(),
             "the nack delay holds 12 back"
         );
-        let d = p.next(1, 10, 13, later + Duration::from_secs(5), T);
+        let d = p.next(1, false, 10, 13, later + Duration::from_secs(5), T);
         assert_eq!(
             d.deliveries,
             [Delivery {
@@ -456,7 +481,7 @@ mod tests {
         let now = Instant::now();
         let mut p = PartitionDelivery::new(AckState::new(1, 0), 3);
         for round in 1..=3 {
-            let d = p.next(1, 1, 1, now, T);
+            let d = p.next(1, false, 1, 1, now, T);
             assert_eq!(
                 d.deliveries,
                 [Delivery {
@@ -466,7 +491,7 @@ mod tests {
             );
             p.nack(1, 0, Duration::ZERO, now);
         }
-        let d = p.next(1, 1, 1, now, T);
+        let d = p.next(1, false, 1, 1, now, T);
         assert!(d.deliveries.is_empty());
         assert_eq!(d.dead_letters, [0]);
         assert!(
@@ -475,24 +500,24 @@ mod tests {
         );
         p.retry_dead_letter(0, now);
         assert_eq!(
-            p.next(1, 1, 1, now, T).dead_letters,
+            p.next(1, false, 1, 1, now, T).dead_letters,
             [0],
             "a failed copy is tried again"
         );
         p.ack(0);
         assert_eq!(p.acks().committed, 1);
-        assert!(p.next(1, 1, 1, now, T).dead_letters.is_empty());
+        assert!(p.next(1, false, 1, 1, now, T).dead_letters.is_empty());
     }
 
     #[test]
     fn a_delivery_given_back_unsent_does_not_count() {
         let now = Instant::now();
         let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
-        p.next(1, 2, 10, now, T);
+        p.next(1, false, 2, 10, now, T);
         p.give_back(1, 1, now);
         p.give_back(2, 0, now); // not member 2's
         assert_eq!(p.in_flight_of(1), 1);
-        let again = p.next(1, 1, 10, now, T);
+        let again = p.next(1, false, 1, 10, now, T);
         assert_eq!(
             again.deliveries,
             [Delivery {
@@ -507,18 +532,18 @@ mod tests {
         let now = Instant::now();
         let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
         let hw = WINDOW as u64 + 10;
-        let first = p.next(1, WINDOW + 10, hw, now, T);
+        let first = p.next(1, false, WINDOW + 10, hw, now, T);
         assert_eq!(first.deliveries.len(), WINDOW);
         assert!(first.window_full);
         for o in 1..WINDOW as u64 {
             p.ack(o);
         }
         assert!(
-            p.next(1, 10, hw, now, T).window_full,
+            p.next(1, false, 10, hw, now, T).window_full,
             "offset 0 still holds the window"
         );
         p.ack(0);
-        let more = p.next(1, 100, hw, now, T);
+        let more = p.next(1, false, 100, hw, now, T);
         assert_eq!(offsets(&more), (WINDOW as u64..hw).collect::<Vec<_>>());
         assert!(!more.window_full);
     }
@@ -527,8 +552,8 @@ mod tests {
     fn spans_ack_only_delivered_offsets_and_counts_follow_members() {
         let now = Instant::now();
         let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
-        p.next(1, 3, 100, now, T);
-        p.next(2, 2, 100, now, T);
+        p.next(1, false, 3, 100, now, T);
+        p.next(2, false, 2, 100, now, T);
         assert_eq!((p.in_flight_of(1), p.in_flight_of(2)), (3, 2));
         assert_eq!(p.ack_span(0, u64::MAX), 5, "only the five delivered");
         assert_eq!(p.acks().committed, 5);
@@ -537,7 +562,7 @@ mod tests {
             "never delivered, so never acknowledged"
         );
         assert_eq!((p.in_flight_of(1), p.in_flight_of(2)), (0, 0));
-        p.next(1, 4, 100, now, T);
+        p.next(1, false, 4, 100, now, T);
         assert_eq!(p.next_wanted(now), 9);
         p.nack_span(1, 0, 6, Duration::ZERO, now);
         assert_eq!(p.in_flight_of(1), 2);
@@ -546,12 +571,36 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_out_or_nacked_message_goes_to_another_member_first() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        assert_eq!(offsets(&p.next(1, true, 2, 10, now, T)), [0, 1]);
+        let later = now + T;
+        p.nack(1, 0, Duration::ZERO, later);
+        assert_eq!(p.expire(later), 1, "offset 1 timed out");
+        assert!(
+            offsets(&p.next(1, true, 10, 2, later, T)).is_empty(),
+            "member 1 had both; another member is there"
+        );
+        let other = p.next(2, true, 10, 2, later, T);
+        assert_eq!(offsets(&other), [0, 1]);
+        assert!(other.deliveries.iter().all(|d| d.delivery_count == 2));
+
+        // Alone, or once nobody else took it within HAND_OFF, the same member gets it back.
+        p.nack(2, 0, Duration::ZERO, later);
+        assert_eq!(offsets(&p.next(2, false, 10, 2, later, T)), [0]);
+        p.nack(2, 0, Duration::ZERO, later);
+        assert!(offsets(&p.next(2, true, 10, 2, later, T)).is_empty());
+        assert_eq!(offsets(&p.next(2, true, 10, 2, later + HAND_OFF, T)), [0]);
+    }
+
+    #[test]
     fn many_spans_at_once_ack_what_each_would_alone() {
         let now = Instant::now();
         let mut one = PartitionDelivery::new(AckState::new(1, 0), 16);
         let mut many = PartitionDelivery::new(AckState::new(1, 0), 16);
         for p in [&mut one, &mut many] {
-            p.next(1, 50, 100, now, T);
+            p.next(1, false, 50, 100, now, T);
         }
         let spans = [(3, 3), (0, 1), (10, 20), (2, 2), (60, 70), (5, 5)];
         let alone: usize = spans.iter().map(|&(f, l)| one.ack_span(f, l)).sum();
@@ -568,6 +617,6 @@ mod tests {
         acks.ack(101);
         acks.ack(103);
         let mut p = PartitionDelivery::new(acks, 16);
-        assert_eq!(offsets(&p.next(1, 10, 105, now, T)), [100, 102, 104]);
+        assert_eq!(offsets(&p.next(1, false, 10, 105, now, T)), [100, 102, 104]);
     }
 }

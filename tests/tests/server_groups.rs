@@ -496,3 +496,23 @@ fn large_messages_and_scattered_redeliveries_arrive_intact() {
     assert!(again.iter().all(|d| d.delivery_count == 2));
     check(&again);
 }
+
+#[test]
+fn a_nacked_message_goes_to_the_other_member() {
+    let dir = data_dir();
+    let keeld = Keeld::start(dir.path(), &[]);
+    let (a, b) = (keeld.client(), keeld.client());
+    a.create_topic("n", 1).unwrap();
+    produce(&a, "n", 1, 1);
+    let ma = join(&a, "n", JoinSettings::default());
+    let mb = join(&b, "n", JoinSettings::default());
+    let got = drain(&a, &ma, 1, Duration::from_secs(1), false);
+    a.nack(&ma, &spans_of(&got), Duration::ZERO).unwrap();
+    assert!(
+        a.consume(&ma, 10, Duration::ZERO).unwrap().is_empty(),
+        "not straight back to the member that gave it back"
+    );
+    let other = drain(&b, &mb, 1, Duration::from_secs(1), false);
+    assert_eq!(keys(&other), keys(&got));
+    assert_eq!(other[0].delivery_count, 2);
+}

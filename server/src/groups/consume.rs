@@ -59,8 +59,12 @@ impl Groups {
         max: usize,
     ) -> Result<Vec<Part>, ConsumeError> {
         let engine = self.engine()?;
-        let Some(limit) = g.members().get(&member).map(|m| m.max_unacked) else {
-            return Err(ConsumeError::UnknownMember);
+        let (limit, others) = {
+            let members = g.members();
+            let Some(limit) = members.get(&member).map(|m| m.max_unacked) else {
+                return Err(ConsumeError::UnknownMember);
+            };
+            (limit, members.len() > 1)
         };
         let mut room = max.min(limit.saturating_sub(g.held_by(member)));
         let mut budget = self.answer_bytes;
@@ -85,7 +89,7 @@ impl Groups {
                 Err(e) => return Err(e.into()),
             };
             let batch = match g.partition(p) {
-                Some(mut d) => d.next(member, room, read.high_watermark, now, ack_timeout),
+                Some(mut d) => d.next(member, others, room, read.high_watermark, now, ack_timeout),
                 None => continue,
             };
             if !batch.dead_letters.is_empty() {
