@@ -1,13 +1,23 @@
-//! Micro-benchmarks of the write path's per-byte and per-batch work, for tuning.
+//! Micro-benchmarks of the hot paths' per-byte and per-message work, for tuning: CRC-32C,
+//! batch build and verify, the frame codec, group commit's gather step, the recovery scan, and
+//! the consumer-group ack path (window update and offset-table store).
 //! Run: `cargo bench -p keel-bench --bench hot_paths`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::{Duration, Instant};
+
 use keel_engine::aligned::AlignedBuf;
 use keel_engine::batch::{set_base_offset, BatchBuilder, BatchView};
+use keel_engine::delivery::PartitionDelivery;
+use keel_engine::offsets::{AckState, OffsetTable};
 use keel_engine::recovery::{scan, ReadAt};
 use keel_engine::trailer::{flush_end, Trailer, TRAILER_BYTES};
+use keel_protocol::{
+    decode_request, encode_request, encode_response, ConsumedPartition, DeliveryInfo,
+    PartitionTarget, Request, Response,
+};
 
 fn batch(records: usize, value_bytes: usize) -> Vec<u8> {
     let mut b = BatchBuilder::new(1_700_000_000_000);
@@ -128,5 +138,87 @@ fn recovery_scan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crc, batch_codec, gather, recovery_scan);
+/// What keeld does per produce request and per consume answer: decode a request frame, encode
+/// a response frame around borrowed batches.
+fn frame_codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame");
+    let one = batch(8, 1024);
+    let request = Request::Produce {
+        topic: "orders".into(),
+        target: PartitionTarget::Partition(3),
+        producer_id: -1,
+        base_sequence: -1,
+        batch: &one,
+    };
+    let mut frame = Vec::new();
+    encode_request(7, &request, &mut frame);
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function("produce request encode", |b| {
+        let mut out = Vec::with_capacity(frame.len());
+        b.iter(|| {
+            out.clear();
+            encode_request(7, black_box(&request), &mut out);
+        })
+    });
+    g.bench_function("produce request decode", |b| {
+        b.iter(|| decode_request(black_box(&frame)).map(|(h, _)| h.correlation_id))
+    });
+    let batches: Vec<u8> = (0..32).flat_map(|_| one.clone()).collect();
+    let response = Response::Consume {
+        partitions: vec![ConsumedPartition {
+            partition: 0,
+            deliveries: (0..256)
+                .map(|o| DeliveryInfo {
+                    offset: o,
+                    delivery_count: 1,
+                })
+                .collect(),
+            batches: &batches,
+        }],
+    };
+    g.throughput(Throughput::Bytes(batches.len() as u64));
+    g.bench_function("consume answer encode (256 messages)", |b| {
+        let mut out = Vec::with_capacity(batches.len() + 8192);
+        b.iter(|| {
+            out.clear();
+            encode_response(7, black_box(&response), &mut out);
+        })
+    });
+    g.finish();
+}
+
+/// The ack path of a consumer group, per ack request of 256 single-message spans: mark the
+/// offsets, move the window, store the slot into the mapped table.
+fn group_ack(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("keel-bench-ack-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(mut table) = OffsetTable::open(&dir.join("offsets"), 4) else {
+        eprintln!("group_ack: cannot create a table in {}", dir.display());
+        return;
+    };
+    let mut g = c.benchmark_group("group ack");
+    g.throughput(Throughput::Elements(256));
+    g.bench_function("256 spans: deliver, ack, store", |b| {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        b.iter(|| {
+            let batch = p.next(1, false, 256, u64::MAX, now, Duration::from_secs(30));
+            let spans = batch.deliveries.iter().map(|d| (d.offset, d.offset));
+            black_box(p.ack_spans(spans));
+            table.store(0, p.acks());
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(
+    benches,
+    crc,
+    batch_codec,
+    frame_codec,
+    gather,
+    recovery_scan,
+    group_ack
+);
 criterion_main!(benches);
