@@ -189,9 +189,13 @@ impl Keeld {
         );
     }
 
-    /// `SIGTERM`: a graceful stop; returns its exit status.
+    /// `SIGTERM`: a graceful stop; returns its exit status. Fails the test if any thread of
+    /// keeld panicked (a panic off the main thread leaves the exit status alone).
     pub fn terminate(&mut self) -> ExitStatus {
-        self.signal_and_wait("TERM")
+        let status = self.signal_and_wait("TERM");
+        let log = self.stderr();
+        assert!(!log.contains("panicked at"), "keeld panicked:\n{log}");
+        status
     }
 }
 

@@ -147,6 +147,11 @@ impl Drop for TableSync {
         self.shared.state().stop = true;
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
+            // Dropped by a callback running on the sync thread itself (it held the last
+            // reference): that thread sees `stop` once the callback returns, and ends alone.
+            if t.thread().id() == std::thread::current().id() {
+                return;
+            }
             if t.join().is_err() {
                 log::error!("the offset table sync thread panicked");
             }
@@ -250,6 +255,24 @@ mod tests {
             sync.syncs() < 200,
             "waiters gathered while a sync ran share the next"
         );
+    }
+
+    #[test]
+    fn the_last_reference_dropped_by_a_callback_on_the_sync_thread_is_no_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let table = Arc::new(Mutex::new(OffsetTable::open(&path, 4).unwrap()));
+        let sync = Arc::new(TableSync::start(path, table, Duration::from_secs(60), None).unwrap());
+        let (tx, rx) = mpsc::channel();
+        let held = Arc::clone(&sync);
+        sync.when_durable(Box::new(move |r| {
+            // Dropped here, after the test let go of its own reference.
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+            tx.send(r.is_ok()).unwrap();
+        }));
+        drop(sync);
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
     }
 
     #[test]

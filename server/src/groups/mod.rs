@@ -467,6 +467,10 @@ impl Groups {
                 if let Err(e) = result {
                     log::warn!("group {:?}: checkpoint failed: {e}", stored.group);
                 }
+                // Let go of the store before saying so: whoever waits may then drop the
+                // last other reference, and the store must not be dropped here, on the
+                // table's own sync thread.
+                drop((store, stored));
                 then();
             }),
         );
