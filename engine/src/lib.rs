@@ -31,6 +31,7 @@ mod segment;
 mod shard;
 mod tail;
 pub mod trailer;
+pub mod xorshift;
 mod zeroing;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use keel_engine::groups::{GroupSettings, GroupStore, TablePowerCut};
 use keel_engine::offsets::WINDOW;
+use keel_engine::xorshift::xorshift;
 use keel_tests::data_dir;
 
 const PARTITIONS: u32 = 4;
@@ -26,16 +27,6 @@ struct Round {
     answered: Vec<(u32, u64)>,
     /// Every offset acknowledged, per partition, answered or not.
     acked: Vec<BTreeSet<u64>>,
-}
-
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
 }
 
 /// Acks offsets of every partition in a shuffled order (one thread per partition) until the

@@ -16,6 +16,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::xorshift::xorshift;
+
 /// Bytes a power cut keeps or loses as a unit (a disk sector).
 const SECTOR_BYTES: usize = 512;
 
@@ -119,13 +121,7 @@ impl TablePowerCut {
     /// After the store is dropped: each sector of each table that differs from its durable
     /// copy is set back to it or kept, as `seed` picks. Returns how many sectors were set back.
     pub fn lose_unsynced(&self, seed: u64) -> io::Result<usize> {
-        let mut rng = seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(seed);
         let st = self.state();
         let mut lost = 0;
         for (path, (_, durable)) in &st.durable {
@@ -136,7 +132,7 @@ impl TablePowerCut {
                 .zip(now.chunks(SECTOR_BYTES))
                 .enumerate()
             {
-                if was != is && next() % 2 == 0 {
+                if was != is && next().is_multiple_of(2) {
                     file.write_all_at(was, (i * SECTOR_BYTES) as u64)?;
                     lost += 1;
                 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
 use crate::aligned::AlignedBuf;
+use crate::xorshift::xorshift;
 
 /// Bytes a torn write keeps or loses as a unit (a disk sector).
 const SECTOR_BYTES: usize = 512;
@@ -111,13 +112,7 @@ impl CrashPlan {
     /// After the engine is gone: undoes, newest first, each write no sync covered. `seed` picks
     /// for each one whether it landed, was lost, or was torn. Returns how many were undone.
     pub fn lose_unsynced_writes(&self, seed: u64) -> io::Result<usize> {
-        let mut rng = seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(seed);
         let writes = self.writes();
         let mut undone = 0;
         for w in writes.iter().rev().filter(|w| !w.durable) {
@@ -127,7 +122,7 @@ impl CrashPlan {
                 1 => file.write_all_at(&w.before, w.offset)?,
                 _ => {
                     for (i, sector) in w.before.chunks(SECTOR_BYTES).enumerate() {
-                        if next() % 2 == 0 {
+                        if next().is_multiple_of(2) {
                             file.write_all_at(sector, w.offset + (i * SECTOR_BYTES) as u64)?;
                         }
                     }

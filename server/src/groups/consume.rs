@@ -219,27 +219,25 @@ fn cover(
             }
         }
         let progressed = !pieces.is_empty();
-        if full || next == deliveries.len() {
-            if gathered.is_empty() && pieces.len() <= 1 {
-                let range = pieces.pop().unwrap_or(0..0);
-                return Ok(Covered {
-                    sent: next,
-                    bytes: data,
-                    range,
-                });
-            }
-            for r in pieces {
-                gathered.extend_from_slice(&data[r]);
-            }
+        let done = full || next == deliveries.len();
+        if done && gathered.is_empty() && pieces.len() <= 1 {
+            let range = pieces.pop().unwrap_or(0..0);
+            return Ok(Covered {
+                sent: next,
+                bytes: data,
+                range,
+            });
+        }
+        for r in pieces {
+            gathered.extend_from_slice(&data[r]);
+        }
+        if done {
             let range = 0..gathered.len();
             return Ok(Covered {
                 sent: next,
                 bytes: gathered,
                 range,
             });
-        }
-        for r in pieces {
-            gathered.extend_from_slice(&data[r]);
         }
         let want = deliveries[next].offset;
         let more = engine.read_wait(topic, partition, want, READ_BYTES)?;
