@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use keel_engine::Engine;
 
-use crate::groups::Groups;
+use crate::groups::{GroupMetrics, Groups, PartitionMetrics};
 use crate::server::{Registry, ServerError};
 
 /// Longest request head read before the request is refused.
@@ -184,22 +184,24 @@ impl Exposition {
     /// One family with one sample per group partition.
     fn per_partition<T: std::fmt::Display>(
         &mut self,
-        groups: &[GroupFigures],
+        groups: &[GroupMetrics],
         (name, kind, help): (&str, &str, &str),
-        value: impl Fn(&crate::groups::PartitionMetrics) -> T,
+        value: impl Fn(&PartitionMetrics) -> T,
     ) {
         self.family(name, kind, help);
-        for (group, topic, _, parts) in groups {
-            for (p, m) in parts.iter().enumerate() {
+        for g in groups {
+            for (p, m) in g.partitions.iter().enumerate() {
                 let p = p.to_string();
-                let labels = [("group", &group[..]), ("topic", topic), ("partition", &p)];
+                let labels = [
+                    ("group", &g.group[..]),
+                    ("topic", &g.topic),
+                    ("partition", &p),
+                ];
                 self.sample(name, &labels, value(m));
             }
         }
     }
 }
-
-type GroupFigures = (String, String, usize, Vec<crate::groups::PartitionMetrics>);
 
 /// Label values escaped as the format wants: backslash, double quote and newline.
 fn escape(v: &str) -> String {
@@ -257,11 +259,11 @@ pub fn render(sources: &Sources) -> String {
         "gauge",
         "Members of a consumer group (groups loaded since keeld started).",
     );
-    for (group, topic, members, _) in &groups {
+    for g in &groups {
         out.sample(
             "keel_group_members",
-            &[("group", group), ("topic", topic)],
-            members,
+            &[("group", &g.group), ("topic", &g.topic)],
+            g.members,
         );
     }
     out.per_partition(

@@ -33,6 +33,18 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// file write each).
 const STOP_CHECKPOINT_PATIENCE: Duration = Duration::from_secs(10);
 
+/// What metrics show of one group.
+pub struct GroupMetrics {
+    /// Group name.
+    pub group: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// Members now.
+    pub members: usize,
+    /// Per partition.
+    pub partitions: Vec<PartitionMetrics>,
+}
+
 /// A consume request on its way.
 pub struct ConsumeJob {
     group: Arc<LiveGroup>,
@@ -356,17 +368,19 @@ impl Groups {
         reply.ok(&Response::Nack);
     }
 
-    /// Every loaded group: (group, topic, members, per-partition metrics), sorted.
-    pub fn metrics(&self) -> Vec<(String, String, usize, Vec<PartitionMetrics>)> {
+    /// What metrics show of every group loaded since keeld started, sorted by name.
+    pub fn metrics(&self) -> Vec<GroupMetrics> {
         let mut out: Vec<_> = self
             .live()
             .iter()
-            .map(|((group, topic), g)| {
-                let members = g.members().len();
-                (group.clone(), topic.clone(), members, g.partition_metrics())
+            .map(|((group, topic), g)| GroupMetrics {
+                group: group.clone(),
+                topic: topic.clone(),
+                members: g.members().len(),
+                partitions: g.partition_metrics(),
             })
             .collect();
-        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out.sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
         out
     }
 
