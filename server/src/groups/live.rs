@@ -136,25 +136,34 @@ impl LiveGroup {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Expires sessions and ack deadlines; returns whether anything became deliverable.
-    pub fn expire(&self, now: Instant) -> bool {
+    /// Removes every member `leaves` picks, logging `why`; returns whether any left.
+    pub fn remove_members(&self, leaves: impl Fn(&Member) -> bool, why: &str) -> bool {
         let gone: Vec<MemberId> = self
             .members()
             .iter()
-            .filter(|(_, m)| now.duration_since(m.last_seen) > m.session_timeout)
+            .filter(|(_, m)| leaves(m))
             .map(|(&id, _)| id)
             .collect();
         let mut any = false;
         for id in gone {
             if self.remove_member(id) {
                 log::info!(
-                    "group {:?} on {}: member {id} left (session timed out)",
+                    "group {:?} on {}: member {id} left ({why})",
                     self.stored.group,
                     self.stored.topic
                 );
                 any = true;
             }
         }
+        any
+    }
+
+    /// Expires sessions and ack deadlines; returns whether anything became deliverable.
+    pub fn expire(&self, now: Instant) -> bool {
+        let mut any = self.remove_members(
+            |m| now.duration_since(m.last_seen) > m.session_timeout,
+            "session timed out",
+        );
         for p in &self.partitions {
             let mut d = lock(p);
             if d.expire(now) > 0 || d.has_due(now) {

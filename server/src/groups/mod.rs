@@ -387,21 +387,8 @@ impl Groups {
     /// A connection closed: its members leave.
     pub fn connection_closed(&self, conn: u64) {
         for g in self.live().values() {
-            let gone: Vec<MemberId> = g
-                .members()
-                .iter()
-                .filter(|(_, m)| m.conn == conn)
-                .map(|(&id, _)| id)
-                .collect();
-            for member in gone {
-                if g.remove_member(member) {
-                    log::info!(
-                        "group {:?} on {}: member {member} left (its connection closed)",
-                        g.stored.group,
-                        g.stored.topic
-                    );
-                    self.waiting.wake(g);
-                }
+            if g.remove_members(|m| m.conn == conn, "its connection closed") {
+                self.waiting.wake(g);
             }
         }
     }
