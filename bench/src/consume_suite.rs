@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,8 @@ use keel_client::{
     Client, ClientOptions, FetchOptions, JoinSettings, OffsetSpan, PendingAck, StartAt, Target,
 };
 
-use crate::child::ChildServer;
+use crate::figures::{write_json, Figures, Percentiles};
+use crate::server_suite::{keeld_binary, start_keeld};
 
 /// What to drain.
 #[derive(Args, Debug, Clone)]
@@ -43,7 +43,7 @@ fn client(addr: &str) -> Result<Client, String> {
 }
 
 /// Produces the backlog: batches of 64, up to 32 in flight, spread over the partitions.
-fn fill(addr: &str, topic: &str, partitions: u32, b: &Backlog) -> Result<(), String> {
+pub(crate) fn fill(addr: &str, topic: &str, partitions: u32, b: &Backlog) -> Result<(), String> {
     let c = client(addr)?;
     let value = vec![b'x'; b.message_bytes];
     let mut in_flight = VecDeque::new();
@@ -108,7 +108,11 @@ fn fetch_drain(addr: &str, topic: &str, partitions: u32, b: &Backlog) -> Result<
 /// Drains the backlog as a group, acknowledging every message on its own (one span per
 /// message) with durable acks, up to 8 ack requests in flight per consumer; returns seconds
 /// and the ack→durable latency histogram (µs).
-fn group_drain(addr: &str, topic: &str, b: &Backlog) -> Result<(f64, Histogram<u64>), String> {
+pub(crate) fn group_drain(
+    addr: &str,
+    topic: &str,
+    b: &Backlog,
+) -> Result<(f64, Histogram<u64>), String> {
     let done = AtomicU64::new(0);
     let start = Instant::now();
     let hists = std::thread::scope(|s| {
@@ -180,23 +184,16 @@ fn group_drain(addr: &str, topic: &str, b: &Backlog) -> Result<(f64, Histogram<u
 }
 
 /// Runs both drains against one keeld and prints a markdown report.
-pub fn run(dir: &Path, b: &Backlog, keeld: Option<PathBuf>) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let keeld = keeld.unwrap_or_else(|| exe.with_file_name("keeld"));
-    if !keeld.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p keel-server`, or pass --keeld",
-            keeld.display()
-        ));
-    }
+pub fn run(
+    dir: &Path,
+    b: &Backlog,
+    keeld: Option<PathBuf>,
+    json: Option<&Path>,
+) -> Result<(), String> {
+    let keeld = keeld_binary(keeld)?;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     let partitions = shards as u32;
-    let data = dir.join(format!("keel-bench-consume-{}", std::process::id()));
-    let mut cmd = Command::new(&keeld);
-    cmd.arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"]);
-    let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
+    let (server, data) = start_keeld(&keeld, dir, &[])?;
     let outcome = (|| {
         let c = client(&server.addr)?;
         c.create_topic("drain", partitions)
@@ -243,5 +240,19 @@ pub fn run(dir: &Path, b: &Backlog, keeld: Option<PathBuf>) -> Result<(), String
         q(0.999),
         hist.max()
     );
+    if let Some(path) = json {
+        #[derive(serde::Serialize)]
+        struct Drains {
+            fetch: Figures,
+            group: Figures,
+            group_over_fetch: f64,
+        }
+        let drains = Drains {
+            fetch: Figures::new(b.messages, fetch_s, b.message_bytes, Percentiles::default()),
+            group: Figures::new(b.messages, group_s, b.message_bytes, Percentiles::of(&hist)),
+            group_over_fetch: ratio,
+        };
+        write_json(path, &drains)?;
+    }
     Ok(())
 }

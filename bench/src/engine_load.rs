@@ -10,6 +10,8 @@ use hdrhistogram::Histogram;
 use keel_engine::histogram::quantile_upper_bound;
 use keel_engine::{BatchBuilder, Engine};
 
+use crate::figures::{Figures, Percentiles};
+
 /// One workload.
 #[derive(Debug, Clone)]
 pub struct Load {
@@ -40,8 +42,8 @@ pub struct Outcome {
     pub seconds: f64,
     /// `fdatasync`s the engine issued meanwhile.
     pub syncs: u64,
-    /// Append→durable latency in microseconds: p50, p99, p99.9, max.
-    pub latency_us: [u64; 4],
+    /// Append→durable latency.
+    pub latency_us: Percentiles,
     /// Failed appends (should be 0).
     pub errors: u64,
     /// Flush I/O (a flush's write and linked sync, from submission to both completing),
@@ -61,6 +63,10 @@ impl Outcome {
     /// Payload megabytes (10^6) per second.
     pub fn mb_per_s(&self, message_bytes: usize) -> f64 {
         self.messages_per_s() * message_bytes as f64 / 1e6
+    }
+    /// The figures every report shares.
+    pub fn figures(&self, message_bytes: usize) -> Figures {
+        Figures::new(self.messages, self.seconds, message_bytes, self.latency_us)
     }
     /// Messages sharing each fdatasync.
     pub fn messages_per_sync(&self) -> f64 {
@@ -135,12 +141,11 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         *a -= b;
     }
     let flush_io_us = [0.5, 0.99, 1.0].map(|q| quantile_upper_bound(&io, q));
-    let q = |p| hist.value_at_quantile(p);
     Ok(Outcome {
         messages: messages * load.messages_per_batch as u64,
         seconds: (last_ack - started).as_secs_f64(),
         syncs,
-        latency_us: [q(0.5), q(0.99), q(0.999), hist.max()],
+        latency_us: Percentiles::of(&hist),
         errors,
         flush_io_us,
         send_late_us: late.map(|l| [l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()]),

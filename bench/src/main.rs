@@ -7,16 +7,25 @@
 //! keel-bench server --dir DIR [--seconds]  durable produce over loopback: keeld against the
 //!                                          null server and the engine alone, as ratios
 //! keel-bench produce --server ADDR ...     one produce workload against a running server
+//! keel-bench e2e --server ADDR ...         producers and a consumer group at once: end to end
+//! keel-bench consume --dir DIR             a backlog drained by fetches and by a group
+//! keel-bench peers                         RabbitMQ and NATS JetStream under the same workloads
+//! keel-bench suite --dir DIR [--quick]     all of it in one run, as a BENCHMARKS.md section
 //! keel-bench null-server                   the null server (a sink that answers produces)
 //! ```
 
 mod child;
 mod consume_suite;
 mod engine_load;
+mod figures;
+mod machine;
 mod net_load;
 mod null_server;
+mod peers;
+mod plot;
 mod probe;
 mod server_suite;
+mod suite;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -140,6 +149,40 @@ enum Command {
         /// Partitions (producer i writes partition i % partitions).
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Send this many messages in all instead of sending for --seconds.
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// End to end: producers and a consumer group on one topic at once; reports produce→ack
+    /// and produce→consume latency (each message carries its intended send time).
+    E2e {
+        /// Server address (keeld).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        server: String,
+        /// Topic; created with --partitions partitions if missing.
+        #[arg(long, default_value = "bench-e2e")]
+        topic: String,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[command(flatten)]
+        shape: server_suite::Shape,
+        /// Partitions (producer i writes partition i % partitions).
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Consumers in the group, each with its own connection; each acknowledges what it
+        /// reads.
+        #[arg(long, default_value_t = 2)]
+        consumers: usize,
+        /// Send this many messages in all instead of sending for --seconds.
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// A backlog drained by fetches and by a consumer group acking every message durably, from
     /// one keeld (a child process), reported as a ratio.
@@ -152,7 +195,41 @@ enum Command {
         /// The keeld binary [default: keeld next to this program].
         #[arg(long)]
         keeld: Option<PathBuf>,
+        /// Also write both drains' figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
+    /// The peers (RabbitMQ quorum and classic queues, NATS JetStream) under Keel's produce
+    /// workload and backlog drain; start them first with `bench/peers/setup.sh start DIR`.
+    /// Needs the `peers` feature.
+    Peers {
+        #[command(flatten)]
+        addrs: peers::PeerAddrs,
+        /// Publishers, each with its own connection.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Unconfirmed messages each publisher keeps in flight.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+        /// Bytes of each message.
+        #[arg(long, default_value_t = 1024)]
+        message_bytes: usize,
+        /// Seconds of publishing per peer.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Messages in the backlog each peer drains.
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        /// Consumers draining the backlog, each acknowledging every message.
+        #[arg(long, default_value_t = 4)]
+        consumers: usize,
+    },
+    /// Everything in one run: the disk probe, the engine alone, keeld under the standard
+    /// workloads, the null server and the peers, written as a BENCHMARKS.md-ready markdown
+    /// section with every figure as a ratio to its ceiling and to the peers. Takes under 10
+    /// minutes (under 2 with --quick). Peers need the `peers` feature and
+    /// `bench/peers/setup.sh start DIR` first; without them the report says "not measured".
+    Suite(suite::SuiteArgs),
     /// Run the null server: answers produces at once and stores nothing.
     NullServer {
         /// Address to listen on; port 0 picks a free one (printed).
@@ -176,13 +253,59 @@ fn main() -> ExitCode {
             seconds,
             shape,
             partitions,
-        } => server_suite::produce_once(&server, &topic, seconds, &shape, partitions),
+            messages,
+            json,
+        } => server_suite::produce_once(&server, &topic, seconds, &shape, partitions, messages, 0)
+            .and_then(|f| json.map_or(Ok(()), |path| figures::write_json(&path, &f))),
+        Command::E2e {
+            server,
+            topic,
+            seconds,
+            shape,
+            partitions,
+            consumers,
+            messages,
+            json,
+        } => {
+            if consumers == 0 {
+                Err("e2e needs at least one consumer (--consumers)".to_string())
+            } else {
+                server_suite::produce_once(
+                    &server, &topic, seconds, &shape, partitions, messages, consumers,
+                )
+                    .and_then(|f| json.map_or(Ok(()), |path| figures::write_json(&path, &f)))
+            }
+        }
+        Command::Peers {
+            addrs,
+            publishers,
+            window,
+            message_bytes,
+            seconds,
+            messages,
+            consumers,
+        } => peers::run(
+            &addrs,
+            &peers::PeerLoad {
+                publishers,
+                window,
+                message_bytes,
+                seconds,
+            },
+            &peers::PeerBacklog {
+                messages,
+                message_bytes,
+                consumers,
+            },
+        ),
+        Command::Suite(args) => suite::run(&args),
         Command::NullServer { listen } => null_server::run(&listen),
         Command::Consume {
             dir,
             backlog,
             keeld,
-        } => consume_suite::run(&dir, &backlog, keeld),
+            json,
+        } => consume_suite::run(&dir, &backlog, keeld, json.as_deref()),
         Command::Probe { dir, seconds } => probe::run(&dir, seconds)
             .map(|p| print!("{}", p.table()))
             .map_err(|e| format!("probe failed in {}: {e}", dir.display())),
@@ -231,10 +354,10 @@ fn main() -> ExitCode {
                 out.messages_per_s(),
                 out.mb_per_s(message_bytes),
                 out.messages_per_sync(),
-                out.latency_us[0],
-                out.latency_us[1],
-                out.latency_us[2],
-                out.latency_us[3],
+                out.latency_us.p50,
+                out.latency_us.p99,
+                out.latency_us.p999,
+                out.latency_us.max,
                 out.errors
             );
             let [f50, f99, fmax] = out.flush_io_us;
@@ -339,8 +462,8 @@ fn run_workloads(
             out.messages_per_s(),
             out.mb_per_s(message_bytes),
             out.messages_per_sync(),
-            out.latency_us[0],
-            out.latency_us[1]
+            out.latency_us.p50,
+            out.latency_us.p99
         );
         rows.push(Row {
             name: name.to_string(),
@@ -416,7 +539,7 @@ fn report(
                 )
             }
             _ => {
-                let x = o.latency_us[1] as f64 / p.small_us[1].max(1) as f64;
+                let x = o.latency_us.p99 as f64 / p.small_us[1].max(1) as f64;
                 (format!("p99 {x:.1} x probe p99"), "<= 3 x", x <= 3.0)
             }
         };
@@ -430,9 +553,9 @@ fn report(
             o.messages_per_s(),
             o.mb_per_s(message_bytes),
             o.messages_per_sync(),
-            o.latency_us[0],
-            o.latency_us[1],
-            o.latency_us[2],
+            o.latency_us.p50,
+            o.latency_us.p99,
+            o.latency_us.p999,
             o.flush_io_us[0],
             o.flush_io_us[1],
             o.flush_io_us[2],

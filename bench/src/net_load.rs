@@ -1,11 +1,18 @@
-//! Produce load over the real protocol: N producers, each with its own connection, keeping up
-//! to a window of messages in flight in batches, against `keeld` or the null server.
+//! Load over the real protocol: N producers, each with its own connection, keeping up to a
+//! window of messages in flight in batches, closed loop or at a target rate (open loop); and,
+//! for end-to-end runs, M consumers in a group reading and acknowledging what is produced.
 
 use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use keel_client::{Client, ClientOptions, Target};
+use keel_client::{
+    Client, ClientOptions, JoinSettings, Membership, PendingProduce, StartAt, Target,
+};
+
+use crate::figures::{latency_histogram, record, Figures, Percentiles};
 
 /// One network workload.
 #[derive(Debug, Clone)]
@@ -26,80 +33,190 @@ pub struct NetLoad {
     pub partitions: u32,
     /// How long to send.
     pub seconds: f64,
+    /// Total messages per second, open loop: each batch has an intended send time and its
+    /// latency is measured from it, so a stalled server cannot hide its stall by slowing the
+    /// generator down (no coordinated omission). `None`: closed loop, as fast as the window
+    /// allows.
+    pub rate: Option<f64>,
+    /// Messages to send in all, instead of sending for `seconds`.
+    pub messages: Option<u64>,
+    /// Consumers in one group reading the topic while it is produced to (end to end); each
+    /// message carries its intended send time, and produce→consume latency is reported.
+    pub consumers: usize,
 }
 
-/// What a network workload achieved.
-#[derive(Debug, Clone)]
-pub struct NetOutcome {
-    /// Messages acknowledged.
-    pub messages: u64,
-    /// Seconds from the first send to the last acknowledgement.
-    pub seconds: f64,
-    /// Produce→ack latency of each message, microseconds: p50, p99, p99.9, max.
-    pub latency_us: [u64; 4],
+/// When to stop waiting for consumers to catch up once producing has ended.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn connect(addr: &str) -> Result<Client, String> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(60),
+        ..ClientOptions::default()
+    };
+    Client::connect_with(addr, options).map_err(|e| format!("connect to {addr}: {e}"))
 }
 
-impl NetOutcome {
-    /// Messages per second.
-    pub fn messages_per_s(&self) -> f64 {
-        self.messages as f64 / self.seconds
+/// What the threads of one run share.
+struct Shared {
+    /// The clock every timestamp in a message is relative to.
+    base: Instant,
+    acked: AtomicU64,
+    consumed: AtomicU64,
+    producing: AtomicBool,
+}
+
+/// Runs the workload: every producer (and consumer) connects first, then producers send for
+/// `seconds` and wait for what they have in flight; consumers go on until they have read every
+/// acknowledged message.
+pub fn run(load: &NetLoad) -> Result<Figures, String> {
+    if load.consumers > 0 && load.message_bytes < 8 {
+        return Err("end-to-end runs need messages of at least 8 bytes (a timestamp)".into());
     }
-    /// Payload megabytes (10^6) per second.
-    pub fn mb_per_s(&self, message_bytes: usize) -> f64 {
-        self.messages_per_s() * message_bytes as f64 / 1e6
+    if load.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number of messages per second".into());
     }
-}
-
-/// Runs the workload: every producer connects first, then all send for `seconds` and wait for
-/// what they have in flight.
-pub fn run(load: &NetLoad) -> Result<NetOutcome, String> {
-    let clients = (0..load.producers)
-        .map(|_| {
-            let options = ClientOptions {
-                request_timeout: Duration::from_secs(60),
-                ..ClientOptions::default()
-            };
-            Client::connect_with(load.server.as_str(), options).map_err(|e| e.to_string())
-        })
+    let producers = (0..load.producers)
+        .map(|_| connect(&load.server))
         .collect::<Result<Vec<_>, _>>()?;
+    let group = format!("keel-bench-e2e-{}-{}", std::process::id(), nanos_now());
+    let consumers = (0..load.consumers)
+        .map(|_| {
+            let c = connect(&load.server)?;
+            let settings = JoinSettings {
+                max_unacked: 4096,
+                ..JoinSettings::default()
+            };
+            let m = c
+                .join_group(&group, &load.topic, StartAt::Latest, settings)
+                .map_err(|e| format!("join group: {e}"))?;
+            Ok((c, m))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let shared = Shared {
+        base: Instant::now(),
+        acked: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        producing: AtomicBool::new(true),
+    };
     let start = Instant::now();
     let stop_at = start + Duration::from_secs_f64(load.seconds);
-    let results: Vec<Result<(u64, Histogram<u64>), String>> = std::thread::scope(|s| {
-        let workers: Vec<_> = clients
+    let (produced, consumed, produced_by) = std::thread::scope(|s| {
+        let shared = &shared;
+        let consumer_threads: Vec<_> = consumers
+            .iter()
+            .map(|(c, m)| s.spawn(move || consume(c, m, shared)))
+            .collect();
+        let progress = s.spawn(move || progress(load, shared, start));
+        let producer_threads: Vec<_> = producers
             .iter()
             .enumerate()
-            .map(|(i, client)| s.spawn(move || produce(client, load, i, stop_at)))
+            .map(|(i, client)| s.spawn(move || produce(client, load, i, stop_at, shared)))
             .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err("a producer panicked".into()))
-            })
-            .collect()
+        let produced = join_all(producer_threads, "producer");
+        let produced_by = Instant::now();
+        shared.producing.store(false, Ordering::Release);
+        let consumed = join_all(consumer_threads, "consumer");
+        let _ = progress.join();
+        (produced, consumed, produced_by)
     });
-    let seconds = start.elapsed().as_secs_f64();
+    let produced = produced?;
+    // Throughput is what producing achieved; consumers catching up afterwards do not count.
+    let seconds = produced_by.duration_since(start).as_secs_f64();
     let mut messages = 0;
-    let mut hist = new_histogram()?;
-    for r in results {
-        let (n, h) = r?;
+    let mut acks = latency_histogram()?;
+    for (n, h) in produced {
         messages += n;
-        hist.add(&h).map_err(|e| e.to_string())?;
+        acks.add(&h).map_err(|e| e.to_string())?;
     }
-    Ok(NetOutcome {
+    let mut figures = Figures::new(
         messages,
         seconds,
-        latency_us: [
-            hist.value_at_quantile(0.5),
-            hist.value_at_quantile(0.99),
-            hist.value_at_quantile(0.999),
-            hist.max(),
-        ],
-    })
+        load.message_bytes,
+        Percentiles::of(&acks),
+    );
+    if load.consumers > 0 {
+        let mut e2e = latency_histogram()?;
+        for h in consumed? {
+            e2e.add(&h).map_err(|e| e.to_string())?;
+        }
+        let read = shared.consumed.load(Ordering::Acquire);
+        if read < messages {
+            return Err(format!(
+                "consumers read {read} of {messages} acknowledged messages within {} s of the end",
+                CATCH_UP.as_secs()
+            ));
+        }
+        figures.end_to_end_us = Some(Percentiles::of(&e2e));
+    }
+    Ok(figures)
 }
 
-fn new_histogram() -> Result<Histogram<u64>, String> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn join_all<T>(
+    threads: Vec<std::thread::ScopedJoinHandle<'_, Result<T, String>>>,
+    what: &str,
+) -> Result<Vec<T>, String> {
+    threads
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(format!("a {what} panicked")))
+        })
+        .collect()
+}
+
+/// Prints the rate so far once a second (on a terminal, in place; otherwise every 5 s).
+fn progress(load: &NetLoad, shared: &Shared, start: Instant) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { 1 } else { 5 };
+    let mut last = (start, 0u64);
+    let mut tick = 0u64;
+    while shared.producing.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        tick += 1;
+        if !tick.is_multiple_of(10 * every) {
+            continue;
+        }
+        let now = Instant::now();
+        let acked = shared.acked.load(Ordering::Relaxed);
+        let rate = (acked - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let of = load.messages.map_or_else(
+            || format!(" of {} s", load.seconds),
+            |m| format!(", {m} to send"),
+        );
+        let mut line = format!(
+            "  {:>5.1} s{of}: {acked} acknowledged, {rate:.0} msg/s",
+            now.duration_since(start).as_secs_f64()
+        );
+        if load.consumers > 0 {
+            line += &format!(", {} consumed", shared.consumed.load(Ordering::Relaxed));
+        }
+        if tty {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
+        last = (now, acked);
+    }
+    if tty && tick >= 10 {
+        eprint!("\r{:80}\r", "");
+    }
+}
+
+/// Producer `i`'s part of `total` messages spread over `producers`.
+fn share(total: u64, producers: usize, i: usize) -> u64 {
+    let producers = producers.max(1) as u64;
+    total / producers + u64::from((i as u64) < total % producers)
+}
+
+/// The intended send time of batch `k` of a producer sending `per_s` messages a second.
+fn intended(start: Instant, k: u64, batch: usize, per_s: f64) -> Instant {
+    start + Duration::from_secs_f64(k as f64 * batch as f64 / per_s)
 }
 
 fn produce(
@@ -107,30 +224,157 @@ fn produce(
     load: &NetLoad,
     producer: usize,
     stop_at: Instant,
+    shared: &Shared,
 ) -> Result<(u64, Histogram<u64>), String> {
     let partition = producer as u32 % load.partitions.max(1);
-    let value = vec![0x6bu8; load.message_bytes];
-    let values = vec![value.as_slice(); load.batch.max(1)];
-    let batches_in_flight = (load.window / load.batch.max(1)).max(1);
-    let mut hist = new_histogram()?;
-    let mut in_flight = VecDeque::with_capacity(batches_in_flight);
-    let mut acked = 0u64;
+    let batch = load.batch.max(1);
+    let mut values = vec![vec![0x6bu8; load.message_bytes]; batch];
+    let window = (load.window / batch).max(1);
+    let per_producer = load.rate.map(|r| r / load.producers.max(1) as f64);
+    // The window is a pool of tokens: one is taken before each send and given back once its
+    // answer arrived, so exactly `window` batches can be in flight.
+    let (give_token, take_token) = crossbeam_channel::bounded::<()>(window);
+    for _ in 0..window {
+        let _ = give_token.send(());
+    }
+    // Answers are waited for on a thread of their own, in order, so each latency ends when
+    // its answer arrives rather than when the sender next looks.
+    let (to_waiter, in_flight) = crossbeam_channel::unbounded::<(Instant, PendingProduce, u64)>();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(move || -> Result<(u64, Histogram<u64>), String> {
+            let mut hist = latency_histogram()?;
+            let mut acked = 0u64;
+            for (sent_for, pending, n) in in_flight {
+                pending.wait().map_err(|e| format!("produce failed: {e}"))?;
+                record(&mut hist, sent_for.elapsed().as_micros() as u64, n);
+                acked += n;
+                shared.acked.fetch_add(n, Ordering::Relaxed);
+                let _ = give_token.send(());
+            }
+            Ok((acked, hist))
+        });
+        let start = Instant::now();
+        let quota = load.messages.map(|m| share(m, load.producers, producer));
+        let mut sent = 0u64;
+        let mut failed = None;
+        for k in 0u64.. {
+            let due = per_producer.map(|r| intended(start, k, batch, r));
+            let n = quota.map_or(batch, |q| (q - sent).min(batch as u64) as usize);
+            if n == 0 || (quota.is_none() && due.unwrap_or_else(Instant::now) >= stop_at) {
+                break;
+            }
+            if let Some(d) = due {
+                std::thread::sleep(d.saturating_duration_since(Instant::now()));
+            }
+            // Fails only once the waiter has stopped, which it says why.
+            if take_token.recv().is_err() {
+                break;
+            }
+            let sent_for = due.unwrap_or_else(Instant::now);
+            if load.consumers > 0 {
+                let stamp = sent_for.duration_since(shared.base).as_nanos() as u64;
+                for v in &mut values {
+                    v[..8].copy_from_slice(&stamp.to_le_bytes());
+                }
+            }
+            match client.send_values(&load.topic, Target::Partition(partition), &values[..n]) {
+                Ok(pending) => {
+                    if to_waiter.send((sent_for, pending, n as u64)).is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                }
+                Err(e) => {
+                    failed = Some(format!("produce failed: {e}"));
+                    break;
+                }
+            }
+        }
+        drop(to_waiter);
+        let waited = waiter
+            .join()
+            .unwrap_or_else(|_| Err("an answer waiter panicked".into()));
+        match failed {
+            Some(e) => Err(e),
+            None => waited,
+        }
+    })
+}
+
+/// Reads the group's deliveries until producing has ended and every acknowledged message has
+/// been read (or `CATCH_UP` has passed), acknowledging each request's deliveries.
+fn consume(client: &Client, m: &Membership, shared: &Shared) -> Result<Histogram<u64>, String> {
+    let mut hist = latency_histogram()?;
+    let mut acks = VecDeque::new();
+    let mut caught_up_by = None;
     loop {
-        let sending = Instant::now() < stop_at;
-        if sending && in_flight.len() < batches_in_flight {
-            let pending = client
-                .send_values(&load.topic, Target::Partition(partition), &values)
-                .map_err(|e| e.to_string())?;
-            in_flight.push_back((Instant::now(), pending));
+        if !shared.producing.load(Ordering::Acquire) {
+            let deadline = *caught_up_by.get_or_insert_with(|| Instant::now() + CATCH_UP);
+            let done =
+                shared.consumed.load(Ordering::Acquire) >= shared.acked.load(Ordering::Acquire);
+            if done || Instant::now() > deadline {
+                break;
+            }
+        }
+        let got = client
+            .consume(m, 256, Duration::from_millis(50))
+            .map_err(|e| format!("consume: {e}"))?;
+        if got.is_empty() {
             continue;
         }
-        let Some((sent, pending)) = in_flight.pop_front() else {
-            return Ok((acked, hist));
-        };
-        pending.wait().map_err(|e| format!("produce failed: {e}"))?;
-        let us = sent.elapsed().as_micros().max(1) as u64;
-        hist.record_n(us.min(60_000_000), values.len() as u64)
-            .map_err(|e| e.to_string())?;
-        acked += values.len() as u64;
+        let now_ns = shared.base.elapsed().as_nanos() as u64;
+        for d in &got {
+            let stamp = d
+                .message
+                .value
+                .as_deref()
+                .and_then(|v| v.get(..8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+                .ok_or("a consumed message has no timestamp")?;
+            record(&mut hist, now_ns.saturating_sub(stamp) / 1000, 1);
+        }
+        shared
+            .consumed
+            .fetch_add(got.len() as u64, Ordering::AcqRel);
+        let spans = keel_client::spans_of(&got);
+        acks.push_back(
+            client
+                .send_ack(m, &spans, false)
+                .map_err(|e| e.to_string())?,
+        );
+        if acks.len() > 8 {
+            if let Some(a) = acks.pop_front() {
+                a.wait().map_err(|e| format!("ack: {e}"))?;
+            }
+        }
+    }
+    for a in acks {
+        a.wait().map_err(|e| format!("ack: {e}"))?;
+    }
+    let _ = client.leave_group(m);
+    Ok(hist)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_total() {
+        for (total, producers) in [(10, 3), (2, 5), (0, 4), (1_000_001, 16)] {
+            let parts: Vec<u64> = (0..producers).map(|i| share(total, producers, i)).collect();
+            assert_eq!(parts.iter().sum::<u64>(), total);
+            assert!(parts.iter().max().unwrap_or(&0) - parts.iter().min().unwrap_or(&0) <= 1);
+        }
+    }
+
+    #[test]
+    fn open_loop_send_times_follow_the_rate_not_the_answers() {
+        let t0 = Instant::now();
+        // 1000 messages/s in batches of 10: one batch every 10 ms, however slow answers are.
+        assert_eq!(intended(t0, 0, 10, 1000.0), t0);
+        assert_eq!(intended(t0, 5, 10, 1000.0) - t0, Duration::from_millis(50));
+        assert_eq!(intended(t0, 100, 10, 1000.0) - t0, Duration::from_secs(1));
     }
 }

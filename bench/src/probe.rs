@@ -14,7 +14,7 @@ use keel_engine::aligned::AlignedBuf;
 const PROBE_FILE_BYTES: u64 = 1 << 30;
 
 /// What the probe measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Probe {
     /// 1 MiB write + fdatasync, sequential: MB/s (10^6 bytes).
     pub big_mb_s: f64,

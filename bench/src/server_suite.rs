@@ -10,7 +10,8 @@ use keel_client::{Client, ErrorCode};
 
 use crate::child::ChildServer;
 use crate::engine_load::{self, Load};
-use crate::net_load::{self, NetLoad, NetOutcome};
+use crate::figures::Figures;
+use crate::net_load::{self, NetLoad};
 
 /// The shape of the produce load.
 #[derive(Args, Debug, Clone)]
@@ -27,10 +28,20 @@ pub struct Shape {
     /// Bytes of each message value.
     #[arg(long, default_value_t = 1024)]
     pub message_bytes: usize,
+    /// Total messages per second, open loop: latency is measured from each batch's intended
+    /// send time [default: closed loop, as fast as the window allows].
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 impl Shape {
-    fn net_load(&self, server: &str, topic: &str, partitions: u32, seconds: f64) -> NetLoad {
+    pub(crate) fn net_load(
+        &self,
+        server: &str,
+        topic: &str,
+        partitions: u32,
+        seconds: f64,
+    ) -> NetLoad {
         NetLoad {
             server: server.to_string(),
             topic: topic.to_string(),
@@ -40,11 +51,14 @@ impl Shape {
             message_bytes: self.message_bytes,
             partitions,
             seconds,
+            rate: self.rate,
+            messages: None,
+            consumers: 0,
         }
     }
 }
 
-fn create_topic(server: &str, topic: &str, partitions: u32) -> Result<(), String> {
+pub(crate) fn create_topic(server: &str, topic: &str, partitions: u32) -> Result<(), String> {
     let client = Client::connect(server).map_err(|e| e.to_string())?;
     match client.create_topic(topic, partitions) {
         Ok(()) => Ok(()),
@@ -53,59 +67,61 @@ fn create_topic(server: &str, topic: &str, partitions: u32) -> Result<(), String
     }
 }
 
-fn line(o: &NetOutcome, message_bytes: usize) -> String {
-    format!(
-        "{:.0} msg/s, {:.1} MB/s, produce→ack p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
-        o.messages_per_s(),
-        o.mb_per_s(message_bytes),
-        o.latency_us[0],
-        o.latency_us[1],
-        o.latency_us[2],
-        o.latency_us[3]
-    )
-}
-
-/// `keel-bench produce`: one workload against a running server.
+/// `keel-bench produce` and `keel-bench e2e`: one workload against a running server (with
+/// consumers reading along, end to end, when `consumers` > 0).
 pub fn produce_once(
     server: &str,
     topic: &str,
     seconds: f64,
     shape: &Shape,
     partitions: u32,
-) -> Result<(), String> {
+    messages: Option<u64>,
+    consumers: usize,
+) -> Result<Figures, String> {
     create_topic(server, topic, partitions)?;
-    let out = net_load::run(&shape.net_load(server, topic, partitions, seconds))?;
-    println!("{}", line(&out, shape.message_bytes));
-    Ok(())
+    let load = NetLoad {
+        consumers,
+        messages,
+        ..shape.net_load(server, topic, partitions, seconds)
+    };
+    let out = net_load::run(&load)?;
+    println!(
+        "{} producers x {} messages of {} B in flight, {} per request, {partitions} partitions{}{}\n",
+        shape.producers,
+        shape.window,
+        shape.message_bytes,
+        shape.batch,
+        shape
+            .rate
+            .map_or(String::new(), |r| format!(", open loop at {r} msg/s")),
+        if consumers > 0 {
+            format!(", {consumers} group consumers")
+        } else {
+            String::new()
+        }
+    );
+    print!("{}", out.table());
+    Ok(out)
 }
 
 /// `keel-bench server`: the three measurements and a markdown report.
 pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let keeld = keeld.unwrap_or_else(|| exe.with_file_name("keeld"));
-    if !keeld.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p keel-server` (the same profile as keel-bench), or pass --keeld",
-            keeld.display()
-        ));
-    }
+    let keeld = keeld_binary(keeld)?;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     let partitions = shards as u32;
 
     eprintln!("null server: {seconds} s");
-    let mut null = Command::new(&exe);
-    null.args(["null-server", "--listen", "127.0.0.1:0"]);
-    let null = ChildServer::start(null, "the null server", "null server listening on ")?;
+    let null = start_null_server()?;
     create_topic(&null.addr, "produce", partitions)?;
     let null_out = net_load::run(&shape.net_load(&null.addr, "produce", partitions, seconds))?;
     null.stop()?;
-    eprintln!("null server: {}", line(&null_out, shape.message_bytes));
+    eprintln!("null server: {}", null_out.line());
 
     let mut keeld_outs = Vec::new();
     for net in ["uring", "threads"] {
         eprintln!("keeld --net {net}: {seconds} s");
         let out = run_keeld(&keeld, dir, net, shape, partitions, seconds)?;
-        eprintln!("keeld --net {net}: {}", line(&out, shape.message_bytes));
+        eprintln!("keeld --net {net}: {}", out.line());
         keeld_outs.push((net, out));
     }
 
@@ -127,7 +143,7 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
         .and_then(|()| engine_load::run(&engine, "produce", &load));
     drop(engine);
     let _ = std::fs::remove_dir_all(&data);
-    let engine_out = engine_out?;
+    let engine_out = engine_out?.figures(shape.message_bytes);
 
     let verdict = |x: f64| if x >= 0.5 { "met" } else { "**missed**" };
     let mb = shape.message_bytes;
@@ -135,32 +151,26 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
         "{} producers x {} messages of {mb} B in flight, {} per request, {partitions} partitions, {seconds} s each\n",
         shape.producers, shape.window, shape.batch
     );
-    println!("| system | msg/s | MB/s | produce→ack p50 / p99 / p99.9 / max |\n|---|---|---|---|");
+    println!(
+        "| system | msg/s | MB/s | produce→ack p50 / p90 / p99 / p99.9 / max |\n|---|---|---|---|"
+    );
     let mut rows = vec![("null server (no storage)".to_string(), &null_out)];
     for (net, out) in &keeld_outs {
         rows.push((format!("keeld --net {net} (durable)"), out));
     }
-    let engine_out = NetOutcome {
-        messages: engine_out.messages,
-        seconds: engine_out.seconds,
-        latency_us: engine_out.latency_us,
-    };
     rows.push(("engine in-process (durable)".to_string(), &engine_out));
     for (name, o) in rows {
         println!(
-            "| {name} | {:.0} | {:.1} | {} / {} / {} / {} µs |",
-            o.messages_per_s(),
-            o.mb_per_s(mb),
-            o.latency_us[0],
-            o.latency_us[1],
-            o.latency_us[2],
-            o.latency_us[3]
+            "| {name} | {:.0} | {:.1} | {} |",
+            o.msgs_per_s,
+            o.mb_per_s,
+            o.latency_us.cells()
         );
     }
     println!("\n| ratio | measured | target | |\n|---|---|---|---|");
     for (net, out) in &keeld_outs {
-        let vs_null = out.messages_per_s() / null_out.messages_per_s();
-        let vs_engine = out.messages_per_s() / engine_out.messages_per_s();
+        let vs_null = out.msgs_per_s / null_out.msgs_per_s;
+        let vs_engine = out.msgs_per_s / engine_out.msgs_per_s;
         println!(
             "| keeld --net {net} / null server | {vs_null:.2} | >= 0.50 | {} |",
             verdict(vs_null)
@@ -181,18 +191,8 @@ fn run_keeld(
     shape: &Shape,
     partitions: u32,
     seconds: f64,
-) -> Result<NetOutcome, String> {
-    let data = dir.join(format!("keel-bench-keeld-{}", std::process::id()));
-    let mut cmd = Command::new(keeld);
-    cmd.arg("--data-dir").arg(&data).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "warn",
-        "--net",
-        net,
-    ]);
-    let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
+) -> Result<Figures, String> {
+    let (server, data) = start_keeld(keeld, dir, &["--net", net])?;
     let out = create_topic(&server.addr, "produce", partitions).and_then(|()| {
         net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))
     });
@@ -201,4 +201,44 @@ fn run_keeld(
     let out = out?;
     stopped?;
     Ok(out)
+}
+
+/// The keeld to measure: `--keeld`, or the one built next to this program.
+pub(crate) fn keeld_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let keeld = given.unwrap_or_else(|| exe.with_file_name("keeld"));
+    if keeld.exists() {
+        Ok(keeld)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release -p keel-server` (the same profile as keel-bench), or pass --keeld",
+            keeld.display()
+        ))
+    }
+}
+
+/// Starts keeld on a free loopback port with a fresh data directory under `dir` (returned, for
+/// the caller to remove once keeld has stopped).
+pub(crate) fn start_keeld(
+    keeld: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<(ChildServer, PathBuf), String> {
+    let data = dir.join(format!("keel-bench-keeld-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let mut cmd = Command::new(keeld);
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(extra);
+    let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
+    Ok((server, data))
+}
+
+/// Starts this program's null server as a child process.
+pub(crate) fn start_null_server() -> Result<ChildServer, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut null = Command::new(exe);
+    null.args(["null-server", "--listen", "127.0.0.1:0"]);
+    ChildServer::start(null, "the null server", "null server listening on ")
 }

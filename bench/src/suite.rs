@@ -1,0 +1,697 @@
+//! `keel-bench suite`: the disk's ceiling, Keel (engine alone, then keeld over loopback) and
+//! the peers under the standard workloads, in one run on one machine, written as a
+//! `docs/BENCHMARKS.md`-ready section: every figure beside its ceiling and the peers, as ratios,
+//! with each target's verdict stated plainly.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::consume_suite::{self, Backlog};
+use crate::engine_load::{self, Load};
+use crate::figures::{write_json, Figures};
+use crate::machine::Machine;
+use crate::net_load::{self, NetLoad};
+use crate::peers::{self, Peer, PeerAddrs, PeerBacklog, PeerLoad};
+use crate::plot;
+use crate::probe::{self, Probe};
+use crate::server_suite::{create_topic, keeld_binary, start_keeld, start_null_server};
+
+#[derive(Args, Debug, Clone)]
+pub struct SuiteArgs {
+    /// Directory on the filesystem to measure (fresh subdirectories, removed after).
+    #[arg(long, default_value = "./keel-data")]
+    pub dir: PathBuf,
+    /// A short run: 1 s per workload and 10,000-message backlogs (under 2 minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Seconds per workload [default: 5, or 1 with --quick].
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Messages in each drained backlog [default: 100000, or 10000 with --quick].
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// The keeld binary [default: keeld next to this program].
+    #[arg(long)]
+    pub keeld: Option<PathBuf>,
+    #[command(flatten)]
+    pub peers: PeerAddrs,
+    /// Leave the peers out.
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also draw throughput against p99 latency per system as an SVG to this file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// One workload on one system: its figures, or why there are none.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub section: &'static str,
+    pub system: String,
+    pub workload: String,
+    pub figures: Option<Figures>,
+    pub error: Option<String>,
+}
+
+/// A target from the benchmark issue, checked against this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub ratio: String,
+    /// `None` when a side of the ratio was not measured.
+    pub measured: Option<f64>,
+    pub target: String,
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SuiteReport {
+    command: String,
+    machine: Machine,
+    seconds_per_workload: f64,
+    backlog_messages: u64,
+    probe: Probe,
+    runs: Vec<Measured>,
+    verdicts: Vec<Verdict>,
+}
+
+const PRODUCE: &str = "durable produce";
+const GROUP_COMMIT: &str = "group commit";
+const PEERS: &str = "the peers' workload";
+const DRAIN: &str = "consume with per-message acks";
+const E2E: &str = "end to end";
+const KEEL: &str = "Keel (keeld)";
+const MESSAGE_BYTES: usize = 1024;
+
+/// The runs made so far, with progress on stderr.
+struct Runs {
+    list: Vec<Measured>,
+    step: usize,
+    steps: usize,
+}
+
+impl Runs {
+    fn measure(
+        &mut self,
+        section: &'static str,
+        system: &str,
+        workload: &str,
+        run: impl FnOnce() -> Result<Figures, String>,
+    ) {
+        self.step += 1;
+        eprintln!(
+            "[{}/{}] {system}: {section}, {workload}",
+            self.step, self.steps
+        );
+        let outcome = run();
+        match &outcome {
+            Ok(f) => eprintln!("        {}", f.line()),
+            Err(e) => eprintln!("        not measured: {e}"),
+        }
+        self.list.push(Measured {
+            section,
+            system: system.to_string(),
+            workload: workload.to_string(),
+            error: outcome.as_ref().err().cloned(),
+            figures: outcome.ok(),
+        });
+    }
+
+    fn find(&self, section: &str, system: &str, workload: &str) -> Option<&Figures> {
+        self.list
+            .iter()
+            .find(|m| {
+                m.section == section && m.system == system && m.workload.starts_with(workload)
+            })
+            .and_then(|m| m.figures.as_ref())
+    }
+}
+
+fn produce_workload(producers: usize, window: usize, batch: usize, partitions: u32) -> String {
+    format!(
+        "{producers} producers x {window} x {MESSAGE_BYTES} B in flight, {batch} per request, {partitions} partition{}",
+        if partitions == 1 { "" } else { "s" }
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn keel_net(
+    addr: &str,
+    topic: &str,
+    producers: usize,
+    window: usize,
+    batch: usize,
+    partitions: u32,
+    seconds: f64,
+    rate: Option<f64>,
+    consumers: usize,
+) -> Result<Figures, String> {
+    create_topic(addr, topic, partitions)?;
+    net_load::run(&NetLoad {
+        server: addr.to_string(),
+        topic: topic.to_string(),
+        producers,
+        window,
+        batch,
+        message_bytes: MESSAGE_BYTES,
+        partitions,
+        seconds,
+        rate,
+        messages: None,
+        consumers,
+    })
+}
+
+/// `keel-bench suite`.
+pub fn run(args: &SuiteArgs) -> Result<(), String> {
+    let seconds = args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let messages = args
+        .messages
+        .unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let keeld = keeld_binary(args.keeld.clone())?;
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_shard = shards as u32;
+    let mut partition_counts = vec![1, per_shard, 8];
+    partition_counts.dedup();
+    let peer_list: Vec<Peer> = if args.no_peers {
+        Vec::new()
+    } else {
+        Peer::ALL.to_vec()
+    };
+    let mut runs = Runs {
+        list: Vec::new(),
+        step: 0,
+        steps: 2 + 3 * partition_counts.len() + 4 + 2 * peer_list.len(),
+    };
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+
+    eprintln!("disk probe in {}", args.dir.display());
+    let probe = probe::run(&args.dir, if args.quick { 0.5 } else { 2.0 })
+        .map_err(|e| format!("probe failed in {}: {e}", args.dir.display()))?;
+
+    let target_shape = produce_workload(16, 256, 16, per_shard);
+    runs.measure(PRODUCE, "null server (no storage)", &target_shape, || {
+        let null = start_null_server()?;
+        let out = keel_net(
+            &null.addr, "produce", 16, 256, 16, per_shard, seconds, None, 0,
+        );
+        null.stop()?;
+        out
+    });
+    runs.measure(PRODUCE, "Keel engine in-process", &target_shape, || {
+        let (engine, data) = crate::open_engine(&args.dir, None, true, true, false, 256)?;
+        let load = Load {
+            appenders: 16,
+            window: 16,
+            rate: None,
+            message_bytes: MESSAGE_BYTES,
+            messages_per_batch: 16,
+            seconds,
+            partitions: per_shard,
+            drivers: 2,
+        };
+        let out = engine
+            .create_topic("produce", per_shard)
+            .map_err(|e| e.to_string())
+            .and_then(|()| engine_load::run(&engine, "produce", &load));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&data);
+        out.map(|o| o.figures(MESSAGE_BYTES))
+    });
+
+    let (server, data) = start_keeld(&keeld, &args.dir, &[])?;
+    let addr = server.addr.clone();
+    for producers in [1, 4, 16] {
+        for &partitions in &partition_counts {
+            let topic = format!("produce-{producers}-{partitions}");
+            runs.measure(
+                PRODUCE,
+                KEEL,
+                &produce_workload(producers, 256, 16, partitions),
+                || {
+                    keel_net(
+                        &addr, &topic, producers, 256, 16, partitions, seconds, None, 0,
+                    )
+                },
+            );
+        }
+    }
+    runs.measure(
+        GROUP_COMMIT,
+        KEEL,
+        &produce_workload(16, 1, 1, per_shard),
+        || keel_net(&addr, "group-commit", 16, 1, 1, per_shard, seconds, None, 0),
+    );
+    let peers_shape = produce_workload(4, 256, 16, 1);
+    runs.measure(PEERS, KEEL, &peers_shape, || {
+        keel_net(&addr, "peers-workload", 4, 256, 16, 1, seconds, None, 0)
+    });
+    let e2e_rate = runs
+        .find(PEERS, KEEL, &peers_shape)
+        .map_or(20_000.0, |f| (f.msgs_per_s / 4.0).max(1000.0).round());
+    runs.measure(
+        E2E,
+        KEEL,
+        &format!(
+            "4 producers at {e2e_rate:.0} msg/s in all (open loop), 16 per request, {per_shard} partitions, 2 group consumers acking"
+        ),
+        || keel_net(&addr, "e2e", 4, 256, 16, per_shard, seconds, Some(e2e_rate), 2),
+    );
+    let backlog = Backlog {
+        messages,
+        message_bytes: MESSAGE_BYTES,
+        consumers: 4,
+        per_request: 256,
+    };
+    let drain_shape =
+        format!("a backlog of {messages} drained by 4 consumers, every message acked on its own");
+    // Keel's backlog sits in one partition per shard, as a topic is meant to be laid out; a
+    // peer's queue or stream is one unit of its own.
+    let keel_drain = format!("{drain_shape}, {per_shard} partitions");
+    runs.measure(DRAIN, KEEL, &keel_drain, || {
+        create_topic(&addr, "drain", per_shard)?;
+        consume_suite::fill(&addr, "drain", per_shard, &backlog)?;
+        let (s, hist) = consume_suite::group_drain(&addr, "drain", &backlog)?;
+        Ok(Figures::new(
+            messages,
+            s,
+            MESSAGE_BYTES,
+            crate::figures::Percentiles::of(&hist),
+        ))
+    });
+    let stopped = server.stop();
+    let _ = std::fs::remove_dir_all(&data);
+    stopped?;
+
+    let peer_load = PeerLoad {
+        publishers: 4,
+        window: 256,
+        message_bytes: MESSAGE_BYTES,
+        seconds,
+    };
+    let peer_backlog = PeerBacklog {
+        messages,
+        message_bytes: MESSAGE_BYTES,
+        consumers: 4,
+    };
+    for peer in &peer_list {
+        runs.measure(
+            PEERS,
+            peer.name(),
+            "4 publishers x 256 unconfirmed x 1024 B",
+            || peers::produce(*peer, &args.peers, &peer_load),
+        );
+        runs.measure(DRAIN, peer.name(), &drain_shape, || {
+            peers::drain(*peer, &args.peers, &peer_backlog)
+        });
+    }
+
+    let verdicts = verdicts(
+        &runs,
+        &probe,
+        &target_shape,
+        &peers_shape,
+        &drain_shape,
+        per_shard,
+    );
+    let report = SuiteReport {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::describe(&args.dir),
+        seconds_per_workload: seconds,
+        backlog_messages: messages,
+        probe,
+        runs: runs.list,
+        verdicts,
+    };
+    let markdown = markdown(&report, &peer_list);
+    print!("{markdown}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &markdown)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        let points: Vec<plot::Point> = report
+            .runs
+            .iter()
+            .filter(|m| [PRODUCE, GROUP_COMMIT, PEERS].contains(&m.section))
+            .filter_map(|m| {
+                let f = m.figures.as_ref()?;
+                Some(plot::Point {
+                    system: m.system.clone(),
+                    label: format!("{}: {}", m.section, m.workload),
+                    msgs_per_s: f.msgs_per_s,
+                    p99_us: f.latency_us.p99 as f64,
+                })
+            })
+            .collect();
+        let title = "Produce throughput and p99 produce→ack latency, 1 KiB messages";
+        let subtitle = format!("{} · {}", report.machine.line(), report.command);
+        std::fs::write(path, plot::svg(title, &subtitle, &points))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let keel_failed: Vec<&Measured> = report
+        .runs
+        .iter()
+        .filter(|m| m.error.is_some() && !peer_list.iter().any(|p| p.name() == m.system))
+        .collect();
+    match keel_failed.first() {
+        Some(m) => Err(format!(
+            "{} of Keel's workloads failed; the first: {} ({}): {}",
+            keel_failed.len(),
+            m.system,
+            m.workload,
+            m.error.as_deref().unwrap_or("")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn verdicts(
+    runs: &Runs,
+    probe: &Probe,
+    target_shape: &str,
+    peers_shape: &str,
+    drain_shape: &str,
+    per_shard: u32,
+) -> Vec<Verdict> {
+    let rate = |section: &str, system: &str, workload: &str| {
+        runs.find(section, system, workload).map(|f| f.msgs_per_s)
+    };
+    let at_least = |ratio: String, measured: Option<f64>, target: f64| Verdict {
+        ratio,
+        measured,
+        target: format!(">= {target}"),
+        met: measured.map(|m| m >= target),
+    };
+    let keel_target = rate(PRODUCE, KEEL, target_shape);
+    let mut v = vec![
+        at_least(
+            format!("keeld / null server, 16 producers x 256 in flight, {per_shard} partitions (one per shard)"),
+            ratio(keel_target, rate(PRODUCE, "null server (no storage)", target_shape)),
+            0.6,
+        ),
+        at_least(
+            "engine alone MB/s / disk's 1 MiB write+fdatasync MB/s".into(),
+            ratio(
+                runs.find(PRODUCE, "Keel engine in-process", target_shape)
+                    .map(|f| f.mb_per_s),
+                Some(probe.big_mb_s),
+            ),
+            0.7,
+        ),
+        at_least(
+            "group commit: keeld msg/s with 16 x 1 in flight / disk's 4 KiB fdatasync rate".into(),
+            ratio(
+                runs.list
+                    .iter()
+                    .find(|m| m.section == GROUP_COMMIT)
+                    .and_then(|m| m.figures.as_ref())
+                    .map(|f| f.msgs_per_s),
+                Some(probe.small_syncs_s),
+            ),
+            10.0,
+        ),
+    ];
+    let keel_peers = runs.find(PEERS, KEEL, peers_shape);
+    for (peer, target) in [(Peer::RabbitQuorum, 10.0), (Peer::NatsJetStream, 2.0)] {
+        let theirs = runs.find(PEERS, peer.name(), "");
+        v.push(at_least(
+            format!("keeld / {} msg/s, the peers' workload", peer.name()),
+            ratio(
+                keel_peers.map(|f| f.msgs_per_s),
+                theirs.map(|f| f.msgs_per_s),
+            ),
+            target,
+        ));
+        let p99 = ratio(
+            keel_peers.map(|f| f.latency_us.p99 as f64),
+            theirs.map(|f| f.latency_us.p99 as f64),
+        );
+        v.push(Verdict {
+            ratio: format!("keeld p99 / {} p99 publish→confirm", peer.name()),
+            measured: p99,
+            target: "< 1".into(),
+            met: p99.map(|x| x < 1.0),
+        });
+    }
+    // Against the faster of RabbitMQ's two queues, so the claim holds for both.
+    let rabbit_drain = [Peer::RabbitQuorum, Peer::RabbitClassic]
+        .iter()
+        .filter_map(|p| rate(DRAIN, p.name(), drain_shape))
+        .reduce(f64::max);
+    v.push(at_least(
+        "keeld / RabbitMQ (faster queue) consume with per-message acks".into(),
+        ratio(rate(DRAIN, KEEL, drain_shape), rabbit_drain),
+        5.0,
+    ));
+    v
+}
+
+fn markdown(r: &SuiteReport, peer_list: &[Peer]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## Suite: Keel beside the disk and its peers\n");
+    let _ = writeln!(s, "Machine: {}. Command: `{}` ({} s per workload, backlogs of {} messages). Every row below was measured in this one run; compare ratios, not absolute figures across runs.\n", r.machine.line(), r.command, r.seconds_per_workload, r.backlog_messages);
+    s += &r.probe.table();
+    let _ = writeln!(s);
+    let sections = [
+        (PRODUCE, "Durable produce (acknowledged only once durable)"),
+        (
+            GROUP_COMMIT,
+            "Group commit: one message in flight per producer",
+        ),
+        (
+            PEERS,
+            "The peers' workload: 4 publishers, 256 unconfirmed 1 KiB messages each",
+        ),
+        (E2E, "End to end: produce→consume while producing"),
+        (DRAIN, "Consume with per-message acks: a backlog drained"),
+    ];
+    for (section, title) in sections {
+        let rows: Vec<&Measured> = r.runs.iter().filter(|m| m.section == section).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "### {title}\n");
+        let latency_head = match section {
+            DRAIN => "ack→answer p50 / p90 / p99 / p99.9 / max (Keel's durable acks only)",
+            E2E => "produce→ack; produce→consume p50 / p90 / p99 / p99.9 / max",
+            _ => "produce→ack p50 / p90 / p99 / p99.9 / max",
+        };
+        let _ = writeln!(
+            s,
+            "| system | workload | msg/s | MB/s | {latency_head} |\n|---|---|---|---|---|"
+        );
+        for m in rows {
+            match (&m.figures, &m.error) {
+                (Some(f), _) => {
+                    let mut latency = if section == DRAIN && f.latency_us.max == 0 {
+                        "—".to_string()
+                    } else {
+                        f.latency_us.cells()
+                    };
+                    if let Some(e) = &f.end_to_end_us {
+                        latency += &format!("; {}", e.cells());
+                    }
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {:.0} | {:.1} | {latency} |",
+                        m.system, m.workload, f.msgs_per_s, f.mb_per_s
+                    );
+                }
+                (None, e) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | not measured: {} | | |",
+                        m.system,
+                        m.workload,
+                        e.as_deref().unwrap_or("unknown")
+                    );
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    if !peer_list.is_empty() {
+        let _ = writeln!(s, "What each peer promises when it confirms a publish:\n");
+        for p in peer_list {
+            let _ = writeln!(s, "- {}: {}.", p.name(), p.promise());
+        }
+        let _ = writeln!(
+            s,
+            "- Keel: an ack after the batch's write and `fdatasync` completed.\n"
+        );
+    } else {
+        let _ = writeln!(s, "The peers were left out of this run (`--no-peers`).\n");
+    }
+    let _ = writeln!(
+        s,
+        "### Targets\n\n| ratio | measured | target | |\n|---|---|---|---|"
+    );
+    for v in &r.verdicts {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            v.ratio,
+            v.measured.map_or("—".into(), |m| format!("{m:.2}")),
+            v.target,
+            match v.met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "not measured",
+            }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::figures::Percentiles;
+
+    fn figures(msgs_per_s: f64, p99: u64) -> Option<Figures> {
+        let mut f = Figures::new(
+            (msgs_per_s * 2.0) as u64,
+            2.0,
+            MESSAGE_BYTES,
+            Percentiles::default(),
+        );
+        f.latency_us.p99 = p99;
+        Some(f)
+    }
+
+    fn measured(
+        section: &'static str,
+        system: &str,
+        workload: &str,
+        f: Option<Figures>,
+    ) -> Measured {
+        Measured {
+            section,
+            system: system.into(),
+            workload: workload.into(),
+            error: f.is_none().then(|| "refused".to_string()),
+            figures: f,
+        }
+    }
+
+    fn probe() -> Probe {
+        Probe {
+            big_mb_s: 1000.0,
+            big_syncs_s: 1000.0,
+            small_syncs_s: 10_000.0,
+            small_us: [80, 120, 160],
+            small_unwritten_us: [180, 230, 400],
+            ring_big_mb_s: 1000.0,
+            big_unwritten_mb_s: 600.0,
+        }
+    }
+
+    #[test]
+    fn verdicts_compare_the_right_rows_and_say_what_was_not_measured() {
+        let runs = Runs {
+            list: vec![
+                measured(
+                    PRODUCE,
+                    "null server (no storage)",
+                    "T",
+                    figures(1_000_000.0, 1),
+                ),
+                measured(PRODUCE, KEEL, "T", figures(700_000.0, 1)),
+                measured(PRODUCE, KEEL, "other", figures(1.0, 1)),
+                measured(GROUP_COMMIT, KEEL, "G", figures(90_000.0, 1)),
+                measured(PEERS, KEEL, "P", figures(400_000.0, 2_000)),
+                measured(
+                    PEERS,
+                    Peer::RabbitQuorum.name(),
+                    "x",
+                    figures(20_000.0, 40_000),
+                ),
+                measured(PEERS, Peer::NatsJetStream.name(), "x", None),
+                measured(DRAIN, KEEL, "D", figures(300_000.0, 1)),
+                measured(DRAIN, Peer::RabbitQuorum.name(), "D", figures(40_000.0, 0)),
+                measured(DRAIN, Peer::RabbitClassic.name(), "D", figures(50_000.0, 0)),
+            ],
+            step: 0,
+            steps: 0,
+        };
+        let v = verdicts(&runs, &probe(), "T", "P", "D", 2);
+        let get = |prefix: &str| {
+            v.iter()
+                .find(|v| v.ratio.starts_with(prefix))
+                .map(|v| (v.measured.map(|m| (m * 100.0).round() / 100.0), v.met))
+        };
+        assert_eq!(get("keeld / null server"), Some((Some(0.7), Some(true))));
+        // No engine row: not measured, neither met nor missed.
+        assert_eq!(get("engine alone"), Some((None, None)));
+        assert_eq!(get("group commit"), Some((Some(9.0), Some(false))));
+        assert_eq!(
+            get("keeld / RabbitMQ quorum"),
+            Some((Some(20.0), Some(true)))
+        );
+        assert_eq!(
+            get("keeld p99 / RabbitMQ quorum"),
+            Some((Some(0.05), Some(true)))
+        );
+        assert_eq!(get("keeld / NATS"), Some((None, None)));
+        // The faster RabbitMQ queue is the one compared with.
+        assert_eq!(
+            get("keeld / RabbitMQ (faster"),
+            Some((Some(6.0), Some(true)))
+        );
+    }
+
+    #[test]
+    fn the_report_lists_failures_and_verdicts_plainly() {
+        let report = SuiteReport {
+            command: "keel-bench suite --quick".into(),
+            machine: Machine::describe(std::path::Path::new("/")),
+            seconds_per_workload: 1.0,
+            backlog_messages: 10,
+            probe: probe(),
+            runs: vec![
+                measured(PEERS, KEEL, "P", figures(400_000.0, 2_000)),
+                measured(PEERS, Peer::NatsJetStream.name(), "x", None),
+            ],
+            verdicts: vec![Verdict {
+                ratio: "keeld / NATS JetStream msg/s".into(),
+                measured: None,
+                target: ">= 2".into(),
+                met: None,
+            }],
+        };
+        let md = markdown(&report, &[Peer::NatsJetStream]);
+        assert!(md.contains("`keel-bench suite --quick`"), "{md}");
+        assert!(
+            md.contains("| NATS JetStream | x | not measured: refused |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| keeld / NATS JetStream msg/s | — | >= 2 | not measured |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("before fsync"),
+            "NATS's weaker promise is stated: {md}"
+        );
+    }
+}
