@@ -91,6 +91,10 @@ stop_all() { # DIR
         rabbit_env "$1"
         timeout 60 rabbitmqctl -n keel-bench@localhost stop >/dev/null 2>&1 ||
             say "RabbitMQ: rabbitmqctl stop failed"
+        # Erlang's port mapper outlives the node; stop it too unless another node uses it.
+        if command -v epmd >/dev/null && ! epmd -names 2>/dev/null | grep -q '^name '; then
+            epmd -kill >/dev/null 2>&1
+        fi
     fi
     if [ -f "$1/nats/nats.pid" ]; then
         kill "$(cat "$1/nats/nats.pid")" 2>/dev/null
