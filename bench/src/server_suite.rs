@@ -126,24 +126,7 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     }
 
     eprintln!("engine in-process: {seconds} s");
-    let (engine, data) = crate::open_engine(dir, None, true, true, false, 256)?;
-    let load = Load {
-        appenders: shape.producers,
-        window: (shape.window / shape.batch.max(1)).max(1),
-        rate: None,
-        message_bytes: shape.message_bytes,
-        messages_per_batch: shape.batch.max(1),
-        seconds,
-        partitions,
-        drivers: 2,
-    };
-    let engine_out = engine
-        .create_topic("produce", partitions)
-        .map_err(|e| e.to_string())
-        .and_then(|()| engine_load::run(&engine, "produce", &load));
-    drop(engine);
-    let _ = std::fs::remove_dir_all(&data);
-    let engine_out = engine_out?.figures(shape.message_bytes);
+    let engine_out = engine_produce(dir, shape, partitions, seconds)?;
 
     let verdict = |x: f64| if x >= 0.5 { "met" } else { "**missed**" };
     let mb = shape.message_bytes;
@@ -241,4 +224,32 @@ pub(crate) fn start_null_server() -> Result<ChildServer, String> {
     let mut null = Command::new(exe);
     null.args(["null-server", "--listen", "127.0.0.1:0"]);
     ChildServer::start(null, "the null server", "null server listening on ")
+}
+
+/// The same produce shape against the engine in-process (storage alone, no network), on a
+/// fresh data directory under `dir`, removed after.
+pub(crate) fn engine_produce(
+    dir: &Path,
+    shape: &Shape,
+    partitions: u32,
+    seconds: f64,
+) -> Result<Figures, String> {
+    let (engine, data) = crate::open_engine(dir, None, true, true, false, 256)?;
+    let load = Load {
+        appenders: shape.producers,
+        window: (shape.window / shape.batch.max(1)).max(1),
+        rate: None,
+        message_bytes: shape.message_bytes,
+        messages_per_batch: shape.batch.max(1),
+        seconds,
+        partitions,
+        drivers: 2,
+    };
+    let out = engine
+        .create_topic("produce", partitions)
+        .map_err(|e| e.to_string())
+        .and_then(|()| engine_load::run(&engine, "produce", &load));
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(out?.figures(shape.message_bytes))
 }

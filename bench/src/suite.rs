@@ -10,14 +10,15 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::consume_suite::{self, Backlog};
-use crate::engine_load::{self, Load};
 use crate::figures::{write_json, Figures};
 use crate::machine::Machine;
 use crate::net_load::{self, NetLoad};
 use crate::peers::{self, Peer, PeerAddrs, PeerBacklog, PeerLoad};
 use crate::plot;
 use crate::probe::{self, Probe};
-use crate::server_suite::{create_topic, keeld_binary, start_keeld, start_null_server};
+use crate::server_suite::{
+    create_topic, engine_produce, keeld_binary, start_keeld, start_null_server, Shape,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct SuiteArgs {
@@ -208,24 +209,14 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
         out
     });
     runs.measure(PRODUCE, "Keel engine in-process", &target_shape, || {
-        let (engine, data) = crate::open_engine(&args.dir, None, true, true, false, 256)?;
-        let load = Load {
-            appenders: 16,
-            window: 16,
-            rate: None,
+        let shape = Shape {
+            producers: 16,
+            window: 256,
+            batch: 16,
             message_bytes: MESSAGE_BYTES,
-            messages_per_batch: 16,
-            seconds,
-            partitions: per_shard,
-            drivers: 2,
+            rate: None,
         };
-        let out = engine
-            .create_topic("produce", per_shard)
-            .map_err(|e| e.to_string())
-            .and_then(|()| engine_load::run(&engine, "produce", &load));
-        drop(engine);
-        let _ = std::fs::remove_dir_all(&data);
-        out.map(|o| o.figures(MESSAGE_BYTES))
+        engine_produce(&args.dir, &shape, per_shard, seconds)
     });
 
     let (server, data) = start_keeld(&keeld, &args.dir, &[])?;

@@ -378,18 +378,20 @@ async fn consume_until(
                 )
                 .await
                 .map_err(|e| format!("basic_consume: {e}"))?;
-            while !finished() {
-                let next = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await;
-                let Ok(next) = next else { continue };
-                let Some(delivery) = next else { break };
-                let delivery = delivery.map_err(|e| format!("RabbitMQ delivery: {e}"))?;
-                delivery
-                    .ack(Default::default())
-                    .await
-                    .map_err(|e| format!("RabbitMQ ack: {e}"))?;
-                done.fetch_add(1, Ordering::AcqRel);
-            }
+            let drained = ack_each(
+                &mut consumer,
+                &finished,
+                &done,
+                |d: lapin::message::Delivery| async move {
+                    d.ack(Default::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("RabbitMQ ack: {e}"))
+                },
+            )
+            .await;
             let _ = conn.close(200, "drained".into()).await;
+            drained?;
         }
         Peer::NatsJetStream => {
             use async_nats::jetstream::consumer::{pull, AckPolicy};
@@ -413,18 +415,42 @@ async fn consume_until(
                 .messages()
                 .await
                 .map_err(|e| format!("JetStream pull: {e}"))?;
-            while !finished() {
-                let next = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
-                let Ok(next) = next else { continue };
-                let Some(message) = next else { break };
-                let message = message.map_err(|e| format!("JetStream message: {e}"))?;
-                message
-                    .ack()
-                    .await
-                    .map_err(|e| format!("JetStream ack: {e}"))?;
-                done.fetch_add(1, Ordering::AcqRel);
-            }
+            ack_each(
+                &mut messages,
+                &finished,
+                &done,
+                |m: async_nats::jetstream::Message| async move {
+                    m.ack().await.map_err(|e| format!("JetStream ack: {e}"))
+                },
+            )
+            .await?;
         }
+    }
+    Ok(())
+}
+
+/// Takes deliveries from `stream` and acknowledges each on its own with `ack`, counting them in
+/// `done`, until `finished` says so or the stream ends.
+async fn ack_each<S, T, E, A, F>(
+    stream: &mut S,
+    finished: &(dyn Fn() -> bool + Sync),
+    done: &AtomicU64,
+    ack: A,
+) -> Result<(), String>
+where
+    S: futures_util::Stream<Item = Result<T, E>> + Unpin,
+    E: std::fmt::Display,
+    A: Fn(T) -> F,
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    while !finished() {
+        // A bounded wait, so that `finished` is looked at even when nothing comes.
+        let Ok(next) = tokio::time::timeout(Duration::from_millis(100), stream.next()).await else {
+            continue;
+        };
+        let Some(delivery) = next else { break };
+        ack(delivery.map_err(|e| format!("delivery: {e}"))?).await?;
+        done.fetch_add(1, Ordering::AcqRel);
     }
     Ok(())
 }
