@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hdrhistogram::Histogram;
-use keel_client::{
-    Client, ClientOptions, FetchOptions, JoinSettings, OffsetSpan, PendingAck, StartAt, Target,
-};
+use keel_client::{FetchOptions, JoinSettings, OffsetSpan, PendingAck, StartAt, Target};
 
 use crate::figures::{write_json, Figures, Percentiles};
+use crate::net_load::connect;
 use crate::server_suite::{keeld_binary, start_keeld};
 
 /// What to drain.
@@ -34,17 +33,9 @@ pub struct Backlog {
     pub per_request: u32,
 }
 
-fn client(addr: &str) -> Result<Client, String> {
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(60),
-        ..ClientOptions::default()
-    };
-    Client::connect_with(addr, options).map_err(|e| format!("connect to {addr}: {e}"))
-}
-
 /// Produces the backlog: batches of 64, up to 32 in flight, spread over the partitions.
 pub(crate) fn fill(addr: &str, topic: &str, partitions: u32, b: &Backlog) -> Result<(), String> {
-    let c = client(addr)?;
+    let c = connect(addr)?;
     let value = vec![b'x'; b.message_bytes];
     let mut in_flight = VecDeque::new();
     let mut sent = 0u64;
@@ -75,7 +66,7 @@ fn fetch_drain(addr: &str, topic: &str, partitions: u32, b: &Backlog) -> Result<
             .map(|i| {
                 let read = &read;
                 s.spawn(move || -> Result<(), String> {
-                    let c = client(addr)?;
+                    let c = connect(addr)?;
                     for p in (i as u32..partitions).step_by(b.consumers) {
                         let mut offset = 0;
                         loop {
@@ -120,7 +111,7 @@ pub(crate) fn group_drain(
             .map(|_| {
                 let done = &done;
                 s.spawn(move || -> Result<Histogram<u64>, String> {
-                    let c = client(addr)?;
+                    let c = connect(addr)?;
                     let settings = JoinSettings {
                         max_unacked: b.per_request * 8,
                         ..JoinSettings::default()
@@ -195,7 +186,7 @@ pub fn run(
     let partitions = shards as u32;
     let (server, data) = start_keeld(&keeld, dir, &[])?;
     let outcome = (|| {
-        let c = client(&server.addr)?;
+        let c = connect(&server.addr)?;
         c.create_topic("drain", partitions)
             .map_err(|e| format!("create topic: {e}"))?;
         eprintln!("filling a backlog of {} messages", b.messages);

@@ -48,7 +48,8 @@ pub struct NetLoad {
 /// When to stop waiting for consumers to catch up once producing has ended.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
-fn connect(addr: &str) -> Result<Client, String> {
+/// A client with a request timeout long enough for any benchmark's queueing.
+pub(crate) fn connect(addr: &str) -> Result<Client, String> {
     let options = ClientOptions {
         request_timeout: Duration::from_secs(60),
         ..ClientOptions::default()

@@ -411,14 +411,7 @@ fn verdicts(
         ),
         at_least(
             "group commit: keeld msg/s with 16 x 1 in flight / disk's 4 KiB fdatasync rate".into(),
-            ratio(
-                runs.list
-                    .iter()
-                    .find(|m| m.section == GROUP_COMMIT)
-                    .and_then(|m| m.figures.as_ref())
-                    .map(|f| f.msgs_per_s),
-                Some(probe.small_syncs_s),
-            ),
+            ratio(rate(GROUP_COMMIT, KEEL, ""), Some(probe.small_syncs_s)),
             10.0,
         ),
     ];

@@ -41,6 +41,7 @@ pub fn drain(peer: Peer, addrs: &PeerAddrs, backlog: &PeerBacklog) -> Result<Fig
 }
 
 /// A fresh queue or stream on one peer.
+#[derive(Clone)]
 struct Target {
     peer: Peer,
     addrs: PeerAddrs,
@@ -258,11 +259,7 @@ async fn publisher_task(
 }
 
 async fn publish_for(target: &Target, load: &PeerLoad) -> Result<Figures, String> {
-    let target = Arc::new(Target {
-        peer: target.peer,
-        addrs: target.addrs.clone(),
-        name: target.name.clone(),
-    });
+    let target = Arc::new(target.clone());
     let mut publishers = Vec::new();
     for _ in 0..load.publishers {
         publishers.push(target.publisher().await?);
@@ -298,11 +295,7 @@ async fn publish_for(target: &Target, load: &PeerLoad) -> Result<Figures, String
 }
 
 async fn fill_and_drain(target: &Target, b: &PeerBacklog) -> Result<Figures, String> {
-    let shared = Arc::new(Target {
-        peer: target.peer,
-        addrs: target.addrs.clone(),
-        name: target.name.clone(),
-    });
+    let shared = Arc::new(target.clone());
     // The backlog: 4 publishers share the count, 256 unconfirmed each.
     let claimed = Arc::new(AtomicU64::new(0));
     let payload = bytes::Bytes::from(vec![0x78u8; b.message_bytes]);
