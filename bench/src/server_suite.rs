@@ -118,7 +118,7 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     eprintln!("null server: {}", null_out.line());
 
     let mut keeld_outs = Vec::new();
-    for net in ["uring", "threads"] {
+    for net in ["shard", "uring", "threads"] {
         eprintln!("keeld --net {net}: {seconds} s");
         let out = run_keeld(&keeld, dir, net, shape, partitions, seconds)?;
         eprintln!("keeld --net {net}: {}", out.line());

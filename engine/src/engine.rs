@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::config::{EngineConfig, IoMode};
 use crate::error::{EngineError, Result};
+use crate::guest::{on_shard_thread, ShardGuest};
 use crate::histogram::LOG2_BUCKETS;
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
@@ -19,6 +20,10 @@ use crate::{OffsetRange, ReadResult};
 
 struct ShardHandle {
     tx: Sender<Command>,
+    /// Used instead of `tx` from shard threads, which must never block: a shard waiting for
+    /// room in another's queue (or its own) could wait for ever. Bounded by what the shards'
+    /// guests admit (the server's byte budgets).
+    peer_tx: Sender<Command>,
     waker: Arc<Waker>,
     stats: Arc<ShardStats>,
     thread: Option<JoinHandle<()>>,
@@ -61,6 +66,10 @@ pub struct Engine {
     cfg: Arc<EngineConfig>,
     shards: Vec<ShardHandle>,
     catalog: Mutex<BTreeMap<String, TopicMeta>>,
+    /// Held through a whole topic creation or deletion, which waits for every shard; the
+    /// catalog's own lock is only held for a look-up or a change, so that shard threads
+    /// looking a topic up never wait behind an administration waiting for them.
+    admin: Mutex<()>,
     closed: AtomicBool,
     _lock: DataDirLock,
 }
@@ -91,6 +100,7 @@ impl Engine {
         let mut engine = Self {
             shards: Vec::new(),
             catalog: Mutex::new(BTreeMap::new()),
+            admin: Mutex::new(()),
             closed: AtomicBool::new(false),
             _lock: lock,
             cfg: Arc::clone(&cfg),
@@ -111,6 +121,12 @@ impl Engine {
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn admin(&self) -> Result<MutexGuard<'_, ()>> {
+        refuse_on_shard_thread("topic administration")?;
+        // Guards no data of its own.
+        Ok(self.admin.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
@@ -125,8 +141,8 @@ impl Engine {
                 layout::MAX_PARTITIONS
             )));
         }
-        let mut catalog = self.catalog();
-        if catalog.contains_key(name) {
+        let _admin = self.admin()?;
+        if self.catalog().contains_key(name) {
             return Err(EngineError::TopicExists(name.to_string()));
         }
         let dir = topic_dir(&self.cfg.data_dir, name);
@@ -143,14 +159,14 @@ impl Engine {
         let meta = TopicMeta { partitions };
         meta.write(&dir)?;
         self.add_topic_to_shards(name, partitions)?;
-        catalog.insert(name.to_string(), meta);
+        self.catalog().insert(name.to_string(), meta);
         Ok(())
     }
 
     /// Deletes a topic: pending appends fail, in-flight flushes finish, then its files go.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        let mut catalog = self.catalog();
-        if !catalog.contains_key(name) {
+        let _admin = self.admin()?;
+        if !self.catalog().contains_key(name) {
             return Err(EngineError::UnknownTopic(name.to_string()));
         }
         let topic: Arc<str> = Arc::from(name);
@@ -161,7 +177,7 @@ impl Engine {
         for reply in replies {
             reply.recv().map_err(|_| EngineError::ShuttingDown)??;
         }
-        catalog.remove(name);
+        self.catalog().remove(name);
         let dir = topic_dir(&self.cfg.data_dir, name);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -275,13 +291,38 @@ impl Engine {
         if self.closed.load(Ordering::Acquire) {
             return Err(crossbeam_channel::SendError(cmd));
         }
-        shard.tx.send(cmd)?;
-        shard.waker.wake(shard.tx.len());
+        if on_shard_thread() {
+            shard.peer_tx.send(cmd)?;
+        } else {
+            shard.tx.send(cmd)?;
+        }
+        shard.waker.wake(shard.tx.len() + shard.peer_tx.len());
         Ok(())
+    }
+
+    /// The waker of shard `shard`: threads handing its guest work call `wake(usize::MAX)`
+    /// after doing so.
+    pub fn shard_waker(&self, shard: usize) -> Option<Arc<Waker>> {
+        self.shards.get(shard).map(|s| Arc::clone(&s.waker))
+    }
+
+    /// Hosts `guest` on shard `shard`'s thread and ring (see [`crate::guest`]). Fails with
+    /// [`EngineError::CannotHost`] on a backend without a ring to share (the portable one)
+    /// or when the shard already hosts a guest.
+    pub fn host(&self, shard: usize, guest: Box<dyn ShardGuest>) -> Result<()> {
+        refuse_on_shard_thread("host")?;
+        let handle = self
+            .shards
+            .get(shard)
+            .ok_or(EngineError::CannotHost("no such shard"))?;
+        let (reply, rx) = bounded(1);
+        self.send(handle, Command::Host { guest, reply })?;
+        rx.recv().map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// [`Engine::append`], waiting for the outcome.
     pub fn append_wait(&self, topic: &str, partition: u32, batch: Vec<u8>) -> Result<OffsetRange> {
+        refuse_on_shard_thread("append_wait")?;
         let (tx, rx) = bounded(1);
         self.append(topic, partition, batch, move |r| {
             let _ = tx.send(r);
@@ -323,6 +364,7 @@ impl Engine {
         from: u64,
         max_bytes: usize,
     ) -> Result<ReadResult> {
+        refuse_on_shard_thread("read_wait")?;
         let (tx, rx) = bounded(1);
         self.read(topic, partition, from, max_bytes, move |r| {
             let _ = tx.send(r);
@@ -375,6 +417,15 @@ impl Drop for Engine {
     }
 }
 
+/// Waiting on a shard thread could wait for that very shard: refused with a clear error
+/// instead of hanging.
+fn refuse_on_shard_thread(what: &'static str) -> Result<()> {
+    if on_shard_thread() {
+        return Err(EngineError::OnShardThread(what));
+    }
+    Ok(())
+}
+
 fn start_shard(cfg: &Arc<EngineConfig>, id: usize) -> Result<ShardHandle> {
     let uring = || UringDisk::new().map_err(EngineError::uring_unavailable);
     match &cfg.io {
@@ -399,9 +450,10 @@ fn spawn_shard<D: Disk + Send + 'static>(
     disk: D,
 ) -> Result<ShardHandle> {
     let (tx, rx) = bounded(cfg.queue_depth);
+    let (peer_tx, peer_rx) = unbounded();
     let stats = Arc::new(ShardStats::default());
     let waker = disk.waker();
-    let shard = Shard::new(disk, rx, Arc::clone(cfg), Arc::clone(&stats));
+    let shard = Shard::new(disk, rx, peer_rx, Arc::clone(cfg), Arc::clone(&stats));
     let core = cfg
         .pin_shards
         .then(core_affinity::get_core_ids)
@@ -418,6 +470,7 @@ fn spawn_shard<D: Disk + Send + 'static>(
         .map_err(|e| EngineError::io("spawn shard thread", "", e))?;
     Ok(ShardHandle {
         tx,
+        peer_tx,
         waker,
         stats,
         thread: Some(thread),

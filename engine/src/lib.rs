@@ -17,6 +17,7 @@ pub mod delivery;
 mod engine;
 mod error;
 pub mod groups;
+pub mod guest;
 pub mod histogram;
 mod in_flight;
 pub mod io;

@@ -4,14 +4,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::blocking::BlockingIo;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
+use crate::guest::ShardGuest;
 use crate::histogram::Log2Histogram;
-use crate::io::{Completion, Disk, Waker, WAKE_BATCH};
+use crate::io::{Completion, Disk, GuestCompletion, Waker, WAKE_BATCH};
 use crate::open::open_partition;
 use crate::partition::Partition;
 use crate::read::DiskRead;
@@ -20,6 +22,9 @@ use crate::{AppendDone, ReadDone};
 /// Requests taken from the channel per turn before flushes are started, so one busy producer
 /// cannot delay the flush of what is already gathered for long.
 const COMMANDS_PER_TURN_MAX: usize = 256;
+/// How long a stopping shard waits for its guest to finish what it has in flight before it
+/// leaks the guest (never freeing memory the kernel may still write) and exits.
+const GUEST_STOP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A request to a shard.
 pub enum Command {
@@ -65,8 +70,31 @@ pub enum Command {
         /// Answer, once its partitions are closed.
         reply: Sender<Result<()>>,
     },
+    /// Host work on this shard's thread and ring.
+    Host {
+        /// The work.
+        guest: Box<dyn ShardGuest>,
+        /// Answer: refused when the disk backend has no ring to share.
+        reply: Sender<Result<()>>,
+    },
     /// Finish what is in flight and exit.
     Stop,
+}
+
+impl Command {
+    /// Answers the command with `err` instead of carrying it out.
+    fn refuse(self, err: &EngineError) {
+        match self {
+            Command::Append { done, .. } => done(Err(err.clone())),
+            Command::Read { done, .. } => done(Err(err.clone())),
+            Command::AddTopic { reply, .. }
+            | Command::RemoveTopic { reply, .. }
+            | Command::Host { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            Command::Stop => {}
+        }
+    }
 }
 
 /// Counters of one shard, readable from any thread.
@@ -117,6 +145,13 @@ enum Owner {
 pub struct Shard<D> {
     disk: D,
     rx: Receiver<Command>,
+    /// Requests sent from shard threads (never blocks the sender; bounded by what the guests
+    /// admit).
+    peer_rx: Receiver<Command>,
+    /// Take from `peer_rx` first on the next command (the two queues take turns).
+    peer_first: bool,
+    guest: Option<Box<dyn ShardGuest>>,
+    guest_done: Vec<GuestCompletion>,
     waker: Arc<Waker>,
     cfg: Arc<EngineConfig>,
     stats: Arc<ShardStats>,
@@ -131,10 +166,11 @@ pub struct Shard<D> {
 }
 
 impl<D: Disk> Shard<D> {
-    /// A shard over `disk`, taking requests from `rx`.
+    /// A shard over `disk`, taking requests from `rx` and, from shard threads, `peer_rx`.
     pub fn new(
         disk: D,
         rx: Receiver<Command>,
+        peer_rx: Receiver<Command>,
         cfg: Arc<EngineConfig>,
         stats: Arc<ShardStats>,
     ) -> Self {
@@ -142,6 +178,10 @@ impl<D: Disk> Shard<D> {
         Self {
             disk,
             rx,
+            peer_rx,
+            peer_first: true,
+            guest: None,
+            guest_done: Vec::new(),
             waker,
             cfg,
             stats,
@@ -162,25 +202,22 @@ impl<D: Disk> Shard<D> {
 
     /// The event loop: runs until [`Command::Stop`] and all in-flight work is done.
     pub fn run(mut self) {
+        crate::guest::mark_shard_thread();
         if let Err(e) = self.disk.start_on_thread() {
             log::warn!("could not let the ring's workers use every core ({e}); syncs may wait behind their shard");
         }
         let mut completions = Vec::new();
+        let mut idle_since: Option<Instant> = None;
         loop {
+            self.guest_turn();
             let mut took = 0;
             self.throttled = self.over_pending_limit();
             while took < COMMANDS_PER_TURN_MAX && !self.throttled {
-                match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        took += 1;
-                        self.handle(cmd);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.stopping = true;
-                        break;
-                    }
-                }
+                let Some(cmd) = self.next_command() else {
+                    break;
+                };
+                took += 1;
+                self.handle(cmd);
             }
             self.start_flushes();
             self.finish_removals();
@@ -188,23 +225,26 @@ impl<D: Disk> Shard<D> {
                 && self.ops.is_empty()
                 && self.deferred.is_empty()
                 && self.to_flush.is_empty()
+                && self.guest_wound_down(&mut idle_since)
             {
                 break;
             }
             // Sleep unless work is certainly waiting: a drained queue (or, with I/O in flight, a
             // trickle the completion will pick up) is not a reason to spin; the re-check after
-            // parking closes the race with senders.
+            // parking closes the race with senders (and with threads handing the guest work).
             let mut block = took < COMMANDS_PER_TURN_MAX && self.deferred.is_empty();
             if block {
                 let busy = !self.ops.is_empty();
                 self.waker.park(busy);
-                let queued = self.rx.len();
+                let queued = self.rx.len() + self.peer_rx.len();
                 let must_take = if busy {
                     queued >= WAKE_BATCH
                 } else {
                     queued > 0
                 };
-                if must_take && !self.throttled {
+                if (must_take && !self.throttled)
+                    || self.guest.as_ref().is_some_and(|g| g.has_work())
+                {
                     block = false;
                 }
             }
@@ -216,12 +256,80 @@ impl<D: Disk> Shard<D> {
             for c in completions.drain(..) {
                 self.on_completion(c);
             }
+            self.guest_completions();
+        }
+        self.refuse_queued();
+        if let Some(guest) = self.guest.take() {
+            if !guest.idle() {
+                log::error!(
+                    "a shard's hosted work did not finish in {GUEST_STOP_PATIENCE:?}; leaking it"
+                );
+                std::mem::forget(guest);
+            }
         }
         for (_, slot) in self.topics.drain() {
             for (_, p) in slot.owned {
                 p.close(&mut self.disk);
             }
         }
+    }
+
+    /// The next request, from the two queues in turn.
+    fn next_command(&mut self) -> Option<Command> {
+        self.peer_first = !self.peer_first;
+        let (first, second) = if self.peer_first {
+            (&self.peer_rx, &self.rx)
+        } else {
+            (&self.rx, &self.peer_rx)
+        };
+        for queue in [first, second] {
+            match queue.try_recv() {
+                Ok(cmd) => return Some(cmd),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => self.stopping = true,
+            }
+        }
+        None
+    }
+
+    /// Requests still queued when the shard exits (sent in a race with the engine closing)
+    /// are answered, not dropped unanswered.
+    fn refuse_queued(&mut self) {
+        let err = EngineError::ShuttingDown;
+        for cmd in self.rx.try_iter().chain(self.peer_rx.try_iter()) {
+            cmd.refuse(&err);
+        }
+    }
+
+    fn guest_turn(&mut self) {
+        if let (Some(guest), Some(ring)) = (self.guest.as_mut(), self.disk.guest_ring()) {
+            guest.turn(ring);
+        }
+    }
+
+    fn guest_completions(&mut self) {
+        self.disk.take_guest_completions(&mut self.guest_done);
+        if self.guest_done.is_empty() {
+            return;
+        }
+        let done = std::mem::take(&mut self.guest_done);
+        if let (Some(guest), Some(ring)) = (self.guest.as_mut(), self.disk.guest_ring()) {
+            for (token, result) in done {
+                guest.complete(token, result, ring);
+            }
+        }
+    }
+
+    /// Whether the guest (if any) is idle, or has had its patience's worth of time to become
+    /// idle since the shard's own work ended.
+    fn guest_wound_down(&mut self, idle_since: &mut Option<Instant>) -> bool {
+        let Some(guest) = &self.guest else {
+            return true;
+        };
+        if guest.idle() {
+            return true;
+        }
+        idle_since.get_or_insert_with(Instant::now).elapsed() > GUEST_STOP_PATIENCE
     }
 
     fn over_pending_limit(&self) -> bool {
@@ -310,6 +418,21 @@ impl<D: Disk> Shard<D> {
                     let _ = reply.send(Ok(()));
                 }
             },
+            Command::Host { guest, reply } => {
+                let result = if self.guest.is_some() {
+                    Err(EngineError::CannotHost("this shard already hosts work"))
+                } else if self.disk.guest_ring().is_none() {
+                    Err(EngineError::CannotHost(
+                        "only the io_uring backend can share its ring",
+                    ))
+                } else {
+                    self.guest = Some(guest);
+                    // Its first turn now: the shard may be about to sleep.
+                    self.guest_turn();
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
             Command::Stop => self.stopping = true,
         }
     }

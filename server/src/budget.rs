@@ -5,12 +5,30 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+/// Called once when bytes are given back to a budget that refused a request.
+pub type OnFreed = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct State {
+    used: usize,
+    /// Registered by refused [`ByteBudget::try_acquire_or_notify`] calls.
+    waiting: Vec<OnFreed>,
+}
+
 /// A pool of bytes that in-flight work draws from.
-#[derive(Debug)]
 pub struct ByteBudget {
     limit: usize,
-    used: Mutex<usize>,
+    state: Mutex<State>,
     freed: Condvar,
+}
+
+impl std::fmt::Debug for ByteBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteBudget")
+            .field("limit", &self.limit)
+            .field("used", &self.state().used)
+            .finish()
+    }
 }
 
 /// Bytes taken from a budget, given back when dropped.
@@ -25,56 +43,79 @@ impl ByteBudget {
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit,
-            used: Mutex::new(0),
+            state: Mutex::new(State::default()),
             freed: Condvar::new(),
         })
     }
 
-    fn used(&self) -> MutexGuard<'_, usize> {
-        // The guarded value is one integer, always consistent: a poisoned lock is still usable.
-        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        // An integer and a list, each changed in one step: a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `bytes`, waiting until they fit. A request larger than the whole budget is let in
-    /// when nothing else is in flight, so it cannot wait forever.
-    pub fn acquire(self: &Arc<Self>, bytes: usize) -> BudgetHold {
-        let mut used = self.used();
-        while *used > 0 && *used + bytes > self.limit {
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
-        }
-        *used += bytes;
+    fn fits(&self, used: usize, bytes: usize) -> bool {
+        used == 0 || used + bytes <= self.limit
+    }
+
+    fn hold(self: &Arc<Self>, state: &mut State, bytes: usize) -> BudgetHold {
+        state.used += bytes;
         BudgetHold {
             budget: Arc::clone(self),
             bytes,
         }
     }
 
+    /// Takes `bytes`, waiting until they fit. A request larger than the whole budget is let in
+    /// when nothing else is in flight, so it cannot wait forever.
+    pub fn acquire(self: &Arc<Self>, bytes: usize) -> BudgetHold {
+        let mut state = self.state();
+        while !self.fits(state.used, bytes) {
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        self.hold(&mut state, bytes)
+    }
+
     /// Takes `bytes` if they fit now (or nothing else is in flight); `None` otherwise.
     pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<BudgetHold> {
-        let mut used = self.used();
-        if *used > 0 && *used + bytes > self.limit {
-            return None;
+        let mut state = self.state();
+        self.fits(state.used, bytes)
+            .then(|| self.hold(&mut state, bytes))
+    }
+
+    /// [`ByteBudget::try_acquire`] for callers that must never wait (a shard thread): when
+    /// the bytes do not fit, `on_freed` is called once bytes are next given back (on the
+    /// thread giving them back), and the caller tries again then.
+    pub fn try_acquire_or_notify(
+        self: &Arc<Self>,
+        bytes: usize,
+        on_freed: OnFreed,
+    ) -> Option<BudgetHold> {
+        let mut state = self.state();
+        if self.fits(state.used, bytes) {
+            return Some(self.hold(&mut state, bytes));
         }
-        *used += bytes;
-        Some(BudgetHold {
-            budget: Arc::clone(self),
-            bytes,
-        })
+        // Registered under the same lock as the check: a give-back cannot slip in between.
+        state.waiting.push(on_freed);
+        None
     }
 
     /// Bytes currently taken.
     #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
-        *self.used()
+        self.state().used
     }
 }
 
 impl Drop for BudgetHold {
     fn drop(&mut self) {
-        let mut used = self.budget.used();
-        *used = used.saturating_sub(self.bytes);
-        drop(used);
+        let mut state = self.budget.state();
+        state.used = state.used.saturating_sub(self.bytes);
+        let waiting = std::mem::take(&mut state.waiting);
+        drop(state);
         self.budget.freed.notify_all();
+        for on_freed in waiting {
+            on_freed();
+        }
     }
 }
 
@@ -111,6 +152,24 @@ mod tests {
         assert!(budget.try_acquire(40).is_none());
         drop(a);
         assert!(budget.try_acquire(40).is_some());
+    }
+
+    #[test]
+    fn a_refused_caller_is_told_when_bytes_come_back() {
+        let budget = ByteBudget::new(100);
+        let a = budget.try_acquire(70).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let refused = budget.try_acquire_or_notify(40, Box::new(move || tx.send(()).unwrap()));
+        assert!(refused.is_none());
+        assert!(
+            rx.try_recv().is_err(),
+            "not told before anything is given back"
+        );
+        drop(a);
+        rx.try_recv().expect("told once bytes were given back");
+        let fits = budget.try_acquire_or_notify(40, Box::new(|| panic!("it fit: no call")));
+        assert!(fits.is_some());
+        drop(fits);
     }
 
     #[test]

@@ -40,8 +40,9 @@ struct Args {
     /// io_uring, such as containers with the default seccomp profile).
     #[arg(long)]
     portable_io: bool,
-    /// How connections are served: "uring" (an io_uring event loop per shard) or "threads"
-    /// (a reader and a writer thread per connection). [default: uring]
+    /// How connections are served: "uring" (an io_uring event loop per shard), "shard" (by
+    /// the shards themselves, on their own rings) or "threads" (a reader and a writer thread
+    /// per connection). [default: uring]
     #[arg(long, value_name = "MODE")]
     net: Option<String>,
     /// Do not pin shard threads to cores.
@@ -112,6 +113,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         match cfg.net {
             crate::NetMode::Uring => "io_uring loops",
+            crate::NetMode::Shard => "on the shards' rings",
             crate::NetMode::Threads => "threads per connection",
         }
     );

@@ -19,6 +19,8 @@ pub enum NetMode {
     Threads,
     /// One io_uring event loop per shard, each owning its share of the connections.
     Uring,
+    /// The engine's shards serve the connections themselves, on their own threads and rings.
+    Shard,
 }
 
 /// Everything `keeld` runs with.
@@ -199,9 +201,10 @@ impl FileConfig {
         let net = match self.net.as_deref() {
             None | Some("uring") => NetMode::Uring,
             Some("threads") => NetMode::Threads,
+            Some("shard") => NetMode::Shard,
             Some(other) => {
                 return Err(ConfigError::Invalid(format!(
-                    "net must be \"uring\" or \"threads\", not {other:?}"
+                    "net must be \"shard\", \"uring\" or \"threads\", not {other:?}"
                 )))
             }
         };

@@ -51,8 +51,18 @@ fn read_requests(
     // Waits while this connection has too much in flight: the socket is not read meanwhile
     // (backpressure).
     let mut acquire = |n| Some(budget.acquire(n));
+    let mut acquire_shard = |shard: &Arc<ByteBudget>, n| Some(shard.acquire(n));
     loop {
-        if handle_frames(&mut input, conn, peer, handler, tx, &mut acquire) == Stop::Close {
+        let stop = handle_frames(
+            &mut input,
+            conn,
+            peer,
+            handler,
+            tx,
+            &mut acquire,
+            &mut acquire_shard,
+        );
+        if stop == Stop::Close {
             return;
         }
         match stream.read(input.make_room()) {

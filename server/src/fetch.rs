@@ -34,7 +34,7 @@ pub struct Fetch {
     /// Where the answer goes.
     pub reply: Reply,
     /// The shard budget taken for this fetch.
-    pub shard_hold: BudgetHold,
+    pub shard_hold: Option<BudgetHold>,
 }
 
 enum Event {

@@ -8,8 +8,10 @@ use keel_protocol::{
     SIZE_PREFIX_BYTES,
 };
 
+use std::sync::Arc;
+
 use crate::answers::AnswerTx;
-use crate::budget::BudgetHold;
+use crate::budget::{BudgetHold, ByteBudget};
 use crate::handler::Handler;
 use crate::reply::{Outgoing, Reply};
 
@@ -21,7 +23,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub enum Stop {
     /// Every whole frame is handled; read more.
     NeedMore,
-    /// The connection's budget is spent: read nothing more until answers go out.
+    /// The connection's budget (or the shard budget its next request needs) is spent: read
+    /// nothing more until bytes are given back.
     Parked,
     /// The stream is unusable (a size out of bounds, or a header that cannot be read).
     Close,
@@ -32,8 +35,11 @@ pub fn new_input() -> FrameBuffer {
     FrameBuffer::new(READ_CHUNK)
 }
 
-/// Handles every whole frame in `input`. `acquire` takes connection budget for a request
-/// (`None`: spent; the frame stays for later).
+/// Takes bytes from a budget for a request; `None`: spent, the frame stays for later.
+pub type Acquire<'a> = &'a mut dyn FnMut(&Arc<ByteBudget>, usize) -> Option<BudgetHold>;
+
+/// Handles every whole frame in `input`. `acquire` takes the connection's budget for a
+/// request, then `acquire_shard` the budget of the shard the request goes to.
 pub fn handle_frames(
     input: &mut FrameBuffer,
     conn: u64,
@@ -41,6 +47,7 @@ pub fn handle_frames(
     handler: &Handler,
     tx: &AnswerTx,
     acquire: &mut dyn FnMut(usize) -> Option<BudgetHold>,
+    acquire_shard: Acquire<'_>,
 ) -> Stop {
     let max_frame = handler.max_frame_bytes();
     loop {
@@ -53,8 +60,15 @@ pub fn handle_frames(
                         let Some(hold) = acquire(handler.cost(len, &request)) else {
                             return Stop::Parked;
                         };
+                        let shard_hold = match handler.shard_cost(&request) {
+                            Some((budget, bytes)) => match acquire_shard(budget, bytes) {
+                                Some(h) => Some(h),
+                                None => return Stop::Parked,
+                            },
+                            None => None,
+                        };
                         let reply = Reply::new(header.correlation_id, tx.clone(), hold);
-                        handler.handle(request, reply, conn);
+                        handler.handle(request, reply, conn, shard_hold);
                     }
                     Err(bad) => {
                         log::warn!("{peer}: {bad}");

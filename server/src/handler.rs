@@ -1,14 +1,17 @@
 //! Turns decoded requests into engine calls and answers.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_engine::{shard_for, Engine};
+use crossbeam_channel::{unbounded, Sender};
+use keel_engine::guest::on_shard_thread;
+use keel_engine::{shard_for, Engine, EngineError};
 use keel_protocol::{
     ApiKey, ApiVersions, ErrorCode, PartitionTarget, Request, Response, TopicInfo,
 };
 
-use crate::budget::ByteBudget;
+use crate::budget::{BudgetHold, ByteBudget};
 use crate::fetch::{Fetch, LongPoll};
 use crate::groups::{Groups, JoinJob};
 use crate::partitioner::partition_for_key;
@@ -22,9 +25,28 @@ const CONSUME_ANSWER_BYTES: usize = 4 << 20;
 /// Longest long-poll wait a fetch may ask for.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 
+/// Topic administration handed off a shard thread.
+pub type AdminJob = Box<dyn FnOnce() + Send>;
+
+/// Starts the thread that runs topic administration for connections hosted on shard threads
+/// (administration waits for every shard, the caller's own included). It ends when the last
+/// sender (the handler) goes.
+pub fn start_admin_thread() -> std::io::Result<(Sender<AdminJob>, JoinHandle<()>)> {
+    let (tx, rx) = unbounded::<AdminJob>();
+    let thread = std::thread::Builder::new()
+        .name("keel-admin".into())
+        .spawn(move || {
+            for job in rx {
+                job();
+            }
+        })?;
+    Ok((tx, thread))
+}
+
 /// What every connection shares.
 pub struct Handler {
     engine: Arc<Engine>,
+    admin: Sender<AdminJob>,
     long_poll: Arc<LongPoll>,
     groups: Arc<Groups>,
     shard_budgets: Vec<Arc<ByteBudget>>,
@@ -35,6 +57,7 @@ impl Handler {
     /// A handler over `engine`, with one in-flight budget of `shard_inflight_bytes` per shard.
     pub fn new(
         engine: Arc<Engine>,
+        admin: Sender<AdminJob>,
         long_poll: Arc<LongPoll>,
         groups: Arc<Groups>,
         shard_inflight_bytes: usize,
@@ -45,6 +68,7 @@ impl Handler {
             .collect();
         Self {
             engine,
+            admin,
             long_poll,
             groups,
             shard_budgets,
@@ -81,9 +105,66 @@ impl Handler {
         &self.shard_budgets[shard_for(topic, partition, self.shard_budgets.len())]
     }
 
+    /// The shard budget a request holds until the engine has answered it, and how much of
+    /// it; `None` for requests that need none (or will be refused before reaching a shard).
+    pub fn shard_cost(&self, request: &Request<'_>) -> Option<(&Arc<ByteBudget>, usize)> {
+        match request {
+            Request::Produce {
+                topic,
+                target,
+                batch,
+                ..
+            } => {
+                let partition = self.partition_of(topic, target).ok()?;
+                Some((self.shard_budget(topic, partition), batch.len()))
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                max_bytes,
+                ..
+            } => Some((
+                self.shard_budget(topic, *partition),
+                self.fetch_budget(*max_bytes),
+            )),
+            _ => None,
+        }
+    }
+
+    fn partition_of(&self, topic: &str, target: &PartitionTarget<'_>) -> Result<u32, EngineError> {
+        match target {
+            PartitionTarget::Partition(p) => Ok(*p),
+            PartitionTarget::Key(key) => {
+                let n = self.engine.partitions(topic)?;
+                Ok(partition_for_key(key, n))
+            }
+        }
+    }
+
+    /// Runs topic administration, which waits for every shard, off the shard threads: on a
+    /// shard thread (a connection hosted there) it goes to the administration thread.
+    fn administer(&self, job: impl FnOnce(&Engine, &Groups) + Send + 'static) {
+        if !on_shard_thread() {
+            return job(&self.engine, &self.groups);
+        }
+        let (engine, groups) = (Arc::clone(&self.engine), Arc::clone(&self.groups));
+        let queued: AdminJob = Box::new(move || job(&engine, &groups));
+        if let Err(crossbeam_channel::SendError(job)) = self.admin.send(queued) {
+            // The thread is gone (the server is stopping): the engine refuses to wait on a
+            // shard thread, so this answers with that error rather than hanging.
+            job();
+        }
+    }
+
     /// Handles one request from connection `conn`; the answer goes through `reply`, now or
-    /// later.
-    pub fn handle(&self, request: Request<'_>, reply: Reply, conn: u64) {
+    /// later. `shard_hold` is what [`Handler::shard_cost`] asked for, taken.
+    pub fn handle(
+        &self,
+        request: Request<'_>,
+        reply: Reply,
+        conn: u64,
+        shard_hold: Option<BudgetHold>,
+    ) {
         match request {
             Request::Handshake { .. } => reply.ok(&Response::Handshake {
                 server: format!("keeld {}", env!("CARGO_PKG_VERSION")),
@@ -101,25 +182,28 @@ impl Handler {
                     .collect(),
             }),
             Request::CreateTopic { topic, partitions } => {
-                match self.engine.create_topic(&topic, partitions) {
+                self.administer(
+                    move |engine, _| match engine.create_topic(&topic, partitions) {
+                        Ok(()) => {
+                            log::info!("created topic {topic:?} with {partitions} partitions");
+                            reply.ok(&Response::CreateTopic);
+                        }
+                        Err(e) => reply.engine_error(&e),
+                    },
+                );
+            }
+            Request::DeleteTopic { topic } => self.administer(move |engine, groups| {
+                match engine
+                    .delete_topic(&topic)
+                    .and_then(|()| groups.topic_deleted(&topic))
+                {
                     Ok(()) => {
-                        log::info!("created topic {topic:?} with {partitions} partitions");
-                        reply.ok(&Response::CreateTopic);
+                        log::info!("deleted topic {topic:?}");
+                        reply.ok(&Response::DeleteTopic);
                     }
                     Err(e) => reply.engine_error(&e),
                 }
-            }
-            Request::DeleteTopic { topic } => match self
-                .engine
-                .delete_topic(&topic)
-                .and_then(|()| self.groups.topic_deleted(&topic))
-            {
-                Ok(()) => {
-                    log::info!("deleted topic {topic:?}");
-                    reply.ok(&Response::DeleteTopic);
-                }
-                Err(e) => reply.engine_error(&e),
-            },
+            }),
             Request::ListTopics => reply.ok(&Response::ListTopics(
                 self.engine
                     .list_topics()
@@ -136,7 +220,7 @@ impl Handler {
                 target,
                 batch,
                 ..
-            } => self.produce(topic, target, batch, reply),
+            } => self.produce(topic, target, batch, reply, shard_hold),
             Request::Fetch {
                 topic,
                 partition,
@@ -144,9 +228,6 @@ impl Handler {
                 max_bytes,
                 max_wait_ms,
             } => {
-                let shard_hold = self
-                    .shard_budget(&topic, partition)
-                    .acquire(self.fetch_budget(max_bytes));
                 let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
                 self.long_poll.fetch(Fetch {
                     topic,
@@ -215,18 +296,21 @@ impl Handler {
         }
     }
 
-    fn produce(&self, topic: String, target: PartitionTarget<'_>, batch: &[u8], reply: Reply) {
-        let partition = match target {
-            PartitionTarget::Partition(p) => p,
-            PartitionTarget::Key(key) => match self.engine.partitions(&topic) {
-                Ok(n) => partition_for_key(key, n),
-                Err(e) => return reply.engine_error(&e),
-            },
+    fn produce(
+        &self,
+        topic: String,
+        target: PartitionTarget<'_>,
+        batch: &[u8],
+        reply: Reply,
+        shard_hold: Option<BudgetHold>,
+    ) {
+        let partition = match self.partition_of(&topic, &target) {
+            Ok(p) => p,
+            Err(e) => return reply.engine_error(&e),
         };
         if batch.is_empty() {
             return reply.error(ErrorCode::InvalidBatch, "empty batch");
         }
-        let shard_hold = self.shard_budget(&topic, partition).acquire(batch.len());
         let long_poll = Arc::clone(&self.long_poll);
         let groups = Arc::clone(&self.groups);
         let name = topic.clone();

@@ -21,7 +21,9 @@ pub mod logger;
 mod metrics;
 mod partitioner;
 mod reply;
+mod ring_conns;
 mod server;
+mod shard_net;
 mod uring_net;
 
 pub use config::{ConfigError, FileConfig, GroupDefaults, NetMode, ServerConfig};

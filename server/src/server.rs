@@ -13,9 +13,82 @@ use crate::config::{NetMode, ServerConfig};
 use crate::connection;
 use crate::fetch::LongPoll;
 use crate::groups::Groups;
-use crate::handler::Handler;
+use crate::handler::{start_admin_thread, Handler};
 use crate::metrics::{MetricsEndpoint, Sources};
-use crate::uring_net::{NetLoops, NewConn};
+use crate::ring_conns::{Inbox, NewConn};
+use crate::shard_net;
+use crate::uring_net::NetLoops;
+
+/// Connections served through rings: the shards' own (`--net shard`) or loops of their own
+/// (`--net uring`).
+struct RingNet {
+    inboxes: Vec<Arc<Inbox>>,
+    loops: Option<NetLoops>,
+}
+
+impl RingNet {
+    fn own_loops(cfg: &ServerConfig, handler: &Arc<Handler>) -> Result<Self, ServerError> {
+        let loops = NetLoops::start(
+            cfg.engine.shards,
+            handler,
+            cfg.connection_inflight_bytes,
+            Duration::from_millis(cfg.write_timeout_ms),
+        )
+        .map_err(|source| ServerError::Io {
+            what: "start the io_uring network loops (or use --net threads)",
+            source,
+        })?;
+        Ok(Self {
+            inboxes: loops.inboxes(),
+            loops: Some(loops),
+        })
+    }
+
+    fn on_shards(
+        cfg: &ServerConfig,
+        engine: &Engine,
+        handler: &Arc<Handler>,
+    ) -> Result<Self, ServerError> {
+        let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+        match shard_net::host(
+            engine,
+            handler,
+            cfg.connection_inflight_bytes,
+            write_timeout,
+        ) {
+            Ok(inboxes) => Ok(Self {
+                inboxes,
+                loops: None,
+            }),
+            Err(EngineError::CannotHost(why)) => {
+                log::warn!("cannot serve connections on the shards ({why}); using io_uring loops of their own (--net uring)");
+                Self::own_loops(cfg, handler)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn adopt(&self, conn: NewConn) {
+        self.inboxes[conn.id as usize % self.inboxes.len()].adopt(conn);
+    }
+
+    fn release_handler(&self) {
+        for inbox in &self.inboxes {
+            inbox.release_handler();
+        }
+    }
+
+    fn stop(self) {
+        match self.loops {
+            Some(loops) => loops.stop(),
+            None => {
+                for inbox in &self.inboxes {
+                    inbox.stop();
+                }
+            }
+        }
+    }
+}
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -123,14 +196,15 @@ pub struct Server {
     group_threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     registry: Arc<Registry>,
-    /// The io_uring loops serving connections, in [`NetMode::Uring`].
-    net: Option<NetLoops>,
+    /// The rings serving connections, unless they are served by threads.
+    net: Option<RingNet>,
+    admin_thread: JoinHandle<()>,
     metrics: Option<MetricsEndpoint>,
 }
 
 impl Server {
     /// Binds the listen address and opens the engine (recovering every partition).
-    pub fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
+    pub fn start(mut cfg: ServerConfig) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(cfg.listen).map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
@@ -146,8 +220,13 @@ impl Server {
         })?;
         let answer_bytes = Handler::consume_answer_limit(cfg.max_frame_bytes);
         let (groups, group_threads) = Groups::start(&engine, cfg.groups, answer_bytes)?;
+        let (admin, admin_thread) = start_admin_thread().map_err(|source| ServerError::Io {
+            what: "start the administration thread",
+            source,
+        })?;
         let handler = Arc::new(Handler::new(
             Arc::clone(&engine),
+            admin,
             Arc::clone(&long_poll),
             Arc::clone(&groups),
             cfg.shard_inflight_bytes,
@@ -157,19 +236,13 @@ impl Server {
         *lock_groups(&registry) = Some(Arc::clone(&groups));
         let net = match cfg.net {
             NetMode::Threads => None,
-            NetMode::Uring => Some(
-                NetLoops::start(
-                    cfg.engine.shards,
-                    &handler,
-                    cfg.connection_inflight_bytes,
-                    Duration::from_millis(cfg.write_timeout_ms),
-                )
-                .map_err(|source| ServerError::Io {
-                    what: "start the io_uring network loops (or use --net threads)",
-                    source,
-                })?,
-            ),
+            NetMode::Uring => Some(RingNet::own_loops(&cfg, &handler)?),
+            NetMode::Shard => Some(RingNet::on_shards(&cfg, &engine, &handler)?),
         };
+        if net.as_ref().is_some_and(|n| n.loops.is_some()) {
+            // Hosting on the shards was refused: say what actually serves connections.
+            cfg.net = NetMode::Uring;
+        }
         let metrics = match cfg.metrics_listen {
             None => None,
             Some(addr) => {
@@ -187,6 +260,7 @@ impl Server {
         };
         Ok(Self {
             net,
+            admin_thread,
             metrics,
             cfg,
             listener,
@@ -309,6 +383,7 @@ impl Server {
             group_threads,
             registry,
             net,
+            admin_thread,
             metrics,
             ..
         } = self;
@@ -340,11 +415,16 @@ impl Server {
         if let Some(net) = &net {
             net.release_handler();
         }
+        // The handler held the administration thread's queue: it ends after its last job.
+        if admin_thread.join().is_err() {
+            log::error!("the administration thread panicked");
+        }
         drop(long_poll);
-        // Every flush in flight completes and is answered before this returns.
-        match Arc::try_unwrap(engine) {
-            Ok(engine) => engine.shutdown(),
-            Err(engine) => drop(engine),
+        // Every flush in flight completes and is answered before this returns (and, with
+        // connections on the shards, every answer is written or its client cut off).
+        match sole_owner(engine, patience) {
+            Some(engine) => engine.shutdown(),
+            None => log::warn!("the engine is still in use; it stops when the last user lets go"),
         }
         if !registry.wait_until(patience, |s| s.writers == 0) {
             log::warn!("some answers could not be written in time");
@@ -353,6 +433,27 @@ impl Server {
             net.stop();
         }
         log::info!("stopped");
+    }
+}
+
+/// The engine, once this is its last owner. A connection that was handling a request when the
+/// handler was released holds a clone for a moment; the engine must not be dropped there,
+/// on a shard thread that would then wait for itself.
+fn sole_owner(mut engine: Arc<Engine>, patience: Duration) -> Option<Engine> {
+    let until = Instant::now() + patience;
+    loop {
+        match Arc::try_unwrap(engine) {
+            Ok(engine) => return Some(engine),
+            Err(shared) if Instant::now() < until => {
+                engine = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(shared) => {
+                // Leaked rather than dropped wherever its last clone happens to go.
+                std::mem::forget(shared);
+                return None;
+            }
+        }
     }
 }
 

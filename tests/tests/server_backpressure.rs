@@ -114,6 +114,11 @@ fn a_client_that_never_reads_is_not_buffered_without_limit_with_connection_threa
     never_reading_client("threads");
 }
 
+#[test]
+fn a_client_that_never_reads_is_not_buffered_without_limit_on_the_shards_rings() {
+    never_reading_client("shard");
+}
+
 /// A client that stops reading its answers is disconnected after the write timeout, instead of
 /// holding its connection (and the server's stop) forever.
 fn stalled_reader_is_disconnected(net: &str) {
@@ -162,4 +167,9 @@ fn a_client_that_stops_reading_is_disconnected_with_uring_loops() {
 #[test]
 fn a_client_that_stops_reading_is_disconnected_with_connection_threads() {
     stalled_reader_is_disconnected("threads");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_on_the_shards_rings() {
+    stalled_reader_is_disconnected("shard");
 }

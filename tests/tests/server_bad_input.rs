@@ -188,3 +188,8 @@ fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_uring_loops(
 fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_connection_threads() {
     unreadable_frames("threads");
 }
+
+#[test]
+fn an_oversized_or_unreadable_frame_closes_only_its_connection_on_the_shards_rings() {
+    unreadable_frames("shard");
+}

@@ -130,3 +130,8 @@ fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_uring_loops() {
 fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_connection_threads() {
     sigkill_mid_pipeline("threads");
 }
+
+#[test]
+fn sigkill_mid_pipeline_loses_no_acknowledged_message_on_the_shards_rings() {
+    sigkill_mid_pipeline("shard");
+}

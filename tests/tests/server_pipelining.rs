@@ -51,6 +51,59 @@ fn thousand_in_flight(net: &str) {
     }
 }
 
+/// Eight connections pipelining 64 KiB produces into one partition, against a shard budget of
+/// 528 KiB: connections keep finding it spent, stop reading, and must be resumed when bytes come
+/// back (on the shards' rings a connection is never allowed to wait for it).
+fn spent_shard_budget(net: &str) {
+    let dir = data_dir();
+    let config = "max_frame_bytes = 270336
+connection_inflight_bytes = 540672
+shard_inflight_bytes = 540672
+";
+    let server = Keeld::start_with_config(dir.path(), config, &["--net", net]);
+    server.client().create_topic("tight", 1).unwrap();
+    let value = vec![7u8; 64 * 1024];
+    let acked: Vec<u64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (server, value) = (&server, &value);
+                s.spawn(move || {
+                    let client = server.client();
+                    let pending: Vec<_> = (0..100)
+                        .map(|_| {
+                            client
+                                .send_values("tight", Target::Partition(0), [value])
+                                .unwrap()
+                        })
+                        .collect();
+                    let offsets: Vec<u64> = pending
+                        .into_iter()
+                        .map(|p| p.wait().unwrap().first_offset)
+                        .collect();
+                    offsets
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let mut all = acked;
+    all.sort();
+    assert_eq!(all, (0..800).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_spent_shard_budget_holds_connections_back_and_lets_them_go_on_the_shards_rings() {
+    spent_shard_budget("shard");
+}
+
+#[test]
+fn a_spent_shard_budget_holds_connections_back_and_lets_them_go_with_uring_loops() {
+    spent_shard_budget("uring");
+}
+
 #[test]
 fn many_connections_produce_at_once() {
     let dir = data_dir();
@@ -91,4 +144,9 @@ fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_ur
 #[test]
 fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_connection_threads() {
     thousand_in_flight("threads");
+}
+
+#[test]
+fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_on_the_shards_rings() {
+    thousand_in_flight("shard");
 }

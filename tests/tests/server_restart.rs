@@ -181,3 +181,8 @@ fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_uring_l
 fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_connection_threads() {
     sigterm_in_flight("threads");
 }
+
+#[test]
+fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_on_the_shards_rings() {
+    sigterm_in_flight("shard");
+}
