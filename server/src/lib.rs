@@ -1,8 +1,9 @@
 //! Keel's server, `keeld`: serves the storage engine over Keel's binary protocol
 //! (`docs/PROTOCOL.md`).
 //!
-//! Connections are served by io_uring event loops, one per shard (or, with `--net threads`, by
-//! a reader and a writer thread each); requests go to the engine's shards and answers go back
+//! Connections are served by io_uring event loops, one per shard (or, with `--net shard`, by
+//! the shards themselves on their own rings; with `--net threads`, by a reader and a writer
+//! thread each); requests go to the engine's shards and answers go back
 //! as they complete: a produce is answered only once its batch is durable. Per-connection and per-shard byte budgets bound
 //! what is in flight; when one is spent the server stops reading that socket.
 #![deny(missing_docs)]
