@@ -402,36 +402,25 @@ impl Conns {
         let Some(tx) = c.tx.clone() else { return };
         let budget = Arc::clone(&c.budget);
         let mut acquire = |n| budget.try_acquire(n);
-        let stop = if self.inbox.hosted {
-            let inbox = Arc::clone(&self.inbox);
-            let id = c.id;
-            let mut acquire_shard = |shard: &Arc<ByteBudget>, n| {
+        let (inbox, id) = (Arc::clone(&self.inbox), c.id);
+        let mut acquire_shard = |shard: &Arc<ByteBudget>, n| -> Option<BudgetHold> {
+            if inbox.hosted {
                 let inbox = Arc::clone(&inbox);
                 shard.try_acquire_or_notify(n, Box::new(move || inbox.mark_ready(id)))
-            };
-            handle_frames(
-                &mut c.input,
-                c.id,
-                c.peer,
-                &handler,
-                &tx,
-                &mut acquire,
-                &mut acquire_shard,
-            )
-        } else {
-            // A loop of its own may wait for a shard to give budget back.
-            let mut acquire_shard =
-                |shard: &Arc<ByteBudget>, n| -> Option<BudgetHold> { Some(shard.acquire(n)) };
-            handle_frames(
-                &mut c.input,
-                c.id,
-                c.peer,
-                &handler,
-                &tx,
-                &mut acquire,
-                &mut acquire_shard,
-            )
+            } else {
+                // A loop of its own may wait for a shard to give budget back.
+                Some(shard.acquire(n))
+            }
         };
+        let stop = handle_frames(
+            &mut c.input,
+            c.id,
+            c.peer,
+            &handler,
+            &tx,
+            &mut acquire,
+            &mut acquire_shard,
+        );
         match stop {
             Stop::NeedMore => self.post_recv(c, ring),
             Stop::Parked => c.parked = true,
