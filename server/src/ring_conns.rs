@@ -370,9 +370,8 @@ impl Conns {
             room.len() as u32,
         )
         .build();
-        // SAFETY: `room` is inside c.input's storage, which is neither resized nor dropped
-        // while recv_posted is set (make_room runs only before posting, and the connection is
-        // freed only once no operation is posted).
+        // SAFETY: `room` is in c.input, not resized or dropped while recv_posted is set (make_room
+        // runs only before posting); the connection is freed only once nothing is posted.
         unsafe { ring.submit(recv, c.id << 2 | RECV) };
         c.recv_posted = true;
     }
