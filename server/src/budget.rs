@@ -83,19 +83,20 @@ impl ByteBudget {
     }
 
     /// [`ByteBudget::try_acquire`] for callers that must never wait (a shard thread): when
-    /// the bytes do not fit, `on_freed` is called once bytes are next given back (on the
-    /// thread giving them back), and the caller tries again then.
+    /// the bytes do not fit, the callback `on_freed` makes is called once bytes are next given
+    /// back (on the thread giving them back), and the caller tries again then. The callback is
+    /// only made when needed, so a request that fits allocates nothing.
     pub fn try_acquire_or_notify(
         self: &Arc<Self>,
         bytes: usize,
-        on_freed: OnFreed,
+        on_freed: impl FnOnce() -> OnFreed,
     ) -> Option<BudgetHold> {
         let mut state = self.state();
         if self.fits(state.used, bytes) {
             return Some(self.hold(&mut state, bytes));
         }
         // Registered under the same lock as the check: a give-back cannot slip in between.
-        state.waiting.push(on_freed);
+        state.waiting.push(on_freed());
         None
     }
 
@@ -159,7 +160,7 @@ mod tests {
         let budget = ByteBudget::new(100);
         let a = budget.try_acquire(70).unwrap();
         let (tx, rx) = mpsc::channel();
-        let refused = budget.try_acquire_or_notify(40, Box::new(move || tx.send(()).unwrap()));
+        let refused = budget.try_acquire_or_notify(40, || Box::new(move || tx.send(()).unwrap()));
         assert!(refused.is_none());
         assert!(
             rx.try_recv().is_err(),
@@ -167,7 +168,7 @@ mod tests {
         );
         drop(a);
         rx.try_recv().expect("told once bytes were given back");
-        let fits = budget.try_acquire_or_notify(40, Box::new(|| panic!("it fit: no call")));
+        let fits = budget.try_acquire_or_notify(40, || panic!("it fit: no callback is made"));
         assert!(fits.is_some());
         drop(fits);
     }

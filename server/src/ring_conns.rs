@@ -404,8 +404,10 @@ impl Conns {
         let (inbox, id) = (Arc::clone(&self.inbox), c.id);
         let mut acquire_shard = |shard: &Arc<ByteBudget>, n| -> Option<BudgetHold> {
             if inbox.hosted {
-                let inbox = Arc::clone(&inbox);
-                shard.try_acquire_or_notify(n, Box::new(move || inbox.mark_ready(id)))
+                shard.try_acquire_or_notify(n, || {
+                    let inbox = Arc::clone(&inbox);
+                    Box::new(move || inbox.mark_ready(id))
+                })
             } else {
                 // A loop of its own may wait for a shard to give budget back.
                 Some(shard.acquire(n))
