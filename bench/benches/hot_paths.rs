@@ -13,7 +13,7 @@ use keel_engine::batch::{set_base_offset, BatchBuilder, BatchView};
 use keel_engine::delivery::PartitionDelivery;
 use keel_engine::offsets::{AckState, OffsetTable};
 use keel_engine::recovery::{scan, ReadAt};
-use keel_engine::trailer::{flush_end, Trailer, TRAILER_BYTES};
+use keel_engine::trailer::{flush_end, unchecked_prefix, CrcScope, Trailer, TRAILER_BYTES};
 use keel_protocol::{
     decode_request, encode_request, encode_response, ConsumedPartition, DeliveryInfo,
     PartitionTarget, Request, Response,
@@ -67,11 +67,12 @@ fn gather(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(batches), |b| {
             let mut buf = AlignedBuf::zeroed(8 << 20);
             b.iter(|| {
-                let mut len = 0;
+                let (mut len, mut prefix_crc) = (0, 0);
                 for i in 0..batches {
                     let out = &mut buf.as_mut_slice()[len..len + one.len()];
                     out.copy_from_slice(&one);
                     set_base_offset(out, i as u64);
+                    prefix_crc = crc32c::crc32c_append(prefix_crc, unchecked_prefix(out));
                     len += one.len();
                 }
                 let end = flush_end(len as u64) as usize;
@@ -80,7 +81,8 @@ fn gather(c: &mut Criterion) {
                 let t = Trailer {
                     flush_start: 0,
                     next_offset: batches as u64,
-                    flush_crc: crc32c::crc32c(&bytes[..end - TRAILER_BYTES]),
+                    flush_crc: crc32c::crc32c_append(prefix_crc, &bytes[len..end - TRAILER_BYTES]),
+                    scope: CrcScope::Headers,
                 };
                 t.encode(&mut bytes[end - TRAILER_BYTES..end]);
                 black_box(end)
@@ -112,10 +114,11 @@ fn recovery_scan(c: &mut Criterion) {
     let mut seg = vec![0u8; 8 << 20];
     let (mut pos, mut next) = (0usize, 0u64);
     while pos + (64 << 10) < seg.len() - (64 << 10) {
-        let start = pos;
+        let (start, mut prefix_crc) = (pos, 0);
         while pos - start + one.len() < (64 << 10) - TRAILER_BYTES {
             seg[pos..pos + one.len()].copy_from_slice(&one);
             set_base_offset(&mut seg[pos..pos + one.len()], next);
+            prefix_crc = crc32c::crc32c_append(prefix_crc, unchecked_prefix(&seg[pos..]));
             next += 1;
             pos += one.len();
         }
@@ -123,7 +126,8 @@ fn recovery_scan(c: &mut Criterion) {
         let t = Trailer {
             flush_start: start as u64,
             next_offset: next,
-            flush_crc: crc32c::crc32c(&seg[start..end - TRAILER_BYTES]),
+            flush_crc: crc32c::crc32c_append(prefix_crc, &seg[pos..end - TRAILER_BYTES]),
+            scope: CrcScope::Headers,
         };
         t.encode(&mut seg[end - TRAILER_BYTES..end]);
         pos = end;

@@ -17,7 +17,7 @@ use crate::partition::{Limits, Partition};
 use crate::prepare::NextSegment;
 use crate::recovery::{scan, Scan};
 use crate::segment::Segment;
-use crate::trailer::{self, Trailer, TRAILER_BYTES};
+use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
 use crate::zeroing::ZERO_CHUNK_BYTES;
 
 /// Opens (creating if new) partition `id` of `topic`, recovering its log.
@@ -260,7 +260,8 @@ fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
     let t = Trailer {
         flush_start: s.sealed_end,
         next_offset: s.next_offset,
-        flush_crc: crc32c::crc32c_append(s.unsealed_crc, pad),
+        flush_crc: crc32c::crc32c_append(s.unsealed_prefix_crc, pad),
+        scope: CrcScope::Headers,
     };
     t.encode(&mut bytes[trailer_at..(end - block_start) as usize]);
     buf

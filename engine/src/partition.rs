@@ -15,7 +15,7 @@ use crate::layout::segment_file_name;
 use crate::prepare::NextSegment;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
-use crate::trailer::{self, Trailer, TRAILER_BYTES};
+use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
 use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES, ZERO_FLUSH_BYTES_MAX};
 use crate::{AppendDone, OffsetRange};
 
@@ -37,6 +37,8 @@ struct Gather {
     waiters: Vec<(AppendDone, OffsetRange)>,
     /// (base offset, position in the flush) of each batch, for the index.
     batches: Vec<(u64, u32)>,
+    /// CRC-32C of the batches' unchecked prefixes so far ([`CrcScope::Headers`]).
+    prefix_crc: u32,
 }
 
 impl Gather {
@@ -211,6 +213,7 @@ impl Partition {
         }
         g.buf.as_mut_slice()[at..at + batch.len()].copy_from_slice(&batch);
         g.batches.push((first, at as u32));
+        g.prefix_crc = crc32c::crc32c_append(g.prefix_crc, trailer::unchecked_prefix(&batch));
         g.len += batch.len();
         g.next_offset = first + count;
         g.waiters.push((done, range));
@@ -246,6 +249,7 @@ impl Partition {
                 next_offset: self.next_offset,
                 waiters: Vec::new(),
                 batches: Vec::new(),
+                prefix_crc: 0,
             });
         }
         let last = self.pending.len() - 1;
@@ -301,7 +305,8 @@ impl Partition {
         let t = Trailer {
             flush_start: g.start_pos,
             next_offset: g.next_offset,
-            flush_crc: crc32c::crc32c(&bytes[..trailer_at]),
+            flush_crc: crc32c::crc32c_append(g.prefix_crc, &bytes[g.len..trailer_at]),
+            scope: CrcScope::Headers,
         };
         t.encode(&mut bytes[trailer_at..len]);
         let buf = std::mem::replace(&mut g.buf, AlignedBuf::zeroed(0));

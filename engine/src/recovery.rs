@@ -6,7 +6,7 @@ use std::io;
 use crate::aligned::{align_down, AlignedBuf, BLOCK_BYTES};
 use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
 use crate::segment::{IndexEntry, INDEX_INTERVAL_BYTES};
-use crate::trailer::{self, Trailer, TRAILER_BYTES};
+use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
 
 /// Bytes read per step while scanning.
 const SCAN_WINDOW_BYTES: usize = 4 << 20;
@@ -75,8 +75,12 @@ pub struct Scan {
     pub valid_end: u64,
     /// End of the last flush sealed by a valid trailer (block aligned, ≤ `valid_end` rounded up).
     pub sealed_end: u64,
-    /// CRC-32C of the bytes `[sealed_end, valid_end)`: the batches of an unsealed torn flush.
+    /// CRC-32C of the bytes `[sealed_end, valid_end)`: the batches of an unsealed torn flush
+    /// (what a [`CrcScope::Whole`] trailer covers).
     pub unsealed_crc: u32,
+    /// CRC-32C of those batches' unchecked prefixes (what a [`CrcScope::Headers`] trailer
+    /// covers).
+    pub unsealed_prefix_crc: u32,
     /// One past the last offset found.
     pub next_offset: u64,
     /// Sparse offset → position index.
@@ -113,6 +117,7 @@ pub fn scan<R: ReadAt>(
                 s.sealed_end = end;
                 s.valid_end = end;
                 s.unsealed_crc = 0;
+                s.unsealed_prefix_crc = 0;
                 flush_first_offset = s.next_offset;
                 pos = end;
                 continue;
@@ -122,6 +127,7 @@ pub fn scan<R: ReadAt>(
                 // batch CRCs changed): none of it can be trusted.
                 s.valid_end = s.sealed_end;
                 s.unsealed_crc = 0;
+                s.unsealed_prefix_crc = 0;
                 s.next_offset = flush_first_offset;
                 s.index.retain(|e| e.pos < s.sealed_end);
                 s.invalid = Some(why);
@@ -140,6 +146,8 @@ pub fn scan<R: ReadAt>(
                 }
                 let bytes = w.get(pos, len)?.unwrap_or_default();
                 s.unsealed_crc = crc32c::crc32c_append(s.unsealed_crc, bytes);
+                s.unsealed_prefix_crc =
+                    crc32c::crc32c_append(s.unsealed_prefix_crc, trailer::unchecked_prefix(bytes));
                 s.next_offset = next_offset;
                 pos += len as u64;
                 s.valid_end = pos;
@@ -186,7 +194,18 @@ fn sealed_flush_at<R: ReadAt>(w: &mut Window<R>, pos: u64, s: &Scan) -> io::Resu
     let Some(pad) = w.get(pos, (trailer_at - pos) as usize)? else {
         return Ok(Seal::None);
     };
-    if pad.iter().all(|&b| b == 0) && crc32c::crc32c_append(s.unsealed_crc, pad) == t.flush_crc {
+    let before_pad = match t.scope {
+        CrcScope::Whole => s.unsealed_crc,
+        CrcScope::Headers => s.unsealed_prefix_crc,
+        CrcScope::Unknown(code) => {
+            return Ok(Seal::Damaged(format!(
+                "the flush at byte {} has a checksum kind this version does not know ({code}); \
+                 was it written by a newer Keel?",
+                s.sealed_end
+            )))
+        }
+    };
+    if pad.iter().all(|&b| b == 0) && crc32c::crc32c_append(before_pad, pad) == t.flush_crc {
         Ok(Seal::Sealed(end))
     } else {
         Ok(Seal::Damaged(format!(
@@ -304,6 +323,16 @@ pub mod tests {
         base: u64,
         file_len: usize,
     ) -> (Vec<u8>, Vec<u64>) {
+        segment_sealed_with(CrcScope::Headers, flushes, base, file_len)
+    }
+
+    /// The same, with the flush CRCs covering `scope`.
+    pub fn segment_sealed_with(
+        scope: CrcScope,
+        flushes: &[Vec<Vec<u8>>],
+        base: u64,
+        file_len: usize,
+    ) -> (Vec<u8>, Vec<u64>) {
         let mut out = vec![0u8; file_len];
         let mut pos = 0usize;
         let mut next = base;
@@ -319,11 +348,26 @@ pub mod tests {
                 pos += b.len();
             }
             let end = trailer::flush_end(pos as u64) as usize;
-            let crc = crc32c::crc32c(&out[flush_start..end - TRAILER_BYTES]);
+            let crc = match scope {
+                CrcScope::Headers => {
+                    let prefixes =
+                        starts[starts.len() - flush.len()..]
+                            .iter()
+                            .fold(0, |crc, &at| {
+                                crc32c::crc32c_append(
+                                    crc,
+                                    trailer::unchecked_prefix(&out[at as usize..]),
+                                )
+                            });
+                    crc32c::crc32c_append(prefixes, &out[pos..end - TRAILER_BYTES])
+                }
+                _ => crc32c::crc32c(&out[flush_start..end - TRAILER_BYTES]),
+            };
             let t = Trailer {
                 flush_start: flush_start as u64,
                 next_offset: next,
                 flush_crc: crc,
+                scope,
             };
             t.encode(&mut out[end - TRAILER_BYTES..end]);
             pos = end;
@@ -384,6 +428,7 @@ pub mod tests {
             flush_start: 8192,
             next_offset: 5,
             flush_crc: 1,
+            scope: CrcScope::Headers,
         };
         stale.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
         let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
@@ -394,6 +439,7 @@ pub mod tests {
             flush_start: 8192,
             next_offset: 20,
             flush_crc: 1,
+            scope: CrcScope::Headers,
         };
         later.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
         let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
@@ -404,15 +450,49 @@ pub mod tests {
     fn a_flip_outside_the_batch_crc_fails_the_whole_flush() {
         let flushes = vec![
             vec![batch_of(1, 100)],
-            vec![batch_of(2, 100)],
+            vec![batch_of(2, 100), batch_of(1, 50)],
             vec![batch_of(1, 100)],
         ];
-        let (mut bytes, starts) = segment_with(&flushes, 0, 64 * 1024);
-        bytes[starts[1] as usize + 13] ^= 1; // leader epoch: not covered by the batch CRC
+        for scope in [CrcScope::Headers, CrcScope::Whole] {
+            // The leader epoch of either batch of the second flush, then its padding: none of
+            // them covered by a batch CRC.
+            let (clean, starts) = segment_sealed_with(scope, &flushes, 0, 64 * 1024);
+            for at in [starts[1] + 13, starts[2] + 14, starts[3] - 4096 + 2000] {
+                let mut bytes = clean.clone();
+                bytes[at as usize] ^= 1;
+                let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
+                let found = (s.valid_end, s.sealed_end, s.next_offset);
+                assert_eq!(found, (4096, 4096, 1), "{scope:?}, flip at {at}");
+                assert!(s.invalid.as_deref().is_some_and(|w| w.contains("checksum")));
+                assert!(s.later_flush_at.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn flushes_sealed_over_every_byte_still_open_whole() {
+        let flushes = vec![
+            vec![batch_of(1, 100), batch_of(3, 700)],
+            vec![batch_of(2, 5000)],
+        ];
+        let (bytes, _) = segment_sealed_with(CrcScope::Whole, &flushes, 40, 64 * 1024);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 40, 1 << 20).unwrap();
+        assert_eq!(
+            (s.sealed_end, s.next_offset, s.invalid),
+            (4 * 4096, 46, None)
+        );
+    }
+
+    #[test]
+    fn a_checksum_kind_from_a_newer_writer_is_not_taken_on_trust() {
+        let flushes = vec![vec![batch_of(1, 100)], vec![batch_of(1, 100)]];
+        let (bytes, _) = segment_sealed_with(CrcScope::Unknown(7), &flushes, 0, 64 * 1024);
         let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
-        assert_eq!((s.valid_end, s.sealed_end, s.next_offset), (4096, 4096, 1));
-        assert!(s.invalid.as_deref().is_some_and(|w| w.contains("checksum")));
-        assert!(s.later_flush_at.is_some());
+        assert_eq!((s.sealed_end, s.next_offset), (0, 0));
+        assert!(s
+            .invalid
+            .as_deref()
+            .is_some_and(|w| w.contains("does not know (7)")));
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub const HEADER_BYTES: usize = 61;
 /// Bytes of base offset + batch length: the prefix not counted in "batch length".
 pub const LOG_OVERHEAD_BYTES: usize = 12;
 const MAGIC: i8 = 2;
-const CRC_START: usize = 21;
+/// Where the part covered by the batch's CRC starts: the base offset, batch length, leader
+/// epoch, magic and the CRC itself come before it.
+pub const CRC_START: usize = 21;
 const COMPRESSION_MASK: i16 = 0x07;
 
 /// Why a batch was refused.
