@@ -26,8 +26,8 @@ pub struct Probe {
     pub small_us: [u64; 3],
     /// The same into space only reserved with fallocate (never written): p50, p99, p99.9.
     pub small_unwritten_us: [u64; 3],
-    /// 1 MiB write linked to an fdatasync through the engine's io_uring backend, one at a time:
-    /// MB/s.
+    /// 1 MiB write made durable by itself (`RWF_DSYNC`, as the engine's flushes are) through
+    /// the engine's io_uring backend, one at a time: MB/s.
     pub ring_big_mb_s: f64,
     /// 1 MiB write + fdatasync into fallocated, never-written space (what an append-only log on
     /// fresh space gets): MB/s.
@@ -121,7 +121,7 @@ pub fn run(dir: &Path, seconds: f64) -> io::Result<Probe> {
     let (big_unwritten, big_unwritten_time) =
         timed_writes(&file, 1 << 20, seconds.min(0.25), &mut hist)?;
     drop(file);
-    eprintln!("probe: 1 MiB write linked to fdatasync through io_uring for {seconds} s");
+    eprintln!("probe: 1 MiB write with RWF_DSYNC through io_uring for {seconds} s");
     let ring_big_mb_s = ring_writes(dir, 1 << 20, seconds)?;
     let secs = |d: Duration| d.as_secs_f64();
     Ok(Probe {
@@ -135,8 +135,8 @@ pub fn run(dir: &Path, seconds: f64) -> io::Result<Probe> {
     })
 }
 
-/// Sequential `block`-byte writes each linked to an fdatasync, through the engine's own io_uring
-/// backend into a prewritten file: the ceiling of the engine's flush path.
+/// Sequential `block`-byte writes each made durable by itself (`RWF_DSYNC`), through the
+/// engine's own io_uring backend into a prewritten file: the ceiling of the engine's flush path.
 fn ring_writes(dir: &Path, block: usize, seconds: f64) -> io::Result<f64> {
     use keel_engine::io::{Disk, UringDisk};
     let path = dir.join("keel-probe-ring.tmp");
@@ -174,8 +174,8 @@ fn write_sync(
     buf: AlignedBuf,
     len: usize,
 ) -> io::Result<AlignedBuf> {
-    use keel_engine::io::{Disk, IoKind};
-    disk.submit_write(file, at, buf, len, 1, true);
+    use keel_engine::io::{Disk, IoKind, SyncAfter};
+    disk.submit_write(file, at, buf, len, 1, SyncAfter::ThisWrite);
     let (mut done, mut back) = (Vec::new(), None);
     let mut seen = 0;
     while seen < 2 {
@@ -210,7 +210,7 @@ impl Probe {
             self.big_mb_s, self.big_syncs_s
         );
         t += &format!(
-            "| 1 MiB write linked to fdatasync, through Keel's io_uring backend | {:.0} MB/s |\n",
+            "| 1 MiB write with RWF_DSYNC, through Keel's io_uring backend | {:.0} MB/s |\n",
             self.ring_big_mb_s
         );
         t += &format!(

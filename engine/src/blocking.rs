@@ -5,7 +5,7 @@
 use std::io;
 
 use crate::aligned::AlignedBuf;
-use crate::io::{Completion, Disk, FileId, IoKind};
+use crate::io::{Completion, Disk, FileId, IoKind, SyncAfter};
 use crate::recovery::ReadAt;
 
 /// Borrowed access to a shard's disk for blocking reads and writes.
@@ -52,8 +52,14 @@ impl<D: Disk> BlockingIo<'_, D> {
         len: usize,
         sync: bool,
     ) -> io::Result<()> {
+        // Callers rely on the sync covering their earlier unsynced writes too.
+        let durable = if sync {
+            SyncAfter::File
+        } else {
+            SyncAfter::Nothing
+        };
         self.disk
-            .submit_write(file, pos, buf, len, self.token, sync);
+            .submit_write(file, pos, buf, len, self.token, durable);
         let mut first_err = None;
         for c in self.wait_for(1 + usize::from(sync)) {
             match c.result {

@@ -12,7 +12,7 @@
 use std::io;
 
 use crate::aligned::AlignedBuf;
-use crate::io::{Completion, Disk, FileId, IoKind};
+use crate::io::{Completion, Disk, FileId, IoKind, SyncAfter};
 
 /// Zeroing stops while flushes average this size or more: the conversion's cost per sync is
 /// then small beside the write, and writing every byte twice would halve the bandwidth
@@ -87,7 +87,12 @@ impl Zeroing {
         let Some(zeros) = self.zeros.take() else {
             return false;
         };
-        disk.submit_write(file, start, zeros, (end - start) as usize, token, sync);
+        let durable = if sync {
+            SyncAfter::File
+        } else {
+            SyncAfter::Nothing
+        };
+        disk.submit_write(file, start, zeros, (end - start) as usize, token, durable);
         self.in_flight = Some(Chunk {
             file,
             start,

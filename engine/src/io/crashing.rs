@@ -2,7 +2,8 @@
 //!
 //! Every write's pre-image is saved before the write is submitted. A completed `fdatasync` of a
 //! file makes durable every write to that file whose completion was seen before it (and the
-//! write it is linked to); a blocking `fsync` does the same. [`CrashPlan::crash`] cuts the disk
+//! write it is linked to); a blocking `fsync` does the same. A write made durable by itself
+//! ([`SyncAfter::ThisWrite`]) covers only itself, as on a device with FUA. [`CrashPlan::crash`] cuts the disk
 //! off: from then on every operation fails. After the engine is dropped,
 //! [`CrashPlan::lose_unsynced_writes`] rolls each write that never became durable back to its
 //! pre-image, wholly or sector by sector (a torn write), as a power cut could. Whatever was
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
+use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 use crate::xorshift::xorshift;
 
@@ -134,12 +135,18 @@ impl CrashPlan {
         Ok(undone)
     }
 
-    /// A sync of the file `inode` makes durable every write to it that had completed, from
-    /// whichever engine, and the write linked to it.
-    fn mark_durable(&self, disk: usize, inode: (u64, u64), linked_token: Option<u64>) {
+    /// A sync of the file `inode` makes durable the write linked to it and, when `whole_file`,
+    /// every write to the file that had completed, from whichever engine.
+    fn mark_durable(
+        &self,
+        disk: usize,
+        inode: (u64, u64),
+        linked_token: Option<u64>,
+        whole_file: bool,
+    ) {
         for w in self.writes().iter_mut() {
             let linked = w.disk == disk && Some(w.token) == linked_token;
-            if w.inode == inode && (w.completed || linked) {
+            if w.inode == inode && ((whole_file && w.completed) || linked) {
                 w.durable = true;
             }
         }
@@ -152,8 +159,8 @@ pub struct CrashingDisk<D> {
     plan: Arc<CrashPlan>,
     id: usize,
     handles: HashMap<FileId, (Arc<File>, (u64, u64))>,
-    /// Syncs in flight: token → file.
-    syncs: HashMap<u64, FileId>,
+    /// Syncs in flight: token → file, and whether the sync covers the whole file.
+    syncs: HashMap<u64, (FileId, bool)>,
     failed: Vec<Completion>,
 }
 
@@ -236,7 +243,7 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         }
         self.inner.sync_all(file)?;
         if let Some((_, inode)) = self.handles.get(&file) {
-            self.plan.mark_durable(self.id, *inode, None);
+            self.plan.mark_durable(self.id, *inode, None, true);
         }
         Ok(())
     }
@@ -254,8 +261,9 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     ) {
+        let then_sync = sync.any();
         let cut = self.plan.countdown_hits();
         let recorded = match self.handles.get(&file) {
             Some((handle, inode)) if !cut && !self.crashed() => {
@@ -288,10 +296,9 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             durable: false,
         });
         if then_sync {
-            self.syncs.insert(token, file);
+            self.syncs.insert(token, (file, sync == SyncAfter::File));
         }
-        self.inner
-            .submit_write(file, offset, buf, len, token, then_sync);
+        self.inner.submit_write(file, offset, buf, len, token, sync);
     }
 
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {
@@ -321,9 +328,11 @@ impl<D: Disk> Disk for CrashingDisk<D> {
                     }
                 }
                 (IoKind::Sync, Ok(_)) => {
-                    let synced = self.syncs.remove(&c.token);
-                    if let Some((_, inode)) = synced.and_then(|file| self.handles.get(&file)) {
-                        self.plan.mark_durable(self.id, *inode, Some(c.token));
+                    if let Some((file, whole_file)) = self.syncs.remove(&c.token) {
+                        if let Some((_, inode)) = self.handles.get(&file) {
+                            self.plan
+                                .mark_durable(self.id, *inode, Some(c.token), whole_file);
+                        }
                     }
                 }
                 _ => {}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
+use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
 /// What to break, shared between a test and the shards using it.
@@ -142,8 +142,9 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     ) {
+        let then_sync = sync.any();
         if self.plan.trips(&self.plan.write_countdown) {
             let err = self.plan.error();
             self.injected.extend(Completion::never_ran(
@@ -159,7 +160,7 @@ impl<D: Disk> Disk for FaultyDisk<D> {
             // The data really goes to the disk; only the sync reports failure, as when a
             // device loses its write cache.
             self.inner
-                .submit_write(file, offset, buf, len, token, false);
+                .submit_write(file, offset, buf, len, token, SyncAfter::Nothing);
             self.injected.push(Completion {
                 token,
                 kind: IoKind::Sync,
@@ -168,8 +169,7 @@ impl<D: Disk> Disk for FaultyDisk<D> {
             });
             return;
         }
-        self.inner
-            .submit_write(file, offset, buf, len, token, then_sync);
+        self.inner.submit_write(file, offset, buf, len, token, sync);
     }
 
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {

@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
+use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
 /// One submitted write, as recorded.
@@ -137,13 +137,14 @@ impl Disk for MemDisk {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     ) {
+        let sync = sync.any();
         self.writes.push(WriteRecord {
             file,
             offset,
             len,
-            sync: then_sync,
+            sync,
         });
         self.queued.push_back(Submitted {
             token,
@@ -152,7 +153,7 @@ impl Disk for MemDisk {
             offset,
             len,
             buf,
-            sync: then_sync,
+            sync,
         });
     }
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {

@@ -46,6 +46,28 @@ pub enum IoKind {
     Sync,
 }
 
+/// What makes a submitted write durable. Either way the write's completion is followed by a
+/// `Sync` completion once the promised durability holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncAfter {
+    /// Nothing: the write may stay in volatile caches.
+    Nothing,
+    /// This write's own bytes, and only those (`RWF_DSYNC` on io_uring: no separate sync and
+    /// no kernel worker thread for it). On a device with FUA the kernel may make just this
+    /// write durable, so earlier writes to the file are *not* covered.
+    ThisWrite,
+    /// An `fdatasync` after the write succeeded: the write and every write to the file that
+    /// completed before it.
+    File,
+}
+
+impl SyncAfter {
+    /// Whether a `Sync` completion follows the write.
+    pub fn any(self) -> bool {
+        self != Self::Nothing
+    }
+}
+
 /// The result of one submitted operation.
 #[derive(Debug)]
 pub struct Completion {
@@ -108,9 +130,9 @@ pub trait Disk {
     fn sync_all(&mut self, file: FileId) -> io::Result<()>;
     /// `fsync` of a directory, making entries created or renamed in it durable (blocking).
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
-    /// Submits a write of `buf[..len]` at `offset`; with `then_sync`, an `fdatasync` that starts
-    /// only after the write succeeded. Completions: one `Write` (with the buffer), and one
-    /// `Sync` when `then_sync`. `offset`, `len` must be block aligned.
+    /// Submits a write of `buf[..len]` at `offset`, made durable as `sync` says. Completions:
+    /// one `Write` (with the buffer), and one `Sync` unless `sync` is [`SyncAfter::Nothing`].
+    /// `offset`, `len` must be block aligned.
     fn submit_write(
         &mut self,
         file: FileId,
@@ -118,7 +140,7 @@ pub trait Disk {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     );
     /// Submits a read of `len` bytes at `offset` into `buf`.
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64);

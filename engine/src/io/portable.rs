@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::files::{self, FileTable};
-use super::{Allocation, Completion, Disk, FileId, IoKind, Waker};
+use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
 enum Op {
@@ -223,8 +223,10 @@ impl Disk for PortableDisk {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     ) {
+        // Either durability is an `fdatasync` here: it covers this write and the earlier ones.
+        let then_sync = sync.any();
         match self.files.get(file) {
             Ok(f) => {
                 let file = Arc::clone(f);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::files::{self, FileTable};
-use super::{Allocation, Completion, Disk, FileId, GuestCompletion, IoKind, Waker};
+use super::{Allocation, Completion, Disk, FileId, GuestCompletion, IoKind, SyncAfter, Waker};
 use crate::aligned::{AlignedBuf, BLOCK_BYTES};
 use crate::guest::{GuestEntry, GuestRing, GUEST_TOKEN_MAX};
 
@@ -30,7 +30,9 @@ pub struct UringDisk {
     ring: IoUring,
     files: FileTable,
     /// Buffers the kernel may be touching, by user_data; returned only with their completion.
-    in_flight: HashMap<u64, (IoKind, AlignedBuf)>,
+    /// The flag marks a write made durable by itself (`RWF_DSYNC`), whose completion is also
+    /// its `Sync` completion.
+    in_flight: HashMap<u64, (IoKind, AlignedBuf, bool)>,
     /// Linked syncs not yet completed.
     syncs_in_flight: usize,
     waker: Arc<Waker>,
@@ -127,7 +129,20 @@ impl UringDisk {
                     result: result.map(|_| 0),
                     buf: None,
                 });
-            } else if let Some((kind, buf)) = self.in_flight.remove(&user_data) {
+            } else if let Some((kind, buf, self_synced)) = self.in_flight.remove(&user_data) {
+                if self_synced {
+                    // A failed write reports its own error; its durability never came.
+                    let synced = match &result {
+                        Ok(_) => Ok(0),
+                        Err(_) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                    };
+                    out.push(Completion {
+                        token: user_data,
+                        kind: IoKind::Sync,
+                        result: synced,
+                        buf: None,
+                    });
+                }
                 out.push(Completion {
                     token: user_data,
                     kind,
@@ -149,7 +164,7 @@ impl UringDisk {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     ) -> Option<(i32, AlignedBuf)> {
         debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
         assert!(
@@ -157,13 +172,14 @@ impl UringDisk {
             "{kind:?} of {len} bytes with a {} byte buffer",
             buf.capacity()
         );
-        let ready = self
-            .fd(file)
-            .and_then(|fd| self.reserve(1 + usize::from(then_sync)).map(|()| fd));
+        let ready = self.fd(file).and_then(|fd| {
+            self.reserve(1 + usize::from(sync == SyncAfter::File))
+                .map(|()| fd)
+        });
         match ready {
             Ok(fd) => Some((fd, buf)),
             Err(e) => {
-                self.fail_now(token, kind, buf, e, then_sync);
+                self.fail_now(token, kind, buf, e, sync.any());
                 None
             }
         }
@@ -214,19 +230,24 @@ impl Disk for UringDisk {
         buf: AlignedBuf,
         len: usize,
         token: u64,
-        then_sync: bool,
+        sync: SyncAfter,
     ) {
-        let Some((fd, mut buf)) =
-            self.admit(IoKind::Write, file, offset, buf, len, token, then_sync)
+        let Some((fd, mut buf)) = self.admit(IoKind::Write, file, offset, buf, len, token, sync)
         else {
             return;
         };
+        let self_synced = sync == SyncAfter::ThisWrite;
+        // RWF_DSYNC: the write completes only once its data is durable (the kernel issues FUA
+        // or a cache flush itself), so no sync goes to an io-wq worker thread.
+        let rw_flags = if self_synced { libc::RWF_DSYNC } else { 0 };
         let write = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
             .offset(offset)
+            .rw_flags(rw_flags)
             .build()
             .user_data(token);
-        self.in_flight.insert(token, (IoKind::Write, buf));
-        if then_sync {
+        self.in_flight
+            .insert(token, (IoKind::Write, buf, self_synced));
+        if sync == SyncAfter::File {
             // Linked: the kernel starts the sync only after the write succeeded, and cancels
             // it if the write failed. Unlinked entries may run in any order.
             let sync = opcode::Fsync::new(types::Fd(fd))
@@ -241,15 +262,22 @@ impl Disk for UringDisk {
     }
 
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {
-        let Some((fd, mut buf)) = self.admit(IoKind::Read, file, offset, buf, len, token, false)
-        else {
+        let Some((fd, mut buf)) = self.admit(
+            IoKind::Read,
+            file,
+            offset,
+            buf,
+            len,
+            token,
+            SyncAfter::Nothing,
+        ) else {
             return;
         };
         let read = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
             .offset(offset)
             .build()
             .user_data(token);
-        self.in_flight.insert(token, (IoKind::Read, buf));
+        self.in_flight.insert(token, (IoKind::Read, buf, false));
         self.push_reserved(&[read]);
     }
 
