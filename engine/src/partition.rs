@@ -48,7 +48,8 @@ impl Gather {
     }
 }
 
-/// The flush in flight: its write and linked sync were submitted under `token`.
+/// The flush in flight: its write (made durable by itself) was submitted under `token`; its
+/// `Sync` completion says the durability holds.
 struct Flush {
     submitted: std::time::Instant,
     gather: Gather,
@@ -268,7 +269,8 @@ impl Partition {
     }
 
     /// Starts the next flush if none is running: one aligned write of the gathered batches,
-    /// padding and trailer, linked to one `fdatasync`. Returns whether it submitted one.
+    /// padding and trailer, durable when it completes (`RWF_DSYNC`). Returns whether it
+    /// submitted one.
     pub fn start_flush<D: Disk>(&mut self, disk: &mut D, token: u64) -> bool {
         if self.flushing.is_some() {
             return false;

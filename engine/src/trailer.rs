@@ -2,7 +2,7 @@
 //!
 //! Every flush covers whole blocks: its batches, zero padding, and this 40-byte trailer ending
 //! exactly on the flush's final block boundary. Flushes are issued one at a time per partition,
-//! each only after the previous one's `fdatasync` completed, so a valid trailer on disk proves
+//! each only after the previous one was durable, so a valid trailer on disk proves
 //! that everything before its flush was durable. Recovery uses that to tell a torn tail (damage
 //! inside the one flush that may have been in flight) from corruption (damage before a later,
 //! sealed flush). Layout (big-endian), see `docs/FORMAT.md`:
