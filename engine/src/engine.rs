@@ -39,7 +39,7 @@ pub struct EngineStats {
     pub appends: u64,
     /// Flushes completed.
     pub flushes: u64,
-    /// `fdatasync`s issued by flushes.
+    /// Syncs made by flushes: `RWF_DSYNC` writes, or `fdatasync`s on the portable backend.
     pub syncs: u64,
     /// Bytes written by flushes.
     pub bytes_written: u64,

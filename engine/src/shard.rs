@@ -102,9 +102,9 @@ impl Command {
 pub struct ShardStats {
     /// Appends answered successfully.
     pub appends: AtomicU64,
-    /// Flushes completed (each one write + one fdatasync).
+    /// Flushes completed (each one write made durable).
     pub flushes: AtomicU64,
-    /// `fdatasync`s issued on the write path.
+    /// Syncs made on the write path (`RWF_DSYNC` writes, or `fdatasync`s when portable).
     pub syncs: AtomicU64,
     /// Bytes written by flushes (whole blocks).
     pub bytes_written: AtomicU64,
