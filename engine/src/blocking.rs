@@ -53,11 +53,7 @@ impl<D: Disk> BlockingIo<'_, D> {
         sync: bool,
     ) -> io::Result<()> {
         // Callers rely on the sync covering their earlier unsynced writes too.
-        let durable = if sync {
-            SyncAfter::File
-        } else {
-            SyncAfter::Nothing
-        };
+        let durable = SyncAfter::file_if(sync);
         self.disk
             .submit_write(file, pos, buf, len, self.token, durable);
         let mut first_err = None;

@@ -87,11 +87,7 @@ impl Zeroing {
         let Some(zeros) = self.zeros.take() else {
             return false;
         };
-        let durable = if sync {
-            SyncAfter::File
-        } else {
-            SyncAfter::Nothing
-        };
+        let durable = SyncAfter::file_if(sync);
         disk.submit_write(file, start, zeros, (end - start) as usize, token, durable);
         self.in_flight = Some(Chunk {
             file,

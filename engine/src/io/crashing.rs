@@ -3,8 +3,8 @@
 //! Every write's pre-image is saved before the write is submitted. A completed `fdatasync` of a
 //! file makes durable every write to that file whose completion was seen before it (and the
 //! write it is linked to); a blocking `fsync` does the same. A write made durable by itself
-//! ([`SyncAfter::ThisWrite`]) covers only itself, as on a device with FUA. [`CrashPlan::crash`] cuts the disk
-//! off: from then on every operation fails. After the engine is dropped,
+//! ([`SyncAfter::ThisWrite`]) covers only itself, as on a device with FUA. [`CrashPlan::crash`]
+//! cuts the disk off: from then on every operation fails. After the engine is dropped,
 //! [`CrashPlan::lose_unsynced_writes`] rolls each write that never became durable back to its
 //! pre-image, wholly or sector by sector (a torn write), as a power cut could. Whatever was
 //! acknowledged must still be there.

@@ -66,6 +66,16 @@ impl SyncAfter {
     pub fn any(self) -> bool {
         self != Self::Nothing
     }
+
+    /// [`SyncAfter::File`] when `sync`, else nothing: for writers that rely on the sync
+    /// covering their earlier unsynced writes too.
+    pub fn file_if(sync: bool) -> Self {
+        if sync {
+            Self::File
+        } else {
+            Self::Nothing
+        }
+    }
 }
 
 /// The result of one submitted operation.
