@@ -34,7 +34,7 @@ fn crc(c: &mut Criterion) {
         let data = vec![7u8; size];
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
-            b.iter(|| crc32c::crc32c(black_box(d)))
+            b.iter(|| keel_protocol::crc::crc32c(black_box(d)))
         });
     }
     g.finish();
@@ -72,7 +72,8 @@ fn gather(c: &mut Criterion) {
                     let out = &mut buf.as_mut_slice()[len..len + one.len()];
                     out.copy_from_slice(&one);
                     set_base_offset(out, i as u64);
-                    prefix_crc = crc32c::crc32c_append(prefix_crc, unchecked_prefix(out));
+                    prefix_crc =
+                        keel_protocol::crc::crc32c_append(prefix_crc, unchecked_prefix(out));
                     len += one.len();
                 }
                 let end = flush_end(len as u64) as usize;
@@ -81,7 +82,10 @@ fn gather(c: &mut Criterion) {
                 let t = Trailer {
                     flush_start: 0,
                     next_offset: batches as u64,
-                    flush_crc: crc32c::crc32c_append(prefix_crc, &bytes[len..end - TRAILER_BYTES]),
+                    flush_crc: keel_protocol::crc::crc32c_append(
+                        prefix_crc,
+                        &bytes[len..end - TRAILER_BYTES],
+                    ),
                     scope: CrcScope::Headers,
                 };
                 t.encode(&mut bytes[end - TRAILER_BYTES..end]);
@@ -118,7 +122,8 @@ fn recovery_scan(c: &mut Criterion) {
         while pos - start + one.len() < (64 << 10) - TRAILER_BYTES {
             seg[pos..pos + one.len()].copy_from_slice(&one);
             set_base_offset(&mut seg[pos..pos + one.len()], next);
-            prefix_crc = crc32c::crc32c_append(prefix_crc, unchecked_prefix(&seg[pos..]));
+            prefix_crc =
+                keel_protocol::crc::crc32c_append(prefix_crc, unchecked_prefix(&seg[pos..]));
             next += 1;
             pos += one.len();
         }
@@ -126,7 +131,10 @@ fn recovery_scan(c: &mut Criterion) {
         let t = Trailer {
             flush_start: start as u64,
             next_offset: next,
-            flush_crc: crc32c::crc32c_append(prefix_crc, &seg[pos..end - TRAILER_BYTES]),
+            flush_crc: keel_protocol::crc::crc32c_append(
+                prefix_crc,
+                &seg[pos..end - TRAILER_BYTES],
+            ),
             scope: CrcScope::Headers,
         };
         t.encode(&mut seg[end - TRAILER_BYTES..end]);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::config::{EngineConfig, IoMode};
@@ -266,14 +267,14 @@ impl Engine {
         &self,
         topic: &str,
         partition: u32,
-        batch: Vec<u8>,
+        batch: impl Into<Bytes>,
         done: impl FnOnce(Result<OffsetRange>) + Send + 'static,
     ) {
         let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
         let cmd = Command::Append {
             topic: Arc::from(topic),
             partition,
-            batch,
+            batch: batch.into(),
             done: Box::new(done),
         };
         if let Err(crossbeam_channel::SendError(Command::Append { done, .. })) =
@@ -321,7 +322,12 @@ impl Engine {
     }
 
     /// [`Engine::append`], waiting for the outcome.
-    pub fn append_wait(&self, topic: &str, partition: u32, batch: Vec<u8>) -> Result<OffsetRange> {
+    pub fn append_wait(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: impl Into<Bytes>,
+    ) -> Result<OffsetRange> {
         refuse_on_shard_thread("append_wait")?;
         let (tx, rx) = bounded(1);
         self.append(topic, partition, batch, move |r| {

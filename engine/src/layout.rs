@@ -140,7 +140,7 @@ impl TopicMeta {
 
 /// Appends a `crc XXXXXXXX` line (CRC-32C of everything before it) to a small text file's body.
 pub fn seal_text(body: String) -> String {
-    let crc = crc32c::crc32c(body.as_bytes());
+    let crc = keel_protocol::crc::crc32c(body.as_bytes());
     format!("{body}crc {crc:08x}\n")
 }
 
@@ -148,7 +148,7 @@ pub fn seal_text(body: String) -> String {
 pub fn unseal_text(text: &str) -> Option<&str> {
     let (body, crc_line) = text.rsplit_once("crc ")?;
     let crc = u32::from_str_radix(crc_line.trim(), 16).ok()?;
-    (crc32c::crc32c(body.as_bytes()) == crc).then_some(body)
+    (keel_protocol::crc::crc32c(body.as_bytes()) == crc).then_some(body)
 }
 
 /// Replaces `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.

@@ -6,6 +6,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::aligned::AlignedBuf;
 use crate::batch::{self, BatchView};
 use crate::config::EngineConfig;
@@ -181,7 +183,7 @@ impl Partition {
 
     /// Validates `batch`, assigns its offsets and gathers it into the next flush. `done` is
     /// called once the batch is durable, or with the reason it never will be.
-    pub fn append(&mut self, mut batch: Vec<u8>, done: AppendDone) {
+    pub fn append(&mut self, batch: Bytes, done: AppendDone) {
         if let Some(err) = &self.poisoned {
             return done(Err(err.clone()));
         }
@@ -197,7 +199,6 @@ impl Partition {
             Err(e) => return done(Err(e.into())),
         };
         let first = self.next_offset;
-        batch::set_base_offset(&mut batch, first);
         let range = OffsetRange {
             first,
             last: first + count - 1,
@@ -212,9 +213,14 @@ impl Partition {
             bigger.as_mut_slice()[..at].copy_from_slice(&g.buf.as_slice()[..at]);
             g.buf = bigger;
         }
-        g.buf.as_mut_slice()[at..at + batch.len()].copy_from_slice(&batch);
+        // The batch arrives shared (it may still be part of a connection's receive buffer), so
+        // its offsets are set in the flush's copy, before the prefix that covers them is hashed.
+        let copy = &mut g.buf.as_mut_slice()[at..at + batch.len()];
+        copy.copy_from_slice(&batch);
+        batch::set_base_offset(copy, first);
         g.batches.push((first, at as u32));
-        g.prefix_crc = crc32c::crc32c_append(g.prefix_crc, trailer::unchecked_prefix(&batch));
+        g.prefix_crc =
+            keel_protocol::crc::crc32c_append(g.prefix_crc, trailer::unchecked_prefix(copy));
         g.len += batch.len();
         g.next_offset = first + count;
         g.waiters.push((done, range));
@@ -307,7 +313,7 @@ impl Partition {
         let t = Trailer {
             flush_start: g.start_pos,
             next_offset: g.next_offset,
-            flush_crc: crc32c::crc32c_append(g.prefix_crc, &bytes[g.len..trailer_at]),
+            flush_crc: keel_protocol::crc::crc32c_append(g.prefix_crc, &bytes[g.len..trailer_at]),
             scope: CrcScope::Headers,
         };
         t.encode(&mut bytes[trailer_at..len]);
@@ -573,10 +579,10 @@ mod tests {
     use crate::io::MemDisk;
     use crate::zeroing::ZERO_CHUNK_BYTES;
 
-    fn batch(value_len: usize) -> Vec<u8> {
+    fn batch(value_len: usize) -> Bytes {
         let mut b = crate::BatchBuilder::new(0);
         b.push(None, &vec![0x33; value_len], &[]);
-        b.build()
+        b.build().into()
     }
 
     #[test]

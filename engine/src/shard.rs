@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::blocking::BlockingIo;
@@ -34,8 +35,8 @@ pub enum Command {
         topic: Arc<str>,
         /// Partition.
         partition: u32,
-        /// A RecordBatch v2.
-        batch: Vec<u8>,
+        /// A RecordBatch v2 (shared, never written: its offsets are set in the flush's copy).
+        batch: Bytes,
         /// Called once durable, or failed.
         done: AppendDone,
     },

@@ -103,7 +103,7 @@ impl<'a> BatchView<'a> {
             return Err(BatchError::Magic(magic));
         }
         let stored = u32::from_be_bytes([bytes[17], bytes[18], bytes[19], bytes[20]]);
-        let computed = crc32c::crc32c(&bytes[CRC_START..]);
+        let computed = crate::crc::crc32c(&bytes[CRC_START..]);
         if stored != computed {
             return Err(BatchError::Crc { stored, computed });
         }
@@ -387,7 +387,7 @@ impl BatchBuilder {
         out.extend_from_slice(&self.base_sequence.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(&self.records);
-        let crc = crc32c::crc32c(&out[CRC_START..]);
+        let crc = crate::crc::crc32c(&out[CRC_START..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         out
     }
@@ -522,7 +522,7 @@ mod tests {
         // the record walk can catch it.
         let value_len_at = HEADER_BYTES + 1 + 1 + 1 + 1 + 1;
         bytes[value_len_at] = 120;
-        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        let crc = crate::crc::crc32c(&bytes[CRC_START..]);
         bytes[17..21].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(
             BatchView::verify(&bytes),

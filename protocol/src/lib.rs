@@ -28,6 +28,7 @@
 
 mod api;
 pub mod batch;
+pub mod crc;
 mod frame;
 mod frame_buffer;
 mod request;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use keel_protocol::{
     decode_request, encode_error, frame_len, ErrorCode, FrameBuffer, REQUEST_HEADER_BYTES,
     SIZE_PREFIX_BYTES,
@@ -13,10 +14,15 @@ use std::sync::Arc;
 use crate::answers::AnswerTx;
 use crate::budget::{BudgetHold, ByteBudget};
 use crate::handler::Handler;
+use crate::recv_buf::RecvBuf;
 use crate::reply::{Outgoing, Reply};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most a ring connection receives at a time, once its receives keep filling what they
+/// are offered: fewer, larger receives cost less per byte (about 8% of keeld's CPU per message
+/// at 256 KiB against 64 KiB, `docs/BENCHMARKS.md`); no gain was measured beyond.
+const MAX_RECV_CHUNK: usize = 256 * 1024;
 
 /// Why handling stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,9 +36,48 @@ pub enum Stop {
     Close,
 }
 
-/// A connection's receive buffer.
+/// A threaded connection's receive buffer.
 pub fn new_input() -> FrameBuffer {
     FrameBuffer::new(READ_CHUNK)
+}
+
+/// A ring connection's receive buffer.
+pub fn new_recv_buf() -> RecvBuf {
+    RecvBuf::new(READ_CHUNK, MAX_RECV_CHUNK)
+}
+
+/// Received bytes that frames are taken from.
+pub trait Input {
+    /// The bytes received and not yet consumed.
+    fn pending(&self) -> &[u8];
+    /// The first `n` pending bytes as a frame of their own; they stay pending.
+    fn frame(&self, n: usize) -> Bytes;
+    /// Drops `n` handled bytes from the front.
+    fn consume(&mut self, n: usize);
+}
+
+impl Input for FrameBuffer {
+    fn pending(&self) -> &[u8] {
+        self.pending()
+    }
+    fn frame(&self, n: usize) -> Bytes {
+        Bytes::copy_from_slice(&self.pending()[..n.min(self.pending().len())])
+    }
+    fn consume(&mut self, n: usize) {
+        self.consume(n);
+    }
+}
+
+impl Input for RecvBuf {
+    fn pending(&self) -> &[u8] {
+        self.pending()
+    }
+    fn frame(&self, n: usize) -> Bytes {
+        self.frame(n)
+    }
+    fn consume(&mut self, n: usize) {
+        self.consume(n);
+    }
 }
 
 /// Takes bytes from a budget for a request; `None`: spent, the frame stays for later.
@@ -41,7 +86,7 @@ pub type Acquire<'a> = &'a mut dyn FnMut(&Arc<ByteBudget>, usize) -> Option<Budg
 /// Handles every whole frame in `input`. `acquire` takes the connection's budget for a
 /// request, then `acquire_shard` the budget of the shard the request goes to.
 pub fn handle_frames(
-    input: &mut FrameBuffer,
+    input: &mut dyn Input,
     conn: u64,
     peer: SocketAddr,
     handler: &Handler,
@@ -54,8 +99,9 @@ pub fn handle_frames(
         let pending = input.pending();
         match frame_len(pending, REQUEST_HEADER_BYTES, max_frame) {
             Ok(Some(len)) => {
-                let frame = &pending[..len];
-                match decode_request(frame) {
+                // Owned, so a produce's batch can go to the engine as it is: shared, not copied.
+                let frame = input.frame(len);
+                match decode_request(&frame) {
                     Ok((header, request)) => {
                         let Some(hold) = acquire(handler.cost(len, &request)) else {
                             return Stop::Parked;
@@ -68,7 +114,7 @@ pub fn handle_frames(
                             None => None,
                         };
                         let reply = Reply::new(header.correlation_id, tx.clone(), hold);
-                        handler.handle(request, reply, conn, shard_hold);
+                        handler.handle(request, &frame, reply, conn, shard_hold);
                     }
                     Err(bad) => {
                         log::warn!("{peer}: {bad}");

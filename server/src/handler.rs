@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{unbounded, Sender};
 use keel_engine::guest::on_shard_thread;
 use keel_engine::{shard_for, Engine, EngineError};
@@ -161,6 +162,7 @@ impl Handler {
     pub fn handle(
         &self,
         request: Request<'_>,
+        frame: &Bytes,
         reply: Reply,
         conn: u64,
         shard_hold: Option<BudgetHold>,
@@ -220,7 +222,7 @@ impl Handler {
                 target,
                 batch,
                 ..
-            } => self.produce(topic, target, batch, reply, shard_hold),
+            } => self.produce(topic, target, owned_part(frame, batch), reply, shard_hold),
             Request::Fetch {
                 topic,
                 partition,
@@ -300,7 +302,7 @@ impl Handler {
         &self,
         topic: String,
         target: PartitionTarget<'_>,
-        batch: &[u8],
+        batch: Bytes,
         reply: Reply,
         shard_hold: Option<BudgetHold>,
     ) {
@@ -314,21 +316,32 @@ impl Handler {
         let long_poll = Arc::clone(&self.long_poll);
         let groups = Arc::clone(&self.groups);
         let name = topic.clone();
-        self.engine
-            .append(&topic, partition, batch.to_vec(), move |result| {
-                drop(shard_hold);
-                match result {
-                    Ok(range) => {
-                        reply.ok(&Response::Produce {
-                            partition,
-                            first_offset: range.first,
-                            last_offset: range.last,
-                        });
-                        long_poll.appended(&name, partition);
-                        groups.appended(&name);
-                    }
-                    Err(e) => reply.engine_error(&e),
+        self.engine.append(&topic, partition, batch, move |result| {
+            drop(shard_hold);
+            match result {
+                Ok(range) => {
+                    reply.ok(&Response::Produce {
+                        partition,
+                        first_offset: range.first,
+                        last_offset: range.last,
+                    });
+                    long_poll.appended(&name, partition);
+                    groups.appended(&name);
                 }
-            });
+                Err(e) => reply.engine_error(&e),
+            }
+        });
+    }
+}
+
+/// `part` (a slice of `frame`, as decoded) as a shared slice of the frame's own bytes; a copy
+/// only if it is not inside the frame, which decoding does not produce.
+fn owned_part(frame: &Bytes, part: &[u8]) -> Bytes {
+    let inside = frame.as_ptr_range();
+    let range = part.as_ptr_range();
+    if inside.start <= range.start && range.end <= inside.end {
+        frame.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }

@@ -21,6 +21,7 @@ mod handler;
 pub mod logger;
 mod metrics;
 mod partitioner;
+mod recv_buf;
 mod reply;
 mod ring_conns;
 mod server;

@@ -20,11 +20,11 @@ use keel_engine::io::Waker;
 
 use crate::answers::{notifying_answer_queue, AnswerRx, AnswerTx};
 use crate::budget::{BudgetHold, ByteBudget};
-use crate::frames::{handle_frames, new_input, Stop};
+use crate::frames::{handle_frames, new_recv_buf, Stop};
 use crate::handler::Handler;
+use crate::recv_buf::RecvBuf;
 use crate::reply::Outgoing;
 use crate::server::{ReaderDone, WriterDone};
-use keel_protocol::FrameBuffer;
 
 /// The periodic check for sends that make no progress (connection 0 does not exist).
 const TICK_TOKEN: u64 = 3;
@@ -133,7 +133,7 @@ struct Conn {
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    input: FrameBuffer,
+    input: RecvBuf,
     budget: Arc<ByteBudget>,
     /// This connection's own sender, dropped when it stops reading.
     tx: Option<AnswerTx>,
@@ -323,7 +323,7 @@ impl Conns {
             id,
             stream: nc.stream,
             peer: nc.peer,
-            input: new_input(),
+            input: new_recv_buf(),
             budget: ByteBudget::new(self.inflight_bytes),
             tx: Some(tx),
             rx,
@@ -363,15 +363,16 @@ impl Conns {
         if c.recv_posted || c.parked || c.tx.is_none() || c.broken {
             return;
         }
-        let room = c.input.make_room();
+        let (room, room_len) = c.input.prepare_receive();
         let recv = opcode::Recv::new(
             types::Fd(c.stream.as_raw_fd()),
-            room.as_mut_ptr(),
-            room.len() as u32,
+            room,
+            u32::try_from(room_len).unwrap_or(u32::MAX),
         )
         .build();
-        // SAFETY: `room` is in c.input, not resized or dropped while recv_posted is set (make_room
-        // runs only before posting); the connection is freed only once nothing is posted.
+        // SAFETY: `room` is in c.input, not reallocated or dropped while recv_posted is set
+        // (prepare_receive runs only before posting); the connection is freed only once nothing
+        // is posted, or leaked after a ring failure.
         unsafe { ring.submit(recv, c.id << 2 | RECV) };
         c.recv_posted = true;
     }
@@ -389,7 +390,9 @@ impl Conns {
             c.stop_reading();
             return;
         }
-        c.input.filled(res as usize);
+        // SAFETY: the kernel wrote `res` bytes (positive, at most the length asked for) into the
+        // space the posted receive was given.
+        unsafe { c.input.received(res as usize) };
         self.handle_input(c, ring);
     }
 
