@@ -19,31 +19,42 @@ addr=127.0.0.1:${KEEL_AB_PORT:-7373}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-run() { # label binary
+run() { # label binary [produce flags]
+  local label=$1 bin=$2 pid line t0 t1
+  shift 2
   rm -rf "$dir"
-  "$2" --data-dir "$dir" --listen "$addr" --log-level warn >/dev/null 2>&1 &
-  local pid=$! line t0 t1
+  "$bin" --data-dir "$dir" --listen "$addr" --log-level warn >/dev/null 2>&1 &
+  pid=$!
+  server=$pid
   for _ in $(seq 50); do
     (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null && break
     sleep 0.1
   done
+  kill -0 "$pid" 2>/dev/null || { echo "$label: $bin did not start" >&2; exit 1; }
   t0=$(cpu_ticks "$pid")
-  line=$("$gen" produce --server "$addr" --partitions 2 --seconds "$seconds" "$@" 2>/dev/null |
-    grep -E '^\| [0-9]' | head -1)
+  line=$("$gen" produce --server "$addr" --partitions 2 --seconds "$seconds" "$@" |
+    grep -E '^\| [0-9]' | head -1) || { echo "$label: the produce run failed" >&2; exit 1; }
   t1=$(cpu_ticks "$pid")
   kill "$pid" && wait "$pid" || true
+  server=
   # The figures row: | messages | seconds | msg/s | MB/s |
-  echo "$line" | awk -F'|' -v label="$1" -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+  echo "$line" | awk -F'|' -v label="$label" -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
     '{ printf "%s %d msg/s, keeld %.3f µs CPU per message\n", label, $4, ticks / hz * 1e6 / $2 }'
 }
 
-for _ in $(seq "$rounds"); do
-  run old "$old" "$@"
-  run new "$new" "$@"
-done | tee /dev/stderr | awk '
+alternate() {
+  server=
+  # The loop runs in a pipeline's subshell: its own trap stops a server left by a failure.
+  trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$dir"' EXIT
+  for _ in $(seq "$rounds"); do
+    run old "$old" "$@"
+    run new "$new" "$@"
+  done
+}
+
+alternate "$@" | tee /dev/stderr | awk '
   { rate[$1] += $2; cpu[$1] += $5; n[$1]++ }
   END {
     for (k in n) printf "%s mean of %d: %.0f msg/s, %.3f µs CPU per message\n", k, n[k], rate[k] / n[k], cpu[k] / n[k]
     if (n["old"] && n["new"]) printf "new / old: %.3f msg/s, %.3f CPU per message\n", (rate["new"] / n["new"]) / (rate["old"] / n["old"]), (cpu["new"] / n["new"]) / (cpu["old"] / n["old"])
   }'
-rm -rf "$dir"
