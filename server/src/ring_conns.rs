@@ -370,9 +370,9 @@ impl Conns {
             u32::try_from(room_len).unwrap_or(u32::MAX),
         )
         .build();
-        // SAFETY: `room` is in c.input, not reallocated or dropped while recv_posted is set
-        // (prepare_receive runs only before posting); the connection is freed only once nothing
-        // is posted, or leaked after a ring failure.
+        // prepare_receive runs only before posting, and a connection is freed only once nothing
+        // is posted (or leaked after a ring failure).
+        // SAFETY: `room` stays allocated, unmoved and unread until the receive completes.
         unsafe { ring.submit(recv, c.id << 2 | RECV) };
         c.recv_posted = true;
     }
