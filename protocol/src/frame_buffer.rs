@@ -52,13 +52,7 @@ impl FrameBuffer {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        let frame_bytes = match self.buf.get(..SIZE_PREFIX_BYTES) {
-            Some(p) if self.end >= SIZE_PREFIX_BYTES => {
-                SIZE_PREFIX_BYTES + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize
-            }
-            _ => 0,
-        };
-        let room = frame_bytes.max(self.end + self.chunk / 2).max(self.chunk);
+        let room = read_room(&self.buf[..self.end], self.chunk);
         if self.buf.len() < room {
             self.buf.resize(room, 0);
         } else if self.buf.len() > 4 * self.chunk && room == self.chunk {
@@ -72,6 +66,17 @@ impl FrameBuffer {
     pub fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
     }
+}
+
+/// How many bytes a buffer holding `pending` (the start of a frame, or nothing) should have
+/// room for before its next read: the whole frame it starts (its size is known once the
+/// prefix is in), and at least half a `chunk` more than it holds, and at least a `chunk`.
+pub fn read_room(pending: &[u8], chunk: usize) -> usize {
+    let frame_bytes = match pending.get(..SIZE_PREFIX_BYTES) {
+        Some(p) => SIZE_PREFIX_BYTES + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize,
+        None => 0,
+    };
+    frame_bytes.max(pending.len() + chunk / 2).max(chunk)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub use frame::{
     frame_len, DecodeError, DEFAULT_MAX_FRAME_BYTES, REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
     SIZE_PREFIX_BYTES,
 };
-pub use frame_buffer::FrameBuffer;
+pub use frame_buffer::{read_room, FrameBuffer};
 pub use request::{
     decode_request, encode_request, BadRequest, JoinSettings, OffsetSpan, PartitionTarget, Request,
     RequestHeader, StartAt,

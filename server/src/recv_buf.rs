@@ -12,7 +12,7 @@
 //! a quiet connection holds a small buffer.
 
 use bytes::{Buf, Bytes, BytesMut};
-use keel_protocol::SIZE_PREFIX_BYTES;
+use keel_protocol::{read_room, SIZE_PREFIX_BYTES};
 
 /// Bytes received and not yet handled, then room for the next receive.
 pub struct RecvBuf {
@@ -63,12 +63,7 @@ impl RecvBuf {
     /// the unfinished frame, with room for the rest of it (its size is known once its prefix
     /// is in), and at least half a chunk.
     pub fn prepare_receive(&mut self) -> (*mut u8, usize) {
-        let unfinished = self.pending.len();
-        let frame_bytes = match self.pending.get(..SIZE_PREFIX_BYTES) {
-            Some(p) => SIZE_PREFIX_BYTES + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize,
-            None => 0,
-        };
-        let room = (frame_bytes.max(unfinished + self.chunk / 2)).max(self.chunk);
+        let room = read_room(&self.pending, self.chunk);
         self.next.clear();
         if self.next.capacity() < room {
             // The old allocation stays alive as long as frames taken from it do.
