@@ -281,3 +281,55 @@ pub fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Fills every partition of `topic` past the engine's retention size plus two segments,
+/// untimed, with `load`'s shape but 8-message batches (it is only filling), so that what is
+/// measured next is a log at its retention size: each roll drops the oldest segment and reuses
+/// its file. Gives up after two minutes.
+pub fn fill_to_retention(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<(), String> {
+    let cfg = engine.config();
+    let Some(keep) = cfg.retention_bytes else {
+        return Ok(());
+    };
+    let target = u64::from(load.partitions) * (keep + 2 * cfg.segment_bytes);
+    let before = engine.stats().bytes_written;
+    let fill = Load {
+        rate: None,
+        window: (load.window / 8).max(1),
+        messages_per_batch: 8,
+        seconds: 1.0,
+        ..load.clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let written = engine.stats().bytes_written - before;
+        if written >= target {
+            let reused = engine.stats().segments_recycled;
+            eprintln!(
+                "filled {} MiB past retention ({} MiB per partition); {reused} segment files reused so far",
+                written >> 20,
+                keep >> 20
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "filling {topic} to its retention size took over 2 minutes ({} of {} MiB)",
+                written >> 20,
+                target >> 20
+            ));
+        }
+        eprintln!(
+            "filling {topic} to its retention size: {} of {} MiB",
+            written >> 20,
+            target >> 20
+        );
+        let out = run(engine, topic, &fill)?;
+        if out.errors > 0 {
+            return Err(format!(
+                "{} appends failed while filling {topic}",
+                out.errors
+            ));
+        }
+    }
+}

@@ -77,6 +77,11 @@ enum Command {
         /// Message value size in bytes.
         #[arg(long, default_value_t = 1024)]
         message_bytes: usize,
+        /// Log each partition keeps, in MiB; 0 keeps everything. The topics are first filled
+        /// past it, untimed, so the figures are those of a log at its retention size, whose
+        /// new segments reuse dropped files (with 0: of a first fill, into fresh space).
+        #[arg(long, default_value_t = 1024)]
+        retention_mib: u64,
     },
     /// One engine workload with every knob exposed, for tuning.
     Load {
@@ -122,6 +127,11 @@ enum Command {
         /// Segment size in MiB.
         #[arg(long, default_value_t = 256)]
         segment_mib: u64,
+        /// Log each partition keeps, in MiB (default: everything). The log is first filled
+        /// past it, untimed, so the run measures a log at its retention size, whose new
+        /// segments reuse dropped files.
+        #[arg(long)]
+        retention_mib: Option<u64>,
     },
     /// Durable produce over loopback: the null server, keeld (a child process) and the engine
     /// in-process under the same workload, reported as ratios.
@@ -319,7 +329,14 @@ fn main() -> ExitCode {
             seconds,
             shards,
             message_bytes,
-        } => engine_suite(&dir, seconds, shards, message_bytes),
+            retention_mib,
+        } => engine_suite(
+            &dir,
+            seconds,
+            shards,
+            message_bytes,
+            (retention_mib > 0).then_some(retention_mib),
+        ),
         Command::Load {
             dir,
             seconds,
@@ -335,7 +352,19 @@ fn main() -> ExitCode {
             no_pin,
             portable,
             segment_mib,
-        } => open_engine(&dir, shards, !no_zero, !no_pin, portable, segment_mib).and_then(|(engine, data)| {
+            retention_mib,
+        } => open_engine(
+            &dir,
+            &EngineSetup {
+                shards,
+                zero_segments: !no_zero,
+                pin: !no_pin,
+                portable,
+                segment_mib,
+                retention_mib,
+            },
+        )
+        .and_then(|(engine, data)| {
             let partitions = partitions.unwrap_or(engine.config().shards as u32);
             let load = Load {
                 appenders,
@@ -350,7 +379,12 @@ fn main() -> ExitCode {
             let result = engine
                 .create_topic("load", partitions)
                 .map_err(|e| e.to_string())
-                .and_then(|()| engine_load::run(&engine, "load", &load));
+                .and_then(|()| {
+                    if retention_mib.is_some() {
+                        engine_load::fill_to_retention(&engine, "load", &load)?;
+                    }
+                    engine_load::run(&engine, "load", &load)
+                });
             drop(engine);
             let _ = std::fs::remove_dir_all(&data);
             let out = result?;
@@ -382,23 +416,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// How `keel-bench` sets up an in-process engine.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineSetup {
+    pub shards: Option<usize>,
+    pub zero_segments: bool,
+    pub pin: bool,
+    pub portable: bool,
+    pub segment_mib: u64,
+    /// Bytes each partition keeps, in MiB (`None`: everything).
+    pub retention_mib: Option<u64>,
+}
+
+impl Default for EngineSetup {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            zero_segments: true,
+            pin: true,
+            portable: false,
+            segment_mib: 256,
+            retention_mib: None,
+        }
+    }
+}
+
 pub(crate) fn open_engine(
     dir: &Path,
-    shards: Option<usize>,
-    zero_segments: bool,
-    pin: bool,
-    portable: bool,
-    segment_mib: u64,
+    setup: &EngineSetup,
 ) -> Result<(Arc<Engine>, PathBuf), String> {
     let data = dir.join(format!("keel-bench-{}", std::process::id()));
     let mut cfg = EngineConfig::new(&data);
-    cfg.zero_segments = zero_segments;
-    cfg.pin_shards = pin;
-    cfg.segment_bytes = segment_mib << 20;
-    if portable {
+    cfg.zero_segments = setup.zero_segments;
+    cfg.pin_shards = setup.pin;
+    cfg.segment_bytes = setup.segment_mib << 20;
+    cfg.retention_bytes = setup.retention_mib.map(|m| m << 20);
+    if setup.portable {
         cfg.io = keel_engine::IoMode::Portable;
     }
-    if let Some(n) = shards {
+    if let Some(n) = setup.shards {
         cfg.shards = n;
     }
     let engine = Engine::open(cfg)
@@ -411,10 +467,18 @@ fn engine_suite(
     seconds: f64,
     shards: Option<usize>,
     message_bytes: usize,
+    retention_mib: Option<u64>,
 ) -> Result<(), String> {
     let probe = probe::run(dir, seconds.min(3.0))
         .map_err(|e| format!("probe failed in {}: {e}", dir.display()))?;
-    let (engine, data) = open_engine(dir, shards, true, true, false, 256)?;
+    let (engine, data) = open_engine(
+        dir,
+        &EngineSetup {
+            shards,
+            retention_mib,
+            ..EngineSetup::default()
+        },
+    )?;
     let result = run_workloads(&engine, seconds, message_bytes, &probe);
     drop(engine);
     let _ = std::fs::remove_dir_all(&data);
@@ -455,6 +519,15 @@ fn run_workloads(
         partitions: shards,
         drivers: 2,
     };
+    engine_load::fill_to_retention(engine, "bandwidth", &single)?;
+    engine_load::fill_to_retention(
+        engine,
+        "group-commit",
+        &Load {
+            partitions: 1,
+            ..single.clone()
+        },
+    )?;
     let mut rows = Vec::new();
     let mut step = |name: &str, topic: &str, load: &Load| -> Result<Outcome, String> {
         eprintln!("engine: {name} for {seconds} s");
@@ -510,8 +583,26 @@ fn run_workloads(
             ..single.clone()
         },
     )?;
-    let written_mib = engine.stats().bytes_written >> 20;
-    Ok(report(probe, &rows, message_bytes, rss_start, written_mib))
+    let stats = engine.stats();
+    let mut text = report(
+        probe,
+        &rows,
+        message_bytes,
+        rss_start,
+        stats.bytes_written >> 20,
+    );
+    text += &match engine.config().retention_bytes {
+        Some(keep) => format!(
+            "Retention {} MiB per partition; each topic was filled past it (untimed) before its \
+             first workload, so every row measures a log at its retention size: {} segment files \
+             reused, {} deleted in all.\n",
+            keep >> 20,
+            stats.segments_recycled,
+            stats.segments_deleted
+        ),
+        None => "No retention: every row writes into fresh, never-written space.\n".to_string(),
+    };
+    Ok(text)
 }
 
 fn report(

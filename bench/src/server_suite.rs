@@ -234,7 +234,7 @@ pub(crate) fn engine_produce(
     partitions: u32,
     seconds: f64,
 ) -> Result<Figures, String> {
-    let (engine, data) = crate::open_engine(dir, None, true, true, false, 256)?;
+    let (engine, data) = crate::open_engine(dir, &crate::EngineSetup::default())?;
     let load = Load {
         appenders: shape.producers,
         window: (shape.window / shape.batch.max(1)).max(1),

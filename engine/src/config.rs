@@ -59,6 +59,10 @@ pub struct EngineConfig {
     /// `fdatasync` flushes data only instead of also committing extent changes (default true;
     /// costs one extra sequential write of every segment).
     pub zero_segments: bool,
+    /// Bytes of log each partition keeps at least (default `None`: keep everything). Once a
+    /// roll leaves more than this in older segments, the oldest whole segments beyond it are
+    /// dropped, and a dropped file is reused as the next segment (see `retention.rs`).
+    pub retention_bytes: Option<u64>,
     /// Disk backend.
     pub io: IoMode,
     /// What to do about corruption found when opening.
@@ -80,6 +84,7 @@ impl EngineConfig {
             max_pending_bytes: 16 << 20,
             queue_depth: 4096,
             zero_segments: true,
+            retention_bytes: None,
             io: IoMode::Uring,
             recovery: RecoveryMode::Strict,
         }
@@ -114,6 +119,9 @@ impl EngineConfig {
                 "max_batch_bytes must be 1..={room} (a flush less one block, at most half a segment), not {}",
                 self.max_batch_bytes
             ));
+        }
+        if self.retention_bytes == Some(0) {
+            return fail("retention_bytes must be positive (or unset, to keep everything)".into());
         }
         if self.max_pending_bytes < self.max_flush_bytes || self.queue_depth == 0 {
             return fail(

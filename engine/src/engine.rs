@@ -48,6 +48,10 @@ pub struct EngineStats {
     pub failed_flushes: u64,
     /// Disk reads issued by the read path.
     pub disk_reads: u64,
+    /// Segment files deleted by retention.
+    pub segments_deleted: u64,
+    /// Segment files retention reused as a partition's next segment.
+    pub segments_recycled: u64,
 }
 
 /// A running storage engine over one data directory.
@@ -389,6 +393,8 @@ impl Engine {
             total.bytes_written += get(&s.stats.bytes_written);
             total.failed_flushes += get(&s.stats.failed_flushes);
             total.disk_reads += get(&s.stats.disk_reads);
+            total.segments_deleted += get(&s.stats.segments_deleted);
+            total.segments_recycled += get(&s.stats.segments_recycled);
             s.stats.flush_io_us.add_to(&mut total.flush_io_us);
         }
         total

@@ -28,6 +28,7 @@ mod partition;
 mod prepare;
 mod read;
 pub mod recovery;
+mod retention;
 mod segment;
 mod shard;
 mod tail;

@@ -76,7 +76,7 @@ pub fn open_partition<D: Disk>(
                     .map_err(|e| EngineError::io("sync segment", &path, e))?;
             }
             let s = scan_file(io, file, &path, base, limits.max_batch_bytes)?;
-            let damage = damage(&s, is_last);
+            let damage = damage(&s, bases.get(i + 1).copied());
             let truncate_here = match (damage, cfg.recovery) {
                 (Some(detail), RecoveryMode::Strict) => {
                     return Err(EngineError::Corruption {
@@ -124,16 +124,24 @@ pub fn open_partition<D: Disk>(
     }
 }
 
-/// Why a scanned segment cannot be used as it is, if it cannot.
-fn damage(s: &Scan, is_last: bool) -> Option<String> {
+/// Why a scanned segment cannot be used as it is, if it cannot. `next_base` is the first
+/// offset of the segment after it, if there is one: a segment followed by a newer one must hold
+/// whole sealed flushes up to exactly that offset. What lies after its end does not matter (in
+/// a recycled file it is an older part of the log), as long as it proves no later flush.
+fn damage(s: &Scan, next_base: Option<u64>) -> Option<String> {
     let why = s.invalid.as_deref().unwrap_or("empty header");
     if let Some(at) = s.later_flush_at {
         return Some(format!(
             "{why}, yet a flush sealed later sits at byte {at}: data that was durable is damaged"
         ));
     }
-    if !is_last && (s.valid_end != s.sealed_end || s.dirty_end > s.valid_end) {
-        return Some(format!("{why}, in a segment followed by a newer one"));
+    let next_base = next_base?;
+    if s.valid_end != s.sealed_end || s.next_offset != next_base {
+        return Some(format!(
+            "{why}; the segment's log ends at offset {} but the next segment starts at \
+             {next_base}: data that was durable is damaged",
+            s.next_offset
+        ));
     }
     None
 }

@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::io::{Completion, Disk, IoKind, SyncAfter};
 use crate::layout::segment_file_name;
 use crate::prepare::NextSegment;
+use crate::retention::Retired;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
 use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
@@ -70,6 +71,8 @@ pub struct Limits {
     pub max_batch_bytes: usize,
     /// Largest flush.
     pub max_flush_bytes: usize,
+    /// Bytes of log kept at least, if not everything.
+    pub retention_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -79,6 +82,7 @@ impl Limits {
             segment_bytes: cfg.segment_bytes,
             max_batch_bytes: cfg.max_batch_bytes,
             max_flush_bytes: cfg.max_flush_bytes,
+            retention_bytes: cfg.retention_bytes,
         }
     }
 }
@@ -89,6 +93,10 @@ pub struct Partition {
     pub(crate) id: u32,
     pub(crate) dir: PathBuf,
     pub(crate) segments: Vec<Segment>,
+    /// A roll may have left more log than retention keeps.
+    pub(crate) retention_due: bool,
+    /// Segments dropped by retention so far, for the shard's counters.
+    pub(crate) retired: Retired,
     /// Next offset to assign.
     next_offset: u64,
     /// High watermark: every offset below it is durable.
@@ -98,8 +106,8 @@ pub struct Partition {
     flushing: Option<Flush>,
     pub(crate) tail: TailCache,
     poisoned: Option<EngineError>,
-    next_segment: Option<NextSegment>,
-    need_prepare: bool,
+    pub(crate) next_segment: Option<NextSegment>,
+    pub(crate) need_prepare: bool,
     zero_segments: bool,
     zeroing: Zeroing,
     /// Moving average of flush sizes: large flushes amortise the extent conversion, so zeroing
@@ -143,6 +151,8 @@ impl Partition {
             id,
             dir,
             segments,
+            retention_due: true,
+            retired: Retired::default(),
             next_offset: next,
             durable_next: next,
             pending: VecDeque::new(),
@@ -372,6 +382,9 @@ impl Partition {
             Vec::new(),
         ));
         self.need_prepare = true;
+        // Before the next segment is prepared: a dropped file can be it.
+        self.retention_due = true;
+        self.enforce_retention(disk);
         Ok(())
     }
 

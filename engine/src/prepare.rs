@@ -13,11 +13,23 @@ pub struct NextSegment {
     pub file: FileId,
     /// Its path.
     pub path: PathBuf,
-    /// Everything below this position has been overwritten with zeros.
+    /// Everything below this position has been overwritten (with zeros, or, in a recycled
+    /// file, with an older part of the log): no write below it converts an extent.
     pub zeroed_to: u64,
 }
 
 impl NextSegment {
+    /// A segment file retention dropped, already renamed to `path`: every block of its
+    /// `size` bytes was written, so it needs no zeroing. What it holds are offsets below the
+    /// log's start, which recovery tells apart from the log (docs/FORMAT.md).
+    pub fn recycled(file: FileId, path: PathBuf, size: u64) -> Self {
+        Self {
+            file,
+            path,
+            zeroed_to: size,
+        }
+    }
+
     /// Creates `dir/next.prep` with `size` bytes reserved, durable in its directory.
     pub fn create<D: Disk>(disk: &mut D, dir: &Path, size: u64) -> Result<Self> {
         let path = dir.join(PREPARED_SEGMENT);

@@ -113,6 +113,10 @@ pub struct ShardStats {
     pub failed_flushes: AtomicU64,
     /// Disk reads issued.
     pub disk_reads: AtomicU64,
+    /// Segment files retention deleted.
+    pub segments_deleted: AtomicU64,
+    /// Segment files retention kept as the next segment.
+    pub segments_recycled: AtomicU64,
     /// Microseconds from a flush's submission to both its write and its sync completing.
     pub flush_io_us: Log2Histogram,
 }
@@ -573,6 +577,14 @@ impl<D: Disk> Shard<D> {
                     &self.stats.failed_flushes
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                p.enforce_retention(&mut self.disk);
+                let retired = p.take_retired();
+                self.stats
+                    .segments_deleted
+                    .fetch_add(retired.deleted, Ordering::Relaxed);
+                self.stats
+                    .segments_recycled
+                    .fetch_add(retired.recycled, Ordering::Relaxed);
                 if done.ok {
                     self.stats.flush_io_us.record(done.io_us);
                     self.stats.syncs.fetch_add(1, Ordering::Relaxed);

@@ -84,8 +84,18 @@ pub fn one_record(value: &[u8]) -> Vec<u8> {
 
 /// Every batch of a partition, from offset 0 to the high watermark, as (base offset, bytes).
 pub fn read_all(engine: &Engine, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
+    read_from(engine, topic, partition, 0)
+}
+
+/// Every batch of a partition, from offset `from` to the high watermark, as (base offset,
+/// bytes).
+pub fn read_from(
+    engine: &Engine,
+    topic: &str,
+    partition: u32,
+    mut from: u64,
+) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut from = 0;
     loop {
         let r = engine
             .read_wait(topic, partition, from, 100_000)

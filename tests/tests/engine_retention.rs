@@ -1,0 +1,181 @@
+//! Retention: a partition keeps at least its retention size, drops its oldest segments beyond
+//! it, and reuses their files as new segments. A reused file still holds an older part of the
+//! log past the new data; reopening must take none of it for the log, yet still find real
+//! damage.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_engine::layout::{parse_segment_file_name, partition_dir};
+use keel_engine::{Engine, EngineConfig, EngineError};
+use keel_tests::{data_dir, random_batch, read_from, small_config, with_offset, Rng};
+
+const SEGMENT: u64 = 256 * 1024;
+const RETENTION: u64 = 3 * SEGMENT;
+
+fn config(dir: &Path) -> EngineConfig {
+    let mut cfg = small_config(dir, 1);
+    cfg.retention_bytes = Some(RETENTION);
+    assert_eq!(cfg.segment_bytes, SEGMENT);
+    cfg
+}
+
+/// Appends `count` random batches with up to 64 in flight; returns (offset, stored bytes) of
+/// each, in offset order.
+fn append_many(engine: &Engine, rng: &mut Rng, count: usize) -> Vec<(u64, Vec<u8>)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut sent = 0;
+    let mut out = Vec::new();
+    while out.len() < count {
+        while sent < count && sent - out.len() < 64 {
+            let records = 1 + rng.below(6) as usize;
+            let batch = random_batch(rng, records, 3000);
+            let tx = tx.clone();
+            let copy = batch.clone();
+            engine.append("r", 0, batch, move |r| {
+                let _ = tx.send(r.map(|range| (range.first, copy)));
+            });
+            sent += 1;
+        }
+        let (first, batch) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an append was not answered in 30 s")
+            .expect("append failed");
+        out.push((first, with_offset(&batch, first)));
+    }
+    out.sort_by_key(|(offset, _)| *offset);
+    out
+}
+
+/// The first offset the partition still has.
+fn log_start(engine: &Engine) -> u64 {
+    match engine.read_wait("r", 0, 0, 1) {
+        Err(EngineError::OffsetOutOfRange { start, .. }) => start,
+        Ok(_) => 0,
+        Err(e) => panic!("read at 0: {e}"),
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let part = partition_dir(dir, "r", 0);
+    let mut files: Vec<PathBuf> = fs::read_dir(&part)
+        .unwrap_or_else(|e| panic!("{}: {e}", part.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_segment_file_name)
+                .is_some()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// What the engine holds from its log start on equals what was appended there, byte for byte.
+fn assert_retained(engine: &Engine, appended: &[(u64, Vec<u8>)], context: &str) -> u64 {
+    let start = log_start(engine);
+    let expected: Vec<_> = appended
+        .iter()
+        .filter(|(o, _)| *o >= start)
+        .cloned()
+        .collect();
+    assert!(
+        expected.first().is_some_and(|(o, _)| *o == start),
+        "{context}: the log starts at a batch boundary ({start})"
+    );
+    let got = read_from(engine, "r", 0, start);
+    assert_eq!(got.len(), expected.len(), "{context}: batches kept");
+    assert!(got == expected, "{context}: kept batches differ");
+    let kept: u64 = expected.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(
+        kept + SEGMENT >= RETENTION,
+        "{context}: only {kept} bytes kept, retention is {RETENTION}"
+    );
+    start
+}
+
+#[test]
+fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftovers() {
+    let dir = data_dir();
+    let mut rng = Rng(0x7e7e_7105);
+    let engine = Engine::open(config(dir.path())).unwrap();
+    engine.create_topic("r", 1).unwrap();
+    let mut appended = append_many(&engine, &mut rng, 1500);
+
+    let stats = engine.stats();
+    assert!(
+        stats.segments_recycled >= 5,
+        "segment files were reused: {stats:?}"
+    );
+    let start = assert_retained(&engine, &appended, "after filling");
+    assert!(start > 0, "old segments were dropped");
+    match engine.read_wait("r", 0, start - 1, 1 << 20) {
+        Err(EngineError::OffsetOutOfRange {
+            offset, start: s, ..
+        }) => {
+            assert_eq!((offset, s), (start - 1, start));
+        }
+        other => panic!("a read below the log start must say so: {other:?}"),
+    }
+    let files = segment_files(dir.path());
+    assert!(
+        (3..=5).contains(&files.len()),
+        "retention keeps 3 to 5 segments of {SEGMENT} bytes, found {}",
+        files.len()
+    );
+    drop(engine);
+
+    // Every kept segment file but the first has been used before: what follows its data is
+    // an older part of the log, not damage.
+    for round in 0..2 {
+        let engine = Engine::open(config(dir.path()))
+            .unwrap_or_else(|e| panic!("reopen {round} over reused files: {e}"));
+        assert_retained(&engine, &appended, &format!("reopen {round}"));
+        appended.extend(append_many(&engine, &mut rng, 400));
+        assert_retained(&engine, &appended, &format!("after reopen {round}"));
+    }
+
+    // Real damage in a reused segment is still found: flip a byte inside a batch of the
+    // oldest kept segment, which later segments follow.
+    let start = {
+        let engine = Engine::open(config(dir.path())).unwrap();
+        log_start(&engine)
+    };
+    let oldest = segment_files(dir.path())[0].clone();
+    let victim = appended
+        .iter()
+        .find(|(o, _)| *o > start)
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    let mut bytes = fs::read(&oldest).unwrap();
+    let at = bytes
+        .windows(victim.len())
+        .position(|w| w == &victim[..])
+        .expect("the victim is in the oldest kept segment");
+    bytes[at + victim.len() / 2] ^= 0x20;
+    fs::write(&oldest, &bytes).unwrap();
+    match Engine::open(config(dir.path())) {
+        Err(EngineError::Corruption { path, position, .. }) => {
+            assert_eq!(path, oldest, "names the damaged file");
+            assert_eq!(position, at as u64, "names the damaged batch");
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("a damaged reused segment was opened"),
+    }
+}
+
+#[test]
+fn without_retention_nothing_is_dropped() {
+    let dir = data_dir();
+    let mut rng = Rng(0x0dd_5eed);
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    engine.create_topic("r", 1).unwrap();
+    let appended = append_many(&engine, &mut rng, 600);
+    let stats = engine.stats();
+    assert_eq!((stats.segments_recycled, stats.segments_deleted), (0, 0));
+    assert_eq!(log_start(&engine), 0);
+    assert!(read_from(&engine, "r", 0, 0) == appended);
+    assert!(segment_files(dir.path()).len() > 5);
+}
