@@ -294,6 +294,24 @@ impl PartitionDelivery {
         n
     }
 
+    /// The log no longer holds anything below `start` (retention dropped it), so nothing
+    /// below it can be delivered again: it counts as acknowledged. Returns how many of those
+    /// offsets had not been acknowledged.
+    pub fn skip_below(&mut self, start: u64) -> u64 {
+        let gone: Vec<u64> = self
+            .in_flight
+            .iter()
+            .map(|(o, _)| o)
+            .take_while(|&o| o < start)
+            .collect();
+        for o in gone {
+            self.take_in_flight(o);
+        }
+        self.redeliver.retain(|&o, _| o >= start);
+        self.next_new = self.next_new.max(start);
+        self.acks.skip_to(start)
+    }
+
     /// `offset` was copied to the dead-letter topic: it counts as acknowledged.
     pub fn dead_lettered(&mut self, offset: u64) {
         if self.ack(offset) {

@@ -97,11 +97,26 @@ impl AckState {
         }
     }
 
+    /// Counts every offset below `start` as acknowledged (the log no longer has them);
+    /// returns how many of those were not acknowledged before.
+    pub fn skip_to(&mut self, start: u64) -> u64 {
+        let Some(n) = start.checked_sub(self.committed).filter(|&n| n > 0) else {
+            return 0;
+        };
+        let marked: u64 = (0..n.min(WINDOW as u64))
+            .filter(|&d| self.window[d as usize / 8] & (1 << (d % 8)) != 0)
+            .count() as u64;
+        self.shift(usize::try_from(n).unwrap_or(usize::MAX));
+        self.advance();
+        n - marked
+    }
+
     /// Moves the window up by `n` offsets (all acknowledged): bytes move whole, then bits.
     fn shift(&mut self, n: usize) {
         let (bytes, bits) = (n / 8, n % 8);
         let old = *self.window;
         let at = |i: usize| old.get(i).copied().unwrap_or(0);
+        let bytes = bytes.min(BITMAP_BYTES);
         for i in 0..BITMAP_BYTES {
             let lo = at(i + bytes);
             self.window[i] = if bits == 0 {
@@ -110,7 +125,7 @@ impl AckState {
                 lo >> bits | at(i + bytes + 1) << (8 - bits)
             };
         }
-        self.committed += n as u64;
+        self.committed = self.committed.saturating_add(n as u64);
     }
 }
 
@@ -370,6 +385,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = OffsetTable::open(&dir.path().join("offsets"), slots).unwrap();
         (dir, t)
+    }
+
+    #[test]
+    fn skipping_counts_what_was_not_acknowledged_and_keeps_acks_above_the_start() {
+        let mut s = AckState::new(1, 100);
+        for o in [101, 103, 110, 111] {
+            assert!(s.mark(o));
+        }
+        assert_eq!(s.skip_to(90), 0, "below the committed offset: nothing");
+        assert_eq!(s.skip_to(105), 3, "100, 102 and 104 were not acknowledged");
+        assert_eq!(s.committed, 105);
+        assert!(s.is_acked(110) && s.is_acked(111) && !s.is_acked(106));
+        assert!(s.ack(105) && s.ack(106) && s.ack(107) && s.ack(108) && s.ack(109));
+        assert_eq!(
+            s.committed, 112,
+            "the acks kept above the start still count"
+        );
+        let far = 112 + 10 * WINDOW as u64;
+        assert_eq!(s.skip_to(far), 10 * WINDOW as u64);
+        assert_eq!(s.committed, far);
+        assert!(!s.is_acked(far));
     }
 
     #[test]

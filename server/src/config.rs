@@ -127,6 +127,9 @@ pub struct FileConfig {
     pub max_batch_bytes: Option<usize>,
     /// Zero segments in the background before use.
     pub zero_segments: Option<bool>,
+    /// Bytes of log each partition keeps at least (default: everything); older segments are
+    /// dropped and their files reused.
+    pub retention_bytes: Option<u64>,
     /// "uring" (default) or "portable" (pwrite + fdatasync; slower).
     pub io: Option<String>,
     /// How connections are served: "uring" (event loops) or "threads" (two per connection).
@@ -180,6 +183,7 @@ impl FileConfig {
         if let Some(z) = self.zero_segments {
             engine.zero_segments = z;
         }
+        engine.retention_bytes = self.retention_bytes;
         engine.io = match self.io.as_deref() {
             None | Some("uring") => IoMode::Uring,
             Some("portable") => IoMode::Portable,

@@ -516,3 +516,54 @@ fn a_nacked_message_goes_to_the_other_member() {
     assert_eq!(keys(&other), keys(&got));
     assert_eq!(other[0].delivery_count, 2);
 }
+
+/// A group that was behind when retention dropped the oldest segments goes on from the log's
+/// new start: every message still kept is delivered once, none from below the start, and
+/// what it held from the dropped part does not block it.
+#[test]
+fn a_group_behind_the_log_start_goes_on_from_it_after_retention() {
+    let dir = data_dir();
+    // Segments of 1 MiB (the harness's); keep at least 2 MiB.
+    let keeld = Keeld::start_with_config(dir.path(), "retention_bytes = 2097152\n", &[]);
+    let client = keeld.client();
+    client.create_topic("ret", 1).unwrap();
+    let m = join(&client, "ret", JoinSettings::default());
+    let early = produce(&client, "ret", 1, 5);
+    let held = client.consume(&m, 5, Duration::from_secs(5)).unwrap();
+    assert_eq!(keys(&held), early.keys().copied().collect());
+
+    // About 6 MiB more, so the first segments go while the group holds offsets 0..5.
+    let value = vec![0x5a; 8000];
+    let mut end = 0;
+    for _ in 0..26 {
+        let ack = client
+            .produce("ret", Target::Partition(0), vec![&value; 30])
+            .unwrap();
+        end = ack.first_offset + 30;
+    }
+    let below = |offset| {
+        client
+            .fetch("ret", 0, offset, keel_client::FetchOptions::default())
+            .err()
+            .and_then(|e| e.code())
+            == Some(keel_client::ErrorCode::OffsetOutOfRange)
+    };
+    assert!(below(0), "retention dropped the oldest segment");
+
+    let got = drain(&client, &m, 0, Duration::from_millis(500), true);
+    let first = got.iter().map(|d| d.message.offset).min().unwrap();
+    assert!(first > 5, "the group went past the dropped part");
+    assert!(
+        below(first - 1) && !below(first),
+        "{first} is the log's start"
+    );
+    let offsets: Vec<u64> = got.iter().map(|d| d.message.offset).collect();
+    assert_eq!(
+        offsets,
+        (first..end).collect::<Vec<_>>(),
+        "each kept message once, in order"
+    );
+    assert!(got
+        .iter()
+        .all(|d| d.message.value.as_deref() == Some(&value[..])));
+}

@@ -14,6 +14,39 @@ use super::{ConsumeJob, Groups, LiveGroup};
 /// Bytes one read asks for.
 const READ_BYTES: usize = 256 << 10;
 
+/// Reads from where partition `p` of the group wants to deliver next; `None` when the log has
+/// nothing there. When retention has dropped that part of the log, the group moves past it
+/// (what it had not acknowledged is gone: logged) and reads from the log's start instead.
+fn read_wanted(
+    engine: &Engine,
+    g: &LiveGroup,
+    p: u32,
+    now: Instant,
+) -> Result<Option<keel_engine::ReadResult>, EngineError> {
+    let topic = g.stored.topic.as_str();
+    for _ in 0..2 {
+        let Some(from) = g.partition(p).map(|d| d.next_wanted(now)) else {
+            return Ok(None);
+        };
+        match engine.read_wait(topic, p, from, READ_BYTES) {
+            Ok(r) => return Ok(Some(r)),
+            Err(EngineError::OffsetOutOfRange { start, .. }) if from < start => {
+                let lost = g.partition(p).map_or(0, |mut d| d.skip_below(start));
+                if lost > 0 {
+                    log::warn!(
+                        "group {} on {topic}/{p}: retention dropped {lost} messages it had not acknowledged; it goes on from offset {start}",
+                        g.stored.group
+                    );
+                }
+            }
+            // Nothing there yet (the log is shorter than the group's position).
+            Err(EngineError::OffsetOutOfRange { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// The messages of one partition for one answer.
 pub struct Part {
     partition: u32,
@@ -79,14 +112,8 @@ impl Groups {
             }
             let p = (start + i) % n;
             let now = Instant::now();
-            let Some(from) = g.partition(p).map(|d| d.next_wanted(now)) else {
+            let Some(read) = read_wanted(&engine, g, p, now)? else {
                 continue;
-            };
-            let read = match engine.read_wait(topic, p, from, READ_BYTES) {
-                Ok(r) => r,
-                // Nothing there (the log is shorter than the group's position).
-                Err(EngineError::OffsetOutOfRange { .. }) => continue,
-                Err(e) => return Err(e.into()),
             };
             let batch = match g.partition(p) {
                 Some(mut d) => d.next(member, others, room, read.high_watermark, now, ack_timeout),
