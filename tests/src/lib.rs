@@ -87,6 +87,32 @@ pub fn read_all(engine: &Engine, topic: &str, partition: u32) -> Vec<(u64, Vec<u
     read_from(engine, topic, partition, 0)
 }
 
+/// The first offset `partition` of `topic` still has (above 0 once retention dropped some).
+pub fn log_start(engine: &Engine, topic: &str, partition: u32) -> u64 {
+    match engine.read_wait(topic, partition, 0, 1) {
+        Err(keel_engine::EngineError::OffsetOutOfRange { start, .. }) => start,
+        Ok(_) => 0,
+        Err(e) => panic!("read {topic}/{partition} at 0: {e}"),
+    }
+}
+
+/// The segment files of a partition in the data directory `dir`, oldest first.
+pub fn segment_files(dir: &Path, topic: &str, partition: u32) -> Vec<PathBuf> {
+    let part = keel_engine::layout::partition_dir(dir, topic, partition);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&part)
+        .unwrap_or_else(|e| panic!("{}: {e}", part.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(keel_engine::layout::parse_segment_file_name)
+                .is_some()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// Every batch of a partition, from offset `from` to the high watermark, as (base offset,
 /// bytes).
 pub fn read_from(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use keel_engine::aligned::{AlignedBuf, BLOCK_BYTES};
 use keel_engine::io::{CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
 use keel_engine::{BatchView, CrashPlan, Engine, IoMode};
-use keel_tests::{crash_value, data_dir, one_record, read_from, small_config};
+use keel_tests::{crash_value, data_dir, log_start, one_record, read_from, small_config};
 
 const IN_FLIGHT: u64 = 256;
 
@@ -90,7 +90,7 @@ fn append_then_cut_power_with(
 /// Every acknowledged (partition, offset, value) the log still keeps (all of them, without
 /// retention) is in the log, at that offset, byte for byte. Returns how many were checked.
 fn assert_all_survive(engine: &Engine, acked: &[(u32, u64, Vec<u8>)], context: &str) -> usize {
-    let starts = [log_start(engine, 0), log_start(engine, 1)];
+    let starts = [log_start(engine, "pl", 0), log_start(engine, "pl", 1)];
     let logs = [
         read_from(engine, "pl", 0, starts[0]),
         read_from(engine, "pl", 1, starts[1]),
@@ -119,15 +119,6 @@ fn assert_all_survive(engine: &Engine, acked: &[(u32, u64, Vec<u8>)], context: &
         );
     }
     checked
-}
-
-/// The first offset `partition` still has.
-fn log_start(engine: &Engine, partition: u32) -> u64 {
-    match engine.read_wait("pl", partition, 0, 1) {
-        Err(keel_engine::EngineError::OffsetOutOfRange { start, .. }) => start,
-        Ok(_) => 0,
-        Err(e) => panic!("read {partition} at 0: {e}"),
-    }
 }
 
 #[test]
@@ -177,7 +168,10 @@ fn every_kept_acknowledged_append_survives_power_cuts_in_reused_segment_files() 
         let context = format!("round {round} ({undone} writes undone)");
         let checked = assert_all_survive(&engine, &all_acked, &context);
         assert!(checked > 0, "{context}: retention kept nothing to check");
-        assert!(log_start(&engine, 0) > 0, "{context}: nothing was dropped");
+        assert!(
+            log_start(&engine, "pl", 0) > 0,
+            "{context}: nothing was dropped"
+        );
     }
     assert!(reused >= 4, "segment files were reused {reused} times");
 }

@@ -5,7 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use keel_engine::{Engine, EngineError, RecoveryMode};
-use keel_tests::{data_dir, one_record, random_batch, read_all, small_config, with_offset, Rng};
+use keel_tests::{
+    data_dir, one_record, random_batch, read_all, segment_files, small_config, with_offset, Rng,
+};
 
 /// Fills one partition until its log spans segments, the last holding over 64 KiB. Returns
 /// every batch as stored (base offset, bytes).
@@ -14,23 +16,13 @@ fn build_log(dir: &Path) -> Vec<(u64, Vec<u8>)> {
     engine.create_topic("t", 1).unwrap();
     let mut rng = Rng(0xfeed);
     let mut log = Vec::new();
-    while segment_files(dir).len() < 2 || last_segment_data_end(dir, &log) < 80 * 1024 {
+    while segment_files(dir, "t", 0).len() < 2 || last_segment_data_end(dir, &log) < 80 * 1024 {
         let records = 1 + rng.below(4) as usize;
         let batch = random_batch(&mut rng, records, 1200);
         let r = engine.append_wait("t", 0, batch.clone()).unwrap();
         log.push((r.first, with_offset(&batch, r.first)));
     }
     log
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("topics/t/0"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Byte position of each batch in `file`, found by searching for its exact bytes (independent
@@ -51,7 +43,7 @@ fn positions(file: &[u8], log: &[(u64, Vec<u8>)]) -> Vec<(usize, usize)> {
 }
 
 fn last_segment_data_end(dir: &Path, log: &[(u64, Vec<u8>)]) -> usize {
-    let files = segment_files(dir);
+    let files = segment_files(dir, "t", 0);
     let Some(last) = files.last() else { return 0 };
     let bytes = fs::read(last).unwrap();
     let base: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
@@ -78,7 +70,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_torn_tail_at_every_512_byte_boundary_of_the_last_64_kib_is_cut_off() {
     let pristine = data_dir();
     let log = build_log(pristine.path());
-    let last_file = segment_files(pristine.path()).pop().unwrap();
+    let last_file = segment_files(pristine.path(), "t", 0).pop().unwrap();
     let base: u64 = last_file
         .file_stem()
         .unwrap()
@@ -105,7 +97,7 @@ fn a_torn_tail_at_every_512_byte_boundary_of_the_last_64_kib_is_cut_off() {
         let scratch = data_dir();
         copy_dir(pristine.path(), scratch.path());
         let _ = fs::remove_file(scratch.path().join("LOCK"));
-        let victim = segment_files(scratch.path()).pop().unwrap();
+        let victim = segment_files(scratch.path(), "t", 0).pop().unwrap();
         let mut bytes = fs::read(&victim).unwrap();
         bytes.truncate(cut);
         // Alternate: nothing after the cut, zeros, garbage.
@@ -157,7 +149,7 @@ fn a_torn_tail_at_every_512_byte_boundary_of_the_last_64_kib_is_cut_off() {
 
 /// Flips one byte inside batch `victim` of the log and returns (file, byte position).
 fn flip_inside(dir: &Path, log: &[(u64, Vec<u8>)], victim: usize) -> (PathBuf, usize) {
-    for file in segment_files(dir) {
+    for file in segment_files(dir, "t", 0) {
         let mut bytes = fs::read(&file).unwrap();
         let batch = &log[victim].1;
         if let Some(at) = bytes.windows(batch.len()).position(|w| w == &batch[..]) {

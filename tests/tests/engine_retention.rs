@@ -4,12 +4,13 @@
 //! damage.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use keel_engine::layout::{parse_segment_file_name, partition_dir};
 use keel_engine::{Engine, EngineConfig, EngineError};
-use keel_tests::{data_dir, random_batch, read_from, small_config, with_offset, Rng};
+use keel_tests::{
+    data_dir, log_start, random_batch, read_from, segment_files, small_config, with_offset, Rng,
+};
 
 const SEGMENT: u64 = 256 * 1024;
 const RETENTION: u64 = 3 * SEGMENT;
@@ -48,34 +49,9 @@ fn append_many(engine: &Engine, rng: &mut Rng, count: usize) -> Vec<(u64, Vec<u8
     out
 }
 
-/// The first offset the partition still has.
-fn log_start(engine: &Engine) -> u64 {
-    match engine.read_wait("r", 0, 0, 1) {
-        Err(EngineError::OffsetOutOfRange { start, .. }) => start,
-        Ok(_) => 0,
-        Err(e) => panic!("read at 0: {e}"),
-    }
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let part = partition_dir(dir, "r", 0);
-    let mut files: Vec<PathBuf> = fs::read_dir(&part)
-        .unwrap_or_else(|e| panic!("{}: {e}", part.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_segment_file_name)
-                .is_some()
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// What the engine holds from its log start on equals what was appended there, byte for byte.
 fn assert_retained(engine: &Engine, appended: &[(u64, Vec<u8>)], context: &str) -> u64 {
-    let start = log_start(engine);
+    let start = log_start(engine, "r", 0);
     let expected: Vec<_> = appended
         .iter()
         .filter(|(o, _)| *o >= start)
@@ -119,7 +95,7 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
         }
         other => panic!("a read below the log start must say so: {other:?}"),
     }
-    let files = segment_files(dir.path());
+    let files = segment_files(dir.path(), "r", 0);
     assert!(
         (3..=5).contains(&files.len()),
         "retention keeps 3 to 5 segments of {SEGMENT} bytes, found {}",
@@ -141,9 +117,9 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
     // oldest kept segment, which later segments follow.
     let start = {
         let engine = Engine::open(config(dir.path())).unwrap();
-        log_start(&engine)
+        log_start(&engine, "r", 0)
     };
-    let oldest = segment_files(dir.path())[0].clone();
+    let oldest = segment_files(dir.path(), "r", 0)[0].clone();
     let victim = appended
         .iter()
         .find(|(o, _)| *o > start)
@@ -175,7 +151,7 @@ fn without_retention_nothing_is_dropped() {
     let appended = append_many(&engine, &mut rng, 600);
     let stats = engine.stats();
     assert_eq!((stats.segments_recycled, stats.segments_deleted), (0, 0));
-    assert_eq!(log_start(&engine), 0);
+    assert_eq!(log_start(&engine, "r", 0), 0);
     assert!(read_from(&engine, "r", 0, 0) == appended);
-    assert!(segment_files(dir.path()).len() > 5);
+    assert!(segment_files(dir.path(), "r", 0).len() > 5);
 }
