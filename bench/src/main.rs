@@ -23,6 +23,7 @@ mod child;
 mod consume_suite;
 mod engine_load;
 mod figures;
+mod keeld_metrics;
 mod machine;
 mod net_load;
 mod null_server;
@@ -132,6 +133,10 @@ enum Command {
         /// segments reuse dropped files.
         #[arg(long)]
         retention_mib: Option<u64>,
+        /// Longest a flush waits for the appenders the last one answered, in µs (the
+        /// engine's `commit_linger`; 0 turns it off) [default: the engine's, 200].
+        #[arg(long)]
+        linger_us: Option<u64>,
     },
     /// Durable produce over loopback: the null server, keeld (a child process) and the engine
     /// in-process under the same workload, reported as ratios.
@@ -147,6 +152,17 @@ enum Command {
         /// The keeld binary [default: keeld next to this program].
         #[arg(long)]
         keeld: Option<PathBuf>,
+        /// MiB each partition keeps (keeld's `retention_bytes`, and the engine's); keeld and
+        /// the engine are filled past it, untimed, so the runs measure a log at its retention
+        /// size, whose new segments reuse already-written files. 0: no retention, every run
+        /// writes into fresh space (a first fill).
+        #[arg(long, default_value_t = 1024)]
+        retention_mib: u64,
+        /// Longest a flush waits for the producers the last one answered, in µs (keeld's
+        /// `commit_linger_us` and the engine's `commit_linger`; 0 turns it off) [default:
+        /// theirs, 200].
+        #[arg(long)]
+        linger_us: Option<u64>,
     },
     /// One produce workload against a running server (keeld or the null server).
     Produce {
@@ -261,7 +277,18 @@ fn main() -> ExitCode {
             seconds,
             shape,
             keeld,
-        } => server_suite::run(&dir, seconds, &shape, keeld),
+            retention_mib,
+            linger_us,
+        } => server_suite::run(
+            &dir,
+            seconds,
+            &shape,
+            keeld,
+            &server_suite::Storage {
+                retention_mib: (retention_mib > 0).then_some(retention_mib),
+                linger_us,
+            },
+        ),
         Command::Produce {
             server,
             topic,
@@ -353,6 +380,7 @@ fn main() -> ExitCode {
             portable,
             segment_mib,
             retention_mib,
+            linger_us,
         } => open_engine(
             &dir,
             &EngineSetup {
@@ -362,6 +390,7 @@ fn main() -> ExitCode {
                 portable,
                 segment_mib,
                 retention_mib,
+                linger_us,
             },
         )
         .and_then(|(engine, data)| {
@@ -426,6 +455,8 @@ pub(crate) struct EngineSetup {
     pub segment_mib: u64,
     /// Bytes each partition keeps, in MiB (`None`: everything).
     pub retention_mib: Option<u64>,
+    /// The engine's `commit_linger` in µs (`None`: its default).
+    pub linger_us: Option<u64>,
 }
 
 impl Default for EngineSetup {
@@ -437,6 +468,7 @@ impl Default for EngineSetup {
             portable: false,
             segment_mib: 256,
             retention_mib: None,
+            linger_us: None,
         }
     }
 }
@@ -451,6 +483,9 @@ pub(crate) fn open_engine(
     cfg.pin_shards = setup.pin;
     cfg.segment_bytes = setup.segment_mib << 20;
     cfg.retention_bytes = setup.retention_mib.map(|m| m << 20);
+    if let Some(us) = setup.linger_us {
+        cfg.commit_linger = std::time::Duration::from_micros(us);
+    }
     if setup.portable {
         cfg.io = keel_engine::IoMode::Portable;
     }

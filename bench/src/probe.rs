@@ -174,12 +174,12 @@ fn write_sync(
     buf: AlignedBuf,
     len: usize,
 ) -> io::Result<AlignedBuf> {
-    use keel_engine::io::{Disk, IoKind, SyncAfter};
+    use keel_engine::io::{Block, Disk, IoKind, SyncAfter};
     disk.submit_write(file, at, buf, len, 1, SyncAfter::ThisWrite);
     let (mut done, mut back) = (Vec::new(), None);
     let mut seen = 0;
     while seen < 2 {
-        disk.wait(&mut done, true)?;
+        disk.wait(&mut done, Block::Yes)?;
         for c in done.drain(..) {
             seen += 1;
             c.result?;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use keel_client::{Client, ErrorCode};
@@ -11,6 +12,7 @@ use keel_client::{Client, ErrorCode};
 use crate::child::ChildServer;
 use crate::engine_load::{self, Load};
 use crate::figures::Figures;
+use crate::keeld_metrics::KeeldMetrics;
 use crate::net_load::{self, NetLoad};
 
 /// The shape of the produce load.
@@ -104,9 +106,30 @@ pub fn produce_once(
     Ok(out)
 }
 
+/// Segment size keeld and the engine use in `keel-bench server` (keeld's default), written
+/// into keeld's config so that the fill target is computed from the size actually used.
+const SEGMENT_BYTES: u64 = 256 << 20;
+
+/// How keeld and the engine store what `keel-bench server` produces.
+#[derive(Debug, Clone, Default)]
+pub struct Storage {
+    /// MiB each partition keeps; both are filled past it, untimed, before each timed run, so
+    /// the figures are those of a log at its retention size (`None`: a first fill).
+    pub retention_mib: Option<u64>,
+    /// Commit linger in µs (`None`: their default).
+    pub linger_us: Option<u64>,
+}
+
 /// `keel-bench server`: the three measurements and a markdown report.
-pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> Result<(), String> {
+pub fn run(
+    dir: &Path,
+    seconds: f64,
+    shape: &Shape,
+    keeld: Option<PathBuf>,
+    storage: &Storage,
+) -> Result<(), String> {
     let keeld = keeld_binary(keeld)?;
+    let retention_mib = storage.retention_mib;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     let partitions = shards as u32;
 
@@ -120,13 +143,13 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     let mut keeld_outs = Vec::new();
     for net in ["shard", "uring", "threads"] {
         eprintln!("keeld --net {net}: {seconds} s");
-        let out = run_keeld(&keeld, dir, net, shape, partitions, seconds)?;
+        let (out, reused) = run_keeld(&keeld, dir, net, shape, partitions, seconds, storage)?;
         eprintln!("keeld --net {net}: {}", out.line());
-        keeld_outs.push((net, out));
+        keeld_outs.push((net, out, reused));
     }
 
     eprintln!("engine in-process: {seconds} s");
-    let engine_out = engine_produce(dir, shape, partitions, seconds)?;
+    let engine_out = engine_produce(dir, shape, partitions, seconds, storage)?;
 
     let verdict = |x: f64| if x >= 0.5 { "met" } else { "**missed**" };
     let mb = shape.message_bytes;
@@ -134,11 +157,27 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
         "{} producers x {} messages of {mb} B in flight, {} per request, {partitions} partitions, {seconds} s each\n",
         shape.producers, shape.window, shape.batch
     );
+    match retention_mib {
+        Some(mib) => println!(
+            "Retention {mib} MiB per partition, {} MiB segments: keeld and the engine were each \
+             filled past it, untimed, so every durable row writes over a log at its retention \
+             size (segment files reused during keeld's timed runs: {}).\n",
+            SEGMENT_BYTES >> 20,
+            keeld_outs
+                .iter()
+                .map(|(net, _, reused)| format!("{net} {reused}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => {
+            println!("No retention: every durable row writes into fresh, never-written space.\n")
+        }
+    }
     println!(
         "| system | msg/s | MB/s | produce→ack p50 / p90 / p99 / p99.9 / max |\n|---|---|---|---|"
     );
     let mut rows = vec![("null server (no storage)".to_string(), &null_out)];
-    for (net, out) in &keeld_outs {
+    for (net, out, _) in &keeld_outs {
         rows.push((format!("keeld --net {net} (durable)"), out));
     }
     rows.push(("engine in-process (durable)".to_string(), &engine_out));
@@ -151,7 +190,7 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
         );
     }
     println!("\n| ratio | measured | target | |\n|---|---|---|---|");
-    for (net, out) in &keeld_outs {
+    for (net, out, _) in &keeld_outs {
         let vs_null = out.msgs_per_s / null_out.msgs_per_s;
         let vs_engine = out.msgs_per_s / engine_out.msgs_per_s;
         println!(
@@ -166,7 +205,9 @@ pub fn run(dir: &Path, seconds: f64, shape: &Shape, keeld: Option<PathBuf>) -> R
     Ok(())
 }
 
-/// Starts keeld with `--net net` on a fresh data directory, loads it, stops it.
+/// Starts keeld with `--net net` on a fresh data directory, fills it to its retention size
+/// (if any), loads it, stops it. Returns the figures and the segment files retention reused
+/// during the timed load.
 fn run_keeld(
     keeld: &Path,
     dir: &Path,
@@ -174,16 +215,88 @@ fn run_keeld(
     shape: &Shape,
     partitions: u32,
     seconds: f64,
-) -> Result<Figures, String> {
-    let (server, data) = start_keeld(keeld, dir, &["--net", net])?;
-    let out = create_topic(&server.addr, "produce", partitions).and_then(|()| {
-        net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))
-    });
+    storage: &Storage,
+) -> Result<(Figures, u64), String> {
+    let retention_mib = storage.retention_mib;
+    let metrics = KeeldMetrics::on_free_port()?;
+    let config = dir.join(format!("keel-bench-keeld-{}.toml", std::process::id()));
+    let mut text = format!("segment_bytes = {SEGMENT_BYTES}\n");
+    if let Some(mib) = retention_mib {
+        text += &format!("retention_bytes = {}\n", mib << 20);
+    }
+    if let Some(us) = storage.linger_us {
+        text += &format!("commit_linger_us = {us}\n");
+    }
+    std::fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
+    let config_arg = config.display().to_string();
+    let listen_metrics = metrics.listen_arg();
+    let started = start_keeld(
+        keeld,
+        dir,
+        &[
+            "--net",
+            net,
+            "--config",
+            &config_arg,
+            "--metrics-listen",
+            &listen_metrics,
+        ],
+    );
+    let _ = std::fs::remove_file(&config);
+    let (server, data) = started?;
+    let out = create_topic(&server.addr, "produce", partitions)
+        .and_then(|()| match retention_mib {
+            Some(mib) => fill_keeld(&server.addr, &metrics, shape, partitions, mib),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            let before = metrics.sample("keel_segments_recycled_total")?;
+            let out = net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))?;
+            let after = metrics.sample("keel_segments_recycled_total")?;
+            Ok((out, (after - before) as u64))
+        });
     let stopped = server.stop();
     let _ = std::fs::remove_dir_all(&data);
     let out = out?;
     stopped?;
     Ok(out)
+}
+
+/// Produces, untimed, until keeld has written each partition's retention size and two
+/// segments more, so that its oldest segment files are being reused.
+fn fill_keeld(
+    addr: &str,
+    metrics: &KeeldMetrics,
+    shape: &Shape,
+    partitions: u32,
+    retention_mib: u64,
+) -> Result<(), String> {
+    let target = u64::from(partitions) * ((retention_mib << 20) + 2 * SEGMENT_BYTES);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let written = metrics.sample("keel_written_bytes_total")? as u64;
+        if written >= target {
+            let reused = metrics.sample("keel_segments_recycled_total")?;
+            eprintln!(
+                "keeld filled: {} MiB written, {reused} segment files reused so far",
+                written >> 20
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "filling keeld to its retention size took over 3 minutes ({} of {} MiB)",
+                written >> 20,
+                target >> 20
+            ));
+        }
+        eprintln!(
+            "filling keeld to its retention size: {} of {} MiB",
+            written >> 20,
+            target >> 20
+        );
+        net_load::run(&shape.net_load(addr, "produce", partitions, 2.0))?;
+    }
 }
 
 /// The keeld to measure: `--keeld`, or the one built next to this program.
@@ -227,14 +340,22 @@ pub(crate) fn start_null_server() -> Result<ChildServer, String> {
 }
 
 /// The same produce shape against the engine in-process (storage alone, no network), on a
-/// fresh data directory under `dir`, removed after.
+/// fresh data directory under `dir` (filled to `retention_mib` per partition first, untimed,
+/// when given), removed after.
 pub(crate) fn engine_produce(
     dir: &Path,
     shape: &Shape,
     partitions: u32,
     seconds: f64,
+    storage: &Storage,
 ) -> Result<Figures, String> {
-    let (engine, data) = crate::open_engine(dir, &crate::EngineSetup::default())?;
+    let setup = crate::EngineSetup {
+        retention_mib: storage.retention_mib,
+        linger_us: storage.linger_us,
+        segment_mib: SEGMENT_BYTES >> 20,
+        ..crate::EngineSetup::default()
+    };
+    let (engine, data) = crate::open_engine(dir, &setup)?;
     let load = Load {
         appenders: shape.producers,
         window: (shape.window / shape.batch.max(1)).max(1),
@@ -248,6 +369,7 @@ pub(crate) fn engine_produce(
     let out = engine
         .create_topic("produce", partitions)
         .map_err(|e| e.to_string())
+        .and_then(|()| engine_load::fill_to_retention(&engine, "produce", &load))
         .and_then(|()| engine_load::run(&engine, "produce", &load));
     drop(engine);
     let _ = std::fs::remove_dir_all(&data);

@@ -17,7 +17,7 @@ use crate::peers::{self, Peer, PeerAddrs, PeerBacklog, PeerLoad};
 use crate::plot;
 use crate::probe::{self, Probe};
 use crate::server_suite::{
-    create_topic, engine_produce, keeld_binary, start_keeld, start_null_server, Shape,
+    create_topic, engine_produce, keeld_binary, start_keeld, start_null_server, Shape, Storage,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -216,7 +216,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             message_bytes: MESSAGE_BYTES,
             rate: None,
         };
-        engine_produce(&args.dir, &shape, per_shard, seconds)
+        engine_produce(&args.dir, &shape, per_shard, seconds, &Storage::default())
     });
 
     let (server, data) = start_keeld(&keeld, &args.dir, &[])?;

@@ -5,7 +5,7 @@
 use std::io;
 
 use crate::aligned::AlignedBuf;
-use crate::io::{Completion, Disk, FileId, IoKind, SyncAfter};
+use crate::io::{Block, Completion, Disk, FileId, IoKind, SyncAfter};
 use crate::recovery::ReadAt;
 
 /// Borrowed access to a shard's disk for blocking reads and writes.
@@ -23,7 +23,7 @@ impl<D: Disk> BlockingIo<'_, D> {
         let mut mine = Vec::new();
         let mut batch = Vec::new();
         while mine.len() < kinds {
-            if let Err(e) = self.disk.wait(&mut batch, true) {
+            if let Err(e) = self.disk.wait(&mut batch, Block::Yes) {
                 mine.push(Completion {
                     token: self.token,
                     kind: IoKind::Sync,

@@ -52,6 +52,10 @@ pub struct EngineStats {
     pub segments_deleted: u64,
     /// Segment files retention reused as a partition's next segment.
     pub segments_recycled: u64,
+    /// Flushes that waited for the appenders the last flush answered (`commit_linger`).
+    pub flushes_held: u64,
+    /// Of those, the ones that went when their wait ran out, not all of them back.
+    pub holds_expired: u64,
 }
 
 /// A running storage engine over one data directory.
@@ -395,6 +399,8 @@ impl Engine {
             total.disk_reads += get(&s.stats.disk_reads);
             total.segments_deleted += get(&s.stats.segments_deleted);
             total.segments_recycled += get(&s.stats.segments_recycled);
+            total.flushes_held += get(&s.stats.flushes_held);
+            total.holds_expired += get(&s.stats.holds_expired);
             s.stats.flush_io_us.add_to(&mut total.flush_io_us);
         }
         total

@@ -22,6 +22,7 @@ pub mod histogram;
 mod in_flight;
 pub mod io;
 pub mod layout;
+mod linger;
 pub mod offsets;
 mod open;
 mod partition;

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -14,6 +15,7 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::io::{Completion, Disk, IoKind, SyncAfter};
 use crate::layout::segment_file_name;
+use crate::linger::{Hold, Linger};
 use crate::prepare::NextSegment;
 use crate::retention::Retired;
 use crate::segment::Segment;
@@ -117,6 +119,8 @@ pub struct Partition {
     /// Disk reads in flight; the partition may not be closed while any are.
     pub(crate) reads_in_flight: usize,
     pub(crate) limits: Limits,
+    /// Whether the next flush waits a moment for the appenders the last one answered.
+    linger: Linger,
 }
 
 /// What a completed flush did, for the shard's counters.
@@ -168,6 +172,7 @@ impl Partition {
             spare: Vec::new(),
             reads_in_flight: 0,
             limits,
+            linger: Linger::new(cfg.commit_linger),
         }
     }
 
@@ -184,6 +189,28 @@ impl Partition {
     /// True when appends are gathered and no flush is running.
     pub fn wants_flush(&self) -> bool {
         self.flushing.is_none() && !self.pending.is_empty()
+    }
+
+    /// Whether the next flush should wait a moment for more appends (`linger.rs`). Only a
+    /// lone gather well below the flush limit waits.
+    pub fn hold_flush(&mut self, now: Instant) -> Hold {
+        let Some(g) = self.pending.front() else {
+            return Hold::Go;
+        };
+        if self.pending.len() > 1
+            || self.poisoned.is_some()
+            || g.len >= self.limits.max_flush_bytes / 2
+        {
+            self.linger.reset();
+            return Hold::Go;
+        }
+        self.linger.hold(g.waiters.len(), now)
+    }
+
+    /// Appends still expected before a held flush goes (0 when none is held).
+    pub fn linger_missing(&self) -> usize {
+        self.linger
+            .missing(self.pending.front().map_or(0, |g| g.waiters.len()))
     }
 
     /// First offset kept.
@@ -331,8 +358,9 @@ impl Partition {
         // Nothing earlier in the file waits for this flush's sync: the previous flush was
         // durable before this one started, so its own durability is all it needs.
         disk.submit_write(seg.file, g.start_pos, buf, len, token, SyncAfter::ThisWrite);
+        self.linger.reset();
         self.flushing = Some(Flush {
-            submitted: std::time::Instant::now(),
+            submitted: Instant::now(),
             gather: g,
             len,
             buf: None,
@@ -422,6 +450,13 @@ impl Partition {
             Ok(()) => self.commit(f),
             Err(e) => self.poison(f, e),
         };
+        if ok {
+            let gathered = self.pending.iter().map(|g| g.waiters.len()).sum();
+            self.linger
+                .flush_done(appends, gathered, Duration::from_micros(io_us));
+        } else {
+            self.linger.reset();
+        }
         Some(FlushDone {
             appends,
             bytes,
@@ -589,7 +624,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::MemDisk;
+    use crate::io::{Block, MemDisk};
     use crate::zeroing::ZERO_CHUNK_BYTES;
 
     fn batch(value_len: usize) -> Bytes {
@@ -598,33 +633,142 @@ mod tests {
         b.build().into()
     }
 
-    #[test]
-    fn a_roll_waits_for_the_zero_write_in_flight_in_the_next_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut disk = MemDisk::new().unwrap();
-        let mut cfg = EngineConfig::new(dir.path());
+    /// A fresh partition in `dir` on `disk`: 1 MiB segments and flushes.
+    fn partition(disk: &mut MemDisk, dir: &std::path::Path, commit_linger: Duration) -> Partition {
+        let mut cfg = EngineConfig::new(dir);
         cfg.segment_bytes = 1 << 20;
         cfg.max_flush_bytes = 1 << 20;
         cfg.max_batch_bytes = 256 << 10;
-        let first = disk
-            .open(&dir.path().join(segment_file_name(0)), true)
-            .unwrap();
+        cfg.commit_linger = commit_linger;
+        let first = disk.open(&dir.join(segment_file_name(0)), true).unwrap();
         let segments = vec![Segment::new(
             0,
-            dir.path().join(segment_file_name(0)),
+            dir.join(segment_file_name(0)),
             first,
             0,
             0,
             Vec::new(),
         )];
-        let mut p = Partition::new(
+        Partition::new(
             Arc::from("t"),
             0,
-            dir.path().to_path_buf(),
+            dir.to_path_buf(),
             segments,
             Limits::from_config(&cfg),
             &cfg,
+        )
+    }
+
+    /// Completes every operation the disk holds and hands the flush's completions to `p`;
+    /// returns what the flush did once it is done.
+    fn complete_flush(disk: &mut MemDisk, p: &mut Partition) -> Option<FlushDone> {
+        while disk.complete(0).is_some() {}
+        let mut c = Vec::new();
+        disk.wait(&mut c, Block::No).unwrap();
+        c.into_iter()
+            .filter_map(|c| p.on_flush_completion(c))
+            .last()
+    }
+
+    #[test]
+    fn after_a_flush_that_answered_more_than_gathered_the_next_one_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let linger = Duration::from_secs(5);
+        let mut p = partition(&mut disk, dir.path(), linger);
+        let done = |_r: Result<OffsetRange>| {};
+        // Flush 1 carries 6 appends; 2 more arrive while it runs.
+        for _ in 0..6 {
+            p.append(batch(100), Box::new(done));
+        }
+        assert_eq!(
+            p.hold_flush(Instant::now()),
+            Hold::Go,
+            "nothing expected yet"
         );
+        let submitted = Instant::now();
+        assert!(p.start_flush(&mut disk, 1));
+        for _ in 0..2 {
+            p.append(batch(100), Box::new(done));
+        }
+        // The write+sync "takes" 20 ms: the wait may last up to half of it.
+        std::thread::sleep(Duration::from_millis(20));
+        let flushed = complete_flush(&mut disk, &mut p).unwrap();
+        assert_eq!((flushed.appends, flushed.ok), (6, true));
+        let t0 = Instant::now();
+        let Hold::Wait { until, began: true } = p.hold_flush(t0) else {
+            panic!("2 gathered against 6 answered: the next flush must wait");
+        };
+        let io_at_most = t0 - submitted;
+        assert!(
+            until >= t0 + Duration::from_millis(10) && until <= t0 + io_at_most / 2,
+            "the wait is half the flush's I/O time (at least 20 ms, at most {io_at_most:?}): {:?}",
+            until - t0
+        );
+        assert_eq!(p.linger_missing(), 6, "6 + 2 expected, 2 in");
+        // Five of the six come back: still waiting, for the same deadline.
+        for _ in 0..5 {
+            p.append(batch(100), Box::new(done));
+        }
+        assert_eq!(
+            p.hold_flush(Instant::now()),
+            Hold::Wait {
+                until,
+                began: false
+            }
+        );
+        assert_eq!(p.linger_missing(), 1);
+        // The last one: the flush goes with all 8.
+        p.append(batch(100), Box::new(done));
+        assert_eq!(p.hold_flush(Instant::now()), Hold::Go);
+        assert!(p.start_flush(&mut disk, 2));
+        let flushed = complete_flush(&mut disk, &mut p).unwrap();
+        assert_eq!(flushed.appends, 8);
+        // Nobody is gathered and 8 were answered; one comes back and the rest never do: at
+        // the deadline it goes without them.
+        p.append(batch(100), Box::new(done));
+        let Hold::Wait { until, .. } = p.hold_flush(Instant::now()) else {
+            panic!("1 of 8 back: the flush waits");
+        };
+        assert_eq!(p.hold_flush(until), Hold::GoAtDeadline);
+        assert!(p.start_flush(&mut disk, 3));
+    }
+
+    #[test]
+    fn a_flush_never_waits_when_linger_is_off_or_the_gather_is_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut off = partition(&mut disk, dir.path(), Duration::ZERO);
+        let done = |_r: Result<OffsetRange>| {};
+        for _ in 0..4 {
+            off.append(batch(100), Box::new(done));
+        }
+        assert!(off.start_flush(&mut disk, 1));
+        std::thread::sleep(Duration::from_millis(2));
+        complete_flush(&mut disk, &mut off).unwrap();
+        off.append(batch(100), Box::new(done));
+        assert_eq!(off.hold_flush(Instant::now()), Hold::Go);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::from_secs(5));
+        for _ in 0..4 {
+            p.append(batch(100), Box::new(done));
+        }
+        assert!(p.start_flush(&mut disk, 2));
+        std::thread::sleep(Duration::from_millis(2));
+        complete_flush(&mut disk, &mut p).unwrap();
+        // Half a flush's worth gathered: it goes, whatever is still expected.
+        for _ in 0..3 {
+            p.append(batch(250_000), Box::new(done));
+        }
+        assert_eq!(p.hold_flush(Instant::now()), Hold::Go);
+    }
+
+    #[test]
+    fn a_roll_waits_for_the_zero_write_in_flight_in_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
         let done = |_r: Result<OffsetRange>| {};
 
         // Fill most of segment 0 in one flush; that flush also prepares the next segment.
@@ -637,7 +781,7 @@ mod tests {
         assert!(p.zero_step(&mut disk, 2));
         disk.complete(0);
         let mut c = Vec::new();
-        disk.wait(&mut c, false).unwrap();
+        disk.wait(&mut c, Block::No).unwrap();
         for c in c {
             p.on_flush_completion(c);
         }
@@ -664,7 +808,7 @@ mod tests {
         );
         disk.complete(0);
         let mut c = Vec::new();
-        disk.wait(&mut c, false).unwrap();
+        disk.wait(&mut c, Block::No).unwrap();
         for c in c {
             p.on_zero_completion(c);
         }

@@ -14,7 +14,8 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::guest::ShardGuest;
 use crate::histogram::Log2Histogram;
-use crate::io::{Completion, Disk, GuestCompletion, Waker, WAKE_BATCH};
+use crate::io::{Block, Completion, Disk, GuestCompletion, Waker, WAKE_BATCH};
+use crate::linger::Hold;
 use crate::open::open_partition;
 use crate::partition::Partition;
 use crate::read::DiskRead;
@@ -117,6 +118,10 @@ pub struct ShardStats {
     pub segments_deleted: AtomicU64,
     /// Segment files retention kept as the next segment.
     pub segments_recycled: AtomicU64,
+    /// Flushes that waited for the appenders the last flush answered (`linger.rs`).
+    pub flushes_held: AtomicU64,
+    /// Of those, the ones that went at their deadline with not all of them back.
+    pub holds_expired: AtomicU64,
     /// Microseconds from a flush's submission to both its write and its sync completing.
     pub flush_io_us: Log2Histogram,
 }
@@ -137,6 +142,20 @@ fn owned<'a>(
     topics
         .get_mut(topic)
         .and_then(|s| s.owned.get_mut(&partition))
+}
+
+/// Counts a flush that began to wait, or went at its deadline; the deadline while it waits.
+fn count_hold(stats: &ShardStats, hold: Hold) -> Option<Instant> {
+    match hold {
+        Hold::Wait { began: true, .. } => {
+            stats.flushes_held.fetch_add(1, Ordering::Relaxed);
+        }
+        Hold::GoAtDeadline => {
+            stats.holds_expired.fetch_add(1, Ordering::Relaxed);
+        }
+        Hold::Wait { .. } | Hold::Go => {}
+    }
+    hold.until()
 }
 
 /// What an in-flight operation belongs to.
@@ -165,6 +184,10 @@ pub struct Shard<D> {
     next_token: u64,
     deferred: Vec<Completion>,
     to_flush: Vec<(Arc<str>, u32)>,
+    /// Partitions whose next flush waits a moment for more appends (`linger.rs`), and the
+    /// earliest moment one of them goes anyway.
+    lingering: Vec<(Arc<str>, u32)>,
+    linger_until: Option<Instant>,
     /// A partition holds more unflushed bytes than allowed: take no requests until it drains.
     throttled: bool,
     stopping: bool,
@@ -195,6 +218,8 @@ impl<D: Disk> Shard<D> {
             next_token: 1,
             deferred: Vec::new(),
             to_flush: Vec::new(),
+            lingering: Vec::new(),
+            linger_until: None,
             throttled: false,
             stopping: false,
         }
@@ -230,6 +255,7 @@ impl<D: Disk> Shard<D> {
                 && self.ops.is_empty()
                 && self.deferred.is_empty()
                 && self.to_flush.is_empty()
+                && self.lingering.is_empty()
                 && self.guest_wound_down(&mut idle_since)
             {
                 break;
@@ -239,20 +265,23 @@ impl<D: Disk> Shard<D> {
             // parking closes the race with senders (and with threads handing the guest work).
             let mut block = took < COMMANDS_PER_TURN_MAX && self.deferred.is_empty();
             if block {
-                let busy = !self.ops.is_empty();
-                self.waker.park(busy);
+                let wake_at = self.wake_at();
+                self.waker.park(wake_at);
                 let queued = self.rx.len() + self.peer_rx.len();
-                let must_take = if busy {
-                    queued >= WAKE_BATCH
-                } else {
-                    queued > 0
-                };
-                if (must_take && !self.throttled)
+                if (queued >= wake_at && !self.throttled)
                     || self.guest.as_ref().is_some_and(|g| g.has_work())
                 {
                     block = false;
                 }
             }
+            let block = match (block, self.linger_until) {
+                (false, _) => Block::No,
+                (true, None) => Block::Yes,
+                (true, Some(until)) => match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Block::AtMost(left),
+                    _ => Block::No,
+                },
+            };
             completions.append(&mut self.deferred);
             if let Err(e) = self.disk.wait(&mut completions, block) {
                 log::error!("shard ring wait failed: {e}");
@@ -491,15 +520,51 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// How many queued requests should wake the sleeping shard: with I/O in flight its
+    /// completion will, so only a batch of them; while a flush waits for appends, as many as
+    /// it waits for; otherwise the first.
+    fn wake_at(&self) -> usize {
+        let missing = self
+            .lingering
+            .iter()
+            .filter_map(|(t, p)| self.topics.get(t)?.owned.get(p))
+            .map(Partition::linger_missing)
+            .filter(|&n| n > 0)
+            .min();
+        match missing {
+            Some(n) => n.min(WAKE_BATCH),
+            None if !self.ops.is_empty() => WAKE_BATCH,
+            None => 1,
+        }
+    }
+
     fn start_flushes(&mut self) {
         let mut list = std::mem::take(&mut self.to_flush);
+        // Held flushes are looked at again each turn: their appends may be in, or their time up.
+        list.append(&mut self.lingering);
+        self.linger_until = None;
+        let now = Instant::now();
         for (topic, partition) in list.drain(..) {
             let token = self.token();
+            let stopping = self.stopping;
             let Some(p) = owned(&mut self.topics, &topic, partition) else {
                 continue;
             };
             if !p.wants_flush() {
                 continue;
+            }
+            if !stopping {
+                if let Some(until) = count_hold(&self.stats, p.hold_flush(now)) {
+                    self.linger_until = Some(self.linger_until.map_or(until, |u| u.min(until)));
+                    if !self
+                        .lingering
+                        .iter()
+                        .any(|(t, i)| *i == partition && *t == topic)
+                    {
+                        self.lingering.push((topic, partition));
+                    }
+                    continue;
+                }
             }
             if p.start_flush(&mut self.disk, token) {
                 self.ops
@@ -564,8 +629,12 @@ impl<D: Disk> Shard<D> {
                 };
                 self.ops.remove(&token);
                 // Keep the disk busy: the next flush goes out before this one's appenders are
-                // answered.
-                if p.start_flush(&mut self.disk, next_token) {
+                // answered, unless it waits for them (then the shard's next turn decides).
+                let held = !self.stopping
+                    && count_hold(&self.stats, p.hold_flush(Instant::now())).is_some();
+                if held {
+                    self.to_flush.push((Arc::clone(&topic), partition));
+                } else if p.start_flush(&mut self.disk, next_token) {
                     self.ops
                         .insert(next_token, Owner::Flush(Arc::clone(&topic), partition));
                 } else if p.wants_flush() {

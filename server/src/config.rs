@@ -130,6 +130,9 @@ pub struct FileConfig {
     /// Bytes of log each partition keeps at least (default: everything); older segments are
     /// dropped and their files reused.
     pub retention_bytes: Option<u64>,
+    /// Longest a flush waits for the producers the last one answered, microseconds (default
+    /// 200; 0: never).
+    pub commit_linger_us: Option<u64>,
     /// "uring" (default) or "portable" (pwrite + fdatasync; slower).
     pub io: Option<String>,
     /// How connections are served: "uring" (event loops) or "threads" (two per connection).
@@ -184,6 +187,9 @@ impl FileConfig {
             engine.zero_segments = z;
         }
         engine.retention_bytes = self.retention_bytes;
+        if let Some(us) = self.commit_linger_us {
+            engine.commit_linger = std::time::Duration::from_micros(us);
+        }
         engine.io = match self.io.as_deref() {
             None | Some("uring") => IoMode::Uring,
             Some("portable") => IoMode::Portable,
@@ -322,10 +328,16 @@ mod tests {
 
     #[test]
     fn file_values_override_defaults_and_unknown_keys_are_refused() {
-        let f: FileConfig =
-            toml::from_str("listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\n").unwrap();
+        let f: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\ncommit_linger_us = 50\n",
+        )
+        .unwrap();
         let cfg = f.into_config().unwrap();
         assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(
+            cfg.engine.commit_linger,
+            std::time::Duration::from_micros(50)
+        );
         assert_eq!(cfg.engine.shards, 3);
         assert!(matches!(cfg.engine.io, IoMode::Portable));
 

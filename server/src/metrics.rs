@@ -244,6 +244,26 @@ pub fn render(sources: &Sources) -> String {
                 "Reads that went to the disk (not the in-memory tail).",
                 s.disk_reads,
             ),
+            (
+                "keel_segments_recycled_total",
+                "Segment files retention reused as a partition's next segment.",
+                s.segments_recycled,
+            ),
+            (
+                "keel_segments_deleted_total",
+                "Segment files retention deleted.",
+                s.segments_deleted,
+            ),
+            (
+                "keel_flushes_held_total",
+                "Group commits that waited for the producers the last one answered (commit_linger_us).",
+                s.flushes_held,
+            ),
+            (
+                "keel_flush_holds_expired_total",
+                "Of those, the ones that went when the wait ran out, not all of them back.",
+                s.holds_expired,
+            ),
         ] {
             out.family(name, "counter", help);
             out.sample(name, &[], value);

@@ -139,7 +139,7 @@ impl Loop {
                 OwnRing(&mut self.ring).push(&read);
                 self.wake_posted = true;
             }
-            self.waker().park(false);
+            self.waker().park(1);
             let want = usize::from(!self.conns.has_work());
             if let Err(e) = self.submit_and_wait(want) {
                 log::error!("network loop: io_uring failed: {e}; closing its connections");

@@ -2,8 +2,9 @@
 //! still gets its own dense offsets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use keel_engine::Engine;
+use keel_engine::{Engine, IoMode};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 #[test]
@@ -33,7 +34,7 @@ fn sixty_four_appenders_share_fdatasyncs() {
     }
     let mut acked: Vec<(u64, String)> = Vec::new();
     while acked.len() < APPENDERS * EACH {
-        let (appender, i, value, r) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        let (appender, i, value, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         acked.push((r.unwrap().first, value));
         if i + 1 < EACH {
             send(appender, i + 1);
@@ -57,6 +58,65 @@ fn sixty_four_appenders_share_fdatasyncs() {
     let offsets: Vec<u64> = acked.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (0..appends).collect::<Vec<_>>());
     let log = read_all(&engine, "gc", 0);
+    for ((offset, value), (base, bytes)) in acked.iter().zip(&log) {
+        assert_eq!(offset, base);
+        let view = keel_engine::BatchView::verify(bytes).unwrap();
+        let record = view.records().next().unwrap().unwrap();
+        assert_eq!(record.value, Some(value.as_bytes()));
+    }
+}
+
+#[test]
+fn a_flush_waiting_for_appenders_that_never_come_back_goes_at_its_deadline() {
+    lone_append_after_bursts(IoMode::Uring);
+}
+
+#[test]
+fn a_waiting_flush_goes_at_its_deadline_with_the_portable_backend_too() {
+    lone_append_after_bursts(IoMode::Portable);
+}
+
+fn lone_append_after_bursts(io: IoMode) {
+    let dir = data_dir();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.commit_linger = Duration::from_millis(100);
+    cfg.io = io;
+    let engine = Engine::open(cfg).unwrap();
+    engine.create_topic("lone", 1).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let send = |value: String| {
+        let tx = tx.clone();
+        engine.append("lone", 0, one_record(value.as_bytes()), move |r| {
+            let _ = tx.send((value, r));
+        });
+    };
+    let mut acked = Vec::new();
+    let mut rounds = 0;
+    // A burst of appends all at once, then one alone. The flush that answers the burst's last
+    // ones finds nobody gathered, so the lone append's flush waits for them; nobody else
+    // comes, and only its deadline can let it go. (How the burst splits into flushes is the
+    // scheduler's call, so rounds repeat until a wait has run out.)
+    while engine.stats().holds_expired == 0 {
+        rounds += 1;
+        assert!(rounds <= 50, "no flush waited in 50 rounds");
+        for i in 0..16 {
+            send(format!("round {rounds} burst {i}"));
+        }
+        for _ in 0..16 {
+            let (value, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            acked.push((r.unwrap().first, value));
+        }
+        send(format!("round {rounds} alone"));
+        let (value, r) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a held flush must go at its deadline");
+        acked.push((r.unwrap().first, value));
+    }
+    let stats = engine.stats();
+    assert!(stats.flushes_held >= stats.holds_expired);
+    acked.sort();
+    let log = read_all(&engine, "lone", 0);
+    assert_eq!(log.len(), acked.len());
     for ((offset, value), (base, bytes)) in acked.iter().zip(&log) {
         assert_eq!(offset, base);
         let view = keel_engine::BatchView::verify(bytes).unwrap();

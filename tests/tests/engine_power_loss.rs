@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_engine::aligned::{AlignedBuf, BLOCK_BYTES};
-use keel_engine::io::{CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
+use keel_engine::io::{Block, CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
 use keel_engine::{BatchView, CrashPlan, Engine, IoMode};
 use keel_tests::{crash_value, data_dir, log_start, one_record, read_from, small_config};
 
@@ -280,7 +280,7 @@ fn write_and_wait(
             "{sync:?}: only {kinds:?} completed"
         );
         std::thread::sleep(Duration::from_millis(1));
-        disk.wait(&mut done, false).unwrap();
+        disk.wait(&mut done, Block::No).unwrap();
         for c in done.drain(..) {
             assert_eq!(c.token, token);
             c.result.unwrap();

@@ -110,6 +110,49 @@ fn metrics_show_the_ack_window_filling_and_draining() {
 }
 
 #[test]
+fn metrics_count_the_segment_files_retention_reuses_and_deletes() {
+    let dir = data_dir();
+    // 1 MiB segments (the harness's), 2 MiB kept per partition.
+    let keeld = Keeld::start_with_config(
+        dir.path(),
+        "retention_bytes = 2097152\n",
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let addr = metrics_addr(&keeld);
+    assert_eq!(sample(addr, "keel_segments_recycled_total"), 0.0);
+    assert_eq!(sample(addr, "keel_segments_deleted_total"), 0.0);
+    let client = keeld.client();
+    client.create_topic("t", 1).unwrap();
+    // About 8.6 MiB: at least 8 segments used, at most 4 of them kept.
+    let value = vec![7u8; 16 << 10];
+    for _ in 0..36 {
+        let mut batch = BatchBuilder::new(0);
+        for _ in 0..15 {
+            batch.push(None, &value, &[]);
+        }
+        client
+            .send_batch("t", Target::Partition(0), &batch.build())
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let recycled = sample(addr, "keel_segments_recycled_total");
+    let deleted = sample(addr, "keel_segments_deleted_total");
+    assert!(
+        recycled >= 1.0,
+        "no segment file reused ({deleted} deleted)"
+    );
+    assert!(
+        recycled + deleted >= 4.0,
+        "{recycled} reused + {deleted} deleted segment files: retention dropped too few"
+    );
+    // The commit linger's counters are there too (a run out wait is one that began).
+    assert!(
+        sample(addr, "keel_flushes_held_total") >= sample(addr, "keel_flush_holds_expired_total")
+    );
+}
+
+#[test]
 fn the_metrics_endpoint_answers_other_requests_with_errors_and_keeps_serving() {
     let dir = data_dir();
     let keeld = Keeld::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);

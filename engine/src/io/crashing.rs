@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
+use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 use crate::xorshift::xorshift;
 
@@ -305,11 +305,12 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         self.inner.submit_read(file, offset, buf, len, token);
     }
 
-    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()> {
+    fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()> {
         let had_failed = !self.failed.is_empty();
         out.append(&mut self.failed);
         let seen = out.len();
-        self.inner.wait(out, block && !had_failed)?;
+        self.inner
+            .wait(out, if had_failed { Block::No } else { block })?;
         let crashed = self.crashed();
         for c in &mut out[seen..] {
             if crashed {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
+use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
 /// What to break, shared between a test and the shards using it.
@@ -176,10 +176,11 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         self.inner.submit_read(file, offset, buf, len, token);
     }
 
-    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()> {
+    fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()> {
         let have_injected = !self.injected.is_empty();
         out.append(&mut self.injected);
-        self.inner.wait(out, block && !have_injected)
+        self.inner
+            .wait(out, if have_injected { Block::No } else { block })
     }
 
     fn waker(&self) -> Arc<Waker> {

@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
+use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
 /// One submitted write, as recorded.
@@ -167,7 +167,7 @@ impl Disk for MemDisk {
             sync: false,
         });
     }
-    fn wait(&mut self, out: &mut Vec<Completion>, _block: bool) -> io::Result<()> {
+    fn wait(&mut self, out: &mut Vec<Completion>, _block: Block) -> io::Result<()> {
         out.append(&mut self.done);
         Ok(())
     }

@@ -20,6 +20,7 @@ mod wake;
 
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::aligned::AlignedBuf;
 use crate::guest::GuestRing;
@@ -76,6 +77,18 @@ impl SyncAfter {
             Self::Nothing
         }
     }
+}
+
+/// How long [`Disk::wait`] may sleep when no completion is ready yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    /// Not at all: take what is ready.
+    No,
+    /// Until a completion or a wake-up through the [`Waker`].
+    Yes,
+    /// Until a completion, a wake-up, or this much time has passed (a shard holding a flush
+    /// back for a moment, see `EngineConfig::commit_linger`).
+    AtMost(Duration),
 }
 
 /// The result of one submitted operation.
@@ -154,9 +167,9 @@ pub trait Disk {
     );
     /// Submits a read of `len` bytes at `offset` into `buf`.
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64);
-    /// Collects finished operations into `out`. With `block`, sleeps until at least one
-    /// finishes or the [`Waker`] fires.
-    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()>;
+    /// Collects finished operations into `out`, sleeping first as `block` allows when none
+    /// has finished.
+    fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()>;
     /// The handle other threads use to interrupt a blocking [`Disk::wait`].
     fn waker(&self) -> std::sync::Arc<Waker>;
     /// Called once on the thread that will use the disk, after it is pinned, before any

@@ -11,11 +11,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::files::{self, FileTable};
-use super::{Allocation, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
+use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
 enum Op {
@@ -263,7 +264,11 @@ impl Disk for PortableDisk {
         }
     }
 
-    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()> {
+    fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()> {
+        let deadline = match block {
+            Block::AtMost(d) => Some(Instant::now() + d),
+            Block::No | Block::Yes => None,
+        };
         loop {
             {
                 let mut queue = self
@@ -271,11 +276,19 @@ impl Disk for PortableDisk {
                     .queue
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                if !queue.is_empty() || !block {
+                if !queue.is_empty() || block == Block::No {
                     out.append(&mut queue);
                     return Ok(());
                 }
             }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(());
+            }
+            let timeout = left.map(|d| libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+            });
             let mut fds = [
                 libc::pollfd {
                     fd: self.done.bell.as_raw_fd(),
@@ -288,8 +301,13 @@ impl Disk for PortableDisk {
                     revents: 0,
                 },
             ];
-            // SAFETY: fds is a live array of two pollfd structs, its length passed alongside.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            let timeout_ptr = timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: fds is a live array of two pollfd structs, its length passed alongside;
+            // timeout_ptr is null or points at a timespec on this stack frame, alive for the
+            // call; a null signal mask leaves the mask unchanged.
+            let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, timeout_ptr, std::ptr::null()) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {

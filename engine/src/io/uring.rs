@@ -6,10 +6,13 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::files::{self, FileTable};
-use super::{Allocation, Completion, Disk, FileId, GuestCompletion, IoKind, SyncAfter, Waker};
+use super::{
+    Allocation, Block, Completion, Disk, FileId, GuestCompletion, IoKind, SyncAfter, Waker,
+};
 use crate::aligned::{AlignedBuf, BLOCK_BYTES};
 use crate::guest::{GuestEntry, GuestRing, GUEST_TOKEN_MAX};
 
@@ -44,6 +47,8 @@ pub struct UringDisk {
     submit_failures: Vec<Completion>,
     /// Completions of guest operations, until the shard takes them.
     guest_done: Vec<GuestCompletion>,
+    /// The kernel can bound a wait with a timeout (`IORING_FEAT_EXT_ARG`).
+    timed_wait: bool,
 }
 
 impl UringDisk {
@@ -53,6 +58,7 @@ impl UringDisk {
         let ring = IoUring::builder()
             .setup_cqsize(COMPLETION_ENTRIES)
             .build(RING_ENTRIES)?;
+        let timed_wait = ring.params().is_feature_ext_arg();
         Ok(Self {
             ring,
             files: FileTable::default(),
@@ -63,6 +69,7 @@ impl UringDisk {
             wake_posted: false,
             submit_failures: Vec::new(),
             guest_done: Vec::new(),
+            timed_wait,
         })
     }
 
@@ -281,16 +288,33 @@ impl Disk for UringDisk {
         self.push_reserved(&[read]);
     }
 
-    fn wait(&mut self, out: &mut Vec<Completion>, block: bool) -> io::Result<()> {
+    fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()> {
         let had_failures = !self.submit_failures.is_empty();
         out.append(&mut self.submit_failures);
         self.post_wake_read()?;
-        let want = usize::from(block && !had_failures && out.is_empty());
+        let block = if had_failures || !out.is_empty() {
+            Block::No
+        } else {
+            block
+        };
         loop {
-            match self.ring.submit_and_wait(want) {
+            let submitted = match block {
+                Block::No => self.ring.submit_and_wait(0),
+                Block::Yes => self.ring.submit_and_wait(1),
+                // Without the kernel's timed wait (Linux < 5.11) a timed sleep becomes a poll:
+                // the caller comes back at once and, while its time lasts, asks again.
+                Block::AtMost(_) if !self.timed_wait => self.ring.submit_and_wait(0),
+                Block::AtMost(d) => {
+                    let ts = Timespec::from(d);
+                    let args = SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+            };
+            match submitted {
                 Ok(_) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => break,
                 Err(e) => return Err(e),
             }
         }

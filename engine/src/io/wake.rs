@@ -2,14 +2,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-const RUNNING: u8 = 0;
-/// Asleep with I/O in flight: its completion will wake the shard, so new requests only need to
-/// wake it once [`WAKE_BATCH`] of them have queued up.
-const PARKED_BUSY: u8 = 1;
-/// Asleep with nothing in flight: any request must wake it.
-const PARKED_IDLE: u8 = 2;
+/// The shard is awake. Any other state is the queue length at which a sender wakes it.
+const RUNNING: usize = 0;
 /// Requests queued behind a busy shard before a sender wakes it early.
 pub const WAKE_BATCH: usize = 64;
 
@@ -20,7 +16,8 @@ pub const WAKE_BATCH: usize = 64;
 #[derive(Debug)]
 pub struct Waker {
     fd: OwnedFd,
-    state: AtomicU8,
+    /// [`RUNNING`], or asleep until this many requests are queued.
+    state: AtomicUsize,
 }
 
 impl Waker {
@@ -35,7 +32,7 @@ impl Waker {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(Self {
             fd,
-            state: AtomicU8::new(RUNNING),
+            state: AtomicUsize::new(RUNNING),
         })
     }
 
@@ -44,11 +41,12 @@ impl Waker {
         self.fd.as_raw_fd()
     }
 
-    /// Called by the shard before it re-checks its queue and sleeps; `busy` when I/O is in
-    /// flight (a completion is sure to wake it).
-    pub fn park(&self, busy: bool) {
-        let state = if busy { PARKED_BUSY } else { PARKED_IDLE };
-        self.state.store(state, Ordering::SeqCst);
+    /// Called by the shard before it re-checks its queue and sleeps: senders wake it once
+    /// `queued` requests wait (at least one). With I/O in flight a completion is sure to wake
+    /// it, so that is [`WAKE_BATCH`]; with nothing in flight, 1; while a flush waits for a
+    /// known number of appends, that number.
+    pub fn park(&self, queued: usize) {
+        self.state.store(queued.max(1), Ordering::SeqCst);
     }
 
     /// Called by the shard once it is awake (or decided not to sleep).
@@ -59,14 +57,12 @@ impl Waker {
     /// Wakes the shard if it sleeps and should see the work now; `queued` is the length of its
     /// queue after the sender's request went in.
     pub fn wake(&self, queued: usize) {
-        match self.state.load(Ordering::SeqCst) {
-            RUNNING => {}
-            PARKED_BUSY if queued < WAKE_BATCH => {}
-            _ => {
-                if self.state.swap(RUNNING, Ordering::SeqCst) != RUNNING {
-                    self.signal();
-                }
-            }
+        let wake_at = self.state.load(Ordering::SeqCst);
+        if wake_at != RUNNING
+            && queued >= wake_at
+            && self.state.swap(RUNNING, Ordering::SeqCst) != RUNNING
+        {
+            self.signal();
         }
     }
 
