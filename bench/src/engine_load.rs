@@ -42,6 +42,9 @@ pub struct Outcome {
     pub seconds: f64,
     /// `fdatasync`s the engine issued meanwhile.
     pub syncs: u64,
+    /// Flushes that waited for the appenders the last one answered (commit linger), and how
+    /// many of those waits ran out.
+    pub held: [u64; 2],
     /// Append→durable latency.
     pub latency_us: Percentiles,
     /// Failed appends (should be 0).
@@ -145,6 +148,10 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         messages: messages * load.messages_per_batch as u64,
         seconds: (last_ack - started).as_secs_f64(),
         syncs,
+        held: [
+            after.flushes_held - before.flushes_held,
+            after.holds_expired - before.holds_expired,
+        ],
         latency_us: Percentiles::of(&hist),
         errors,
         flush_io_us,

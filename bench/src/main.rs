@@ -430,6 +430,10 @@ fn main() -> ExitCode {
             );
             let [f50, f99, fmax] = out.flush_io_us;
             println!("flush write+sync below p50 {f50} µs, p99 {f99} µs, max {fmax} µs");
+            let [held, expired] = out.held;
+            println!(
+                "{held} flushes waited for the appenders the last one answered; {expired} of those waits ran out"
+            );
             if let Some([p50, p99, max]) = out.send_late_us {
                 println!("generator sent late by p50 {p50} µs, p99 {p99} µs, max {max} µs");
             }

@@ -9,11 +9,18 @@
 //! PostgreSQL's `commit_delay` with `commit_siblings` is the same idea with a fixed delay; here
 //! the expected count comes from the last flush, and the wait is bounded by a fraction of the
 //! last flush's own I/O time, so it never costs more than a part of one sync.
+//!
+//! When appenders are not held up by their acks (a stream that is CPU-bound, or open loop), the
+//! expected ones do not come back in time and waits run out: each wait that runs out makes the
+//! partition skip waiting for twice as many flushes as the last time (up to [`BACKOFF_MAX`]),
+//! and a wait that is met ends the back-off.
 
 use std::time::{Duration, Instant};
 
 /// The wait is at most this fraction (1/N) of the last flush's write+sync time.
 const IO_TIME_FRACTION: u32 = 2;
+/// Most flushes skipped without waiting after waits ran out.
+const BACKOFF_MAX: u32 = 64;
 
 /// What a flush gathered so far should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +60,10 @@ pub(crate) struct Linger {
     budget: Duration,
     /// When the current wait ends, once one has begun.
     until: Option<Instant>,
+    /// Flushes still to go without waiting, after a wait ran out.
+    skip: u32,
+    /// Length of the last back-off (0: no wait has run out since the last one that was met).
+    backoff: u32,
 }
 
 impl Linger {
@@ -68,7 +79,9 @@ impl Linger {
     pub(crate) fn flush_done(&mut self, answered: usize, gathered: usize, io: Duration) {
         self.until = None;
         self.budget = self.max.min(io / IO_TIME_FRACTION);
-        self.expected = if self.budget.is_zero() || gathered >= answered {
+        let skipping = self.skip > 0;
+        self.skip = self.skip.saturating_sub(1);
+        self.expected = if self.budget.is_zero() || skipping || gathered >= answered {
             // As many came during the flush as it carried: the flow is not waiting on acks.
             0
         } else {
@@ -86,12 +99,17 @@ impl Linger {
     /// at the first call and ends at its deadline, or once the expected appends are in.
     pub(crate) fn hold(&mut self, gathered: usize, now: Instant) -> Hold {
         if gathered >= self.expected {
+            if self.until.is_some() {
+                self.backoff = 0;
+            }
             self.reset();
             return Hold::Go;
         }
         let began = self.until.is_none();
         let until = *self.until.get_or_insert(now + self.budget);
         if now >= until {
+            self.backoff = (self.backoff * 2).clamp(1, BACKOFF_MAX);
+            self.skip = self.backoff;
             self.reset();
             return Hold::GoAtDeadline;
         }
@@ -152,6 +170,39 @@ mod tests {
         assert_eq!(l.hold(1, t0 + MS / 10), Hold::GoAtDeadline);
         // Over: the next flush goes at once.
         assert_eq!(l.hold(1, t0 + MS / 5), Hold::Go);
+    }
+
+    #[test]
+    fn waits_that_run_out_back_off_for_twice_as_many_flushes_each_time_until_one_is_met() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(MS);
+        // Flushes that waited (true) or went at once (false), with nobody ever coming back.
+        let mut waited = Vec::new();
+        for _ in 0..12 {
+            l.flush_done(8, 0, 10 * MS);
+            let w = l.hold(1, t0).until().is_some();
+            if w {
+                assert_eq!(l.hold(1, t0 + MS), Hold::GoAtDeadline);
+            }
+            waited.push(w);
+        }
+        let t = true;
+        let f = false;
+        assert_eq!(waited, [t, f, t, f, f, t, f, f, f, f, t, f]);
+        // A wait that is met ends the back-off: after the skipped flushes, every flush waits
+        // again.
+        for _ in 0..8 {
+            l.flush_done(8, 0, 10 * MS);
+            assert_eq!(l.hold(8, t0), Hold::Go);
+        }
+        l.flush_done(8, 0, 10 * MS);
+        assert!(l.hold(1, t0).until().is_some());
+        assert_eq!(l.hold(8, t0), Hold::Go);
+        for _ in 0..3 {
+            l.flush_done(8, 0, 10 * MS);
+            assert!(l.hold(1, t0).until().is_some(), "no back-off left");
+            assert_eq!(l.hold(9, t0), Hold::Go);
+        }
     }
 
     #[test]
