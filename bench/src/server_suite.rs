@@ -173,6 +173,10 @@ pub fn run(
             println!("No retention: every durable row writes into fresh, never-written space.\n")
         }
     }
+    match storage.linger_us {
+        Some(us) => println!("Commit linger: {us} µs.\n"),
+        None => println!("Commit linger: keeld's and the engine's default.\n"),
+    }
     println!(
         "| system | msg/s | MB/s | produce→ack p50 / p90 / p99 / p99.9 / max |\n|---|---|---|---|"
     );
