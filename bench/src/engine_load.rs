@@ -307,36 +307,59 @@ pub fn fill_to_retention(engine: &Arc<Engine>, topic: &str, load: &Load) -> Resu
         seconds: 1.0,
         ..load.clone()
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let written = fill_until(
+        topic,
+        target,
+        Duration::from_secs(120),
+        || Ok(engine.stats().bytes_written - before),
+        || {
+            let out = run(engine, topic, &fill)?;
+            if out.errors > 0 {
+                return Err(format!(
+                    "{} appends failed while filling {topic}",
+                    out.errors
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    eprintln!(
+        "filled {} MiB past retention ({} MiB per partition); {} segment files reused so far",
+        written >> 20,
+        keep >> 20,
+        engine.stats().segments_recycled
+    );
+    Ok(())
+}
+
+/// Repeats `step` until `written()` reports at least `target` bytes, printing progress;
+/// gives up after `patience`. Returns what `written()` last reported.
+pub(crate) fn fill_until(
+    what: &str,
+    target: u64,
+    patience: Duration,
+    mut written: impl FnMut() -> Result<u64, String>,
+    mut step: impl FnMut() -> Result<(), String>,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + patience;
     loop {
-        let written = engine.stats().bytes_written - before;
-        if written >= target {
-            let reused = engine.stats().segments_recycled;
-            eprintln!(
-                "filled {} MiB past retention ({} MiB per partition); {reused} segment files reused so far",
-                written >> 20,
-                keep >> 20
-            );
-            return Ok(());
+        let now_written = written()?;
+        if now_written >= target {
+            return Ok(now_written);
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "filling {topic} to its retention size took over 2 minutes ({} of {} MiB)",
-                written >> 20,
+                "filling {what} to its retention size took over {} s ({} of {} MiB)",
+                patience.as_secs(),
+                now_written >> 20,
                 target >> 20
             ));
         }
         eprintln!(
-            "filling {topic} to its retention size: {} of {} MiB",
-            written >> 20,
+            "filling {what} to its retention size: {} of {} MiB",
+            now_written >> 20,
             target >> 20
         );
-        let out = run(engine, topic, &fill)?;
-        if out.errors > 0 {
-            return Err(format!(
-                "{} appends failed while filling {topic}",
-                out.errors
-            ));
-        }
+        step()?;
     }
 }

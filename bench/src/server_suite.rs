@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use keel_client::{Client, ErrorCode};
@@ -276,31 +276,19 @@ fn fill_keeld(
     retention_mib: u64,
 ) -> Result<(), String> {
     let target = u64::from(partitions) * ((retention_mib << 20) + 2 * SEGMENT_BYTES);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let written = metrics.sample("keel_written_bytes_total")? as u64;
-        if written >= target {
-            let reused = metrics.sample("keel_segments_recycled_total")?;
-            eprintln!(
-                "keeld filled: {} MiB written, {reused} segment files reused so far",
-                written >> 20
-            );
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "filling keeld to its retention size took over 3 minutes ({} of {} MiB)",
-                written >> 20,
-                target >> 20
-            ));
-        }
-        eprintln!(
-            "filling keeld to its retention size: {} of {} MiB",
-            written >> 20,
-            target >> 20
-        );
-        net_load::run(&shape.net_load(addr, "produce", partitions, 2.0))?;
-    }
+    let written = engine_load::fill_until(
+        "keeld",
+        target,
+        Duration::from_secs(180),
+        || Ok(metrics.sample("keel_written_bytes_total")? as u64),
+        || net_load::run(&shape.net_load(addr, "produce", partitions, 2.0)).map(|_| ()),
+    )?;
+    eprintln!(
+        "keeld filled: {} MiB written, {} segment files reused so far",
+        written >> 20,
+        metrics.sample("keel_segments_recycled_total")?
+    );
+    Ok(())
 }
 
 /// The keeld to measure: `--keeld`, or the one built next to this program.

@@ -734,29 +734,33 @@ mod tests {
         assert!(p.start_flush(&mut disk, 3));
     }
 
+    /// A partition whose last flush (2 ms of "I/O") answered 4 appends, none gathered since.
+    fn after_a_flush_of_four(
+        disk: &mut MemDisk,
+        dir: &std::path::Path,
+        linger: Duration,
+    ) -> Partition {
+        let mut p = partition(disk, dir, linger);
+        for _ in 0..4 {
+            p.append(batch(100), Box::new(|_| {}));
+        }
+        assert!(p.start_flush(disk, 1));
+        std::thread::sleep(Duration::from_millis(2));
+        complete_flush(disk, &mut p).unwrap();
+        p
+    }
+
     #[test]
     fn a_flush_never_waits_when_linger_is_off_or_the_gather_is_large() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut disk = MemDisk::new().unwrap();
-        let mut off = partition(&mut disk, dir.path(), Duration::ZERO);
         let done = |_r: Result<OffsetRange>| {};
-        for _ in 0..4 {
-            off.append(batch(100), Box::new(done));
-        }
-        assert!(off.start_flush(&mut disk, 1));
-        std::thread::sleep(Duration::from_millis(2));
-        complete_flush(&mut disk, &mut off).unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut off = after_a_flush_of_four(&mut disk, dir.path(), Duration::ZERO);
         off.append(batch(100), Box::new(done));
         assert_eq!(off.hold_flush(Instant::now()), Hold::Go);
 
         let dir = tempfile::tempdir().unwrap();
-        let mut p = partition(&mut disk, dir.path(), Duration::from_secs(5));
-        for _ in 0..4 {
-            p.append(batch(100), Box::new(done));
-        }
-        assert!(p.start_flush(&mut disk, 2));
-        std::thread::sleep(Duration::from_millis(2));
-        complete_flush(&mut disk, &mut p).unwrap();
+        let mut p = after_a_flush_of_four(&mut disk, dir.path(), Duration::from_secs(5));
         // Half a flush's worth gathered: it goes, whatever is still expected.
         for _ in 0..3 {
             p.append(batch(250_000), Box::new(done));
