@@ -304,9 +304,8 @@ impl Disk for PortableDisk {
             let timeout_ptr = timeout
                 .as_ref()
                 .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: fds is a live array of two pollfd structs, its length passed alongside;
-            // timeout_ptr is null or points at a timespec on this stack frame, alive for the
-            // call; a null signal mask leaves the mask unchanged.
+            // SAFETY: fds is a live array of two pollfds (its length passed alongside); timeout_ptr
+            // is null or a timespec on this frame, alive for the call; a null mask changes nothing.
             let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, timeout_ptr, std::ptr::null()) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
