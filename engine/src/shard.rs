@@ -144,8 +144,18 @@ fn owned<'a>(
         .and_then(|s| s.owned.get_mut(&partition))
 }
 
-/// Counts a flush that began to wait, or went at its deadline; the deadline while it waits.
-fn count_hold(stats: &ShardStats, hold: Hold) -> Option<Instant> {
+/// Whether `p`'s next flush waits (`linger.rs`): the deadline while it does. A stopping shard
+/// never holds a flush back. Counts the waits that begin and those that run out.
+fn flush_hold(
+    stats: &ShardStats,
+    stopping: bool,
+    p: &mut Partition,
+    now: Instant,
+) -> Option<Instant> {
+    if stopping {
+        return None;
+    }
+    let hold = p.hold_flush(now);
     match hold {
         Hold::Wait { began: true, .. } => {
             stats.flushes_held.fetch_add(1, Ordering::Relaxed);
@@ -553,18 +563,16 @@ impl<D: Disk> Shard<D> {
             if !p.wants_flush() {
                 continue;
             }
-            if !stopping {
-                if let Some(until) = count_hold(&self.stats, p.hold_flush(now)) {
-                    self.linger_until = Some(self.linger_until.map_or(until, |u| u.min(until)));
-                    if !self
-                        .lingering
-                        .iter()
-                        .any(|(t, i)| *i == partition && *t == topic)
-                    {
-                        self.lingering.push((topic, partition));
-                    }
-                    continue;
+            if let Some(until) = flush_hold(&self.stats, stopping, p, now) {
+                self.linger_until = Some(self.linger_until.map_or(until, |u| u.min(until)));
+                if !self
+                    .lingering
+                    .iter()
+                    .any(|(t, i)| *i == partition && *t == topic)
+                {
+                    self.lingering.push((topic, partition));
                 }
+                continue;
             }
             if p.start_flush(&mut self.disk, token) {
                 self.ops
@@ -630,9 +638,7 @@ impl<D: Disk> Shard<D> {
                 self.ops.remove(&token);
                 // Keep the disk busy: the next flush goes out before this one's appenders are
                 // answered, unless it waits for them (then the shard's next turn decides).
-                let held = !self.stopping
-                    && count_hold(&self.stats, p.hold_flush(Instant::now())).is_some();
-                if held {
+                if flush_hold(&self.stats, self.stopping, p, Instant::now()).is_some() {
                     self.to_flush.push((Arc::clone(&topic), partition));
                 } else if p.start_flush(&mut self.disk, next_token) {
                     self.ops
