@@ -37,6 +37,11 @@ fn crc(c: &mut Criterion) {
             b.iter(|| keel_protocol::crc::crc32c(black_box(d)))
         });
     }
+    // A flush trailer's CRC runs over each batch's first 21 bytes (its unchecked prefix).
+    let prefix = [7u8; 21];
+    g.bench_function("append 21 B", |b| {
+        b.iter(|| keel_protocol::crc::crc32c_append(black_box(0x1234_5678), black_box(&prefix)))
+    });
     g.finish();
 }
 

@@ -56,6 +56,8 @@ pub struct Outcome {
     /// (p50, p99, max). Large values mean the generator, not the engine, fell behind; they are
     /// still counted in the latency, as a client would see them.
     pub send_late_us: Option<[u64; 3]>,
+    /// CPU seconds this process (engine and generator together) used during the run.
+    pub cpu_s: f64,
 }
 
 impl Outcome {
@@ -111,6 +113,7 @@ fn send(
 /// Runs `load` against `topic` (which must have `load.partitions` partitions).
 pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, String> {
     let before = engine.stats();
+    let cpu_before = process_cpu_s();
     let started = Instant::now();
     let drivers: Vec<_> = (0..load.drivers.max(1))
         .map(|d| {
@@ -138,6 +141,7 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         last_ack = last_ack.max(part.last_ack);
     }
     let after = engine.stats();
+    let cpu_s = process_cpu_s() - cpu_before;
     let syncs = after.syncs - before.syncs;
     let mut io = after.flush_io_us;
     for (a, b) in io.iter_mut().zip(before.flush_io_us) {
@@ -156,6 +160,7 @@ pub fn run(engine: &Arc<Engine>, topic: &str, load: &Load) -> Result<Outcome, St
         errors,
         flush_io_us,
         send_late_us: late.map(|l| [l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()]),
+        cpu_s,
     })
 }
 
@@ -274,6 +279,20 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
 fn set_fine_timer_slack() {
     // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and affects only this thread.
     let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
+}
+
+/// CPU seconds (user and system) this process has used, from /proc: its ticks are the
+/// kernel's fixed USER_HZ of 100, so this resolves 10 ms.
+pub fn process_cpu_s() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) closing with ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
+    ticks.unwrap_or(0) as f64 / 100.0
 }
 
 /// Resident set size of this process in KiB, from /proc.

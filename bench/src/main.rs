@@ -437,6 +437,11 @@ fn main() -> ExitCode {
             if let Some([p50, p99, max]) = out.send_late_us {
                 println!("generator sent late by p50 {p50} µs, p99 {p99} µs, max {max} µs");
             }
+            println!(
+                "CPU per message: {:.3} µs (this process: engine and generator, {:.1} s in all)",
+                out.cpu_s * 1e6 / out.messages.max(1) as f64,
+                out.cpu_s
+            );
             Ok(())
         }),
     };

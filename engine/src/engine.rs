@@ -17,6 +17,7 @@ use crate::histogram::LOG2_BUCKETS;
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
 use crate::shard::{Command, Shard, ShardStats};
+use crate::topic_name::{fnv1a, TopicName};
 use crate::{OffsetRange, ReadResult};
 
 struct ShardHandle {
@@ -86,10 +87,7 @@ pub struct Engine {
 /// The shard owning `partition` of `topic`: a pure function of the two and the shard count.
 pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
     // FNV-1a: stable across runs and versions, unlike the std hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in topic.as_bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = fnv1a(topic.as_bytes());
     (h.wrapping_add(u64::from(partition)) % shards as u64) as usize
 }
 
@@ -280,7 +278,7 @@ impl Engine {
     ) {
         let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
         let cmd = Command::Append {
-            topic: Arc::from(topic),
+            topic: TopicName::new(topic),
             partition,
             batch: batch.into(),
             done: Box::new(done),

@@ -33,6 +33,7 @@ mod retention;
 mod segment;
 mod shard;
 mod tail;
+mod topic_name;
 pub mod trailer;
 pub mod xorshift;
 mod zeroing;

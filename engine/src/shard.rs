@@ -19,6 +19,7 @@ use crate::linger::Hold;
 use crate::open::open_partition;
 use crate::partition::Partition;
 use crate::read::DiskRead;
+use crate::topic_name::{Fnv1aBuild, TopicMap, TopicName};
 use crate::{AppendDone, ReadDone};
 
 /// Requests taken from the channel per turn before flushes are started, so one busy producer
@@ -33,7 +34,7 @@ pub enum Command {
     /// Append a batch to a partition this shard owns.
     Append {
         /// Topic name.
-        topic: Arc<str>,
+        topic: TopicName,
         /// Partition.
         partition: u32,
         /// A RecordBatch v2 (shared, never written: its offsets are set in the flush's copy).
@@ -128,14 +129,14 @@ pub struct ShardStats {
 
 struct TopicSlot {
     partitions: u32,
-    owned: HashMap<u32, Partition>,
+    owned: HashMap<u32, Partition, Fnv1aBuild>,
     removing: Option<Sender<Result<()>>>,
 }
 
 /// The partition of `topic` this shard owns, if it does. A free function, so the borrow of the
 /// topics stays apart from the shard's disk and operation table.
 fn owned<'a>(
-    topics: &'a mut HashMap<Arc<str>, TopicSlot>,
+    topics: &'a mut TopicMap<TopicSlot>,
     topic: &str,
     partition: u32,
 ) -> Option<&'a mut Partition> {
@@ -189,7 +190,7 @@ pub struct Shard<D> {
     waker: Arc<Waker>,
     cfg: Arc<EngineConfig>,
     stats: Arc<ShardStats>,
-    topics: HashMap<Arc<str>, TopicSlot>,
+    topics: TopicMap<TopicSlot>,
     ops: HashMap<u64, Owner>,
     next_token: u64,
     deferred: Vec<Completion>,
@@ -223,7 +224,7 @@ impl<D: Disk> Shard<D> {
             waker,
             cfg,
             stats,
-            topics: HashMap::new(),
+            topics: TopicMap::default(),
             ops: HashMap::new(),
             next_token: 1,
             deferred: Vec::new(),
@@ -416,14 +417,19 @@ impl<D: Disk> Shard<D> {
                 done,
             } => {
                 let limit = self.cfg.max_pending_bytes;
-                match self.partition(&topic, partition) {
+                let topic = topic.as_str();
+                match self.partition(topic, partition) {
                     Ok(p) => {
                         p.append(batch, done);
                         let over = p.pending_bytes() >= limit;
-                        if p.wants_flush() {
-                            self.to_flush.push((topic, partition));
-                        }
+                        let wants_flush = p.wants_flush();
                         self.throttled |= over;
+                        if wants_flush {
+                            // The map's own name: shared, not allocated again.
+                            if let Some((name, _)) = self.topics.get_key_value(topic) {
+                                self.to_flush.push((Arc::clone(name), partition));
+                            }
+                        }
                     }
                     Err(e) => done(Err(e)),
                 }
@@ -482,7 +488,7 @@ impl<D: Disk> Shard<D> {
     }
 
     fn add_topic(&mut self, topic: Arc<str>, partitions: u32, owned: Vec<u32>) -> Result<()> {
-        let mut opened = HashMap::new();
+        let mut opened = HashMap::default();
         for id in owned {
             let token = self.token();
             let mut io = BlockingIo {

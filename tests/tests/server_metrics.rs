@@ -12,7 +12,8 @@ use keel_tests::keeld::{Keeld, PATIENCE};
 
 /// The metrics address keeld logged.
 fn metrics_addr(keeld: &Keeld) -> SocketAddr {
-    assert!(keeld.log_shows("metrics on http://"), "{}", keeld.stderr());
+    // The whole line: the log may be read while keeld is still writing it.
+    assert!(keeld.log_shows("/metrics\n"), "{}", keeld.stderr());
     let log = keeld.stderr();
     let rest = log.split("metrics on http://").nth(1).unwrap();
     rest.split('/').next().unwrap().parse().unwrap()
