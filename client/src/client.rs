@@ -12,12 +12,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use keel_protocol::batch::BatchBuilder;
 use keel_protocol::{
-    decode_response, encode_request, response_correlation_id, ApiKey, FrameBuffer, PartitionTarget,
-    Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES, RESPONSE_HEADER_BYTES,
+    decode_response, encode_produce_request, encode_request, response_correlation_id, ApiKey,
+    FrameBuffer, PartitionTarget, Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES,
+    RESPONSE_HEADER_BYTES, SIZE_PREFIX_BYTES,
 };
 
 use crate::error::{ClientError, Result};
 use crate::message::Fetched;
+
+/// More than a produce frame's own fields take besides its topic, key and batch (size, header,
+/// target, producer id and sequence, and the lengths): its buffer never grows while encoded.
+const PRODUCE_FRAME_OVERHEAD: usize = 64;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -351,10 +356,25 @@ impl Client {
     }
 
     pub(crate) fn send(&self, request: &Request<'_>, extra_wait: Duration) -> Result<PendingReply> {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let mut frame = Vec::new();
         encode_request(id, request, &mut frame);
-        let size = frame.len() - 4;
+        self.send_frame(id, request.api(), &frame, extra_wait)
+    }
+
+    fn next_id(&self) -> u32 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends an encoded request frame whose correlation id is `id`.
+    fn send_frame(
+        &self,
+        id: u32,
+        api: ApiKey,
+        frame: &[u8],
+        extra_wait: Duration,
+    ) -> Result<PendingReply> {
+        let size = frame.len() - SIZE_PREFIX_BYTES;
         if size > self.info.max_frame_bytes as usize {
             return Err(ClientError::TooLarge {
                 size,
@@ -374,7 +394,7 @@ impl Client {
             .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .write_all(&frame);
+            .write_all(frame);
         if let Err(e) = written {
             self.shared.pending().waiting.remove(&id);
             return Err(ClientError::ConnectionLost(format!("send failed: {e}")));
@@ -382,7 +402,7 @@ impl Client {
         Ok(PendingReply {
             rx,
             id,
-            api: request.api(),
+            api,
             timeout: self.options.request_timeout + extra_wait,
             shared: Arc::clone(&self.shared),
         })
@@ -455,12 +475,16 @@ impl Client {
         target: Target<'_>,
         values: impl IntoIterator<Item = V>,
     ) -> Result<PendingProduce> {
-        let mut batch = BatchBuilder::new(now_ms());
-        let key = match target {
-            Target::Key(k) => Some(k),
-            Target::Partition(_) => None,
+        let values: Vec<V> = values.into_iter().collect();
+        let (key, target) = match target {
+            Target::Key(k) => (Some(k), PartitionTarget::Key(k)),
+            Target::Partition(p) => (None, PartitionTarget::Partition(p)),
         };
-        for v in values {
+        let mut batch = BatchBuilder::new(now_ms());
+        // Each record adds its key, its value and at most 16 bytes of lengths and deltas.
+        let key_len = key.map_or(0, <[u8]>::len);
+        batch.reserve(values.iter().map(|v| v.as_ref().len() + key_len + 16).sum());
+        for v in &values {
             batch.push(key, v.as_ref(), &[]);
         }
         if batch.is_empty() {
@@ -468,7 +492,15 @@ impl Client {
                 "a produce needs at least one message".into(),
             ));
         }
-        self.send_batch(topic, target, &batch.build())
+        // The batch is built straight into the frame: each value is copied once here, then
+        // into the socket.
+        let id = self.next_id();
+        let mut frame = Vec::with_capacity(
+            PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len(),
+        );
+        encode_produce_request(id, topic, &target, -1, -1, &batch, &mut frame);
+        self.send_frame(id, ApiKey::Produce, &frame, Duration::ZERO)
+            .map(PendingProduce)
     }
 
     /// Produces `values` as one batch and waits until it is durable.

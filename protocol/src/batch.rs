@@ -6,7 +6,7 @@
 //! base sequence i32 | record count i32 | records. The engine writes the base offset and nothing
 //! else, which is why the CRC does not cover it. See `docs/FORMAT.md`.
 
-use crate::varint::{get_varint, put_varint};
+use crate::varint::{get_varint, put_varint, varint_len};
 
 /// Bytes before the first record.
 pub const HEADER_BYTES: usize = 61;
@@ -341,22 +341,42 @@ impl BatchBuilder {
         &mut self,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: impl ExactSizeIterator<Item = (&'h [u8], Option<&'h [u8]>)>,
+        headers: impl ExactSizeIterator<Item = (&'h [u8], Option<&'h [u8]>)> + Clone,
     ) {
-        let mut body = Vec::with_capacity(value.map_or(0, <[u8]>::len) + 16);
-        body.push(0); // record attributes: unused by magic 2
-        put_varint(&mut body, 0); // timestamp delta
-        put_varint(&mut body, i64::from(self.count));
-        put_nullable(&mut body, key);
-        put_nullable(&mut body, value);
-        put_varint(&mut body, headers.len() as i64);
+        // Written straight into the batch: the record's length comes first, so it is
+        // counted before anything is copied.
+        let nullable_len =
+            |b: Option<&[u8]>| b.map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len());
+        let body = 1
+            + varint_len(0)
+            + varint_len(i64::from(self.count))
+            + nullable_len(key)
+            + nullable_len(value)
+            + varint_len(headers.len() as i64)
+            + headers
+                .clone()
+                .map(|(hk, hv)| nullable_len(Some(hk)) + nullable_len(hv))
+                .sum::<usize>();
+        let out = &mut self.records;
+        out.reserve(varint_len(body as i64) + body);
+        put_varint(out, body as i64);
+        out.push(0); // record attributes: unused by magic 2
+        put_varint(out, 0); // timestamp delta
+        put_varint(out, i64::from(self.count));
+        put_nullable(out, key);
+        put_nullable(out, value);
+        put_varint(out, headers.len() as i64);
         for (hk, hv) in headers {
-            put_nullable(&mut body, Some(hk));
-            put_nullable(&mut body, hv);
+            put_nullable(out, Some(hk));
+            put_nullable(out, hv);
         }
-        put_varint(&mut self.records, body.len() as i64);
-        self.records.extend_from_slice(&body);
         self.count += 1;
+    }
+
+    /// Makes room for `bytes` more of record keys, values and headers, so pushing them does
+    /// not grow the batch step by step.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.records.reserve(bytes);
     }
 
     /// Number of records pushed so far.
@@ -369,10 +389,24 @@ impl BatchBuilder {
         self.count == 0
     }
 
+    /// Bytes the encoded batch takes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_BYTES + self.records.len()
+    }
+
     /// Encodes the batch with base offset 0 (the engine assigns the real one).
     pub fn build(&self) -> Vec<u8> {
-        let total = HEADER_BYTES + self.records.len();
-        let mut out = Vec::with_capacity(total);
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.build_into(&mut out);
+        out
+    }
+
+    /// Appends the encoded batch ([`BatchBuilder::build`]'s bytes) to `out`, for a caller
+    /// that frames it without copying it again.
+    pub fn build_into(&self, out: &mut Vec<u8>) {
+        let total = self.encoded_len();
+        let start = out.len();
+        out.reserve(total);
         out.extend_from_slice(&0i64.to_be_bytes());
         out.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
         out.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
@@ -387,9 +421,9 @@ impl BatchBuilder {
         out.extend_from_slice(&self.base_sequence.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(&self.records);
-        let crc = crate::crc::crc32c(&out[CRC_START..]);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
-        out
+        let batch = &mut out[start..];
+        let crc = crate::crc::crc32c(&batch[CRC_START..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
     }
 }
 

@@ -43,8 +43,8 @@ pub use frame::{
 };
 pub use frame_buffer::{read_room, FrameBuffer};
 pub use request::{
-    decode_request, encode_request, BadRequest, JoinSettings, OffsetSpan, PartitionTarget, Request,
-    RequestHeader, StartAt,
+    decode_request, encode_produce_request, encode_request, BadRequest, JoinSettings, OffsetSpan,
+    PartitionTarget, Request, RequestHeader, StartAt,
 };
 pub use response::{
     decode_response, encode_error, encode_response, response_correlation_id, ApiVersions,

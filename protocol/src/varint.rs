@@ -10,6 +10,13 @@ pub fn put_varint(out: &mut Vec<u8>, value: i64) {
     out.push(v as u8);
 }
 
+/// Bytes [`put_varint`] writes for `value`.
+pub fn varint_len(value: i64) -> usize {
+    let v = ((value << 1) ^ (value >> 63)) as u64;
+    // One byte per started 7 bits, and at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// Decodes a zig-zag varint at the start of `input`; returns it and the bytes it used, or `None`
 /// when the input ends first or the encoding exceeds 10 bytes.
 pub fn get_varint(input: &[u8]) -> Option<(i64, usize)> {
@@ -27,6 +34,19 @@ pub fn get_varint(input: &[u8]) -> Option<(i64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_length_is_what_put_writes() {
+        let mut values = vec![0, 1, -1, 63, -64, 64, -65, i64::MAX, i64::MIN];
+        for shift in 0..63 {
+            values.extend([1i64 << shift, (1i64 << shift) - 1, -(1i64 << shift)]);
+        }
+        for v in values {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
+    }
 
     #[test]
     fn round_trips_edge_values() {

@@ -371,3 +371,64 @@ fn error_codes_are_stable_numbers() {
         assert_eq!(*api as u16, i as u16);
     }
 }
+
+/// A record as a producer gives it: key, value (`None`: a tombstone) and headers.
+type RecordParts = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(Vec<u8>, Option<Vec<u8>>)>,
+);
+
+fn record_parts() -> impl Strategy<Value = RecordParts> {
+    let bytes = |max| proptest::collection::vec(any::<u8>(), 0..max);
+    (
+        proptest::option::of(bytes(40)),
+        // Up to 300 bytes: record lengths of one and of two varint bytes.
+        proptest::option::of(bytes(300)),
+        proptest::collection::vec((bytes(10), proptest::option::of(bytes(10))), 0..3),
+    )
+}
+
+proptest! {
+    /// Records are written straight into the batch, their length counted first: what comes
+    /// back out is what went in, and the produce frame built around the batch in place is the
+    /// very frame of the batch built on its own.
+    #[test]
+    fn built_batches_decode_to_their_records_and_frame_alike(
+        records in proptest::collection::vec(record_parts(), 1..40),
+        key_target in any::<bool>(),
+        correlation_id in any::<u32>(),
+    ) {
+        let mut builder = batch::BatchBuilder::new(1_700_000_000_000);
+        for (key, value, headers) in &records {
+            let headers: Vec<(&[u8], Option<&[u8]>)> =
+                headers.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
+            builder.push_record(key.as_deref(), value.as_deref(), &headers);
+        }
+        let built = builder.build();
+        prop_assert_eq!(built.len(), builder.encoded_len());
+        let view = batch::BatchView::verify(&built).unwrap();
+        let decoded: Vec<RecordParts> = view
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                let headers = r.headers.iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
+                (r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec), headers)
+            })
+            .collect();
+        prop_assert_eq!(&decoded, &records);
+
+        let target = if key_target { PartitionTarget::Key(b"k") } else { PartitionTarget::Partition(3) };
+        let mut whole = Vec::new();
+        encode_request(correlation_id, &Request::Produce {
+            topic: "t".into(),
+            target: target.clone(),
+            producer_id: 7,
+            base_sequence: 9,
+            batch: &built,
+        }, &mut whole);
+        let mut in_place = vec![0xee; 5]; // appended after what the buffer holds
+        encode_produce_request(correlation_id, "t", &target, 7, 9, &builder, &mut in_place);
+        prop_assert_eq!(&in_place[5..], &whole[..]);
+    }
+}
