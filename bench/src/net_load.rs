@@ -220,6 +220,9 @@ fn intended(start: Instant, k: u64, batch: usize, per_s: f64) -> Instant {
     start + Duration::from_secs_f64(k as f64 * batch as f64 / per_s)
 }
 
+/// Most produce requests a producer sends with one write (closed loop).
+const COALESCED_REQUESTS_MAX: usize = 8;
+
 fn produce(
     client: &Client,
     load: &NetLoad,
@@ -258,6 +261,7 @@ fn produce(
         let quota = load.messages.map(|m| share(m, load.producers, producer));
         let mut sent = 0u64;
         let mut failed = None;
+        let mut sizes = Vec::with_capacity(COALESCED_REQUESTS_MAX);
         for k in 0u64.. {
             let due = per_producer.map(|r| intended(start, k, batch, r));
             let n = quota.map_or(batch, |q| (q - sent).min(batch as u64) as usize);
@@ -271,6 +275,20 @@ fn produce(
             if take_token.recv().is_err() {
                 break;
             }
+            // Closed loop: every batch whose token is back goes now, all in one write, as a
+            // client with several batches ready would send them. (Open loop: each batch has
+            // its own send time.)
+            sizes.clear();
+            sizes.push(n);
+            let mut planned = sent + n as u64;
+            while due.is_none() && sizes.len() < COALESCED_REQUESTS_MAX {
+                let more = quota.map_or(batch, |q| (q - planned).min(batch as u64) as usize);
+                if more == 0 || take_token.try_recv().is_err() {
+                    break;
+                }
+                sizes.push(more);
+                planned += more as u64;
+            }
             let sent_for = due.unwrap_or_else(Instant::now);
             if load.consumers > 0 {
                 let stamp = sent_for.duration_since(shared.base).as_nanos() as u64;
@@ -278,12 +296,18 @@ fn produce(
                     v[..8].copy_from_slice(&stamp.to_le_bytes());
                 }
             }
-            match client.send_values(&load.topic, Target::Partition(partition), &values[..n]) {
+            let target = Target::Partition(partition);
+            let batches = sizes.iter().map(|&n| &values[..n]);
+            match client.send_values_many(&load.topic, target, batches) {
                 Ok(pending) => {
-                    if to_waiter.send((sent_for, pending, n as u64)).is_err() {
+                    let mut waiter_gone = false;
+                    for (p, &n) in pending.into_iter().zip(&sizes) {
+                        waiter_gone |= to_waiter.send((sent_for, p, n as u64)).is_err();
+                        sent += n as u64;
+                    }
+                    if waiter_gone {
                         break;
                     }
-                    sent += n as u64;
                 }
                 Err(e) => {
                     failed = Some(format!("produce failed: {e}"));

@@ -374,38 +374,60 @@ impl Client {
         frame: &[u8],
         extra_wait: Duration,
     ) -> Result<PendingReply> {
-        let size = frame.len() - SIZE_PREFIX_BYTES;
-        if size > self.info.max_frame_bytes as usize {
-            return Err(ClientError::TooLarge {
-                size,
-                max: self.info.max_frame_bytes,
-            });
+        let mut sent = self.send_frames(&[(id, frame.len())], api, frame, extra_wait)?;
+        sent.pop()
+            .ok_or_else(|| ClientError::Protocol("no request was sent".into()))
+    }
+
+    /// Sends request frames laid end to end in `frames` with one write: `spans` gives each
+    /// one's correlation id and length, in order.
+    fn send_frames(
+        &self,
+        spans: &[(u32, usize)],
+        api: ApiKey,
+        frames: &[u8],
+        extra_wait: Duration,
+    ) -> Result<Vec<PendingReply>> {
+        let max = self.info.max_frame_bytes;
+        if let Some(&(_, len)) = spans
+            .iter()
+            .find(|(_, len)| len - SIZE_PREFIX_BYTES > max as usize)
+        {
+            let size = len - SIZE_PREFIX_BYTES;
+            return Err(ClientError::TooLarge { size, max });
         }
-        let (tx, rx) = bounded(1);
+        let mut replies = Vec::with_capacity(spans.len());
         {
             let mut p = self.shared.pending();
             if let Some(why) = &p.closed {
                 return Err(ClientError::ConnectionLost(why.clone()));
             }
-            p.waiting.insert(id, tx);
+            for &(id, _) in spans {
+                let (tx, rx) = bounded(1);
+                p.waiting.insert(id, tx);
+                replies.push(PendingReply {
+                    rx,
+                    id,
+                    api,
+                    timeout: self.options.request_timeout + extra_wait,
+                    shared: Arc::clone(&self.shared),
+                });
+            }
         }
         let written = self
             .shared
             .writer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .write_all(frame);
+            .write_all(frames);
         if let Err(e) = written {
-            self.shared.pending().waiting.remove(&id);
+            let mut p = self.shared.pending();
+            for &(id, _) in spans {
+                p.waiting.remove(&id);
+            }
             return Err(ClientError::ConnectionLost(format!("send failed: {e}")));
         }
-        Ok(PendingReply {
-            rx,
-            id,
-            api,
-            timeout: self.options.request_timeout + extra_wait,
-            shared: Arc::clone(&self.shared),
-        })
+        Ok(replies)
     }
 
     pub(crate) fn call(&self, request: &Request<'_>) -> Result<Response<'static>> {
@@ -475,32 +497,69 @@ impl Client {
         target: Target<'_>,
         values: impl IntoIterator<Item = V>,
     ) -> Result<PendingProduce> {
-        let values: Vec<V> = values.into_iter().collect();
+        self.send_values_many(topic, target, [values])?
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no request was sent".into()))
+    }
+
+    /// Sends each of `batches` as a produce request of its own (with the target's key, if it
+    /// has one), all with one write to the socket, without waiting. A producer with several
+    /// batches ready saves a system call per batch; the server answers each as if it had come
+    /// alone. Nothing is sent if any batch is empty.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), keel_client::ClientError> {
+    /// use keel_client::{Client, Target};
+    /// let client = Client::connect("127.0.0.1:7070")?;
+    /// let batches = [vec!["a", "b"], vec!["c"]];
+    /// let pending = client.send_values_many("events", Target::Partition(0), &batches)?;
+    /// for p in pending {
+    ///     let ack = p.wait()?;
+    ///     println!("offsets {}..={}", ack.first_offset, ack.last_offset);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_values_many<B, V>(
+        &self,
+        topic: &str,
+        target: Target<'_>,
+        batches: impl IntoIterator<Item = B>,
+    ) -> Result<Vec<PendingProduce>>
+    where
+        B: IntoIterator<Item = V>,
+        V: AsRef<[u8]>,
+    {
         let (key, target) = match target {
             Target::Key(k) => (Some(k), PartitionTarget::Key(k)),
             Target::Partition(p) => (None, PartitionTarget::Partition(p)),
         };
-        let mut batch = BatchBuilder::new(now_ms());
-        // Each record adds its key, its value and at most 16 bytes of lengths and deltas.
         let key_len = key.map_or(0, <[u8]>::len);
-        batch.reserve(values.iter().map(|v| v.as_ref().len() + key_len + 16).sum());
-        for v in &values {
-            batch.push(key, v.as_ref(), &[]);
+        let mut frames = Vec::new();
+        let mut spans = Vec::new();
+        for values in batches {
+            let values: Vec<V> = values.into_iter().collect();
+            let mut batch = BatchBuilder::new(now_ms());
+            // Each record adds its key, its value and at most 16 bytes of lengths and deltas.
+            batch.reserve(values.iter().map(|v| v.as_ref().len() + key_len + 16).sum());
+            for v in &values {
+                batch.push(key, v.as_ref(), &[]);
+            }
+            if batch.is_empty() {
+                return Err(ClientError::Protocol(
+                    "a produce needs at least one message".into(),
+                ));
+            }
+            // The batch is built straight into the frame: each value is copied once here,
+            // then into the socket.
+            let id = self.next_id();
+            let at = frames.len();
+            frames.reserve(PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len());
+            encode_produce_request(id, topic, &target, -1, -1, &batch, &mut frames);
+            spans.push((id, frames.len() - at));
         }
-        if batch.is_empty() {
-            return Err(ClientError::Protocol(
-                "a produce needs at least one message".into(),
-            ));
-        }
-        // The batch is built straight into the frame: each value is copied once here, then
-        // into the socket.
-        let id = self.next_id();
-        let mut frame = Vec::with_capacity(
-            PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len(),
-        );
-        encode_produce_request(id, topic, &target, -1, -1, &batch, &mut frame);
-        self.send_frame(id, ApiKey::Produce, &frame, Duration::ZERO)
-            .map(PendingProduce)
+        let sent = self.send_frames(&spans, ApiKey::Produce, &frames, Duration::ZERO)?;
+        Ok(sent.into_iter().map(PendingProduce).collect())
     }
 
     /// Produces `values` as one batch and waits until it is durable.

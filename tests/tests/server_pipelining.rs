@@ -1,6 +1,6 @@
 //! Many requests in flight on one connection: every answer finds its request.
 
-use keel_client::{FetchOptions, Target};
+use keel_client::{ClientError, FetchOptions, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
 
@@ -149,4 +149,64 @@ fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_co
 #[test]
 fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_on_the_shards_rings() {
     thousand_in_flight("shard");
+}
+
+/// Several batches sent with one write are each a produce of their own: answered with
+/// consecutive offsets and stored byte for byte. A call holding an empty or oversized batch
+/// sends none of its batches.
+#[test]
+fn batches_sent_with_one_write_are_each_acknowledged_and_stored() {
+    let dir = data_dir();
+    let server = Keeld::start_with_config(dir.path(), "max_frame_bytes = 270336\n", &[]);
+    let client = server.client();
+    client.create_topic("many", 1).unwrap();
+    // 50 batches of 1-8 messages of 2 KiB: together (about 450 KiB) more than a frame may hold,
+    // each well within one.
+    let batches: Vec<Vec<String>> = (0..50)
+        .map(|b| {
+            (0..=b % 7)
+                .map(|i| format!("batch {b} message {i} {}", "p".repeat(2048)))
+                .collect()
+        })
+        .collect();
+    let pending = client
+        .send_values_many("many", Target::Partition(0), &batches)
+        .unwrap();
+    assert_eq!(pending.len(), batches.len());
+    let mut next = 0;
+    for (p, batch) in pending.into_iter().zip(&batches) {
+        let ack = p.wait().unwrap();
+        let n = batch.len() as u64;
+        assert_eq!((ack.first_offset, ack.last_offset), (next, next + n - 1));
+        next += n;
+    }
+    let mut stored = Vec::new();
+    while (stored.len() as u64) < next {
+        let offset = stored.len() as u64;
+        let fetched = client
+            .fetch("many", 0, offset, FetchOptions::default())
+            .unwrap();
+        for m in fetched.messages(offset).unwrap() {
+            stored.push(String::from_utf8(m.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    assert_eq!(stored, batches.concat());
+
+    let with_empty = [vec!["sent?"], vec![]];
+    assert!(matches!(
+        client.send_values_many("many", Target::Partition(0), &with_empty),
+        Err(ClientError::Protocol(_))
+    ));
+    let oversized = [vec!["sent?".to_string()], vec!["x".repeat(300_000)]];
+    assert!(matches!(
+        client.send_values_many("many", Target::Partition(0), &oversized),
+        Err(ClientError::TooLarge { max: 270_336, .. })
+    ));
+    let ack = client
+        .produce("many", Target::Partition(0), ["after"])
+        .unwrap();
+    assert_eq!(
+        ack.first_offset, next,
+        "neither failed call sent its first batch"
+    );
 }
