@@ -550,8 +550,8 @@ impl Client {
                     "a produce needs at least one message".into(),
                 ));
             }
-            // The batch is built straight into the frame: each value is copied once here,
-            // then into the socket.
+            // Each value was copied once, into the batch's records; they are copied once more,
+            // into the frame, and then into the socket.
             let id = self.next_id();
             let at = frames.len();
             frames.reserve(PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len());

@@ -333,8 +333,8 @@ pub fn encode_request(correlation_id: u32, request: &Request<'_>, out: &mut Vec<
 }
 
 /// Appends a whole produce request frame, [`encode_request`]'s bytes for a
-/// [`Request::Produce`] of `batch.build()`, with the batch built straight into `out`: a producer
-/// copies each value once on its way to the socket, not once more per layer.
+/// [`Request::Produce`] of `batch.build()`, with the batch encoded straight into `out`: the
+/// builder's records are copied once, into the frame, instead of into an encoded batch first.
 pub fn encode_produce_request(
     correlation_id: u32,
     topic: &str,
