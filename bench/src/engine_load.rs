@@ -85,7 +85,7 @@ impl Outcome {
 type Ack = (usize, Instant, Instant, bool);
 
 /// Open loop: how long the driver sleeps between bursts of sends that fell due.
-const OPEN_LOOP_TICK: Duration = Duration::from_micros(100);
+const OPEN_LOOP_TICK: Duration = Duration::from_micros(50);
 
 /// Templates made so far, by (message bytes, messages per batch). Each is made once and lives
 /// as long as the process: appends share it as a static slice, so the generator neither copies
@@ -283,8 +283,12 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
                     in_flight -= 1;
                     on_ack(ack, &mut r);
                 }
+                // Never shorter than a tick: at a high rate the next message is due within a
+                // microsecond, and sleeping until then cost a timer and a wake-up per message
+                // (a third of the process's time at 1.2 M msg/s). Messages that fall due
+                // meanwhile go out at the next tick, stamped with when they were due.
                 std::thread::sleep(
-                    OPEN_LOOP_TICK.min(next.saturating_duration_since(Instant::now())),
+                    OPEN_LOOP_TICK.max(next.saturating_duration_since(Instant::now())),
                 );
             }
             r.late = Some(late);

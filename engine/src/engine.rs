@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::guest::{on_shard_thread, ShardGuest};
 use crate::histogram::LOG2_BUCKETS;
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
+use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
 use crate::shard::{Command, Shard, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
@@ -81,6 +82,8 @@ pub struct Engine {
     /// looking a topic up never wait behind an administration waiting for them.
     admin: Mutex<()>,
     closed: AtomicBool,
+    /// Removes dropped segment files; stopped (finishing them) before the lock is let go.
+    janitor: Janitor,
     _lock: DataDirLock,
 }
 
@@ -109,11 +112,14 @@ impl Engine {
             catalog: Mutex::new(BTreeMap::new()),
             admin: Mutex::new(()),
             closed: AtomicBool::new(false),
+            janitor: Janitor::start()
+                .map_err(|e| EngineError::io("start the janitor thread", "", e))?,
             _lock: lock,
             cfg: Arc::clone(&cfg),
         };
         for id in 0..cfg.shards {
-            engine.shards.push(start_shard(&cfg, id)?);
+            let shard = start_shard(&cfg, id, &engine.janitor.handle())?;
+            engine.shards.push(shard);
         }
         for (name, meta) in topics {
             engine.add_topic_to_shards(&name, meta.partitions)?;
@@ -442,20 +448,22 @@ fn refuse_on_shard_thread(what: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn start_shard(cfg: &Arc<EngineConfig>, id: usize) -> Result<ShardHandle> {
+fn start_shard(cfg: &Arc<EngineConfig>, id: usize, janitor: &JanitorTx) -> Result<ShardHandle> {
     let uring = || UringDisk::new().map_err(EngineError::uring_unavailable);
     match &cfg.io {
-        IoMode::Uring => spawn_shard(cfg, id, uring()?),
+        IoMode::Uring => spawn_shard(cfg, id, uring()?, janitor),
         IoMode::UringWithFaults(plan) => {
-            spawn_shard(cfg, id, FaultyDisk::new(uring()?, Arc::clone(plan)))
+            let disk = FaultyDisk::new(uring()?, Arc::clone(plan));
+            spawn_shard(cfg, id, disk, janitor)
         }
         IoMode::UringWithCrashes(plan) => {
-            spawn_shard(cfg, id, CrashingDisk::new(uring()?, Arc::clone(plan)))
+            let disk = CrashingDisk::new(uring()?, Arc::clone(plan));
+            spawn_shard(cfg, id, disk, janitor)
         }
         IoMode::Portable => {
             let disk = PortableDisk::new()
                 .map_err(|e| EngineError::io("start the portable I/O thread", "", e))?;
-            spawn_shard(cfg, id, disk)
+            spawn_shard(cfg, id, disk, janitor)
         }
     }
 }
@@ -464,12 +472,20 @@ fn spawn_shard<D: Disk + Send + 'static>(
     cfg: &Arc<EngineConfig>,
     id: usize,
     disk: D,
+    janitor: &JanitorTx,
 ) -> Result<ShardHandle> {
     let (tx, rx) = bounded(cfg.queue_depth);
     let (peer_tx, peer_rx) = unbounded();
     let stats = Arc::new(ShardStats::default());
     let waker = disk.waker();
-    let shard = Shard::new(disk, rx, peer_rx, Arc::clone(cfg), Arc::clone(&stats));
+    let shard = Shard::new(
+        disk,
+        rx,
+        peer_rx,
+        Arc::clone(cfg),
+        Arc::clone(&stats),
+        janitor.clone(),
+    );
     let core = cfg
         .pin_shards
         .then(core_affinity::get_core_ids)

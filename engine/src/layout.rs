@@ -21,6 +21,8 @@ const META_HEADER: &str = "keel-topic 1";
 /// Name of the prepared, not yet used, next segment of a partition.
 pub const PREPARED_SEGMENT: &str = "next.prep";
 const SEGMENT_SUFFIX: &str = ".seg";
+/// Suffix of a segment file retention dropped, waiting for the janitor (`janitor.rs`).
+pub const DROPPED_SUFFIX: &str = ".dropped";
 /// Longest topic name (as Kafka's).
 pub const MAX_TOPIC_NAME_BYTES: usize = 249;
 /// Most partitions per topic.
@@ -44,6 +46,11 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
 /// File name of the segment whose first offset is `base_offset`.
 pub fn segment_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}{SEGMENT_SUFFIX}")
+}
+
+/// Name a dropped segment file waits under until the janitor removes it.
+pub fn dropped_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}{DROPPED_SUFFIX}")
 }
 
 /// The base offset of a segment file name, if it is one.

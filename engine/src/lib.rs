@@ -21,6 +21,7 @@ pub mod guest;
 pub mod histogram;
 mod in_flight;
 pub mod io;
+mod janitor;
 pub mod layout;
 mod linger;
 pub mod offsets;

@@ -11,7 +11,8 @@ use crate::config::{EngineConfig, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::io::{Disk, FileId};
 use crate::layout::{
-    parse_segment_file_name, partition_dir, segment_file_name, sync_dir, PREPARED_SEGMENT,
+    parse_segment_file_name, partition_dir, segment_file_name, sync_dir, DROPPED_SUFFIX,
+    PREPARED_SEGMENT,
 };
 use crate::partition::{Limits, Partition};
 use crate::prepare::NextSegment;
@@ -155,8 +156,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         let name = name.to_string_lossy();
         if let Some(base) = parse_segment_file_name(&name) {
             bases.push(base);
-        } else if name == PREPARED_SEGMENT {
-            // Never used: it is made again when needed.
+        } else if name == PREPARED_SEGMENT || name.ends_with(DROPPED_SUFFIX) {
+            // Never used, or dropped by retention before a crash: neither is log.
             let path = entry.path();
             fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
         }

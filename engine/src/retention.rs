@@ -7,18 +7,22 @@
 //! measures both). What the file held before are offsets below the log's new start, which
 //! recovery never takes for the log (docs/FORMAT.md, "Recycled segments").
 
+use std::path::PathBuf;
+
 use crate::io::Disk;
-use crate::layout::{sync_dir, PREPARED_SEGMENT};
+use crate::layout::{dropped_file_name, PREPARED_SEGMENT};
 use crate::partition::Partition;
 use crate::prepare::NextSegment;
 
 /// Segments retention has dropped, by what became of their files.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Retired {
     /// Files deleted.
     pub deleted: u64,
     /// Files kept as the next segment.
     pub recycled: u64,
+    /// Deleted files renamed to their dropped names, for the janitor to remove.
+    pub dropped: Vec<PathBuf>,
 }
 
 /// How many of the oldest segments can go while the rest still hold `keep` bytes. `sizes` runs
@@ -76,19 +80,21 @@ impl Partition {
                 }
             }
             disk.close(segment.file);
-            match std::fs::remove_file(&segment.path) {
-                Ok(()) => self.retired.deleted += 1,
+            // Renamed now (a crash before the rename is durable only brings a dropped segment
+            // back, which is still a valid log); removed by the janitor, off this thread.
+            let dropped = self.dir.join(dropped_file_name(segment.base_offset));
+            match std::fs::rename(&segment.path, &dropped) {
+                Ok(()) => {
+                    self.retired.deleted += 1;
+                    self.retired.dropped.push(dropped);
+                }
                 Err(e) => log::warn!(
-                    "{}/{}: retention could not delete {}: {e}",
+                    "{}/{}: retention could not drop {}: {e}",
                     self.topic,
                     self.id,
                     segment.path.display()
                 ),
             }
-        }
-        // A crash before this only brings a dropped segment back, which is still a valid log.
-        if let Err(e) = sync_dir(&self.dir) {
-            log::warn!("{}/{}: after retention: {e}", self.topic, self.id);
         }
     }
 

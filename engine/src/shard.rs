@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::guest::ShardGuest;
 use crate::histogram::Log2Histogram;
 use crate::io::{Block, Completion, Disk, GuestCompletion, Waker, WAKE_BATCH};
+use crate::janitor::JanitorTx;
 use crate::linger::Hold;
 use crate::open::open_partition;
 use crate::partition::Partition;
@@ -190,6 +191,8 @@ pub struct Shard<D> {
     waker: Arc<Waker>,
     cfg: Arc<EngineConfig>,
     stats: Arc<ShardStats>,
+    /// Removes the files retention drops, off this thread.
+    janitor: JanitorTx,
     topics: TopicMap<TopicSlot>,
     ops: HashMap<u64, Owner>,
     next_token: u64,
@@ -212,6 +215,7 @@ impl<D: Disk> Shard<D> {
         peer_rx: Receiver<Command>,
         cfg: Arc<EngineConfig>,
         stats: Arc<ShardStats>,
+        janitor: JanitorTx,
     ) -> Self {
         let waker = disk.waker();
         Self {
@@ -224,6 +228,7 @@ impl<D: Disk> Shard<D> {
             waker,
             cfg,
             stats,
+            janitor,
             topics: TopicMap::default(),
             ops: HashMap::new(),
             next_token: 1,
@@ -660,6 +665,9 @@ impl<D: Disk> Shard<D> {
                 counter.fetch_add(1, Ordering::Relaxed);
                 p.enforce_retention(&mut self.disk);
                 let retired = p.take_retired();
+                for path in retired.dropped {
+                    self.janitor.remove(path);
+                }
                 self.stats
                     .segments_deleted
                     .fetch_add(retired.deleted, Ordering::Relaxed);
