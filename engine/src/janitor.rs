@@ -1,11 +1,12 @@
 //! Removing the segment files retention drops, off the shards' threads, a slice at a time.
 //!
-//! Unlinking a whole 256 MiB segment frees all its extents in one journal transaction; on ext4
-//! mounted with `discard` that commit also discards all of them, and every partition's
-//! `fdatasync` waited behind it: flushes of 30-40 ms, and a shard stalled for as long when it
-//! unlinked inline (docs/BENCHMARKS.md, "Segment files removed a slice at a time"). Here a file
-//! is cut down from its end a slice at a time, each slice's freeing committed by an `fsync`
-//! of its own, with a pause between slices; then the empty file is unlinked.
+//! Unlinking a whole 256 MiB segment frees all its extents at once, and on a filesystem mounted
+//! with `discard` (as these machines' ext4 is) discards them all at once too: it took up to
+//! 40 ms, a shard that unlinked inline stalled that long, and every partition's flushes took
+//! 30-40 ms while it ran, even from another thread (docs/BENCHMARKS.md, "Stalls at half
+//! load"). Here a file is cut down from its end a slice at a time, each cut made durable by an
+//! `fsync` of its own so its freeing is not saved up for a later one, with a pause between
+//! slices; then the empty file is unlinked.
 //!
 //! A dropped file is first renamed by its partition to a `.dropped` name, which recovery never
 //! reads as log and removes on open, so a topic deleted and made again meanwhile can never lose
@@ -22,10 +23,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-/// Bytes freed per journal commit.
-pub const SLICE_BYTES: u64 = 16 << 20;
-/// Pause between two slices of a file, so the flushes' syncs get the journal in between.
-pub const SLICE_PAUSE: Duration = Duration::from_millis(5);
+/// Bytes freed at a time: a 4 MiB cut and its fsync took about 1 ms here, against 3-7 ms for
+/// 16 MiB, during which flushes slowed.
+pub const SLICE_BYTES: u64 = 4 << 20;
+/// Pause between two slices, so the flushes have the disk to themselves most of the time; a
+/// 256 MiB file goes in about 0.7 s.
+pub const SLICE_PAUSE: Duration = Duration::from_millis(10);
 
 /// What a shard holds to hand the janitor files to remove. Sending never blocks.
 #[derive(Clone, Debug)]
