@@ -197,10 +197,12 @@ impl Engine {
             .map_or(0, |d| d.as_nanos());
         let doomed = topics_dir(&self.cfg.data_dir).join(format!(".deleted-{name}-{nanos}"));
         // Rename first, durably: a crash mid-removal leaves a directory startup finishes off,
-        // never a half-deleted topic.
+        // never a half-deleted topic. The files go in the background, a slice at a time, so
+        // other topics' flushes do not stall behind them (`janitor.rs`).
         fs::rename(&dir, &doomed).map_err(|e| EngineError::io("rename deleted topic", &dir, e))?;
         layout::sync_dir(&topics_dir(&self.cfg.data_dir))?;
-        fs::remove_dir_all(&doomed).map_err(|e| EngineError::io("remove", &doomed, e))
+        self.janitor.handle().remove_tree(doomed);
+        Ok(())
     }
 
     /// Topics and their partition counts, by name.

@@ -30,23 +30,43 @@ pub const SLICE_BYTES: u64 = 4 << 20;
 /// 256 MiB file goes in about 0.7 s.
 pub const SLICE_PAUSE: Duration = Duration::from_millis(10);
 
-/// What a shard holds to hand the janitor files to remove. Sending never blocks.
+/// What the janitor removes.
+#[derive(Debug)]
+enum Job {
+    /// A dropped segment file.
+    File(PathBuf),
+    /// A deleted topic's directory, renamed away already, with everything in it.
+    Tree(PathBuf),
+}
+
+/// What a shard (or the engine) holds to hand the janitor files to remove. Sending never
+/// blocks.
 #[derive(Clone, Debug)]
-pub struct JanitorTx(Sender<PathBuf>);
+pub struct JanitorTx(Sender<Job>);
 
 impl JanitorTx {
-    /// Queues the removal of the dropped file at `path`. If the janitor is gone (the engine is
-    /// closing), it is removed here and now, without pauses, so nothing is left behind.
+    /// Queues the removal of the dropped file at `path`.
     pub fn remove(&self, path: PathBuf) {
-        if let Err(e) = self.0.send(path) {
-            remove(&e.into_inner(), &AtomicBool::new(true));
+        self.send(Job::File(path));
+    }
+
+    /// Queues the removal of the directory `dir` and everything in it.
+    pub fn remove_tree(&self, dir: PathBuf) {
+        self.send(Job::Tree(dir));
+    }
+
+    /// If the janitor is gone (the engine is closing), the job is done here and now, without
+    /// pauses, so nothing is left behind.
+    fn send(&self, job: Job) {
+        if let Err(e) = self.0.send(job) {
+            run(e.into_inner(), &AtomicBool::new(true));
         }
     }
 }
 
 /// The janitor thread.
 pub struct Janitor {
-    tx: Option<Sender<PathBuf>>,
+    tx: Option<Sender<Job>>,
     hurry: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -96,25 +116,57 @@ impl Drop for Janitor {
     }
 }
 
-fn serve(rx: &Receiver<PathBuf>, hurry: &AtomicBool) {
-    // Ends when every sender is gone, after the files still queued.
-    while let Ok(path) = rx.recv() {
-        remove(&path, hurry);
+fn serve(rx: &Receiver<Job>, hurry: &AtomicBool) {
+    // Ends when every sender is gone, after the jobs still queued.
+    while let Ok(job) = rx.recv() {
+        run(job, hurry);
     }
 }
 
-fn remove(path: &Path, hurry: &AtomicBool) {
-    let done = remove_in_slices(path, SLICE_BYTES, || {
+fn run(job: Job, hurry: &AtomicBool) {
+    let mut pause = || {
         if !hurry.load(Ordering::SeqCst) {
             std::thread::sleep(SLICE_PAUSE);
         }
-    });
+    };
+    let (path, done) = match job {
+        Job::File(path) => {
+            let done = remove_in_slices(&path, SLICE_BYTES, &mut pause);
+            (path, done)
+        }
+        Job::Tree(dir) => {
+            let done = remove_tree_in_slices(&dir, SLICE_BYTES, &mut pause);
+            (dir, done)
+        }
+    };
     match done {
         Ok(()) => {}
         // Removed already (its topic was deleted, or recovery got there first).
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => log::warn!("could not remove {}: {e}", path.display()),
     }
+}
+
+/// Removes `dir` and everything below it, each file as [`remove_in_slices`] does.
+pub fn remove_tree_in_slices(dir: &Path, slice: u64, between: &mut dyn FnMut()) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        let removed = if kind.is_dir() {
+            remove_tree_in_slices(&path, slice, between)
+        } else if kind.is_file() {
+            remove_in_slices(&path, slice, &mut *between)
+        } else {
+            // A link or anything else: only its name goes, never what it points to.
+            fs::remove_file(&path)
+        };
+        match removed {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    fs::remove_dir(dir)
 }
 
 /// Makes the name `path` has durable, shortens the file by `slice` bytes at a time from its
@@ -164,6 +216,30 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_is_removed_file_by_file_and_a_link_never_followed() {
+        let dir = scratch();
+        let outside = dir.join("outside");
+        fs::write(&outside, vec![3u8; 3 << 19]).unwrap();
+        let tree = dir.join(".deleted-t-1");
+        for p in ["0", "1"] {
+            fs::create_dir_all(tree.join(p)).unwrap();
+            fs::write(tree.join(p).join("a.seg"), vec![1u8; 2 << 20]).unwrap();
+        }
+        fs::write(tree.join("meta"), b"keel-topic 1\n").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        let mut cuts = 0;
+        remove_tree_in_slices(&tree, 1 << 20, &mut || cuts += 1).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(cuts, 2, "each 2 MiB file cut once before its unlink");
+        assert_eq!(
+            fs::read(&outside).unwrap().len(),
+            4096,
+            "a link's target is left alone"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn queued_files_are_removed_by_the_time_the_janitor_stops_and_after_it() {
         let dir = scratch();
         let files: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("{i}.dropped"))).collect();
@@ -175,9 +251,13 @@ mod tests {
         handle.remove(files[0].clone());
         handle.remove(files[1].clone());
         handle.remove(dir.join("never-existed.dropped"));
+        let tree = dir.join(".deleted-x-1");
+        fs::create_dir_all(tree.join("0")).unwrap();
+        fs::write(tree.join("0").join("s.seg"), vec![1u8; 1 << 20]).unwrap();
+        handle.remove_tree(tree.clone());
         drop(handle);
         janitor.stop();
-        assert!(!files[0].exists() && !files[1].exists());
+        assert!(!files[0].exists() && !files[1].exists() && !tree.exists());
         // A handle that outlives the thread removes at once.
         janitor.handle().remove(files[2].clone());
         assert!(!files[2].exists());

@@ -32,6 +32,13 @@ fn topics_are_created_listed_deleted_and_survive_a_restart() {
     ));
     engine.append_wait("a", 2, one_record(b"kept")).unwrap();
     drop(engine);
+    // Its files went in the background, and were all gone by the time the engine closed.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("topics"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".deleted-"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 
     let engine = Engine::open(small_config(dir.path(), 2)).unwrap();
     let topics = engine.list_topics();
