@@ -82,7 +82,8 @@ pub struct Engine {
     /// looking a topic up never wait behind an administration waiting for them.
     admin: Mutex<()>,
     closed: AtomicBool,
-    /// Removes dropped segment files; stopped (finishing them) before the lock is let go.
+    /// Removes dropped segment files and deleted topics; stopped (finishing them) before the
+    /// lock is let go.
     janitor: Janitor,
     _lock: DataDirLock,
 }

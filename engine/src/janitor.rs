@@ -1,4 +1,5 @@
-//! Removing the segment files retention drops, off the shards' threads, a slice at a time.
+//! Removing the segment files retention drops, and deleted topics' directories, in the
+//! background, a slice at a time.
 //!
 //! Unlinking a whole 256 MiB segment frees all its extents at once, and on a filesystem mounted
 //! with `discard` (as these machines' ext4 is) discards them all at once too: it took up to
@@ -11,7 +12,8 @@
 //! A dropped file is first renamed by its partition to a `.dropped` name, which recovery never
 //! reads as log and removes on open, so a topic deleted and made again meanwhile can never lose
 //! a live file here. The rename is made durable before the first cut: a crash must never bring
-//! a shortened file back under its segment name.
+//! a shortened file back under its segment name. A deleted topic's directory arrives renamed
+//! to its `.deleted-` name, durably, by `Engine::delete_topic`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -89,7 +91,7 @@ impl Janitor {
         })
     }
 
-    /// A handle for a shard.
+    /// A handle for a shard, or for the engine itself.
     pub fn handle(&self) -> JanitorTx {
         match &self.tx {
             Some(tx) => JanitorTx(tx.clone()),
@@ -98,7 +100,8 @@ impl Janitor {
         }
     }
 
-    /// Finishes what is queued without pausing, and ends the thread once every handle is gone.
+    /// Finishes what is queued without pausing, and ends the thread once every handle is gone
+    /// (so the shards, which hold handles, must have stopped).
     pub fn stop(&mut self) {
         self.hurry.store(true, Ordering::SeqCst);
         self.tx.take();
@@ -233,7 +236,7 @@ mod tests {
         assert_eq!(cuts, 2, "each 2 MiB file cut once before its unlink");
         assert_eq!(
             fs::read(&outside).unwrap().len(),
-            4096,
+            3 << 19,
             "a link's target is left alone"
         );
         fs::remove_dir_all(&dir).unwrap();
