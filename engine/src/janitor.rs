@@ -100,7 +100,7 @@ impl Janitor {
         }
     }
 
-    /// Finishes what is queued without pausing, and ends the thread once every handle is gone
+    /// Finishes what is queued at once (whole files, no pauses), and ends the thread once every handle is gone
     /// (so the shards, which hold handles, must have stopped).
     pub fn stop(&mut self) {
         self.hurry.store(true, Ordering::SeqCst);
@@ -132,13 +132,19 @@ fn run(job: Job, hurry: &AtomicBool) {
             std::thread::sleep(SLICE_PAUSE);
         }
     };
+    // Closing: nothing is flushing any more, so each file goes whole.
+    let slice = if hurry.load(Ordering::SeqCst) {
+        u64::MAX
+    } else {
+        SLICE_BYTES
+    };
     let (path, done) = match job {
         Job::File(path) => {
-            let done = remove_in_slices(&path, SLICE_BYTES, &mut pause);
+            let done = remove_in_slices(&path, slice, &mut pause);
             (path, done)
         }
         Job::Tree(dir) => {
-            let done = remove_tree_in_slices(&dir, SLICE_BYTES, &mut pause);
+            let done = remove_tree_in_slices(&dir, slice, &mut pause);
             (dir, done)
         }
     };
