@@ -17,11 +17,9 @@ use crate::prepare::NextSegment;
 /// Segments retention has dropped, by what became of their files.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Retired {
-    /// Files deleted.
-    pub deleted: u64,
     /// Files kept as the next segment.
     pub recycled: u64,
-    /// Deleted files renamed to their dropped names, for the janitor to remove.
+    /// Files to delete, renamed to their dropped names, for the janitor to remove.
     pub dropped: Vec<PathBuf>,
 }
 
@@ -84,10 +82,7 @@ impl Partition {
             // back, which is still a valid log); removed by the janitor, off this thread.
             let dropped = self.dir.join(dropped_file_name(segment.base_offset));
             match std::fs::rename(&segment.path, &dropped) {
-                Ok(()) => {
-                    self.retired.deleted += 1;
-                    self.retired.dropped.push(dropped);
-                }
+                Ok(()) => self.retired.dropped.push(dropped),
                 Err(e) => log::warn!(
                     "{}/{}: retention could not drop {}: {e}",
                     self.topic,

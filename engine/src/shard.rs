@@ -665,12 +665,12 @@ impl<D: Disk> Shard<D> {
                 counter.fetch_add(1, Ordering::Relaxed);
                 p.enforce_retention(&mut self.disk);
                 let retired = p.take_retired();
+                self.stats
+                    .segments_deleted
+                    .fetch_add(retired.dropped.len() as u64, Ordering::Relaxed);
                 for path in retired.dropped {
                     self.janitor.remove(path);
                 }
-                self.stats
-                    .segments_deleted
-                    .fetch_add(retired.deleted, Ordering::Relaxed);
                 self.stats
                     .segments_recycled
                     .fetch_add(retired.recycled, Ordering::Relaxed);
