@@ -31,6 +31,9 @@ pub const SLICE_BYTES: u64 = 4 << 20;
 /// Pause between two slices, so the flushes have the disk to themselves most of the time; a
 /// 256 MiB file goes in about 0.7 s.
 pub const SLICE_PAUSE: Duration = Duration::from_millis(10);
+/// Jobs queued at which the janitor stops pausing: files dropped faster than it removes them
+/// (small segments, or a retention that cannot reuse files) must not pile up on the disk.
+pub const BACKLOG_MAX: usize = 4;
 
 /// What the janitor removes.
 #[derive(Debug)]
@@ -61,7 +64,7 @@ impl JanitorTx {
     /// pauses, so nothing is left behind.
     fn send(&self, job: Job) {
         if let Err(e) = self.0.send(job) {
-            run(e.into_inner(), &AtomicBool::new(true));
+            run(e.into_inner(), &AtomicBool::new(true), || 0);
         }
     }
 }
@@ -122,13 +125,20 @@ impl Drop for Janitor {
 fn serve(rx: &Receiver<Job>, hurry: &AtomicBool) {
     // Ends when every sender is gone, after the jobs still queued.
     while let Ok(job) = rx.recv() {
-        run(job, hurry);
+        run(job, hurry, || rx.len());
     }
 }
 
-fn run(job: Job, hurry: &AtomicBool) {
+/// Whether to pause after a slice: not while closing, and not while the queue holds
+/// [`BACKLOG_MAX`] jobs or more, so the disk space of dropped files always comes back about as
+/// fast as files are dropped.
+fn pause_after_slice(closing: bool, queued: usize) -> bool {
+    !closing && queued < BACKLOG_MAX
+}
+
+fn run(job: Job, hurry: &AtomicBool, queued: impl Fn() -> usize) {
     let mut pause = || {
-        if !hurry.load(Ordering::SeqCst) {
+        if pause_after_slice(hurry.load(Ordering::SeqCst), queued()) {
             std::thread::sleep(SLICE_PAUSE);
         }
     };
@@ -222,6 +232,14 @@ mod tests {
         assert_eq!(seen, [4 * mib + 1, 3 * mib + 1, 2 * mib + 1, mib + 1, 1]);
         assert!(!path.exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_janitor_pauses_only_when_not_closing_and_not_behind() {
+        assert!(pause_after_slice(false, 0));
+        assert!(pause_after_slice(false, BACKLOG_MAX - 1));
+        assert!(!pause_after_slice(false, BACKLOG_MAX));
+        assert!(!pause_after_slice(true, 0));
     }
 
     #[test]
