@@ -27,6 +27,7 @@ use crate::guest::GuestRing;
 
 pub use crashing::{CrashPlan, CrashingDisk};
 pub use faulty::{FaultPlan, FaultyDisk};
+pub(crate) use files::sync_dir;
 pub use memory::{MemDisk, WriteRecord};
 pub use portable::PortableDisk;
 pub use uring::UringDisk;
