@@ -28,15 +28,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-for _ in $(seq "$hogs"); do
-  (while :; do :; done) &
-  pids+=($!)
-done
 # Lay the files out first, and let the page cache's copy of that reach the disk, so the timed
 # run overwrites written blocks (as the engine does at its retention size) with nothing else
 # in flight.
 fio --directory="$work" --size=1g --rw=write --bs=1m --create_only=1 --name=p0 --name=p1 >/dev/null
 sync
+for _ in $(seq "$hogs"); do
+  (while :; do :; done) &
+  pids+=($!)
+done
 echo "fio: 2 files x $rate MiB/s of $bs O_DSYNC writes, $engine, $seconds s, $hogs busy loops" >&2
 fio --directory="$work" --ioengine="$engine" --direct=1 --sync=dsync \
   --rw=write --bs="$bs" --size=1g --rate="${rate}m" --time_based=1 --runtime="$seconds" \
