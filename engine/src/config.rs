@@ -54,7 +54,8 @@ pub struct EngineConfig {
     /// Bytes a partition may hold gathered but not yet flushed before its shard stops taking
     /// new requests (backpressure; default 16 MiB).
     pub max_pending_bytes: usize,
-    /// Requests queued per shard before senders block (default 4096).
+    /// Requests queued per shard before senders block (default 4096; senders arriving at the
+    /// same moment may each add one more).
     pub queue_depth: usize,
     /// Overwrite prepared segments with zeros in the background before use, so each
     /// `fdatasync` flushes data only instead of also committing extent changes (default true;

@@ -14,6 +14,7 @@ use crate::config::{EngineConfig, IoMode};
 use crate::error::{EngineError, Result};
 use crate::guest::{on_shard_thread, ShardGuest};
 use crate::histogram::LOG2_BUCKETS;
+use crate::inbox::{inbox, InboxSender};
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
@@ -22,7 +23,7 @@ use crate::topic_name::{fnv1a, TopicName};
 use crate::{OffsetRange, ReadResult};
 
 struct ShardHandle {
-    tx: Sender<Command>,
+    tx: InboxSender<Command>,
     /// Used instead of `tx` from shard threads, which must never block: a shard waiting for
     /// room in another's queue (or its own) could wait for ever. Bounded by what the shards'
     /// guests admit (the server's byte budgets).
@@ -422,7 +423,7 @@ impl Engine {
     fn stop_shards(&mut self) {
         self.closed.store(true, Ordering::Release);
         for shard in &self.shards {
-            if shard.tx.send(Command::Stop).is_ok() {
+            if shard.tx.send_now(Command::Stop).is_ok() {
                 shard.waker.signal();
             }
         }
@@ -477,7 +478,7 @@ fn spawn_shard<D: Disk + Send + 'static>(
     disk: D,
     janitor: &JanitorTx,
 ) -> Result<ShardHandle> {
-    let (tx, rx) = bounded(cfg.queue_depth);
+    let (tx, rx) = inbox(cfg.queue_depth);
     let (peer_tx, peer_rx) = unbounded();
     let stats = Arc::new(ShardStats::default());
     let waker = disk.waker();

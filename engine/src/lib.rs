@@ -20,6 +20,7 @@ pub mod groups;
 pub mod guest;
 pub mod histogram;
 mod in_flight;
+mod inbox;
 pub mod io;
 mod janitor;
 pub mod layout;

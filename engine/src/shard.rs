@@ -14,6 +14,7 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::guest::ShardGuest;
 use crate::histogram::Log2Histogram;
+use crate::inbox::Inbox;
 use crate::io::{Block, Completion, Disk, GuestCompletion, Waker, WAKE_BATCH};
 use crate::janitor::JanitorTx;
 use crate::linger::Hold;
@@ -180,7 +181,7 @@ enum Owner {
 /// The shard's state, run by [`Shard::run`] on its own thread.
 pub struct Shard<D> {
     disk: D,
-    rx: Receiver<Command>,
+    rx: Inbox<Command>,
     /// Requests sent from shard threads (never blocks the sender; bounded by what the guests
     /// admit).
     peer_rx: Receiver<Command>,
@@ -211,7 +212,7 @@ impl<D: Disk> Shard<D> {
     /// A shard over `disk`, taking requests from `rx` and, from shard threads, `peer_rx`.
     pub fn new(
         disk: D,
-        rx: Receiver<Command>,
+        rx: Inbox<Command>,
         peer_rx: Receiver<Command>,
         cfg: Arc<EngineConfig>,
         stats: Arc<ShardStats>,
@@ -264,6 +265,9 @@ impl<D: Disk> Shard<D> {
                 };
                 took += 1;
                 self.handle(cmd);
+            }
+            if took > 0 {
+                self.rx.made_room();
             }
             self.start_flushes();
             self.finish_removals();
@@ -327,13 +331,13 @@ impl<D: Disk> Shard<D> {
     /// The next request, from the two queues in turn.
     fn next_command(&mut self) -> Option<Command> {
         self.peer_first = !self.peer_first;
-        let (first, second) = if self.peer_first {
-            (&self.peer_rx, &self.rx)
-        } else {
-            (&self.rx, &self.peer_rx)
-        };
-        for queue in [first, second] {
-            match queue.try_recv() {
+        for from_peer in [self.peer_first, !self.peer_first] {
+            let taken = if from_peer {
+                self.peer_rx.try_recv()
+            } else {
+                self.rx.try_recv()
+            };
+            match taken {
                 Ok(cmd) => return Some(cmd),
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => self.stopping = true,
