@@ -47,20 +47,11 @@ impl Room {
     }
 }
 
-/// The sending end, cloned by every thread that hands the shard requests.
+/// The sending end, shared by every thread that hands the shard requests.
 #[derive(Debug)]
 pub struct InboxSender<T> {
     tx: Sender<T>,
     room: Arc<Room>,
-}
-
-impl<T> Clone for InboxSender<T> {
-    fn clone(&self) -> Self {
-        Self {
-            tx: self.tx.clone(),
-            room: Arc::clone(&self.room),
-        }
-    }
 }
 
 /// The shard's end. Dropping it releases every waiting sender with an error.
@@ -180,13 +171,10 @@ mod tests {
         tx.send(1).unwrap();
         tx.send(2).unwrap();
         let (done_tx, done) = mpsc::channel();
-        let sender = {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let sent = tx.send(3);
-                let _ = done_tx.send(sent.is_ok());
-            })
-        };
+        let sender = thread::spawn(move || {
+            let sent = tx.send(3);
+            let _ = done_tx.send(sent.is_ok());
+        });
         // A queue without a bound would let the third request in at once.
         assert!(
             done.recv_timeout(Duration::from_millis(200)).is_err(),
