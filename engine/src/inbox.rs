@@ -40,10 +40,14 @@ struct Room {
 impl Room {
     fn wake_waiters(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
-            // Taking the lock orders this wake-up after a waiter's last look at the queue.
-            let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-            self.freed.notify_all();
+            self.notify_all();
         }
+    }
+
+    fn notify_all(&self) {
+        // Taking the lock orders this wake-up after a waiter's last look at the queue.
+        let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.freed.notify_all();
     }
 }
 
@@ -148,12 +152,7 @@ impl<T> Inbox<T> {
 impl<T> Drop for Inbox<T> {
     fn drop(&mut self) {
         self.room.closed.store(true, Ordering::SeqCst);
-        let _held = self
-            .room
-            .lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.room.freed.notify_all();
+        self.room.notify_all();
     }
 }
 
