@@ -17,6 +17,10 @@ struct State {
     senders: usize,
     /// The writer is gone: answers are dropped (giving their budget back) instead of queued.
     closed: bool,
+    /// The writer is asleep in [`AnswerRx::take_all`]. Senders wake the condition variable only
+    /// then: waking it costs a system call even when nobody waits, and an event loop never
+    /// does (`docs/BENCHMARKS.md`).
+    writer_asleep: bool,
 }
 
 /// Called when answers become ready or the last sender goes, for a writer that does not wait
@@ -64,8 +68,12 @@ fn new_queue(notify: Option<Notify>) -> (AnswerTx, AnswerRx) {
 }
 
 impl Queue {
-    fn wake(&self) {
-        self.ready.notify_one();
+    /// Called after a change the writer must see, with whether it was asleep (read under the
+    /// lock that made the change).
+    fn wake(&self, writer_asleep: bool) {
+        if writer_asleep {
+            self.ready.notify_one();
+        }
         if let Some(notify) = &self.notify {
             notify();
         }
@@ -81,9 +89,10 @@ impl AnswerTx {
         }
         s.items.push(answer);
         let first = s.items.len() == 1;
+        let asleep = s.writer_asleep;
         drop(s);
         if first {
-            self.0.wake();
+            self.0.wake(asleep);
         }
     }
 }
@@ -100,9 +109,10 @@ impl Drop for AnswerTx {
         let mut s = self.0.state();
         s.senders -= 1;
         let last = s.senders == 0;
+        let asleep = s.writer_asleep;
         drop(s);
         if last {
-            self.0.wake();
+            self.0.wake(asleep);
         }
     }
 }
@@ -116,7 +126,9 @@ impl AnswerRx {
             if s.senders == 0 {
                 return false;
             }
+            s.writer_asleep = true;
             s = self.0.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.writer_asleep = false;
         }
         std::mem::swap(&mut s.items, out);
         true
@@ -170,6 +182,30 @@ mod tests {
         }
         sender.join().unwrap();
         assert_eq!(got, (0..100).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_writer_asleep_on_an_empty_queue_is_woken_by_an_answer_and_by_the_last_sender() {
+        let patience = std::time::Duration::from_secs(10);
+        let budget = ByteBudget::new(1000);
+        let (tx, rx) = answer_queue();
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let mut batch = Vec::new();
+            while rx.take_all(&mut batch) {
+                let _ = seen_tx.send(Some(batch.len()));
+                batch.clear();
+            }
+            let _ = seen_tx.send(None);
+        });
+        // Give the writer time to fall asleep, so the send below must wake it.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        tx.send(Outgoing::new(vec![1], budget.acquire(1)));
+        assert_eq!(seen.recv_timeout(patience), Ok(Some(1)));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(tx);
+        assert_eq!(seen.recv_timeout(patience), Ok(None));
+        writer.join().unwrap();
     }
 
     #[test]

@@ -13,6 +13,10 @@ struct State {
     used: usize,
     /// Registered by refused [`ByteBudget::try_acquire_or_notify`] calls.
     waiting: Vec<OnFreed>,
+    /// Threads asleep in [`ByteBudget::acquire`]. A give-back wakes the condition variable
+    /// only when there are some: waking it costs a system call even when nobody waits, and
+    /// every request gives bytes back twice (`docs/BENCHMARKS.md`).
+    sleepers: usize,
 }
 
 /// A pool of bytes that in-flight work draws from.
@@ -70,7 +74,9 @@ impl ByteBudget {
     pub fn acquire(self: &Arc<Self>, bytes: usize) -> BudgetHold {
         let mut state = self.state();
         while !self.fits(state.used, bytes) {
+            state.sleepers += 1;
             state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.sleepers -= 1;
         }
         self.hold(&mut state, bytes)
     }
@@ -112,8 +118,11 @@ impl Drop for BudgetHold {
         let mut state = self.budget.state();
         state.used = state.used.saturating_sub(self.bytes);
         let waiting = std::mem::take(&mut state.waiting);
+        let sleepers = state.sleepers > 0;
         drop(state);
-        self.budget.freed.notify_all();
+        if sleepers {
+            self.budget.freed.notify_all();
+        }
         for on_freed in waiting {
             on_freed();
         }
