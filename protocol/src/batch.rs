@@ -81,6 +81,9 @@ pub fn declared_len(prefix: &[u8]) -> Option<u64> {
     (total >= HEADER_BYTES as i64).then_some(total as u64)
 }
 
+/// Why a record cannot be read.
+const RECORD_UNREADABLE: &str = "truncated or bad varint";
+
 /// A read-only view of one verified batch.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchView<'a> {
@@ -117,17 +120,7 @@ impl<'a> BatchView<'a> {
             });
         }
         if view.attributes() & COMPRESSION_MASK == 0 {
-            let mut parsed = 0;
-            for record in view.records() {
-                record?;
-                parsed += 1;
-            }
-            if parsed != count as usize {
-                return Err(BatchError::RecordCount {
-                    count,
-                    last_offset_delta,
-                });
-            }
+            check_records(&bytes[HEADER_BYTES..], count as usize)?;
         }
         Ok(view)
     }
@@ -212,7 +205,7 @@ impl<'a> Iterator for Records<'a> {
         let index = self.index;
         self.index += 1;
         let fail = |reason| BatchError::Record { index, reason };
-        let parsed = parse_record(self.rest).ok_or_else(|| fail("truncated or bad varint"));
+        let parsed = parse_record(self.rest).ok_or_else(|| fail(RECORD_UNREADABLE));
         match parsed {
             Ok((record, used)) => {
                 self.rest = &self.rest[used..];
@@ -252,7 +245,22 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_record(input: &[u8]) -> Option<(Record<'_>, usize)> {
+/// One record's fields besides its headers, borrowed from the batch.
+struct RecordFields<'a> {
+    timestamp_delta: i64,
+    offset_delta: i64,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+}
+
+/// Reads the record at the front of `input`, handing each header to `header`; returns its
+/// other fields and the bytes it takes. The one parser behind both reading records and
+/// checking them.
+#[inline(always)]
+fn walk_record<'a>(
+    input: &'a [u8],
+    mut header: impl FnMut(&'a [u8], Option<&'a [u8]>),
+) -> Option<(RecordFields<'a>, usize)> {
     let mut outer = Cursor {
         bytes: input,
         at: 0,
@@ -266,27 +274,55 @@ fn parse_record(input: &[u8]) -> Option<(Record<'_>, usize)> {
     let key = c.nullable_bytes()?;
     let value = c.nullable_bytes()?;
     let header_count = usize::try_from(c.varint()?).ok()?;
-    // Each header needs at least two bytes, so a count beyond that is a lie: refuse it before
-    // reserving memory for it.
+    // Each header needs at least two bytes, so a count beyond that is a lie.
     if header_count > body.len() / 2 {
         return None;
     }
-    let mut headers = Vec::with_capacity(header_count);
     for _ in 0..header_count {
         let hkey = c.nullable_bytes()??;
-        headers.push((hkey, c.nullable_bytes()?));
+        header(hkey, c.nullable_bytes()?);
     }
     if c.at != body.len() {
         return None;
     }
-    let record = Record {
-        offset_delta,
+    let fields = RecordFields {
         timestamp_delta,
+        offset_delta,
         key,
         value,
+    };
+    Some((fields, outer.at))
+}
+
+fn parse_record(input: &[u8]) -> Option<(Record<'_>, usize)> {
+    let mut headers = Vec::new();
+    let (f, used) = walk_record(input, |k, v| headers.push((k, v)))?;
+    let record = Record {
+        offset_delta: f.offset_delta,
+        timestamp_delta: f.timestamp_delta,
+        key: f.key,
+        value: f.value,
         headers,
     };
-    Some((record, outer.at))
+    Some((record, used))
+}
+
+/// Checks that `count` records parse, one after another, from the front of `records`, without
+/// building them: every append does this, and building each [`Record`] only to drop it cost
+/// it more than the walk itself (`docs/BENCHMARKS.md`).
+fn check_records(mut records: &[u8], count: usize) -> Result<(), BatchError> {
+    for index in 0..count {
+        match walk_record(records, |_, _| {}) {
+            Some((_, used)) => records = &records[used..],
+            None => {
+                return Err(BatchError::Record {
+                    index,
+                    reason: RECORD_UNREADABLE,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds an uncompressed RecordBatch v2, as a Kafka producer would.
@@ -544,6 +580,49 @@ mod tests {
                 })
                 .collect();
             assert!(BatchView::verify(&garbage).is_err());
+        }
+    }
+
+    /// What reading the first `count` records of `area` says: the index of the first that
+    /// cannot be read, if any.
+    fn first_unreadable(area: &[u8], count: usize) -> Option<usize> {
+        let records = Records {
+            rest: area,
+            index: 0,
+            remaining: count,
+        };
+        records
+            .enumerate()
+            .find(|(_, r)| r.is_err())
+            .map(|(i, _)| i)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn checking_records_agrees_with_reading_them(
+            values in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 1..6),
+            flip_at in proptest::prelude::any::<usize>(),
+            flip_to in proptest::prelude::any::<u8>(),
+            cut in proptest::prelude::any::<usize>(),
+            extra in 0usize..3,
+        ) {
+            let mut b = BatchBuilder::new(0);
+            for (i, v) in values.iter().enumerate() {
+                let key = (i % 2 == 0).then_some(&v[..v.len().min(3)]);
+                b.push(key, v, if i % 3 == 0 { &[(b"h", b"v")] } else { &[] });
+            }
+            let mut area = b.build()[HEADER_BYTES..].to_vec();
+            let at = flip_at % area.len();
+            area[at] = flip_to;
+            area.truncate(area.len() - cut % 4.min(area.len()));
+            let count = values.len() + extra;
+            let checked = check_records(&area, count);
+            let checked_index = match checked {
+                Ok(()) => None,
+                Err(BatchError::Record { index, .. }) => Some(index),
+                Err(other) => return Err(proptest::test_runner::TestCaseError::fail(other.to_string())),
+            };
+            proptest::prop_assert_eq!(checked_index, first_unreadable(&area, count));
         }
     }
 
