@@ -6,6 +6,10 @@
 #
 # Needs target/release/keel-bench (one generator for both sides) and a data directory on a
 # disk filesystem: KEEL_AB_DIR (default ./keel-ab, removed before each run and at the end).
+# To measure a log at its retention size rather than a first fill: KEEL_AB_CONFIG=FILE (a
+# keeld config, e.g. with retention_bytes) and KEEL_AB_FILL_SECONDS=N (an untimed produce of
+# N seconds before each timed one; enough to write past the retention, so segment files are
+# reused).
 set -euo pipefail
 old=${1:?usage: ab_keeld.sh OLD_KEELD NEW_KEELD [ROUNDS] [SECONDS] [-- produce flags]}
 new=${2:?usage: ab_keeld.sh OLD_KEELD NEW_KEELD [ROUNDS] [SECONDS] [-- produce flags]}
@@ -16,6 +20,9 @@ shift $(( $# < 4 ? $# : 4 ))
 gen=${KEEL_BENCH:-$(dirname "$0")/../../target/release/keel-bench}
 dir=${KEEL_AB_DIR:-./keel-ab}
 addr=127.0.0.1:${KEEL_AB_PORT:-7373}
+config=()
+[ -n "${KEEL_AB_CONFIG:-}" ] && config=(--config "$KEEL_AB_CONFIG")
+fill=${KEEL_AB_FILL_SECONDS:-0}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -23,7 +30,7 @@ run() { # label binary [produce flags]
   local label=$1 bin=$2 pid line t0 t1
   shift 2
   rm -rf "$dir"
-  "$bin" --data-dir "$dir" --listen "$addr" --log-level warn >/dev/null 2>&1 &
+  "$bin" --data-dir "$dir" --listen "$addr" --log-level warn "${config[@]}" >/dev/null 2>&1 &
   pid=$!
   server=$pid
   for _ in $(seq 50); do
@@ -31,6 +38,10 @@ run() { # label binary [produce flags]
     sleep 0.1
   done
   kill -0 "$pid" 2>/dev/null || { echo "$label: $bin did not start" >&2; exit 1; }
+  if [ "$fill" -gt 0 ]; then
+    "$gen" produce --server "$addr" --partitions 2 --seconds "$fill" "$@" >/dev/null ||
+      { echo "$label: the fill failed" >&2; exit 1; }
+  fi
   t0=$(cpu_ticks "$pid")
   line=$("$gen" produce --server "$addr" --partitions 2 --seconds "$seconds" "$@" |
     grep -E '^\| [0-9]' | head -1) || { echo "$label: the produce run failed" >&2; exit 1; }
