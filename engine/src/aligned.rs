@@ -3,6 +3,8 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
+use crate::io::FixedTag;
+
 /// The unit of every O_DIRECT transfer: buffer addresses, file offsets and lengths are multiples
 /// of it.
 pub const BLOCK_BYTES: usize = 4096;
@@ -24,6 +26,9 @@ pub const fn align_down(n: u64) -> u64 {
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity: usize,
+    /// Set while the buffer is registered with a ring: its drop then hands the memory to that
+    /// ring, which unregisters it before freeing it.
+    fixed: Option<FixedTag>,
 }
 
 // SAFETY: AlignedBuf owns its allocation exclusively (like Vec<u8>); moving it between threads
@@ -40,7 +45,11 @@ impl AlignedBuf {
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        Self { ptr, capacity }
+        Self {
+            ptr,
+            capacity,
+            fixed: None,
+        }
     }
 
     fn layout(capacity: usize) -> Layout {
@@ -73,10 +82,30 @@ impl AlignedBuf {
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
+
+    /// The ring registration this buffer carries, if any.
+    pub(crate) fn fixed_tag(&self) -> Option<&FixedTag> {
+        self.fixed.as_ref()
+    }
+
+    /// Marks the buffer registered (replacing an older, lapsed registration).
+    pub(crate) fn set_fixed_tag(&mut self, tag: FixedTag) {
+        self.fixed = Some(tag);
+    }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if let Some(tag) = self.fixed.take() {
+            // The same memory, untagged: the ring frees it once it is unregistered.
+            let raw = AlignedBuf {
+                ptr: self.ptr,
+                capacity: self.capacity,
+                fixed: None,
+            };
+            tag.give_back(raw);
+            return;
+        }
         // SAFETY: ptr was allocated in `zeroed` with exactly this layout and is freed once.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) }
     }

@@ -13,6 +13,7 @@
 mod crashing;
 mod faulty;
 mod files;
+mod fixed;
 mod memory;
 mod portable;
 mod uring;
@@ -28,6 +29,7 @@ use crate::guest::GuestRing;
 pub use crashing::{CrashPlan, CrashingDisk};
 pub use faulty::{FaultPlan, FaultyDisk};
 pub(crate) use files::sync_dir;
+pub(crate) use fixed::FixedTag;
 pub use memory::{MemDisk, WriteRecord};
 pub use portable::PortableDisk;
 pub use uring::UringDisk;

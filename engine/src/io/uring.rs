@@ -10,6 +10,7 @@ use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::files::{self, FileTable};
+use super::fixed::FixedBuffers;
 use super::{
     Allocation, Block, Completion, Disk, FileId, GuestCompletion, IoKind, SyncAfter, Waker,
 };
@@ -49,6 +50,8 @@ pub struct UringDisk {
     guest_done: Vec<GuestCompletion>,
     /// The kernel can bound a wait with a timeout (`IORING_FEAT_EXT_ARG`).
     timed_wait: bool,
+    /// Write buffers registered with the ring, so writes from them skip pinning pages.
+    fixed: FixedBuffers,
 }
 
 impl UringDisk {
@@ -59,6 +62,7 @@ impl UringDisk {
             .setup_cqsize(COMPLETION_ENTRIES)
             .build(RING_ENTRIES)?;
         let timed_wait = ring.params().is_feature_ext_arg();
+        let fixed = FixedBuffers::new(&ring.submitter());
         Ok(Self {
             ring,
             files: FileTable::default(),
@@ -70,6 +74,7 @@ impl UringDisk {
             submit_failures: Vec::new(),
             guest_done: Vec::new(),
             timed_wait,
+            fixed,
         })
     }
 
@@ -247,11 +252,21 @@ impl Disk for UringDisk {
         // RWF_DSYNC: the write completes only once its data is durable (the kernel issues FUA
         // or a cache flush itself), so no sync goes to an io-wq worker thread.
         let rw_flags = if self_synced { libc::RWF_DSYNC } else { 0 };
-        let write = opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
-            .offset(offset)
-            .rw_flags(rw_flags)
-            .build()
-            .user_data(token);
+        // A fixed write reads the pages registered for this very buffer (slot_for checks the
+        // registration is the buffer's current one), which stay pinned while it is in flight.
+        let write = match self.fixed.slot_for(&self.ring.submitter(), &mut buf) {
+            Some(slot) => {
+                opcode::WriteFixed::new(types::Fd(fd), buf.as_mut_ptr(), len as u32, slot)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build()
+            }
+            None => opcode::Write::new(types::Fd(fd), buf.as_mut_ptr(), len as u32)
+                .offset(offset)
+                .rw_flags(rw_flags)
+                .build(),
+        }
+        .user_data(token);
         self.in_flight
             .insert(token, (IoKind::Write, buf, self_synced));
         if sync == SyncAfter::File {
@@ -289,6 +304,7 @@ impl Disk for UringDisk {
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()> {
+        self.fixed.reclaim(&self.ring.submitter());
         let had_failures = !self.submit_failures.is_empty();
         out.append(&mut self.submit_failures);
         self.post_wake_read()?;
@@ -379,6 +395,10 @@ impl GuestRing for UringDisk {
     }
 }
 
+#[cfg(test)]
+#[path = "uring_fixed_tests.rs"]
+mod fixed_tests;
+
 impl Drop for UringDisk {
     fn drop(&mut self) {
         // The kernel may still write into buffers of unfinished operations; wait for every one
@@ -389,6 +409,15 @@ impl Drop for UringDisk {
         let mut sink = Vec::new();
         for _ in 0..10_000 {
             if self.in_flight.is_empty() && self.syncs_in_flight == 0 && !self.wake_posted {
+                // Nothing in flight: registered buffers can go. (Failing to unregister leaves
+                // them to the ring's teardown; no operation can use them any more.)
+                let _ = self.ring.submitter().unregister_buffers();
+                self.fixed.close();
+                log::debug!(
+                    "ring closed: {} writes from registered buffers, {} registrations",
+                    self.fixed.fixed_writes,
+                    self.fixed.registrations
+                );
                 return;
             }
             if self.ring.submit_and_wait(1).is_err() {
