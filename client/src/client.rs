@@ -6,10 +6,11 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use keel_protocol::batch::BatchBuilder;
 use keel_protocol::{
     decode_response, encode_produce_request, encode_request, response_correlation_id, ApiKey,
@@ -94,8 +95,24 @@ pub struct ServerInfo {
 
 type Answer = Result<Vec<u8>>;
 
+/// Where a request's answer goes, and the task to wake when it is awaited.
+struct Waiter {
+    tx: Sender<Answer>,
+    task: Option<Waker>,
+}
+
+impl Waiter {
+    /// Hands over the answer (under the lock that took the waiter out, so a poll that finds
+    /// it gone finds the answer there); returns the task to wake once that lock is let go.
+    fn answer(self, answer: Answer) -> Option<Waker> {
+        // Bounded(1) and sent once: never blocks.
+        let _ = self.tx.send(answer);
+        self.task
+    }
+}
+
 struct Pending {
-    waiting: HashMap<u32, Sender<Answer>>,
+    waiting: HashMap<u32, Waiter>,
     /// Set once the connection is gone: why.
     closed: Option<String>,
 }
@@ -114,10 +131,14 @@ impl Shared {
 
     fn fail_all(&self, why: String) {
         let mut p = self.pending();
-        for (_, tx) in p.waiting.drain() {
-            let _ = tx.send(Err(ClientError::ConnectionLost(why.clone())));
-        }
+        let tasks: Vec<Waker> = p
+            .waiting
+            .drain()
+            .filter_map(|(_, w)| w.answer(Err(ClientError::ConnectionLost(why.clone()))))
+            .collect();
         p.closed.get_or_insert(why);
+        drop(p);
+        tasks.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -160,21 +181,35 @@ pub struct PendingReply {
 pub struct PendingProduce(PendingReply);
 
 impl PendingProduce {
-    /// Waits for the acknowledgement.
+    /// Waits for the acknowledgement (at most the client's request timeout). To `.await` it
+    /// instead, see [`crate::ProduceFuture`].
     pub fn wait(self) -> Result<Ack> {
-        match self.0.wait()? {
-            Response::Produce {
-                partition,
-                first_offset,
-                last_offset,
-            } => Ok(Ack {
-                partition,
-                first_offset,
-                last_offset,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        ack_of(self.0.wait()?)
     }
+
+    pub(crate) fn into_reply(self) -> PendingReply {
+        self.0
+    }
+}
+
+/// The produce answer as an [`Ack`].
+pub(crate) fn ack_of(response: Response<'_>) -> Result<Ack> {
+    match response {
+        Response::Produce {
+            partition,
+            first_offset,
+            last_offset,
+        } => Ok(Ack {
+            partition,
+            first_offset,
+            last_offset,
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn reader_stopped() -> ClientError {
+    ClientError::ConnectionLost("the client's reader stopped".into())
 }
 
 pub(crate) fn unexpected(r: &Response<'_>) -> ClientError {
@@ -189,16 +224,52 @@ impl PendingReply {
                 self.shared.pending().waiting.remove(&self.id);
                 Err(ClientError::Timeout(self.timeout))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(ClientError::ConnectionLost(
-                "the client's reader stopped".into(),
-            )),
+            Err(RecvTimeoutError::Disconnected) => Err(reader_stopped()),
+        }
+    }
+
+    /// The answer if it is there, else registers the task to wake when it comes. An awaited
+    /// request has no timeout of its own (the caller's runtime has timers); a lost connection
+    /// ends it with [`ClientError::ConnectionLost`].
+    pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>>> {
+        if let Some(answer) = self.try_frame() {
+            return Poll::Ready(answer);
+        }
+        let mut p = self.shared.pending();
+        if let Some(w) = p.waiting.get_mut(&self.id) {
+            if !w.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                w.task = Some(cx.waker().clone());
+            }
+            drop(p);
+            // The answer may have come between the first look and the registration.
+            return match self.try_frame() {
+                Some(answer) => Poll::Ready(answer),
+                None => Poll::Pending,
+            };
+        }
+        drop(p);
+        // The entry is gone: its answer (or the connection's failure) was sent when it was
+        // taken out, under the lock.
+        Poll::Ready(self.try_frame().unwrap_or_else(|| Err(reader_stopped())))
+    }
+
+    fn try_frame(&self) -> Option<Result<Vec<u8>>> {
+        match self.rx.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(reader_stopped())),
         }
     }
 
     /// Waits for the answer and decodes it; an error answer becomes [`ClientError::Server`].
     pub(crate) fn wait(self) -> Result<Response<'static>> {
         let frame = self.wait_frame()?;
-        let (_, answer) = decode_response(&frame, self.api)
+        self.decode(&frame)
+    }
+
+    /// Decodes an answer to this request; an error answer becomes [`ClientError::Server`].
+    pub(crate) fn decode(&self, frame: &[u8]) -> Result<Response<'static>> {
+        let (_, answer) = decode_response(frame, self.api)
             .map_err(|e| ClientError::Protocol(format!("{:?} answer: {e}", self.api)))?;
         let response = answer.map_err(|e| ClientError::Server {
             code: e.code,
@@ -404,7 +475,7 @@ impl Client {
             }
             for &(id, _) in spans {
                 let (tx, rx) = bounded(1);
-                p.waiting.insert(id, tx);
+                p.waiting.insert(id, Waiter { tx, task: None });
                 replies.push(PendingReply {
                     rx,
                     id,
@@ -646,8 +717,11 @@ fn read_answers(mut stream: TcpStream, shared: &Shared) {
                     Err(e) => break format!("bad answer: {e}"),
                 };
                 // A request that timed out is no longer waited for; its late answer is dropped.
-                if let Some(tx) = shared.pending().waiting.remove(&id) {
-                    let _ = tx.send(Ok(frame));
+                let mut p = shared.pending();
+                let task = p.waiting.remove(&id).and_then(|w| w.answer(Ok(frame)));
+                drop(p);
+                if let Some(task) = task {
+                    task.wake();
                 }
             }
             Ok(None) => match stream.read(input.make_room()) {

@@ -90,12 +90,22 @@ pub fn spans_of(delivered: &[Delivered]) -> Vec<OffsetSpan> {
 pub struct PendingAck(PendingReply);
 
 impl PendingAck {
-    /// Waits for the answer.
+    /// Waits for the answer (at most the client's request timeout). To `.await` it instead,
+    /// see [`crate::GroupAckFuture`].
     pub fn wait(self) -> Result<()> {
-        match self.0.wait()? {
-            Response::Ack => Ok(()),
-            other => Err(unexpected(&other)),
-        }
+        settled(self.0.wait()?)
+    }
+
+    pub(crate) fn into_reply(self) -> PendingReply {
+        self.0
+    }
+}
+
+/// The answer to an ack or nack.
+pub(crate) fn settled(response: Response<'_>) -> Result<()> {
+    match response {
+        Response::Ack => Ok(()),
+        other => Err(unexpected(&other)),
     }
 }
 

@@ -1,16 +1,19 @@
 //! Keel's Rust client: a blocking connection to `keeld` with pipelining (many requests in
 //! flight, answers matched by correlation id), produce acknowledged only after durability,
 //! fetch with long polling, topic administration, and consumer groups (join, consume, ack,
-//! nack). See [`Client`].
+//! nack). See [`Client`]. Produce acks and group acks can also be awaited from any async
+//! runtime ([`ProduceFuture`]).
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod awaiting;
 pub mod cli;
 mod client;
 mod error;
 mod groups;
 mod message;
 
+pub use awaiting::{GroupAckFuture, ProduceFuture};
 pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
 pub use error::{ClientError, Result};
 pub use groups::{spans_of, Delivered, Membership, PendingAck};

@@ -154,6 +154,16 @@ impl Keeld {
         self.child.as_ref().expect("keeld is running").id()
     }
 
+    /// Sends `signal` (a name `kill` understands, like "STOP") without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// Sends `signal` (a name `kill` understands, like "TERM") and waits for it to exit.
     pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("keeld is running");

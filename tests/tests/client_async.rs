@@ -1,0 +1,152 @@
+//! Produce acks awaited as futures: woken by their answer, in order, and ended by a lost
+//! connection rather than left pending. A paused keeld (`SIGSTOP`) makes the first poll
+//! pending for certain, so the wake-up itself is what these tests see.
+
+use std::future::{Future, IntoFuture};
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use keel_client::{ClientError, Target};
+use keel_tests::data_dir;
+use keel_tests::keeld::{values, Keeld};
+
+/// Wakes the test thread, counting the wake-ups.
+struct Unpark {
+    thread: Thread,
+    wakes: AtomicUsize,
+}
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+/// A one-future executor on the test thread.
+struct Runner {
+    unpark: Arc<Unpark>,
+    waker: Waker,
+}
+
+impl Runner {
+    fn new() -> Self {
+        let unpark = Arc::new(Unpark {
+            thread: std::thread::current(),
+            wakes: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(Arc::clone(&unpark));
+        Self { unpark, waker }
+    }
+
+    fn poll<F: Future>(&self, f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(&self.waker))
+    }
+
+    /// Polls `f` each time it is woken, until it is ready; fails the test after `within`.
+    fn run<F: Future>(&self, f: F, within: Duration) -> F::Output {
+        let mut f = pin!(f);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Poll::Ready(out) = self.poll(f.as_mut()) {
+                return out;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the future was not woken within {within:?}"
+            );
+            std::thread::park_timeout(left);
+        }
+    }
+
+    fn wakes(&self) -> usize {
+        self.unpark.wakes.load(Ordering::SeqCst)
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[test]
+fn an_awaited_produce_is_woken_by_its_ack() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("async", 1).unwrap();
+    server.signal("STOP");
+    let pending = client
+        .send_values("async", Target::Partition(0), [&b"first"[..], b"second"])
+        .unwrap();
+    let runner = Runner::new();
+    let mut ack = pin!(pending.into_future());
+    // keeld is paused: the answer cannot be there yet.
+    assert!(runner.poll(ack.as_mut()).is_pending());
+    server.signal("CONT");
+    let ack = runner.run(ack, PATIENCE).unwrap();
+    assert_eq!(
+        (ack.partition, ack.first_offset, ack.last_offset),
+        (0, 0, 1)
+    );
+    assert!(runner.wakes() >= 1, "ready without being woken");
+    let stored = values(&client, "async", 0);
+    assert_eq!(
+        stored,
+        vec![(0, b"first".to_vec()), (1, b"second".to_vec())]
+    );
+}
+
+#[test]
+fn many_awaited_produces_are_acknowledged_in_order() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("async", 2).unwrap();
+    let sent: Vec<_> = (0..400u32)
+        .map(|i| {
+            let value = format!("async {i} {}", "v".repeat((i % 53) as usize));
+            let p = client
+                .send_values("async", Target::Partition(i % 2), [value.as_bytes()])
+                .unwrap();
+            (i, value, p)
+        })
+        .collect();
+    let runner = Runner::new();
+    let mut next = [0u64; 2];
+    let mut expected: [Vec<(u64, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
+    for (i, value, p) in sent {
+        let ack = runner.run(p.into_future(), PATIENCE).unwrap();
+        let partition = (i % 2) as usize;
+        assert_eq!(ack.partition as usize, partition);
+        assert_eq!(ack.first_offset, next[partition], "message {i}");
+        next[partition] += 1;
+        expected[partition].push((ack.first_offset, value.into_bytes()));
+    }
+    for (partition, want) in expected.iter().enumerate() {
+        assert!(values(&client, "async", partition as u32) == *want);
+    }
+}
+
+#[test]
+fn an_awaited_produce_ends_when_the_connection_is_lost() {
+    let dir = data_dir();
+    let mut server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("async", 1).unwrap();
+    server.signal("STOP");
+    let pending = client
+        .send_values("async", Target::Partition(0), [&b"never answered"[..]])
+        .unwrap();
+    let runner = Runner::new();
+    let mut ack = pin!(pending.into_future());
+    assert!(runner.poll(ack.as_mut()).is_pending());
+    server.kill();
+    match runner.run(ack, PATIENCE) {
+        Err(ClientError::ConnectionLost(_)) => {}
+        other => panic!("expected a lost connection, got {other:?}"),
+    }
+    assert!(runner.wakes() >= 1, "ready without being woken");
+}
