@@ -166,13 +166,8 @@ impl Keeld {
 
     /// Sends `signal` (a name `kill` understands, like "TERM") and waits for it to exit.
     pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
         let mut child = self.child.take().expect("keeld is running");
-        let sent = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{signal} failed");
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().expect("wait for keeld") {

@@ -66,6 +66,26 @@ fn on_disk(dir: &Path, at: u64) -> Vec<u8> {
     bytes[start..start + CHUNK].to_vec()
 }
 
+/// Checks that chunk `round` holds pattern `round`, for each of the first `rounds`.
+fn assert_chunks(dir: &Path, rounds: u8) {
+    for round in 0..rounds {
+        assert!(
+            on_disk(dir, u64::from(round)) == expected(round),
+            "chunk {round} differs"
+        );
+    }
+}
+
+/// A ring, a file, and one buffer (pattern `seed`) written from and registered.
+fn one_registered_write(seed: u8) -> (tempfile::TempDir, UringDisk, AlignedBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut disk, file) = disk_with_file(dir.path());
+    let mut buf = AlignedBuf::zeroed(CHUNK);
+    fill(&mut buf, seed);
+    let buf = write(&mut disk, file, 0, buf, 2);
+    (dir, disk, buf)
+}
+
 /// Replaces the ring's table with a smaller one.
 fn with_table(disk: &mut UringDisk, slots: usize, budget: usize) {
     disk.ring
@@ -96,12 +116,7 @@ fn writes_from_registered_buffers_land_byte_for_byte() {
             10 + u64::from(round),
         ));
     }
-    for round in 0..8u8 {
-        assert!(
-            on_disk(dir.path(), u64::from(round)) == expected(round),
-            "chunk {round} differs"
-        );
-    }
+    assert_chunks(dir.path(), 8);
     // Three buffers were registered once each; every write went through a registration.
     assert_eq!(disk.fixed.registrations, 3);
     assert_eq!(disk.fixed.fixed_writes, 8);
@@ -109,11 +124,7 @@ fn writes_from_registered_buffers_land_byte_for_byte() {
 
 #[test]
 fn a_dropped_registered_buffer_is_unregistered_then_freed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut disk, file) = disk_with_file(dir.path());
-    let mut buf = AlignedBuf::zeroed(CHUNK);
-    fill(&mut buf, 1);
-    let buf = write(&mut disk, file, 0, buf, 2);
+    let (_dir, mut disk, buf) = one_registered_write(1);
     assert_eq!(disk.fixed.pinned(), CHUNK);
     let released = disk.fixed.released();
     drop(buf);
@@ -143,12 +154,7 @@ fn the_budget_bounds_what_stays_registered() {
         ));
         assert!(disk.fixed.pinned() <= 2 * CHUNK);
     }
-    for round in 0..12u8 {
-        assert!(
-            on_disk(dir.path(), u64::from(round)) == expected(round),
-            "chunk {round} differs"
-        );
-    }
+    assert_chunks(dir.path(), 12);
     // Four buffers taking turns within room for two: each write registered its buffer anew.
     assert_eq!(disk.fixed.registrations, 12);
 }
@@ -164,12 +170,7 @@ fn without_registration_writes_pin_their_pages_as_before() {
         fill(&mut buf, round);
         buf = write(&mut disk, file, u64::from(round), buf, 2 + u64::from(round));
     }
-    for round in 0..3u8 {
-        assert!(
-            on_disk(dir.path(), u64::from(round)) == expected(round),
-            "chunk {round} differs"
-        );
-    }
+    assert_chunks(dir.path(), 3);
     assert_eq!((disk.fixed.registrations, disk.fixed.fixed_writes), (0, 0));
     // Small buffers are never registered either.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -192,11 +193,7 @@ fn without_registration_writes_pin_their_pages_as_before() {
 
 #[test]
 fn buffers_that_outlive_their_ring_are_freed_by_their_owner() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut disk, file) = disk_with_file(dir.path());
-    let mut buf = AlignedBuf::zeroed(CHUNK);
-    fill(&mut buf, 7);
-    let buf = write(&mut disk, file, 0, buf, 2);
+    let (_dir, disk, buf) = one_registered_write(7);
     let released = disk.fixed.released();
     drop(disk);
     assert_eq!(released.state(), (0, true));
