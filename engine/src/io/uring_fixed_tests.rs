@@ -60,6 +60,13 @@ fn write(disk: &mut UringDisk, file: FileId, at: u64, buf: AlignedBuf, token: u6
     back.expect("the write returns its buffer")
 }
 
+/// Fills `buf` with pattern `round` and writes it at chunk `round`.
+fn write_round(disk: &mut UringDisk, file: FileId, mut buf: AlignedBuf, round: u8) -> AlignedBuf {
+    fill(&mut buf, round);
+    let at = u64::from(round);
+    write(disk, file, at, buf, 2 + at)
+}
+
 fn on_disk(dir: &Path, at: u64) -> Vec<u8> {
     let bytes = std::fs::read(dir.join("data")).expect("read back");
     let start = at as usize * CHUNK;
@@ -107,14 +114,7 @@ fn writes_from_registered_buffers_land_byte_for_byte() {
             drop(buf);
             buf = AlignedBuf::zeroed(CHUNK);
         }
-        fill(&mut buf, round);
-        bufs.push(write(
-            &mut disk,
-            file,
-            u64::from(round),
-            buf,
-            10 + u64::from(round),
-        ));
+        bufs.push(write_round(&mut disk, file, buf, round));
     }
     assert_chunks(dir.path(), 8);
     // Three buffers were registered once each; every write went through a registration.
@@ -143,15 +143,8 @@ fn the_budget_bounds_what_stays_registered() {
     with_table(&mut disk, 4, 2 * CHUNK);
     let mut bufs: Vec<AlignedBuf> = (0..4).map(|_| AlignedBuf::zeroed(CHUNK)).collect();
     for round in 0..12u8 {
-        let mut buf = bufs.remove(0);
-        fill(&mut buf, round);
-        bufs.push(write(
-            &mut disk,
-            file,
-            u64::from(round),
-            buf,
-            2 + u64::from(round),
-        ));
+        let buf = bufs.remove(0);
+        bufs.push(write_round(&mut disk, file, buf, round));
         assert!(disk.fixed.pinned() <= 2 * CHUNK);
     }
     assert_chunks(dir.path(), 12);
@@ -167,8 +160,7 @@ fn without_registration_writes_pin_their_pages_as_before() {
     with_table(&mut disk, 0, CHUNK);
     let mut buf = AlignedBuf::zeroed(CHUNK);
     for round in 0..3u8 {
-        fill(&mut buf, round);
-        buf = write(&mut disk, file, u64::from(round), buf, 2 + u64::from(round));
+        buf = write_round(&mut disk, file, buf, round);
     }
     assert_chunks(dir.path(), 3);
     assert_eq!((disk.fixed.registrations, disk.fixed.fixed_writes), (0, 0));
