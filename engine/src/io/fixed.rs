@@ -177,12 +177,12 @@ impl FixedBuffers {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: bytes,
         };
+        let index = u32::from(slot);
         // SAFETY: the buffer's memory stays allocated while registered: a registered buffer's
         // drop hands the memory to `self.home` instead of freeing it, and reclaim() frees it
         // only after clearing the slot; when the ring is dropped it unregisters everything
         // before marking `home` closed (after which drops free at once).
-        let registered =
-            unsafe { submitter.register_buffers_update(u32::from(slot), &[iov], None) };
+        let registered = unsafe { submitter.register_buffers_update(index, &[iov], None) };
         match registered {
             Ok(()) => {
                 let generation = self.next_generation;
