@@ -237,15 +237,11 @@ impl PendingReply {
         }
         let mut p = self.shared.pending();
         if let Some(w) = p.waiting.get_mut(&self.id) {
+            // Still waiting, under the lock the reader answers under: it will wake this task.
             if !w.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
                 w.task = Some(cx.waker().clone());
             }
-            drop(p);
-            // The answer may have come between the first look and the registration.
-            return match self.try_frame() {
-                Some(answer) => Poll::Ready(answer),
-                None => Poll::Pending,
-            };
+            return Poll::Pending;
         }
         drop(p);
         // The entry is gone: its answer (or the connection's failure) was sent when it was
