@@ -178,10 +178,10 @@ impl FixedBuffers {
             iov_len: bytes,
         };
         let index = u32::from(slot);
-        // SAFETY: the buffer's memory stays allocated while registered: a registered buffer's
-        // drop hands the memory to `self.home` instead of freeing it, and reclaim() frees it
-        // only after clearing the slot; when the ring is dropped it unregisters everything
-        // before marking `home` closed (after which drops free at once).
+        // A registered buffer's drop hands its memory to `self.home` instead of freeing it;
+        // reclaim() frees it only after clearing the slot, and a dropped ring unregisters
+        // everything before marking `home` closed (after which drops free at once).
+        // SAFETY: so the buffer's memory stays allocated for as long as it is registered.
         let registered = unsafe { submitter.register_buffers_update(index, &[iov], None) };
         match registered {
             Ok(()) => {

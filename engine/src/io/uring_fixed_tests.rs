@@ -1,5 +1,7 @@
 //! Writes from registered buffers, checked byte for byte on disk, and the buffers' lifecycle:
 //! registered on first use, unregistered before they are freed, bounded by the budget.
+//!
+//! Test code: each `expect` names the step that failed, and its failure is the test's.
 
 use std::path::Path;
 
