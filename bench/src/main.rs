@@ -30,6 +30,7 @@ mod null_server;
 mod peers;
 mod plot;
 mod probe;
+mod rounds;
 mod server_suite;
 mod suite;
 
@@ -147,6 +148,10 @@ enum Command {
         /// Seconds per system.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Rounds of the null server and keeld --net uring, alternating; the verdict is on
+        /// their median ratio (one pass through a shared machine swings by a tenth or more).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
         #[command(flatten)]
         shape: server_suite::Shape,
         /// The keeld binary [default: keeld next to this program].
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
         Command::Server {
             dir,
             seconds,
+            rounds,
             shape,
             keeld,
             retention_mib,
@@ -288,6 +294,7 @@ fn main() -> ExitCode {
                 retention_mib: (retention_mib > 0).then_some(retention_mib),
                 linger_us,
             },
+            usize::try_from(rounds).unwrap_or(usize::MAX),
         ),
         Command::Produce {
             server,

@@ -14,6 +14,7 @@ use crate::engine_load::{self, Load};
 use crate::figures::Figures;
 use crate::keeld_metrics::KeeldMetrics;
 use crate::net_load::{self, NetLoad};
+use crate::rounds::{median, Rounds};
 
 /// The shape of the produce load.
 #[derive(Args, Debug, Clone)]
@@ -120,32 +121,120 @@ pub struct Storage {
     pub linger_us: Option<u64>,
 }
 
-/// `keel-bench server`: the three measurements and a markdown report.
+/// The null server and keeld (`--net uring`), measured in alternating rounds.
+struct Paired {
+    null: Vec<Figures>,
+    keeld: Vec<Figures>,
+    reused: u64,
+}
+
+impl Paired {
+    fn ratios(&self) -> Rounds {
+        Rounds::new(
+            self.null
+                .iter()
+                .zip(&self.keeld)
+                .map(|(n, k)| k.msgs_per_s / n.msgs_per_s)
+                .collect(),
+        )
+    }
+}
+
+/// Runs `rounds` rounds of the null server then keeld `--net uring`, each `seconds` long,
+/// against one null server and one keeld (filled once) that stay up between rounds, so each
+/// round's ratio compares two runs seconds apart.
+fn alternate_null_and_keeld(
+    keeld: &Path,
+    dir: &Path,
+    shape: &Shape,
+    partitions: u32,
+    seconds: f64,
+    storage: &Storage,
+    rounds: usize,
+) -> Result<Paired, String> {
+    let null = start_null_server()?;
+    let under_test = create_topic(&null.addr, "produce", partitions)
+        .and_then(|()| KeeldUnderTest::start(keeld, dir, "uring", shape, partitions, storage));
+    let under_test = match under_test {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = null.stop();
+            return Err(e);
+        }
+    };
+    let mut paired = Paired {
+        null: Vec::new(),
+        keeld: Vec::new(),
+        reused: 0,
+    };
+    let mut measured = Ok(());
+    for round in 1..=rounds {
+        eprintln!(
+            "round {round} of {rounds}: null server, then keeld --net uring, {seconds} s each"
+        );
+        let null_out =
+            match net_load::run(&shape.net_load(&null.addr, "produce", partitions, seconds)) {
+                Ok(o) => o,
+                Err(e) => {
+                    measured = Err(format!("null server: {e}"));
+                    break;
+                }
+            };
+        let (keeld_out, reused) = match under_test.measure(shape, partitions, seconds) {
+            Ok(o) => o,
+            Err(e) => {
+                measured = Err(format!("keeld --net uring: {e}"));
+                break;
+            }
+        };
+        eprintln!(
+            "round {round}: null server {:.0} msg/s, keeld --net uring {:.0} msg/s: {:.3}",
+            null_out.msgs_per_s,
+            keeld_out.msgs_per_s,
+            keeld_out.msgs_per_s / null_out.msgs_per_s
+        );
+        paired.null.push(null_out);
+        paired.keeld.push(keeld_out);
+        paired.reused += reused;
+    }
+    let stopped = under_test.stop().and(null.stop());
+    measured?;
+    stopped?;
+    Ok(paired)
+}
+
+/// `keel-bench server`: the measurements and a markdown report.
 pub fn run(
     dir: &Path,
     seconds: f64,
     shape: &Shape,
     keeld: Option<PathBuf>,
     storage: &Storage,
+    rounds: usize,
 ) -> Result<(), String> {
     let keeld = keeld_binary(keeld)?;
     let retention_mib = storage.retention_mib;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     let partitions = shards as u32;
+    let rounds = rounds.max(1);
 
-    eprintln!("null server: {seconds} s");
-    let null = start_null_server()?;
-    create_topic(&null.addr, "produce", partitions)?;
-    let null_out = net_load::run(&shape.net_load(&null.addr, "produce", partitions, seconds))?;
-    null.stop()?;
-    eprintln!("null server: {}", null_out.line());
+    let paired =
+        alternate_null_and_keeld(&keeld, dir, shape, partitions, seconds, storage, rounds)?;
+    let ratios = paired.ratios();
+    let middle = ratios.median_round().unwrap_or(0);
+    let (Some(null_out), Some(uring_out)) = (paired.null.get(middle), paired.keeld.get(middle))
+    else {
+        return Err("no round was measured".into());
+    };
+    let null_rate = median(&paired.null.iter().map(|o| o.msgs_per_s).collect::<Vec<_>>())
+        .unwrap_or(null_out.msgs_per_s);
 
-    let mut keeld_outs = Vec::new();
-    for net in ["shard", "uring", "threads"] {
+    let mut others = Vec::new();
+    for net in ["shard", "threads"] {
         eprintln!("keeld --net {net}: {seconds} s");
         let (out, reused) = run_keeld(&keeld, dir, net, shape, partitions, seconds, storage)?;
         eprintln!("keeld --net {net}: {}", out.line());
-        keeld_outs.push((net, out, reused));
+        others.push((net, out, reused));
     }
 
     eprintln!("engine in-process: {seconds} s");
@@ -157,13 +246,19 @@ pub fn run(
         "{} producers x {} messages of {mb} B in flight, {} per request, {partitions} partitions, {seconds} s each\n",
         shape.producers, shape.window, shape.batch
     );
+    println!(
+        "The null server and keeld --net uring ran {rounds} alternating round(s), both staying up \
+         between rounds; their rows below are the round with the median ratio. The other rows \
+         ran once, and their ratios are to the null server's median.\n"
+    );
     match retention_mib {
         Some(mib) => println!(
             "Retention {mib} MiB per partition, {} MiB segments: keeld and the engine were each \
              filled past it, untimed, so every durable row writes over a log at its retention \
-             size (segment files reused during keeld's timed runs: {}).\n",
+             size (segment files reused during keeld's timed runs: uring {}, {}).\n",
             SEGMENT_BYTES >> 20,
-            keeld_outs
+            paired.reused,
+            others
                 .iter()
                 .map(|(net, _, reused)| format!("{net} {reused}"))
                 .collect::<Vec<_>>()
@@ -180,8 +275,11 @@ pub fn run(
     println!(
         "| system | msg/s | MB/s | produce→ack p50 / p90 / p99 / p99.9 / max |\n|---|---|---|---|"
     );
-    let mut rows = vec![("null server (no storage)".to_string(), &null_out)];
-    for (net, out, _) in &keeld_outs {
+    let mut rows = vec![
+        ("null server (no storage)".to_string(), null_out),
+        ("keeld --net uring (durable)".to_string(), uring_out),
+    ];
+    for (net, out, _) in &others {
         rows.push((format!("keeld --net {net} (durable)"), out));
     }
     rows.push(("engine in-process (durable)".to_string(), &engine_out));
@@ -193,16 +291,42 @@ pub fn run(
             o.latency_us.cells()
         );
     }
+    if rounds > 1 {
+        println!(
+            "\n| round | null server msg/s | keeld --net uring msg/s | ratio |\n|---|---|---|---|"
+        );
+        for (i, (n, k)) in paired.null.iter().zip(&paired.keeld).enumerate() {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.3} |",
+                i + 1,
+                n.msgs_per_s,
+                k.msgs_per_s,
+                k.msgs_per_s / n.msgs_per_s
+            );
+        }
+    }
     println!("\n| ratio | measured | target | |\n|---|---|---|---|");
-    for (net, out, _) in &keeld_outs {
-        let vs_null = out.msgs_per_s / null_out.msgs_per_s;
+    let vs_null = ratios.median().unwrap_or(0.0);
+    let (lo, hi) = ratios.range().unwrap_or((vs_null, vs_null));
+    println!(
+        "| keeld --net uring / null server, median of {rounds} | {vs_null:.3} (rounds {lo:.3}-{hi:.3}, {} of {rounds} at or above) | >= 0.500 | {} |",
+        ratios.reaching(0.5),
+        verdict(vs_null)
+    );
+    let vs_engine = uring_out.msgs_per_s / engine_out.msgs_per_s;
+    println!(
+        "| keeld --net uring / engine in-process | {vs_engine:.3} | >= 0.500 | {} |",
+        verdict(vs_engine)
+    );
+    for (net, out, _) in &others {
+        let vs_null = out.msgs_per_s / null_rate;
         let vs_engine = out.msgs_per_s / engine_out.msgs_per_s;
         println!(
-            "| keeld --net {net} / null server | {vs_null:.2} | >= 0.50 | {} |",
+            "| keeld --net {net} / null server | {vs_null:.3} | >= 0.500 | {} |",
             verdict(vs_null)
         );
         println!(
-            "| keeld --net {net} / engine in-process | {vs_engine:.2} | >= 0.50 | {} |",
+            "| keeld --net {net} / engine in-process | {vs_engine:.3} | >= 0.500 | {} |",
             verdict(vs_engine)
         );
     }
@@ -221,49 +345,104 @@ fn run_keeld(
     seconds: f64,
     storage: &Storage,
 ) -> Result<(Figures, u64), String> {
-    let retention_mib = storage.retention_mib;
-    let metrics = KeeldMetrics::on_free_port()?;
-    let config = dir.join(format!("keel-bench-keeld-{}.toml", std::process::id()));
-    let mut text = format!("segment_bytes = {SEGMENT_BYTES}\n");
-    if let Some(mib) = retention_mib {
-        text += &format!("retention_bytes = {}\n", mib << 20);
-    }
-    if let Some(us) = storage.linger_us {
-        text += &format!("commit_linger_us = {us}\n");
-    }
-    std::fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
-    let config_arg = config.display().to_string();
-    let listen_metrics = metrics.listen_arg();
-    let started = start_keeld(
-        keeld,
-        dir,
-        &[
-            "--net",
-            net,
-            "--config",
-            &config_arg,
-            "--metrics-listen",
-            &listen_metrics,
-        ],
-    );
-    let _ = std::fs::remove_file(&config);
-    let (server, data) = started?;
-    let out = create_topic(&server.addr, "produce", partitions)
-        .and_then(|()| match retention_mib {
-            Some(mib) => fill_keeld(&server.addr, &metrics, shape, partitions, mib),
-            None => Ok(()),
-        })
-        .and_then(|()| {
-            let before = metrics.sample("keel_segments_recycled_total")?;
-            let out = net_load::run(&shape.net_load(&server.addr, "produce", partitions, seconds))?;
-            let after = metrics.sample("keel_segments_recycled_total")?;
-            Ok((out, (after - before) as u64))
-        });
-    let stopped = server.stop();
-    let _ = std::fs::remove_dir_all(&data);
+    let under_test = KeeldUnderTest::start(keeld, dir, net, shape, partitions, storage)?;
+    let out = under_test.measure(shape, partitions, seconds);
+    let stopped = under_test.stop();
     let out = out?;
     stopped?;
     Ok(out)
+}
+
+/// A keeld being measured: started on a fresh data directory with the run's storage settings
+/// and filled to its retention size, so that it can be loaded again and again.
+struct KeeldUnderTest {
+    server: ChildServer,
+    data: PathBuf,
+    metrics: KeeldMetrics,
+}
+
+impl KeeldUnderTest {
+    fn start(
+        keeld: &Path,
+        dir: &Path,
+        net: &str,
+        shape: &Shape,
+        partitions: u32,
+        storage: &Storage,
+    ) -> Result<Self, String> {
+        let metrics = KeeldMetrics::on_free_port()?;
+        let config = dir.join(format!("keel-bench-keeld-{}.toml", std::process::id()));
+        let mut text = format!("segment_bytes = {SEGMENT_BYTES}\n");
+        if let Some(mib) = storage.retention_mib {
+            text += &format!("retention_bytes = {}\n", mib << 20);
+        }
+        if let Some(us) = storage.linger_us {
+            text += &format!("commit_linger_us = {us}\n");
+        }
+        std::fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
+        let config_arg = config.display().to_string();
+        let listen_metrics = metrics.listen_arg();
+        let started = start_keeld(
+            keeld,
+            dir,
+            &[
+                "--net",
+                net,
+                "--config",
+                &config_arg,
+                "--metrics-listen",
+                &listen_metrics,
+            ],
+        );
+        let _ = std::fs::remove_file(&config);
+        let (server, data) = started?;
+        let under_test = Self {
+            server,
+            data,
+            metrics,
+        };
+        let ready =
+            create_topic(&under_test.server.addr, "produce", partitions).and_then(
+                |()| match storage.retention_mib {
+                    Some(mib) => fill_keeld(
+                        &under_test.server.addr,
+                        &under_test.metrics,
+                        shape,
+                        partitions,
+                        mib,
+                    ),
+                    None => Ok(()),
+                },
+            );
+        match ready {
+            Ok(()) => Ok(under_test),
+            Err(e) => {
+                let _ = under_test.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// One timed load: its figures, and the segment files retention reused meanwhile.
+    fn measure(
+        &self,
+        shape: &Shape,
+        partitions: u32,
+        seconds: f64,
+    ) -> Result<(Figures, u64), String> {
+        let before = self.metrics.sample("keel_segments_recycled_total")?;
+        let out =
+            net_load::run(&shape.net_load(&self.server.addr, "produce", partitions, seconds))?;
+        let after = self.metrics.sample("keel_segments_recycled_total")?;
+        Ok((out, (after - before) as u64))
+    }
+
+    /// Stops keeld and removes its data directory.
+    fn stop(self) -> Result<(), String> {
+        let stopped = self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.data);
+        stopped
+    }
 }
 
 /// Produces, untimed, until keeld has written each partition's retention size and two
