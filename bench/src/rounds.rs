@@ -30,6 +30,11 @@ impl Rounds {
         self.ratios.iter().filter(|&&r| r >= target).count()
     }
 
+    /// Each round's ratio, in the order the rounds ran.
+    pub fn each(&self) -> &[f64] {
+        &self.ratios
+    }
+
     /// The lowest and highest ratio.
     pub fn range(&self) -> Option<(f64, f64)> {
         let lo = self.ratios.iter().copied().reduce(f64::min)?;

@@ -295,13 +295,13 @@ pub fn run(
         println!(
             "\n| round | null server msg/s | keeld --net uring msg/s | ratio |\n|---|---|---|---|"
         );
-        for (i, (n, k)) in paired.null.iter().zip(&paired.keeld).enumerate() {
+        let rows = paired.null.iter().zip(&paired.keeld).zip(ratios.each());
+        for (i, ((n, k), ratio)) in rows.enumerate() {
             println!(
-                "| {} | {:.0} | {:.0} | {:.3} |",
+                "| {} | {:.0} | {:.0} | {ratio:.3} |",
                 i + 1,
                 n.msgs_per_s,
-                k.msgs_per_s,
-                k.msgs_per_s / n.msgs_per_s
+                k.msgs_per_s
             );
         }
     }
