@@ -345,24 +345,7 @@ impl Client {
             addr: addr.to_string(),
             reason,
         };
-        let addrs = addr
-            .to_socket_addrs()
-            .map_err(|e| fail(format!("cannot resolve: {e}")))?;
-        let mut last = "no address to try".to_string();
-        let mut stream = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, options.connect_timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = format!("{a}: {e}"),
-            }
-        }
-        let stream = stream.ok_or_else(|| fail(last))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| fail(format!("set TCP_NODELAY: {e}")))?;
+        let stream = open_stream(&addr, &options)?;
         let read_half = stream
             .try_clone()
             .map_err(|e| fail(format!("clone the socket: {e}")))?;
@@ -391,29 +374,8 @@ impl Client {
         let hello = Request::Handshake {
             client: client.options.client_name.clone(),
         };
-        match client.send(&hello, Duration::ZERO)?.wait()? {
-            Response::Handshake {
-                server,
-                max_frame_bytes,
-                apis,
-            } => {
-                for api in ApiKey::ALL {
-                    let ok = apis
-                        .iter()
-                        .any(|v| v.api == api as u16 && v.min == 0 && v.max >= api.versions().1);
-                    if !ok {
-                        return Err(fail(format!(
-                            "server {server} does not speak {api:?} version 0"
-                        )));
-                    }
-                }
-                client.info = ServerInfo {
-                    server,
-                    max_frame_bytes,
-                };
-            }
-            other => return Err(unexpected(&other)),
-        }
+        let answer = client.send(&hello, Duration::ZERO)?.wait()?;
+        client.info = server_info(answer).map_err(fail)?;
         Ok(client)
     }
 
@@ -455,14 +417,7 @@ impl Client {
         frames: &[u8],
         extra_wait: Duration,
     ) -> Result<Vec<PendingReply>> {
-        let max = self.info.max_frame_bytes;
-        if let Some(&(_, len)) = spans
-            .iter()
-            .find(|(_, len)| len - SIZE_PREFIX_BYTES > max as usize)
-        {
-            let size = len - SIZE_PREFIX_BYTES;
-            return Err(ClientError::TooLarge { size, max });
-        }
+        fits_frames(spans, self.info.max_frame_bytes)?;
         let mut replies = Vec::with_capacity(spans.len());
         {
             let mut p = self.shared.pending();
@@ -597,34 +552,16 @@ impl Client {
         B: IntoIterator<Item = V>,
         V: AsRef<[u8]>,
     {
-        let (key, target) = match target {
-            Target::Key(k) => (Some(k), PartitionTarget::Key(k)),
-            Target::Partition(p) => (None, PartitionTarget::Partition(p)),
-        };
-        let key_len = key.map_or(0, <[u8]>::len);
         let mut frames = Vec::new();
         let mut spans = Vec::new();
-        for values in batches {
-            let values: Vec<V> = values.into_iter().collect();
-            let mut batch = BatchBuilder::new(now_ms());
-            // Each record adds its key, its value and at most 16 bytes of lengths and deltas.
-            batch.reserve(values.iter().map(|v| v.as_ref().len() + key_len + 16).sum());
-            for v in &values {
-                batch.push(key, v.as_ref(), &[]);
-            }
-            if batch.is_empty() {
-                return Err(ClientError::Protocol(
-                    "a produce needs at least one message".into(),
-                ));
-            }
-            // Each value was copied once, into the batch's records; they are copied once more,
-            // into the frame, and then into the socket.
-            let id = self.next_id();
-            let at = frames.len();
-            frames.reserve(PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len());
-            encode_produce_request(id, topic, &target, -1, -1, &batch, &mut frames);
-            spans.push((id, frames.len() - at));
-        }
+        encode_produce_frames(
+            topic,
+            target,
+            batches,
+            || self.next_id(),
+            &mut frames,
+            &mut spans,
+        )?;
         let sent = self.send_frames(&spans, ApiKey::Produce, &frames, Duration::ZERO)?;
         Ok(sent.into_iter().map(PendingProduce).collect())
     }
@@ -689,6 +626,122 @@ impl Drop for Client {
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+    }
+}
+
+/// Encodes each of `batches` as a produce request frame (with the target's key, if it has
+/// one), end to end in `frames`; `spans` gets each one's correlation id (from `next_id`) and
+/// length. Fails, leaving `frames` as it was, if any batch is empty.
+pub(crate) fn encode_produce_frames<B, V>(
+    topic: &str,
+    target: Target<'_>,
+    batches: impl IntoIterator<Item = B>,
+    mut next_id: impl FnMut() -> u32,
+    frames: &mut Vec<u8>,
+    spans: &mut Vec<(u32, usize)>,
+) -> Result<()>
+where
+    B: IntoIterator<Item = V>,
+    V: AsRef<[u8]>,
+{
+    let (key, target) = match target {
+        Target::Key(k) => (Some(k), PartitionTarget::Key(k)),
+        Target::Partition(p) => (None, PartitionTarget::Partition(p)),
+    };
+    let key_len = key.map_or(0, <[u8]>::len);
+    let (frames_before, spans_before) = (frames.len(), spans.len());
+    for values in batches {
+        let values: Vec<V> = values.into_iter().collect();
+        let mut batch = BatchBuilder::new(now_ms());
+        // Each record adds its key, its value and at most 16 bytes of lengths and deltas.
+        batch.reserve(values.iter().map(|v| v.as_ref().len() + key_len + 16).sum());
+        for v in &values {
+            batch.push(key, v.as_ref(), &[]);
+        }
+        if batch.is_empty() {
+            frames.truncate(frames_before);
+            spans.truncate(spans_before);
+            return Err(ClientError::Protocol(
+                "a produce needs at least one message".into(),
+            ));
+        }
+        // Each value was copied once, into the batch's records; they are copied once more,
+        // into the frame, and then into the socket.
+        let id = next_id();
+        let at = frames.len();
+        frames.reserve(PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len());
+        encode_produce_request(id, topic, &target, -1, -1, &batch, frames);
+        spans.push((id, frames.len() - at));
+    }
+    Ok(())
+}
+
+/// Fails with [`ClientError::TooLarge`] if any of the frames `spans` describes is over the
+/// server's largest frame, `max`.
+pub(crate) fn fits_frames(spans: &[(u32, usize)], max: u32) -> Result<()> {
+    match spans
+        .iter()
+        .find(|(_, len)| len - SIZE_PREFIX_BYTES > max as usize)
+    {
+        Some(&(_, len)) => Err(ClientError::TooLarge {
+            size: len - SIZE_PREFIX_BYTES,
+            max,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Opens the TCP connection to the first of `addr`'s addresses that answers, with Nagle's
+/// delay off (requests are written whole, and a produce's latency is the point).
+pub(crate) fn open_stream(
+    addr: &(impl ToSocketAddrs + std::fmt::Display),
+    options: &ClientOptions,
+) -> Result<TcpStream> {
+    let fail = |reason: String| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("cannot resolve: {e}")))?;
+    let mut last = "no address to try".to_string();
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, options.connect_timeout) {
+            Ok(stream) => {
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| fail(format!("set TCP_NODELAY: {e}")))?;
+                return Ok(stream);
+            }
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    Err(fail(last))
+}
+
+/// What the handshake's answer says about the server; why not, if the server does not speak
+/// every version this client needs.
+pub(crate) fn server_info(answer: Response<'_>) -> std::result::Result<ServerInfo, String> {
+    match answer {
+        Response::Handshake {
+            server,
+            max_frame_bytes,
+            apis,
+        } => {
+            for api in ApiKey::ALL {
+                let ok = apis
+                    .iter()
+                    .any(|v| v.api == api as u16 && v.min == 0 && v.max >= api.versions().1);
+                if !ok {
+                    return Err(format!("server {server} does not speak {api:?} version 0"));
+                }
+            }
+            Ok(ServerInfo {
+                server,
+                max_frame_bytes,
+            })
+        }
+        other => Err(format!("unexpected answer to the handshake: {other:?}")),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use keel_client::{Client, ClientOptions, FetchOptions, Message};
+use keel_client::{Client, ClientOptions, FetchOptions, Message, Producer};
 
 /// How long a server may take to become ready or to stop.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -121,6 +121,15 @@ impl Keeld {
             ..ClientOptions::default()
         };
         Client::connect_with(self.addr, options).expect("connect to keeld")
+    }
+
+    /// A producer connected to it that waits at most `timeout` for each ack.
+    pub fn producer(&self, timeout: Duration) -> Producer {
+        let options = ClientOptions {
+            request_timeout: timeout,
+            ..ClientOptions::default()
+        };
+        Producer::connect_with(self.addr, options).expect("connect a producer to keeld")
     }
 
     /// The `keel` CLI, pointed at it.
