@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use keel_client::{
-    Client, ClientOptions, JoinSettings, Membership, PendingProduce, StartAt, Target,
+    Client, ClientOptions, JoinSettings, Membership, PendingProduce, Producer, StartAt, Target,
 };
 
 use crate::figures::{latency_histogram, record, Figures, Percentiles};
@@ -50,11 +50,35 @@ const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// A client with a request timeout long enough for any benchmark's queueing.
 pub(crate) fn connect(addr: &str) -> Result<Client, String> {
-    let options = ClientOptions {
+    Client::connect_with(addr, options()).map_err(|e| format!("connect to {addr}: {e}"))
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
         request_timeout: Duration::from_secs(60),
         ..ClientOptions::default()
-    };
-    Client::connect_with(addr, options).map_err(|e| format!("connect to {addr}: {e}"))
+    }
+}
+
+/// A producer's connection.
+enum ProducerConnection {
+    /// Closed loop: a connection the producer's thread writes and reads itself, so a burst
+    /// of acks wakes one thread once.
+    Own(Producer),
+    /// Open loop: the shared client, whose reader takes each answer as it comes while the
+    /// sender sleeps until its next batch is due, so a latency ends when its answer arrives.
+    Shared(Client),
+}
+
+impl ProducerConnection {
+    fn open(load: &NetLoad) -> Result<Self, String> {
+        if load.rate.is_some() {
+            return connect(&load.server).map(Self::Shared);
+        }
+        Producer::connect_with(load.server.as_str(), options())
+            .map(Self::Own)
+            .map_err(|e| format!("connect to {}: {e}", load.server))
+    }
 }
 
 /// What the threads of one run share.
@@ -77,7 +101,7 @@ pub fn run(load: &NetLoad) -> Result<Figures, String> {
         return Err("--rate must be a positive number of messages per second".into());
     }
     let producers = (0..load.producers)
-        .map(|_| connect(&load.server))
+        .map(|_| ProducerConnection::open(load))
         .collect::<Result<Vec<_>, _>>()?;
     let group = format!("keel-bench-e2e-{}-{}", std::process::id(), nanos_now());
     let consumers = (0..load.consumers)
@@ -109,9 +133,14 @@ pub fn run(load: &NetLoad) -> Result<Figures, String> {
             .collect();
         let progress = s.spawn(move || progress(load, shared, start));
         let producer_threads: Vec<_> = producers
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, client)| s.spawn(move || produce(client, load, i, stop_at, shared)))
+            .map(|(i, connection)| {
+                s.spawn(move || match connection {
+                    ProducerConnection::Own(p) => produce(p, load, i, stop_at, shared),
+                    ProducerConnection::Shared(c) => produce_at_rate(&c, load, i, stop_at, shared),
+                })
+            })
             .collect();
         let produced = join_all(producer_threads, "producer");
         let produced_by = Instant::now();
@@ -220,23 +249,86 @@ fn intended(start: Instant, k: u64, batch: usize, per_s: f64) -> Instant {
     start + Duration::from_secs_f64(k as f64 * batch as f64 / per_s)
 }
 
-/// Most produce requests a producer sends with one write (closed loop).
-const COALESCED_REQUESTS_MAX: usize = 8;
-
+/// Closed loop: the producer keeps its window full and takes each burst of acks as it comes,
+/// sending what their return to the window allows with one write.
 fn produce(
+    mut p: Producer,
+    load: &NetLoad,
+    producer: usize,
+    stop_at: Instant,
+    shared: &Shared,
+) -> Result<(u64, Histogram<u64>), String> {
+    let failed = |e: keel_client::ClientError| format!("produce failed: {e}");
+    let target = Target::Partition(producer as u32 % load.partitions.max(1));
+    let batch = load.batch.max(1);
+    let mut values = vec![vec![0x6bu8; load.message_bytes]; batch];
+    let window = (load.window / batch).max(1);
+    let quota = load.messages.map(|m| share(m, load.producers, producer));
+    let mut hist = latency_histogram()?;
+    let (mut sent, mut acked) = (0u64, 0u64);
+    // Each request in flight: its id, when it was queued, and its message count.
+    let mut in_flight: VecDeque<(u32, Instant, u64)> = VecDeque::with_capacity(window);
+    let mut sending = true;
+    loop {
+        let now = Instant::now();
+        while sending && in_flight.len() < window {
+            let n = quota.map_or(batch, |q| (q - sent).min(batch as u64) as usize);
+            if n == 0 || (quota.is_none() && now >= stop_at) {
+                sending = false;
+                break;
+            }
+            stamp(&mut values, load, shared, now);
+            let id = p
+                .queue_values(&load.topic, target, &values[..n])
+                .map_err(failed)?;
+            in_flight.push_back((id, now, n as u64));
+            sent += n as u64;
+        }
+        if in_flight.is_empty() {
+            return Ok((acked, hist));
+        }
+        // Writes what was queued, then waits for one ack and takes the rest of its burst.
+        let mut answer = Some(p.next_ack().map_err(failed)?);
+        while let Some((id, ack)) = answer {
+            ack.map_err(failed)?;
+            // One partition per producer: acks come in send order.
+            let at = in_flight.iter().position(|&(i, ..)| i == id);
+            let (_, queued, n) = at
+                .and_then(|at| in_flight.remove(at))
+                .ok_or("an ack for no request in flight")?;
+            record(&mut hist, queued.elapsed().as_micros() as u64, n);
+            acked += n;
+            shared.acked.fetch_add(n, Ordering::Relaxed);
+            answer = p.ready_ack().map_err(failed)?;
+        }
+    }
+}
+
+/// End-to-end runs: each message carries its intended send time, for the consumers.
+fn stamp(values: &mut [Vec<u8>], load: &NetLoad, shared: &Shared, sent_for: Instant) {
+    if load.consumers > 0 {
+        let stamp = sent_for.duration_since(shared.base).as_nanos() as u64;
+        for v in values {
+            v[..8].copy_from_slice(&stamp.to_le_bytes());
+        }
+    }
+}
+
+/// Open loop: each batch goes at its intended time, and its latency is measured from then.
+fn produce_at_rate(
     client: &Client,
     load: &NetLoad,
     producer: usize,
     stop_at: Instant,
     shared: &Shared,
 ) -> Result<(u64, Histogram<u64>), String> {
-    let partition = producer as u32 % load.partitions.max(1);
+    let target = Target::Partition(producer as u32 % load.partitions.max(1));
     let batch = load.batch.max(1);
     let mut values = vec![vec![0x6bu8; load.message_bytes]; batch];
     let window = (load.window / batch).max(1);
-    let per_producer = load.rate.map(|r| r / load.producers.max(1) as f64);
+    let per_producer = load.rate.unwrap_or(1.0) / load.producers.max(1) as f64;
     // The window is a pool of tokens: one is taken before each send and given back once its
-    // answer arrived, so exactly `window` batches can be in flight.
+    // answer arrived, so at most `window` batches are in flight.
     let (give_token, take_token) = crossbeam_channel::bounded::<()>(window);
     for _ in 0..window {
         let _ = give_token.send(());
@@ -261,53 +353,24 @@ fn produce(
         let quota = load.messages.map(|m| share(m, load.producers, producer));
         let mut sent = 0u64;
         let mut failed = None;
-        let mut sizes = Vec::with_capacity(COALESCED_REQUESTS_MAX);
         for k in 0u64.. {
-            let due = per_producer.map(|r| intended(start, k, batch, r));
+            let due = intended(start, k, batch, per_producer);
             let n = quota.map_or(batch, |q| (q - sent).min(batch as u64) as usize);
-            if n == 0 || (quota.is_none() && due.unwrap_or_else(Instant::now) >= stop_at) {
+            if n == 0 || (quota.is_none() && due >= stop_at) {
                 break;
             }
-            if let Some(d) = due {
-                std::thread::sleep(d.saturating_duration_since(Instant::now()));
-            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
             // Fails only once the waiter has stopped, which it says why.
             if take_token.recv().is_err() {
                 break;
             }
-            // Closed loop: every batch whose token is back goes now, all in one write, as a
-            // client with several batches ready would send them. (Open loop: each batch has
-            // its own send time.)
-            sizes.clear();
-            sizes.push(n);
-            let mut planned = sent + n as u64;
-            while due.is_none() && sizes.len() < COALESCED_REQUESTS_MAX {
-                let more = quota.map_or(batch, |q| (q - planned).min(batch as u64) as usize);
-                if more == 0 || take_token.try_recv().is_err() {
-                    break;
-                }
-                sizes.push(more);
-                planned += more as u64;
-            }
-            let sent_for = due.unwrap_or_else(Instant::now);
-            if load.consumers > 0 {
-                let stamp = sent_for.duration_since(shared.base).as_nanos() as u64;
-                for v in &mut values {
-                    v[..8].copy_from_slice(&stamp.to_le_bytes());
-                }
-            }
-            let target = Target::Partition(partition);
-            let batches = sizes.iter().map(|&n| &values[..n]);
-            match client.send_values_many(&load.topic, target, batches) {
+            stamp(&mut values, load, shared, due);
+            match client.send_values(&load.topic, target, &values[..n]) {
                 Ok(pending) => {
-                    let mut waiter_gone = false;
-                    for (p, &n) in pending.into_iter().zip(&sizes) {
-                        waiter_gone |= to_waiter.send((sent_for, p, n as u64)).is_err();
-                        sent += n as u64;
-                    }
-                    if waiter_gone {
+                    if to_waiter.send((due, pending, n as u64)).is_err() {
                         break;
                     }
+                    sent += n as u64;
                 }
                 Err(e) => {
                     failed = Some(format!("produce failed: {e}"));

@@ -138,33 +138,87 @@ pub fn run(dir: &Path, seconds: f64) -> io::Result<Probe> {
 /// Sequential `block`-byte writes each made durable by itself (`RWF_DSYNC`), through the
 /// engine's own io_uring backend into a prewritten file: the ceiling of the engine's flush path.
 fn ring_writes(dir: &Path, block: usize, seconds: f64) -> io::Result<f64> {
-    use keel_engine::io::{Disk, UringDisk};
-    let path = dir.join("keel-probe-ring.tmp");
-    let file = open_probe_file(dir)?;
-    prefill(&file)?;
-    drop(file);
-    std::fs::write(&path, [])?;
-    let mut disk = UringDisk::new()?;
-    let result = (|| {
-        let id = disk.open(&path, true)?;
-        disk.allocate(id, PROBE_FILE_BYTES)?;
-        let mut buf = AlignedBuf::zeroed(block);
-        let mut at = 0;
-        while at < PROBE_FILE_BYTES {
-            buf = write_sync(&mut disk, id, at, buf, block)?;
-            at += block as u64;
+    RingCeiling::prepare(dir, block)?.measure(seconds)
+}
+
+/// The flush path's ceiling, measured again and again on one prepared file: sequential
+/// writes each made durable by itself (`RWF_DSYNC`), one at a time, through the engine's own
+/// io_uring backend, over a file written once before (as a log at its retention size is).
+pub struct RingCeiling {
+    disk: keel_engine::io::UringDisk,
+    file: keel_engine::io::FileId,
+    path: std::path::PathBuf,
+    buf: Option<AlignedBuf>,
+    block: usize,
+    at: u64,
+}
+
+impl RingCeiling {
+    /// Creates and writes the file (1 GiB) in `dir`; it is removed when this is dropped.
+    pub fn prepare(dir: &Path, block: usize) -> io::Result<Self> {
+        use keel_engine::io::{Disk, UringDisk};
+        let path = dir.join(format!("keel-probe-ring-{}.tmp", std::process::id()));
+        let file = open_probe_file(dir)?;
+        prefill(&file)?;
+        drop(file);
+        std::fs::write(&path, [])?;
+        let mut disk = UringDisk::new()?;
+        let mut ceiling = match disk.open(&path, true) {
+            Ok(file) => Self {
+                disk,
+                file,
+                path,
+                buf: Some(AlignedBuf::zeroed(block)),
+                block,
+                at: 0,
+            },
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        ceiling.disk.allocate(ceiling.file, PROBE_FILE_BYTES)?;
+        while ceiling.at + (block as u64) <= PROBE_FILE_BYTES {
+            ceiling.write_next()?;
         }
+        Ok(ceiling)
+    }
+
+    /// MB/s (10^6 bytes) over `seconds` of writes.
+    pub fn measure(&mut self, seconds: f64) -> io::Result<f64> {
         let started = Instant::now();
-        let (mut at, mut count) = (0u64, 0u64);
+        let mut count = 0u64;
         while started.elapsed().as_secs_f64() < seconds {
-            buf = write_sync(&mut disk, id, at, buf, block)?;
-            at = (at + block as u64) % PROBE_FILE_BYTES;
+            self.write_next()?;
             count += 1;
         }
-        Ok((count * block as u64) as f64 / started.elapsed().as_secs_f64() / 1e6)
-    })();
-    let _ = std::fs::remove_file(&path);
-    result
+        Ok((count * self.block as u64) as f64 / started.elapsed().as_secs_f64() / 1e6)
+    }
+
+    fn write_next(&mut self) -> io::Result<()> {
+        if self.at + self.block as u64 > PROBE_FILE_BYTES {
+            self.at = 0;
+        }
+        let buf = self
+            .buf
+            .take()
+            .ok_or_else(|| io::Error::other("a write lost its buffer"))?;
+        self.buf = Some(write_sync(
+            &mut self.disk,
+            self.file,
+            self.at,
+            buf,
+            self.block,
+        )?);
+        self.at += self.block as u64;
+        Ok(())
+    }
+}
+
+impl Drop for RingCeiling {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn write_sync(

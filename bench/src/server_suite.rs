@@ -14,6 +14,7 @@ use crate::engine_load::{self, Load};
 use crate::figures::Figures;
 use crate::keeld_metrics::KeeldMetrics;
 use crate::net_load::{self, NetLoad};
+use crate::probe::RingCeiling;
 use crate::rounds::{median, Rounds};
 
 /// The shape of the produce load.
@@ -121,10 +122,12 @@ pub struct Storage {
     pub linger_us: Option<u64>,
 }
 
-/// The null server and keeld (`--net uring`), measured in alternating rounds.
+/// The null server, keeld (`--net uring`) and the disk, measured in alternating rounds.
 struct Paired {
     null: Vec<Figures>,
     keeld: Vec<Figures>,
+    /// The flush path's ceiling in each round, MB/s: durable 1 MiB writes, one at a time.
+    disk_mb_s: Vec<f64>,
     reused: u64,
 }
 
@@ -138,11 +141,38 @@ impl Paired {
                 .collect(),
         )
     }
+
+    /// Each round's keeld MB/s (message values) over the disk's.
+    fn keeld_to_disk(&self) -> Rounds {
+        Rounds::new(
+            self.keeld
+                .iter()
+                .zip(&self.disk_mb_s)
+                .map(|(k, d)| k.mb_per_s / d)
+                .collect(),
+        )
+    }
+
+    /// Each round's disk MB/s over the null server's: the highest keeld / null server a
+    /// server bound by this disk could reach.
+    fn disk_to_null(&self) -> Rounds {
+        Rounds::new(
+            self.null
+                .iter()
+                .zip(&self.disk_mb_s)
+                .map(|(n, d)| d / n.mb_per_s)
+                .collect(),
+        )
+    }
 }
+
+/// How long each round measures the disk: enough for a steady figure, short beside a round.
+const DISK_SECONDS_MAX: f64 = 2.0;
 
 /// Runs `rounds` rounds of the null server then keeld `--net uring`, each `seconds` long,
 /// against one null server and one keeld (filled once) that stay up between rounds, so each
-/// round's ratio compares two runs seconds apart.
+/// round's ratio compares two runs seconds apart; then, in each round, the disk's durable
+/// write rate on the same filesystem, as the ceiling keeld works under at that moment.
 fn alternate_null_and_keeld(
     keeld: &Path,
     dir: &Path,
@@ -152,6 +182,12 @@ fn alternate_null_and_keeld(
     storage: &Storage,
     rounds: usize,
 ) -> Result<Paired, String> {
+    eprintln!(
+        "preparing the disk's ceiling: a 1 GiB file in {}",
+        dir.display()
+    );
+    let mut disk = RingCeiling::prepare(dir, 1 << 20)
+        .map_err(|e| format!("prepare the disk's ceiling in {}: {e}", dir.display()))?;
     let null = start_null_server()?;
     let under_test = create_topic(&null.addr, "produce", partitions)
         .and_then(|()| KeeldUnderTest::start(keeld, dir, "uring", shape, partitions, storage));
@@ -165,12 +201,15 @@ fn alternate_null_and_keeld(
     let mut paired = Paired {
         null: Vec::new(),
         keeld: Vec::new(),
+        disk_mb_s: Vec::new(),
         reused: 0,
     };
+    let disk_seconds = seconds.min(DISK_SECONDS_MAX);
     let mut measured = Ok(());
     for round in 1..=rounds {
         eprintln!(
-            "round {round} of {rounds}: null server, then keeld --net uring, {seconds} s each"
+            "round {round} of {rounds}: null server, then keeld --net uring, {seconds} s each; \
+             then the disk, {disk_seconds} s"
         );
         let null_out =
             match net_load::run(&shape.net_load(&null.addr, "produce", partitions, seconds)) {
@@ -187,12 +226,21 @@ fn alternate_null_and_keeld(
                 break;
             }
         };
+        let disk_mb_s = match disk.measure(disk_seconds) {
+            Ok(mb_s) => mb_s,
+            Err(e) => {
+                measured = Err(format!("the disk's ceiling: {e}"));
+                break;
+            }
+        };
         eprintln!(
-            "round {round}: null server {:.0} msg/s, keeld --net uring {:.0} msg/s: {:.3}",
+            "round {round}: null server {:.0} msg/s, keeld --net uring {:.0} msg/s: {:.3}; \
+             disk {disk_mb_s:.0} MB/s",
             null_out.msgs_per_s,
             keeld_out.msgs_per_s,
             keeld_out.msgs_per_s / null_out.msgs_per_s
         );
+        paired.disk_mb_s.push(disk_mb_s);
         paired.null.push(null_out);
         paired.keeld.push(keeld_out);
         paired.reused += reused;
@@ -213,6 +261,7 @@ pub fn run(
     rounds: usize,
 ) -> Result<(), String> {
     let keeld = keeld_binary(keeld)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let retention_mib = storage.retention_mib;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     let partitions = shards as u32;
@@ -291,17 +340,28 @@ pub fn run(
             o.latency_us.cells()
         );
     }
+    let disk_mb_s = median(&paired.disk_mb_s).unwrap_or(0.0);
+    println!(
+        "| disk: durable 1 MiB writes (RWF_DSYNC) one at a time, through Keel's io_uring, median of {rounds} | | {disk_mb_s:.1} | |"
+    );
+    println!(
+        "\nkeeld's MB/s counts message values only; what it writes also holds each record's \
+         framing and each flush's trailer.\n"
+    );
     if rounds > 1 {
         println!(
-            "\n| round | null server msg/s | keeld --net uring msg/s | ratio |\n|---|---|---|---|"
+            "| round | null server msg/s | keeld --net uring msg/s | ratio | disk MB/s | keeld / disk | disk / null server |\n|---|---|---|---|---|---|---|"
         );
         let rows = paired.null.iter().zip(&paired.keeld).zip(ratios.each());
-        for (i, ((n, k), ratio)) in rows.enumerate() {
+        let disk = paired.disk_mb_s.iter();
+        for (i, (((n, k), ratio), d)) in rows.zip(disk).enumerate() {
             println!(
-                "| {} | {:.0} | {:.0} | {ratio:.3} |",
+                "| {} | {:.0} | {:.0} | {ratio:.3} | {d:.0} | {:.3} | {:.3} |",
                 i + 1,
                 n.msgs_per_s,
-                k.msgs_per_s
+                k.msgs_per_s,
+                k.mb_per_s / d,
+                d / n.mb_per_s
             );
         }
     }
@@ -312,6 +372,19 @@ pub fn run(
         "| keeld --net uring / null server, median of {rounds} | {vs_null:.3} (rounds {lo:.3}-{hi:.3}, {} of {rounds} at or above) | >= 0.500 | {} |",
         ratios.reaching(0.5),
         verdict(vs_null)
+    );
+    let to_disk = paired.keeld_to_disk().median().unwrap_or(0.0);
+    println!(
+        "| keeld --net uring MB/s / disk MB/s, median of {rounds} | {to_disk:.3} | | the share of the disk keeld used |"
+    );
+    let bound = paired.disk_to_null().median().unwrap_or(0.0);
+    println!(
+        "| disk MB/s / null server MB/s, median of {rounds} | {bound:.3} | | {} |",
+        if bound >= 0.5 {
+            "a server bound by this disk could reach the null-server target"
+        } else {
+            "**below 0.5: a durable server writing at this disk's one-at-a-time rate would miss the null-server target**"
+        }
     );
     let vs_engine = uring_out.msgs_per_s / engine_out.msgs_per_s;
     println!(
