@@ -341,10 +341,7 @@ impl Client {
         addr: impl ToSocketAddrs + std::fmt::Display,
         options: ClientOptions,
     ) -> Result<Self> {
-        let fail = |reason: String| ClientError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
+        let fail = connect_failure(&addr);
         let stream = open_stream(&addr, &options)?;
         let read_half = stream
             .try_clone()
@@ -691,16 +688,23 @@ pub(crate) fn fits_frames(spans: &[(u32, usize)], max: u32) -> Result<()> {
     }
 }
 
+/// Makes [`ClientError::Connect`] errors about `addr`.
+pub(crate) fn connect_failure(
+    addr: &impl std::fmt::Display,
+) -> impl Fn(String) -> ClientError + '_ {
+    move |reason| ClientError::Connect {
+        addr: addr.to_string(),
+        reason,
+    }
+}
+
 /// Opens the TCP connection to the first of `addr`'s addresses that answers, with Nagle's
 /// delay off (requests are written whole, and a produce's latency is the point).
 pub(crate) fn open_stream(
     addr: &(impl ToSocketAddrs + std::fmt::Display),
     options: &ClientOptions,
 ) -> Result<TcpStream> {
-    let fail = |reason: String| ClientError::Connect {
-        addr: addr.to_string(),
-        reason,
-    };
+    let fail = connect_failure(addr);
     let addrs = addr
         .to_socket_addrs()
         .map_err(|e| fail(format!("cannot resolve: {e}")))?;

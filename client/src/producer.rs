@@ -17,7 +17,9 @@ use keel_protocol::{
     RESPONSE_HEADER_BYTES,
 };
 
-use crate::client::{ack_of, encode_produce_frames, fits_frames, open_stream, server_info};
+use crate::client::{
+    ack_of, connect_failure, encode_produce_frames, fits_frames, open_stream, server_info,
+};
 use crate::error::{ClientError, Result};
 use crate::{Ack, ClientOptions, ServerInfo, Target};
 
@@ -74,10 +76,7 @@ impl Producer {
         addr: impl ToSocketAddrs + std::fmt::Display,
         options: ClientOptions,
     ) -> Result<Self> {
-        let fail = |reason: String| ClientError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
+        let fail = connect_failure(&addr);
         let stream = open_stream(&addr, &options)?;
         // A write that cannot finish within the timeout leaves a frame half sent: the
         // connection is given up then (see `flush`).
@@ -137,16 +136,12 @@ impl Producer {
         self.usable()?;
         let before = self.unsent.len();
         self.spans.clear();
-        let mut next_id = self.next_id;
+        let id = self.next_id;
         let encoded = encode_produce_frames(
             topic,
             target,
             [values],
-            || {
-                let id = next_id;
-                next_id = next_id.wrapping_add(1);
-                id
-            },
+            || id,
             &mut self.unsent,
             &mut self.spans,
         )
@@ -155,12 +150,7 @@ impl Producer {
             self.unsent.truncate(before);
             return Err(e);
         }
-        self.next_id = next_id;
-        let id = self
-            .spans
-            .first()
-            .map(|&(id, _)| id)
-            .ok_or_else(|| ClientError::Protocol("no request was encoded".into()))?;
+        self.take_id();
         self.in_flight.push_back(id);
         Ok(id)
     }
