@@ -105,11 +105,16 @@ impl Producer {
         };
         encode_request(id, &hello, &mut producer.unsent);
         producer.in_flight.push_back(id);
-        let frame = producer.next_frame()?.1;
-        let (_, answer) = decode_response(&frame, ApiKey::Handshake)
-            .map_err(|e| fail(format!("handshake answer: {e}")))?;
-        let answer = answer.map_err(|e| fail(format!("handshake refused: {}", e.message)))?;
-        producer.info = server_info(answer).map_err(fail)?;
+        // What the handshake says is judged here, as a failure to connect, not a broken
+        // connection.
+        let (_, info) = producer.next_answer(|frame| {
+            Ok(match decode_response(frame, ApiKey::Handshake) {
+                Ok((_, Ok(answer))) => server_info(answer),
+                Ok((_, Err(e))) => Err(format!("handshake refused: {}", e.message)),
+                Err(e) => Err(format!("handshake answer: {e}")),
+            })
+        })?;
+        producer.info = info.map_err(fail)?;
         Ok(producer)
     }
 
@@ -185,41 +190,25 @@ impl Producer {
     /// requests stay in flight), and once the connection is lost (then the outcome of every
     /// request in flight is unknown).
     pub fn next_ack(&mut self) -> Result<(u32, Result<Ack>)> {
-        let (id, frame) = self.next_frame()?;
-        self.outcome(id, &frame)
+        self.next_answer(produce_outcome)
     }
 
     /// The next answer if it has already been read off the socket, without waiting or
     /// writing: after [`Producer::next_ack`], the rest of the burst it came in.
     pub fn ready_ack(&mut self) -> Result<Option<(u32, Result<Ack>)>> {
         self.usable()?;
-        match self.buffered_frame()? {
-            Some((id, frame)) => self.outcome(id, &frame).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn outcome(&mut self, id: u32, frame: &[u8]) -> Result<(u32, Result<Ack>)> {
-        let outcome = match decode_response(frame, ApiKey::Produce) {
-            Ok((_, Ok(response))) => ack_of(response),
-            Ok((_, Err(e))) => Err(ClientError::Server {
-                code: e.code,
-                message: e.message,
-            }),
-            Err(e) => return Err(self.break_off(format!("bad produce answer: {e}"))),
-        };
-        Ok((id, outcome))
+        self.buffered_answer(produce_outcome)
     }
 
     /// Flushes, then reads until a whole answer to a request in flight is in; returns its id
-    /// and frame.
-    fn next_frame(&mut self) -> Result<(u32, Vec<u8>)> {
+    /// and what `decode` made of it.
+    fn next_answer<T>(&mut self, decode: impl Fn(&[u8]) -> Decoded<T>) -> Result<(u32, T)> {
         if self.in_flight.is_empty() {
             return Err(ClientError::Protocol("no request is in flight".into()));
         }
         self.flush()?;
         loop {
-            if let Some(answer) = self.buffered_frame()? {
+            if let Some(answer) = self.buffered_answer(&decode)? {
                 return Ok(answer);
             }
             match self.stream.read(self.input.make_room()) {
@@ -234,9 +223,12 @@ impl Producer {
         }
     }
 
-    /// The whole answer at the front of what has been read, if there is one, with the id of
-    /// the request in flight it answers.
-    fn buffered_frame(&mut self) -> Result<Option<(u32, Vec<u8>)>> {
+    /// The whole answer at the front of what has been read, if there is one: the id of the
+    /// request in flight it answers, and what `decode` made of it, read where it lies.
+    fn buffered_answer<T>(
+        &mut self,
+        decode: impl Fn(&[u8]) -> Decoded<T>,
+    ) -> Result<Option<(u32, T)>> {
         let len = match self
             .input
             .next_frame_len(RESPONSE_HEADER_BYTES, MAX_ANSWER_BYTES)
@@ -245,17 +237,19 @@ impl Producer {
             Ok(None) => return Ok(None),
             Err(e) => return Err(self.break_off(format!("bad answer: {e}"))),
         };
-        let frame = self.input.pending()[..len].to_vec();
+        let frame = &self.input.pending()[..len];
+        let read = response_correlation_id(frame)
+            .map_err(|e| format!("bad answer: {e}"))
+            .and_then(|id| decode(frame).map(|answer| (id, answer)));
         self.input.consume(len);
-        let id = response_correlation_id(&frame)
-            .map_err(|e| self.break_off(format!("bad answer: {e}")))?;
+        let (id, answer) = read.map_err(|why| self.break_off(why))?;
         // Answers come in the order their batches became durable: almost always the oldest
         // request's first.
         let Some(at) = self.in_flight.iter().position(|&w| w == id) else {
             return Err(self.break_off(format!("an answer to no request in flight ({id})")));
         };
         self.in_flight.remove(at);
-        Ok(Some((id, frame)))
+        Ok(Some((id, answer)))
     }
 
     fn take_id(&mut self) -> u32 {
@@ -276,6 +270,21 @@ impl Producer {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.broken.get_or_insert_with(|| why.clone());
         ClientError::ConnectionLost(why)
+    }
+}
+
+/// What an answer frame says; `Err`: why the frame cannot be read, which ends the connection.
+type Decoded<T> = std::result::Result<T, String>;
+
+/// A produce answer: the ack, or the server's error for that request.
+fn produce_outcome(frame: &[u8]) -> Decoded<Result<Ack>> {
+    match decode_response(frame, ApiKey::Produce) {
+        Ok((_, Ok(response))) => Ok(ack_of(response)),
+        Ok((_, Err(e))) => Ok(Err(ClientError::Server {
+            code: e.code,
+            message: e.message,
+        })),
+        Err(e) => Err(format!("bad produce answer: {e}")),
     }
 }
 
