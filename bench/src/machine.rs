@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use keel_engine::filesystem::mount_description;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,7 +29,8 @@ impl Machine {
                 .map_or(0, |kib| (kib + (1 << 19)) >> 20),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map_or_else(|_| "unknown".into(), |s| s.trim().to_string()),
-            filesystem: mount_of(&mounts, &dir).unwrap_or_else(|| "unknown filesystem".into()),
+            filesystem: mount_description(&mounts, &dir)
+                .unwrap_or_else(|| "unknown filesystem".into()),
         }
     }
 
@@ -48,46 +50,9 @@ fn field(text: &str, name: &str) -> Option<String> {
     })
 }
 
-/// "ext4 on /dev/vda1" for the mount point that is the longest prefix of `dir`.
-fn mount_of(mounts: &str, dir: &Path) -> Option<String> {
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (device, point, kind) = (f.next()?, f.next()?, f.next()?);
-            dir.starts_with(point)
-                .then(|| (point.len(), format!("{kind} on {device}")))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, s)| s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_longest_matching_mount_point_wins() {
-        let mounts =
-            "/dev/vda1 / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n/dev/vdb /work xfs rw 0 0\n";
-        assert_eq!(
-            mount_of(mounts, Path::new("/work/data")).as_deref(),
-            Some("xfs on /dev/vdb")
-        );
-        assert_eq!(
-            mount_of(mounts, Path::new("/tmp/x")).as_deref(),
-            Some("tmpfs on tmpfs")
-        );
-        assert_eq!(
-            mount_of(mounts, Path::new("/home")).as_deref(),
-            Some("ext4 on /dev/vda1")
-        );
-        // A mount point is a path prefix, not a string prefix.
-        assert_eq!(
-            mount_of(mounts, Path::new("/workspace")).as_deref(),
-            Some("ext4 on /dev/vda1")
-        );
-    }
 
     #[test]
     fn fields_are_read_by_name() {

@@ -23,6 +23,22 @@ pub enum IoMode {
     Portable,
 }
 
+/// How a flush is made durable on the io_uring backend (the portable backend always writes,
+/// then calls `fdatasync`). See `filesystem.rs` for which filesystems are trusted with what.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FlushSync {
+    /// Chosen when the engine opens, from the data directory's filesystem: `DsyncWrite` on ext4
+    /// and xfs, `Fdatasync` everywhere else.
+    #[default]
+    Auto,
+    /// One write with `RWF_DSYNC`: the kernel completes it once it is durable, with no separate
+    /// sync. Refused on filesystems where that is not known to hold.
+    DsyncWrite,
+    /// A write, then an `fdatasync` linked after it; the flush is acknowledged on the sync's
+    /// completion.
+    Fdatasync,
+}
+
 /// What recovery does on finding corruption (invalid data followed by durable data).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
@@ -72,6 +88,9 @@ pub struct EngineConfig {
     pub commit_linger: Duration,
     /// Disk backend.
     pub io: IoMode,
+    /// How a flush is made durable (default `Auto`; [`crate::Engine::config`] gives what
+    /// `Auto` resolved to).
+    pub flush_sync: FlushSync,
     /// What to do about corruption found when opening.
     pub recovery: RecoveryMode,
 }
@@ -94,6 +113,7 @@ impl EngineConfig {
             retention_bytes: None,
             commit_linger: Duration::from_micros(200),
             io: IoMode::Uring,
+            flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
         }
     }

@@ -10,8 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
-use crate::config::{EngineConfig, IoMode};
+use crate::config::{EngineConfig, FlushSync, IoMode};
 use crate::error::{EngineError, Result};
+use crate::filesystem::{self, Filesystem};
 use crate::guest::{on_shard_thread, ShardGuest};
 use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
@@ -89,6 +90,29 @@ pub struct Engine {
     _lock: DataDirLock,
 }
 
+/// The start-up line saying how flushes are made durable on this data directory, and why.
+fn describe_durability(cfg: &EngineConfig, filesystem: &Filesystem) -> String {
+    let dir = cfg.data_dir.display();
+    let fs = &filesystem.kind;
+    match (&cfg.io, cfg.flush_sync) {
+        (IoMode::Portable, _) => {
+            format!("data directory {dir} on {fs}: flushes are pwrite + fdatasync (portable I/O)")
+        }
+        (_, FlushSync::DsyncWrite) => format!(
+            "data directory {dir} on {fs}: flushes are io_uring writes with RWF_DSYNC, durable on \
+             completion ({fs} honours it)"
+        ),
+        (_, _) if filesystem.trusts_dsync_writes() => format!(
+            "data directory {dir} on {fs}: flushes are io_uring writes each followed by a linked \
+             fdatasync (flush_sync = \"fdatasync\")"
+        ),
+        (_, _) => format!(
+            "data directory {dir} on {fs}: flushes are io_uring writes each followed by a linked \
+             fdatasync (RWF_DSYNC through io_uring is trusted only on ext4 and xfs)"
+        ),
+    }
+}
+
 /// The shard owning `partition` of `topic`: a pure function of the two and the shard count.
 pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
     // FNV-1a: stable across runs and versions, unlike the std hasher.
@@ -100,12 +124,14 @@ impl Engine {
     /// Opens the data directory (creating it if needed), starts the shards and recovers every
     /// partition. Fails if the directory is locked, lacks O_DIRECT, io_uring is unavailable, or
     /// the filesystem is in memory or lacks O_DIRECT, or a partition is corrupt (see [`crate::RecoveryMode`]).
-    pub fn open(cfg: EngineConfig) -> Result<Self> {
+    pub fn open(mut cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
         let dir = cfg.data_dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| EngineError::io("create data directory", &dir, e))?;
+        layout::create_dir_durable(&dir)?;
         let lock = DataDirLock::acquire(&dir)?;
-        layout::check_filesystem(&dir)?;
+        let filesystem = filesystem::check_data_dir(&dir)?;
+        cfg.flush_sync = filesystem.resolve(cfg.flush_sync, &dir)?;
+        log::info!("{}", describe_durability(&cfg, &filesystem));
         layout::create_dir_durable(&topics_dir(&dir))?;
         let topics = load_catalog(&cfg)?;
         let cfg = Arc::new(cfg);

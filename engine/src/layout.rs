@@ -12,7 +12,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{EngineError, Result};
@@ -223,59 +222,6 @@ impl DataDirLock {
         }
         Ok(Self { _file: file })
     }
-}
-
-/// Fails with a clear error when `data_dir` cannot hold a durable log: a filesystem in memory
-/// (tmpfs, ramfs: newer kernels accept O_DIRECT there, but nothing survives a reboot), or one
-/// without O_DIRECT (some FUSE mounts, and tmpfs before Linux 6.6).
-pub fn check_filesystem(data_dir: &Path) -> Result<()> {
-    if let Some(fs) = volatile_filesystem(data_dir) {
-        return Err(EngineError::VolatileFilesystem {
-            path: data_dir.to_path_buf(),
-            fs,
-        });
-    }
-    let probe = data_dir.join(".direct-io-probe");
-    let opened = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&probe);
-    let _ = fs::remove_file(&probe);
-    match opened {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(EngineError::DirectIoUnsupported {
-            path: data_dir.to_path_buf(),
-            source: std::sync::Arc::new(e),
-        }),
-        Err(e) => Err(EngineError::io("probe O_DIRECT in", data_dir, e)),
-    }
-}
-
-/// The name of the in-memory filesystem `path` is on, if it is on one.
-pub fn volatile_filesystem(path: &Path) -> Option<&'static str> {
-    use std::os::unix::ffi::OsStrExt;
-    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: c_path is NUL-terminated; stat is a valid out-pointer of the right type.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statfs succeeded, so it filled the struct (it was zeroed before anyway).
-    let kind = unsafe { stat.assume_init() }.f_type;
-    match kind {
-        libc::TMPFS_MAGIC => Some("tmpfs"),
-        RAMFS_MAGIC => Some("ramfs"),
-        _ => None,
-    }
-}
-
-/// True when `path` is on tmpfs or ramfs.
-pub fn is_tmpfs(path: &Path) -> bool {
-    volatile_filesystem(path).is_some()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod config;
 pub mod delivery;
 mod engine;
 mod error;
+pub mod filesystem;
 pub mod groups;
 pub mod guest;
 pub mod histogram;
@@ -41,7 +42,7 @@ pub mod xorshift;
 mod zeroing;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};
-pub use config::{EngineConfig, IoMode, RecoveryMode};
+pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats};
 pub use error::{EngineError, Result};
 pub use io::{CrashPlan, FaultPlan};

@@ -132,8 +132,12 @@ impl AckState {
 /// What loading a slot found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
-    /// The newest valid copy.
+    /// The newest valid copy; the other copy is valid too, or empty.
     State(AckState),
+    /// The only valid copy: the other one fails its CRC, and may have been the newer one (a
+    /// torn store or damage), so the caller takes this or a newer state it knows, whichever is
+    /// newer.
+    OtherCopyDamaged(AckState),
     /// Neither copy is valid for this owner: never written, or both damaged. The caller falls
     /// back to an older committed offset it knows (redelivering, never skipping).
     Nothing {
@@ -255,6 +259,7 @@ impl OffsetTable {
             }
         }
         match best {
+            Some((_, state)) if damaged => Loaded::OtherCopyDamaged(state),
             Some((_, state)) => Loaded::State(state),
             None => Loaded::Nothing { damaged },
         }
@@ -486,8 +491,8 @@ mod tests {
         t.map[COPY_BYTES + 20] ^= 0xff;
         assert_eq!(
             t.load(0, 3),
-            Loaded::State(older.clone()),
-            "the intact older copy"
+            Loaded::OtherCopyDamaged(older.clone()),
+            "the intact older copy, and word of the damage"
         );
         // The next store goes over the torn copy, never over the good one.
         let mut newest = older.clone();
@@ -582,7 +587,9 @@ mod tests {
             t.map.copy_from_slice(&before);
             t.map[..cut].copy_from_slice(&after[..cut]);
             match t.load(0, 9) {
-                Loaded::State(s) => assert!(s == old || s == new, "cut at {cut}"),
+                Loaded::State(s) | Loaded::OtherCopyDamaged(s) => {
+                    assert!(s == old || s == new, "cut at {cut}")
+                }
                 other => panic!("cut at {cut}: {other:?}"),
             }
         }

@@ -39,6 +39,7 @@ pub fn open_partition<D: Disk>(
     }
     let mut segments: Vec<Segment> = Vec::new();
     let mut opened: Vec<FileId> = Vec::new();
+    let mut cleared_bytes = 0u64;
     let result = (|| {
         if bases.is_empty() {
             segments.push(create_first_segment(
@@ -98,7 +99,9 @@ pub fn open_partition<D: Disk>(
             };
             let ends_log = is_last || truncate_here;
             let durable_end = if ends_log {
-                make_appendable(io, file, &path, &s, limits.segment_bytes)?
+                let (end, cleared) = make_appendable(io, file, &path, &s, limits.segment_bytes)?;
+                cleared_bytes += cleared;
+                end
             } else {
                 s.sealed_end
             };
@@ -115,13 +118,38 @@ pub fn open_partition<D: Disk>(
         Ok(())
     })();
     match result {
-        Ok(()) => Ok(Partition::new(topic, id, dir, segments, limits, cfg)),
+        Ok(()) => {
+            if !bases.is_empty() {
+                log_recovered(&topic, id, &segments, cleared_bytes);
+            }
+            Ok(Partition::new(topic, id, dir, segments, limits, cfg))
+        }
         Err(e) => {
             for file in opened {
                 io.disk.close(file);
             }
             Err(e)
         }
+    }
+}
+
+/// The start-up line of a recovered partition: where its log ends, and what was cleared past
+/// the end (bytes of a flush that was in flight, never acknowledged).
+fn log_recovered(topic: &str, id: u32, segments: &[Segment], cleared_bytes: u64) {
+    let end = segments.last().map_or(0, |s| s.next_offset);
+    let start = segments.first().map_or(0, |s| s.base_offset);
+    if cleared_bytes == 0 {
+        log::info!(
+            "{topic}/{id}: recovered offsets {start}..{end} in {} segment(s)",
+            segments.len()
+        );
+    } else {
+        log::info!(
+            "{topic}/{id}: recovered offsets {start}..{end} in {} segment(s); cleared \
+             {cleared_bytes} bytes past the end (a flush in flight at the crash, never \
+             acknowledged)",
+            segments.len()
+        );
     }
 }
 
@@ -211,14 +239,15 @@ fn scan_file<D: Disk>(
 }
 
 /// Seals a torn last flush, clears what it left past the end, restores the file's size, and
-/// makes all of that durable. Returns where the next flush starts.
+/// makes all of that durable. Returns where the next flush starts and how many bytes past it
+/// were cleared.
 fn make_appendable<D: Disk>(
     io: &mut BlockingIo<'_, D>,
     file: FileId,
     path: &Path,
     s: &Scan,
     segment_bytes: u64,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let fail = |e| EngineError::io("recover segment", path, e);
     let len = io.disk.len(file).map_err(fail)?;
     if len < segment_bytes {
@@ -244,6 +273,7 @@ fn make_appendable<D: Disk>(
         );
     }
     let dirty_end = align_up(s.dirty_end).min(segment_bytes);
+    let cleared = dirty_end.saturating_sub(end);
     let mut at = end;
     while at < dirty_end {
         let n = (dirty_end - at).min(ZERO_CHUNK_BYTES) as usize;
@@ -256,7 +286,7 @@ fn make_appendable<D: Disk>(
         // The last write carries the one fdatasync that makes all of them durable.
         io.write(file, pos, buf, n, i + 1 == count).map_err(fail)?;
     }
-    Ok(end)
+    Ok((end, cleared))
 }
 
 /// The block(s) `[block_start, end)` holding the unsealed batches' tail, zeros and a trailer.

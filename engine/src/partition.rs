@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::aligned::AlignedBuf;
 use crate::batch::{self, BatchView};
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, FlushSync};
 use crate::error::{EngineError, Result};
 use crate::io::{Completion, Disk, IoKind, SyncAfter};
 use crate::layout::segment_file_name;
@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_flush_bytes: usize,
     /// Bytes of log kept at least, if not everything.
     pub retention_bytes: Option<u64>,
+    /// What makes a flush's write durable.
+    pub flush_sync: SyncAfter,
 }
 
 impl Limits {
@@ -85,6 +87,12 @@ impl Limits {
             max_batch_bytes: cfg.max_batch_bytes,
             max_flush_bytes: cfg.max_flush_bytes,
             retention_bytes: cfg.retention_bytes,
+            flush_sync: match cfg.flush_sync {
+                FlushSync::DsyncWrite => SyncAfter::ThisWrite,
+                // `Auto` is resolved when the engine opens; were it not, the sync that holds on
+                // every filesystem is the one to take.
+                FlushSync::Fdatasync | FlushSync::Auto => SyncAfter::File,
+            },
         }
     }
 }
@@ -356,8 +364,10 @@ impl Partition {
         t.encode(&mut bytes[trailer_at..len]);
         let buf = std::mem::replace(&mut g.buf, AlignedBuf::zeroed(0));
         // Nothing earlier in the file waits for this flush's sync: the previous flush was
-        // durable before this one started, so its own durability is all it needs.
-        disk.submit_write(seg.file, g.start_pos, buf, len, token, SyncAfter::ThisWrite);
+        // durable before this one started, so its own durability is all it needs; either kind
+        // of sync gives that (`filesystem.rs` says which one this filesystem can be trusted with).
+        let sync = self.limits.flush_sync;
+        disk.submit_write(seg.file, g.start_pos, buf, len, token, sync);
         self.linger.reset();
         self.flushing = Some(Flush {
             submitted: Instant::now(),

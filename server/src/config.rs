@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use keel_engine::{EngineConfig, IoMode, RecoveryMode};
+use keel_engine::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use keel_protocol::DEFAULT_MAX_FRAME_BYTES;
 use serde::Deserialize;
 
@@ -135,6 +135,10 @@ pub struct FileConfig {
     pub commit_linger_us: Option<u64>,
     /// "uring" (default) or "portable" (pwrite + fdatasync; slower).
     pub io: Option<String>,
+    /// How a flush is made durable: "auto" (default: an `RWF_DSYNC` write on ext4 and xfs, a
+    /// write + linked fdatasync elsewhere), "fdatasync" (always that), or "dsync-write"
+    /// (refused where it is not trusted).
+    pub flush_sync: Option<String>,
     /// How connections are served: "uring" (event loops) or "threads" (two per connection).
     pub net: Option<String>,
     /// "strict" (default: refuse to open a corrupt partition) or "repair" (truncate it, losing
@@ -196,6 +200,16 @@ impl FileConfig {
             Some(other) => {
                 return Err(ConfigError::Invalid(format!(
                     "io must be \"uring\" or \"portable\", not {other:?}"
+                )))
+            }
+        };
+        engine.flush_sync = match self.flush_sync.as_deref() {
+            None | Some("auto") => FlushSync::Auto,
+            Some("fdatasync") => FlushSync::Fdatasync,
+            Some("dsync-write") => FlushSync::DsyncWrite,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "flush_sync must be \"auto\", \"fdatasync\" or \"dsync-write\", not {other:?}"
                 )))
             }
         };
@@ -329,10 +343,12 @@ mod tests {
     #[test]
     fn file_values_override_defaults_and_unknown_keys_are_refused() {
         let f: FileConfig = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\ncommit_linger_us = 50\n",
+            "listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\ncommit_linger_us = 50\n\
+             flush_sync = \"fdatasync\"\n",
         )
         .unwrap();
         let cfg = f.into_config().unwrap();
+        assert_eq!(cfg.engine.flush_sync, FlushSync::Fdatasync);
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(
             cfg.engine.commit_linger,
@@ -345,6 +361,11 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         let bad = FileConfig {
             io: Some("mmap".into()),
+            ..FileConfig::default()
+        };
+        assert!(bad.into_config().is_err());
+        let bad = FileConfig {
+            flush_sync: Some("never".into()),
             ..FileConfig::default()
         };
         assert!(bad.into_config().is_err());

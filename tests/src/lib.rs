@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod crash_load;
 pub mod keeld;
+pub mod powerfs;
 
 use keel_engine::{BatchBuilder, BatchView, Engine, EngineConfig};
 use tempfile::TempDir;
@@ -15,12 +17,12 @@ use tempfile::TempDir;
 pub fn data_dir() -> TempDir {
     let base = match std::env::var_os("KEEL_TEST_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None if !keel_engine::layout::is_tmpfs(&std::env::temp_dir()) => std::env::temp_dir(),
+        None if !keel_engine::filesystem::is_tmpfs(&std::env::temp_dir()) => std::env::temp_dir(),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-data"),
     };
     std::fs::create_dir_all(&base).expect("create test directory base");
     assert!(
-        !keel_engine::layout::is_tmpfs(&base),
+        !keel_engine::filesystem::is_tmpfs(&base),
         "{} is on tmpfs, where O_DIRECT fails: set KEEL_TEST_DIR to a directory on ext4 or xfs",
         base.display()
     );

@@ -2,7 +2,8 @@
 //! batches get named errors; a data directory is used by one engine at a time; tmpfs is
 //! refused with a clear message.
 
-use keel_engine::{BatchError, Engine, EngineConfig, EngineError};
+use keel_engine::filesystem::Filesystem;
+use keel_engine::{BatchError, Engine, EngineConfig, EngineError, FlushSync};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 #[test]
@@ -124,7 +125,7 @@ fn a_data_directory_is_locked_by_its_engine() {
 #[test]
 fn tmpfs_is_refused_with_a_clear_message() {
     let shm = std::path::Path::new("/dev/shm");
-    if !keel_engine::layout::is_tmpfs(shm) {
+    if !keel_engine::filesystem::is_tmpfs(shm) {
         eprintln!("skipping: /dev/shm is not tmpfs on this machine");
         return;
     }
@@ -154,4 +155,35 @@ fn bad_configurations_are_refused() {
         Engine::open(cfg),
         Err(EngineError::InvalidConfig(_))
     ));
+}
+
+#[test]
+fn auto_flush_sync_resolves_from_the_data_directory_s_filesystem() {
+    let dir = data_dir();
+    let trusted = Filesystem::of(dir.path()).trusts_dsync_writes();
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    let expected = if trusted {
+        FlushSync::DsyncWrite
+    } else {
+        FlushSync::Fdatasync
+    };
+    assert_eq!(engine.config().flush_sync, expected);
+}
+
+/// A crash in the middle of a creation leaves a topic directory without its metadata file (the
+/// commit point), and one in the middle of a deletion a renamed directory: the next start
+/// removes both, and neither topic is listed.
+#[test]
+fn an_interrupted_creation_or_deletion_is_finished_off_at_start() {
+    let dir = data_dir();
+    drop(Engine::open(small_config(dir.path(), 1)).unwrap());
+    let topics = dir.path().join("topics");
+    std::fs::create_dir_all(topics.join("half/0")).unwrap();
+    std::fs::write(topics.join("half/meta.tmp"), b"keel-topic 1\n").unwrap();
+    std::fs::create_dir_all(topics.join(".deleted-gone-1/0")).unwrap();
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    assert!(engine.list_topics().is_empty());
+    assert!(!topics.join("half").exists());
+    assert!(!topics.join(".deleted-gone-1").exists());
+    engine.create_topic("half", 1).unwrap();
 }

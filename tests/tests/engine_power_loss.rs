@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use keel_engine::aligned::{AlignedBuf, BLOCK_BYTES};
 use keel_engine::io::{Block, CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
-use keel_engine::{BatchView, CrashPlan, Engine, IoMode};
+use keel_engine::{BatchView, CrashPlan, Engine, FlushSync, IoMode};
 use keel_tests::{crash_value, data_dir, log_start, one_record, read_from, small_config};
 
 const IN_FLIGHT: u64 = 256;
@@ -121,13 +121,16 @@ fn assert_all_survive(engine: &Engine, acked: &[(u32, u64, Vec<u8>)], context: &
     checked
 }
 
-#[test]
-fn every_acknowledged_append_survives_losing_all_unsynced_writes() {
+/// Four rounds of appends, a power cut losing every unsynced write, and a reopen, with flushes
+/// made durable as `flush_sync` says.
+fn acknowledged_appends_survive_power_cuts(flush_sync: FlushSync) {
     let dir = data_dir();
     let mut all_acked = Vec::new();
     for (round, acks) in [(0u32, 300usize), (1, 1500), (2, 4000), (3, 800)] {
         let plan = CrashPlan::new();
-        all_acked.extend(append_then_cut_power(dir.path(), round, acks, &plan));
+        let mut cfg = config(dir.path(), None);
+        cfg.flush_sync = flush_sync;
+        all_acked.extend(append_then_cut_power_with(cfg, round, acks, &plan).0);
         let undone = plan
             .lose_unsynced_writes(0x5eed + u64::from(round))
             .unwrap();
@@ -141,6 +144,18 @@ fn every_acknowledged_append_survives_losing_all_unsynced_writes() {
             &format!("round {round} ({undone} writes undone)"),
         );
     }
+}
+
+#[test]
+fn every_acknowledged_append_survives_losing_all_unsynced_writes() {
+    acknowledged_appends_survive_power_cuts(FlushSync::Auto);
+}
+
+/// Flushes as on a filesystem that cannot be trusted with `RWF_DSYNC`: a write, then a linked
+/// `fdatasync`; the sync's completion is what acknowledges.
+#[test]
+fn every_acknowledged_append_survives_with_write_then_fdatasync_flushes() {
+    acknowledged_appends_survive_power_cuts(FlushSync::Fdatasync);
 }
 
 /// The same with retention reusing segment files: a write undone by the power cut leaves

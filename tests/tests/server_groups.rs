@@ -341,8 +341,10 @@ fn copy_seq(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap())
 }
 
+/// The case: the newer copy of a slot damaged while the group's checkpoint is newer
+/// than the older copy. Taking the older copy would deliver durably acknowledged messages again.
 #[test]
-fn a_torn_slot_copy_is_survived_and_both_torn_redeliver_from_the_stop_checkpoint() {
+fn a_torn_slot_copy_never_takes_the_group_behind_its_checkpoint_and_both_torn_use_it() {
     let dir = data_dir();
     let mut keeld = Keeld::start(dir.path(), &[]);
     let client = keeld.client();
@@ -355,7 +357,8 @@ fn a_torn_slot_copy_is_survived_and_both_torn_redeliver_from_the_stop_checkpoint
     drop(client);
     assert!(keeld.terminate().success());
 
-    // Tear the newest copy (committed 50): the other (committed 30) is used.
+    // Tear the newest copy (committed 50): the other holds 30, but the checkpoint recorded
+    // at the graceful stop says 50, and the newer of the two is taken, with a warning.
     let (table, slot) = slot_of(&keeld.data_dir, "t");
     let mut bytes = std::fs::read(&table).unwrap();
     let (a, b) = (slot * 2048, slot * 2048 + 1024);
@@ -372,13 +375,17 @@ fn a_torn_slot_copy_is_survived_and_both_torn_redeliver_from_the_stop_checkpoint
     let after = drain(&client, &m, 0, Duration::from_millis(500), false);
     assert_eq!(
         after.iter().map(|d| d.message.offset).collect::<Vec<_>>(),
-        (30..100).collect::<Vec<_>>()
+        (50..100).collect::<Vec<_>>()
+    );
+    assert!(
+        keeld.log_shows("one copy of its slot is damaged"),
+        "{}",
+        keeld.stderr()
     );
     drop(client);
     assert!(keeld.terminate().success());
 
-    // Tear both: the group falls back, with a warning, to its checkpoint: the committed offset
-    // recorded at the first graceful stop (50; the second stop's 30 does not move it back).
+    // Tear both: the group falls back, with a warning, to its checkpoint (50).
     let mut bytes = std::fs::read(&table).unwrap();
     bytes[a + 200] ^= 0x5a;
     bytes[b + 200] ^= 0x5a;
@@ -566,4 +573,40 @@ fn a_group_behind_the_log_start_goes_on_from_it_after_retention() {
     assert!(got
         .iter()
         .all(|d| d.message.value.as_deref() == Some(&value[..])));
+}
+
+/// The log lost messages a group had acknowledged (here: its segments are gone; in the field, a
+/// filesystem that dropped acknowledged writes). keeld says so at start, per partition, and the
+/// group goes on from the log's end, so messages appended afterwards at the same offsets are
+/// delivered instead of being taken for acknowledged.
+#[test]
+fn a_committed_offset_beyond_the_log_s_end_is_reported_and_new_messages_are_delivered() {
+    let dir = data_dir();
+    let mut keeld = Keeld::start(dir.path(), &[]);
+    let client = keeld.client();
+    client.create_topic("lost", 1).unwrap();
+    produce(&client, "lost", 1, 40);
+    let m = join(&client, "lost", JoinSettings::default());
+    assert_eq!(
+        drain(&client, &m, 40, Duration::from_millis(200), true).len(),
+        40
+    );
+    drop(client);
+    assert!(keeld.terminate().success());
+
+    let partition = keeld.data_dir.join("topics/lost/0");
+    for entry in std::fs::read_dir(&partition).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let keeld = Keeld::start(dir.path(), &[]);
+    assert!(
+        keeld.log_shows("its committed offset 40 lies beyond the partition's end 0"),
+        "{}",
+        keeld.stderr()
+    );
+    let client = keeld.client();
+    let sent = produce(&client, "lost", 1, 3);
+    let m = join(&client, "lost", JoinSettings::default());
+    let got = drain(&client, &m, 3, Duration::from_millis(200), true);
+    assert_eq!(keys(&got), sent.keys().copied().collect());
 }

@@ -180,6 +180,48 @@ impl GroupStore {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Checks every group against its partitions' logs, `log_end` giving a partition's end
+    /// offset (`None` for a topic that is gone). A committed offset beyond the end means the
+    /// log lost messages the group had acknowledged (or the table belongs to another log);
+    /// kept as it is, it would mark the messages appended next at those offsets as
+    /// acknowledged, never delivering them. Each such partition is reported and brought back
+    /// to the log's end. Returns how many were.
+    pub fn bring_within_logs(&self, log_end: impl Fn(&str, u32) -> Option<u64>) -> usize {
+        let groups: Vec<Arc<StoredGroup>> = self.groups().values().cloned().collect();
+        let mut brought_back = 0;
+        for g in groups {
+            for p in 0..g.partitions() {
+                let Some(end) = log_end(&g.topic, p) else {
+                    continue;
+                };
+                let acks = self.load(&g, p);
+                if acks.committed <= end {
+                    continue;
+                }
+                log::error!(
+                    "group {:?} on {}/{p}: its committed offset {} lies beyond the partition's \
+                     end {end}: the log lost messages the group had acknowledged; the group \
+                     goes on from {end}, so messages appended from now on are delivered",
+                    g.group,
+                    g.topic,
+                    acks.committed
+                );
+                // The checkpoint first: the slot's state is taken back only as far as it.
+                if let Err(e) = self.lower_checkpoint(&g, p, end) {
+                    log::error!(
+                        "group {:?} on {}/{p}: cannot record its new checkpoint: {e}",
+                        g.group,
+                        g.topic
+                    );
+                    continue;
+                }
+                self.store(&g, p, &AckState::new(acks.owner, end));
+                brought_back += 1;
+            }
+        }
+        brought_back
+    }
+
     /// The group reading `topic`, if it exists.
     pub fn find(&self, group: &str, topic: &str) -> Option<Arc<StoredGroup>> {
         self.groups()
@@ -278,25 +320,37 @@ impl GroupStore {
     /// acknowledged after the checkpoint are delivered again, none is skipped.
     pub fn load(&self, g: &StoredGroup, partition: u32) -> AckState {
         let slot = g.slots[partition as usize];
-        match self.tables[slot.table].map().load(slot.slot, slot.owner) {
-            Loaded::State(state) => state,
-            Loaded::Nothing { damaged } => {
-                let checkpoint = g.meta().partitions[partition as usize].1;
-                let what = if damaged {
-                    "both copies of its slot are damaged"
-                } else {
-                    "its slot holds nothing for it"
-                };
-                log::warn!(
-                    "group {:?} on {}/{partition}: {what} (table {}, slot {}); redelivering from the checkpoint at offset {checkpoint}",
-                    g.group,
-                    g.topic,
-                    self.tables[slot.table].path.display(),
-                    slot.slot
-                );
-                AckState::new(slot.owner, checkpoint)
+        let checkpoint = g.meta().partitions[partition as usize].1;
+        let table = self.tables[slot.table].path.display();
+        let (found, problem) = match self.tables[slot.table].map().load(slot.slot, slot.owner) {
+            Loaded::State(state) => (Some(state), None),
+            Loaded::OtherCopyDamaged(state) => {
+                (Some(state), Some("one copy of its slot is damaged"))
             }
+            Loaded::Nothing { damaged: true } => {
+                (None, Some("both copies of its slot are damaged"))
+            }
+            Loaded::Nothing { damaged: false } => (None, Some("its slot holds nothing for it")),
+        };
+        // The checkpoint was recorded only once durable in the table, so a slot state older
+        // than it is stale (its newer copy was lost): take whichever is newer, so that nothing
+        // durably acknowledged is delivered again.
+        let state = match found {
+            Some(state) if state.committed >= checkpoint => state,
+            _ => AckState::new(slot.owner, checkpoint),
+        };
+        if let Some(problem) = problem {
+            log::warn!(
+                "group {:?} on {}/{partition}: {problem} (table {table}, slot {}); going on from \
+                 committed offset {} (the slot's surviving state, or the group's checkpoint at \
+                 {checkpoint} if newer)",
+                g.group,
+                g.topic,
+                slot.slot,
+                state.committed,
+            );
         }
+        state
     }
 
     /// Stores a partition's state into its slot; durable after the next sync of its table.
@@ -336,6 +390,19 @@ impl GroupStore {
                 }
             }));
         }
+    }
+
+    /// Takes partition `p`'s checkpoint back to `end` if it is beyond it.
+    fn lower_checkpoint(&self, g: &StoredGroup, p: u32, end: u64) -> Result<()> {
+        let mut meta = g.meta();
+        match meta.partitions.get_mut(p as usize) {
+            Some((_, checkpoint)) if *checkpoint > end => *checkpoint = end,
+            _ => return Ok(()),
+        }
+        write_atomic(
+            &meta_path(&self.dir, &g.topic, &g.group),
+            meta.encode().as_bytes(),
+        )
     }
 
     /// Records older committed offsets to fall back on (one per partition) in the group's meta
@@ -510,6 +577,48 @@ mod tests {
             30,
             "the checkpoint, not 0 or 50"
         );
+    }
+
+    /// Acknowledges `0..acked` of a new group's partition 0, each stored and synced one state
+    /// at a time (so one copy of the slot holds the last state, the other the one before),
+    /// checkpoints `checkpoint`, and returns the slot's table file and slot.
+    fn synced_group(dir: &Path, acked: u64, checkpoint: u64) -> (PathBuf, usize) {
+        let store = GroupStore::open(dir, 1, 8).unwrap();
+        let g = store
+            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]))
+            .unwrap();
+        let mut s = store.load(&g, 0);
+        for o in [0, acked] {
+            while s.committed < o {
+                s.ack(s.committed);
+            }
+            store.store(&g, 0, &s);
+            let (tx, rx) = mpsc::channel();
+            store.when_durable(&g, &[0], Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        }
+        store.checkpoint(&g, &[checkpoint]).unwrap();
+        store.slot_of(&g, 0).unwrap()
+    }
+
+    #[test]
+    fn a_damaged_copy_never_takes_the_group_back_behind_its_checkpoint() {
+        for copy in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, slot) = synced_group(dir.path(), 1000, 1000);
+            // One copy holds committed 1000, the other 0; damage one of them.
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[slot * crate::offsets::SLOT_BYTES + copy * crate::offsets::COPY_BYTES + 20] ^=
+                0xff;
+            fs::write(&path, bytes).unwrap();
+            let store = GroupStore::open(dir.path(), 1, 8).unwrap();
+            let g = store.find("g", "t").unwrap();
+            assert_eq!(
+                store.load(&g, 0).committed,
+                1000,
+                "copy {copy} damaged: the newest of slot and checkpoint, never the older copy's 0"
+            );
+        }
     }
 
     #[test]

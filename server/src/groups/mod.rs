@@ -95,6 +95,14 @@ impl Groups {
     ) -> Result<(Arc<Self>, Vec<JoinHandle<()>>), EngineError> {
         let cfg = engine.config();
         let store = GroupStore::open(&cfg.data_dir, cfg.shards, defaults.slots)?;
+        // Before anything is appended: a message appended now could not be told from one the
+        // group acknowledged before the log lost it.
+        store.bring_within_logs(|topic, p| {
+            engine
+                .read_wait(topic, p, 0, 1)
+                .ok()
+                .map(|r| r.high_watermark)
+        });
         // Member ids from the clock: an id from before a restart is not taken for a new one.
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -1,0 +1,135 @@
+//! Power cuts of a FUSE filesystem (`keel_tests::powerfs`) under a real `keeld`: every write no
+//! sync covered is dropped at once. FUSE completes an io_uring `RWF_DSYNC` write without making
+//! it durable, so keeld must make its flushes durable there with a linked `fdatasync`; these
+//! tests lose acknowledged messages if it does not.
+//!
+//! Mounting needs root and `/dev/fuse`; without them each test prints "SKIPPED" with the reason
+//! and passes without running (CI runs as root).
+
+use std::io::Write;
+use std::path::Path;
+
+use keel_engine::{Engine, EngineError, FlushSync};
+use keel_tests::crash_load::{missing_after_restart, produce_then_kill, Acked};
+use keel_tests::keeld::Keeld;
+use keel_tests::powerfs::PowerFs;
+use keel_tests::{data_dir, small_config};
+
+const PARTITIONS: u32 = 2;
+
+/// Mounts a fresh powerfs under `dir`, or says why it cannot and returns `None`.
+fn mount(dir: &Path, test: &str) -> Option<PowerFs> {
+    if let Some(why) = PowerFs::unavailable() {
+        // Straight to the process's stderr: the test harness captures eprintln! of a passing
+        // test, and a skip must be seen.
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+        return None;
+    }
+    let mountpoint = dir.join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    Some(PowerFs::mount(&mountpoint).unwrap())
+}
+
+#[test]
+fn powerfs_keeps_synced_data_and_drops_the_rest() {
+    let dir = data_dir();
+    let Some(mut fs) = mount(dir.path(), "powerfs_keeps_synced_data_and_drops_the_rest") else {
+        return;
+    };
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    let synced = std::fs::File::create(mnt.join("d/synced")).unwrap();
+    std::io::Write::write_all(&mut &synced, b"kept").unwrap();
+    synced.sync_data().unwrap();
+    std::fs::File::open(mnt.join("d"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
+    drop(synced);
+    // Written but never synced, in a file whose entry is durable: the bytes go.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("d/synced"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b" and lost"))
+        .unwrap();
+    // Synced data under an entry that never was: the file goes.
+    let orphan = std::fs::File::create(mnt.join("d/orphan")).unwrap();
+    std::io::Write::write_all(&mut &orphan, b"lost").unwrap();
+    orphan.sync_all().unwrap();
+    drop(orphan);
+
+    let report = fs.power_cut().unwrap();
+    assert_eq!(std::fs::read(mnt.join("d/synced")).unwrap(), b"kept");
+    assert!(!mnt.join("d/orphan").exists());
+    assert_eq!((report.files, report.dirs), (1, 1), "{report:?}");
+}
+
+/// kill -9 in the middle of a pipelined produce, then a power cut that drops every unsynced
+/// write, three times over: every acknowledged message survives.
+#[test]
+fn keeld_on_fuse_loses_no_acknowledged_message_across_power_cuts() {
+    let dir = data_dir();
+    let test = "keeld_on_fuse_loses_no_acknowledged_message_across_power_cuts";
+    let Some(mut fs) = mount(dir.path(), test) else {
+        return;
+    };
+    let root = dir.path().join("mnt");
+    let mut all_acked = Acked::new();
+    for round in 0..3u32 {
+        let mut server = Keeld::start(&root, &[]);
+        assert!(
+            server.log_shows("followed by a linked fdatasync"),
+            "keeld did not say it syncs with fdatasync on FUSE:\n{}",
+            server.stderr()
+        );
+        if round == 0 {
+            server.client().create_topic("cut", PARTITIONS).unwrap();
+        }
+        let kill_after = 100 + 100 * round as usize;
+        all_acked.extend(produce_then_kill(
+            &mut server,
+            "cut",
+            PARTITIONS,
+            round,
+            kill_after,
+        ));
+        drop(server);
+        let report = fs.power_cut().unwrap();
+        eprintln!("round {round}: the power cut dropped {report:?}");
+
+        let server = Keeld::start(&root, &[]);
+        let missing = missing_after_restart(&server, "cut", PARTITIONS, &all_acked);
+        assert_eq!(
+            missing,
+            0,
+            "acknowledged messages lost in round {round}'s power cut (of {})",
+            all_acked.len()
+        );
+    }
+    let (file_syncs, dir_syncs) = fs.syncs();
+    assert!(file_syncs > 0 && dir_syncs > 0);
+}
+
+/// On FUSE `auto` takes write + fdatasync, and asking for `RWF_DSYNC` writes is refused by name.
+#[test]
+fn on_fuse_auto_takes_fdatasync_and_dsync_writes_are_refused() {
+    let dir = data_dir();
+    let test = "on_fuse_auto_takes_fdatasync_and_dsync_writes_are_refused";
+    let Some(_fs) = mount(dir.path(), test) else {
+        return;
+    };
+    let data = dir.path().join("mnt/data");
+    let mut cfg = small_config(&data, 1);
+    cfg.flush_sync = FlushSync::DsyncWrite;
+    match Engine::open(cfg.clone()) {
+        Err(EngineError::InvalidConfig(msg)) => {
+            assert!(msg.contains("dsync-write") && msg.contains("fuse"), "{msg}")
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("RWF_DSYNC writes were accepted on FUSE"),
+    }
+    cfg.flush_sync = FlushSync::Auto;
+    let engine = Engine::open(cfg).unwrap();
+    assert_eq!(engine.config().flush_sync, FlushSync::Fdatasync);
+}
