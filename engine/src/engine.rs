@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -173,7 +174,11 @@ impl Engine {
         &self.cfg
     }
 
-    /// Creates a topic with `partitions` partitions, durably.
+    /// Creates a topic with `partitions` partitions, durably. All or nothing, across errors
+    /// and crashes: its metadata file, renamed into place and synced, is the commit point; a
+    /// directory without it is an unfinished creation, removed at the next start; and a
+    /// creation that fails after that point (no space for a partition's first segment) is
+    /// taken back durably before the error is returned.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
         layout::validate_topic_name(name)?;
         if partitions == 0 || partitions > layout::MAX_PARTITIONS {
@@ -187,24 +192,64 @@ impl Engine {
             return Err(EngineError::TopicExists(name.to_string()));
         }
         let dir = topic_dir(&self.cfg.data_dir, name);
-        if dir.exists() {
-            // Left by a creation that crashed before its metadata was written.
-            fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
-        }
-        layout::create_dir_durable(&dir)?;
-        for p in 0..partitions {
-            fs::create_dir(dir.join(p.to_string()))
-                .map_err(|e| EngineError::io("create partition directory", &dir, e))?;
-        }
-        // Metadata last: a topic directory without it is an unfinished creation.
         let meta = TopicMeta { partitions };
-        meta.write(&dir)?;
-        self.add_topic_to_shards(name, partitions)?;
+        if let Err(e) = write_topic_dir(&dir, meta) {
+            // Nothing is committed without the metadata file: what is there can simply go.
+            if let Err(cleanup) = fs::remove_dir_all(&dir) {
+                log::warn!(
+                    "{}: cannot remove the unfinished topic ({cleanup}); the next start will",
+                    dir.display()
+                );
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.add_topic_to_shards(name, partitions) {
+            self.take_back_creation(name, &dir);
+            return Err(e);
+        }
         self.catalog().insert(name.to_string(), meta);
         Ok(())
     }
 
-    /// Deletes a topic: pending appends fail, in-flight flushes finish, then its files go.
+    /// Undoes a creation whose metadata was committed but whose partitions could not all be
+    /// opened: the shards close what they opened, and the directory goes the way a deleted
+    /// topic's does, so it does not come back at the next start.
+    fn take_back_creation(&self, name: &str, dir: &Path) {
+        let topic: Arc<str> = Arc::from(name);
+        if let Ok(replies) = self.broadcast(|reply| Command::RemoveTopic {
+            topic: Arc::clone(&topic),
+            reply,
+        }) {
+            for reply in replies {
+                let _ = reply.recv();
+            }
+        }
+        if let Err(e) = self.discard_topic_dir(name, dir) {
+            log::error!(
+                "topic {name:?}: its creation failed and cannot be taken back ({e}); it will \
+                 be there after a restart: delete it then"
+            );
+        }
+    }
+
+    /// Renames a topic's directory out of the catalog's way, durably, and hands it to the
+    /// janitor to remove in the background.
+    fn discard_topic_dir(&self, name: &str, dir: &Path) -> Result<()> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let doomed = topics_dir(&self.cfg.data_dir).join(format!(".deleted-{name}-{nanos}"));
+        // Rename first, durably: a crash mid-removal leaves a directory startup finishes off,
+        // never a half-deleted topic. The files go in the background, a slice at a time, so
+        // other topics' flushes do not stall behind them (`janitor.rs`).
+        fs::rename(dir, &doomed).map_err(|e| EngineError::io("rename deleted topic", dir, e))?;
+        layout::sync_dir(&topics_dir(&self.cfg.data_dir))?;
+        self.janitor.handle().remove_tree(doomed);
+        Ok(())
+    }
+
+    /// Deletes a topic: pending appends fail, in-flight flushes finish, then its files go. The
+    /// durable rename of its directory is the commit point: if it fails, the topic stays.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let _admin = self.admin()?;
         if !self.catalog().contains_key(name) {
@@ -218,18 +263,14 @@ impl Engine {
         for reply in replies {
             reply.recv().map_err(|_| EngineError::ShuttingDown)??;
         }
-        self.catalog().remove(name);
         let dir = topic_dir(&self.cfg.data_dir, name);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let doomed = topics_dir(&self.cfg.data_dir).join(format!(".deleted-{name}-{nanos}"));
-        // Rename first, durably: a crash mid-removal leaves a directory startup finishes off,
-        // never a half-deleted topic. The files go in the background, a slice at a time, so
-        // other topics' flushes do not stall behind them (`janitor.rs`).
-        fs::rename(&dir, &doomed).map_err(|e| EngineError::io("rename deleted topic", &dir, e))?;
-        layout::sync_dir(&topics_dir(&self.cfg.data_dir))?;
-        self.janitor.handle().remove_tree(doomed);
+        if let Err(e) = self.discard_topic_dir(name, &dir) {
+            // Still durable where it was: serve it again rather than lose it from view.
+            let partitions = self.partitions(name)?;
+            self.add_topic_to_shards(name, partitions)?;
+            return Err(e);
+        }
+        self.catalog().remove(name);
         Ok(())
     }
 
@@ -540,6 +581,22 @@ fn spawn_shard<D: Disk + Send + 'static>(
 }
 
 /// Reads every topic's metadata, finishing interrupted creations and deletions.
+/// Writes a new topic's directory: partition directories, then the metadata file that
+/// commits them. A directory left from an interrupted creation (no metadata) is replaced.
+fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| EngineError::io("remove", dir, e))?;
+    }
+    layout::create_dir_durable(dir)?;
+    for p in 0..meta.partitions {
+        let partition = dir.join(p.to_string());
+        fs::create_dir(&partition)
+            .map_err(|e| EngineError::io("create partition directory", &partition, e))?;
+    }
+    // Its rename and the directory sync also make the partition directories' entries durable.
+    meta.write(dir)
+}
+
 fn load_catalog(cfg: &EngineConfig) -> Result<BTreeMap<String, TopicMeta>> {
     let dir = topics_dir(&cfg.data_dir);
     let mut topics = BTreeMap::new();

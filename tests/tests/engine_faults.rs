@@ -125,3 +125,34 @@ fn no_space_for_a_new_segment_fails_appends_but_not_the_engine() {
     );
     assert_eq!(read_all(&engine, "f", 0).len(), acked.len() + 1);
 }
+
+/// A creation that fails for want of space leaves nothing behind: the topic is not listed, it
+/// does not come back at the next start, and once there is room it can be created afresh.
+#[test]
+fn a_topic_creation_that_fails_leaves_nothing_behind() {
+    let dir = data_dir();
+    let plan = FaultPlan::new();
+    let engine = faulty_engine(dir.path(), &plan);
+    plan.set_errno(28); // ENOSPC
+                        // The second partition's first segment finds no room, after the first one's was made.
+    plan.fail_allocate_in(2);
+    let err = engine.create_topic("nospace", 2).unwrap_err();
+    assert!(matches!(err, EngineError::NoSpace { .. }), "got {err}");
+    assert!(engine.partitions("nospace").is_err());
+    assert!(!dir.path().join("topics/nospace").exists());
+    assert_eq!(engine.list_topics(), vec![("f".to_string(), 2)]);
+    plan.heal();
+    drop(engine);
+
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    assert_eq!(
+        engine.list_topics(),
+        vec![("f".to_string(), 2)],
+        "the failed topic came back"
+    );
+    engine.create_topic("nospace", 2).unwrap();
+    let r = engine
+        .append_wait("nospace", 1, one_record(b"fits"))
+        .unwrap();
+    assert_eq!(r.first, 0);
+}
