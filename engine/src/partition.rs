@@ -239,8 +239,12 @@ impl Partition {
                 max,
             }));
         }
-        let count = match BatchView::verify(&batch) {
-            Ok(view) => view.record_count() as u64,
+        let checked = BatchView::verify(&batch).and_then(|view| {
+            view.check_appendable()?;
+            Ok(view.record_count() as u64)
+        });
+        let count = match checked {
+            Ok(count) => count,
             Err(e) => return done(Err(e.into())),
         };
         let first = self.next_offset;

@@ -110,11 +110,14 @@ pub enum ErrorCode {
     /// No such member in the group: its session ended (timeout, disconnect, restart). Join
     /// again.
     UnknownMember = 18,
+    /// A batch compressed with a codec the server does not decode yet (all of them, for now):
+    /// send uncompressed records.
+    CompressionUnsupported = 19,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -134,6 +137,7 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::Busy,
         ErrorCode::UnknownMember,
+        ErrorCode::CompressionUnsupported,
     ];
 
     /// The code with this number; unknown numbers (from a newer peer) read as `Internal`.

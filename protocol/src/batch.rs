@@ -17,6 +17,20 @@ const MAGIC: i8 = 2;
 /// epoch, magic and the CRC itself come before it.
 pub const CRC_START: usize = 21;
 const COMPRESSION_MASK: i16 = 0x07;
+/// Attribute bits of a transactional batch (bit 4) and of a control batch (bit 5).
+const TRANSACTIONAL_OR_CONTROL: i16 = 0x30;
+
+/// The name of a RecordBatch compression codec (attribute bits 0–2).
+fn codec_name(codec: i16) -> &'static str {
+    match codec {
+        0 => "none",
+        1 => "gzip",
+        2 => "snappy",
+        3 => "lz4",
+        4 => "zstd",
+        _ => "an undefined codec",
+    }
+}
 
 /// Why a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +62,18 @@ pub enum BatchError {
         count: i32,
         /// Declared last offset delta.
         last_offset_delta: i32,
+    },
+    /// The batch is compressed; the server does not decode compression yet.
+    #[error("compressed batches ({codec}) are not supported yet: send uncompressed records")]
+    Compressed {
+        /// The codec the attributes name.
+        codec: &'static str,
+    },
+    /// A transactional or control batch: transactions are not supported.
+    #[error("transactional and control batches are not supported (attributes {attributes:#06x})")]
+    Transactional {
+        /// The batch's attributes.
+        attributes: i16,
     },
     /// An uncompressed record that does not parse.
     #[error("malformed record {index}: {reason}")]
@@ -125,6 +151,23 @@ impl<'a> BatchView<'a> {
         Ok(view)
     }
 
+    /// Refuses what a producer may send in a valid batch but the server does not take yet:
+    /// compression and transactions. Stored batches are never checked against it, so a log
+    /// written by a later version stays readable.
+    pub fn check_appendable(&self) -> Result<(), BatchError> {
+        let attributes = self.attributes();
+        let codec = attributes & COMPRESSION_MASK;
+        if codec != 0 {
+            return Err(BatchError::Compressed {
+                codec: codec_name(codec),
+            });
+        }
+        if attributes & TRANSACTIONAL_OR_CONTROL != 0 {
+            return Err(BatchError::Transactional { attributes });
+        }
+        Ok(())
+    }
+
     /// The batch's bytes, exactly as stored.
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
@@ -157,12 +200,17 @@ impl<'a> BatchView<'a> {
     pub fn base_sequence(&self) -> i32 {
         be_i32(self.bytes, 53)
     }
-    /// The records, decoded lazily; meaningful for uncompressed batches only.
+    /// The records, decoded lazily. A compressed batch yields one error instead of reading
+    /// compressed bytes as records.
     pub fn records(&self) -> Records<'a> {
+        let codec = self.attributes() & COMPRESSION_MASK;
         Records {
             rest: &self.bytes[HEADER_BYTES..],
             index: 0,
             remaining: self.record_count().max(0) as usize,
+            refused: (codec != 0).then(|| BatchError::Compressed {
+                codec: codec_name(codec),
+            }),
         }
     }
 }
@@ -192,12 +240,18 @@ pub struct Records<'a> {
     rest: &'a [u8],
     index: usize,
     remaining: usize,
+    /// Why the records cannot be read at all (compression), reported by the first `next`.
+    refused: Option<BatchError>,
 }
 
 impl<'a> Iterator for Records<'a> {
     type Item = Result<Record<'a>, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(refused) = self.refused.take() {
+            self.remaining = 0;
+            return Some(Err(refused));
+        }
         if self.remaining == 0 {
             return None;
         }
@@ -583,6 +637,44 @@ mod tests {
         }
     }
 
+    /// `batch` with its attributes set to `attributes` and its CRC made to match.
+    fn with_attributes(batch: &[u8], attributes: i16) -> Vec<u8> {
+        let mut b = batch.to_vec();
+        b[21..23].copy_from_slice(&attributes.to_be_bytes());
+        let crc = crate::crc::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn compressed_and_transactional_batches_are_valid_but_not_appendable() {
+        let mut builder = BatchBuilder::new(0);
+        builder.push(None, b"plain text", &[]);
+        let plain = builder.build();
+        assert!(BatchView::verify(&plain)
+            .unwrap()
+            .check_appendable()
+            .is_ok());
+        for (attributes, named) in [(4, "zstd"), (7, "an undefined codec"), (1, "gzip")] {
+            let bytes = with_attributes(&plain, attributes);
+            let view = BatchView::verify(&bytes).expect("stored batches stay readable");
+            let refused = view.check_appendable().unwrap_err();
+            assert_eq!(refused, BatchError::Compressed { codec: named });
+            // Reading it never passes compressed bytes off as records.
+            let mut records = view.records();
+            assert_eq!(records.next(), Some(Err(refused)));
+            assert_eq!(records.next(), None);
+        }
+        for attributes in [0x10, 0x20] {
+            let bytes = with_attributes(&plain, attributes);
+            let view = BatchView::verify(&bytes).unwrap();
+            assert_eq!(
+                view.check_appendable(),
+                Err(BatchError::Transactional { attributes })
+            );
+        }
+    }
+
     /// What reading the first `count` records of `area` says: the index of the first that
     /// cannot be read, if any.
     fn first_unreadable(area: &[u8], count: usize) -> Option<usize> {
@@ -590,6 +682,7 @@ mod tests {
             rest: area,
             index: 0,
             remaining: count,
+            refused: None,
         };
         records
             .enumerate()

@@ -19,6 +19,14 @@ pub enum DecodeError {
     /// The named field holds an impossible value.
     #[error("malformed {0}")]
     Malformed(&'static str),
+    /// A string longer than the protocol allows.
+    #[error("{what} of {len} bytes is longer than the {max} bytes a string may hold", max = crate::wire::MAX_STRING_BYTES)]
+    StringTooLong {
+        /// The field.
+        what: &'static str,
+        /// Its declared length.
+        len: usize,
+    },
     /// Bytes left over after the body.
     #[error("{0} bytes after the end of the body")]
     TrailingBytes(usize),

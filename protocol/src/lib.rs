@@ -44,7 +44,7 @@ pub use frame::{
 pub use frame_buffer::{read_room, FrameBuffer};
 pub use request::{
     decode_request, encode_produce_request, encode_request, BadRequest, JoinSettings, OffsetSpan,
-    PartitionTarget, Request, RequestHeader, StartAt,
+    PartitionTarget, Request, RequestHeader, StartAt, MAX_NACK_DELAY_MS,
 };
 pub use response::{
     decode_response, encode_error, encode_response, response_correlation_id, ApiVersions,

@@ -3,6 +3,7 @@
 use crate::api::ApiKey;
 use crate::frame::{begin_frame, end_frame, DecodeError, REQUEST_HEADER_BYTES, SIZE_PREFIX_BYTES};
 use crate::wire::{Reader, Writer};
+use std::ops::RangeInclusive;
 
 /// The header every request starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,54 @@ pub struct JoinSettings {
     /// Deliveries before a message goes to the dead-letter topic (group-wide).
     pub max_deliveries: u32,
 }
+
+impl JoinSettings {
+    /// Allowed session timeouts: 100 ms to an hour.
+    pub const SESSION_TIMEOUT_MS: RangeInclusive<u32> = 100..=3_600_000;
+    /// Allowed ack timeouts: 100 ms to a day.
+    pub const ACK_TIMEOUT_MS: RangeInclusive<u32> = 100..=86_400_000;
+    /// Allowed deliveries before dead-lettering.
+    pub const MAX_DELIVERIES: RangeInclusive<u32> = 1..=10_000;
+    /// Allowed prefetch.
+    pub const MAX_UNACKED: RangeInclusive<u32> = 1..=100_000;
+
+    /// The settings as (name, value, allowed range).
+    fn fields(&self) -> [(&'static str, u32, RangeInclusive<u32>); 4] {
+        [
+            ("max_unacked", self.max_unacked, Self::MAX_UNACKED),
+            (
+                "session_timeout_ms",
+                self.session_timeout_ms,
+                Self::SESSION_TIMEOUT_MS,
+            ),
+            ("ack_timeout_ms", self.ack_timeout_ms, Self::ACK_TIMEOUT_MS),
+            ("max_deliveries", self.max_deliveries, Self::MAX_DELIVERIES),
+        ]
+    }
+
+    /// Fails naming the first setting outside its range. 0 asks for the server's default and
+    /// is always allowed, unless `zero_allowed` is false (the server's own defaults).
+    pub fn check(&self, zero_allowed: bool) -> Result<(), String> {
+        for (name, value, range) in self.fields() {
+            if (value != 0 || !zero_allowed) && !range.contains(&value) {
+                let zero = if zero_allowed {
+                    " (or 0 for the server's default)"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "{name} must be {}..={}{zero}, not {value}",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Longest a Nack may ask for its messages to wait before redelivery: a day.
+pub const MAX_NACK_DELAY_MS: u32 = 86_400_000;
 
 /// A decoded request. Batch bytes are borrowed from the frame, never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]

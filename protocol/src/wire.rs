@@ -67,6 +67,9 @@ impl<'a> Reader<'a> {
     /// A string: u16 length, then that many bytes of UTF-8.
     pub fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let len = usize::from(self.u16(what)?);
+        if len > MAX_STRING_BYTES {
+            return Err(DecodeError::StringTooLong { what, len });
+        }
         let bytes = self.take(len, what)?;
         std::str::from_utf8(bytes)
             .map(str::to_owned)

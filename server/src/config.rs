@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use keel_engine::{EngineConfig, FlushSync, IoMode, RecoveryMode};
+use keel_protocol::JoinSettings;
 use keel_protocol::DEFAULT_MAX_FRAME_BYTES;
 use serde::Deserialize;
 
@@ -286,11 +287,16 @@ impl ServerConfig {
             return invalid("write_timeout_ms must be positive".into());
         }
         let g = &self.groups;
-        if g.session_timeout_ms < 100 || g.ack_timeout_ms < 100 {
-            return invalid("session_timeout_ms and ack_timeout_ms must be at least 100".into());
-        }
-        if g.max_deliveries == 0 || g.max_unacked == 0 || g.slots == 0 {
-            return invalid("max_deliveries, max_unacked and group_slots must be positive".into());
+        // The defaults stand in for what a join may ask: the same ranges, 0 excluded.
+        let as_asked = JoinSettings {
+            max_unacked: g.max_unacked,
+            session_timeout_ms: g.session_timeout_ms,
+            ack_timeout_ms: g.ack_timeout_ms,
+            max_deliveries: g.max_deliveries,
+        };
+        as_asked.check(false).map_err(ConfigError::Invalid)?;
+        if g.slots == 0 {
+            return invalid("group_slots must be positive".into());
         }
         self.engine
             .validate()

@@ -10,6 +10,7 @@ use keel_engine::guest::on_shard_thread;
 use keel_engine::{shard_for, Engine, EngineError};
 use keel_protocol::{
     ApiKey, ApiVersions, ErrorCode, PartitionTarget, Request, Response, TopicInfo,
+    MAX_NACK_DELAY_MS,
 };
 
 use crate::budget::{BudgetHold, ByteBudget};
@@ -246,14 +247,17 @@ impl Handler {
                 topic,
                 start,
                 settings,
-            } => self.groups.join(JoinJob {
-                group,
-                topic,
-                start,
-                settings,
-                conn,
-                reply,
-            }),
+            } => match settings.check(true) {
+                Err(why) => reply.error(ErrorCode::InvalidArgument, &why),
+                Ok(()) => self.groups.join(JoinJob {
+                    group,
+                    topic,
+                    start,
+                    settings,
+                    conn,
+                    reply,
+                }),
+            },
             Request::LeaveGroup {
                 group,
                 topic,
@@ -284,6 +288,10 @@ impl Handler {
             } => self
                 .groups
                 .ack(&group, &topic, member, durable, &spans, reply),
+            Request::Nack { delay_ms, .. } if delay_ms > MAX_NACK_DELAY_MS => reply.error(
+                ErrorCode::InvalidArgument,
+                &format!("delay_ms must be at most {MAX_NACK_DELAY_MS} (a day), not {delay_ms}"),
+            ),
             Request::Nack {
                 group,
                 topic,

@@ -1,6 +1,6 @@
 //! Answers on their way to a connection's writer, and how engine errors become error codes.
 
-use keel_engine::EngineError;
+use keel_engine::{BatchError, EngineError};
 use keel_protocol::{encode_error, encode_response, ErrorCode, Response};
 
 use crate::answers::AnswerTx;
@@ -74,6 +74,9 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
         EngineError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
         EngineError::TopicExists(_) => ErrorCode::TopicExists,
         EngineError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+        EngineError::InvalidBatch(BatchError::Compressed { .. }) => {
+            ErrorCode::CompressionUnsupported
+        }
         EngineError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         EngineError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         EngineError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use keel_client::{ErrorCode, FetchOptions, Target};
+use keel_client::{
+    BatchBuilder, ClientError, ErrorCode, FetchOptions, JoinSettings, OffsetSpan, StartAt, Target,
+};
 use keel_protocol::{decode_response, encode_request, ApiKey, Request, Response};
 use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
@@ -192,4 +194,112 @@ fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_connection_t
 #[test]
 fn an_oversized_or_unreadable_frame_closes_only_its_connection_on_the_shards_rings() {
     unreadable_frames("shard");
+}
+
+/// `batch` with its attributes set to `attributes` and its CRC made to match: a valid batch a
+/// Kafka producer could send.
+fn with_attributes(batch: &[u8], attributes: i16) -> Vec<u8> {
+    let mut b = batch.to_vec();
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = keel_protocol::crc::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// The server error a call ended with.
+fn server_error<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Server { code, message }) => (code, message),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+/// Values the protocol forbids get a named error, nothing of them is stored, and the
+/// connection goes on: a string over 32 KiB, compressed or transactional batches, group
+/// settings and nack delays outside their documented ranges.
+#[test]
+fn inputs_outside_their_documented_ranges_get_named_errors() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("t", 1).unwrap();
+
+    let mut s = connect(&server);
+    let mut body = 40_000u16.to_le_bytes().to_vec();
+    body.extend(std::iter::repeat_n(b'a', 40_000));
+    s.write_all(&raw_frame(ApiKey::Handshake as u16, 0, 21, &body))
+        .unwrap();
+    let (id, code, message) = error_of(&read_frame(&mut s), ApiKey::Handshake);
+    assert_eq!((id, code), (21, ErrorCode::MalformedRequest));
+    assert!(
+        message.contains("40000") && message.contains("32768"),
+        "{message}"
+    );
+
+    let mut plain = BatchBuilder::new(0);
+    plain.push(None, b"plain text", &[]);
+    let plain = plain.build();
+    for (attributes, codec) in [(4i16, "zstd"), (7, "undefined")] {
+        let sent = client.send_batch(
+            "t",
+            Target::Partition(0),
+            &with_attributes(&plain, attributes),
+        );
+        let (code, message) = server_error(sent.unwrap().wait());
+        assert_eq!(code, ErrorCode::CompressionUnsupported, "{message}");
+        assert!(message.contains(codec), "{message}");
+    }
+    let sent = client.send_batch("t", Target::Partition(0), &with_attributes(&plain, 0x10));
+    let (code, message) = server_error(sent.unwrap().wait());
+    assert_eq!(code, ErrorCode::InvalidBatch, "{message}");
+    let fetched = client.fetch("t", 0, 0, FetchOptions::default()).unwrap();
+    assert_eq!(fetched.high_watermark, 0, "nothing refused was stored");
+
+    for (settings, field) in [
+        (
+            JoinSettings {
+                session_timeout_ms: u32::MAX,
+                ..JoinSettings::default()
+            },
+            "session_timeout_ms",
+        ),
+        (
+            JoinSettings {
+                ack_timeout_ms: u32::MAX,
+                ..JoinSettings::default()
+            },
+            "ack_timeout_ms",
+        ),
+        (
+            JoinSettings {
+                max_deliveries: u32::MAX,
+                ..JoinSettings::default()
+            },
+            "max_deliveries",
+        ),
+        (
+            JoinSettings {
+                max_unacked: u32::MAX,
+                ..JoinSettings::default()
+            },
+            "max_unacked",
+        ),
+    ] {
+        let (code, message) =
+            server_error(client.join_group("g", "t", StartAt::Earliest, settings));
+        assert_eq!(code, ErrorCode::InvalidArgument, "{message}");
+        assert!(message.contains(field), "{message}");
+    }
+    let m = client
+        .join_group("g", "t", StartAt::Earliest, JoinSettings::default())
+        .unwrap();
+    let span = OffsetSpan {
+        partition: 0,
+        first: 0,
+        last: 0,
+    };
+    let (code, message) = server_error(client.nack(&m, &[span], Duration::from_secs(100_000)));
+    assert_eq!(code, ErrorCode::InvalidArgument, "{message}");
+    assert!(message.contains("delay_ms"), "{message}");
+    client.nack(&m, &[span], Duration::from_secs(1)).unwrap();
 }

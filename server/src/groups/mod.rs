@@ -156,12 +156,11 @@ impl Groups {
             Ok(g) => g,
             Err(e) => return reply.engine_error(&e),
         };
-        let pick = |asked: u32, default: u32| if asked == 0 { default } else { asked };
-        let session_timeout_ms = pick(
+        // Each setting was checked against its range before the join was queued.
+        let session_timeout_ms = asked_or(
             settings.session_timeout_ms,
             self.defaults.session_timeout_ms,
-        )
-        .max(100);
+        );
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
         live.members().insert(
             member,
@@ -201,9 +200,10 @@ impl Groups {
         }
         let key = (group.to_string(), topic.to_string());
         let group_settings = GroupSettings {
-            ack_timeout: Duration::from_millis(u64::from(
-                asked_or(settings.ack_timeout_ms, self.defaults.ack_timeout_ms).max(100),
-            )),
+            ack_timeout: Duration::from_millis(u64::from(asked_or(
+                settings.ack_timeout_ms,
+                self.defaults.ack_timeout_ms,
+            ))),
             max_deliveries: asked_or(settings.max_deliveries, self.defaults.max_deliveries),
         };
         let stored = self.store.find_or_create(
