@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
-use crate::config::{EngineConfig, FlushSync, IoMode};
+use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::filesystem::{self, Filesystem};
 use crate::guest::{on_shard_thread, ShardGuest};
@@ -19,9 +19,10 @@ use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
-use crate::layout::{self, topic_dir, topics_dir, DataDirLock, TopicMeta};
-use crate::shard::{Command, Shard, ShardStats};
+use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
+use crate::shard::{Command, Opening, Shard, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
+use crate::BatchBuilder;
 use crate::{OffsetRange, ReadResult};
 
 struct ShardHandle {
@@ -61,6 +62,9 @@ pub struct EngineStats {
     pub flushes_held: u64,
     /// Of those, the ones that went when their wait ran out, not all of them back.
     pub holds_expired: u64,
+    /// Partitions held offline because they could not be recovered at start (those of offline
+    /// topics not counted: see [`Engine::offline_topics_list`]).
+    pub partitions_offline: u64,
 }
 
 /// A running storage engine over one data directory.
@@ -80,6 +84,8 @@ pub struct Engine {
     cfg: Arc<EngineConfig>,
     shards: Vec<ShardHandle>,
     catalog: Mutex<BTreeMap<String, TopicMeta>>,
+    /// Topics whose metadata is damaged, held offline with the reason.
+    offline_topics: Mutex<BTreeMap<String, Arc<EngineError>>>,
     /// Held through a whole topic creation or deletion, which waits for every shard; the
     /// catalog's own lock is only held for a look-up or a change, so that shard threads
     /// looking a topic up never wait behind an administration waiting for them.
@@ -90,6 +96,9 @@ pub struct Engine {
     janitor: Janitor,
     _lock: DataDirLock,
 }
+
+/// Header of the records that fill offsets lost in a repair.
+pub const LOST_HEADER: &[u8] = b"keel.lost";
 
 /// The start-up line saying how flushes are made durable on this data directory, and why.
 fn describe_durability(cfg: &EngineConfig, filesystem: &Filesystem) -> String {
@@ -134,11 +143,12 @@ impl Engine {
         cfg.flush_sync = filesystem.resolve(cfg.flush_sync, &dir)?;
         log::info!("{}", describe_durability(&cfg, &filesystem));
         layout::create_dir_durable(&topics_dir(&dir))?;
-        let topics = load_catalog(&cfg)?;
+        let (topics, damaged) = load_catalog(&cfg)?;
         let cfg = Arc::new(cfg);
         let mut engine = Self {
             shards: Vec::new(),
             catalog: Mutex::new(BTreeMap::new()),
+            offline_topics: Mutex::new(BTreeMap::new()),
             admin: Mutex::new(()),
             closed: AtomicBool::new(false),
             janitor: Janitor::start()
@@ -151,8 +161,23 @@ impl Engine {
             engine.shards.push(shard);
         }
         for (name, meta) in topics {
-            engine.add_topic_to_shards(&name, meta.partitions)?;
+            engine.add_topic_to_shards(&name, meta.partitions, &Opening::Recover)?;
             engine.catalog().insert(name, meta);
+        }
+        let healthy: Vec<(String, u32)> = engine.list_topics();
+        for (name, partitions) in healthy {
+            for p in 0..partitions {
+                engine.fill_lost_offsets(&name, p)?;
+            }
+        }
+        for (name, cause) in damaged {
+            log::error!(
+                "topic {name:?} is offline: {cause}. Every other topic is served; requests for \
+                 this one are answered TopicOffline. To repair: docs/OPERATIONS.md, \"Damaged files\""
+            );
+            let cause = Arc::new(cause);
+            engine.add_topic_to_shards(&name, 0, &Opening::Damaged(Arc::clone(&cause)))?;
+            engine.offline_topics().insert(name, cause);
         }
         Ok(engine)
     }
@@ -161,6 +186,67 @@ impl Engine {
         // A panic while holding this lock cannot leave the map half-changed (each change is one
         // insert or remove), so a poisoned lock is still safe to use.
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fills the offsets a repair cut out of a partition (`layout::LostOffsets`) with records
+    /// marked lost (no key, no value, header `keel.lost: repair`), so that they are never
+    /// handed out again, and readers see where the hole is. Done at open, before anyone else
+    /// can append; a crash part way leaves the record, and the next open goes on.
+    fn fill_lost_offsets(&self, topic: &str, partition: u32) -> Result<()> {
+        let dir = layout::partition_dir(&self.cfg.data_dir, topic, partition);
+        let Some(lost) = LostOffsets::read(&dir)? else {
+            return Ok(());
+        };
+        let mut end = match self.read_wait(topic, partition, 0, 1) {
+            Ok(r) => r.high_watermark,
+            Err(EngineError::OffsetOutOfRange { end, .. }) => end,
+            // Held offline: filled once it opens.
+            Err(EngineError::PartitionOffline { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let filled_from = end;
+        // A marker record takes at most 32 bytes.
+        let per_batch = ((self.cfg.max_batch_bytes.saturating_sub(256)) / 32).max(1) as u64;
+        while end < lost.to {
+            let n = (lost.to - end).min(per_batch);
+            let mut batch = BatchBuilder::new(0);
+            for _ in 0..n {
+                batch.push_record(None, None, &[(LOST_HEADER, Some(b"repair"))]);
+            }
+            end = self.append_wait(topic, partition, batch.build())?.last + 1;
+        }
+        if filled_from < end {
+            log::warn!(
+                "{topic}/{partition}: offsets {filled_from}..{end}, lost in a repair, now hold \
+                 records marked lost (header keel.lost); new messages go on from {end}"
+            );
+        }
+        LostOffsets::remove(&dir)
+    }
+
+    fn offline_topics(&self) -> MutexGuard<'_, BTreeMap<String, Arc<EngineError>>> {
+        // Single inserts and removals: consistent after any panic.
+        self.offline_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error answering requests for an offline topic, if `name` is one.
+    fn offline(&self, name: &str) -> Option<EngineError> {
+        self.offline_topics()
+            .get(name)
+            .map(|cause| EngineError::TopicOffline {
+                topic: name.to_string(),
+                cause: Arc::clone(cause),
+            })
+    }
+
+    /// Topics held offline (their metadata is damaged), with the reason.
+    pub fn offline_topics_list(&self) -> Vec<(String, String)> {
+        self.offline_topics()
+            .iter()
+            .map(|(name, cause)| (name.clone(), cause.to_string()))
+            .collect()
     }
 
     fn admin(&self) -> Result<MutexGuard<'_, ()>> {
@@ -191,6 +277,9 @@ impl Engine {
         if self.catalog().contains_key(name) {
             return Err(EngineError::TopicExists(name.to_string()));
         }
+        if let Some(offline) = self.offline(name) {
+            return Err(offline);
+        }
         let dir = topic_dir(&self.cfg.data_dir, name);
         let meta = TopicMeta { partitions };
         if let Err(e) = write_topic_dir(&dir, meta) {
@@ -203,7 +292,7 @@ impl Engine {
             }
             return Err(e);
         }
-        if let Err(e) = self.add_topic_to_shards(name, partitions) {
+        if let Err(e) = self.add_topic_to_shards(name, partitions, &Opening::Create) {
             self.take_back_creation(name, &dir);
             return Err(e);
         }
@@ -252,7 +341,8 @@ impl Engine {
     /// durable rename of its directory is the commit point: if it fails, the topic stays.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let _admin = self.admin()?;
-        if !self.catalog().contains_key(name) {
+        let offline = self.offline_topics().contains_key(name);
+        if !offline && !self.catalog().contains_key(name) {
             return Err(EngineError::UnknownTopic(name.to_string()));
         }
         let topic: Arc<str> = Arc::from(name);
@@ -266,11 +356,16 @@ impl Engine {
         let dir = topic_dir(&self.cfg.data_dir, name);
         if let Err(e) = self.discard_topic_dir(name, &dir) {
             // Still durable where it was: serve it again rather than lose it from view.
-            let partitions = self.partitions(name)?;
-            self.add_topic_to_shards(name, partitions)?;
+            let opening = match self.offline_topics().get(name) {
+                Some(cause) => Opening::Damaged(Arc::clone(cause)),
+                None => Opening::Recover,
+            };
+            let partitions = self.catalog().get(name).map_or(0, |m| m.partitions);
+            self.add_topic_to_shards(name, partitions, &opening)?;
             return Err(e);
         }
         self.catalog().remove(name);
+        self.offline_topics().remove(name);
         Ok(())
     }
 
@@ -284,13 +379,16 @@ impl Engine {
 
     /// Number of partitions of `topic`.
     pub fn partitions(&self, topic: &str) -> Result<u32> {
+        if let Some(offline) = self.offline(topic) {
+            return Err(offline);
+        }
         self.catalog()
             .get(topic)
             .map(|m| m.partitions)
             .ok_or_else(|| EngineError::UnknownTopic(topic.to_string()))
     }
 
-    fn add_topic_to_shards(&self, name: &str, partitions: u32) -> Result<()> {
+    fn add_topic_to_shards(&self, name: &str, partitions: u32, opening: &Opening) -> Result<()> {
         let topic: Arc<str> = Arc::from(name);
         let n = self.shards.len();
         // Every shard learns the partition count (to tell an unknown partition from one owned
@@ -305,6 +403,7 @@ impl Engine {
                 topic: Arc::clone(&topic),
                 partitions,
                 owned,
+                opening: opening.clone(),
                 reply,
             };
             self.send(shard, cmd)?;
@@ -476,6 +575,7 @@ impl Engine {
             total.segments_recycled += get(&s.stats.segments_recycled);
             total.flushes_held += get(&s.stats.flushes_held);
             total.holds_expired += get(&s.stats.holds_expired);
+            total.partitions_offline += get(&s.stats.partitions_offline);
             s.stats.flush_io_us.add_to(&mut total.flush_io_us);
         }
         total
@@ -597,9 +697,15 @@ fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<()> {
     meta.write(dir)
 }
 
-fn load_catalog(cfg: &EngineConfig) -> Result<BTreeMap<String, TopicMeta>> {
+/// The topics of the data directory, and those whose metadata is damaged (with why). In repair
+/// mode a damaged metadata file is rebuilt from the partition directories beside it.
+#[allow(clippy::type_complexity)]
+fn load_catalog(
+    cfg: &EngineConfig,
+) -> Result<(BTreeMap<String, TopicMeta>, BTreeMap<String, EngineError>)> {
     let dir = topics_dir(&cfg.data_dir);
     let mut topics = BTreeMap::new();
+    let mut damaged = BTreeMap::new();
     let entries = fs::read_dir(&dir).map_err(|e| EngineError::io("list topics", &dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| EngineError::io("list topics", &dir, e))?;
@@ -613,15 +719,57 @@ fn load_catalog(cfg: &EngineConfig) -> Result<BTreeMap<String, TopicMeta>> {
             log::warn!("ignoring {} in the topics directory", path.display());
             continue;
         }
-        match TopicMeta::read(&path)? {
-            Some(meta) => {
+        match TopicMeta::read(&path) {
+            Ok(Some(meta)) => {
                 topics.insert(name, meta);
             }
-            None => {
+            Ok(None) => {
                 log::warn!("removing {}: its creation was interrupted", path.display());
                 fs::remove_dir_all(&path).map_err(|e| EngineError::io("remove", &path, e))?;
             }
+            Err(e) if cfg.recovery == RecoveryMode::Repair => match rebuild_topic_meta(&path) {
+                Ok(meta) => {
+                    log::warn!(
+                        "repair: {e}; rewrote it from the {} partition directories beside it",
+                        meta.partitions
+                    );
+                    topics.insert(name, meta);
+                }
+                Err(why) => {
+                    log::error!("repair: {e}; cannot rebuild it: {why}");
+                    damaged.insert(name, e);
+                }
+            },
+            Err(e) => {
+                damaged.insert(name, e);
+            }
         }
     }
-    Ok(topics)
+    Ok((topics, damaged))
+}
+
+/// A topic's metadata rebuilt from its partition directories `0`, `1`, … (they are created
+/// before the metadata, so a committed topic has each of them), written in place.
+fn rebuild_topic_meta(dir: &Path) -> std::result::Result<TopicMeta, String> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    let dense = ids.iter().enumerate().all(|(i, &id)| id as usize == i);
+    if ids.is_empty() || !dense || ids.len() > layout::MAX_PARTITIONS as usize {
+        return Err(format!("its partition directories are not 0..N: {ids:?}"));
+    }
+    let meta = TopicMeta {
+        partitions: ids.len() as u32,
+    };
+    meta.write(dir).map_err(|e| e.to_string())?;
+    Ok(meta)
 }

@@ -159,6 +159,44 @@ pub enum EngineError {
         /// What was found.
         detail: String,
     },
+    /// A small metadata file (a topic's `meta`, a group's `.meta`) fails its checksum or does
+    /// not parse.
+    #[error("damaged metadata file {}: {detail}", path.display())]
+    DamagedMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The partition could not be recovered at start (a damaged segment, say) and is held
+    /// offline; the rest of the server runs. `cause` names the file and byte.
+    #[error("partition {topic}/{partition} is offline: {cause}")]
+    PartitionOffline {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Why it could not be opened.
+        cause: Arc<EngineError>,
+    },
+    /// The topic's metadata is damaged: the whole topic is held offline.
+    #[error("topic {topic:?} is offline: {cause}")]
+    TopicOffline {
+        /// Topic name.
+        topic: String,
+        /// Why.
+        cause: Arc<EngineError>,
+    },
+    /// The group's metadata is damaged: the group is held offline.
+    #[error("group {group:?} on {topic} is offline: {cause}")]
+    GroupOffline {
+        /// Group name.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Why.
+        cause: Arc<EngineError>,
+    },
     /// The topic was deleted while this request waited.
     #[error("topic {0:?} was deleted")]
     TopicDeleted(String),

@@ -5,6 +5,7 @@
 //! DATA/topics/NAME/meta                      topic metadata, replaced atomically
 //! DATA/topics/NAME/PARTITION/BASE.seg        segments, BASE = 20-digit first offset
 //! DATA/topics/NAME/PARTITION/next.prep       the next segment, allocated ahead of need
+//! DATA/topics/NAME/PARTITION/lost            offsets a repair cut away, until filled
 //! DATA/groups/offsets-N.tbl                  consumer-group offset table N (docs/FORMAT.md)
 //! DATA/groups/TOPIC/GROUP.meta               a group's settings and slots, replaced atomically
 //! ```
@@ -128,8 +129,7 @@ impl TopicMeta {
         match fs::read_to_string(&path) {
             Ok(text) => Self::decode(&text)
                 .map(Some)
-                .ok_or(EngineError::Corruption {
-                    position: 0,
+                .ok_or(EngineError::DamagedMetadata {
                     detail: "topic metadata fails its checksum".into(),
                     path,
                 }),
@@ -141,6 +141,57 @@ impl TopicMeta {
     /// Replaces `dir/meta` atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_atomic(&dir.join("meta"), self.encode().as_bytes())
+    }
+}
+
+/// Offsets a repair cut out of a partition's log, recorded (`PARTITION/lost`) before the cut
+/// so that they are never handed out again: at its next open the engine fills them with
+/// marker records (`Engine::open`), then removes the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostOffsets {
+    /// One past the last offset the log kept: the first one lost.
+    pub from: u64,
+    /// One past the highest offset handed out before the cut.
+    pub to: u64,
+}
+
+const LOST_HEADER: &str = "keel-lost 1";
+/// Name of the file recording [`LostOffsets`] in a partition's directory.
+pub const LOST_FILE: &str = "lost";
+
+impl LostOffsets {
+    /// Reads `dir/lost`; `Ok(None)` when there is none.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(LOST_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(EngineError::io("read lost offsets", path, e)),
+        };
+        let parsed = unseal_text(&text).and_then(|body| {
+            let mut lines = body.lines();
+            (lines.next()? == LOST_HEADER).then_some(())?;
+            let from = lines.next()?.strip_prefix("from ")?.parse().ok()?;
+            let to = lines.next()?.strip_prefix("to ")?.parse().ok()?;
+            Some(Self { from, to })
+        });
+        parsed.map(Some).ok_or(EngineError::DamagedMetadata {
+            path,
+            detail: "the record of offsets lost in a repair fails its checksum".into(),
+        })
+    }
+
+    /// Writes `dir/lost` atomically and durably.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let body = format!("{LOST_HEADER}\nfrom {}\nto {}\n", self.from, self.to);
+        write_atomic(&dir.join(LOST_FILE), seal_text(body).as_bytes())
+    }
+
+    /// Removes `dir/lost`, durably.
+    pub fn remove(dir: &Path) -> Result<()> {
+        let path = dir.join(LOST_FILE);
+        fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+        sync_dir(dir)
     }
 }
 
@@ -260,7 +311,7 @@ mod tests {
         fs::write(dir.path().join("meta"), text.replace("12", "13")).unwrap();
         assert!(matches!(
             TopicMeta::read(dir.path()),
-            Err(EngineError::Corruption { .. })
+            Err(EngineError::DamagedMetadata { .. })
         ));
     }
 

@@ -43,7 +43,7 @@ mod zeroing;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};
 pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
-pub use engine::{shard_for, Engine, EngineStats};
+pub use engine::{shard_for, Engine, EngineStats, LOST_HEADER};
 pub use error::{EngineError, Result};
 pub use io::{CrashPlan, FaultPlan};
 pub use read::ReadResult;

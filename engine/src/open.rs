@@ -11,8 +11,8 @@ use crate::config::{EngineConfig, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::io::{Disk, FileId};
 use crate::layout::{
-    parse_segment_file_name, partition_dir, segment_file_name, sync_dir, DROPPED_SUFFIX,
-    PREPARED_SEGMENT,
+    parse_segment_file_name, partition_dir, segment_file_name, sync_dir, LostOffsets,
+    DROPPED_SUFFIX, PREPARED_SEGMENT,
 };
 use crate::partition::{Limits, Partition};
 use crate::prepare::NextSegment;
@@ -93,6 +93,7 @@ pub fn open_partition<D: Disk>(
                         path.display(),
                         s.valid_end
                     );
+                    record_lost_offsets(io, &dir, &s, &bases[i + 1..], limits.max_batch_bytes)?;
                     true
                 }
                 (None, _) => false,
@@ -131,6 +132,52 @@ pub fn open_partition<D: Disk>(
             Err(e)
         }
     }
+}
+
+/// Before a repair cuts the log at the end of `s`: records, durably, the offsets the cut takes
+/// away (up to the highest one a later flush of this segment, or a later segment, shows was
+/// handed out), so that they are never handed out again.
+fn record_lost_offsets<D: Disk>(
+    io: &mut BlockingIo<'_, D>,
+    dir: &Path,
+    s: &Scan,
+    later_bases: &[u64],
+    max_batch_bytes: usize,
+) -> Result<()> {
+    let later_end = match later_bases.last() {
+        Some(&base) => {
+            let path = dir.join(segment_file_name(base));
+            let file = io
+                .disk
+                .open(&path, false)
+                .map_err(|e| EngineError::io("open segment", &path, e))?;
+            let scanned = scan_file(io, file, &path, base, max_batch_bytes);
+            io.disk.close(file);
+            Some(scanned?.next_offset)
+        }
+        None => None,
+    };
+    let earlier = LostOffsets::read(dir)?.map(|l| l.to);
+    let Some(to) = [s.later_next_offset, later_end, earlier]
+        .into_iter()
+        .flatten()
+        .max()
+        .filter(|&to| to > s.next_offset)
+    else {
+        return Ok(());
+    };
+    let lost = LostOffsets {
+        from: s.next_offset,
+        to,
+    };
+    lost.write(dir)?;
+    log::warn!(
+        "repair: {}: offsets {}..{to} were handed out before and are cut away; they will be \
+         filled with records marked lost, never handed out again",
+        dir.display(),
+        lost.from
+    );
+    Ok(())
 }
 
 /// The start-up line of a recovered partition: where its log ends, and what was cleared past

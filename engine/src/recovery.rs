@@ -90,6 +90,9 @@ pub struct Scan {
     /// Position of a valid trailer of a *later* flush beyond the end: proof that the damage is
     /// corruption of data that was durable, not a torn tail.
     pub later_flush_at: Option<u64>,
+    /// The highest offset end named by such later trailers: offsets below it were handed out
+    /// (and acknowledged) before the damage, so a repair must never hand them out again.
+    pub later_next_offset: Option<u64>,
     /// End of the last block past `valid_end` holding non-zero bytes (leftovers to clear).
     pub dirty_end: u64,
     /// Bytes of the last, partial block of the log: `[align_down(valid_end), valid_end)`.
@@ -282,8 +285,10 @@ fn look_past_the_end<R: ReadAt>(w: &mut Window<R>, s: &mut Scan) -> io::Result<(
             s.dirty_end = block + BLOCK_BYTES as u64;
         }
         let trailer = Trailer::decode(&bytes[BLOCK_BYTES - TRAILER_BYTES..]);
-        if s.later_flush_at.is_none() && trailer.is_some_and(|t| proves_later_flush(&t, s)) {
-            s.later_flush_at = Some(block + (BLOCK_BYTES - TRAILER_BYTES) as u64);
+        if let Some(t) = trailer.filter(|t| proves_later_flush(t, s)) {
+            s.later_flush_at
+                .get_or_insert(block + (BLOCK_BYTES - TRAILER_BYTES) as u64);
+            s.later_next_offset = s.later_next_offset.max(Some(t.next_offset));
         }
         block += BLOCK_BYTES as u64;
     }

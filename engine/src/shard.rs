@@ -65,6 +65,8 @@ pub enum Command {
         partitions: u32,
         /// The ones this shard owns.
         owned: Vec<u32>,
+        /// What to do when a partition cannot be opened.
+        opening: Opening,
         /// Answer.
         reply: Sender<Result<()>>,
     },
@@ -102,6 +104,18 @@ impl Command {
     }
 }
 
+/// Why a topic is added to a shard, which decides what a partition that cannot be opened does.
+#[derive(Debug, Clone)]
+pub enum Opening {
+    /// A new topic: any failure fails the creation (which the engine then takes back).
+    Create,
+    /// A topic recovered at start: a partition that cannot be opened (a damaged segment) is
+    /// held offline, answering every request with why, while the rest runs.
+    Recover,
+    /// A topic whose metadata is damaged: held offline whole, nothing opened.
+    Damaged(Arc<EngineError>),
+}
+
 /// Counters of one shard, readable from any thread.
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -123,6 +137,8 @@ pub struct ShardStats {
     pub segments_recycled: AtomicU64,
     /// Flushes that waited for the appenders the last flush answered (`linger.rs`).
     pub flushes_held: AtomicU64,
+    /// Partitions held offline because they could not be recovered.
+    pub partitions_offline: AtomicU64,
     /// Of those, the ones that went at their deadline with not all of them back.
     pub holds_expired: AtomicU64,
     /// Microseconds from a flush's submission to both its write and its sync completing.
@@ -132,6 +148,10 @@ pub struct ShardStats {
 struct TopicSlot {
     partitions: u32,
     owned: HashMap<u32, Partition, Fnv1aBuild>,
+    /// Owned partitions that could not be recovered, and why.
+    offline: HashMap<u32, Arc<EngineError>, Fnv1aBuild>,
+    /// Set when the whole topic is offline (its metadata is damaged).
+    damaged: Option<Arc<EngineError>>,
     removing: Option<Sender<Result<()>>>,
 }
 
@@ -403,6 +423,19 @@ impl<D: Disk> Shard<D> {
         if slot.removing.is_some() {
             return Err(EngineError::TopicDeleted(topic.to_string()));
         }
+        if let Some(cause) = &slot.damaged {
+            return Err(EngineError::TopicOffline {
+                topic: topic.to_string(),
+                cause: Arc::clone(cause),
+            });
+        }
+        if let Some(cause) = slot.offline.get(&partition) {
+            return Err(EngineError::PartitionOffline {
+                topic: topic.to_string(),
+                partition,
+                cause: Arc::clone(cause),
+            });
+        }
         if partition >= slot.partitions {
             return Err(EngineError::UnknownPartition {
                 topic: topic.to_string(),
@@ -461,9 +494,10 @@ impl<D: Disk> Shard<D> {
                 topic,
                 partitions,
                 owned,
+                opening,
                 reply,
             } => {
-                let _ = reply.send(self.add_topic(topic, partitions, owned));
+                let _ = reply.send(self.add_topic(topic, partitions, owned, opening));
             }
             Command::RemoveTopic { topic, reply } => match self.topics.get_mut(&topic) {
                 Some(slot) => {
@@ -496,8 +530,25 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    fn add_topic(&mut self, topic: Arc<str>, partitions: u32, owned: Vec<u32>) -> Result<()> {
-        let mut opened = HashMap::default();
+    fn add_topic(
+        &mut self,
+        topic: Arc<str>,
+        partitions: u32,
+        owned: Vec<u32>,
+        opening: Opening,
+    ) -> Result<()> {
+        let mut slot = TopicSlot {
+            partitions,
+            owned: HashMap::default(),
+            offline: HashMap::default(),
+            damaged: None,
+            removing: None,
+        };
+        if let Opening::Damaged(cause) = opening {
+            slot.damaged = Some(cause);
+            self.topics.insert(topic, slot);
+            return Ok(());
+        }
         for id in owned {
             let token = self.token();
             let mut io = BlockingIo {
@@ -507,21 +558,27 @@ impl<D: Disk> Shard<D> {
             };
             match open_partition(&mut io, &self.cfg, Arc::clone(&topic), id) {
                 Ok(p) => {
-                    opened.insert(id, p);
+                    slot.owned.insert(id, p);
+                }
+                Err(e) if matches!(opening, Opening::Recover) => {
+                    log::error!(
+                        "{topic}/{id} is offline: {e}. Every other partition is served; requests \
+                         for this one are answered PartitionOffline. To repair: docs/OPERATIONS.md, \
+                         \"Damaged files\" (keeld --recovery repair truncates a damaged segment)"
+                    );
+                    slot.offline.insert(id, Arc::new(e));
+                    self.stats
+                        .partitions_offline
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    for (_, p) in opened {
+                    for (_, p) in slot.owned {
                         p.close(&mut self.disk);
                     }
                     return Err(e);
                 }
             }
         }
-        let slot = TopicSlot {
-            partitions,
-            owned: opened,
-            removing: None,
-        };
         self.topics.insert(topic, slot);
         Ok(())
     }
@@ -538,6 +595,9 @@ impl<D: Disk> Shard<D> {
                 for (_, p) in slot.owned {
                     p.close(&mut self.disk);
                 }
+                self.stats
+                    .partitions_offline
+                    .fetch_sub(slot.offline.len() as u64, Ordering::Relaxed);
                 if let Some(reply) = slot.removing {
                     let _ = reply.send(Ok(()));
                 }

@@ -113,11 +113,14 @@ pub enum ErrorCode {
     /// A batch compressed with a codec the server does not decode yet (all of them, for now):
     /// send uncompressed records.
     CompressionUnsupported = 19,
+    /// The partition, topic or group is offline: its files are damaged (the server's log names
+    /// the file and byte); the rest of the server runs.
+    Offline = 20,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -138,6 +141,7 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::UnknownMember,
         ErrorCode::CompressionUnsupported,
+        ErrorCode::Offline,
     ];
 
     /// The code with this number; unknown numbers (from a newer peer) read as `Internal`.

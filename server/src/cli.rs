@@ -45,6 +45,13 @@ struct Args {
     /// per connection). [default: uring]
     #[arg(long, value_name = "MODE")]
     net: Option<String>,
+    /// What to do with damaged files found at start: "strict" (hold the damaged partition,
+    /// topic or group offline, naming the file and byte; serve the rest) or "repair" (cut a
+    /// damaged segment at the damage, losing what follows; rebuild a damaged topic metadata
+    /// file from its partition directories; remove a damaged group metadata file, so the group
+    /// starts anew). [default: strict]
+    #[arg(long, value_name = "MODE")]
+    recovery: Option<String>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
@@ -81,6 +88,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     file.shards = args.shards.or(file.shards);
     file.net = args.net.or(file.net);
+    file.recovery = args.recovery.or(file.recovery);
     if args.portable_io {
         file.io = Some("portable".into());
     }

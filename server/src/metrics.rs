@@ -268,12 +268,35 @@ pub fn render(sources: &Sources) -> String {
             out.family(name, "counter", help);
             out.sample(name, &[], value);
         }
+        out.family(
+            "keel_partitions_offline",
+            "gauge",
+            "Partitions held offline because they could not be recovered at start (the log names the file and byte).",
+        );
+        out.sample("keel_partitions_offline", &[], s.partitions_offline);
+        out.family(
+            "keel_topics_offline",
+            "gauge",
+            "Topics held offline because their metadata is damaged.",
+        );
+        out.sample(
+            "keel_topics_offline",
+            &[],
+            engine.offline_topics_list().len(),
+        );
     }
-    let groups = sources
-        .groups
-        .upgrade()
-        .map(|g| g.metrics())
-        .unwrap_or_default();
+    let live_groups = sources.groups.upgrade();
+    out.family(
+        "keel_groups_offline",
+        "gauge",
+        "Consumer groups held offline because their metadata is damaged.",
+    );
+    out.sample(
+        "keel_groups_offline",
+        &[],
+        live_groups.as_ref().map_or(0, |g| g.offline_count()),
+    );
+    let groups = live_groups.map(|g| g.metrics()).unwrap_or_default();
     out.family(
         "keel_group_members",
         "gauge",

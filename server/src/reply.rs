@@ -88,6 +88,9 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
             ErrorCode::InvalidArgument
         }
         EngineError::OffsetTablePoisoned { .. } => ErrorCode::PartitionPoisoned,
+        EngineError::PartitionOffline { .. }
+        | EngineError::TopicOffline { .. }
+        | EngineError::GroupOffline { .. } => ErrorCode::Offline,
         _ => ErrorCode::Internal,
     }
 }

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_engine::{Engine, EngineError};
+use socket2::{Domain, Socket, Type};
 
 use crate::config::{NetMode, ServerConfig};
 use crate::connection;
@@ -166,6 +167,28 @@ impl Registry {
     }
 }
 
+/// Connections the kernel queues for `accept` once keeld listens.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A TCP socket bound to `addr`, not yet listening: a taken port fails the start before
+/// recovery, yet nobody can connect until [`listen`].
+fn bind(addr: SocketAddr) -> Result<Socket, ServerError> {
+    let fail = |source| ServerError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    // As std's listeners do: a restart may bind while the last run's connections linger.
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    Ok(socket)
+}
+
+/// Starts accepting connections on a socket from [`bind`].
+fn listen(socket: Socket, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(socket.into())
+}
+
 /// Stops a running server from another thread (a signal handler's, say).
 #[derive(Clone)]
 pub struct Stopper {
@@ -203,16 +226,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listen address and opens the engine (recovering every partition).
+    /// Binds the listen address, opens the engine (recovering every partition), and only then
+    /// listens: until recovery is over, a connection attempt is refused at once rather than
+    /// left waiting in a queue nobody serves.
     pub fn start(mut cfg: ServerConfig) -> Result<Self, ServerError> {
-        let listener = TcpListener::bind(cfg.listen).map_err(|source| ServerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
-            what: "read the listen address",
-            source,
-        })?;
+        let socket = bind(cfg.listen)?;
+        let local_addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| ServerError::Io {
+                what: "read the listen address",
+                source: std::io::Error::other("the bound socket has no IP address"),
+            })?;
         let engine = Arc::new(Engine::open(cfg.engine.clone())?);
         let (long_poll, parker) = LongPoll::start(&engine).map_err(|source| ServerError::Io {
             what: "start the long-poll thread",
@@ -258,6 +284,8 @@ impl Server {
                 Some(m)
             }
         };
+        // Everything is ready: connections may come.
+        let listener = listen(socket, local_addr)?;
         Ok(Self {
             net,
             admin_thread,

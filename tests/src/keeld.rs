@@ -1,8 +1,8 @@
 //! Real `keeld` processes for end-to-end tests: started on a free loopback port over a data
 //! directory, stopped with real signals.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,38 @@ pub fn package_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// A `keeld` started but perhaps not ready yet; killed when dropped.
+pub struct Starting {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    ready: crossbeam_channel::Receiver<String>,
+}
+
+impl Starting {
+    /// Waits (up to [`PATIENCE`]) for its ready line.
+    pub fn ready(mut self) -> Keeld {
+        let Ok(addr) = self.ready.recv_timeout(PATIENCE) else {
+            // Dropping self kills it.
+            panic!(
+                "keeld did not become ready within {PATIENCE:?}; its stderr:\n{}",
+                self.stderr.lock().unwrap()
+            );
+        };
+        Keeld {
+            child: self.child.take(),
+            addr: addr.parse().expect("listen address in the ready line"),
+            data_dir: self.data_dir.clone(),
+            stderr: Arc::clone(&self.stderr),
+        }
+    }
+
+    /// Whether it printed its ready line yet.
+    pub fn is_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+}
+
 /// A running `keeld`; killed when dropped.
 pub struct Keeld {
     child: Option<Child>,
@@ -52,6 +84,12 @@ impl Keeld {
 
     /// [`Keeld::start`] with more lines for its config file.
     pub fn start_with_config(dir: &Path, more_config: &str, extra: &[&str]) -> Keeld {
+        Self::launch(dir, more_config, extra).ready()
+    }
+
+    /// Starts `keeld` as [`Keeld::start_with_config`] does, without waiting for its ready line:
+    /// [`Starting::ready`] waits.
+    pub fn launch(dir: &Path, more_config: &str, extra: &[&str]) -> Starting {
         let data_dir = dir.join("data");
         let config = dir.join("keeld.toml");
         std::fs::write(
@@ -59,10 +97,14 @@ impl Keeld {
             format!("segment_bytes = 1048576\nmax_batch_bytes = 262144\nzero_segments = false\n{more_config}"),
         )
         .expect("write the test config");
-        let mut child = Command::new(package_bin("test-keeld"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0", "--shards", "2", "--no-pin"])
+        let listen_given = extra.contains(&"--listen");
+        let mut command = Command::new(package_bin("test-keeld"));
+        command.arg("--data-dir").arg(&data_dir);
+        if !listen_given {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(["--shards", "2", "--no-pin"])
             .arg("--config")
             .arg(&config)
             .args(extra)
@@ -85,7 +127,7 @@ impl Keeld {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let (tx, rx) = bounded(1);
+        let (tx, ready) = bounded(1);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -95,22 +137,11 @@ impl Keeld {
                 }
             }
         });
-        let addr = match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().expect("listen address in the ready line"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "keeld did not become ready within {PATIENCE:?}; its stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        Keeld {
+        Starting {
             child: Some(child),
-            addr,
             data_dir,
             stderr,
+            ready,
         }
     }
 
@@ -213,6 +244,15 @@ impl Keeld {
     }
 }
 
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Keeld {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -252,4 +292,34 @@ pub fn values(client: &Client, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>
         .into_iter()
         .map(|m| (m.offset, m.value.unwrap_or_default()))
         .collect()
+}
+
+/// The metrics address `keeld` logged (started with `--metrics-listen`).
+pub fn metrics_addr(keeld: &Keeld) -> SocketAddr {
+    // The whole line: the log may be read while keeld is still writing it.
+    assert!(keeld.log_shows("/metrics\n"), "{}", keeld.stderr());
+    let log = keeld.stderr();
+    let rest = log.split("metrics on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// The raw answer to `request`.
+pub fn http(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, PATIENCE).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The value of the sample `name{labels}` in a scrape.
+pub fn sample(addr: SocketAddr, series: &str) -> f64 {
+    let answer = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let line = answer
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{answer}"));
+    line[series.len() + 1..].parse().unwrap()
 }

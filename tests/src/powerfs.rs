@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -226,10 +226,33 @@ impl State {
 /// The FUSE side: answers the kernel from the shared state.
 struct Handler {
     state: Arc<Mutex<State>>,
+    gate: Arc<Gate>,
+}
+
+/// While closed, every operation waits: the filesystem hangs, as a stalled disk would.
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = closed;
+        self.opened.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        while *closed {
+            closed = self.opened.wait(closed).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 impl Handler {
     fn state(&self) -> MutexGuard<'_, State> {
+        self.gate.pass();
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -564,6 +587,7 @@ impl Filesystem for Handler {
 pub struct PowerFs {
     mountpoint: PathBuf,
     state: Arc<Mutex<State>>,
+    gate: Arc<Gate>,
     session: Option<BackgroundSession>,
 }
 
@@ -584,6 +608,7 @@ impl PowerFs {
         let mut fs = Self {
             mountpoint: mountpoint.to_path_buf(),
             state: Arc::new(Mutex::new(State::new())),
+            gate: Arc::default(),
             session: None,
         };
         fs.session = Some(fs.spawn()?);
@@ -598,6 +623,7 @@ impl PowerFs {
         ];
         let handler = Handler {
             state: Arc::clone(&self.state),
+            gate: Arc::clone(&self.gate),
         };
         fuser::spawn_mount(handler, &self.mountpoint, &config)
     }
@@ -636,6 +662,16 @@ impl PowerFs {
         session.join()
     }
 
+    /// Makes every operation on the filesystem wait until [`PowerFs::thaw`].
+    pub fn freeze(&self) {
+        self.gate.set(true);
+    }
+
+    /// Lets waiting and later operations through again.
+    pub fn thaw(&self) {
+        self.gate.set(false);
+    }
+
     /// File and directory syncs the filesystem has received so far.
     pub fn syncs(&self) -> (u64, u64) {
         let state = self.lock();
@@ -649,6 +685,7 @@ impl PowerFs {
 
 impl Drop for PowerFs {
     fn drop(&mut self) {
+        self.thaw();
         if self.unmount().is_err() {
             // Still busy: detach it, so that the test's directory can go.
             let _ = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH);

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use keel_engine::{Engine, EngineError, RecoveryMode};
+use keel_engine::{BatchView, Engine, EngineError, RecoveryMode, LOST_HEADER};
 use keel_tests::{
     data_dir, one_record, random_batch, read_all, segment_files, small_config, with_offset, Rng,
 };
@@ -170,44 +170,70 @@ fn a_flipped_byte_followed_by_valid_batches_is_named_corruption() {
         // One in an older segment, one near the end of the last segment.
         let victim = (log.len() as f64 * victim_at) as usize;
         let (file, pos) = flip_inside(dir.path(), &log, victim);
-        match Engine::open(small_config(dir.path(), 1)) {
-            Err(EngineError::Corruption {
-                path,
-                position,
-                detail,
-            }) => {
-                assert_eq!(path, file, "the error names the damaged file");
-                let batch_len = log[victim].1.len() as u64;
-                assert!(
-                    position <= pos as u64 && position + batch_len >= pos as u64,
-                    "position {position} should be the damaged batch (flip at {pos}); {detail}"
-                );
-                let shown = format!(
-                    "{}",
-                    EngineError::Corruption {
-                        path,
-                        position,
-                        detail
-                    }
-                );
-                assert!(shown.contains(&format!("at byte {position}")), "{shown}");
-            }
-            Err(e) => panic!("expected corruption, got {e}"),
-            Ok(_) => panic!("a corrupt segment was opened (victim {victim})"),
-        }
+        // The engine opens; the damaged partition is held offline, naming the file and byte.
+        let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+        let offline = engine
+            .append_wait("t", 0, one_record(b"refused"))
+            .unwrap_err();
+        let EngineError::PartitionOffline { cause, .. } = &offline else {
+            panic!("expected the partition offline, got {offline}");
+        };
+        let EngineError::Corruption {
+            path,
+            position,
+            detail,
+        } = cause.as_ref()
+        else {
+            panic!("expected corruption, got {cause}");
+        };
+        assert_eq!(*path, file, "the error names the damaged file");
+        let batch_len = log[victim].1.len() as u64;
+        assert!(
+            *position <= pos as u64 && position + batch_len >= pos as u64,
+            "position {position} should be the damaged batch (flip at {pos}); {detail}"
+        );
+        let shown = offline.to_string();
+        assert!(shown.contains(&format!("at byte {position}")), "{shown}");
+        assert!(
+            matches!(
+                engine.read_wait("t", 0, 0, 1 << 20),
+                Err(EngineError::PartitionOffline { .. })
+            ),
+            "reads are refused too"
+        );
+        assert_eq!(engine.stats().partitions_offline, 1);
+        drop(engine);
 
-        // Repair truncates at the damaged batch and keeps everything before it.
+        // Repair truncates at the damaged batch and keeps everything before it; the offsets
+        // it cut away are filled with records marked lost, never handed out again.
         let mut cfg = small_config(dir.path(), 1);
         cfg.recovery = RecoveryMode::Repair;
         let engine = Engine::open(cfg).unwrap();
+        let (last_first, last_batch) = log.last().unwrap();
+        let log_end = last_first + BatchView::verify(last_batch).unwrap().record_count() as u64;
         let got = read_all(&engine, "t", 0);
-        assert_eq!(got, log[..victim].to_vec());
+        assert_eq!(got[..victim], log[..victim]);
+        let mut filled = log[victim].0;
+        for (first, bytes) in &got[victim..] {
+            assert_eq!(*first, filled, "the lost offsets are filled in order");
+            let view = BatchView::verify(bytes).unwrap();
+            for r in view.records() {
+                let r = r.unwrap();
+                assert_eq!((r.key, r.value), (None, None));
+                assert_eq!(r.headers, vec![(LOST_HEADER, Some(&b"repair"[..]))]);
+            }
+            filled += view.record_count() as u64;
+        }
+        assert_eq!(
+            filled, log_end,
+            "filled up to the highest offset handed out"
+        );
         let r = engine
             .append_wait("t", 0, one_record(b"after repair"))
             .unwrap();
-        assert_eq!(r.first, log[victim].0);
+        assert_eq!(r.first, log_end, "no offset is handed out twice");
         drop(engine);
         let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
-        assert_eq!(read_all(&engine, "t", 0).len(), victim + 1);
+        assert_eq!(read_all(&engine, "t", 0).len(), got.len() + 1);
     }
 }

@@ -132,13 +132,17 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
         .expect("the victim is in the oldest kept segment");
     bytes[at + victim.len() / 2] ^= 0x20;
     fs::write(&oldest, &bytes).unwrap();
-    match Engine::open(config(dir.path())) {
-        Err(EngineError::Corruption { path, position, .. }) => {
-            assert_eq!(path, oldest, "names the damaged file");
-            assert_eq!(position, at as u64, "names the damaged batch");
-        }
-        Err(e) => panic!("expected corruption, got {e}"),
-        Ok(_) => panic!("a damaged reused segment was opened"),
+    let engine = Engine::open(config(dir.path())).unwrap();
+    match engine.read_wait("r", 0, start, 1 << 20) {
+        Err(EngineError::PartitionOffline { cause, .. }) => match cause.as_ref() {
+            EngineError::Corruption { path, position, .. } => {
+                assert_eq!(*path, oldest, "names the damaged file");
+                assert_eq!(*position, at as u64, "names the damaged batch");
+            }
+            other => panic!("expected corruption, got {other}"),
+        },
+        Err(e) => panic!("expected the partition offline, got {e}"),
+        Ok(_) => panic!("a damaged reused segment was served"),
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use keel_engine::{Engine, EngineError, FlushSync};
 use keel_tests::crash_load::{missing_after_restart, produce_then_kill, Acked};
@@ -132,4 +133,45 @@ fn on_fuse_auto_takes_fdatasync_and_dsync_writes_are_refused() {
     cfg.flush_sync = FlushSync::Auto;
     let engine = Engine::open(cfg).unwrap();
     assert_eq!(engine.config().flush_sync, FlushSync::Fdatasync);
+}
+
+/// keeld listens only once recovery is over: while its data directory hangs (the filesystem
+/// frozen), a connection attempt is refused at once instead of waiting in a queue nobody serves.
+#[test]
+fn keeld_refuses_connections_until_its_recovery_is_over() {
+    let dir = data_dir();
+    let test = "keeld_refuses_connections_until_its_recovery_is_over";
+    if let Some(why) = PowerFs::unavailable() {
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+        return;
+    }
+    // The data directory is the mount itself; keeld's config file stays outside it.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let fs = PowerFs::mount(&data).unwrap();
+    let server = Keeld::start(dir.path(), &[]);
+    server.client().create_topic("t", 2).unwrap();
+    drop(server);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    fs.freeze();
+    let starting = Keeld::launch(dir.path(), "", &["--listen", &listen]);
+    std::thread::sleep(Duration::from_millis(500));
+    let ready_early = starting.is_ready();
+    let addr = listen.parse().unwrap();
+    let attempt = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    // Thawed before any assertion: a keeld killed while its filesystem hangs would hang too.
+    fs.thaw();
+    assert!(!ready_early, "keeld was ready on a frozen filesystem");
+    match attempt {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        Err(e) => panic!("expected the connection refused, got {e}"),
+        Ok(_) => panic!("keeld accepted a connection before its recovery was over"),
+    }
+    let server = starting.ready();
+    assert_eq!(server.client().list_topics().unwrap().len(), 1);
 }

@@ -1,44 +1,13 @@
 //! The metrics endpoint of a real keeld: engine and group figures, the ack window filling up
 //! and draining, and answers to requests that are not a scrape.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use keel_client::{spans_of, BatchBuilder, JoinSettings, StartAt, Target};
 use keel_engine::offsets::WINDOW;
 use keel_tests::data_dir;
-use keel_tests::keeld::{Keeld, PATIENCE};
-
-/// The metrics address keeld logged.
-fn metrics_addr(keeld: &Keeld) -> SocketAddr {
-    // The whole line: the log may be read while keeld is still writing it.
-    assert!(keeld.log_shows("/metrics\n"), "{}", keeld.stderr());
-    let log = keeld.stderr();
-    let rest = log.split("metrics on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
-
-/// The raw answer to `request`.
-fn http(addr: SocketAddr, request: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, PATIENCE).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-}
-
-/// The value of the sample `name{labels}` in a scrape.
-fn sample(addr: SocketAddr, series: &str) -> f64 {
-    let answer = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    let line = answer
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{answer}"));
-    line[series.len() + 1..].parse().unwrap()
-}
+use keel_tests::keeld::{http, metrics_addr, sample, Keeld, PATIENCE};
 
 #[test]
 fn metrics_show_the_ack_window_filling_and_draining() {

@@ -94,6 +94,8 @@ pub struct GroupStore {
     tables: Vec<Table>,
     slots_per_table: usize,
     groups: Mutex<HashMap<(String, String), Arc<StoredGroup>>>,
+    /// Groups whose metadata is damaged, held offline with why.
+    damaged: Mutex<HashMap<(String, String), Arc<EngineError>>>,
 }
 
 impl GroupStore {
@@ -122,6 +124,7 @@ impl GroupStore {
         let dir = groups_dir(data_dir);
         layout::create_dir_durable(&dir)?;
         let mut metas = Vec::new();
+        let mut damaged = Vec::new();
         let mut existing_tables = 0;
         let entries = fs::read_dir(&dir).map_err(|e| EngineError::io("list groups", &dir, e))?;
         for entry in entries {
@@ -134,13 +137,16 @@ impl GroupStore {
             {
                 existing_tables = existing_tables.max(n + 1);
             } else if entry.path().is_dir() {
-                metas.extend(read_metas(&entry.path())?);
+                let (found, bad) = read_metas(&entry.path(), &name)?;
+                metas.extend(found);
+                damaged.extend(bad);
             }
         }
         let mut store = Self {
             tables: Vec::new(),
             slots_per_table: slots,
             groups: Mutex::new(HashMap::new()),
+            damaged: Mutex::new(HashMap::new()),
             dir,
         };
         for n in 0..tables.max(existing_tables).max(1) {
@@ -151,21 +157,27 @@ impl GroupStore {
             )?);
         }
         for meta in metas {
+            let missing = meta.partitions.iter().find(|(slot, _)| {
+                store
+                    .tables
+                    .get(slot.table)
+                    .is_none_or(|t| slot.slot >= t.map().slots())
+            });
+            if let Some((slot, _)) = missing {
+                let path = meta_path(&store.dir, &meta.topic, &meta.group);
+                let detail = format!(
+                    "names slot {} of table {}, which does not exist",
+                    slot.slot, slot.table
+                );
+                damaged.push((
+                    (meta.group, meta.topic),
+                    EngineError::DamagedMetadata { path, detail },
+                ));
+                continue;
+            }
             for (slot, _) in &meta.partitions {
-                match store.tables.get(slot.table) {
-                    Some(t) if slot.slot < t.map().slots() => {
-                        t.used().insert(slot.slot);
-                    }
-                    _ => {
-                        return Err(EngineError::Corruption {
-                            path: meta_path(&store.dir, &meta.topic, &meta.group),
-                            position: 0,
-                            detail: format!(
-                                "names slot {} of table {}, which does not exist",
-                                slot.slot, slot.table
-                            ),
-                        })
-                    }
+                if let Some(t) = store.tables.get(slot.table) {
+                    t.used().insert(slot.slot);
                 }
             }
             let g = stored(meta);
@@ -173,7 +185,54 @@ impl GroupStore {
                 .groups()
                 .insert((g.group.clone(), g.topic.clone()), Arc::new(g));
         }
+        for ((group, topic), cause) in damaged {
+            log::error!(
+                "group {group:?} on {topic} is offline: {cause}. Every other group is served; \
+                 joins to this one are answered Offline. To repair: docs/OPERATIONS.md, \
+                 \"Damaged files\""
+            );
+            store.damaged().insert((group, topic), Arc::new(cause));
+        }
         Ok(store)
+    }
+
+    fn damaged(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<EngineError>>> {
+        // Single inserts and removals: consistent after any panic.
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Groups held offline because their metadata is damaged: (group, topic, why).
+    pub fn offline(&self) -> Vec<(String, String, String)> {
+        self.damaged()
+            .iter()
+            .map(|((g, t), cause)| (g.clone(), t.clone(), cause.to_string()))
+            .collect()
+    }
+
+    /// Repair: removes the damaged metadata files of offline groups, so that each such group is
+    /// created anew by its next join (from where that join asks to start: what the old group
+    /// had acknowledged is forgotten). Returns how many were removed.
+    pub fn remove_damaged(&self) -> Result<usize> {
+        let mut damaged = self.damaged();
+        let mut removed = 0;
+        for (group, topic) in damaged.keys() {
+            let path = meta_path(&self.dir, topic, group);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(EngineError::io("remove damaged group", path, e)),
+            }
+            log::warn!(
+                "repair: removed {}; group {group:?} on {topic} starts anew at its next join",
+                path.display()
+            );
+            removed += 1;
+            if let Some(dir) = path.parent() {
+                layout::sync_dir(dir)?;
+            }
+        }
+        damaged.clear();
+        Ok(removed)
     }
 
     fn groups(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<StoredGroup>>> {
@@ -243,8 +302,15 @@ impl GroupStore {
     ) -> Result<Arc<StoredGroup>> {
         validate_group_name(group)?;
         validate_topic_name(topic)?;
-        let mut groups = self.groups();
         let key = (group.to_string(), topic.to_string());
+        if let Some(cause) = self.damaged().get(&key) {
+            return Err(EngineError::GroupOffline {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                cause: Arc::clone(cause),
+            });
+        }
+        let mut groups = self.groups();
         if let Some(g) = groups.get(&key) {
             return Ok(Arc::clone(g));
         }
@@ -477,8 +543,13 @@ fn open_table(path: &Path, slots: usize, power: Option<Arc<TablePowerCut>>) -> R
 }
 
 /// Reads every `*.meta` in a topic's group directory, removing temp files a crash left.
-fn read_metas(dir: &Path) -> Result<Vec<GroupMeta>> {
+/// A damaged group file: (group, topic) and why.
+type Damaged = ((String, String), EngineError);
+
+/// The group metadata files of one topic's directory: those that read, and those that do not.
+fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>)> {
     let mut metas = Vec::new();
+    let mut damaged = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| EngineError::io("list groups", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| EngineError::io("list groups", dir, e))?;
@@ -488,20 +559,30 @@ fn read_metas(dir: &Path) -> Result<Vec<GroupMeta>> {
             fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
             continue;
         }
-        if !name.ends_with(".meta") {
+        let Some(group) = name.strip_suffix(".meta") else {
             log::warn!("ignoring {} in the groups directory", path.display());
             continue;
+        };
+        let key = (group.to_string(), topic.to_string());
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                damaged.push((key, EngineError::io("read group", &path, e)));
+                continue;
+            }
+        };
+        match GroupMeta::decode(&text) {
+            Some(meta) => metas.push(meta),
+            None => damaged.push((
+                key,
+                EngineError::DamagedMetadata {
+                    path,
+                    detail: "group metadata fails its checksum".into(),
+                },
+            )),
         }
-        let text =
-            fs::read_to_string(&path).map_err(|e| EngineError::io("read group", &path, e))?;
-        let meta = GroupMeta::decode(&text).ok_or_else(|| EngineError::Corruption {
-            path: path.clone(),
-            position: 0,
-            detail: "group metadata fails its checksum".into(),
-        })?;
-        metas.push(meta);
     }
-    Ok(metas)
+    Ok((metas, damaged))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_engine::delivery::MemberId;
 use keel_engine::groups::{GroupSettings, GroupStore};
-use keel_engine::{Engine, EngineError};
+use keel_engine::{Engine, EngineError, RecoveryMode};
 use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, Response, StartAt};
 
 use crate::config::GroupDefaults;
@@ -95,6 +95,9 @@ impl Groups {
     ) -> Result<(Arc<Self>, Vec<JoinHandle<()>>), EngineError> {
         let cfg = engine.config();
         let store = GroupStore::open(&cfg.data_dir, cfg.shards, defaults.slots)?;
+        if cfg.recovery == RecoveryMode::Repair {
+            store.remove_damaged()?;
+        }
         // Before anything is appended: a message appended now could not be told from one the
         // group acknowledged before the log lost it.
         store.bring_within_logs(|topic, p| {
@@ -374,6 +377,11 @@ impl Groups {
         }
         self.waiting.wake(&g);
         reply.ok(&Response::Nack);
+    }
+
+    /// Groups held offline because their metadata is damaged.
+    pub fn offline_count(&self) -> usize {
+        self.store.offline().len()
     }
 
     /// What metrics show of every group loaded since keeld started, sorted by name.
