@@ -45,21 +45,41 @@ impl FrameBuffer {
         self.start = (self.start + n).min(self.end);
     }
 
-    /// Moves what is left to the front and makes room for the rest of the frame it starts
-    /// (its size is known once the prefix is in), at least half a chunk; a buffer grown for a
-    /// big frame shrinks back afterwards. Returns the free space to read into.
+    /// Moves what is left to the front and makes room to read into, as [`read_room`] says; a
+    /// buffer grown for a big frame shrinks back afterwards. Returns the free space.
     pub fn make_room(&mut self) -> &mut [u8] {
+        let room = self.room(usize::MAX);
+        self.resize_to(room);
+        &mut self.buf[self.end..]
+    }
+
+    /// [`FrameBuffer::make_room`] holding at most `limit` bytes (at least a chunk);
+    /// `None` when the buffer holds that much already and its frame is not complete: nothing
+    /// can be read until the limit is raised.
+    pub fn make_room_within(&mut self, limit: usize) -> Option<&mut [u8]> {
+        let room = self.room(limit.max(self.chunk));
+        if room <= self.end - self.start {
+            return None;
+        }
+        self.resize_to(room);
+        Some(&mut self.buf[self.end..])
+    }
+
+    /// Bytes the buffer should hold after the next read, at most `limit`.
+    fn room(&self, limit: usize) -> usize {
+        read_room(self.pending(), self.chunk).min(limit)
+    }
+
+    fn resize_to(&mut self, room: usize) {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        let room = read_room(&self.buf[..self.end], self.chunk);
         if self.buf.len() < room {
             self.buf.resize(room, 0);
         } else if self.buf.len() > 4 * self.chunk && room == self.chunk {
             self.buf.truncate(self.chunk);
             self.buf.shrink_to_fit();
         }
-        &mut self.buf[self.end..]
     }
 
     /// Records that `n` bytes were read into the space [`Self::make_room`] returned.
@@ -69,20 +89,56 @@ impl FrameBuffer {
 }
 
 /// How many bytes a buffer holding `pending` (the start of a frame, or nothing) should have
-/// room for before its next read: the whole frame it starts (its size is known once the
-/// prefix is in), and at least half a `chunk` more than it holds, and at least a `chunk`.
+/// room for before its next read: at least a `chunk`, and half a chunk more than it holds; for
+/// a larger frame it starts, up to that frame's size, but never more than twice what it holds.
+/// So a buffer grows with the bytes that actually arrive, doubling, and not with the size a
+/// frame's prefix claims: a peer that announces a large frame and sends nothing more makes it
+/// hold nothing more.
 pub fn read_room(pending: &[u8], chunk: usize) -> usize {
     let frame_bytes = match pending.get(..SIZE_PREFIX_BYTES) {
         Some(p) => SIZE_PREFIX_BYTES + u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize,
         None => 0,
     };
-    frame_bytes.max(pending.len() + chunk / 2).max(chunk)
+    let growth = frame_bytes.min(pending.len().saturating_mul(2));
+    growth.max(pending.len() + chunk / 2).max(chunk)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{encode_request, Request, REQUEST_HEADER_BYTES};
+
+    #[test]
+    fn room_grows_with_what_arrives_not_with_what_a_prefix_claims() {
+        let chunk = 64 * 1024;
+        let mut claim = (16u32 << 20).to_le_bytes().to_vec();
+        claim.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            read_room(&claim, chunk),
+            chunk,
+            "a bare prefix gets a chunk"
+        );
+        let half_mib = vec![0u8; 512 * 1024];
+        let mut big = (16u32 << 20).to_le_bytes().to_vec();
+        big.extend_from_slice(&half_mib);
+        assert_eq!(
+            read_room(&big, chunk),
+            2 * big.len(),
+            "doubles what it holds"
+        );
+        let mut small = 100_000u32.to_le_bytes().to_vec();
+        small.extend_from_slice(&[0; 90_000]);
+        assert_eq!(read_room(&small, chunk), 90_004 + chunk / 2);
+        let mut fb = FrameBuffer::new(chunk);
+        fb.make_room()[..big.len().min(chunk)].copy_from_slice(&big[..chunk]);
+        fb.filled(chunk);
+        assert_eq!(
+            fb.make_room_within(chunk).map(|r| r.len()),
+            None,
+            "full at its limit"
+        );
+        assert_eq!(fb.make_room_within(3 * chunk).map(|r| r.len()), Some(chunk));
+    }
 
     #[test]
     fn frames_come_out_whole_however_the_bytes_arrive() {

@@ -107,7 +107,6 @@ impl ByteBudget {
     }
 
     /// Bytes currently taken.
-    #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
         self.state().used
     }

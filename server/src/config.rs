@@ -41,6 +41,16 @@ pub struct ServerConfig {
     /// How long a connection's answers may make no progress (its client stopped reading)
     /// before the connection is dropped.
     pub write_timeout_ms: u64,
+    /// Longest a request frame may take to arrive once its first byte has; a slower one closes
+    /// its connection.
+    pub frame_read_timeout_ms: u64,
+    /// A connection with nothing in flight that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; one beyond is answered `Busy` and closed.
+    pub max_connections: usize,
+    /// Bytes all connections together may hold for request frames still arriving, beyond the
+    /// first 256 KiB each; past it, such connections are not read until others finish.
+    pub partial_frame_bytes: usize,
     /// How connections are served.
     pub net: NetMode,
     /// Consumer-group defaults and limits.
@@ -122,6 +132,14 @@ pub struct FileConfig {
     pub shard_inflight_bytes: Option<usize>,
     /// Socket write timeout, milliseconds.
     pub write_timeout_ms: Option<u64>,
+    /// Longest a request frame may take to arrive, milliseconds.
+    pub frame_read_timeout_ms: Option<u64>,
+    /// Idle connection timeout, milliseconds.
+    pub idle_timeout_ms: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: Option<usize>,
+    /// Bytes held for partial request frames, server-wide.
+    pub partial_frame_bytes: Option<usize>,
     /// Segment size, bytes.
     pub segment_bytes: Option<u64>,
     /// Largest batch, bytes.
@@ -246,6 +264,10 @@ impl FileConfig {
             connection_inflight_bytes: self.connection_inflight_bytes.unwrap_or(64 << 20),
             shard_inflight_bytes: self.shard_inflight_bytes.unwrap_or(256 << 20),
             write_timeout_ms: self.write_timeout_ms.unwrap_or(30_000),
+            frame_read_timeout_ms: self.frame_read_timeout_ms.unwrap_or(30_000),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(600_000),
+            max_connections: self.max_connections.unwrap_or(4096),
+            partial_frame_bytes: self.partial_frame_bytes.unwrap_or(128 << 20),
             net,
             groups: {
                 let d = GroupDefaults::default();
@@ -283,8 +305,17 @@ impl ServerConfig {
                 2 * frame
             ));
         }
-        if self.write_timeout_ms == 0 {
-            return invalid("write_timeout_ms must be positive".into());
+        if self.write_timeout_ms == 0
+            || self.frame_read_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+        {
+            return invalid(
+                "write_timeout_ms, frame_read_timeout_ms and idle_timeout_ms must be positive"
+                    .into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be positive".into());
         }
         let g = &self.groups;
         // The defaults stand in for what a join may ask: the same ranges, 0 excluded.

@@ -5,10 +5,12 @@
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::answers::{answer_queue, AnswerRx, AnswerTx};
 use crate::budget::ByteBudget;
-use crate::frames::{handle_frames, new_input, Stop};
+use crate::conn_limits::{ConnLimits, ConnState};
+use crate::frames::{handle_frames, new_input, Stop, READ_CHUNK};
 use crate::handler::Handler;
 use crate::server::WriterDone;
 
@@ -23,7 +25,7 @@ pub fn serve(
     conn: u64,
     peer: SocketAddr,
     handler: &Arc<Handler>,
-    inflight_bytes: usize,
+    limits: &Arc<ConnLimits>,
     writer_done: WriterDone,
 ) -> io::Result<()> {
     let (tx, rx) = answer_queue();
@@ -34,8 +36,10 @@ pub fn serve(
             write_answers(writer_stream, &rx, peer);
             drop(writer_done);
         })?;
-    let budget = ByteBudget::new(inflight_bytes);
-    read_requests(stream, conn, peer, handler, &budget, &tx);
+    // Reads wake up this often to look at the connection's clocks.
+    stream.set_read_timeout(Some(limits.check_every()))?;
+    let budget = ByteBudget::new(limits.inflight_bytes);
+    read_requests(stream, conn, peer, handler, limits, &budget, &tx);
     Ok(())
 }
 
@@ -44,15 +48,18 @@ fn read_requests(
     conn: u64,
     peer: SocketAddr,
     handler: &Arc<Handler>,
+    limits: &Arc<ConnLimits>,
     budget: &Arc<ByteBudget>,
     tx: &AnswerTx,
 ) {
     let mut input = new_input();
+    let mut state = ConnState::new(limits);
     // Waits while this connection has too much in flight: the socket is not read meanwhile
     // (backpressure).
     let mut acquire = |n| Some(budget.acquire(n));
     let mut acquire_shard = |shard: &Arc<ByteBudget>, n| Some(shard.acquire(n));
     loop {
+        let before = input.pending().len();
         let stop = handle_frames(
             &mut input,
             conn,
@@ -65,10 +72,36 @@ fn read_requests(
         if stop == Stop::Close {
             return;
         }
-        match stream.read(input.make_room()) {
+        let left = input.pending().len();
+        state.handled(left > 0, left < before, Instant::now());
+        let limit = state.buffer_limit(input.pending(), READ_CHUNK);
+        let read = match input.make_room_within(limit) {
+            Some(room) => stream.read(room),
+            // The partial-frame pool is spent: wait a moment, as a timed-out read would.
+            None => {
+                std::thread::sleep(limits.check_every());
+                Err(io::ErrorKind::TimedOut.into())
+            }
+        };
+        match read {
             Ok(0) => return,
-            Ok(n) => input.filled(n),
+            Ok(n) => {
+                input.filled(n);
+                state.received(Instant::now());
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Some(why) = state.expired(Instant::now(), false, budget.in_use() > 0) {
+                    why.log(peer);
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
             Err(e) => {
                 log::debug!("{peer}: read failed: {e}");
                 return;

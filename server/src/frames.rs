@@ -2,6 +2,7 @@
 //! connections (a thread pair per connection, or an io_uring loop per core).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use keel_protocol::{
@@ -14,15 +15,20 @@ use std::sync::Arc;
 use crate::answers::AnswerTx;
 use crate::budget::{BudgetHold, ByteBudget};
 use crate::handler::Handler;
+use crate::log_limit::RateLimitedWarn;
 use crate::recv_buf::RecvBuf;
 use crate::reply::{Outgoing, Reply};
 
 /// Bytes read from a socket at a time.
-const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 /// The most a ring connection receives at a time, once its receives keep filling what they
 /// are offered: fewer, larger receives cost less per byte (about 8% of keeld's CPU per message
 /// at 256 KiB against 64 KiB, `docs/BENCHMARKS.md`); no gain was measured beyond.
 const MAX_RECV_CHUNK: usize = 256 * 1024;
+
+/// Requests that fail to decode, logged at most once a second (a client can send them as fast
+/// as it likes).
+static BAD_INPUT: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
 
 /// Why handling stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,13 +123,13 @@ pub fn handle_frames(
                         handler.handle(request, &frame, reply, conn, shard_hold);
                     }
                     Err(bad) => {
-                        log::warn!("{peer}: {bad}");
                         let Some(id) = bad.correlation_id else {
-                            log::warn!(
-                                "{peer}: closing the connection (request header unreadable)"
-                            );
+                            BAD_INPUT.warn(|| {
+                                format!("{peer}: {bad}; closing the connection (request header unreadable)")
+                            });
                             return Stop::Close;
                         };
+                        BAD_INPUT.warn(|| format!("{peer}: {bad}"));
                         let Some(hold) = acquire(len) else {
                             return Stop::Parked;
                         };
@@ -139,7 +145,7 @@ pub fn handle_frames(
             Err(e) => {
                 // The stream cannot be resynchronised after a bad size. Answer if the
                 // header is there to say whom to answer, then close.
-                log::warn!("{peer}: {e}; closing the connection");
+                BAD_INPUT.warn(|| format!("{peer}: {e}; closing the connection"));
                 if pending.len() >= SIZE_PREFIX_BYTES + REQUEST_HEADER_BYTES {
                     let id = u32::from_le_bytes([pending[8], pending[9], pending[10], pending[11]]);
                     let mut frame = Vec::new();

@@ -60,20 +60,27 @@ impl RecvBuf {
     }
 
     /// Prepares the next receive and returns where the kernel may write and how much: after
-    /// the unfinished frame, with room for the rest of it (its size is known once its prefix
-    /// is in), and at least half a chunk.
-    pub fn prepare_receive(&mut self) -> (*mut u8, usize) {
-        let room = read_room(&self.pending, self.chunk);
+    /// the unfinished frame, with room as [`read_room`] says (growing with what arrived), the
+    /// buffer holding at most `limit` bytes (at least a chunk). `None` when it holds that much
+    /// already and its frame is not complete: nothing can be received until the limit rises.
+    pub fn prepare_receive(&mut self, limit: usize) -> Option<(*mut u8, usize)> {
+        let room = read_room(&self.pending, self.chunk).min(limit.max(self.chunk));
+        if room <= self.pending.len() {
+            return None;
+        }
         self.next.clear();
-        if self.next.capacity() < room {
+        // A buffer grown for a big frame is let go once frames are small again.
+        if self.next.capacity() < room || self.next.capacity() > 4 * room.max(self.max) {
             // The old allocation stays alive as long as frames taken from it do.
             self.next = BytesMut::with_capacity(room.max(self.chunk));
         }
         self.next.extend_from_slice(&self.pending);
         self.pending = Bytes::new();
+        let held = self.next.len();
         let spare = self.next.spare_capacity_mut();
-        self.offered = spare.len();
-        (spare.as_mut_ptr().cast::<u8>(), spare.len())
+        let len = spare.len().min(room - held);
+        self.offered = len;
+        Some((spare.as_mut_ptr().cast::<u8>(), len))
     }
 
     /// Records that a receive prepared by [`Self::prepare_receive`] wrote `n` bytes.
@@ -93,9 +100,8 @@ impl RecvBuf {
         }
     }
 
-    /// What the next receive will be offered at least (tests).
-    #[cfg(test)]
-    fn chunk(&self) -> usize {
+    /// What the next receive is offered at least, as it adapts to the connection's pace.
+    pub fn chunk(&self) -> usize {
         self.chunk
     }
 }
@@ -107,7 +113,7 @@ mod tests {
 
     /// Copies `bytes` into the receive space, as the kernel would.
     fn receive(buf: &mut RecvBuf, bytes: &[u8]) -> usize {
-        let (at, room) = buf.prepare_receive();
+        let (at, room) = buf.prepare_receive(usize::MAX).unwrap();
         let n = room.min(bytes.len());
         // SAFETY: `at` has `room` writable bytes, reserved by prepare_receive.
         unsafe {
@@ -175,7 +181,7 @@ mod tests {
         for _ in 0..5 {
             // SAFETY: fills exactly the room prepare_receive reserved.
             unsafe {
-                let (at, room) = buf.prepare_receive();
+                let (at, room) = buf.prepare_receive(usize::MAX).unwrap();
                 std::ptr::copy_nonoverlapping(full.as_ptr(), at, room);
                 buf.received(room);
             }

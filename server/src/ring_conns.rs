@@ -13,20 +13,22 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 use keel_engine::io::Waker;
 
 use crate::answers::{notifying_answer_queue, AnswerRx, AnswerTx};
 use crate::budget::{BudgetHold, ByteBudget};
+use crate::conn_limits::{ConnLimits, ConnState};
 use crate::frames::{handle_frames, new_recv_buf, Stop};
 use crate::handler::Handler;
 use crate::recv_buf::RecvBuf;
 use crate::reply::Outgoing;
 use crate::server::{ReaderDone, WriterDone};
 
-/// The periodic check for sends that make no progress (connection 0 does not exist).
+/// The periodic check of the connections' limits: sends that make no progress, frames that
+/// take too long, idle connections (connection 0 does not exist).
 const TICK_TOKEN: u64 = 3;
 const RECV: u64 = 1;
 const SEND: u64 = 2;
@@ -141,6 +143,10 @@ struct Conn {
     recv_posted: bool,
     /// Waiting for a budget: reads nothing until bytes are given back.
     parked: bool,
+    /// Its frame needs more room than the partial-frame pool has now: tried again each tick.
+    starved: bool,
+    /// Its share of the partial-frame pool, and its clocks.
+    limits: ConnState,
     /// Answers being sent, holding their budget until the send completes; `out` is their
     /// frames, of which `out_sent` bytes have gone.
     sending: Vec<Outgoing>,
@@ -159,8 +165,7 @@ struct Conn {
 pub struct Conns {
     conns: HashMap<u64, Box<Conn>>,
     inbox: Arc<Inbox>,
-    inflight_bytes: usize,
-    write_timeout: Duration,
+    limits: Arc<ConnLimits>,
     /// The tick's timeout; boxed so its address is stable while the timeout runs.
     tick: Box<types::Timespec>,
     tick_posted: bool,
@@ -169,14 +174,12 @@ pub struct Conns {
 }
 
 impl Conns {
-    /// No connections yet. A connection whose answers make no progress for `write_timeout`
-    /// (its client stopped reading) is closed.
-    pub fn new(inbox: Arc<Inbox>, inflight_bytes: usize, write_timeout: Duration) -> Self {
+    /// No connections yet; each will be served within `limits`.
+    pub fn new(inbox: Arc<Inbox>, limits: Arc<ConnLimits>) -> Self {
         Self {
             conns: HashMap::new(),
             inbox,
-            inflight_bytes,
-            write_timeout,
+            limits,
             tick: Box::new(types::Timespec::new()),
             tick_posted: false,
             tick_cancelled: false,
@@ -227,7 +230,7 @@ impl Conns {
         for id in ready {
             self.with_conn(id, Self::on_ready, ring);
         }
-        if !self.tick_posted && self.conns.values().any(|c| c.send_posted) {
+        if !self.tick_posted && !self.conns.is_empty() {
             self.post_tick(ring);
         } else if self.tick_posted && self.conns.is_empty() && !self.tick_cancelled {
             // Nothing left to watch: do not keep a stopping ring waiting for the tick.
@@ -242,6 +245,16 @@ impl Conns {
             self.tick_posted = false;
             self.tick_cancelled = false;
             self.close_stuck_senders();
+            self.close_expired();
+            let starved: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.starved)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in starved {
+                self.with_conn(id, Self::post_recv, ring);
+            }
             return;
         }
         let (id, kind) = (token >> 2, token & 3);
@@ -271,8 +284,7 @@ impl Conns {
     }
 
     fn post_tick(&mut self, ring: &mut dyn Submit) {
-        let every =
-            (self.write_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let every = self.limits.check_every();
         *self.tick = types::Timespec::from(every);
         let timeout = opcode::Timeout::new(&*self.tick).build();
         // SAFETY: the timespec is boxed in self, which the ring's owner keeps until no
@@ -284,15 +296,37 @@ impl Conns {
     /// Closes connections whose client has not taken any answer bytes for the write timeout:
     /// the send in flight then fails, and the connection ends.
     fn close_stuck_senders(&mut self) {
+        let write_timeout = self.limits.write_timeout;
         for c in self.conns.values_mut() {
-            if c.send_posted && !c.broken && c.send_since.elapsed() > self.write_timeout {
+            if c.send_posted && !c.broken && c.send_since.elapsed() > write_timeout {
                 log::warn!(
-                    "{}: the client has read no answer for {:?}; closing the connection",
-                    c.peer,
-                    self.write_timeout
+                    "{}: the client has read no answer for {write_timeout:?}; closing the \
+                     connection",
+                    c.peer
                 );
                 c.broken = true;
                 let _ = c.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Closes connections whose frame is taking too long to arrive, or that have been idle
+    /// too long: their receive then completes, and the connection ends.
+    fn close_expired(&mut self) {
+        let now = Instant::now();
+        for c in self.conns.values_mut() {
+            if c.tx.is_none() || c.broken {
+                continue;
+            }
+            let busy = c.budget.in_use() > 0 || c.send_posted;
+            if let Some(why) = c.limits.expired(now, c.parked, busy) {
+                why.log(c.peer);
+                c.broken = true;
+                let _ = c.stream.shutdown(Shutdown::Both);
+                if !c.recv_posted {
+                    // Nothing will complete to end it: it ends now.
+                    c.stop_reading();
+                }
             }
         }
     }
@@ -324,11 +358,13 @@ impl Conns {
             stream: nc.stream,
             peer: nc.peer,
             input: new_recv_buf(),
-            budget: ByteBudget::new(self.inflight_bytes),
+            budget: ByteBudget::new(self.limits.inflight_bytes),
             tx: Some(tx),
             rx,
             recv_posted: false,
             parked: false,
+            starved: false,
+            limits: ConnState::new(&self.limits),
             sending: Vec::new(),
             out: Vec::new(),
             out_sent: 0,
@@ -363,7 +399,12 @@ impl Conns {
         if c.recv_posted || c.parked || c.tx.is_none() || c.broken {
             return;
         }
-        let (room, room_len) = c.input.prepare_receive();
+        let limit = c.limits.buffer_limit(c.input.pending(), c.input.chunk());
+        let Some((room, room_len)) = c.input.prepare_receive(limit) else {
+            c.starved = true;
+            return;
+        };
+        c.starved = false;
         let recv = opcode::Recv::new(
             types::Fd(c.stream.as_raw_fd()),
             room,
@@ -393,6 +434,7 @@ impl Conns {
         // SAFETY: the kernel wrote `res` bytes (positive, at most the length asked for) into the
         // space the posted receive was given.
         unsafe { c.input.received(res as usize) };
+        c.limits.received(Instant::now());
         self.handle_input(c, ring);
     }
 
@@ -416,6 +458,7 @@ impl Conns {
                 Some(shard.acquire(n))
             }
         };
+        let before = c.input.pending().len();
         let stop = handle_frames(
             &mut c.input,
             c.id,
@@ -425,6 +468,8 @@ impl Conns {
             &mut acquire,
             &mut acquire_shard,
         );
+        let left = c.input.pending().len();
+        c.limits.handled(left > 0, left < before, Instant::now());
         match stop {
             Stop::NeedMore => self.post_recv(c, ring),
             Stop::Parked => c.parked = true,

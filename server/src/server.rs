@@ -1,20 +1,24 @@
 //! The server: opens the engine, accepts connections, and shuts down gracefully.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_engine::{Engine, EngineError};
+use keel_protocol::{encode_error, ErrorCode};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{NetMode, ServerConfig};
+use crate::conn_limits::ConnLimits;
 use crate::connection;
 use crate::fetch::LongPoll;
 use crate::groups::Groups;
 use crate::handler::{start_admin_thread, Handler};
+use crate::log_limit::RateLimitedWarn;
 use crate::metrics::{MetricsEndpoint, Sources};
 use crate::ring_conns::{Inbox, NewConn};
 use crate::shard_net;
@@ -28,16 +32,16 @@ struct RingNet {
 }
 
 impl RingNet {
-    fn own_loops(cfg: &ServerConfig, handler: &Arc<Handler>) -> Result<Self, ServerError> {
-        let loops = NetLoops::start(
-            cfg.engine.shards,
-            handler,
-            cfg.connection_inflight_bytes,
-            Duration::from_millis(cfg.write_timeout_ms),
-        )
-        .map_err(|source| ServerError::Io {
-            what: "start the io_uring network loops (or use --net threads)",
-            source,
+    fn own_loops(
+        cfg: &ServerConfig,
+        handler: &Arc<Handler>,
+        limits: &Arc<ConnLimits>,
+    ) -> Result<Self, ServerError> {
+        let loops = NetLoops::start(cfg.engine.shards, handler, limits).map_err(|source| {
+            ServerError::Io {
+                what: "start the io_uring network loops (or use --net threads)",
+                source,
+            }
         })?;
         Ok(Self {
             inboxes: loops.inboxes(),
@@ -49,21 +53,16 @@ impl RingNet {
         cfg: &ServerConfig,
         engine: &Engine,
         handler: &Arc<Handler>,
+        limits: &Arc<ConnLimits>,
     ) -> Result<Self, ServerError> {
-        let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
-        match shard_net::host(
-            engine,
-            handler,
-            cfg.connection_inflight_bytes,
-            write_timeout,
-        ) {
+        match shard_net::host(engine, handler, limits) {
             Ok(inboxes) => Ok(Self {
                 inboxes,
                 loops: None,
             }),
             Err(EngineError::CannotHost(why)) => {
                 log::warn!("cannot serve connections on the shards ({why}); using io_uring loops of their own (--net uring)");
-                Self::own_loops(cfg, handler)
+                Self::own_loops(cfg, handler, limits)
             }
             Err(e) => Err(e.into()),
         }
@@ -167,6 +166,34 @@ impl Registry {
     }
 }
 
+/// Failed accepts (out of descriptors, say), logged at most once a second.
+static ACCEPT_FAILED: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
+/// Connections refused for `max_connections`, logged at most once a second.
+static REFUSED: RateLimitedWarn = RateLimitedWarn::new(Duration::from_secs(1));
+/// How long a refused connection's one answer may take to write.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Answers a connection beyond `max_connections` with one `Busy` error frame (correlation id
+/// 0, before it asked anything) and closes it.
+fn refuse(stream: TcpStream, max_connections: usize) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "a client".to_string(), |a| a.to_string());
+    let message = format!(
+        "keeld serves at most max_connections = {max_connections} connections; try again later"
+    );
+    let mut frame = Vec::new();
+    encode_error(0, ErrorCode::Busy, &message, &mut frame);
+    // Best effort, never blocking the accept loop for long: the close says the rest.
+    let _ = stream
+        .set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT))
+        .and_then(|()| (&stream).write_all(&frame));
+    let _ = stream.shutdown(Shutdown::Both);
+    REFUSED.warn(|| {
+        format!("refused a connection from {peer}: {max_connections} connections open (max_connections)")
+    });
+}
+
 /// Connections the kernel queues for `accept` once keeld listens.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -223,6 +250,8 @@ pub struct Server {
     net: Option<RingNet>,
     admin_thread: JoinHandle<()>,
     metrics: Option<MetricsEndpoint>,
+    /// What bounds each connection's memory and time.
+    limits: Arc<ConnLimits>,
 }
 
 impl Server {
@@ -259,11 +288,12 @@ impl Server {
             cfg.max_frame_bytes,
         ));
         let registry = Arc::new(Registry::default());
+        let limits = ConnLimits::from_config(&cfg);
         *lock_groups(&registry) = Some(Arc::clone(&groups));
         let net = match cfg.net {
             NetMode::Threads => None,
-            NetMode::Uring => Some(RingNet::own_loops(&cfg, &handler)?),
-            NetMode::Shard => Some(RingNet::on_shards(&cfg, &engine, &handler)?),
+            NetMode::Uring => Some(RingNet::own_loops(&cfg, &handler, &limits)?),
+            NetMode::Shard => Some(RingNet::on_shards(&cfg, &engine, &handler, &limits)?),
         };
         if net.as_ref().is_some_and(|n| n.loops.is_some()) {
             // Hosting on the shards was refused: say what actually serves connections.
@@ -301,6 +331,7 @@ impl Server {
             group_threads,
             stopping: Arc::new(AtomicBool::new(false)),
             registry,
+            limits,
         })
     }
 
@@ -342,6 +373,9 @@ impl Server {
                 break;
             }
             match conn {
+                Ok(stream) if self.registry.open_connections() >= self.cfg.max_connections => {
+                    refuse(stream, self.cfg.max_connections);
+                }
                 Ok(stream) => {
                     next_id += 1;
                     if let Err(e) = self.spawn_connection(next_id, stream) {
@@ -351,7 +385,7 @@ impl Server {
                 // Out of file descriptors and the like: the listener itself is fine, and the
                 // connections already open keep being served.
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    ACCEPT_FAILED.warn(|| format!("accept failed: {e}"));
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -384,12 +418,12 @@ impl Server {
             return Ok(());
         }
         let handler = Arc::clone(&self.handler);
-        let inflight = self.cfg.connection_inflight_bytes;
+        let limits = Arc::clone(&self.limits);
         std::thread::Builder::new()
             .name(format!("keel-read-{peer}"))
             .spawn(move || {
                 log::debug!("{peer}: connected");
-                if let Err(e) = connection::serve(stream, id, peer, &handler, inflight, writer_done)
+                if let Err(e) = connection::serve(stream, id, peer, &handler, &limits, writer_done)
                 {
                     log::warn!("{peer}: {e}");
                 }

@@ -10,11 +10,11 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use keel_engine::guest::{GuestEntry, GuestRing, ShardGuest};
 use keel_engine::{Engine, EngineError};
 
+use crate::conn_limits::ConnLimits;
 use crate::handler::Handler;
 use crate::ring_conns::{Conns, Inbox, Submit};
 
@@ -64,8 +64,7 @@ impl ShardGuest for ShardNet {
 pub fn host(
     engine: &Engine,
     handler: &Arc<Handler>,
-    inflight_bytes: usize,
-    write_timeout: Duration,
+    limits: &Arc<ConnLimits>,
 ) -> Result<Vec<Arc<Inbox>>, EngineError> {
     let mut inboxes = Vec::new();
     for shard in 0..engine.config().shards {
@@ -73,7 +72,7 @@ pub fn host(
             .shard_waker(shard)
             .ok_or(EngineError::CannotHost("no such shard"))?;
         let inbox = Inbox::new(handler, waker, true);
-        let conns = Conns::new(Arc::clone(&inbox), inflight_bytes, write_timeout);
+        let conns = Conns::new(Arc::clone(&inbox), Arc::clone(limits));
         engine.host(shard, Box::new(ShardNet { conns }))?;
         inboxes.push(inbox);
     }

@@ -7,11 +7,11 @@
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 use keel_engine::io::Waker;
 
+use crate::conn_limits::ConnLimits;
 use crate::handler::Handler;
 use crate::ring_conns::{Conns, Inbox, Submit};
 
@@ -27,20 +27,14 @@ pub struct NetLoops {
 }
 
 impl NetLoops {
-    /// Starts `n` loops (at least one). A connection whose answers make no progress for
-    /// `write_timeout` (its client stopped reading) is closed.
-    pub fn start(
-        n: usize,
-        handler: &Arc<Handler>,
-        inflight_bytes: usize,
-        write_timeout: Duration,
-    ) -> io::Result<Self> {
+    /// Starts `n` loops (at least one), serving connections within `limits`.
+    pub fn start(n: usize, handler: &Arc<Handler>, limits: &Arc<ConnLimits>) -> io::Result<Self> {
         let mut loops = Vec::new();
         for i in 0..n.max(1) {
             // Fails early, with the ring error, if io_uring is not allowed here.
             let ring = IoUring::new(RING_ENTRIES)?;
             let inbox = Inbox::new(handler, Arc::new(Waker::new()?), false);
-            let conns = Conns::new(Arc::clone(&inbox), inflight_bytes, write_timeout);
+            let conns = Conns::new(Arc::clone(&inbox), Arc::clone(limits));
             let thread = std::thread::Builder::new()
                 .name(format!("keel-net-{i}"))
                 .spawn(move || {
