@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use keel_client::{ClientError, ErrorCode, JoinSettings, StartAt, Target};
+use keel_client::{Client, ClientError, ErrorCode, JoinSettings, Membership, StartAt, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::{fetch_all, metrics_addr, sample, values, Keeld};
 
@@ -30,6 +30,11 @@ fn segment_of(data: &Path, topic: &str, partition: u32) -> std::path::PathBuf {
         .collect();
     assert_eq!(segs.len(), 1, "{segs:?}");
     segs.remove(0)
+}
+
+/// Joins `group` on topic "good".
+fn join(client: &Client, group: &str) -> Result<Membership, ClientError> {
+    client.join_group(group, "good", StartAt::Earliest, JoinSettings::default())
 }
 
 fn offline_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
@@ -61,22 +66,8 @@ fn damaged_files_are_held_offline_and_everything_else_is_served_until_repair() {
                 .unwrap();
         }
     }
-    client
-        .join_group(
-            "healthy",
-            "good",
-            StartAt::Earliest,
-            JoinSettings::default(),
-        )
-        .unwrap();
-    client
-        .join_group(
-            "damaged",
-            "good",
-            StartAt::Earliest,
-            JoinSettings::default(),
-        )
-        .unwrap();
+    join(&client, "healthy").unwrap();
+    join(&client, "damaged").unwrap();
     drop(client);
     assert!(keeld.terminate().success());
 
@@ -117,21 +108,9 @@ fn damaged_files_are_held_offline_and_everything_else_is_served_until_repair() {
     let message = offline_code(client.produce("broken", Target::Partition(1), [b"x"]));
     assert!(message.contains("broken/meta"), "{message}");
     offline_code(client.partitions("broken"));
-    let message = offline_code(client.join_group(
-        "damaged",
-        "good",
-        StartAt::Earliest,
-        JoinSettings::default(),
-    ));
+    let message = offline_code(join(&client, "damaged"));
     assert!(message.contains("damaged.meta"), "{message}");
-    client
-        .join_group(
-            "healthy",
-            "good",
-            StartAt::Earliest,
-            JoinSettings::default(),
-        )
-        .unwrap();
+    join(&client, "healthy").unwrap();
     let metrics = metrics_addr(&keeld);
     assert_eq!(sample(metrics, "keel_partitions_offline"), 1.0);
     assert_eq!(sample(metrics, "keel_topics_offline"), 1.0);
@@ -156,14 +135,7 @@ fn damaged_files_are_held_offline_and_everything_else_is_served_until_repair() {
     assert_eq!(values(&client, "bad", 1).len(), 5);
     assert_eq!(client.partitions("broken").unwrap(), 2);
     assert_eq!(values(&client, "broken", 1).len(), 5);
-    client
-        .join_group(
-            "damaged",
-            "good",
-            StartAt::Earliest,
-            JoinSettings::default(),
-        )
-        .unwrap();
+    join(&client, "damaged").unwrap();
     let ack = client
         .produce("bad", Target::Partition(0), [b"after repair"])
         .unwrap();
