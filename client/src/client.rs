@@ -389,7 +389,14 @@ impl Client {
     }
 
     fn next_id(&self) -> u32 {
-        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+        // Id 0 is the server's own (an unasked refusal): never a request's, even after the
+        // counter wraps.
+        loop {
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
     }
 
     /// Sends an encoded request frame whose correlation id is `id`.
@@ -755,6 +762,20 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Why the server refused the connection, if `frame` says so: an error frame with correlation
+/// id 0, which no request uses (ids start at 1), sent before closing (`max_connections`).
+pub(crate) fn refusal(frame: &[u8]) -> Option<String> {
+    if response_correlation_id(frame).ok()? != 0 {
+        return None;
+    }
+    let (_, answer) = decode_response(frame, ApiKey::Handshake).ok()?;
+    let e = answer.err()?;
+    Some(format!(
+        "the server refused the connection ({:?}): {}",
+        e.code, e.message
+    ))
+}
+
 fn read_answers(mut stream: TcpStream, shared: &Shared) {
     // The server's answers fit its own frame limit, which the handshake has not told yet;
     // this bound only keeps a broken peer from making the client allocate without limit.
@@ -765,6 +786,9 @@ fn read_answers(mut stream: TcpStream, shared: &Shared) {
             Ok(Some(len)) => {
                 let frame = input.pending()[..len].to_vec();
                 input.consume(len);
+                if let Some(why) = refusal(&frame) {
+                    break why;
+                }
                 let id = match response_correlation_id(&frame) {
                     Ok(id) => id,
                     Err(e) => break format!("bad answer: {e}"),

@@ -18,7 +18,7 @@ use keel_protocol::{
 };
 
 use crate::client::{
-    ack_of, connect_failure, encode_produce_frames, fits_frames, open_stream, server_info,
+    ack_of, connect_failure, encode_produce_frames, fits_frames, open_stream, refusal, server_info,
 };
 use crate::error::{ClientError, Result};
 use crate::{Ack, ClientOptions, ServerInfo, Target};
@@ -238,6 +238,9 @@ impl Producer {
             Err(e) => return Err(self.break_off(format!("bad answer: {e}"))),
         };
         let frame = &self.input.pending()[..len];
+        if let Some(why) = refusal(frame) {
+            return Err(self.break_off(why));
+        }
         let read = response_correlation_id(frame)
             .map_err(|e| format!("bad answer: {e}"))
             .and_then(|id| decode(frame).map(|answer| (id, answer)));
@@ -254,7 +257,8 @@ impl Producer {
 
     fn take_id(&mut self) -> u32 {
         let id = self.next_id;
-        self.next_id = id.wrapping_add(1);
+        // Id 0 is the server's own (an unasked refusal): never a request's.
+        self.next_id = id.checked_add(1).unwrap_or(1);
         id
     }
 

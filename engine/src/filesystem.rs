@@ -10,6 +10,11 @@
 //! FUSE (Linux 6.18) completes an io_uring `RWF_DSYNC` write without any sync, so a power cut
 //! loses it, while a plain `pwritev2(RWF_DSYNC)` or a write followed by `fdatasync` survives.
 //! Everywhere but ext4 and xfs a flush is therefore a write followed by a linked `fdatasync`.
+//!
+//! No other durability point relies on the flag: the offset tables, the small metadata files
+//! and the directories are made durable with plain `fdatasync`/`fsync` system calls, which
+//! every filesystem turns into its own sync (FUSE: a `FSYNC`/`FSYNCDIR` request), and the
+//! engine's blocking writes (zeroing, recovery) link an `fdatasync` too.
 
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};

@@ -224,6 +224,17 @@ fn connections_beyond_the_limit_are_refused(net: &str) {
         assert_eq!((id, e.code), (0, ErrorCode::Busy), "{}", e.message);
         assert!(e.message.contains("max_connections"), "{}", e.message);
     }
+    // A client is told why.
+    match keel_client::Client::connect(keeld.addr.to_string()) {
+        Err(e) => {
+            let said = e.to_string();
+            assert!(
+                said.contains("refused") && said.contains("max_connections"),
+                "{said}"
+            );
+        }
+        Ok(_) => panic!("a client beyond max_connections was served"),
+    }
     // The connections within the limit are served; the refusals were logged once, counted.
     client.list_topics().unwrap();
     assert!(keeld.log_shows("refused"), "{}", keeld.stderr());
