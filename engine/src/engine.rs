@@ -63,8 +63,10 @@ pub struct EngineStats {
     /// Of those, the ones that went when their wait ran out, not all of them back.
     pub holds_expired: u64,
     /// Partitions held offline because they could not be recovered at start (those of offline
-    /// topics not counted: see [`Engine::offline_topics_list`]).
+    /// topics not counted).
     pub partitions_offline: u64,
+    /// Topics held offline because their metadata is damaged.
+    pub topics_offline: u64,
 }
 
 /// A running storage engine over one data directory.
@@ -132,8 +134,9 @@ pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
 
 impl Engine {
     /// Opens the data directory (creating it if needed), starts the shards and recovers every
-    /// partition. Fails if the directory is locked, lacks O_DIRECT, io_uring is unavailable, or
-    /// the filesystem is in memory or lacks O_DIRECT, or a partition is corrupt (see [`crate::RecoveryMode`]).
+    /// partition. Fails if the directory is locked, io_uring is unavailable, or the filesystem
+    /// is in memory or lacks O_DIRECT. A partition, topic or group whose files are damaged is
+    /// held offline instead (see [`crate::RecoveryMode`]).
     pub fn open(mut cfg: EngineConfig) -> Result<Self> {
         cfg.validate()?;
         let dir = cfg.data_dir.clone();
@@ -239,14 +242,6 @@ impl Engine {
                 topic: name.to_string(),
                 cause: Arc::clone(cause),
             })
-    }
-
-    /// Topics held offline (their metadata is damaged), with the reason.
-    pub fn offline_topics_list(&self) -> Vec<(String, String)> {
-        self.offline_topics()
-            .iter()
-            .map(|(name, cause)| (name.clone(), cause.to_string()))
-            .collect()
     }
 
     fn admin(&self) -> Result<MutexGuard<'_, ()>> {
@@ -578,6 +573,7 @@ impl Engine {
             total.partitions_offline += get(&s.stats.partitions_offline);
             s.stats.flush_io_us.add_to(&mut total.flush_io_us);
         }
+        total.topics_offline = self.offline_topics().len() as u64;
         total
     }
 
@@ -680,7 +676,6 @@ fn spawn_shard<D: Disk + Send + 'static>(
     })
 }
 
-/// Reads every topic's metadata, finishing interrupted creations and deletions.
 /// Writes a new topic's directory: partition directories, then the metadata file that
 /// commits them. A directory left from an interrupted creation (no metadata) is replaced.
 fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<()> {
@@ -697,12 +692,15 @@ fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<()> {
     meta.write(dir)
 }
 
-/// The topics of the data directory, and those whose metadata is damaged (with why). In repair
-/// mode a damaged metadata file is rebuilt from the partition directories beside it.
-#[allow(clippy::type_complexity)]
-fn load_catalog(
-    cfg: &EngineConfig,
-) -> Result<(BTreeMap<String, TopicMeta>, BTreeMap<String, EngineError>)> {
+/// Topics by name.
+type Catalog = BTreeMap<String, TopicMeta>;
+/// Topics whose metadata is damaged, by name, with why.
+type Damaged = BTreeMap<String, EngineError>;
+
+/// Reads every topic's metadata, finishing interrupted creations and deletions: the topics of
+/// the data directory, and those whose metadata is damaged. In repair mode a damaged metadata
+/// file is rebuilt from the partition directories beside it.
+fn load_catalog(cfg: &EngineConfig) -> Result<(Catalog, Damaged)> {
     let dir = topics_dir(&cfg.data_dir);
     let mut topics = BTreeMap::new();
     let mut damaged = BTreeMap::new();

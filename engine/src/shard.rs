@@ -137,10 +137,10 @@ pub struct ShardStats {
     pub segments_recycled: AtomicU64,
     /// Flushes that waited for the appenders the last flush answered (`linger.rs`).
     pub flushes_held: AtomicU64,
-    /// Partitions held offline because they could not be recovered.
-    pub partitions_offline: AtomicU64,
     /// Of those, the ones that went at their deadline with not all of them back.
     pub holds_expired: AtomicU64,
+    /// Partitions held offline because they could not be recovered.
+    pub partitions_offline: AtomicU64,
     /// Microseconds from a flush's submission to both its write and its sync completing.
     pub flush_io_us: Log2Histogram,
 }

@@ -279,11 +279,7 @@ pub fn render(sources: &Sources) -> String {
             "gauge",
             "Topics held offline because their metadata is damaged.",
         );
-        out.sample(
-            "keel_topics_offline",
-            &[],
-            engine.offline_topics_list().len(),
-        );
+        out.sample("keel_topics_offline", &[], s.topics_offline);
     }
     let live_groups = sources.groups.upgrade();
     out.family(

@@ -201,12 +201,9 @@ impl GroupStore {
         self.damaged.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Groups held offline because their metadata is damaged: (group, topic, why).
-    pub fn offline(&self) -> Vec<(String, String, String)> {
-        self.damaged()
-            .iter()
-            .map(|((g, t), cause)| (g.clone(), t.clone(), cause.to_string()))
-            .collect()
+    /// Groups held offline because their metadata is damaged.
+    pub fn offline_count(&self) -> usize {
+        self.damaged().len()
     }
 
     /// Repair: removes the damaged metadata files of offline groups, so that each such group is

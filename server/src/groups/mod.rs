@@ -381,7 +381,7 @@ impl Groups {
 
     /// Groups held offline because their metadata is damaged.
     pub fn offline_count(&self) -> usize {
-        self.store.offline().len()
+        self.store.offline_count()
     }
 
     /// What metrics show of every group loaded since keeld started, sorted by name.
