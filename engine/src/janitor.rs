@@ -4,8 +4,7 @@
 //! Unlinking a whole 256 MiB segment frees all its extents at once, and on a filesystem mounted
 //! with `discard` (as these machines' ext4 is) discards them all at once too: it took up to
 //! 40 ms, a shard that unlinked inline stalled that long, and every partition's flushes took
-//! 30-40 ms while it ran, even from another thread (docs/BENCHMARKS.md, "Stalls at half
-//! load"). Here a file is cut down from its end a slice at a time, each cut made durable by an
+//! 30-40 ms while it ran, even from another thread. Here a file is cut down from its end a slice at a time, each cut made durable by an
 //! `fsync` of its own so its freeing is not saved up for a later one, with a pause between
 //! slices; then the empty file is unlinked.
 //!

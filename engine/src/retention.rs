@@ -3,8 +3,7 @@
 //!
 //! Reuse is what makes a log at its retention size write at the disk's overwrite speed: every
 //! block of a used segment file is a written extent, so a flush into it is not followed by an
-//! extent conversion the `fdatasync` would have to commit to the journal (docs/BENCHMARKS.md
-//! measures both). What the file held before are offsets below the log's new start, which
+//! extent conversion the `fdatasync` would have to commit to the journal. What the file held before are offsets below the log's new start, which
 //! recovery never takes for the log (docs/FORMAT.md, "Recycled segments").
 
 use std::path::PathBuf;

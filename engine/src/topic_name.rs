@@ -3,7 +3,7 @@
 //!
 //! Every append names its topic. Allocating an `Arc<str>` per append (freed on the shard, a
 //! cross-thread free) and hashing the name with SipHash on the shard were 8% of a shard's time
-//! under single-message appends (`docs/BENCHMARKS.md`, "Less per append").
+//! under single-message appends.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -2,7 +2,7 @@
 //!
 //! `fallocate` leaves "unwritten extents": the first write into each turns it into a written
 //! one, a metadata change the next `fdatasync` must commit to the filesystem journal, which
-//! roughly doubles its cost (docs/BENCHMARKS.md has the measurement). Zeroing the next segment
+//! roughly doubles its cost. Zeroing the next segment
 //! while the current one is in use pays that cost off the appenders' path, so their syncs flush
 //! data only. Its chunks carry no sync of their own (that file is not being synced by anyone);
 //! the last one carries the `fdatasync` that makes them all durable. One chunk is in flight per
@@ -15,8 +15,7 @@ use crate::aligned::AlignedBuf;
 use crate::io::{Completion, Disk, FileId, IoKind, SyncAfter};
 
 /// Zeroing stops while flushes average this size or more: the conversion's cost per sync is
-/// then small beside the write, and writing every byte twice would halve the bandwidth
-/// (docs/BENCHMARKS.md has both measurements).
+/// then small beside the write, and writing every byte twice would halve the bandwidth.
 pub const ZERO_FLUSH_BYTES_MAX: usize = 512 << 10;
 /// Bytes zeroed per write.
 pub const ZERO_CHUNK_BYTES: u64 = 256 << 10;

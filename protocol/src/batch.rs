@@ -363,7 +363,7 @@ fn parse_record(input: &[u8]) -> Option<(Record<'_>, usize)> {
 
 /// Checks that `count` records parse, one after another, from the front of `records`, without
 /// building them: every append does this, and building each [`Record`] only to drop it cost
-/// it more than the walk itself (`docs/BENCHMARKS.md`).
+/// it more than the walk itself.
 fn check_records(mut records: &[u8], count: usize) -> Result<(), BatchError> {
     for index in 0..count {
         match walk_record(records, |_, _| {}) {

@@ -2,7 +2,7 @@
 //!
 //! `crc-fast` folds with carry-less multiplication (VPCLMULQDQ where the CPU has it, with a
 //! runtime check), about 2.4x the throughput of a loop of `crc32` instructions on the
-//! KiB-sized batch bodies every append verifies (`docs/BENCHMARKS.md`).
+//! KiB-sized batch bodies every append verifies.
 
 use crc_fast::{CrcAlgorithm, Digest};
 

@@ -19,7 +19,7 @@ struct State {
     closed: bool,
     /// The writer is asleep in [`AnswerRx::take_all`]. Senders wake the condition variable only
     /// then: waking it costs a system call even when nobody waits, and an event loop never
-    /// does (`docs/BENCHMARKS.md`).
+    /// does.
     writer_asleep: bool,
 }
 

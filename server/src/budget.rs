@@ -15,7 +15,7 @@ struct State {
     waiting: Vec<OnFreed>,
     /// Threads asleep in [`ByteBudget::acquire`]. A give-back wakes the condition variable
     /// only when there are some: waking it costs a system call even when nobody waits, and
-    /// every request gives bytes back twice (`docs/BENCHMARKS.md`).
+    /// every request gives bytes back twice.
     sleepers: usize,
 }
 

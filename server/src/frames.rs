@@ -23,7 +23,7 @@ use crate::reply::{Outgoing, Reply};
 pub const READ_CHUNK: usize = 64 * 1024;
 /// The most a ring connection receives at a time, once its receives keep filling what they
 /// are offered: fewer, larger receives cost less per byte (about 8% of keeld's CPU per message
-/// at 256 KiB against 64 KiB, `docs/BENCHMARKS.md`); no gain was measured beyond.
+/// at 256 KiB against 64 KiB); no gain was measured beyond.
 const MAX_RECV_CHUNK: usize = 256 * 1024;
 
 /// Requests that fail to decode, logged at most once a second (a client can send them as fast

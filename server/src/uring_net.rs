@@ -2,7 +2,7 @@
 //! core owns a ring and the connections given to it, receives and sends through the ring, and
 //! hands requests to the engine's shards like the threaded connections do. Compared with a
 //! reader and a writer thread per connection, this trades two context switches per request for
-//! one ring submission (`docs/BENCHMARKS.md` measures both, and `--net shard`).
+//! one ring submission.
 
 use std::io;
 use std::sync::Arc;

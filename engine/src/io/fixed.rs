@@ -1,7 +1,6 @@
 //! Flush buffers registered with a shard's ring ("fixed buffers"), so that an O_DIRECT write
 //! from one does not pin its pages again: without registration the kernel pins every page of
-//! every write and unpins it on completion, 6% of keeld's CPU under a produce load
-//! (`docs/BENCHMARKS.md`).
+//! every write and unpins it on completion, 6% of keeld's CPU under a produce load.
 //!
 //! Buffers are registered the first time they are written from and stay registered while they
 //! circulate (gathered into, written, cached for reads, reused). The table is small and
