@@ -148,7 +148,7 @@ enum Command {
         /// Seconds per system.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Rounds of the null server and keeld --net uring, alternating; the verdict is on
+        /// Rounds of the null server and keeld, alternating; the verdict is on
         /// their median ratio (one pass through a shared machine swings by a tenth or more).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         rounds: u64,

@@ -122,7 +122,7 @@ pub struct Storage {
     pub linger_us: Option<u64>,
 }
 
-/// The null server, keeld (`--net uring`) and the disk, measured in alternating rounds.
+/// The null server, keeld and the disk, measured in alternating rounds.
 struct Paired {
     null: Vec<Figures>,
     keeld: Vec<Figures>,
@@ -169,7 +169,7 @@ impl Paired {
 /// How long each round measures the disk: enough for a steady figure, short beside a round.
 const DISK_SECONDS_MAX: f64 = 2.0;
 
-/// Runs `rounds` rounds of the null server then keeld `--net uring`, each `seconds` long,
+/// Runs `rounds` rounds of the null server then keeld, each `seconds` long,
 /// against one null server and one keeld (filled once) that stay up between rounds, so each
 /// round's ratio compares two runs seconds apart; then, in each round, the disk's durable
 /// write rate on the same filesystem, as the ceiling keeld works under at that moment.
@@ -190,7 +190,7 @@ fn alternate_null_and_keeld(
         .map_err(|e| format!("prepare the disk's ceiling in {}: {e}", dir.display()))?;
     let null = start_null_server()?;
     let under_test = create_topic(&null.addr, "produce", partitions)
-        .and_then(|()| KeeldUnderTest::start(keeld, dir, "uring", shape, partitions, storage));
+        .and_then(|()| KeeldUnderTest::start(keeld, dir, &[], shape, partitions, storage));
     let under_test = match under_test {
         Ok(k) => k,
         Err(e) => {
@@ -208,7 +208,7 @@ fn alternate_null_and_keeld(
     let mut measured = Ok(());
     for round in 1..=rounds {
         eprintln!(
-            "round {round} of {rounds}: null server, then keeld --net uring, {seconds} s each; \
+            "round {round} of {rounds}: null server, then keeld, {seconds} s each; \
              then the disk, {disk_seconds} s"
         );
         let null_out =
@@ -222,7 +222,7 @@ fn alternate_null_and_keeld(
         let (keeld_out, reused) = match under_test.measure(shape, partitions, seconds) {
             Ok(o) => o,
             Err(e) => {
-                measured = Err(format!("keeld --net uring: {e}"));
+                measured = Err(format!("keeld: {e}"));
                 break;
             }
         };
@@ -234,7 +234,7 @@ fn alternate_null_and_keeld(
             }
         };
         eprintln!(
-            "round {round}: null server {:.0} msg/s, keeld --net uring {:.0} msg/s: {:.3}; \
+            "round {round}: null server {:.0} msg/s, keeld {:.0} msg/s: {:.3}; \
              disk {disk_mb_s:.0} MB/s",
             null_out.msgs_per_s,
             keeld_out.msgs_per_s,
@@ -278,13 +278,12 @@ pub fn run(
     let null_rate = median(&paired.null.iter().map(|o| o.msgs_per_s).collect::<Vec<_>>())
         .unwrap_or(null_out.msgs_per_s);
 
-    let mut others = Vec::new();
-    for net in ["shard", "threads"] {
-        eprintln!("keeld --net {net}: {seconds} s");
-        let (out, reused) = run_keeld(&keeld, dir, net, shape, partitions, seconds, storage)?;
-        eprintln!("keeld --net {net}: {}", out.line());
-        others.push((net, out, reused));
-    }
+    // The portable fallback (no io_uring anywhere), once, for what it costs.
+    let name = "--portable-io";
+    eprintln!("keeld {name}: {seconds} s");
+    let (out, reused) = run_keeld(&keeld, dir, &[name], shape, partitions, seconds, storage)?;
+    eprintln!("keeld {name}: {}", out.line());
+    let others = [(name, out, reused)];
 
     eprintln!("engine in-process: {seconds} s");
     let engine_out = engine_produce(dir, shape, partitions, seconds, storage)?;
@@ -296,7 +295,7 @@ pub fn run(
         shape.producers, shape.window, shape.batch
     );
     println!(
-        "The null server and keeld --net uring ran {rounds} alternating round(s), both staying up \
+        "The null server and keeld ran {rounds} alternating round(s), both staying up \
          between rounds; their rows below are the round with the median ratio. The other rows \
          ran once, and their ratios are to the null server's median.\n"
     );
@@ -304,7 +303,7 @@ pub fn run(
         Some(mib) => println!(
             "Retention {mib} MiB per partition, {} MiB segments: keeld and the engine were each \
              filled past it, untimed, so every durable row writes over a log at its retention \
-             size (segment files reused during keeld's timed runs: uring {}, {}).\n",
+             size (segment files reused during keeld's timed runs: io_uring {}, {}).\n",
             SEGMENT_BYTES >> 20,
             paired.reused,
             others
@@ -326,10 +325,10 @@ pub fn run(
     );
     let mut rows = vec![
         ("null server (no storage)".to_string(), null_out),
-        ("keeld --net uring (durable)".to_string(), uring_out),
+        ("keeld (durable)".to_string(), uring_out),
     ];
     for (net, out, _) in &others {
-        rows.push((format!("keeld --net {net} (durable)"), out));
+        rows.push((format!("keeld {net} (durable)"), out));
     }
     rows.push(("engine in-process (durable)".to_string(), &engine_out));
     for (name, o) in rows {
@@ -350,7 +349,7 @@ pub fn run(
     );
     if rounds > 1 {
         println!(
-            "| round | null server msg/s | keeld --net uring msg/s | ratio | disk MB/s | keeld / disk | disk / null server |\n|---|---|---|---|---|---|---|"
+            "| round | null server msg/s | keeld msg/s | ratio | disk MB/s | keeld / disk | disk / null server |\n|---|---|---|---|---|---|---|"
         );
         let rows = paired.null.iter().zip(&paired.keeld).zip(ratios.each());
         let disk = paired.disk_mb_s.iter();
@@ -369,13 +368,13 @@ pub fn run(
     let vs_null = ratios.median().unwrap_or(0.0);
     let (lo, hi) = ratios.range().unwrap_or((vs_null, vs_null));
     println!(
-        "| keeld --net uring / null server, median of {rounds} | {vs_null:.3} (rounds {lo:.3}-{hi:.3}, {} of {rounds} at or above) | >= 0.500 | {} |",
+        "| keeld / null server, median of {rounds} | {vs_null:.3} (rounds {lo:.3}-{hi:.3}, {} of {rounds} at or above) | >= 0.500 | {} |",
         ratios.reaching(0.5),
         verdict(vs_null)
     );
     let to_disk = paired.keeld_to_disk().median().unwrap_or(0.0);
     println!(
-        "| keeld --net uring MB/s / disk MB/s, median of {rounds} | {to_disk:.3} | | the share of the disk keeld used |"
+        "| keeld MB/s / disk MB/s, median of {rounds} | {to_disk:.3} | | the share of the disk keeld used |"
     );
     let bound = paired.disk_to_null().median().unwrap_or(0.0);
     println!(
@@ -388,37 +387,37 @@ pub fn run(
     );
     let vs_engine = uring_out.msgs_per_s / engine_out.msgs_per_s;
     println!(
-        "| keeld --net uring / engine in-process | {vs_engine:.3} | >= 0.500 | {} |",
+        "| keeld / engine in-process | {vs_engine:.3} | >= 0.500 | {} |",
         verdict(vs_engine)
     );
     for (net, out, _) in &others {
         let vs_null = out.msgs_per_s / null_rate;
         let vs_engine = out.msgs_per_s / engine_out.msgs_per_s;
         println!(
-            "| keeld --net {net} / null server | {vs_null:.3} | >= 0.500 | {} |",
+            "| keeld {net} / null server | {vs_null:.3} | >= 0.500 | {} |",
             verdict(vs_null)
         );
         println!(
-            "| keeld --net {net} / engine in-process | {vs_engine:.3} | >= 0.500 | {} |",
+            "| keeld {net} / engine in-process | {vs_engine:.3} | >= 0.500 | {} |",
             verdict(vs_engine)
         );
     }
     Ok(())
 }
 
-/// Starts keeld with `--net net` on a fresh data directory, fills it to its retention size
+/// Starts keeld with `args` on a fresh data directory, fills it to its retention size
 /// (if any), loads it, stops it. Returns the figures and the segment files retention reused
 /// during the timed load.
 fn run_keeld(
     keeld: &Path,
     dir: &Path,
-    net: &str,
+    args: &[&str],
     shape: &Shape,
     partitions: u32,
     seconds: f64,
     storage: &Storage,
 ) -> Result<(Figures, u64), String> {
-    let under_test = KeeldUnderTest::start(keeld, dir, net, shape, partitions, storage)?;
+    let under_test = KeeldUnderTest::start(keeld, dir, args, shape, partitions, storage)?;
     let out = under_test.measure(shape, partitions, seconds);
     let stopped = under_test.stop();
     let out = out?;
@@ -438,7 +437,7 @@ impl KeeldUnderTest {
     fn start(
         keeld: &Path,
         dir: &Path,
-        net: &str,
+        args: &[&str],
         shape: &Shape,
         partitions: u32,
         storage: &Storage,
@@ -455,18 +454,9 @@ impl KeeldUnderTest {
         std::fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
         let config_arg = config.display().to_string();
         let listen_metrics = metrics.listen_arg();
-        let started = start_keeld(
-            keeld,
-            dir,
-            &[
-                "--net",
-                net,
-                "--config",
-                &config_arg,
-                "--metrics-listen",
-                &listen_metrics,
-            ],
-        );
+        let mut keeld_args = args.to_vec();
+        keeld_args.extend(["--config", &config_arg, "--metrics-listen", &listen_metrics]);
+        let started = start_keeld(keeld, dir, &keeld_args);
         let _ = std::fs::remove_file(&config);
         let (server, data) = started?;
         let under_test = Self {

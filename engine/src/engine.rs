@@ -9,28 +9,23 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, Sender};
 
 use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::filesystem::{self, Filesystem};
-use crate::guest::{on_shard_thread, ShardGuest};
 use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
-use crate::shard::{Command, Opening, Shard, ShardStats};
+use crate::shard::{on_shard_thread, Command, Opening, Shard, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
 use crate::{OffsetRange, ReadResult};
 
 struct ShardHandle {
     tx: InboxSender<Command>,
-    /// Used instead of `tx` from shard threads, which must never block: a shard waiting for
-    /// room in another's queue (or its own) could wait for ever. Bounded by what the shards'
-    /// guests admit (the server's byte budgets).
-    peer_tx: Sender<Command>,
     waker: Arc<Waker>,
     stats: Arc<ShardStats>,
     thread: Option<JoinHandle<()>>,
@@ -437,9 +432,9 @@ impl Engine {
 
     /// Appends a RecordBatch v2 to a partition. `done` runs on the shard thread once the batch
     /// is durable (with the offsets it was given) or has failed. It must return quickly and
-    /// must not call the engine's waiting methods (`*_wait`, topic administration): they would
-    /// wait for the very shard running it. Sending on a channel is the intended use.
-    /// Blocks only when the shard's queue is full (backpressure).
+    /// must not call the engine (the engine refuses, with [`EngineError::OnShardThread`]: a
+    /// call from a shard could wait for that very shard). Sending on a channel is the
+    /// intended use. Blocks only when the shard's queue is full (backpressure).
     pub fn append(
         &self,
         topic: &str,
@@ -447,6 +442,9 @@ impl Engine {
         batch: impl Into<Bytes>,
         done: impl FnOnce(Result<OffsetRange>) + Send + 'static,
     ) {
+        if on_shard_thread() {
+            return done(Err(EngineError::OnShardThread("append")));
+        }
         let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
         let cmd = Command::Append {
             topic: TopicName::new(topic),
@@ -469,33 +467,9 @@ impl Engine {
         if self.closed.load(Ordering::Acquire) {
             return Err(crossbeam_channel::SendError(cmd));
         }
-        if on_shard_thread() {
-            shard.peer_tx.send(cmd)?;
-        } else {
-            shard.tx.send(cmd)?;
-        }
-        shard.waker.wake(shard.tx.len() + shard.peer_tx.len());
+        shard.tx.send(cmd)?;
+        shard.waker.wake(shard.tx.len());
         Ok(())
-    }
-
-    /// The waker of shard `shard`: threads handing its guest work call `wake(usize::MAX)`
-    /// after doing so.
-    pub fn shard_waker(&self, shard: usize) -> Option<Arc<Waker>> {
-        self.shards.get(shard).map(|s| Arc::clone(&s.waker))
-    }
-
-    /// Hosts `guest` on shard `shard`'s thread and ring (see [`crate::guest`]). Fails with
-    /// [`EngineError::CannotHost`] on a backend without a ring to share (the portable one)
-    /// or when the shard already hosts a guest.
-    pub fn host(&self, shard: usize, guest: Box<dyn ShardGuest>) -> Result<()> {
-        refuse_on_shard_thread("host")?;
-        let handle = self
-            .shards
-            .get(shard)
-            .ok_or(EngineError::CannotHost("no such shard"))?;
-        let (reply, rx) = bounded(1);
-        self.send(handle, Command::Host { guest, reply })?;
-        rx.recv().map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// [`Engine::append`], waiting for the outcome.
@@ -524,6 +498,9 @@ impl Engine {
         max_bytes: usize,
         done: impl FnOnce(Result<ReadResult>) + Send + 'static,
     ) {
+        if on_shard_thread() {
+            return done(Err(EngineError::OnShardThread("read")));
+        }
         let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
         let cmd = Command::Read {
             topic: Arc::from(topic),
@@ -642,13 +619,11 @@ fn spawn_shard<D: Disk + Send + 'static>(
     janitor: &JanitorTx,
 ) -> Result<ShardHandle> {
     let (tx, rx) = inbox(cfg.queue_depth);
-    let (peer_tx, peer_rx) = unbounded();
     let stats = Arc::new(ShardStats::default());
     let waker = disk.waker();
     let shard = Shard::new(
         disk,
         rx,
-        peer_rx,
         Arc::clone(cfg),
         Arc::clone(&stats),
         janitor.clone(),
@@ -669,7 +644,6 @@ fn spawn_shard<D: Disk + Send + 'static>(
         .map_err(|e| EngineError::io("spawn shard thread", "", e))?;
     Ok(ShardHandle {
         tx,
-        peer_tx,
         waker,
         stats,
         thread: Some(thread),

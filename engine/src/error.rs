@@ -203,12 +203,9 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
-    /// Work could not be hosted on a shard's ring ([`crate::Engine::host`]).
-    #[error("cannot host work on a shard's ring: {0}")]
-    CannotHost(&'static str),
-    /// A call that waits for the shards was made on a shard thread, where it would wait for
-    /// itself (from a guest or a callback); make it from another thread.
-    #[error("{0} was called on a shard thread, where it would wait for itself; call it from another thread")]
+    /// The engine was called on a shard thread (from an append's or a read's callback),
+    /// where it could wait for that very shard; call it from another thread.
+    #[error("{0} was called on a shard thread, where it could wait for itself; call it from another thread")]
     OnShardThread(&'static str),
 }
 

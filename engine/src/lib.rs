@@ -18,7 +18,6 @@ mod engine;
 mod error;
 pub mod filesystem;
 pub mod groups;
-pub mod guest;
 pub mod histogram;
 mod in_flight;
 mod inbox;

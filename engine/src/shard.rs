@@ -1,21 +1,21 @@
 //! A shard: one thread, one ring, the partitions routed to it. Shared nothing: requests arrive
 //! over a bounded channel and the thread is woken through its ring.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Sender, TryRecvError};
 
 use crate::blocking::BlockingIo;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::guest::ShardGuest;
 use crate::histogram::Log2Histogram;
 use crate::inbox::Inbox;
-use crate::io::{Block, Completion, Disk, GuestCompletion, Waker, WAKE_BATCH};
+use crate::io::{Block, Completion, Disk, Waker, WAKE_BATCH};
 use crate::janitor::JanitorTx;
 use crate::linger::Hold;
 use crate::open::open_partition;
@@ -27,9 +27,16 @@ use crate::{AppendDone, ReadDone};
 /// Requests taken from the channel per turn before flushes are started, so one busy producer
 /// cannot delay the flush of what is already gathered for long.
 const COMMANDS_PER_TURN_MAX: usize = 256;
-/// How long a stopping shard waits for its guest to finish what it has in flight before it
-/// leaks the guest (never freeing memory the kernel may still write) and exits.
-const GUEST_STOP_PATIENCE: Duration = Duration::from_secs(60);
+
+thread_local! {
+    static ON_SHARD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the caller runs on a shard thread (in an append's or a read's callback): it must
+/// not wait for any shard, its own included, nor queue a request behind a full queue.
+pub(crate) fn on_shard_thread() -> bool {
+    ON_SHARD.with(Cell::get)
+}
 
 /// A request to a shard.
 pub enum Command {
@@ -77,13 +84,6 @@ pub enum Command {
         /// Answer, once its partitions are closed.
         reply: Sender<Result<()>>,
     },
-    /// Host work on this shard's thread and ring.
-    Host {
-        /// The work.
-        guest: Box<dyn ShardGuest>,
-        /// Answer: refused when the disk backend has no ring to share.
-        reply: Sender<Result<()>>,
-    },
     /// Finish what is in flight and exit.
     Stop,
 }
@@ -94,9 +94,7 @@ impl Command {
         match self {
             Command::Append { done, .. } => done(Err(err.clone())),
             Command::Read { done, .. } => done(Err(err.clone())),
-            Command::AddTopic { reply, .. }
-            | Command::RemoveTopic { reply, .. }
-            | Command::Host { reply, .. } => {
+            Command::AddTopic { reply, .. } | Command::RemoveTopic { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
             }
             Command::Stop => {}
@@ -202,13 +200,6 @@ enum Owner {
 pub struct Shard<D> {
     disk: D,
     rx: Inbox<Command>,
-    /// Requests sent from shard threads (never blocks the sender; bounded by what the guests
-    /// admit).
-    peer_rx: Receiver<Command>,
-    /// Take from `peer_rx` first on the next command (the two queues take turns).
-    peer_first: bool,
-    guest: Option<Box<dyn ShardGuest>>,
-    guest_done: Vec<GuestCompletion>,
     waker: Arc<Waker>,
     cfg: Arc<EngineConfig>,
     stats: Arc<ShardStats>,
@@ -229,11 +220,10 @@ pub struct Shard<D> {
 }
 
 impl<D: Disk> Shard<D> {
-    /// A shard over `disk`, taking requests from `rx` and, from shard threads, `peer_rx`.
+    /// A shard over `disk`, taking requests from `rx`.
     pub fn new(
         disk: D,
         rx: Inbox<Command>,
-        peer_rx: Receiver<Command>,
         cfg: Arc<EngineConfig>,
         stats: Arc<ShardStats>,
         janitor: JanitorTx,
@@ -242,10 +232,6 @@ impl<D: Disk> Shard<D> {
         Self {
             disk,
             rx,
-            peer_rx,
-            peer_first: true,
-            guest: None,
-            guest_done: Vec::new(),
             waker,
             cfg,
             stats,
@@ -269,14 +255,12 @@ impl<D: Disk> Shard<D> {
 
     /// The event loop: runs until [`Command::Stop`] and all in-flight work is done.
     pub fn run(mut self) {
-        crate::guest::mark_shard_thread();
+        ON_SHARD.with(|s| s.set(true));
         if let Err(e) = self.disk.start_on_thread() {
             log::warn!("could not let the ring's workers use every core ({e}); syncs may wait behind their shard");
         }
         let mut completions = Vec::new();
-        let mut idle_since: Option<Instant> = None;
         loop {
-            self.guest_turn();
             let mut took = 0;
             self.throttled = self.over_pending_limit();
             while took < COMMANDS_PER_TURN_MAX && !self.throttled {
@@ -296,21 +280,17 @@ impl<D: Disk> Shard<D> {
                 && self.deferred.is_empty()
                 && self.to_flush.is_empty()
                 && self.lingering.is_empty()
-                && self.guest_wound_down(&mut idle_since)
             {
                 break;
             }
             // Sleep unless work is certainly waiting: a drained queue (or, with I/O in flight, a
             // trickle the completion will pick up) is not a reason to spin; the re-check after
-            // parking closes the race with senders (and with threads handing the guest work).
+            // parking closes the race with senders.
             let mut block = took < COMMANDS_PER_TURN_MAX && self.deferred.is_empty();
             if block {
                 let wake_at = self.wake_at();
                 self.waker.park(wake_at);
-                let queued = self.rx.len() + self.peer_rx.len();
-                if (queued >= wake_at && !self.throttled)
-                    || self.guest.as_ref().is_some_and(|g| g.has_work())
-                {
+                if self.rx.len() >= wake_at && !self.throttled {
                     block = false;
                 }
             }
@@ -330,17 +310,8 @@ impl<D: Disk> Shard<D> {
             for c in completions.drain(..) {
                 self.on_completion(c);
             }
-            self.guest_completions();
         }
         self.refuse_queued();
-        if let Some(guest) = self.guest.take() {
-            if !guest.idle() {
-                log::error!(
-                    "a shard's hosted work did not finish in {GUEST_STOP_PATIENCE:?}; leaking it"
-                );
-                std::mem::forget(guest);
-            }
-        }
         for (_, slot) in self.topics.drain() {
             for (_, p) in slot.owned {
                 p.close(&mut self.disk);
@@ -348,62 +319,25 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    /// The next request, from the two queues in turn.
+    /// The next request, if one is queued.
     fn next_command(&mut self) -> Option<Command> {
-        self.peer_first = !self.peer_first;
-        for from_peer in [self.peer_first, !self.peer_first] {
-            let taken = if from_peer {
-                self.peer_rx.try_recv()
-            } else {
-                self.rx.try_recv()
-            };
-            match taken {
-                Ok(cmd) => return Some(cmd),
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => self.stopping = true,
+        match self.rx.try_recv() {
+            Ok(cmd) => Some(cmd),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                self.stopping = true;
+                None
             }
         }
-        None
     }
 
     /// Requests still queued when the shard exits (sent in a race with the engine closing)
     /// are answered, not dropped unanswered.
     fn refuse_queued(&mut self) {
         let err = EngineError::ShuttingDown;
-        for cmd in self.rx.try_iter().chain(self.peer_rx.try_iter()) {
+        for cmd in self.rx.try_iter() {
             cmd.refuse(&err);
         }
-    }
-
-    fn guest_turn(&mut self) {
-        if let (Some(guest), Some(ring)) = (self.guest.as_mut(), self.disk.guest_ring()) {
-            guest.turn(ring);
-        }
-    }
-
-    fn guest_completions(&mut self) {
-        self.disk.take_guest_completions(&mut self.guest_done);
-        if self.guest_done.is_empty() {
-            return;
-        }
-        let done = std::mem::take(&mut self.guest_done);
-        if let (Some(guest), Some(ring)) = (self.guest.as_mut(), self.disk.guest_ring()) {
-            for (token, result) in done {
-                guest.complete(token, result, ring);
-            }
-        }
-    }
-
-    /// Whether the guest (if any) is idle, or has had its patience's worth of time to become
-    /// idle since the shard's own work ended.
-    fn guest_wound_down(&mut self, idle_since: &mut Option<Instant>) -> bool {
-        let Some(guest) = &self.guest else {
-            return true;
-        };
-        if guest.idle() {
-            return true;
-        }
-        idle_since.get_or_insert_with(Instant::now).elapsed() > GUEST_STOP_PATIENCE
     }
 
     fn over_pending_limit(&self) -> bool {
@@ -511,21 +445,6 @@ impl<D: Disk> Shard<D> {
                     let _ = reply.send(Ok(()));
                 }
             },
-            Command::Host { guest, reply } => {
-                let result = if self.guest.is_some() {
-                    Err(EngineError::CannotHost("this shard already hosts work"))
-                } else if self.disk.guest_ring().is_none() {
-                    Err(EngineError::CannotHost(
-                        "only the io_uring backend can share its ring",
-                    ))
-                } else {
-                    self.guest = Some(guest);
-                    // Its first turn now: the shard may be about to sleep.
-                    self.guest_turn();
-                    Ok(())
-                };
-                let _ = reply.send(result);
-            }
             Command::Stop => self.stopping = true,
         }
     }

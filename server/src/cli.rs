@@ -36,15 +36,11 @@ struct Args {
     /// TOML config file; flags override its values. See deploy/keeld.toml for every key.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Use pwrite + fdatasync on a thread instead of io_uring (slower; for hosts that block
-    /// io_uring, such as containers with the default seccomp profile).
+    /// Use no io_uring: pwrite + fdatasync on a thread per shard, and a reader and a writer
+    /// thread per connection (slower; for hosts that block io_uring, such as containers with
+    /// the default seccomp profile).
     #[arg(long)]
     portable_io: bool,
-    /// How connections are served: "uring" (an io_uring event loop per shard), "shard" (by
-    /// the shards themselves, on their own rings) or "threads" (a reader and a writer thread
-    /// per connection). [default: uring]
-    #[arg(long, value_name = "MODE")]
-    net: Option<String>,
     /// What to do with damaged files found at start: "strict" (hold the damaged partition,
     /// topic or group offline, naming the file and byte; serve the rest) or "repair" (cut a
     /// damaged segment at the damage, losing what follows; rebuild a damaged topic metadata
@@ -87,7 +83,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     file.listen = args.listen.or(file.listen);
     file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     file.shards = args.shards.or(file.shards);
-    file.net = args.net.or(file.net);
     file.recovery = args.recovery.or(file.recovery);
     if args.portable_io {
         file.io = Some("portable".into());
@@ -111,18 +106,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })?;
     let cfg = server.config();
     println!(
-        "keeld listening on {} (data dir {}, {} shards, disk io {}, net {})",
+        "keeld listening on {} (data dir {}, {} shards, {})",
         server.local_addr(),
         cfg.engine.data_dir.display(),
         cfg.engine.shards,
         match cfg.engine.io {
-            keel_engine::IoMode::Portable => "portable (pwrite + fdatasync)",
-            _ => "io_uring",
-        },
-        match cfg.net {
-            crate::NetMode::Uring => "io_uring loops",
-            crate::NetMode::Shard => "on the shards' rings",
-            crate::NetMode::Threads => "threads per connection",
+            keel_engine::IoMode::Portable => {
+                "portable io: pwrite + fdatasync, threads per connection"
+            }
+            _ => "io_uring for the disk and the connections",
         }
     );
     std::io::stdout().flush()?;

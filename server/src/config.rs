@@ -13,17 +13,6 @@ pub const DEFAULT_DATA_DIR: &str = "./keel-data";
 /// Default listen address: loopback only, so a fresh install is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
-/// How connections are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetMode {
-    /// A reader and a writer thread per connection, blocking socket calls.
-    Threads,
-    /// One io_uring event loop per shard, each owning its share of the connections.
-    Uring,
-    /// The engine's shards serve the connections themselves, on their own threads and rings.
-    Shard,
-}
-
 /// Everything `keeld` runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -51,8 +40,6 @@ pub struct ServerConfig {
     /// Bytes all connections together may hold for request frames still arriving, beyond the
     /// first 256 KiB each; past it, such connections are not read until others finish.
     pub partial_frame_bytes: usize,
-    /// How connections are served.
-    pub net: NetMode,
     /// Consumer-group defaults and limits.
     pub groups: GroupDefaults,
     /// The storage engine's settings (data directory, shards, segments, I/O backend).
@@ -152,13 +139,16 @@ pub struct FileConfig {
     /// Longest a flush waits for the producers the last one answered, microseconds (default
     /// 200; 0: never).
     pub commit_linger_us: Option<u64>,
-    /// "uring" (default) or "portable" (pwrite + fdatasync; slower).
+    /// "uring" (default: io_uring for the disk and the connections) or "portable" (pwrite +
+    /// fdatasync on a thread per shard, two threads per connection; slower, for hosts that
+    /// allow no io_uring).
     pub io: Option<String>,
     /// How a flush is made durable: "auto" (default: an `RWF_DSYNC` write on ext4 and xfs, a
     /// write + linked fdatasync elsewhere), "fdatasync" (always that), or "dsync-write"
     /// (refused where it is not trusted).
     pub flush_sync: Option<String>,
-    /// How connections are served: "uring" (event loops) or "threads" (two per connection).
+    /// No longer a setting: refused with the reason (connections are served by io_uring
+    /// loops, or by threads with `io = "portable"`).
     pub net: Option<String>,
     /// "strict" (default: refuse to open a corrupt partition) or "repair" (truncate it, losing
     /// the data after the corruption).
@@ -241,16 +231,12 @@ impl FileConfig {
                 )))
             }
         };
-        let net = match self.net.as_deref() {
-            None | Some("uring") => NetMode::Uring,
-            Some("threads") => NetMode::Threads,
-            Some("shard") => NetMode::Shard,
-            Some(other) => {
-                return Err(ConfigError::Invalid(format!(
-                    "net must be \"shard\", \"uring\" or \"threads\", not {other:?}"
-                )))
-            }
-        };
+        if let Some(net) = &self.net {
+            return Err(ConfigError::Invalid(format!(
+                "net = {net:?}: the net setting is gone; connections are served by io_uring \
+                 loops (by a thread pair each with io = \"portable\"): remove the line"
+            )));
+        }
         let listen = match self.listen {
             Some(a) => a,
             None => DEFAULT_LISTEN
@@ -268,7 +254,6 @@ impl FileConfig {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(600_000),
             max_connections: self.max_connections.unwrap_or(4096),
             partial_frame_bytes: self.partial_frame_bytes.unwrap_or(128 << 20),
-            net,
             groups: {
                 let d = GroupDefaults::default();
                 GroupDefaults {
@@ -406,6 +391,14 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(bad.into_config().is_err());
+    }
+
+    #[test]
+    fn the_net_key_that_is_gone_is_refused_with_what_serves_connections_now() {
+        let f: FileConfig = toml::from_str("net = \"shard\"\n").unwrap();
+        let err = f.into_config().unwrap_err().to_string();
+        assert!(err.contains("net setting is gone"), "{err}");
+        assert!(err.contains("io_uring loops"), "{err}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One client connection served by threads (`--net threads`): a reader thread that decodes
+//! One client connection served by threads (with `--portable-io`): a reader thread that decodes
 //! requests and hands them to the [`Handler`], and a writer thread that sends answers back in
 //! the order they complete (clients match them by correlation id).
 

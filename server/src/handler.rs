@@ -1,12 +1,9 @@
 //! Turns decoded requests into engine calls and answers.
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{unbounded, Sender};
-use keel_engine::guest::on_shard_thread;
 use keel_engine::{shard_for, Engine, EngineError};
 use keel_protocol::{
     ApiKey, ApiVersions, ErrorCode, PartitionTarget, Request, Response, TopicInfo,
@@ -27,28 +24,9 @@ const CONSUME_ANSWER_BYTES: usize = 4 << 20;
 /// Longest long-poll wait a fetch may ask for.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 
-/// Topic administration handed off a shard thread.
-pub type AdminJob = Box<dyn FnOnce() + Send>;
-
-/// Starts the thread that runs topic administration for connections hosted on shard threads
-/// (administration waits for every shard, the caller's own included). It ends when the last
-/// sender (the handler) goes.
-pub fn start_admin_thread() -> std::io::Result<(Sender<AdminJob>, JoinHandle<()>)> {
-    let (tx, rx) = unbounded::<AdminJob>();
-    let thread = std::thread::Builder::new()
-        .name("keel-admin".into())
-        .spawn(move || {
-            for job in rx {
-                job();
-            }
-        })?;
-    Ok((tx, thread))
-}
-
 /// What every connection shares.
 pub struct Handler {
     engine: Arc<Engine>,
-    admin: Sender<AdminJob>,
     long_poll: Arc<LongPoll>,
     groups: Arc<Groups>,
     shard_budgets: Vec<Arc<ByteBudget>>,
@@ -59,7 +37,6 @@ impl Handler {
     /// A handler over `engine`, with one in-flight budget of `shard_inflight_bytes` per shard.
     pub fn new(
         engine: Arc<Engine>,
-        admin: Sender<AdminJob>,
         long_poll: Arc<LongPoll>,
         groups: Arc<Groups>,
         shard_inflight_bytes: usize,
@@ -70,7 +47,6 @@ impl Handler {
             .collect();
         Self {
             engine,
-            admin,
             long_poll,
             groups,
             shard_budgets,
@@ -143,21 +119,6 @@ impl Handler {
         }
     }
 
-    /// Runs topic administration, which waits for every shard, off the shard threads: on a
-    /// shard thread (a connection hosted there) it goes to the administration thread.
-    fn administer(&self, job: impl FnOnce(&Engine, &Groups) + Send + 'static) {
-        if !on_shard_thread() {
-            return job(&self.engine, &self.groups);
-        }
-        let (engine, groups) = (Arc::clone(&self.engine), Arc::clone(&self.groups));
-        let queued: AdminJob = Box::new(move || job(&engine, &groups));
-        if let Err(crossbeam_channel::SendError(job)) = self.admin.send(queued) {
-            // The thread is gone (the server is stopping): the engine refuses to wait on a
-            // shard thread, so this answers with that error rather than hanging.
-            job();
-        }
-    }
-
     /// Handles one request from connection `conn`; the answer goes through `reply`, now or
     /// later. `shard_hold` is what [`Handler::shard_cost`] asked for, taken.
     pub fn handle(
@@ -185,28 +146,25 @@ impl Handler {
                     .collect(),
             }),
             Request::CreateTopic { topic, partitions } => {
-                self.administer(
-                    move |engine, _| match engine.create_topic(&topic, partitions) {
-                        Ok(()) => {
-                            log::info!("created topic {topic:?} with {partitions} partitions");
-                            reply.ok(&Response::CreateTopic);
-                        }
-                        Err(e) => reply.engine_error(&e),
-                    },
-                );
-            }
-            Request::DeleteTopic { topic } => self.administer(move |engine, groups| {
-                match engine
-                    .delete_topic(&topic)
-                    .and_then(|()| groups.topic_deleted(&topic))
-                {
+                match self.engine.create_topic(&topic, partitions) {
                     Ok(()) => {
-                        log::info!("deleted topic {topic:?}");
-                        reply.ok(&Response::DeleteTopic);
+                        log::info!("created topic {topic:?} with {partitions} partitions");
+                        reply.ok(&Response::CreateTopic);
                     }
                     Err(e) => reply.engine_error(&e),
                 }
-            }),
+            }
+            Request::DeleteTopic { topic } => match self
+                .engine
+                .delete_topic(&topic)
+                .and_then(|()| self.groups.topic_deleted(&topic))
+            {
+                Ok(()) => {
+                    log::info!("deleted topic {topic:?}");
+                    reply.ok(&Response::DeleteTopic);
+                }
+                Err(e) => reply.engine_error(&e),
+            },
             Request::ListTopics => reply.ok(&Response::ListTopics(
                 self.engine
                     .list_topics()

@@ -1,11 +1,11 @@
 //! Keel's server, `keeld`: serves the storage engine over Keel's binary protocol
 //! (`docs/PROTOCOL.md`).
 //!
-//! Connections are served by io_uring event loops, one per shard (or, with `--net shard`, by
-//! the shards themselves on their own rings; with `--net threads`, by a reader and a writer
-//! thread each); requests go to the engine's shards and answers go back
-//! as they complete: a produce is answered only once its batch is durable. Per-connection and per-shard byte budgets bound
-//! what is in flight; when one is spent the server stops reading that socket.
+//! Connections are served by io_uring event loops, one per shard (with the portable I/O
+//! backend, by a reader and a writer thread each); requests go to the engine's shards and
+//! answers go back as they complete: a produce is answered only once its batch is durable.
+//! Per-connection and per-shard byte budgets bound what is in flight; when one is spent the
+//! server stops reading that socket.
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -27,9 +27,8 @@ mod recv_buf;
 mod reply;
 mod ring_conns;
 mod server;
-mod shard_net;
 mod uring_net;
 
-pub use config::{ConfigError, FileConfig, GroupDefaults, NetMode, ServerConfig};
+pub use config::{ConfigError, FileConfig, GroupDefaults, ServerConfig};
 pub use partitioner::partition_for_key;
 pub use server::{Server, ServerError, Stopper};

@@ -1,7 +1,8 @@
-//! Connections served through an io_uring: receives and sends are ring operations, requests go
-//! to the handler, answers come back through each connection's answer queue. The same state
-//! machine runs on two kinds of rings: a network loop's own (`--net uring`, [`crate::uring_net`])
-//! and a shard's, hosted by the engine (`--net shard`, [`crate::shard_net`]).
+//! Connections served through an io_uring network loop ([`crate::uring_net`]): receives and
+//! sends are ring operations, requests go to the handler, answers come back through each
+//! connection's answer queue. Nothing here waits: a connection whose request does not fit its
+//! shard's budget stops reading until that budget gives bytes back, while the loop goes on
+//! serving every other connection.
 //!
 //! Buffer ownership: a connection lives in a `Box` that is freed only when neither its receive
 //! nor its send is in flight, and neither buffer is resized or dropped while the ring may
@@ -69,9 +70,6 @@ pub struct Inbox {
     handler: Mutex<Option<Arc<Handler>>>,
     stop: AtomicBool,
     waker: Arc<Waker>,
-    /// On a shard thread: shard budgets are never waited for (the shard could be waiting for
-    /// itself); a connection whose request does not fit is parked until bytes come back.
-    hosted: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,14 +79,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Inbox {
     /// An inbox whose ring sleeps until `waker` fires.
-    pub fn new(handler: &Arc<Handler>, waker: Arc<Waker>, hosted: bool) -> Arc<Self> {
+    pub fn new(handler: &Arc<Handler>, waker: Arc<Waker>) -> Arc<Self> {
         Arc::new(Self {
             new_conns: Mutex::new(Vec::new()),
             ready: Mutex::new(Vec::new()),
             handler: Mutex::new(Some(Arc::clone(handler))),
             stop: AtomicBool::new(false),
             waker,
-            hosted,
         })
     }
 
@@ -448,15 +445,10 @@ impl Conns {
         let mut acquire = |n| budget.try_acquire(n);
         let (inbox, id) = (Arc::clone(&self.inbox), c.id);
         let mut acquire_shard = |shard: &Arc<ByteBudget>, n| -> Option<BudgetHold> {
-            if inbox.hosted {
-                shard.try_acquire_or_notify(n, || {
-                    let inbox = Arc::clone(&inbox);
-                    Box::new(move || inbox.mark_ready(id))
-                })
-            } else {
-                // A loop of its own may wait for a shard to give budget back.
-                Some(shard.acquire(n))
-            }
+            shard.try_acquire_or_notify(n, || {
+                let inbox = Arc::clone(&inbox);
+                Box::new(move || inbox.mark_ready(id))
+            })
         };
         let before = c.input.pending().len();
         let stop = handle_frames(

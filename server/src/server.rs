@@ -8,87 +8,20 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_engine::{Engine, EngineError};
+use keel_engine::{Engine, EngineError, IoMode};
 use keel_protocol::{encode_error, ErrorCode};
 use socket2::{Domain, Socket, Type};
 
-use crate::config::{NetMode, ServerConfig};
+use crate::config::ServerConfig;
 use crate::conn_limits::ConnLimits;
 use crate::connection;
 use crate::fetch::LongPoll;
 use crate::groups::Groups;
-use crate::handler::{start_admin_thread, Handler};
+use crate::handler::Handler;
 use crate::log_limit::RateLimitedWarn;
 use crate::metrics::{MetricsEndpoint, Sources};
-use crate::ring_conns::{Inbox, NewConn};
-use crate::shard_net;
+use crate::ring_conns::NewConn;
 use crate::uring_net::NetLoops;
-
-/// Connections served through rings: the shards' own (`--net shard`) or loops of their own
-/// (`--net uring`).
-struct RingNet {
-    inboxes: Vec<Arc<Inbox>>,
-    loops: Option<NetLoops>,
-}
-
-impl RingNet {
-    fn own_loops(
-        cfg: &ServerConfig,
-        handler: &Arc<Handler>,
-        limits: &Arc<ConnLimits>,
-    ) -> Result<Self, ServerError> {
-        let loops = NetLoops::start(cfg.engine.shards, handler, limits).map_err(|source| {
-            ServerError::Io {
-                what: "start the io_uring network loops (or use --net threads)",
-                source,
-            }
-        })?;
-        Ok(Self {
-            inboxes: loops.inboxes(),
-            loops: Some(loops),
-        })
-    }
-
-    fn on_shards(
-        cfg: &ServerConfig,
-        engine: &Engine,
-        handler: &Arc<Handler>,
-        limits: &Arc<ConnLimits>,
-    ) -> Result<Self, ServerError> {
-        match shard_net::host(engine, handler, limits) {
-            Ok(inboxes) => Ok(Self {
-                inboxes,
-                loops: None,
-            }),
-            Err(EngineError::CannotHost(why)) => {
-                log::warn!("cannot serve connections on the shards ({why}); using io_uring loops of their own (--net uring)");
-                Self::own_loops(cfg, handler, limits)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn adopt(&self, conn: NewConn) {
-        self.inboxes[conn.id as usize % self.inboxes.len()].adopt(conn);
-    }
-
-    fn release_handler(&self) {
-        for inbox in &self.inboxes {
-            inbox.release_handler();
-        }
-    }
-
-    fn stop(self) {
-        match self.loops {
-            Some(loops) => loops.stop(),
-            None => {
-                for inbox in &self.inboxes {
-                    inbox.stop();
-                }
-            }
-        }
-    }
-}
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -247,8 +180,9 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     registry: Arc<Registry>,
     /// The rings serving connections, unless they are served by threads.
-    net: Option<RingNet>,
-    admin_thread: JoinHandle<()>,
+    /// The io_uring network loops; `None` with the portable I/O backend, where each
+    /// connection has a reader and a writer thread instead (see [`Server::start`]).
+    net: Option<NetLoops>,
     metrics: Option<MetricsEndpoint>,
     /// What bounds each connection's memory and time.
     limits: Arc<ConnLimits>,
@@ -258,7 +192,7 @@ impl Server {
     /// Binds the listen address, opens the engine (recovering every partition), and only then
     /// listens: until recovery is over, a connection attempt is refused at once rather than
     /// left waiting in a queue nobody serves.
-    pub fn start(mut cfg: ServerConfig) -> Result<Self, ServerError> {
+    pub fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
         let socket = bind(cfg.listen)?;
         let local_addr = socket
             .local_addr()
@@ -275,13 +209,8 @@ impl Server {
         })?;
         let answer_bytes = Handler::consume_answer_limit(cfg.max_frame_bytes);
         let (groups, group_threads) = Groups::start(&engine, cfg.groups, answer_bytes)?;
-        let (admin, admin_thread) = start_admin_thread().map_err(|source| ServerError::Io {
-            what: "start the administration thread",
-            source,
-        })?;
         let handler = Arc::new(Handler::new(
             Arc::clone(&engine),
-            admin,
             Arc::clone(&long_poll),
             Arc::clone(&groups),
             cfg.shard_inflight_bytes,
@@ -290,15 +219,22 @@ impl Server {
         let registry = Arc::new(Registry::default());
         let limits = ConnLimits::from_config(&cfg);
         *lock_groups(&registry) = Some(Arc::clone(&groups));
-        let net = match cfg.net {
-            NetMode::Threads => None,
-            NetMode::Uring => Some(RingNet::own_loops(&cfg, &handler, &limits)?),
-            NetMode::Shard => Some(RingNet::on_shards(&cfg, &engine, &handler, &limits)?),
+        // One way to serve connections, the io_uring loops: they measured faster than a thread
+        // pair per connection and than connections on the shards' own rings. The threads remain
+        // for the portable I/O backend alone, whose reason to exist is a host that allows no
+        // io_uring at all (Docker's default seccomp profile, `kernel.io_uring_disabled`).
+        let net = match cfg.engine.io {
+            IoMode::Portable => None,
+            _ => Some(
+                NetLoops::start(cfg.engine.shards, &handler, &limits).map_err(|source| {
+                    ServerError::Io {
+                        what: "start the io_uring network loops (where io_uring is not \
+                               allowed, run with --portable-io)",
+                        source,
+                    }
+                })?,
+            ),
         };
-        if net.as_ref().is_some_and(|n| n.loops.is_some()) {
-            // Hosting on the shards was refused: say what actually serves connections.
-            cfg.net = NetMode::Uring;
-        }
         let metrics = match cfg.metrics_listen {
             None => None,
             Some(addr) => {
@@ -318,7 +254,6 @@ impl Server {
         let listener = listen(socket, local_addr)?;
         Ok(Self {
             net,
-            admin_thread,
             metrics,
             cfg,
             listener,
@@ -445,7 +380,6 @@ impl Server {
             group_threads,
             registry,
             net,
-            admin_thread,
             metrics,
             ..
         } = self;
@@ -477,13 +411,8 @@ impl Server {
         if let Some(net) = &net {
             net.release_handler();
         }
-        // The handler held the administration thread's queue: it ends after its last job.
-        if admin_thread.join().is_err() {
-            log::error!("the administration thread panicked");
-        }
         drop(long_poll);
-        // Every flush in flight completes and is answered before this returns (and, with
-        // connections on the shards, every answer is written or its client cut off).
+        // Every flush in flight completes and is answered before this returns.
         match sole_owner(engine, patience) {
             Some(engine) => engine.shutdown(),
             None => log::warn!("the engine is still in use; it stops when the last user lets go"),
@@ -500,7 +429,7 @@ impl Server {
 
 /// The engine, once this is its last owner. A connection that was handling a request when the
 /// handler was released holds a clone for a moment; the engine must not be dropped there,
-/// on a shard thread that would then wait for itself.
+/// on a network thread, or on a shard thread (in a callback) that would then wait for itself.
 fn sole_owner(mut engine: Arc<Engine>, patience: Duration) -> Option<Engine> {
     let until = Instant::now() + patience;
     loop {

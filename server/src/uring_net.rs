@@ -1,8 +1,7 @@
-//! Serving connections from io_uring event loops of their own (`--net uring`): one thread per
-//! core owns a ring and the connections given to it, receives and sends through the ring, and
-//! hands requests to the engine's shards like the threaded connections do. Compared with a
-//! reader and a writer thread per connection, this trades two context switches per request for
-//! one ring submission.
+//! Serving connections from io_uring event loops: one thread per shard owns a ring and the
+//! connections given to it, receives and sends through the ring, and hands requests to the
+//! engine's shards. Compared with a reader and a writer thread per connection, this trades two
+//! context switches per request for one ring submission.
 
 use std::io;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use keel_engine::io::Waker;
 
 use crate::conn_limits::ConnLimits;
 use crate::handler::Handler;
-use crate::ring_conns::{Conns, Inbox, Submit};
+use crate::ring_conns::{Conns, Inbox, NewConn, Submit};
 
 const RING_ENTRIES: u32 = 1024;
 /// The eventfd read that wakes the loop (connection tokens are far below it).
@@ -33,7 +32,7 @@ impl NetLoops {
         for i in 0..n.max(1) {
             // Fails early, with the ring error, if io_uring is not allowed here.
             let ring = IoUring::new(RING_ENTRIES)?;
-            let inbox = Inbox::new(handler, Arc::new(Waker::new()?), false);
+            let inbox = Inbox::new(handler, Arc::new(Waker::new()?));
             let conns = Conns::new(Arc::clone(&inbox), Arc::clone(limits));
             let thread = std::thread::Builder::new()
                 .name(format!("keel-net-{i}"))
@@ -51,9 +50,18 @@ impl NetLoops {
         Ok(Self { loops })
     }
 
-    /// The loops' inboxes, one per loop.
-    pub fn inboxes(&self) -> Vec<Arc<Inbox>> {
-        self.loops.iter().map(|(i, _)| Arc::clone(i)).collect()
+    /// Hands a new connection to a loop (connection ids take turns).
+    pub fn adopt(&self, conn: NewConn) {
+        let n = self.loops.len() as u64;
+        // `start` made at least one loop.
+        self.loops[(conn.id % n) as usize].0.adopt(conn);
+    }
+
+    /// Stops handling requests: the loops let go of the handler (and through it the engine).
+    pub fn release_handler(&self) {
+        for (inbox, _) in &self.loops {
+            inbox.release_handler();
+        }
     }
 
     /// Ends the loops: connections still open are closed, then the threads are joined.

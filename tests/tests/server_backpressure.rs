@@ -38,10 +38,10 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
-fn never_reading_client(net: &str) {
+fn never_reading_client(io: &[&str]) {
     let dir = data_dir();
     let config = "max_frame_bytes = 524288\nconnection_inflight_bytes = 1048576\nshard_inflight_bytes = 8388608\n";
-    let server = Keeld::start_with_config(dir.path(), config, &["--net", net]);
+    let server = Keeld::start_with_config(dir.path(), config, io);
     let client = server.client();
     client.create_topic("big", 1).unwrap();
     for _ in 0..4 {
@@ -105,27 +105,22 @@ fn never_reading_client(net: &str) {
 }
 
 #[test]
-fn a_client_that_never_reads_is_not_buffered_without_limit_with_uring_loops() {
-    never_reading_client("uring");
+fn a_client_that_never_reads_is_not_buffered_without_limit() {
+    never_reading_client(&[]);
 }
 
 #[test]
-fn a_client_that_never_reads_is_not_buffered_without_limit_with_connection_threads() {
-    never_reading_client("threads");
-}
-
-#[test]
-fn a_client_that_never_reads_is_not_buffered_without_limit_on_the_shards_rings() {
-    never_reading_client("shard");
+fn a_client_that_never_reads_is_not_buffered_without_limit_with_portable_io() {
+    never_reading_client(&["--portable-io"]);
 }
 
 /// A client that stops reading its answers is disconnected after the write timeout, instead of
 /// holding its connection (and the server's stop) forever.
-fn stalled_reader_is_disconnected(net: &str) {
+fn stalled_reader_is_disconnected(io: &[&str]) {
     let dir = data_dir();
     let config =
         "max_frame_bytes = 524288\nconnection_inflight_bytes = 1048576\nwrite_timeout_ms = 300\n";
-    let server = Keeld::start_with_config(dir.path(), config, &["--net", net]);
+    let server = Keeld::start_with_config(dir.path(), config, io);
     let client = server.client();
     client.create_topic("big", 1).unwrap();
     client
@@ -160,16 +155,11 @@ fn stalled_reader_is_disconnected(net: &str) {
 }
 
 #[test]
-fn a_client_that_stops_reading_is_disconnected_with_uring_loops() {
-    stalled_reader_is_disconnected("uring");
+fn a_client_that_stops_reading_is_disconnected() {
+    stalled_reader_is_disconnected(&[]);
 }
 
 #[test]
-fn a_client_that_stops_reading_is_disconnected_with_connection_threads() {
-    stalled_reader_is_disconnected("threads");
-}
-
-#[test]
-fn a_client_that_stops_reading_is_disconnected_on_the_shards_rings() {
-    stalled_reader_is_disconnected("shard");
+fn a_client_that_stops_reading_is_disconnected_with_portable_io() {
+    stalled_reader_is_disconnected(&["--portable-io"]);
 }

@@ -122,9 +122,9 @@ fn answerable_bad_requests_get_error_codes_and_the_connection_goes_on() {
     );
 }
 
-fn unreadable_frames(net: &str) {
+fn unreadable_frames(io: &[&str]) {
     let dir = data_dir();
-    let server = Keeld::start(dir.path(), &["--net", net]);
+    let server = Keeld::start(dir.path(), io);
     let client = server.client();
     client.create_topic("t", 1).unwrap();
     let before = client
@@ -182,18 +182,13 @@ fn unreadable_frames(net: &str) {
 }
 
 #[test]
-fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_uring_loops() {
-    unreadable_frames("uring");
+fn an_oversized_or_unreadable_frame_closes_only_its_connection() {
+    unreadable_frames(&[]);
 }
 
 #[test]
-fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_connection_threads() {
-    unreadable_frames("threads");
-}
-
-#[test]
-fn an_oversized_or_unreadable_frame_closes_only_its_connection_on_the_shards_rings() {
-    unreadable_frames("shard");
+fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_portable_io() {
+    unreadable_frames(&["--portable-io"]);
 }
 
 /// `batch` with its attributes set to `attributes` and its CRC made to match: a valid batch a

@@ -7,11 +7,11 @@ use keel_tests::keeld::Keeld;
 
 const PARTITIONS: u32 = 3;
 
-fn sigkill_mid_pipeline(net: &str) {
+fn sigkill_mid_pipeline(io: &[&str]) {
     let dir = data_dir();
     let mut all_acked = Acked::new();
     for round in 0..3u32 {
-        let mut server = Keeld::start(dir.path(), &["--net", net]);
+        let mut server = Keeld::start(dir.path(), io);
         if round == 0 {
             server.client().create_topic("crash", PARTITIONS).unwrap();
         }
@@ -21,7 +21,7 @@ fn sigkill_mid_pipeline(net: &str) {
         all_acked.extend(acked);
 
         // Restart on the same data and check every message acknowledged in any round so far.
-        let server = Keeld::start(dir.path(), &["--net", net]);
+        let server = Keeld::start(dir.path(), io);
         let missing = missing_after_restart(&server, "crash", PARTITIONS, &all_acked);
         assert_eq!(
             missing, 0,
@@ -31,16 +31,11 @@ fn sigkill_mid_pipeline(net: &str) {
 }
 
 #[test]
-fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_uring_loops() {
-    sigkill_mid_pipeline("uring");
+fn sigkill_mid_pipeline_loses_no_acknowledged_message() {
+    sigkill_mid_pipeline(&[]);
 }
 
 #[test]
-fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_connection_threads() {
-    sigkill_mid_pipeline("threads");
-}
-
-#[test]
-fn sigkill_mid_pipeline_loses_no_acknowledged_message_on_the_shards_rings() {
-    sigkill_mid_pipeline("shard");
+fn sigkill_mid_pipeline_loses_no_acknowledged_message_with_portable_io() {
+    sigkill_mid_pipeline(&["--portable-io"]);
 }

@@ -53,10 +53,10 @@ fn served(keeld: &Keeld, value: &[u8]) {
     assert_eq!(got[0].value.as_deref(), Some(value));
 }
 
-fn half_sent_frames_hold_no_memory(net: &str) {
+fn half_sent_frames_hold_no_memory(io: &[&str]) {
     let dir = data_dir();
     let config = format!("partial_frame_bytes = {POOL_BYTES}\n");
-    let keeld = Keeld::start_with_config(dir.path(), &config, &["--net", net]);
+    let keeld = Keeld::start_with_config(dir.path(), &config, io);
     keeld.client().create_topic("t", 1).unwrap();
     served(&keeld, b"before");
     let before = rss_bytes(&keeld);
@@ -98,18 +98,13 @@ fn half_sent_frames_hold_no_memory(net: &str) {
 }
 
 #[test]
-fn half_sent_frames_hold_no_memory_with_uring_loops() {
-    half_sent_frames_hold_no_memory("uring");
+fn half_sent_frames_hold_no_memory_with_io_uring() {
+    half_sent_frames_hold_no_memory(&[]);
 }
 
 #[test]
-fn half_sent_frames_hold_no_memory_with_connection_threads() {
-    half_sent_frames_hold_no_memory("threads");
-}
-
-#[test]
-fn half_sent_frames_hold_no_memory_on_the_shards_rings() {
-    half_sent_frames_hold_no_memory("shard");
+fn half_sent_frames_hold_no_memory_with_portable_io() {
+    half_sent_frames_hold_no_memory(&["--portable-io"]);
 }
 
 /// Reads until the server closes the connection; fails after `within`.
@@ -134,12 +129,12 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> Duration {
     }
 }
 
-fn slow_and_silent_connections_are_cut_off(net: &str) {
+fn slow_and_silent_connections_are_cut_off(io: &[&str]) {
     let dir = data_dir();
     let keeld = Keeld::start_with_config(
         dir.path(),
         "frame_read_timeout_ms = 1000\nidle_timeout_ms = 1500\n",
-        &["--net", net],
+        io,
     );
     keeld.client().create_topic("t", 1).unwrap();
 
@@ -185,23 +180,18 @@ fn slow_and_silent_connections_are_cut_off(net: &str) {
 }
 
 #[test]
-fn slow_and_silent_connections_are_cut_off_with_uring_loops() {
-    slow_and_silent_connections_are_cut_off("uring");
+fn slow_and_silent_connections_are_cut_off_with_io_uring() {
+    slow_and_silent_connections_are_cut_off(&[]);
 }
 
 #[test]
-fn slow_and_silent_connections_are_cut_off_with_connection_threads() {
-    slow_and_silent_connections_are_cut_off("threads");
+fn slow_and_silent_connections_are_cut_off_with_portable_io() {
+    slow_and_silent_connections_are_cut_off(&["--portable-io"]);
 }
 
-#[test]
-fn slow_and_silent_connections_are_cut_off_on_the_shards_rings() {
-    slow_and_silent_connections_are_cut_off("shard");
-}
-
-fn connections_beyond_the_limit_are_refused(net: &str) {
+fn connections_beyond_the_limit_are_refused(io: &[&str]) {
     let dir = data_dir();
-    let keeld = Keeld::start_with_config(dir.path(), "max_connections = 4\n", &["--net", net]);
+    let keeld = Keeld::start_with_config(dir.path(), "max_connections = 4\n", io);
     let client = keeld.client();
     client.create_topic("t", 1).unwrap();
     let held: Vec<TcpStream> = (0..3)
@@ -267,16 +257,11 @@ fn connections_beyond_the_limit_are_refused(net: &str) {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_refused_with_uring_loops() {
-    connections_beyond_the_limit_are_refused("uring");
+fn connections_beyond_the_limit_are_refused_with_io_uring() {
+    connections_beyond_the_limit_are_refused(&[]);
 }
 
 #[test]
-fn connections_beyond_the_limit_are_refused_with_connection_threads() {
-    connections_beyond_the_limit_are_refused("threads");
-}
-
-#[test]
-fn connections_beyond_the_limit_are_refused_on_the_shards_rings() {
-    connections_beyond_the_limit_are_refused("shard");
+fn connections_beyond_the_limit_are_refused_with_portable_io() {
+    connections_beyond_the_limit_are_refused(&["--portable-io"]);
 }

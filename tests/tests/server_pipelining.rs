@@ -4,9 +4,9 @@ use keel_client::{ClientError, FetchOptions, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
 
-fn thousand_in_flight(net: &str) {
+fn thousand_in_flight(io: &[&str]) {
     let dir = data_dir();
-    let server = Keeld::start(dir.path(), &["--net", net]);
+    let server = Keeld::start(dir.path(), io);
     let client = server.client();
     client.create_topic("pipe", 2).unwrap();
     // All 1,000 are sent before the first answer is awaited.
@@ -53,14 +53,14 @@ fn thousand_in_flight(net: &str) {
 
 /// Eight connections pipelining 64 KiB produces into one partition, against a shard budget of
 /// 528 KiB: connections keep finding it spent, stop reading, and must be resumed when bytes come
-/// back (on the shards' rings a connection is never allowed to wait for it).
-fn spent_shard_budget(net: &str) {
+/// back (a network loop never waits for it: it serves its other connections meanwhile).
+fn spent_shard_budget(io: &[&str]) {
     let dir = data_dir();
     let config = "max_frame_bytes = 270336
 connection_inflight_bytes = 540672
 shard_inflight_bytes = 540672
 ";
-    let server = Keeld::start_with_config(dir.path(), config, &["--net", net]);
+    let server = Keeld::start_with_config(dir.path(), config, io);
     server.client().create_topic("tight", 1).unwrap();
     let value = vec![7u8; 64 * 1024];
     let acked: Vec<u64> = std::thread::scope(|s| {
@@ -95,13 +95,8 @@ shard_inflight_bytes = 540672
 }
 
 #[test]
-fn a_spent_shard_budget_holds_connections_back_and_lets_them_go_on_the_shards_rings() {
-    spent_shard_budget("shard");
-}
-
-#[test]
-fn a_spent_shard_budget_holds_connections_back_and_lets_them_go_with_uring_loops() {
-    spent_shard_budget("uring");
+fn a_spent_shard_budget_holds_connections_back_and_lets_them_go() {
+    spent_shard_budget(&[]);
 }
 
 #[test]
@@ -137,18 +132,13 @@ fn many_connections_produce_at_once() {
 }
 
 #[test]
-fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_uring_loops() {
-    thousand_in_flight("uring");
+fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged() {
+    thousand_in_flight(&[]);
 }
 
 #[test]
-fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_connection_threads() {
-    thousand_in_flight("threads");
-}
-
-#[test]
-fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_on_the_shards_rings() {
-    thousand_in_flight("shard");
+fn a_thousand_produces_in_flight_on_one_connection_are_each_acknowledged_with_portable_io() {
+    thousand_in_flight(&["--portable-io"]);
 }
 
 /// Several batches sent with one write are each a produce of their own: answered with

@@ -288,24 +288,3 @@ fn the_cli_creates_produces_and_fetches() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("UnknownTopic"));
 }
-
-#[test]
-fn net_shard_with_the_portable_backend_falls_back_to_loops_and_says_so() {
-    let dir = data_dir();
-    let server = Keeld::start(dir.path(), &["--portable-io", "--net", "shard"]);
-    assert!(
-        server.log_shows("cannot serve connections on the shards"),
-        "the fallback is logged: {}",
-        server.stderr()
-    );
-    let client = server.client();
-    client.create_topic("fallback", 1).unwrap();
-    let ack = client
-        .produce("fallback", Target::Partition(0), [b"still served".to_vec()])
-        .unwrap();
-    let fetched = client
-        .fetch("fallback", 0, ack.first_offset, FetchOptions::default())
-        .unwrap();
-    let messages = fetched.messages(ack.first_offset).unwrap();
-    assert_eq!(messages[0].value.as_deref(), Some(&b"still served"[..]));
-}

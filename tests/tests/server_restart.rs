@@ -118,10 +118,10 @@ fn produce_until_stopped(
     (acked, ended)
 }
 
-fn sigterm_in_flight(net: &str) {
+fn sigterm_in_flight(io: &[&str]) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dir = data_dir();
-    let mut server = Keeld::start(dir.path(), &["--net", net]);
+    let mut server = Keeld::start(dir.path(), io);
     let client = server.client();
     client.create_topic("busy", 2).unwrap();
     client.create_topic("quiet", 1).unwrap();
@@ -154,7 +154,7 @@ fn sigterm_in_flight(net: &str) {
         assert!(parked.batches.is_empty());
         producer.join().unwrap()
     });
-    let server = Keeld::start(dir.path(), &["--net", net]);
+    let server = Keeld::start(dir.path(), io);
     let client = server.client();
     let stored: Vec<_> = (0..2).map(|p| values(&client, "busy", p)).collect();
     for (ack, value) in &acked {
@@ -173,16 +173,11 @@ fn sigterm_in_flight(net: &str) {
 }
 
 #[test]
-fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_uring_loops() {
-    sigterm_in_flight("uring");
+fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged() {
+    sigterm_in_flight(&[]);
 }
 
 #[test]
-fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_connection_threads() {
-    sigterm_in_flight("threads");
-}
-
-#[test]
-fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_on_the_shards_rings() {
-    sigterm_in_flight("shard");
+fn sigterm_answers_what_is_in_flight_and_loses_nothing_acknowledged_with_portable_io() {
+    sigterm_in_flight(&["--portable-io"]);
 }

@@ -24,7 +24,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::aligned::AlignedBuf;
-use crate::guest::GuestRing;
 
 pub use crashing::{CrashPlan, CrashingDisk};
 pub use faulty::{FaultPlan, FaultyDisk};
@@ -180,14 +179,4 @@ pub trait Disk {
     fn start_on_thread(&mut self) -> io::Result<()> {
         Ok(())
     }
-    /// The ring a [`crate::guest::ShardGuest`] submits to; `None` when the backend cannot
-    /// host one (only io_uring can).
-    fn guest_ring(&mut self) -> Option<&mut dyn GuestRing> {
-        None
-    }
-    /// Moves the completions of guest operations that [`Disk::wait`] collected into `out`.
-    fn take_guest_completions(&mut self, _out: &mut Vec<GuestCompletion>) {}
 }
-
-/// A guest operation's token and result.
-pub type GuestCompletion = (u64, io::Result<usize>);

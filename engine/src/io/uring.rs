@@ -11,11 +11,8 @@ use io_uring::{opcode, squeue, types, IoUring};
 
 use super::files::{self, FileTable};
 use super::fixed::FixedBuffers;
-use super::{
-    Allocation, Block, Completion, Disk, FileId, GuestCompletion, IoKind, SyncAfter, Waker,
-};
+use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::{AlignedBuf, BLOCK_BYTES};
-use crate::guest::{GuestEntry, GuestRing, GUEST_TOKEN_MAX};
 
 /// Submission queue entries per ring; the shard bounds what it keeps in flight well below this.
 const RING_ENTRIES: u32 = 256;
@@ -25,9 +22,6 @@ const COMPLETION_ENTRIES: u32 = 4096;
 const WAKE_TOKEN: u64 = u64::MAX;
 /// Set in user_data for the sync linked after a write.
 const SYNC_BIT: u64 = 1 << 63;
-/// Set in user_data for a guest's operations (engine tokens count up from 1 and never get
-/// near it).
-const GUEST_BIT: u64 = 1 << 62;
 
 /// io_uring disk backend.
 pub struct UringDisk {
@@ -46,8 +40,6 @@ pub struct UringDisk {
     /// Completions for submissions that failed before reaching the kernel, handed out by the
     /// next `wait` so callers see one path for every failure.
     submit_failures: Vec<Completion>,
-    /// Completions of guest operations, until the shard takes them.
-    guest_done: Vec<GuestCompletion>,
     /// The kernel can bound a wait with a timeout (`IORING_FEAT_EXT_ARG`).
     timed_wait: bool,
     /// Write buffers registered with the ring, so writes from them skip pinning pages.
@@ -72,7 +64,6 @@ impl UringDisk {
             wake_buf: Box::new([0; 8]),
             wake_posted: false,
             submit_failures: Vec::new(),
-            guest_done: Vec::new(),
             timed_wait,
             fixed,
         })
@@ -131,8 +122,6 @@ impl UringDisk {
             };
             if user_data == WAKE_TOKEN {
                 self.wake_posted = false;
-            } else if user_data & (SYNC_BIT | GUEST_BIT) == GUEST_BIT {
-                self.guest_done.push((user_data & GUEST_TOKEN_MAX, result));
             } else if user_data & SYNC_BIT != 0 {
                 self.syncs_in_flight -= 1;
                 out.push(Completion {
@@ -359,39 +348,6 @@ impl Disk for UringDisk {
             unsafe { libc::CPU_SET(cpu, &mut set) };
         }
         self.ring.submitter().register_iowq_aff(&set)
-    }
-
-    fn guest_ring(&mut self) -> Option<&mut dyn GuestRing> {
-        Some(self)
-    }
-
-    fn take_guest_completions(&mut self, out: &mut Vec<GuestCompletion>) {
-        out.append(&mut self.guest_done);
-    }
-}
-
-impl GuestRing for UringDisk {
-    unsafe fn push(&mut self, entry: GuestEntry, token: u64) {
-        debug_assert!(token <= GUEST_TOKEN_MAX);
-        if let Err(e) = self.reserve(1) {
-            self.guest_done.push((token, Err(e)));
-            return;
-        }
-        // The caller guarantees that what the entry points to outlives the operation.
-        self.push_reserved(&[entry.user_data(token | GUEST_BIT)]);
-    }
-
-    fn cancel(&mut self, token: u64) {
-        if self.reserve(1).is_err() {
-            // The operation then ends on its own (a timeout fires, a socket closes).
-            return;
-        }
-        // The cancellation's own completion carries user data 0, which no operation uses
-        // (engine tokens start at 2): reap() drops it.
-        let entry = opcode::AsyncCancel::new(token | GUEST_BIT)
-            .build()
-            .user_data(0);
-        self.push_reserved(&[entry]);
     }
 }
 
