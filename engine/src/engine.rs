@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender};
@@ -22,7 +22,7 @@ use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, Topic
 use crate::shard::{on_shard_thread, Command, Opening, Shard, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
-use crate::{OffsetRange, ReadResult};
+use crate::{OffsetRange, ReadDone, ReadResult};
 
 struct ShardHandle {
     tx: InboxSender<Command>,
@@ -498,6 +498,41 @@ impl Engine {
         max_bytes: usize,
         done: impl FnOnce(Result<ReadResult>) + Send + 'static,
     ) {
+        self.send_read(topic, partition, from, max_bytes, None, Box::new(done));
+    }
+
+    /// [`Engine::read`], except that a read finding nothing (`from` is the partition's end)
+    /// waits on the shard until a flush makes more durable, then answers with it, or until
+    /// `until` passes, then answers with nothing (a long poll). A stopping engine answers
+    /// waiting reads with what they have.
+    pub fn read_waiting(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+        until: Instant,
+        done: impl FnOnce(Result<ReadResult>) + Send + 'static,
+    ) {
+        self.send_read(
+            topic,
+            partition,
+            from,
+            max_bytes,
+            Some(until),
+            Box::new(done),
+        );
+    }
+
+    fn send_read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+        until: Option<Instant>,
+        done: ReadDone,
+    ) {
         if on_shard_thread() {
             return done(Err(EngineError::OnShardThread("read")));
         }
@@ -507,7 +542,8 @@ impl Engine {
             partition,
             from,
             max_bytes,
-            done: Box::new(done),
+            until,
+            done,
         };
         if let Err(crossbeam_channel::SendError(Command::Read { done, .. })) =
             self.send_or_return(shard, cmd)

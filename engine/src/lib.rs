@@ -25,6 +25,7 @@ pub mod io;
 mod janitor;
 pub mod layout;
 mod linger;
+mod long_poll;
 pub mod offsets;
 mod open;
 mod partition;

@@ -16,6 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::io::{Completion, Disk, IoKind, SyncAfter};
 use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
+use crate::long_poll::WaitingReads;
 use crate::prepare::NextSegment;
 use crate::retention::Retired;
 use crate::segment::Segment;
@@ -126,6 +127,8 @@ pub struct Partition {
     spare: Vec<AlignedBuf>,
     /// Disk reads in flight; the partition may not be closed while any are.
     pub(crate) reads_in_flight: usize,
+    /// Reads waiting at the partition's end for data (`long_poll.rs`).
+    pub(crate) waiting_reads: WaitingReads,
     pub(crate) limits: Limits,
     /// Whether the next flush waits a moment for the appenders the last one answered.
     linger: Linger,
@@ -179,6 +182,7 @@ impl Partition {
             flush_bytes_avg: 0,
             spare: Vec::new(),
             reads_in_flight: 0,
+            waiting_reads: WaitingReads::default(),
             limits,
             linger: Linger::new(cfg.commit_linger),
         }
@@ -189,9 +193,12 @@ impl Partition {
         self.pending_bytes
     }
 
-    /// True when no flush or read is in flight.
+    /// True when no flush or read is in flight, and no read waits.
     pub fn is_idle(&self) -> bool {
-        self.flushing.is_none() && self.reads_in_flight == 0 && !self.zeroing.busy()
+        self.flushing.is_none()
+            && self.reads_in_flight == 0
+            && !self.zeroing.busy()
+            && self.waiting_reads.is_empty()
     }
 
     /// True when appends are gathered and no flush is running.

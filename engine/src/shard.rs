@@ -18,6 +18,7 @@ use crate::inbox::Inbox;
 use crate::io::{Block, Completion, Disk, Waker, WAKE_BATCH};
 use crate::janitor::JanitorTx;
 use crate::linger::Hold;
+use crate::long_poll::ParkedRead;
 use crate::open::open_partition;
 use crate::partition::Partition;
 use crate::read::DiskRead;
@@ -61,6 +62,8 @@ pub enum Command {
         from: u64,
         /// Byte budget (at least one batch is returned).
         max_bytes: usize,
+        /// Finding the partition's end, wait until data arrives or this passes.
+        until: Option<Instant>,
         /// Called with the answer.
         done: ReadDone,
     },
@@ -214,6 +217,10 @@ pub struct Shard<D> {
     /// earliest moment one of them goes anyway.
     lingering: Vec<(Arc<str>, u32)>,
     linger_until: Option<Instant>,
+    /// Partitions with reads waiting at their end (`long_poll.rs`), and the earliest moment
+    /// one of those reads is due.
+    waiting: Vec<(Arc<str>, u32)>,
+    reads_until: Option<Instant>,
     /// A partition holds more unflushed bytes than allowed: take no requests until it drains.
     throttled: bool,
     stopping: bool,
@@ -243,6 +250,8 @@ impl<D: Disk> Shard<D> {
             to_flush: Vec::new(),
             lingering: Vec::new(),
             linger_until: None,
+            waiting: Vec::new(),
+            reads_until: None,
             throttled: false,
             stopping: false,
         }
@@ -274,6 +283,7 @@ impl<D: Disk> Shard<D> {
                 self.rx.made_room();
             }
             self.start_flushes();
+            self.answer_due_reads();
             self.finish_removals();
             if self.stopping
                 && self.ops.is_empty()
@@ -294,7 +304,11 @@ impl<D: Disk> Shard<D> {
                     block = false;
                 }
             }
-            let block = match (block, self.linger_until) {
+            let wake_by = match (self.linger_until, self.reads_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let block = match (block, wake_by) {
                 (false, _) => Block::No,
                 (true, None) => Block::Yes,
                 (true, Some(until)) => match until.checked_duration_since(Instant::now()) {
@@ -415,15 +429,30 @@ impl<D: Disk> Shard<D> {
                 partition,
                 from,
                 max_bytes,
+                until,
                 done,
-            } => match self.partition(&topic, partition) {
-                Ok(p) => {
-                    if let Some(r) = p.begin_read(from, max_bytes, done) {
-                        self.submit_read(topic, partition, r);
-                    }
+            } => {
+                let stopping = self.stopping;
+                match self.partition(&topic, partition) {
+                    Ok(p) => match until.filter(|_| !stopping && from == p.durable_next) {
+                        Some(until) if until > Instant::now() => {
+                            p.waiting_reads.park(ParkedRead {
+                                from,
+                                max_bytes,
+                                until,
+                                done,
+                            });
+                            self.note_waiting(topic, partition, until);
+                        }
+                        _ => {
+                            if let Some(r) = p.begin_read(from, max_bytes, done) {
+                                self.submit_read(topic, partition, r);
+                            }
+                        }
+                    },
+                    Err(e) => done(Err(e)),
                 }
-                Err(e) => done(Err(e)),
-            },
+            }
             Command::AddTopic {
                 topic,
                 partitions,
@@ -438,6 +467,9 @@ impl<D: Disk> Shard<D> {
                     let err = EngineError::TopicDeleted(topic.to_string());
                     for p in slot.owned.values_mut() {
                         p.fail_pending(&err);
+                        for r in p.waiting_reads.take_all() {
+                            (r.done)(Err(err.clone()));
+                        }
                     }
                     slot.removing = Some(reply);
                 }
@@ -445,7 +477,73 @@ impl<D: Disk> Shard<D> {
                     let _ = reply.send(Ok(()));
                 }
             },
-            Command::Stop => self.stopping = true,
+            Command::Stop => {
+                self.stopping = true;
+                self.answer_waiting_reads(None);
+            }
+        }
+    }
+
+    /// Notes that a read waits on `partition` of `topic` until `until`.
+    fn note_waiting(&mut self, topic: Arc<str>, partition: u32, until: Instant) {
+        self.reads_until = Some(self.reads_until.map_or(until, |u| u.min(until)));
+        if !self
+            .waiting
+            .iter()
+            .any(|(t, p)| *p == partition && *t == topic)
+        {
+            self.waiting.push((topic, partition));
+        }
+    }
+
+    fn answer_due_reads(&mut self) {
+        let now = Instant::now();
+        if self.reads_until.is_some_and(|u| u <= now) {
+            self.answer_waiting_reads(Some(now));
+        }
+    }
+
+    /// Answers, with nothing, the waiting reads due by `now` (every one when `None`: the shard
+    /// stops), and finds the next deadline among the rest.
+    fn answer_waiting_reads(&mut self, now: Option<Instant>) {
+        let mut next = None;
+        let topics = &mut self.topics;
+        self.waiting.retain(|(topic, partition)| {
+            let Some(p) = owned(topics, topic, *partition) else {
+                return false;
+            };
+            let due = match now {
+                Some(now) => p.waiting_reads.take_due(now),
+                None => p.waiting_reads.take_all(),
+            };
+            for r in due {
+                r.answer_empty(p.durable_next);
+            }
+            let earliest = p.waiting_reads.earliest();
+            next = match (next, earliest) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+            earliest.is_some()
+        });
+        self.reads_until = next;
+    }
+
+    /// A flush made more of the partition durable: the reads waiting at its old end read on.
+    fn release_waiting_reads(&mut self, topic: &Arc<str>, partition: u32) {
+        let Some(p) = owned(&mut self.topics, topic, partition) else {
+            return;
+        };
+        if p.waiting_reads.is_empty() {
+            return;
+        }
+        for r in p.waiting_reads.take_all() {
+            let Some(p) = owned(&mut self.topics, topic, partition) else {
+                return;
+            };
+            if let Some(read) = p.begin_read(r.from, r.max_bytes, r.done) {
+                self.submit_read(Arc::clone(topic), partition, read);
+            }
         }
     }
 
@@ -669,6 +767,9 @@ impl<D: Disk> Shard<D> {
                 }
                 for (answer, outcome) in done.answers {
                     answer(outcome);
+                }
+                if done.ok {
+                    self.release_waiting_reads(&topic, partition);
                 }
                 self.kick_zeroing(topic, partition);
             }

@@ -11,7 +11,7 @@ use keel_protocol::{
 };
 
 use crate::budget::{BudgetHold, ByteBudget};
-use crate::fetch::{Fetch, LongPoll};
+use crate::fetch::{self, Fetch};
 use crate::groups::{Groups, JoinJob};
 use crate::partitioner::partition_for_key;
 use crate::reply::Reply;
@@ -27,7 +27,6 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 /// What every connection shares.
 pub struct Handler {
     engine: Arc<Engine>,
-    long_poll: Arc<LongPoll>,
     groups: Arc<Groups>,
     shard_budgets: Vec<Arc<ByteBudget>>,
     max_frame_bytes: u32,
@@ -37,7 +36,6 @@ impl Handler {
     /// A handler over `engine`, with one in-flight budget of `shard_inflight_bytes` per shard.
     pub fn new(
         engine: Arc<Engine>,
-        long_poll: Arc<LongPoll>,
         groups: Arc<Groups>,
         shard_inflight_bytes: usize,
         max_frame_bytes: u32,
@@ -47,7 +45,6 @@ impl Handler {
             .collect();
         Self {
             engine,
-            long_poll,
             groups,
             shard_budgets,
             max_frame_bytes,
@@ -190,15 +187,18 @@ impl Handler {
                 max_wait_ms,
             } => {
                 let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
-                self.long_poll.fetch(Fetch {
-                    topic,
-                    partition,
-                    offset,
-                    max_bytes: self.fetch_budget(max_bytes),
-                    deadline: (max_wait_ms > 0).then(|| Instant::now() + wait),
-                    reply,
-                    shard_hold,
-                });
+                fetch::fetch(
+                    &self.engine,
+                    Fetch {
+                        topic,
+                        partition,
+                        offset,
+                        max_bytes: self.fetch_budget(max_bytes),
+                        deadline: (max_wait_ms > 0).then(|| Instant::now() + wait),
+                        reply,
+                        shard_hold,
+                    },
+                );
             }
             Request::JoinGroup {
                 group,
@@ -279,7 +279,6 @@ impl Handler {
         if batch.is_empty() {
             return reply.error(ErrorCode::InvalidBatch, "empty batch");
         }
-        let long_poll = Arc::clone(&self.long_poll);
         let groups = Arc::clone(&self.groups);
         let name = topic.clone();
         self.engine.append(&topic, partition, batch, move |result| {
@@ -291,7 +290,6 @@ impl Handler {
                         first_offset: range.first,
                         last_offset: range.last,
                     });
-                    long_poll.appended(&name, partition);
                     groups.appended(&name);
                 }
                 Err(e) => reply.engine_error(&e),

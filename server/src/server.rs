@@ -15,7 +15,6 @@ use socket2::{Domain, Socket, Type};
 use crate::config::ServerConfig;
 use crate::conn_limits::ConnLimits;
 use crate::connection;
-use crate::fetch::LongPoll;
 use crate::groups::Groups;
 use crate::handler::Handler;
 use crate::log_limit::RateLimitedWarn;
@@ -173,8 +172,6 @@ pub struct Server {
     local_addr: SocketAddr,
     engine: Arc<Engine>,
     handler: Arc<Handler>,
-    long_poll: Arc<LongPoll>,
-    parker: JoinHandle<()>,
     groups: Arc<Groups>,
     group_threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
@@ -203,15 +200,10 @@ impl Server {
                 source: std::io::Error::other("the bound socket has no IP address"),
             })?;
         let engine = Arc::new(Engine::open(cfg.engine.clone())?);
-        let (long_poll, parker) = LongPoll::start(&engine).map_err(|source| ServerError::Io {
-            what: "start the long-poll thread",
-            source,
-        })?;
         let answer_bytes = Handler::consume_answer_limit(cfg.max_frame_bytes);
         let (groups, group_threads) = Groups::start(&engine, cfg.groups, answer_bytes)?;
         let handler = Arc::new(Handler::new(
             Arc::clone(&engine),
-            Arc::clone(&long_poll),
             Arc::clone(&groups),
             cfg.shard_inflight_bytes,
             cfg.max_frame_bytes,
@@ -260,8 +252,6 @@ impl Server {
             local_addr,
             engine,
             handler,
-            long_poll,
-            parker,
             groups,
             group_threads,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -374,8 +364,6 @@ impl Server {
             listener,
             engine,
             handler,
-            long_poll,
-            parker,
             groups,
             group_threads,
             registry,
@@ -394,10 +382,6 @@ impl Server {
         if !registry.wait_until(patience, |s| s.readers == 0) {
             log::warn!("some connections did not stop reading in time");
         }
-        long_poll.stop();
-        if parker.join().is_err() {
-            log::error!("the long-poll thread panicked");
-        }
         // Waiting consumes are answered; acks stored so far are synced when the tables close.
         groups.stop();
         for t in group_threads {
@@ -411,7 +395,6 @@ impl Server {
         if let Some(net) = &net {
             net.release_handler();
         }
-        drop(long_poll);
         // Every flush in flight completes and is answered before this returns.
         match sole_owner(engine, patience) {
             Some(engine) => engine.shutdown(),
