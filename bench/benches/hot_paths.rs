@@ -9,11 +9,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::time::{Duration, Instant};
 
 use keel_engine::aligned::AlignedBuf;
-use keel_engine::batch::{set_base_offset, BatchBuilder, BatchView};
 use keel_engine::delivery::PartitionDelivery;
 use keel_engine::offsets::{AckState, OffsetTable};
 use keel_engine::recovery::{scan, ReadAt};
 use keel_engine::trailer::{flush_end, unchecked_prefix, CrcScope, Trailer, TRAILER_BYTES};
+use keel_format::batch::{set_base_offset, BatchBuilder, BatchView};
 use keel_protocol::{
     decode_request, encode_request, encode_response, ConsumedPartition, DeliveryInfo,
     PartitionTarget, Request, Response,
@@ -34,13 +34,13 @@ fn crc(c: &mut Criterion) {
         let data = vec![7u8; size];
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
-            b.iter(|| keel_protocol::crc::crc32c(black_box(d)))
+            b.iter(|| keel_format::crc::crc32c(black_box(d)))
         });
     }
     // A flush trailer's CRC runs over each batch's first 21 bytes (its unchecked prefix).
     let prefix = [7u8; 21];
     g.bench_function("append 21 B", |b| {
-        b.iter(|| keel_protocol::crc::crc32c_append(black_box(0x1234_5678), black_box(&prefix)))
+        b.iter(|| keel_format::crc::crc32c_append(black_box(0x1234_5678), black_box(&prefix)))
     });
     g.finish();
 }
@@ -77,8 +77,7 @@ fn gather(c: &mut Criterion) {
                     let out = &mut buf.as_mut_slice()[len..len + one.len()];
                     out.copy_from_slice(&one);
                     set_base_offset(out, i as u64);
-                    prefix_crc =
-                        keel_protocol::crc::crc32c_append(prefix_crc, unchecked_prefix(out));
+                    prefix_crc = keel_format::crc::crc32c_append(prefix_crc, unchecked_prefix(out));
                     len += one.len();
                 }
                 let end = flush_end(len as u64) as usize;
@@ -87,7 +86,7 @@ fn gather(c: &mut Criterion) {
                 let t = Trailer {
                     flush_start: 0,
                     next_offset: batches as u64,
-                    flush_crc: keel_protocol::crc::crc32c_append(
+                    flush_crc: keel_format::crc::crc32c_append(
                         prefix_crc,
                         &bytes[len..end - TRAILER_BYTES],
                     ),
@@ -127,8 +126,7 @@ fn recovery_scan(c: &mut Criterion) {
         while pos - start + one.len() < (64 << 10) - TRAILER_BYTES {
             seg[pos..pos + one.len()].copy_from_slice(&one);
             set_base_offset(&mut seg[pos..pos + one.len()], next);
-            prefix_crc =
-                keel_protocol::crc::crc32c_append(prefix_crc, unchecked_prefix(&seg[pos..]));
+            prefix_crc = keel_format::crc::crc32c_append(prefix_crc, unchecked_prefix(&seg[pos..]));
             next += 1;
             pos += one.len();
         }
@@ -136,10 +134,7 @@ fn recovery_scan(c: &mut Criterion) {
         let t = Trailer {
             flush_start: start as u64,
             next_offset: next,
-            flush_crc: keel_protocol::crc::crc32c_append(
-                prefix_crc,
-                &seg[pos..end - TRAILER_BYTES],
-            ),
+            flush_crc: keel_format::crc::crc32c_append(prefix_crc, &seg[pos..end - TRAILER_BYTES]),
             scope: CrcScope::Headers,
         };
         t.encode(&mut seg[end - TRAILER_BYTES..end]);

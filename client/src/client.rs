@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use keel_protocol::batch::BatchBuilder;
+use keel_format::batch::BatchBuilder;
 use keel_protocol::{
     decode_response, encode_produce_request, encode_request, response_correlation_id, ApiKey,
     FrameBuffer, PartitionTarget, Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES,

@@ -19,7 +19,7 @@ pub use awaiting::{GroupAckFuture, ProduceFuture};
 pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
 pub use error::{ClientError, Result};
 pub use groups::{spans_of, Delivered, Membership, PendingAck};
-pub use keel_protocol::batch::BatchBuilder;
+pub use keel_format::batch::BatchBuilder;
 pub use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, StartAt, TopicInfo};
 pub use message::{Fetched, Message};
 pub use producer::Producer;

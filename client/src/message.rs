@@ -1,6 +1,6 @@
 //! Fetched messages: the records of the batches a fetch returns.
 
-use keel_protocol::batch::batches;
+use keel_format::batch::batches;
 
 use crate::error::{ClientError, Result};
 

@@ -197,7 +197,7 @@ impl LostOffsets {
 
 /// Appends a `crc XXXXXXXX` line (CRC-32C of everything before it) to a small text file's body.
 pub fn seal_text(body: String) -> String {
-    let crc = keel_protocol::crc::crc32c(body.as_bytes());
+    let crc = keel_format::crc::crc32c(body.as_bytes());
     format!("{body}crc {crc:08x}\n")
 }
 
@@ -205,7 +205,7 @@ pub fn seal_text(body: String) -> String {
 pub fn unseal_text(text: &str) -> Option<&str> {
     let (body, crc_line) = text.rsplit_once("crc ")?;
     let crc = u32::from_str_radix(crc_line.trim(), 16).ok()?;
-    (keel_protocol::crc::crc32c(body.as_bytes()) == crc).then_some(body)
+    (keel_format::crc::crc32c(body.as_bytes()) == crc).then_some(body)
 }
 
 /// Replaces `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.

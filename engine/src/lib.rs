@@ -10,7 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aligned;
-pub use keel_protocol::batch;
+use keel_format::batch;
 mod blocking;
 mod config;
 pub mod delivery;

@@ -360,7 +360,7 @@ fn encode(seq: u64, state: &AckState, out: &mut [u8]) {
     out[12..20].copy_from_slice(&state.owner.to_le_bytes());
     out[20..28].copy_from_slice(&state.committed.to_le_bytes());
     out[BITMAP_AT..CRC_AT].copy_from_slice(&state.window[..]);
-    let crc = keel_protocol::crc::crc32c(&out[..CRC_AT]);
+    let crc = keel_format::crc::crc32c(&out[..CRC_AT]);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -369,7 +369,7 @@ fn decode(b: &[u8]) -> Decoded {
         return Decoded::Empty;
     }
     let crc = u32::from_le_bytes([b[CRC_AT], b[CRC_AT + 1], b[CRC_AT + 2], b[CRC_AT + 3]]);
-    if b[..4] != MAGIC || keel_protocol::crc::crc32c(&b[..CRC_AT]) != crc {
+    if b[..4] != MAGIC || keel_format::crc::crc32c(&b[..CRC_AT]) != crc {
         return Decoded::Bad;
     }
     let mut window = Box::new([0u8; BITMAP_BYTES]);

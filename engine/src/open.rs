@@ -346,7 +346,7 @@ fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
     let t = Trailer {
         flush_start: s.sealed_end,
         next_offset: s.next_offset,
-        flush_crc: keel_protocol::crc::crc32c_append(s.unsealed_prefix_crc, pad),
+        flush_crc: keel_format::crc::crc32c_append(s.unsealed_prefix_crc, pad),
         scope: CrcScope::Headers,
     };
     t.encode(&mut bytes[trailer_at..(end - block_start) as usize]);

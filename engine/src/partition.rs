@@ -276,7 +276,7 @@ impl Partition {
         batch::set_base_offset(copy, first);
         g.batches.push((first, at as u32));
         g.prefix_crc =
-            keel_protocol::crc::crc32c_append(g.prefix_crc, trailer::unchecked_prefix(copy));
+            keel_format::crc::crc32c_append(g.prefix_crc, trailer::unchecked_prefix(copy));
         g.len += batch.len();
         g.next_offset = first + count;
         g.waiters.push((done, range));
@@ -369,7 +369,7 @@ impl Partition {
         let t = Trailer {
             flush_start: g.start_pos,
             next_offset: g.next_offset,
-            flush_crc: keel_protocol::crc::crc32c_append(g.prefix_crc, &bytes[g.len..trailer_at]),
+            flush_crc: keel_format::crc::crc32c_append(g.prefix_crc, &bytes[g.len..trailer_at]),
             scope: CrcScope::Headers,
         };
         t.encode(&mut bytes[trailer_at..len]);

@@ -148,8 +148,8 @@ pub fn scan<R: ReadAt>(
                     last_indexed = Some(pos);
                 }
                 let bytes = w.get(pos, len)?.unwrap_or_default();
-                s.unsealed_crc = keel_protocol::crc::crc32c_append(s.unsealed_crc, bytes);
-                s.unsealed_prefix_crc = keel_protocol::crc::crc32c_append(
+                s.unsealed_crc = keel_format::crc::crc32c_append(s.unsealed_crc, bytes);
+                s.unsealed_prefix_crc = keel_format::crc::crc32c_append(
                     s.unsealed_prefix_crc,
                     trailer::unchecked_prefix(bytes),
                 );
@@ -211,7 +211,7 @@ fn sealed_flush_at<R: ReadAt>(w: &mut Window<R>, pos: u64, s: &Scan) -> io::Resu
         }
     };
     if pad.iter().all(|&b| b == 0)
-        && keel_protocol::crc::crc32c_append(before_pad, pad) == t.flush_crc
+        && keel_format::crc::crc32c_append(before_pad, pad) == t.flush_crc
     {
         Ok(Seal::Sealed(end))
     } else {
@@ -363,14 +363,14 @@ pub mod tests {
                         starts[starts.len() - flush.len()..]
                             .iter()
                             .fold(0, |crc, &at| {
-                                keel_protocol::crc::crc32c_append(
+                                keel_format::crc::crc32c_append(
                                     crc,
                                     trailer::unchecked_prefix(&out[at as usize..]),
                                 )
                             });
-                    keel_protocol::crc::crc32c_append(prefixes, &out[pos..end - TRAILER_BYTES])
+                    keel_format::crc::crc32c_append(prefixes, &out[pos..end - TRAILER_BYTES])
                 }
-                _ => keel_protocol::crc::crc32c(&out[flush_start..end - TRAILER_BYTES]),
+                _ => keel_format::crc::crc32c(&out[flush_start..end - TRAILER_BYTES]),
             };
             let t = Trailer {
                 flush_start: flush_start as u64,

@@ -86,7 +86,7 @@ impl Trailer {
         out[20..28].copy_from_slice(&self.next_offset.to_be_bytes());
         out[28..32].copy_from_slice(&self.flush_crc.to_be_bytes());
         out[32..36].copy_from_slice(&self.scope.code().to_be_bytes());
-        let crc = keel_protocol::crc::crc32c(&out[..36]);
+        let crc = keel_format::crc::crc32c(&out[..36]);
         out[36..40].copy_from_slice(&crc.to_be_bytes());
     }
 
@@ -96,7 +96,7 @@ impl Trailer {
             return None;
         }
         let stored = u32::from_be_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]);
-        if keel_protocol::crc::crc32c(&bytes[..36]) != stored {
+        if keel_format::crc::crc32c(&bytes[..36]) != stored {
             return None;
         }
         let u64_at = |at: usize| {

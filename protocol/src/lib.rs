@@ -27,13 +27,10 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
-pub mod batch;
-pub mod crc;
 mod frame;
 mod frame_buffer;
 mod request;
 mod response;
-mod varint;
 mod wire;
 
 pub use api::{ApiKey, ErrorCode};

@@ -390,7 +390,7 @@ pub fn encode_produce_request(
     target: &PartitionTarget<'_>,
     producer_id: i64,
     base_sequence: i32,
-    batch: &crate::batch::BatchBuilder,
+    batch: &keel_format::batch::BatchBuilder,
     out: &mut Vec<u8>,
 ) {
     let at = begin_frame(out);

@@ -2,6 +2,7 @@
 //! Round trips of every request and response, and decoding of hostile input: random bytes,
 //! truncated frames, lying lengths and counts. Nothing may panic or over-allocate.
 
+use keel_format::batch;
 use keel_protocol::*;
 use proptest::prelude::*;
 

@@ -128,7 +128,7 @@ pub fn read_from(
         let r = engine
             .read_wait(topic, partition, from, 100_000)
             .expect("read");
-        for view in keel_engine::batch::batches(&r.data) {
+        for view in keel_format::batch::batches(&r.data) {
             let view = view.expect("read returned a batch that does not verify");
             out.push((view.base_offset() as u64, view.bytes().to_vec()));
         }
@@ -146,7 +146,7 @@ pub fn read_from(
 /// The bytes of `batch` as stored: with its assigned base offset.
 pub fn with_offset(batch: &[u8], base_offset: u64) -> Vec<u8> {
     let mut b = batch.to_vec();
-    keel_engine::batch::set_base_offset(&mut b, base_offset);
+    keel_format::batch::set_base_offset(&mut b, base_offset);
     assert!(BatchView::verify(&b).is_ok());
     b
 }

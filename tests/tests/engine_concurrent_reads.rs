@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_engine::{batch, Engine};
+use keel_engine::Engine;
+use keel_format::batch;
 use keel_tests::{crash_value, data_dir, one_record, small_config};
 
 /// The sequence number an appended value carries ("round 0 partition P seq N ...").

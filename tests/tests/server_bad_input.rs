@@ -196,7 +196,7 @@ fn an_oversized_or_unreadable_frame_closes_only_its_connection_with_portable_io(
 fn with_attributes(batch: &[u8], attributes: i16) -> Vec<u8> {
     let mut b = batch.to_vec();
     b[21..23].copy_from_slice(&attributes.to_be_bytes());
-    let crc = keel_protocol::crc::crc32c(&b[21..]);
+    let crc = keel_format::crc::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
 }

@@ -4,9 +4,9 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use keel_engine::batch::trusted_batches;
 use keel_engine::delivery::{Delivery, MemberId};
 use keel_engine::{Engine, EngineError};
+use keel_format::batch::trusted_batches;
 use keel_protocol::{ConsumedPartition, DeliveryInfo, Response, StartAt};
 
 use super::{ConsumeJob, Groups, LiveGroup};

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use keel_engine::batch::{trusted_batches, BatchBuilder, Record};
 use keel_engine::{Engine, EngineError};
+use keel_format::batch::{trusted_batches, BatchBuilder, Record};
 
 use super::{Groups, LiveGroup};
 
@@ -122,7 +122,7 @@ fn copy(engine: &Engine, g: &LiveGroup, partition: u32, offset: u64) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_engine::batch::BatchView;
+    use keel_format::batch::BatchView;
 
     #[test]
     fn a_dead_letter_copy_keeps_the_record_exactly_and_adds_where_it_came_from() {
