@@ -93,6 +93,8 @@ pub struct EngineConfig {
     pub flush_sync: FlushSync,
     /// What to do about corruption found when opening.
     pub recovery: RecoveryMode,
+    /// Slots of each shard's offset table: how many (group, partition) pairs it can hold.
+    pub group_slots: usize,
 }
 
 impl EngineConfig {
@@ -115,6 +117,7 @@ impl EngineConfig {
             io: IoMode::Uring,
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
+            group_slots: 16_384,
         }
     }
 
@@ -156,6 +159,9 @@ impl EngineConfig {
         }
         if self.retention_bytes == Some(0) {
             return fail("retention_bytes must be positive (or unset, to keep everything)".into());
+        }
+        if self.group_slots == 0 {
+            return fail("group_slots must be positive".into());
         }
         if self.max_pending_bytes < self.max_flush_bytes || self.queue_depth == 0 {
             return fail(

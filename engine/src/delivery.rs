@@ -96,6 +96,9 @@ pub struct PartitionDelivery {
     redeliver: BTreeMap<u64, Waiting>,
     /// Messages in flight per member (the prefetch limit is checked per request).
     held: HashMap<MemberId, usize>,
+    /// Deliveries that left flight since [`Self::take_released`] was last called, per member:
+    /// what a caller counting each member's deliveries over many partitions gives back.
+    released: HashMap<MemberId, usize>,
     max_deliveries: u32,
     counts: DeliveryCounts,
 }
@@ -110,6 +113,7 @@ impl PartitionDelivery {
             in_flight: OffsetDeque::default(),
             redeliver: BTreeMap::new(),
             held: HashMap::new(),
+            released: HashMap::new(),
             max_deliveries: max_deliveries.max(1),
             counts: DeliveryCounts::default(),
         }
@@ -157,16 +161,44 @@ impl PartitionDelivery {
     fn take_in_flight(&mut self, offset: u64) -> Option<InFlight> {
         let f = self.in_flight.remove(offset)?;
         if let Some(n) = self.held.get_mut(&f.member) {
+            assert!(*n > 0, "a member holds what it was handed");
             *n -= 1;
             if *n == 0 {
                 self.held.remove(&f.member);
             }
         }
+        *self.released.entry(f.member).or_insert(0) += 1;
         Some(f)
     }
 
-    /// Up to `max` messages for `member`: due redeliveries first (lowest offset first), then
-    /// new offsets below `high_watermark`, each due back by `now + ack_timeout`. With `others`
+    /// Per member, the deliveries that left flight (acknowledged, given back, redelivered,
+    /// dead-lettered) since the last call.
+    pub fn take_released(&mut self) -> HashMap<MemberId, usize> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Whether any delivery left flight since [`Self::take_released`] was last called.
+    pub fn has_released(&self) -> bool {
+        !self.released.is_empty()
+    }
+
+    /// The earliest moment something held here comes due by itself: an ack deadline, or a
+    /// nacked message's delay (its hand-off second included), if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        let deadlines = self.in_flight.iter().map(|(_, f)| f.deadline);
+        let ready = self.redeliver.values().map(|w| {
+            if w.from.is_some() {
+                w.ready_at + HAND_OFF
+            } else {
+                w.ready_at
+            }
+        });
+        deadlines.chain(ready).min()
+    }
+
+    /// Up to `max` messages for `member`, all below `end` (at most the log's high watermark):
+    /// due redeliveries first (lowest offset first), then new offsets, each due back by
+    /// `now + ack_timeout`. With `others`
     /// (the group has other members), a message that timed out or was nacked is not handed
     /// back to the member that had it until [`HAND_OFF`] after it came due, so another member
     /// gets it first if one asks; after that anyone may take it, so it never waits for a
@@ -176,7 +208,7 @@ impl PartitionDelivery {
         member: MemberId,
         others: bool,
         max: usize,
-        high_watermark: u64,
+        end: u64,
         now: Instant,
         ack_timeout: Duration,
     ) -> Batch {
@@ -185,7 +217,7 @@ impl PartitionDelivery {
             |w: &Waiting| others && w.from == Some(member) && now < w.ready_at + HAND_OFF;
         let due: Vec<(u64, Waiting)> = self
             .redeliver
-            .iter()
+            .range(..end)
             .filter(|(_, w)| w.ready_at <= now && !kept_from(w))
             .map(|(&o, &w)| (o, w))
             .collect();
@@ -206,7 +238,7 @@ impl PartitionDelivery {
                 now + ack_timeout,
             );
         }
-        while batch.deliveries.len() < max && self.next_new < high_watermark {
+        while batch.deliveries.len() < max && self.next_new < end {
             let offset = self.next_new;
             if offset >= self.acks.committed + WINDOW as u64 {
                 batch.window_full = true;
@@ -636,5 +668,31 @@ mod tests {
         acks.ack(103);
         let mut p = PartitionDelivery::new(acks, 16);
         assert_eq!(offsets(&p.next(1, false, 10, 105, now, T)), [100, 102, 104]);
+    }
+
+    #[test]
+    fn nothing_at_or_above_the_end_asked_is_handed_out_and_what_leaves_flight_is_counted() {
+        let now = Instant::now();
+        let mut p = PartitionDelivery::new(AckState::new(1, 0), 16);
+        assert_eq!(offsets(&p.next(1, false, 10, 4, now, T)), [0, 1, 2, 3]);
+        p.nack(1, 1, Duration::ZERO, now);
+        p.nack(1, 3, Duration::ZERO, now);
+        // Read from 1 up to 3: the redelivery of 3 and new offsets wait for a later read.
+        assert_eq!(offsets(&p.next(2, false, 10, 3, now, T)), [1]);
+        assert_eq!(offsets(&p.next(2, false, 10, 6, now, T)), [3, 4, 5]);
+        assert!(p.ack(0) && p.ack(4));
+        let released = p.take_released();
+        assert_eq!(
+            released.get(&1),
+            Some(&3),
+            "1 and 3 given back, 0 acknowledged"
+        );
+        assert_eq!(released.get(&2), Some(&1), "4 acknowledged");
+        assert!(!p.has_released());
+        assert_eq!(
+            p.next_due(),
+            Some(now + T),
+            "the ack deadlines of what is in flight"
+        );
     }
 }

@@ -14,12 +14,15 @@ use crossbeam_channel::{bounded, Sender};
 use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::filesystem::{self, Filesystem};
+use crate::group_ops::Groups;
+use crate::groups::{GroupHelper, GroupStore, ShardLinks};
 use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
 use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
-use crate::shard::{on_shard_thread, Command, Opening, Shard, ShardStats};
+pub(crate) use crate::shard::on_shard_thread;
+use crate::shard::{Command, GroupCmd, Opening, Shard, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
 use crate::{OffsetRange, ReadDone, ReadResult};
@@ -91,6 +94,8 @@ pub struct Engine {
     /// Removes dropped segment files and deleted topics; stopped (finishing them) before the
     /// lock is let go.
     janitor: Janitor,
+    /// Consumer groups (`group_ops.rs`); `None` only while opening and once stopped.
+    pub(crate) groups: Option<Groups>,
     _lock: DataDirLock,
 }
 
@@ -152,6 +157,7 @@ impl Engine {
             janitor: Janitor::start()
                 .map_err(|e| EngineError::io("start the janitor thread", "", e))?,
             _lock: lock,
+            groups: None,
             cfg: Arc::clone(&cfg),
         };
         for id in 0..cfg.shards {
@@ -168,6 +174,7 @@ impl Engine {
                 engine.fill_lost_offsets(&name, p)?;
             }
         }
+        engine.open_groups()?;
         for (name, cause) in damaged {
             log::error!(
                 "topic {name:?} is offline: {cause}. Every other topic is served; requests for \
@@ -178,6 +185,70 @@ impl Engine {
             engine.offline_topics().insert(name, cause);
         }
         Ok(engine)
+    }
+
+    /// Opens the consumer groups' durable state, checks it against the logs, starts their
+    /// helper and hands the shards what they serve groups with.
+    fn open_groups(&mut self) -> Result<()> {
+        let cfg = Arc::clone(&self.cfg);
+        let store = Arc::new(GroupStore::open(
+            &cfg.data_dir,
+            cfg.shards,
+            cfg.group_slots,
+        )?);
+        if cfg.recovery == RecoveryMode::Repair {
+            store.remove_damaged()?;
+        }
+        // Before anything is appended: a message appended now could not be told from one the
+        // group acknowledged before the log lost it.
+        store.bring_within_logs(|topic, p| {
+            self.read_wait(topic, p, 0, 1)
+                .ok()
+                .map(|r| r.high_watermark)
+        });
+        let links = ShardLinks {
+            txs: self.shards.iter().map(|s| s.tx.clone()).collect(),
+            wakers: self.shards.iter().map(|s| Arc::clone(&s.waker)).collect(),
+        };
+        let helper = GroupHelper::start(links.clone(), Arc::clone(&store))
+            .map_err(|e| EngineError::io("start the consumer-group helper thread", "", e))?;
+        for shard in 0..self.shards.len() {
+            let cmd = GroupCmd::Attach {
+                store: Arc::clone(&store),
+                helper: helper.sender(),
+                peers: links.clone(),
+            };
+            self.send_to_shard(shard, Command::Group(cmd))?;
+        }
+        self.groups = Some(Groups::new(store, helper));
+        Ok(())
+    }
+
+    /// Shards.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Sends `cmd` to shard `shard` and wakes it at once: a group request is answered in the
+    /// shard's next turn (appends may instead wait for a batch of them, or for the completion
+    /// the shard expects anyway).
+    pub(crate) fn send_to_shard(&self, shard: usize, cmd: Command) -> Result<()> {
+        self.send_to_shard_or_return(shard, cmd)
+            .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// [`Engine::send_to_shard`], returning the command when it cannot be sent.
+    pub(crate) fn send_to_shard_or_return(
+        &self,
+        shard: usize,
+        cmd: Command,
+    ) -> std::result::Result<(), crossbeam_channel::SendError<Command>> {
+        let Some(handle) = self.shards.get(shard) else {
+            return Err(crossbeam_channel::SendError(cmd));
+        };
+        self.send_or_return(handle, cmd)?;
+        handle.waker.wake(usize::MAX);
+        Ok(())
     }
 
     fn catalog(&self) -> MutexGuard<'_, BTreeMap<String, TopicMeta>> {
@@ -356,7 +427,10 @@ impl Engine {
         }
         self.catalog().remove(name);
         self.offline_topics().remove(name);
-        Ok(())
+        match &self.groups {
+            Some(groups) => groups.remove_topic(name),
+            None => Ok(()),
+        }
     }
 
     /// Topics and their partition counts, by name.
@@ -597,6 +671,10 @@ impl Engine {
     }
 
     fn stop_shards(&mut self) {
+        // First the groups' helper, which asks the shards for the last checkpoints.
+        if let Some(groups) = &mut self.groups {
+            groups.helper.stop();
+        }
         self.closed.store(true, Ordering::Release);
         for shard in &self.shards {
             if shard.tx.send_now(Command::Stop).is_ok() {
@@ -621,7 +699,7 @@ impl Drop for Engine {
 
 /// Waiting on a shard thread could wait for that very shard: refused with a clear error
 /// instead of hanging.
-fn refuse_on_shard_thread(what: &'static str) -> Result<()> {
+pub(crate) fn refuse_on_shard_thread(what: &'static str) -> Result<()> {
     if on_shard_thread() {
         return Err(EngineError::OnShardThread(what));
     }
@@ -658,6 +736,7 @@ fn spawn_shard<D: Disk + Send + 'static>(
     let stats = Arc::new(ShardStats::default());
     let waker = disk.waker();
     let shard = Shard::new(
+        id,
         disk,
         rx,
         Arc::clone(cfg),

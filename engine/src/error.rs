@@ -197,6 +197,14 @@ pub enum EngineError {
         /// Why.
         cause: Arc<EngineError>,
     },
+    /// The member is not in the group: it never joined, it left, or its session ended.
+    #[error("member {member} is not in group {group:?} (its session ended); join again")]
+    UnknownMember {
+        /// Group name.
+        group: String,
+        /// The member id given.
+        member: u64,
+    },
     /// The topic was deleted while this request waited.
     #[error("topic {0:?} was deleted")]
     TopicDeleted(String),

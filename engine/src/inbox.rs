@@ -84,6 +84,15 @@ pub fn inbox<T>(depth: usize) -> (InboxSender<T>, Inbox<T>) {
     )
 }
 
+impl<T> Clone for InboxSender<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            room: Arc::clone(&self.room),
+        }
+    }
+}
+
 impl<T> InboxSender<T> {
     /// Queues `msg` once the queue has room, waiting for the shard to take requests if it is
     /// full. Fails, returning `msg`, once the shard is gone.

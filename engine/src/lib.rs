@@ -17,6 +17,7 @@ pub mod delivery;
 mod engine;
 mod error;
 pub mod filesystem;
+mod group_ops;
 pub mod groups;
 pub mod histogram;
 mod in_flight;
@@ -45,8 +46,11 @@ pub use batch::{BatchBuilder, BatchError, BatchView, Record};
 pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats, LOST_HEADER};
 pub use error::{EngineError, Result};
+pub use group_ops::{ConsumeLimits, GroupMetrics, GroupStart, JoinRequest, Joined};
+pub use groups::ConsumedPartition;
 pub use io::{CrashPlan, FaultPlan};
 pub use read::ReadResult;
+pub use shard::GroupPartitionMetrics;
 
 /// The offsets given to one appended batch (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

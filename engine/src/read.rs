@@ -4,6 +4,7 @@
 use crate::aligned::{align_down, align_up};
 use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
 use crate::error::{EngineError, Result};
+use crate::groups::ConsumeTask;
 use crate::io::{Completion, FileId};
 use crate::partition::Partition;
 use crate::trailer::{self, Trailer, TRAILER_BYTES};
@@ -25,6 +26,22 @@ pub struct ReadResult {
     pub high_watermark: u64,
 }
 
+/// Who a read answers.
+pub enum ReadFor {
+    /// A caller of the engine, through its callback.
+    Caller(ReadDone),
+    /// A consume being served on this shard, which goes on with what was read.
+    Consume(Box<ConsumeTask>),
+}
+
+/// Where a read is: answered, or waiting for the disk.
+pub enum ReadStep {
+    /// Done: the answer, for whom it is.
+    Done(ReadFor, Result<ReadResult>),
+    /// The disk read to issue next.
+    Disk(DiskRead),
+}
+
 /// A read waiting for the disk.
 pub struct DiskRead {
     /// Offset asked for.
@@ -41,8 +58,8 @@ pub struct DiskRead {
     pub out: Vec<u8>,
     /// One past the last offset collected.
     pub next_offset: u64,
-    /// Where the answer goes.
-    pub done: ReadDone,
+    /// Who the answer goes to.
+    pub target: ReadFor,
 }
 
 /// What parsing a region found.
@@ -55,30 +72,38 @@ enum Parsed {
 }
 
 impl Partition {
-    /// Starts a read. Answers at once when it can (from memory, or with an error); otherwise
-    /// returns the disk read to issue.
-    pub fn begin_read(&mut self, from: u64, max_bytes: usize, done: ReadDone) -> Option<DiskRead> {
+    /// Starts a read. Done at once when it can be (from memory, or with an error); otherwise
+    /// the disk read to issue.
+    pub fn begin_read(&mut self, from: u64, max_bytes: usize, target: ReadFor) -> ReadStep {
         let (start, end) = (self.log_start(), self.durable_next);
         if from < start || from > end {
-            done(Err(EngineError::OffsetOutOfRange {
+            let err = EngineError::OffsetOutOfRange {
                 offset: from,
                 start,
                 end,
-            }));
-            return None;
+            };
+            return ReadStep::Done(target, Err(err));
         }
         if from == end || self.tail.covers(from) {
             let mut data = Vec::new();
             let next_offset = self.tail.read(from, max_bytes, &mut data);
-            done(Ok(ReadResult {
+            let answer = ReadResult {
                 data,
                 next_offset,
                 high_watermark: end,
-            }));
-            return None;
+            };
+            return ReadStep::Done(target, Ok(answer));
         }
-        let seg = self.segments.iter().rev().find(|s| s.base_offset <= from)?;
-        Some(DiskRead {
+        let Some(seg) = self.segments.iter().rev().find(|s| s.base_offset <= from) else {
+            // Below every segment, yet not below the log's start: nothing to read.
+            let answer = ReadResult {
+                data: Vec::new(),
+                next_offset: from,
+                high_watermark: end,
+            };
+            return ReadStep::Done(target, Ok(answer));
+        };
+        ReadStep::Disk(DiskRead {
             from,
             max_bytes,
             segment_base: seg.base_offset,
@@ -86,7 +111,7 @@ impl Partition {
             need_bytes: 0,
             out: Vec::new(),
             next_offset: from,
-            done,
+            target,
         })
     }
 
@@ -109,14 +134,9 @@ impl Partition {
         Some((seg.file, start, len as usize))
     }
 
-    /// Takes the completion of `r`'s disk read. Returns the read again if it needs another
-    /// disk read, or answers it and returns `None`.
-    pub fn continue_read(
-        &mut self,
-        mut r: DiskRead,
-        read_pos: u64,
-        c: Completion,
-    ) -> Option<DiskRead> {
+    /// Takes the completion of `r`'s disk read: the read again if it needs another disk read,
+    /// or its answer.
+    pub fn continue_read(&mut self, mut r: DiskRead, read_pos: u64, c: Completion) -> ReadStep {
         let Some(seg_index) = self
             .segments
             .iter()
@@ -148,28 +168,28 @@ impl Partition {
             Ok(Parsed::More { pos, need }) if pos < durable_end => {
                 r.pos = pos;
                 r.need_bytes = need;
-                Some(r)
+                ReadStep::Disk(r)
             }
             Ok(_) => match self.segments.get(seg_index + 1) {
                 Some(next) if next.base_offset < self.durable_next => {
                     r.segment_base = next.base_offset;
                     r.pos = 0;
                     r.need_bytes = 0;
-                    Some(r)
+                    ReadStep::Disk(r)
                 }
                 _ => self.finish_read(r, Ok(())),
             },
         }
     }
 
-    fn finish_read(&mut self, r: DiskRead, outcome: Result<()>) -> Option<DiskRead> {
+    /// `r`'s answer, with what it collected so far.
+    pub fn finish_read(&self, r: DiskRead, outcome: Result<()>) -> ReadStep {
         let answer = outcome.map(|()| ReadResult {
             data: r.out,
             next_offset: r.next_offset,
             high_watermark: self.durable_next,
         });
-        (r.done)(answer);
-        None
+        ReadStep::Done(r.target, answer)
     }
 }
 

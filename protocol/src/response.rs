@@ -180,6 +180,13 @@ pub fn encode_response(correlation_id: u32, response: &Response<'_>, out: &mut V
         }
         Response::LeaveGroup | Response::Heartbeat | Response::Ack | Response::Nack => {}
         Response::Consume { partitions } => {
+            // Room for all of it at once: an answer carries up to megabytes of batches, and
+            // growing the frame piece by piece would copy them again and again.
+            let body: usize = partitions
+                .iter()
+                .map(|p| 12 + 12 * p.deliveries.len() + p.batches.len())
+                .sum();
+            w.reserve(4 + body);
             w.u32(partitions.len() as u32);
             for p in partitions {
                 w.u32(p.partition);

@@ -116,6 +116,10 @@ impl<'a> Writer<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Self {
         Self { out }
     }
+    /// Makes room for `bytes` more, so what follows is appended without growing the vector.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.out.reserve(bytes);
+    }
     /// A u8.
     pub fn u8(&mut self, v: u8) {
         self.out.push(v);

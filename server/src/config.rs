@@ -57,8 +57,6 @@ pub struct GroupDefaults {
     pub max_deliveries: u32,
     /// Deliveries a member may hold unacknowledged.
     pub max_unacked: u32,
-    /// Slots per offset table (one table per shard; one slot per group and partition).
-    pub slots: usize,
 }
 
 impl Default for GroupDefaults {
@@ -68,7 +66,6 @@ impl Default for GroupDefaults {
             ack_timeout_ms: 30_000,
             max_deliveries: 16,
             max_unacked: 1000,
-            slots: 16_384,
         }
     }
 }
@@ -200,6 +197,9 @@ impl FileConfig {
             engine.zero_segments = z;
         }
         engine.retention_bytes = self.retention_bytes;
+        if let Some(n) = self.group_slots {
+            engine.group_slots = n;
+        }
         if let Some(us) = self.commit_linger_us {
             engine.commit_linger = std::time::Duration::from_micros(us);
         }
@@ -261,7 +261,6 @@ impl FileConfig {
                     ack_timeout_ms: self.ack_timeout_ms.unwrap_or(d.ack_timeout_ms),
                     max_deliveries: self.max_deliveries.unwrap_or(d.max_deliveries),
                     max_unacked: self.max_unacked.unwrap_or(d.max_unacked),
-                    slots: self.group_slots.unwrap_or(d.slots),
                 }
             },
             engine,
@@ -311,9 +310,6 @@ impl ServerConfig {
             max_deliveries: g.max_deliveries,
         };
         as_asked.check(false).map_err(ConfigError::Invalid)?;
-        if g.slots == 0 {
-            return invalid("group_slots must be positive".into());
-        }
         self.engine
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))

@@ -4,15 +4,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_engine::{shard_for, Engine, EngineError};
+use keel_engine::groups::GroupSettings;
+use keel_engine::{shard_for, ConsumeLimits, Engine, EngineError, GroupStart, JoinRequest};
 use keel_protocol::{
-    ApiKey, ApiVersions, ErrorCode, PartitionTarget, Request, Response, TopicInfo,
-    MAX_NACK_DELAY_MS,
+    ApiKey, ApiVersions, ConsumedPartition, DeliveryInfo, ErrorCode, JoinSettings, OffsetSpan,
+    PartitionTarget, Request, Response, StartAt, TopicInfo, MAX_NACK_DELAY_MS,
 };
 
 use crate::budget::{BudgetHold, ByteBudget};
+use crate::config::GroupDefaults;
 use crate::fetch::{self, Fetch};
-use crate::groups::{Groups, JoinJob};
 use crate::partitioner::partition_for_key;
 use crate::reply::Reply;
 
@@ -27,7 +28,7 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
 /// What every connection shares.
 pub struct Handler {
     engine: Arc<Engine>,
-    groups: Arc<Groups>,
+    group_defaults: GroupDefaults,
     shard_budgets: Vec<Arc<ByteBudget>>,
     max_frame_bytes: u32,
 }
@@ -36,7 +37,7 @@ impl Handler {
     /// A handler over `engine`, with one in-flight budget of `shard_inflight_bytes` per shard.
     pub fn new(
         engine: Arc<Engine>,
-        groups: Arc<Groups>,
+        group_defaults: GroupDefaults,
         shard_inflight_bytes: usize,
         max_frame_bytes: u32,
     ) -> Self {
@@ -45,7 +46,7 @@ impl Handler {
             .collect();
         Self {
             engine,
-            groups,
+            group_defaults,
             shard_budgets,
             max_frame_bytes,
         }
@@ -151,11 +152,7 @@ impl Handler {
                     Err(e) => reply.engine_error(&e),
                 }
             }
-            Request::DeleteTopic { topic } => match self
-                .engine
-                .delete_topic(&topic)
-                .and_then(|()| self.groups.topic_deleted(&topic))
-            {
+            Request::DeleteTopic { topic } => match self.engine.delete_topic(&topic) {
                 Ok(()) => {
                     log::info!("deleted topic {topic:?}");
                     reply.ok(&Response::DeleteTopic);
@@ -207,25 +204,24 @@ impl Handler {
                 settings,
             } => match settings.check(true) {
                 Err(why) => reply.error(ErrorCode::InvalidArgument, &why),
-                Ok(()) => self.groups.join(JoinJob {
-                    group,
-                    topic,
-                    start,
-                    settings,
-                    conn,
-                    reply,
-                }),
+                Ok(()) => self.join(&group, &topic, start, settings, conn, reply),
             },
             Request::LeaveGroup {
                 group,
                 topic,
                 member,
-            } => self.groups.leave(&group, &topic, member, reply),
+            } => match self.engine.leave_group(&group, &topic, member) {
+                Ok(()) => reply.ok(&Response::LeaveGroup),
+                Err(e) => reply.engine_error(&e),
+            },
             Request::Heartbeat {
                 group,
                 topic,
                 member,
-            } => self.groups.heartbeat(&group, &topic, member, reply),
+            } => match self.engine.heartbeat(&group, &topic, member) {
+                Ok(()) => reply.ok(&Response::Heartbeat),
+                Err(e) => reply.engine_error(&e),
+            },
             Request::Consume {
                 group,
                 topic,
@@ -234,8 +230,33 @@ impl Handler {
                 max_wait_ms,
             } => {
                 let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
-                self.groups
-                    .consume(&group, &topic, member, max_messages, wait, reply);
+                let until = (!wait.is_zero()).then(|| Instant::now() + wait);
+                let limits = ConsumeLimits {
+                    max_messages: max_messages as usize,
+                    max_bytes: Self::consume_answer_limit(self.max_frame_bytes),
+                    until,
+                };
+                self.engine
+                    .consume(&group, &topic, member, limits, move |result| match result {
+                        Ok(parts) => reply.ok(&Response::Consume {
+                            partitions: parts
+                                .iter()
+                                .map(|p| ConsumedPartition {
+                                    partition: p.partition,
+                                    deliveries: p
+                                        .deliveries
+                                        .iter()
+                                        .map(|d| DeliveryInfo {
+                                            offset: d.offset,
+                                            delivery_count: d.delivery_count,
+                                        })
+                                        .collect(),
+                                    batches: &p.batches,
+                                })
+                                .collect(),
+                        }),
+                        Err(e) => reply.engine_error(&e),
+                    });
             }
             Request::Ack {
                 group,
@@ -243,9 +264,17 @@ impl Handler {
                 member,
                 durable,
                 spans,
-            } => self
-                .groups
-                .ack(&group, &topic, member, durable, &spans, reply),
+            } => self.engine.ack(
+                &group,
+                &topic,
+                member,
+                &spans_of(&spans),
+                durable,
+                move |r| match r {
+                    Ok(()) => reply.ok(&Response::Ack),
+                    Err(e) => reply.engine_error(&e),
+                },
+            ),
             Request::Nack { delay_ms, .. } if delay_ms > MAX_NACK_DELAY_MS => reply.error(
                 ErrorCode::InvalidArgument,
                 &format!("delay_ms must be at most {MAX_NACK_DELAY_MS} (a day), not {delay_ms}"),
@@ -258,9 +287,59 @@ impl Handler {
                 spans,
             } => {
                 let delay = Duration::from_millis(u64::from(delay_ms));
-                self.groups
-                    .nack(&group, &topic, member, delay, &spans, reply);
+                self.engine.nack(
+                    &group,
+                    &topic,
+                    member,
+                    &spans_of(&spans),
+                    delay,
+                    move |r| match r {
+                        Ok(()) => reply.ok(&Response::Nack),
+                        Err(e) => reply.engine_error(&e),
+                    },
+                );
             }
+        }
+    }
+
+    /// Joins a group (creating it, which writes files, the first time); a setting of 0 asks
+    /// for the server's default. Each setting was checked against its range already.
+    fn join(
+        &self,
+        group: &str,
+        topic: &str,
+        start: StartAt,
+        asked: JoinSettings,
+        conn: u64,
+        reply: Reply,
+    ) {
+        let d = &self.group_defaults;
+        let session_timeout_ms = asked_or(asked.session_timeout_ms, d.session_timeout_ms);
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        let joined = self.engine.join_group(JoinRequest {
+            group,
+            topic,
+            start: match start {
+                StartAt::Earliest => GroupStart::Earliest,
+                StartAt::Latest => GroupStart::Latest,
+                StartAt::Offset(o) => GroupStart::Offset(o),
+                StartAt::Timestamp(t) => GroupStart::Timestamp(t),
+            },
+            settings: GroupSettings {
+                ack_timeout: ms(asked_or(asked.ack_timeout_ms, d.ack_timeout_ms)),
+                max_deliveries: asked_or(asked.max_deliveries, d.max_deliveries),
+            },
+            session_timeout: ms(session_timeout_ms),
+            max_unacked: asked_or(asked.max_unacked, d.max_unacked) as usize,
+            conn,
+        });
+        match joined {
+            Ok(j) => reply.ok(&Response::JoinGroup {
+                member: j.member,
+                partitions: j.partitions,
+                session_timeout_ms,
+            }),
+            Err(e) => reply.engine_error(&e),
         }
     }
 
@@ -279,8 +358,6 @@ impl Handler {
         if batch.is_empty() {
             return reply.error(ErrorCode::InvalidBatch, "empty batch");
         }
-        let groups = Arc::clone(&self.groups);
-        let name = topic.clone();
         self.engine.append(&topic, partition, batch, move |result| {
             drop(shard_hold);
             match result {
@@ -290,7 +367,6 @@ impl Handler {
                         first_offset: range.first,
                         last_offset: range.last,
                     });
-                    groups.appended(&name);
                 }
                 Err(e) => reply.engine_error(&e),
             }
@@ -308,4 +384,21 @@ fn owned_part(frame: &Bytes, part: &[u8]) -> Bytes {
     } else {
         Bytes::copy_from_slice(part)
     }
+}
+
+/// A join's setting, or the server's default where it asked for one (0).
+fn asked_or(asked: u32, default: u32) -> u32 {
+    if asked == 0 {
+        default
+    } else {
+        asked
+    }
+}
+
+/// Spans as the engine takes them: (partition, first, last).
+fn spans_of(spans: &[OffsetSpan]) -> Vec<(u32, u64, u64)> {
+    spans
+        .iter()
+        .map(|s| (s.partition, s.first, s.last))
+        .collect()
 }

@@ -17,7 +17,6 @@ mod conn_limits;
 mod connection;
 mod fetch;
 mod frames;
-mod groups;
 mod handler;
 mod log_limit;
 pub mod logger;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use keel_engine::Engine;
 
-use crate::groups::{GroupMetrics, Groups, PartitionMetrics};
 use crate::server::{Registry, ServerError};
+use keel_engine::{GroupMetrics, GroupPartitionMetrics};
 
 /// Longest request head read before the request is refused.
 const MAX_REQUEST_BYTES: usize = 8 << 10;
@@ -25,8 +25,6 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Sources {
     /// The engine (gone once the server stops).
     pub engine: Weak<Engine>,
-    /// The consumer groups.
-    pub groups: Weak<Groups>,
     /// Open connections.
     pub registry: Arc<Registry>,
 }
@@ -186,12 +184,12 @@ impl Exposition {
         &mut self,
         groups: &[GroupMetrics],
         (name, kind, help): (&str, &str, &str),
-        value: impl Fn(&PartitionMetrics) -> T,
+        value: impl Fn(&GroupPartitionMetrics) -> T,
     ) {
         self.family(name, kind, help);
         for g in groups {
-            for (p, m) in g.partitions.iter().enumerate() {
-                let p = p.to_string();
+            for m in &g.partitions {
+                let p = m.partition.to_string();
                 let labels = [
                     ("group", &g.group[..]),
                     ("topic", &g.topic),
@@ -281,7 +279,7 @@ pub fn render(sources: &Sources) -> String {
         );
         out.sample("keel_topics_offline", &[], s.topics_offline);
     }
-    let live_groups = sources.groups.upgrade();
+    let engine = sources.engine.upgrade();
     out.family(
         "keel_groups_offline",
         "gauge",
@@ -290,9 +288,9 @@ pub fn render(sources: &Sources) -> String {
     out.sample(
         "keel_groups_offline",
         &[],
-        live_groups.as_ref().map_or(0, |g| g.offline_count()),
+        engine.as_ref().map_or(0, |e| e.groups_offline()),
     );
-    let groups = live_groups.map(|g| g.metrics()).unwrap_or_default();
+    let groups = engine.map(|e| e.group_metrics()).unwrap_or_default();
     out.family(
         "keel_group_members",
         "gauge",

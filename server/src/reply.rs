@@ -88,6 +88,7 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
             ErrorCode::InvalidArgument
         }
         EngineError::OffsetTablePoisoned { .. } => ErrorCode::PartitionPoisoned,
+        EngineError::UnknownMember { .. } => ErrorCode::UnknownMember,
         EngineError::PartitionOffline { .. }
         | EngineError::TopicOffline { .. }
         | EngineError::GroupOffline { .. } => ErrorCode::Offline,

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use keel_engine::{Engine, EngineError, IoMode};
@@ -15,7 +14,6 @@ use socket2::{Domain, Socket, Type};
 use crate::config::ServerConfig;
 use crate::conn_limits::ConnLimits;
 use crate::connection;
-use crate::groups::Groups;
 use crate::handler::Handler;
 use crate::log_limit::RateLimitedWarn;
 use crate::metrics::{MetricsEndpoint, Sources};
@@ -53,7 +51,7 @@ pub(crate) struct Registry {
     state: Mutex<RegistryState>,
     changed: Condvar,
     /// Told when a connection closes (its group members leave).
-    groups: Mutex<Option<Arc<Groups>>>,
+    engine: Mutex<Option<Weak<Engine>>>,
 }
 
 #[derive(Default)]
@@ -172,11 +170,8 @@ pub struct Server {
     local_addr: SocketAddr,
     engine: Arc<Engine>,
     handler: Arc<Handler>,
-    groups: Arc<Groups>,
-    group_threads: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     registry: Arc<Registry>,
-    /// The rings serving connections, unless they are served by threads.
     /// The io_uring network loops; `None` with the portable I/O backend, where each
     /// connection has a reader and a writer thread instead (see [`Server::start`]).
     net: Option<NetLoops>,
@@ -200,17 +195,15 @@ impl Server {
                 source: std::io::Error::other("the bound socket has no IP address"),
             })?;
         let engine = Arc::new(Engine::open(cfg.engine.clone())?);
-        let answer_bytes = Handler::consume_answer_limit(cfg.max_frame_bytes);
-        let (groups, group_threads) = Groups::start(&engine, cfg.groups, answer_bytes)?;
         let handler = Arc::new(Handler::new(
             Arc::clone(&engine),
-            Arc::clone(&groups),
+            cfg.groups,
             cfg.shard_inflight_bytes,
             cfg.max_frame_bytes,
         ));
         let registry = Arc::new(Registry::default());
         let limits = ConnLimits::from_config(&cfg);
-        *lock_groups(&registry) = Some(Arc::clone(&groups));
+        *lock_engine(&registry) = Some(Arc::downgrade(&engine));
         // One way to serve connections, the io_uring loops: they measured faster than a thread
         // pair per connection and than connections on the shards' own rings. The threads remain
         // for the portable I/O backend alone, whose reason to exist is a host that allows no
@@ -234,7 +227,6 @@ impl Server {
                     addr,
                     Sources {
                         engine: Arc::downgrade(&engine),
-                        groups: Arc::downgrade(&groups),
                         registry: Arc::clone(&registry),
                     },
                 )?;
@@ -252,8 +244,6 @@ impl Server {
             local_addr,
             engine,
             handler,
-            groups,
-            group_threads,
             stopping: Arc::new(AtomicBool::new(false)),
             registry,
             limits,
@@ -364,8 +354,6 @@ impl Server {
             listener,
             engine,
             handler,
-            groups,
-            group_threads,
             registry,
             net,
             metrics,
@@ -382,20 +370,13 @@ impl Server {
         if !registry.wait_until(patience, |s| s.readers == 0) {
             log::warn!("some connections did not stop reading in time");
         }
-        // Waiting consumes are answered; acks stored so far are synced when the tables close.
-        groups.stop();
-        for t in group_threads {
-            if t.join().is_err() {
-                log::error!("a consumer-group thread panicked");
-            }
-        }
-        lock_groups(&registry).take();
-        drop(groups);
+        lock_engine(&registry).take();
         drop(handler);
         if let Some(net) = &net {
             net.release_handler();
         }
-        // Every flush in flight completes and is answered before this returns.
+        // Every flush in flight completes and is answered, waiting consumes are answered and
+        // the groups' last checkpoints recorded before this returns.
         match sole_owner(engine, patience) {
             Some(engine) => engine.shutdown(),
             None => log::warn!("the engine is still in use; it stops when the last user lets go"),
@@ -434,16 +415,16 @@ fn sole_owner(mut engine: Arc<Engine>, patience: Duration) -> Option<Engine> {
 /// Held while a connection is read; counts it out of the readers when dropped.
 pub struct ReaderDone(Arc<Registry>, u64);
 
-fn lock_groups(registry: &Registry) -> MutexGuard<'_, Option<Arc<Groups>>> {
-    registry.groups.lock().unwrap_or_else(|p| p.into_inner())
+fn lock_engine(registry: &Registry) -> MutexGuard<'_, Option<Weak<Engine>>> {
+    registry.engine.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for ReaderDone {
     fn drop(&mut self) {
         let id = self.1;
-        let groups = lock_groups(&self.0).clone();
-        if let Some(groups) = groups {
-            groups.connection_closed(id);
+        let engine = lock_engine(&self.0).as_ref().and_then(Weak::upgrade);
+        if let Some(engine) = engine {
+            engine.connection_closed(id);
         }
         self.0.update(|s| {
             s.streams.remove(&id);

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod crash_load;
+pub mod groups;
 pub mod keeld;
 pub mod powerfs;
 

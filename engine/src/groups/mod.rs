@@ -1,13 +1,37 @@
-//! Consumer groups' durable state: group files, memory-mapped offset tables and their
-//! group-committed syncs. Delivery itself (who holds what, redelivery) is
-//! [`crate::delivery`]; the acknowledgement state it keeps is what is stored here.
+//! Consumer groups. Their durable state: group files, memory-mapped offset tables and their
+//! group-committed syncs (`store`, `table_sync`). Their live state is shard state: the
+//! delivery state of a (group, partition) ([`crate::delivery`]) lives on the shard owning the
+//! partition, which serves consumes, acks and nacks for it and runs its timers; members are
+//! shared records (`members`); a consume spans the shards at once (`consume`); requests done
+//! in parts answer once (`countdown`); a helper thread copies dead letters and records
+//! checkpoints (`helper`).
 
+mod consume;
+mod countdown;
+pub mod dead_letter;
+mod helper;
+mod members;
 mod meta;
 mod power_cut;
 mod store;
 mod table_sync;
 
+use std::sync::Arc;
+
+pub(crate) use consume::{cover, ConsumeGather, ConsumeTask, Look, Reading};
+pub use consume::{ConsumeDone, ConsumedPartition};
+pub(crate) use countdown::Countdown;
+pub use countdown::GroupDone;
+pub(crate) use helper::{GroupHelper, HelperJob, HelperTx, ShardLinks};
+pub(crate) use members::Member;
 pub use meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
 pub use power_cut::TablePowerCut;
 pub use store::{groups_dir, GroupStore, StoredGroup, PERIODIC_SYNC};
 pub use table_sync::{SyncDone, TableSync};
+
+/// A group: its name and the topic it reads.
+pub type GroupKey = (Arc<str>, Arc<str>);
+
+/// Offsets of one partition, `(partition, first, last)`, last included: what acks and nacks
+/// name.
+pub type Span = (u32, u64, u64);

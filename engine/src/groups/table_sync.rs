@@ -107,7 +107,7 @@ impl TableSync {
         });
         let runner = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
-            .name("keel-offset-sync".into())
+            .name("keel-table-sync".into())
             .spawn(move || run(&runner))
             .map_err(|e| EngineError::io("start the offset table sync thread", &path, e))?;
         Ok(Self {

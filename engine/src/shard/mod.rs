@@ -21,9 +21,15 @@ use crate::linger::Hold;
 use crate::long_poll::ParkedRead;
 use crate::open::open_partition;
 use crate::partition::Partition;
-use crate::read::DiskRead;
+use crate::read::{DiskRead, ReadFor, ReadResult, ReadStep};
 use crate::topic_name::{Fnv1aBuild, TopicMap, TopicName};
 use crate::{AppendDone, ReadDone};
+
+mod consume;
+mod groups;
+
+use groups::ShardGroups;
+pub use groups::{GroupCmd, GroupPartitionMetrics};
 
 /// Requests taken from the channel per turn before flushes are started, so one busy producer
 /// cannot delay the flush of what is already gathered for long.
@@ -80,6 +86,8 @@ pub enum Command {
         /// Answer.
         reply: Sender<Result<()>>,
     },
+    /// A consumer-group request.
+    Group(GroupCmd),
     /// Forget a topic, once its in-flight work is done.
     RemoveTopic {
         /// Topic name.
@@ -93,13 +101,14 @@ pub enum Command {
 
 impl Command {
     /// Answers the command with `err` instead of carrying it out.
-    fn refuse(self, err: &EngineError) {
+    pub(crate) fn refuse(self, err: &EngineError) {
         match self {
             Command::Append { done, .. } => done(Err(err.clone())),
             Command::Read { done, .. } => done(Err(err.clone())),
             Command::AddTopic { reply, .. } | Command::RemoveTopic { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
             }
+            Command::Group(cmd) => cmd.refuse(err),
             Command::Stop => {}
         }
     }
@@ -201,6 +210,8 @@ enum Owner {
 
 /// The shard's state, run by [`Shard::run`] on its own thread.
 pub struct Shard<D> {
+    /// Which shard this is.
+    id: usize,
     disk: D,
     rx: Inbox<Command>,
     waker: Arc<Waker>,
@@ -221,14 +232,17 @@ pub struct Shard<D> {
     /// one of those reads is due.
     waiting: Vec<(Arc<str>, u32)>,
     reads_until: Option<Instant>,
+    /// The consumer groups this shard serves (`groups.rs`).
+    groups: ShardGroups,
     /// A partition holds more unflushed bytes than allowed: take no requests until it drains.
     throttled: bool,
     stopping: bool,
 }
 
 impl<D: Disk> Shard<D> {
-    /// A shard over `disk`, taking requests from `rx`.
+    /// Shard `id`, over `disk`, taking requests from `rx`.
     pub fn new(
+        id: usize,
         disk: D,
         rx: Inbox<Command>,
         cfg: Arc<EngineConfig>,
@@ -237,6 +251,7 @@ impl<D: Disk> Shard<D> {
     ) -> Self {
         let waker = disk.waker();
         Self {
+            id,
             disk,
             rx,
             waker,
@@ -252,6 +267,7 @@ impl<D: Disk> Shard<D> {
             linger_until: None,
             waiting: Vec::new(),
             reads_until: None,
+            groups: ShardGroups::default(),
             throttled: false,
             stopping: false,
         }
@@ -284,6 +300,7 @@ impl<D: Disk> Shard<D> {
             }
             self.start_flushes();
             self.answer_due_reads();
+            self.groups_turn();
             self.finish_removals();
             if self.stopping
                 && self.ops.is_empty()
@@ -304,10 +321,10 @@ impl<D: Disk> Shard<D> {
                     block = false;
                 }
             }
-            let wake_by = match (self.linger_until, self.reads_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake_by = [self.linger_until, self.reads_until, self.groups_wake_at()]
+                .into_iter()
+                .flatten()
+                .min();
             let block = match (block, wake_by) {
                 (false, _) => Block::No,
                 (true, None) => Block::Yes,
@@ -445,9 +462,8 @@ impl<D: Disk> Shard<D> {
                             self.note_waiting(topic, partition, until);
                         }
                         _ => {
-                            if let Some(r) = p.begin_read(from, max_bytes, done) {
-                                self.submit_read(topic, partition, r);
-                            }
+                            let step = p.begin_read(from, max_bytes, ReadFor::Caller(done));
+                            self.read_step(topic, partition, step);
                         }
                     },
                     Err(e) => done(Err(e)),
@@ -472,14 +488,17 @@ impl<D: Disk> Shard<D> {
                         }
                     }
                     slot.removing = Some(reply);
+                    self.remove_topic_groups(&topic);
                 }
                 None => {
                     let _ = reply.send(Ok(()));
                 }
             },
+            Command::Group(cmd) => self.handle_group(cmd),
             Command::Stop => {
                 self.stopping = true;
                 self.answer_waiting_reads(None);
+                self.answer_waiters(None);
             }
         }
     }
@@ -541,9 +560,8 @@ impl<D: Disk> Shard<D> {
             let Some(p) = owned(&mut self.topics, topic, partition) else {
                 return;
             };
-            if let Some(read) = p.begin_read(r.from, r.max_bytes, r.done) {
-                self.submit_read(Arc::clone(topic), partition, read);
-            }
+            let step = p.begin_read(r.from, r.max_bytes, ReadFor::Caller(r.done));
+            self.read_step(Arc::clone(topic), partition, step);
         }
     }
 
@@ -689,18 +707,30 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// Goes on with a read: answers it, or issues its next disk read.
+    fn read_step(&mut self, topic: Arc<str>, partition: u32, step: ReadStep) {
+        match step {
+            ReadStep::Done(target, result) => self.read_done(target, result),
+            ReadStep::Disk(r) => self.submit_read(topic, partition, r),
+        }
+    }
+
+    fn read_done(&mut self, target: ReadFor, result: Result<ReadResult>) {
+        match target {
+            ReadFor::Caller(done) => done(result),
+            ReadFor::Consume(task) => self.consume_read_done(*task, result),
+        }
+    }
+
     fn submit_read(&mut self, topic: Arc<str>, partition: u32, r: DiskRead) {
         let token = self.token();
         let Ok(p) = self.partition(&topic, partition) else {
-            return (r.done)(Err(EngineError::TopicDeleted(topic.to_string())));
+            let err = EngineError::TopicDeleted(topic.to_string());
+            return self.read_done(r.target, Err(err));
         };
         let Some((file, pos, len)) = p.next_read(&r) else {
-            let answer = crate::ReadResult {
-                data: r.out,
-                next_offset: r.next_offset,
-                high_watermark: p.durable_next,
-            };
-            return (r.done)(Ok(answer));
+            let step = p.finish_read(r, Ok(()));
+            return self.read_step(topic, partition, step);
         };
         p.reads_in_flight += 1;
         self.disk.submit_read(
@@ -770,6 +800,7 @@ impl<D: Disk> Shard<D> {
                 }
                 if done.ok {
                     self.release_waiting_reads(&topic, partition);
+                    self.groups_data_arrived(&topic);
                 }
                 self.kick_zeroing(topic, partition);
             }
@@ -796,12 +827,12 @@ impl<D: Disk> Shard<D> {
                     return;
                 };
                 let Some(p) = owned(&mut self.topics, &topic, partition) else {
-                    return (r.done)(Err(EngineError::TopicDeleted(topic.to_string())));
+                    let err = EngineError::TopicDeleted(topic.to_string());
+                    return self.read_done(r.target, Err(err));
                 };
                 p.reads_in_flight -= 1;
-                if let Some(r) = p.continue_read(r, pos, c) {
-                    self.submit_read(topic, partition, r);
-                }
+                let step = p.continue_read(r, pos, c);
+                self.read_step(topic, partition, step);
             }
             None => log::warn!("completion for unknown operation {token}"),
         }

@@ -1,0 +1,257 @@
+//! The consumer groups' helper thread: the work a shard must not wait for. It copies dead
+//! letters to their dead-letter topic (an append to whichever shard owns that partition, then
+//! the outcome back to the group's shard) and records each group's committed offsets as its
+//! fallback checkpoint every `CHECKPOINT_EVERY` and when the engine stops (a table sync, then a
+//! small file write). Shards hand it work through a bounded queue and never wait for room: a
+//! dead letter that finds the queue full is tried again later.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::engine::shard_for;
+use crate::error::{EngineError, Result};
+use crate::groups::{GroupKey, GroupStore};
+use crate::inbox::InboxSender;
+use crate::io::Waker;
+use crate::shard::{Command, GroupCmd};
+use crate::topic_name::TopicName;
+
+/// Jobs queued for the helper at most; a shard finding it full tries again later.
+const QUEUE_JOBS_MAX: usize = 4096;
+/// How often each group's committed offsets are recorded as its fallback checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// How long the helper waits for a shard's answer before giving up on it for this round.
+const SHARD_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Work for the helper.
+pub enum HelperJob {
+    /// Copy one message to its group's dead-letter topic, then tell the group's shard.
+    DeadLetter {
+        /// The group.
+        key: GroupKey,
+        /// Partition of the message (and of its copy).
+        partition: u32,
+        /// Its offset.
+        offset: u64,
+        /// The dead-letter topic.
+        dlq: Arc<str>,
+        /// The copy, a batch of one record.
+        batch: Vec<u8>,
+        /// The shard to tell.
+        from_shard: usize,
+    },
+    /// Record the last checkpoints and end.
+    Stop,
+}
+
+/// How shards hand the helper work.
+#[derive(Clone)]
+pub struct HelperTx(Sender<HelperJob>);
+
+impl HelperTx {
+    /// Queues `job` unless the queue is full (then the job comes back).
+    pub fn try_send(&self, job: HelperJob) -> std::result::Result<(), HelperJob> {
+        self.0.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        })
+    }
+}
+
+/// The shards, as the helper reaches them.
+#[derive(Clone)]
+pub struct ShardLinks {
+    /// Each shard's queue.
+    pub txs: Vec<InboxSender<Command>>,
+    /// Each shard's waker.
+    pub wakers: Vec<Arc<Waker>>,
+}
+
+impl ShardLinks {
+    /// Sends `cmd` to shard `shard` past its queue's bound, without waiting, and wakes it;
+    /// refuses the command when the shard is gone. For shards handing each other work.
+    pub fn send_now(&self, shard: usize, cmd: Command) {
+        let (Some(tx), Some(waker)) = (self.txs.get(shard), self.wakers.get(shard)) else {
+            return cmd.refuse(&EngineError::ShuttingDown);
+        };
+        match tx.send_now(cmd) {
+            Ok(()) => waker.wake(usize::MAX),
+            Err(crossbeam_channel::SendError(cmd)) => cmd.refuse(&EngineError::ShuttingDown),
+        }
+    }
+
+    /// Sends `cmd` to shard `shard` (waiting for room); false when the shard is gone.
+    pub fn send(&self, shard: usize, cmd: Command) -> bool {
+        let (Some(tx), Some(waker)) = (self.txs.get(shard), self.wakers.get(shard)) else {
+            return false;
+        };
+        if tx.send(cmd).is_err() {
+            return false;
+        }
+        waker.wake(tx.len());
+        true
+    }
+}
+
+/// The running helper.
+pub struct GroupHelper {
+    tx: HelperTx,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GroupHelper {
+    /// Starts the helper over `shards` and `store`.
+    pub fn start(shards: ShardLinks, store: Arc<GroupStore>) -> std::io::Result<Self> {
+        let (tx, rx) = bounded(QUEUE_JOBS_MAX);
+        let thread = std::thread::Builder::new()
+            .name("keel-groups".into())
+            .spawn(move || run(&shards, &store, &rx))?;
+        Ok(Self {
+            tx: HelperTx(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// How shards hand it work.
+    pub fn sender(&self) -> HelperTx {
+        self.tx.clone()
+    }
+
+    /// Records the last checkpoints and ends the thread (before the shards stop: it asks them
+    /// for their committed offsets).
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // Past the queue's bound if need be: the stop must get in.
+        if self.tx.0.send(HelperJob::Stop).is_ok() && thread.join().is_err() {
+            log::error!("the consumer-group helper thread panicked");
+        }
+    }
+}
+
+impl Drop for GroupHelper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(shards: &ShardLinks, store: &GroupStore, rx: &Receiver<HelperJob>) {
+    let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+    loop {
+        let wait = next_checkpoint.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(HelperJob::DeadLetter {
+                key,
+                partition,
+                offset,
+                dlq,
+                batch,
+                from_shard,
+            }) => {
+                let copied = copy(shards, &dlq, partition, batch);
+                match &copied {
+                    Ok(to) => log::warn!(
+                        "group {:?}: {}/{partition} offset {offset} was delivered its maximum \
+                         number of times without an ack; copied to {dlq} offset {to}",
+                        key.0,
+                        key.1
+                    ),
+                    Err(e) => log::error!(
+                        "group {:?}: copying {}/{partition} offset {offset} to {dlq} failed: \
+                         {e}; trying again later",
+                        key.0,
+                        key.1
+                    ),
+                }
+                let cmd = GroupCmd::DeadLettered {
+                    key,
+                    partition,
+                    offset,
+                    copied: copied.is_ok(),
+                };
+                shards.send(from_shard, Command::Group(cmd));
+            }
+            Ok(HelperJob::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                checkpoint(shards, store);
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                checkpoint(shards, store);
+                next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+            }
+        }
+    }
+}
+
+/// Appends the copy to partition `partition` of `dlq`; its offset once durable.
+fn copy(shards: &ShardLinks, dlq: &str, partition: u32, batch: Vec<u8>) -> Result<u64> {
+    let shard = shard_for(dlq, partition, shards.txs.len().max(1));
+    let (tx, rx) = bounded(1);
+    let cmd = Command::Append {
+        topic: TopicName::new(dlq),
+        partition,
+        batch: Bytes::from(batch),
+        done: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    };
+    if !shards.send(shard, cmd) {
+        return Err(EngineError::ShuttingDown);
+    }
+    let range = rx.recv().map_err(|_| EngineError::ShuttingDown)??;
+    Ok(range.first)
+}
+
+/// Records every loaded group's committed offsets as its checkpoint, once they are durable in
+/// the table (a checkpoint must never be ahead of what the table holds durably).
+fn checkpoint(shards: &ShardLinks, store: &GroupStore) {
+    let mut replies = Vec::new();
+    for shard in 0..shards.txs.len() {
+        let (reply, rx) = bounded(1);
+        if shards.send(shard, Command::Group(GroupCmd::Committed { reply })) {
+            replies.push(rx);
+        }
+    }
+    let mut committed: HashMap<GroupKey, Vec<(u32, u64)>> = HashMap::new();
+    for rx in replies {
+        let Ok(found) = rx.recv_timeout(SHARD_PATIENCE) else {
+            log::warn!("a shard did not report its groups' committed offsets in time");
+            continue;
+        };
+        for (key, partition, offset) in found {
+            committed.entry(key).or_default().push((partition, offset));
+        }
+    }
+    for ((group, topic), offsets) in committed {
+        let Some(g) = store.find(&group, &topic) else {
+            continue;
+        };
+        let mut all = vec![0; g.partitions() as usize];
+        for (p, c) in &offsets {
+            if let Some(slot) = all.get_mut(*p as usize) {
+                *slot = *c;
+            }
+        }
+        let partitions: Vec<u32> = offsets.iter().map(|(p, _)| *p).collect();
+        let (tx, rx) = bounded(1);
+        store.when_durable(
+            &g,
+            &partitions,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let outcome = rx
+            .recv()
+            .unwrap_or(Err(EngineError::ShuttingDown))
+            .and_then(|()| store.checkpoint(&g, &all));
+        if let Err(e) = outcome {
+            log::warn!("group {group:?} on {topic}: checkpoint failed: {e}");
+        }
+    }
+}

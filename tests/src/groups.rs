@@ -1,0 +1,96 @@
+//! Consumer groups driven through the engine directly: joins, consumes and acks waited for.
+
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use keel_engine::groups::GroupSettings;
+use keel_engine::{ConsumeLimits, ConsumedPartition, Engine, EngineError, GroupStart, JoinRequest};
+
+/// How long a test waits for any answer.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A join request with the given timeouts (everything else as keeld's defaults).
+pub fn join<'a>(
+    group: &'a str,
+    topic: &'a str,
+    ack_timeout: Duration,
+    session_timeout: Duration,
+) -> JoinRequest<'a> {
+    JoinRequest {
+        group,
+        topic,
+        start: GroupStart::Earliest,
+        settings: GroupSettings {
+            ack_timeout,
+            max_deliveries: 16,
+        },
+        session_timeout,
+        max_unacked: 1000,
+        conn: 1,
+    }
+}
+
+/// A consume, waited for: (partition, offset, delivery count) of each message, in answer order.
+pub fn consume(
+    engine: &Engine,
+    group: &str,
+    topic: &str,
+    member: u64,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<(u32, u64, u32)>, EngineError> {
+    let (tx, rx) = channel();
+    let limits = ConsumeLimits {
+        max_messages: max,
+        max_bytes: 4 << 20,
+        until: (!wait.is_zero()).then(|| Instant::now() + wait),
+    };
+    engine.consume(group, topic, member, limits, move |r| {
+        let _ = tx.send(r);
+    });
+    let parts: Vec<ConsumedPartition> = rx
+        .recv_timeout(PATIENCE + wait)
+        .expect("a consume answer")?;
+    Ok(parts
+        .iter()
+        .flat_map(|p| {
+            p.deliveries
+                .iter()
+                .map(move |d| (p.partition, d.offset, d.delivery_count))
+        })
+        .collect())
+}
+
+/// An ack of single offsets, waited for.
+pub fn ack(
+    engine: &Engine,
+    group: &str,
+    topic: &str,
+    member: u64,
+    offsets: &[(u32, u64)],
+    durable: bool,
+) -> Result<(), EngineError> {
+    let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
+    let (tx, rx) = channel();
+    engine.ack(group, topic, member, &spans, durable, move |r| {
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(PATIENCE).expect("an ack answer")
+}
+
+/// A nack of single offsets, waited for.
+pub fn nack(
+    engine: &Engine,
+    group: &str,
+    topic: &str,
+    member: u64,
+    offsets: &[(u32, u64)],
+    delay: Duration,
+) -> Result<(), EngineError> {
+    let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
+    let (tx, rx) = channel();
+    engine.nack(group, topic, member, &spans, delay, move |r| {
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(PATIENCE).expect("a nack answer")
+}
