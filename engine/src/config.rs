@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::aligned::BLOCK_BYTES;
 use crate::error::{EngineError, Result};
+use crate::groups::TablePowerCut;
 use crate::io::{CrashPlan, FaultPlan};
 
 /// How the shards reach the disk.
@@ -95,6 +96,9 @@ pub struct EngineConfig {
     pub recovery: RecoveryMode,
     /// Slots of each shard's offset table: how many (group, partition) pairs it can hold.
     pub group_slots: usize,
+    /// Power-loss tests only: records every offset-table sync, so the test can cut the power
+    /// and set back what no sync covered.
+    pub table_power_cut: Option<Arc<TablePowerCut>>,
 }
 
 impl EngineConfig {
@@ -118,6 +122,7 @@ impl EngineConfig {
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
             group_slots: 16_384,
+            table_power_cut: None,
         }
     }
 

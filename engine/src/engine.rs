@@ -195,6 +195,7 @@ impl Engine {
             &cfg.data_dir,
             cfg.shards,
             cfg.group_slots,
+            cfg.table_power_cut.clone(),
         )?);
         if cfg.recovery == RecoveryMode::Repair {
             store.remove_damaged()?;
@@ -214,7 +215,8 @@ impl Engine {
             .map_err(|e| EngineError::io("start the consumer-group helper thread", "", e))?;
         for shard in 0..self.shards.len() {
             let cmd = GroupCmd::Attach {
-                store: Arc::clone(&store),
+                tables: store.tables_of(shard, self.shards.len()),
+                power: store.power(),
                 helper: helper.sender(),
                 peers: links.clone(),
             };

@@ -208,6 +208,7 @@ impl Engine {
             req.settings,
             self.config().shards,
             || self.start_offsets(req.topic, partitions, req.start),
+            |tables| self.sync_tables(tables),
         )?;
         if stored.partitions() != partitions {
             return Err(EngineError::InvalidConfig(format!(
@@ -264,6 +265,29 @@ impl Engine {
             key.1,
             committed.iter().map(|(_, c)| *c).collect::<Vec<_>>()
         );
+        Ok(())
+    }
+
+    /// Makes offset tables durable now, each by the shard owning it.
+    fn sync_tables(&self, tables: &[usize]) -> Result<()> {
+        let n = self.shard_count();
+        let mut waits = Vec::new();
+        for shard in 0..n {
+            let mine: Vec<usize> = tables.iter().copied().filter(|t| t % n == shard).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (reply, rx) = bounded(1);
+            let cmd = GroupCmd::SyncTables {
+                tables: mine,
+                reply,
+            };
+            self.send_to_shard(shard, Command::Group(cmd))?;
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.recv().map_err(|_| EngineError::ShuttingDown)??;
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapMut;
 
 use crate::error::{EngineError, Result};
+use crate::groups::TablePowerCut;
 use crate::layout::sync_dir;
 
 /// Offsets above the committed one whose acknowledgement a slot can hold.
@@ -328,14 +329,28 @@ impl OffsetTable {
         }
     }
 
-    /// Makes every store so far durable (`msync`), for a table used by one thread.
-    pub fn flush(&mut self) -> Result<()> {
+    /// Makes every store so far durable now (`fdatasync` of the file), recording the sync
+    /// with `power` when a test simulates power loss. For the table's owner alone, and only
+    /// while no sync of it is in flight on a ring.
+    pub fn flush(&mut self, power: Option<&TablePowerCut>) -> Result<()> {
+        let path = self.path.clone();
+        let io = |e| EngineError::io("sync offset table", &path, e);
+        let pending = power
+            .map(|p| p.sync_starting(&self.path))
+            .transpose()
+            .map_err(io)?;
         self.sync_starting();
-        self.map
-            .flush()
-            .map_err(|e| EngineError::io("msync offset table", &self.path, e))?;
+        self._file.sync_data().map_err(io)?;
+        if let (Some(p), Some(pending)) = (power, pending) {
+            p.sync_completed(pending).map_err(io)?;
+        }
         self.sync_done();
         Ok(())
+    }
+
+    /// The table's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -465,7 +480,7 @@ mod tests {
             assert_eq!(t.load(2, 7), Loaded::Nothing { damaged: false });
             t.store(2, &AckState::new(7, 5));
             t.store(2, &s);
-            t.flush().unwrap();
+            t.flush(None).unwrap();
         }
         let t = OffsetTable::open(&path, 4).unwrap();
         assert_eq!(t.load(2, 7), Loaded::State(s));
@@ -485,7 +500,7 @@ mod tests {
         newer.ack(40);
         newer.ack(41);
         t.store(0, &older);
-        t.flush().unwrap();
+        t.flush(None).unwrap();
         t.store(0, &newer);
         // The synced older state is in copy 0, the newer in copy 1. Tear copy 1.
         t.map[COPY_BYTES + 20] ^= 0xff;
@@ -516,7 +531,7 @@ mod tests {
             s
         };
         t.store(0, &state(1));
-        t.flush().unwrap();
+        t.flush(None).unwrap();
         let synced = t.map[..COPY_BYTES].to_vec();
         // Many stores between two syncs all go over the other copy.
         for n in 2..10 {
@@ -524,7 +539,7 @@ mod tests {
             assert_eq!(t.map[..COPY_BYTES], synced[..], "store {n}");
         }
         assert_eq!(t.load(0, 5), Loaded::State(state(9)));
-        t.flush().unwrap();
+        t.flush(None).unwrap();
         // Now copy 1 is the synced one, and copy 0 is written.
         let synced = t.map[COPY_BYTES..SLOT_BYTES].to_vec();
         t.store(0, &state(10));
@@ -538,7 +553,7 @@ mod tests {
         let (_dir, mut t) = table(1);
         let state = |committed| AckState::new(5, committed);
         t.store(0, &state(1));
-        t.flush().unwrap();
+        t.flush(None).unwrap();
         t.store(0, &state(2));
         let before = t.map.to_vec();
         t.sync_starting();
@@ -575,7 +590,7 @@ mod tests {
         let (_dir, mut t) = table(1);
         let old = AckState::new(9, 1000);
         t.store(0, &old);
-        t.flush().unwrap();
+        t.flush(None).unwrap();
         let before = t.map.to_vec();
         let mut new = old.clone();
         for o in (1000..1100).step_by(3) {

@@ -1,7 +1,8 @@
 //! The timers of consumer groups run on the shards' own clocks: an ack deadline passing, a
 //! nack's delay ending and a silent member's session ending each redeliver, while the process
-//! runs no thread for them (only the shards, the janitor, the groups' helper and the offset
-//! tables' syncs). One test in its own process, so the threads counted are this engine's.
+//! runs no thread for them (only the shards, the janitor and the groups' helper: the offset
+//! tables are synced on the shards' rings). One test in its own process, so the threads counted
+//! are this engine's.
 
 use std::time::{Duration, Instant};
 
@@ -98,8 +99,6 @@ fn ack_deadlines_nack_delays_and_sessions_end_on_the_shards_clocks() {
         "keel-janitor",
         "keel-shard-0",
         "keel-shard-1",
-        "keel-table-sync",
-        "keel-table-sync",
     ];
     assert_eq!(
         threads, expected,

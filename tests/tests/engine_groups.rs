@@ -138,3 +138,42 @@ fn an_ack_naming_partitions_of_both_shards_is_answered_once_both_are_durable() {
         Err(EngineError::UnknownMember { .. })
     ));
 }
+
+#[test]
+fn a_group_s_acks_survive_a_change_of_shard_count_and_its_slots_follow_the_partitions() {
+    let dir = data_dir();
+    let mut acked = BTreeSet::new();
+    for (round, shards) in [2, 1, 3, 2].into_iter().enumerate() {
+        let engine = Engine::open(small_config(dir.path(), shards)).unwrap();
+        if round == 0 {
+            engine.create_topic("t", 4).unwrap();
+            for p in 0..4 {
+                for _ in 0..10 {
+                    engine.append_wait("t", p, one_record(b"x")).unwrap();
+                }
+            }
+        }
+        let m = engine
+            .join_group(join("g", "t", LONG, LONG))
+            .unwrap()
+            .member;
+        let got = consume(&engine, "g", "t", m, 1000, Duration::ZERO).unwrap();
+        let delivered: BTreeSet<(u32, u64)> = got.iter().map(|&(p, o, _)| (p, o)).collect();
+        assert!(
+            delivered.is_disjoint(&acked),
+            "{shards} shards: nothing durably acknowledged comes back"
+        );
+        assert_eq!(
+            delivered.len() + acked.len(),
+            40,
+            "{shards} shards: every other one does"
+        );
+        // Two more of each partition, so every partition's slot is written under every count.
+        let some: Vec<(u32, u64)> = (0..4)
+            .flat_map(|p| delivered.iter().copied().filter(move |d| d.0 == p).take(2))
+            .collect();
+        ack(&engine, "g", "t", m, &some, true).unwrap();
+        acked.extend(some);
+        engine.shutdown();
+    }
+}

@@ -1,26 +1,32 @@
-//! Offset tables under a simulated power cut. Acks are stored into the mapped tables by several
-//! threads, each asking for durability every few acks; the power is cut while they run, and
-//! every sector written since the last completed sync is then kept or set back at random. After
-//! reopening: every ack that was answered as durable is still there, and no offset that was
-//! never acknowledged looks acknowledged. An answer given before its sync completed, a sync
-//! that did not cover the acks it answered, or a store that could tear the only good copy of a
-//! slot would each be caught here. Several rounds on one data directory.
+//! Offset tables under a simulated power cut, with the acks going through the engine: members
+//! consume and acknowledge in a shuffled order, each ack asking to be answered once durable,
+//! which the shard owning the partition does after its table's sync through its ring completes.
+//! The power is cut while they run; every sector of the tables written since the last completed
+//! sync is then kept or set back at random. After reopening: every ack that was answered as
+//! durable is still there, and no offset that was never acknowledged looks acknowledged. An
+//! answer given before its sync completed, a sync that did not cover the acks it answered, or a
+//! store that could tear the only good copy of a slot would each be caught here. Several rounds
+//! on one data directory.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_engine::groups::{GroupSettings, GroupStore, TablePowerCut};
+use keel_engine::groups::{GroupStore, TablePowerCut};
 use keel_engine::offsets::WINDOW;
 use keel_engine::xorshift::xorshift;
-use keel_tests::data_dir;
+use keel_engine::Engine;
+use keel_tests::groups::{consume, join, PATIENCE};
+use keel_tests::{data_dir, one_record, small_config};
 
 const PARTITIONS: u32 = 4;
-/// Acks per durability request.
-const ACKS_PER_SYNC: usize = 5;
+const MESSAGES_PER_PARTITION: u64 = 3000;
+/// Acks per durable ack request.
+const ACKS_PER_REQUEST: usize = 5;
 /// Durable answers to wait for before the cut.
 const ANSWERS_BEFORE_CUT: usize = 300;
+const MEMBERS: usize = 4;
 
 struct Round {
     /// (partition, offset) whose durable ack was answered.
@@ -29,60 +35,78 @@ struct Round {
     acked: Vec<BTreeSet<u64>>,
 }
 
-/// Acks offsets of every partition in a shuffled order (one thread per partition) until the
-/// power is cut after ANSWERS_BEFORE_CUT durable answers. `acked` is what earlier rounds acked.
+/// One member: consumes, shuffles what it got, acks it in requests of ACKS_PER_REQUEST asking
+/// for durability, until `stop`.
+fn member(
+    engine: &Engine,
+    seed: u64,
+    stop: &AtomicBool,
+    answered: &Mutex<Vec<(u32, u64)>>,
+    acked: &Mutex<Vec<BTreeSet<u64>>>,
+) {
+    let long = Duration::from_secs(60);
+    let Ok(joined) = engine.join_group(join("g", "t", long, long)) else {
+        return;
+    };
+    let m = joined.member;
+    let mut next = xorshift(seed);
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(got) = consume(engine, "g", "t", m, 40, Duration::from_millis(50)) else {
+            return;
+        };
+        let mut offsets: Vec<(u32, u64)> = got.iter().map(|&(p, o, _)| (p, o)).collect();
+        for i in (1..offsets.len()).rev() {
+            offsets.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        for chunk in offsets.chunks(ACKS_PER_REQUEST) {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            {
+                let mut acked = acked.lock().unwrap();
+                for &(p, o) in chunk {
+                    acked[p as usize].insert(o);
+                }
+            }
+            let spans: Vec<(u32, u64, u64)> = chunk.iter().map(|&(p, o)| (p, o, o)).collect();
+            let (tx, rx) = std::sync::mpsc::channel();
+            engine.ack("g", "t", m, &spans, true, move |r| {
+                let _ = tx.send(r);
+            });
+            match rx.recv_timeout(PATIENCE) {
+                Ok(Ok(())) => answered.lock().unwrap().extend_from_slice(chunk),
+                // Failed after the cut: not answered as durable.
+                Ok(Err(_)) => {}
+                Err(_) => panic!("an ack was never answered"),
+            }
+        }
+    }
+}
+
+/// Acks through the engine until the power is cut after ANSWERS_BEFORE_CUT durable answers.
 fn ack_then_cut_power(dir: &std::path::Path, round: u64, acked: Vec<BTreeSet<u64>>) -> Round {
     let power = TablePowerCut::new();
-    let store = GroupStore::open_with_power_cut(dir, 2, 16, Arc::clone(&power)).unwrap();
-    let g = store
-        .find_or_create("g", "t", GroupSettings::default(), 2, || {
-            Ok(vec![0; PARTITIONS as usize])
-        })
-        .unwrap();
-    let answered = Arc::new(Mutex::new(Vec::new()));
-    let acked = Arc::new(Mutex::new(acked));
+    let mut cfg = small_config(dir, 2);
+    cfg.table_power_cut = Some(Arc::clone(&power));
+    let engine = Engine::open(cfg).unwrap();
+    if round == 1 {
+        engine.create_topic("t", PARTITIONS).unwrap();
+        for p in 0..PARTITIONS {
+            for _ in 0..MESSAGES_PER_PARTITION {
+                engine.append_wait("t", p, one_record(b"m")).unwrap();
+            }
+        }
+    }
+    let answered = Mutex::new(Vec::new());
+    let acked = Mutex::new(acked);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        for p in 0..PARTITIONS {
-            let (store, g, answered, acked, stop) = (&store, &g, &answered, &acked, &stop);
-            s.spawn(move || {
-                let mut rng = xorshift(round * 1000 + u64::from(p) + 7);
-                let mut state = store.load(g, p);
-                let mut unanswered = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    // A block of not-yet-acked offsets just above the committed one, in a
-                    // random order: the window has gaps, as it does under real consumers.
-                    let base = state.committed;
-                    let mut block: Vec<u64> =
-                        (base..base + 64).filter(|&o| !state.is_acked(o)).collect();
-                    for i in (1..block.len()).rev() {
-                        block.swap(i, (rng() % (i as u64 + 1)) as usize);
-                    }
-                    block.truncate(40);
-                    for o in block {
-                        assert!(state.ack(o), "offset {o} within the window");
-                        acked.lock().unwrap()[p as usize].insert(o);
-                        store.store(g, p, &state);
-                        unanswered.push((p, o));
-                        if unanswered.len() == ACKS_PER_SYNC {
-                            let batch = std::mem::take(&mut unanswered);
-                            let answered = Arc::clone(answered);
-                            store.when_durable(
-                                g,
-                                &[p],
-                                Box::new(move |r| {
-                                    if r.is_ok() {
-                                        answered.lock().unwrap().extend(batch);
-                                    }
-                                }),
-                            );
-                        }
-                    }
-                }
-            });
+        for i in 0..MEMBERS {
+            let (engine, stop, answered, acked) = (&engine, &stop, &answered, &acked);
+            s.spawn(move || member(engine, round * 100 + i as u64 + 1, stop, answered, acked));
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        while answered.lock().unwrap().len() < ANSWERS_BEFORE_CUT * (round as usize + 1) / 2 {
+        while answered.lock().unwrap().len() < ANSWERS_BEFORE_CUT {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: only {} durable answers, {power:?}",
@@ -93,12 +117,13 @@ fn ack_then_cut_power(dir: &std::path::Path, round: u64, acked: Vec<BTreeSet<u64
         power.cut();
         stop.store(true, Ordering::SeqCst);
     });
-    drop(store);
+    drop(engine);
     let lost = power.lose_unsynced(round * 77 + 3).unwrap();
     eprintln!("round {round}: {lost} sectors set back");
-    let answered = std::mem::take(&mut *answered.lock().unwrap());
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
-    Round { answered, acked }
+    Round {
+        answered: answered.into_inner().unwrap(),
+        acked: acked.into_inner().unwrap(),
+    }
 }
 
 #[test]
@@ -110,7 +135,7 @@ fn durably_answered_acks_survive_a_power_cut_and_nothing_unacked_appears_acked()
         let r = ack_then_cut_power(dir.path(), round, acked);
         acked = r.acked;
         answered_total += r.answered.len();
-        let store = GroupStore::open(dir.path(), 2, 16).unwrap();
+        let store = GroupStore::open(dir.path(), 2, 16_384, None).unwrap();
         let g = store.find("g", "t").expect("the group survives");
         let states: Vec<_> = (0..PARTITIONS).map(|p| store.load(&g, p)).collect();
         for &(p, o) in &r.answered {
@@ -131,5 +156,5 @@ fn durably_answered_acks_survive_a_power_cut_and_nothing_unacked_appears_acked()
             }
         }
     }
-    assert!(answered_total >= ANSWERS_BEFORE_CUT);
+    assert!(answered_total >= 4 * ANSWERS_BEFORE_CUT);
 }

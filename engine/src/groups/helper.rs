@@ -207,8 +207,8 @@ fn copy(shards: &ShardLinks, dlq: &str, partition: u32, batch: Vec<u8>) -> Resul
     Ok(range.first)
 }
 
-/// Records every loaded group's committed offsets as its checkpoint, once they are durable in
-/// the table (a checkpoint must never be ahead of what the table holds durably).
+/// Records every loaded group's committed offsets as its checkpoint; each shard reports them
+/// once its tables hold them durably (a checkpoint must never be ahead of the table).
 fn checkpoint(shards: &ShardLinks, store: &GroupStore) {
     let mut replies = Vec::new();
     for shard in 0..shards.txs.len() {
@@ -237,20 +237,8 @@ fn checkpoint(shards: &ShardLinks, store: &GroupStore) {
                 *slot = *c;
             }
         }
-        let partitions: Vec<u32> = offsets.iter().map(|(p, _)| *p).collect();
-        let (tx, rx) = bounded(1);
-        store.when_durable(
-            &g,
-            &partitions,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let outcome = rx
-            .recv()
-            .unwrap_or(Err(EngineError::ShuttingDown))
-            .and_then(|()| store.checkpoint(&g, &all));
-        if let Err(e) = outcome {
+        // The shards reported these only once durable in their tables.
+        if let Err(e) = store.checkpoint(&g, &all) {
             log::warn!("group {group:?} on {topic}: checkpoint failed: {e}");
         }
     }

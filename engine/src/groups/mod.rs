@@ -1,10 +1,10 @@
-//! Consumer groups. Their durable state: group files, memory-mapped offset tables and their
-//! group-committed syncs (`store`, `table_sync`). Their live state is shard state: the
-//! delivery state of a (group, partition) ([`crate::delivery`]) lives on the shard owning the
-//! partition, which serves consumes, acks and nacks for it and runs its timers; members are
-//! shared records (`members`); a consume spans the shards at once (`consume`); requests done
-//! in parts answer once (`countdown`); a helper thread copies dead letters and records
-//! checkpoints (`helper`).
+//! Consumer groups. Their durable state: group files and memory-mapped offset tables
+//! (`store`), synced by the shards owning them on their rings (`shard/tables.rs`). Their live
+//! state is shard state: the delivery state of a (group, partition) ([`crate::delivery`])
+//! lives on the shard owning the partition, which serves consumes, acks and nacks for it and
+//! runs its timers; members are shared records (`members`); a consume goes from shard to shard
+//! (`consume`); requests done in parts answer once (`countdown`); a helper thread copies dead
+//! letters and records checkpoints (`helper`).
 
 mod consume;
 mod countdown;
@@ -14,7 +14,6 @@ mod members;
 mod meta;
 mod power_cut;
 mod store;
-mod table_sync;
 
 use std::sync::Arc;
 
@@ -25,9 +24,8 @@ pub use countdown::GroupDone;
 pub(crate) use helper::{GroupHelper, HelperJob, HelperTx, ShardLinks};
 pub(crate) use members::Member;
 pub use meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
-pub use power_cut::TablePowerCut;
-pub use store::{groups_dir, GroupStore, StoredGroup, PERIODIC_SYNC};
-pub use table_sync::{SyncDone, TableSync};
+pub use power_cut::{PendingSync, TablePowerCut};
+pub use store::{groups_dir, GroupStore, StoredGroup, TableRef};
 
 /// A group: its name and the topic it reads.
 pub type GroupKey = (Arc<str>, Arc<str>);

@@ -2,10 +2,11 @@
 //!
 //! A table is a memory-mapped file: the kernel may write its dirty pages back at any moment, so
 //! after a power cut each sector holds either what the last completed sync covered or anything
-//! stored since. The plan models exactly that. Each sync (real `fdatasync`) goes through
-//! [`TablePowerCut::sync`], which copies the file just before the call; once the call succeeds
-//! that copy is what the disk is known to hold. [`TablePowerCut::cut`] makes every later sync
-//! fail, as a dead disk would. After the store is dropped, [`TablePowerCut::lose_unsynced`]
+//! stored since. The plan models exactly that. Each sync (a real `fdatasync`, on the shard's
+//! ring or at open) is bracketed by [`TablePowerCut::sync_starting`], which copies the file just
+//! before it, and [`TablePowerCut::sync_completed`]: once the sync succeeded that copy is what
+//! the disk is known to hold. [`TablePowerCut::cut`] makes every later sync fail, as a dead
+//! disk would. After the engine is dropped, [`TablePowerCut::lose_unsynced`]
 //! sets each sector that changed since the durable copy back to it, or leaves it, at random.
 //! Every ack answered as durable must survive that; nothing never acknowledged may appear.
 
@@ -21,6 +22,13 @@ use crate::xorshift::xorshift;
 /// Bytes a power cut keeps or loses as a unit (a disk sector).
 const SECTOR_BYTES: usize = 512;
 
+/// A table's sync in flight, as [`TablePowerCut`] records it.
+pub struct PendingSync {
+    path: PathBuf,
+    number: u64,
+    image: Vec<u8>,
+}
+
 #[derive(Default)]
 struct CutState {
     cut: bool,
@@ -30,8 +38,8 @@ struct CutState {
     durable: HashMap<PathBuf, (u64, Vec<u8>)>,
 }
 
-/// The record of what the offset tables hold durably, shared by a test and a
-/// [`crate::groups::GroupStore`] opened with it.
+/// The record of what the offset tables hold durably, shared by a test and an engine opened
+/// with it (`EngineConfig::table_power_cut`).
 #[derive(Default)]
 pub struct TablePowerCut {
     state: Mutex<CutState>,
@@ -78,14 +86,9 @@ impl TablePowerCut {
         Ok(())
     }
 
-    /// Runs `sync` (a real sync of the table at `path`, open as `file`), recording what it
-    /// made durable. Fails with EIO once the power is cut.
-    pub(crate) fn sync(
-        &self,
-        path: &Path,
-        file: &File,
-        sync: impl FnOnce() -> io::Result<()>,
-    ) -> io::Result<()> {
+    /// A sync of the table at `path` is about to start: what it will make durable, copied now
+    /// (everything stored before it is covered by it). Fails with EIO once the power is cut.
+    pub(crate) fn sync_starting(&self, path: &Path) -> io::Result<PendingSync> {
         let number = {
             let mut st = self.state();
             if st.cut {
@@ -94,21 +97,25 @@ impl TablePowerCut {
             st.started += 1;
             st.started
         };
-        // Taken before the call: everything stored before it is covered by it.
-        let image = read_whole(file)?;
-        sync()?;
+        let image = read_whole(&File::open(path)?)?;
+        Ok(PendingSync {
+            path: path.to_path_buf(),
+            number,
+            image,
+        })
+    }
+
+    /// The sync begun with `pending` succeeded: its copy is durable, unless the power was cut
+    /// meanwhile (EIO: the answer is decided under the same lock as the cut, so a sync that
+    /// reports success made its copy durable before the power went).
+    pub(crate) fn sync_completed(&self, pending: PendingSync) -> io::Result<()> {
         let mut st = self.state();
         if st.cut {
-            // The answer is decided under the same lock as the cut: a sync that reports
-            // success made its copy durable before the power went.
             return Err(eio());
         }
-        let entry = st
-            .durable
-            .entry(path.to_path_buf())
-            .or_insert((0, Vec::new()));
-        if number > entry.0 {
-            *entry = (number, image);
+        let entry = st.durable.entry(pending.path).or_insert((0, Vec::new()));
+        if pending.number > entry.0 {
+            *entry = (pending.number, pending.image);
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! The durable side of consumer groups: which groups exist, and their acknowledgement state in
-//! the memory-mapped offset tables, made durable by group-committed syncs.
+//! the memory-mapped offset tables. Table `n` belongs to shard `n % shards`, which stores into
+//! it and syncs it on its own ring (`shard/tables.rs`): a partition's slot is always in a table
+//! of the shard owning the partition (moved there at open if the shard count changed).
 //!
 //! A group is created in an order that a crash cannot get wrong: its slots are written and
 //! synced first, its meta file last. A crash before the meta file leaves slots no meta file
@@ -9,18 +11,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{EngineError, Result};
 use crate::groups::meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
 use crate::groups::power_cut::TablePowerCut;
-use crate::groups::table_sync::{SyncDone, TableSync};
 use crate::layout::{self, validate_group_name, validate_topic_name, write_atomic};
 use crate::offsets::{AckState, Loaded, OffsetTable};
 use crate::shard_for;
-
-/// How often a dirty table is synced when no ack waits for it.
-pub const PERIODIC_SYNC: Duration = Duration::from_millis(200);
 
 /// Directory of the group files.
 pub fn groups_dir(data_dir: &Path) -> PathBuf {
@@ -40,7 +38,16 @@ struct Table {
     map: Arc<Mutex<OffsetTable>>,
     /// Slots some group's meta file names.
     used: Mutex<BTreeSet<usize>>,
-    sync: TableSync,
+}
+
+/// An offset table, as the shard owning it gets it.
+pub struct TableRef {
+    /// Its number (slots name it).
+    pub index: usize,
+    /// Its file.
+    pub path: PathBuf,
+    /// The mapping (its owning shard stores into it; group creation and open touch it too).
+    pub map: Arc<Mutex<OffsetTable>>,
 }
 
 impl Table {
@@ -52,16 +59,6 @@ impl Table {
 
     fn used(&self) -> MutexGuard<'_, BTreeSet<usize>> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes every store so far durable, now.
-    fn sync_now(&self) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.sync.when_durable(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
-        // Every waiter is answered, at the latest when the sync thread stops.
-        rx.recv().unwrap_or(Err(EngineError::ShuttingDown))
     }
 }
 
@@ -83,6 +80,11 @@ impl StoredGroup {
         self.slots.len() as u32
     }
 
+    /// Where partition `p`'s acknowledgement state lives.
+    pub fn slot(&self, p: u32) -> Option<SlotRef> {
+        self.slots.get(p as usize).copied()
+    }
+
     fn meta(&self) -> MutexGuard<'_, GroupMeta> {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -92,6 +94,8 @@ impl StoredGroup {
 pub struct GroupStore {
     dir: PathBuf,
     tables: Vec<Table>,
+    /// Set in power-loss tests: every table sync is recorded.
+    power: Option<Arc<TablePowerCut>>,
     slots_per_table: usize,
     groups: Mutex<HashMap<(String, String), Arc<StoredGroup>>>,
     /// Groups whose metadata is damaged, held offline with why.
@@ -100,27 +104,15 @@ pub struct GroupStore {
 
 impl GroupStore {
     /// Opens the group files of `data_dir` (which the caller has locked, by opening the
-    /// engine on it), with at least `tables` offset tables of `slots` slots each.
-    pub fn open(data_dir: &Path, tables: usize, slots: usize) -> Result<Self> {
-        Self::open_with(data_dir, tables, slots, None)
-    }
-
-    /// [`GroupStore::open`] with every table sync recorded by `power`, for power-loss tests.
-    pub fn open_with_power_cut(
+    /// engine on it) for `shards` shards, with at least one offset table of `slots` slots per
+    /// shard; every sync is recorded by `power` if given (power-loss tests).
+    pub fn open(
         data_dir: &Path,
-        tables: usize,
-        slots: usize,
-        power: Arc<TablePowerCut>,
-    ) -> Result<Self> {
-        Self::open_with(data_dir, tables, slots, Some(power))
-    }
-
-    fn open_with(
-        data_dir: &Path,
-        tables: usize,
+        shards: usize,
         slots: usize,
         power: Option<Arc<TablePowerCut>>,
     ) -> Result<Self> {
+        let tables = shards.max(1);
         let dir = groups_dir(data_dir);
         layout::create_dir_durable(&dir)?;
         let mut metas = Vec::new();
@@ -144,6 +136,7 @@ impl GroupStore {
         }
         let mut store = Self {
             tables: Vec::new(),
+            power: power.clone(),
             slots_per_table: slots,
             groups: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashMap::new()),
@@ -153,7 +146,7 @@ impl GroupStore {
             store.tables.push(open_table(
                 &table_path(&store.dir, n),
                 slots,
-                power.clone(),
+                power.as_deref(),
             )?);
         }
         for meta in metas {
@@ -185,6 +178,7 @@ impl GroupStore {
                 .groups()
                 .insert((g.group.clone(), g.topic.clone()), Arc::new(g));
         }
+        store.move_slots_to_their_shards(tables)?;
         for ((group, topic), cause) in damaged {
             log::error!(
                 "group {group:?} on {topic} is offline: {cause}. Every other group is served; \
@@ -275,6 +269,11 @@ impl GroupStore {
                 brought_back += 1;
             }
         }
+        if brought_back > 0 {
+            if let Err(e) = self.flush_all() {
+                log::error!("cannot sync the offset tables after bringing groups back: {e}");
+            }
+        }
         brought_back
     }
 
@@ -288,7 +287,8 @@ impl GroupStore {
     /// The group reading `topic`, created with `settings` and starting at `starts` (one
     /// offset per partition, computed by `starts` only when the group is new) unless it
     /// exists already. `shards` places each partition's slot in the table of the shard
-    /// owning the partition.
+    /// owning the partition; `sync` makes the tables named durable (their owners sync them)
+    /// before the group's meta file commits it.
     pub fn find_or_create(
         &self,
         group: &str,
@@ -296,6 +296,7 @@ impl GroupStore {
         settings: GroupSettings,
         shards: usize,
         starts: impl FnOnce() -> Result<Vec<u64>>,
+        sync: impl FnOnce(&[usize]) -> Result<()>,
     ) -> Result<Arc<StoredGroup>> {
         validate_group_name(group)?;
         validate_topic_name(topic)?;
@@ -324,7 +325,8 @@ impl GroupStore {
         };
         for (p, &start) in starts.iter().enumerate() {
             let p = p as u32;
-            let table = shard_for(topic, p, shards.max(1)) % self.tables.len();
+            let table = shard_for(topic, p, shards.max(1));
+            assert!(table < self.tables.len(), "a table for every shard");
             let Some(slot) = self.take_slot(table) else {
                 release(&taken);
                 return Err(EngineError::OffsetTableFull {
@@ -343,12 +345,15 @@ impl GroupStore {
                 .store(slot.slot, &AckState::new(slot.owner, start));
             partitions.push((slot, start));
         }
-        let tables: BTreeSet<usize> = taken.iter().map(|s| s.table).collect();
-        for t in tables {
-            if let Err(e) = self.tables[t].sync_now() {
-                release(&taken);
-                return Err(e);
-            }
+        let tables: Vec<usize> = taken
+            .iter()
+            .map(|s| s.table)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if let Err(e) = sync(&tables) {
+            release(&taken);
+            return Err(e);
         }
         let meta = GroupMeta {
             group: group.to_string(),
@@ -419,40 +424,91 @@ impl GroupStore {
     /// Stores a partition's state into its slot; durable after the next sync of its table.
     pub fn store(&self, g: &StoredGroup, partition: u32, state: &AckState) {
         let slot = g.slots[partition as usize];
-        let table = &self.tables[slot.table];
-        table.map().store(slot.slot, state);
-        table.sync.note_store();
+        self.tables[slot.table].map().store(slot.slot, state);
     }
 
-    /// Calls `done` once every store made so far to these partitions of `g` is durable.
-    pub fn when_durable(&self, g: &StoredGroup, partitions: &[u32], done: SyncDone) {
-        let tables: BTreeSet<usize> = partitions
+    /// Makes every table durable now, from this thread: at open, before the shards own them,
+    /// and in tests of the store alone.
+    pub fn flush_all(&self) -> Result<()> {
+        for t in &self.tables {
+            t.map().flush(self.power.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// The tables shard `shard` of `shards` owns: those numbered `shard` modulo `shards`.
+    pub fn tables_of(&self, shard: usize, shards: usize) -> Vec<TableRef> {
+        self.tables
             .iter()
-            .filter_map(|&p| g.slots.get(p as usize))
-            .map(|s| s.table)
-            .collect();
-        if tables.is_empty() {
-            return done(Ok(()));
+            .enumerate()
+            .filter(|(n, _)| n % shards.max(1) == shard)
+            .map(|(index, t)| TableRef {
+                index,
+                path: t.path.clone(),
+                map: Arc::clone(&t.map),
+            })
+            .collect()
+    }
+
+    /// What records every sync in a power-loss test, if this is one.
+    pub fn power(&self) -> Option<Arc<TablePowerCut>> {
+        self.power.clone()
+    }
+
+    /// Moves each partition's slot into the table of the shard owning the partition, when the
+    /// shard count changed since the group was created (a table is stored into and synced by
+    /// its owner alone). The new slot is written and synced before the meta file naming it
+    /// replaces the old one; a crash in between leaves the old slot in use and the new one free.
+    fn move_slots_to_their_shards(&self, shards: usize) -> Result<()> {
+        let groups: Vec<Arc<StoredGroup>> = self.groups().values().cloned().collect();
+        for g in groups {
+            let moves: Vec<(u32, usize)> = (0..g.partitions())
+                .map(|p| (p, shard_for(&g.topic, p, shards.max(1))))
+                .filter(|&(p, want)| g.slots[p as usize].table != want)
+                .collect();
+            if moves.is_empty() {
+                continue;
+            }
+            let mut meta = g.meta().clone();
+            let mut freed = Vec::new();
+            for &(p, want) in &moves {
+                let state = self.load(&g, p);
+                let Some(slot) = self.take_slot(want) else {
+                    return Err(EngineError::OffsetTableFull {
+                        path: self.tables[want].path.clone(),
+                        slots: self.slots_per_table,
+                    });
+                };
+                let old = meta.partitions[p as usize].0;
+                let new = SlotRef {
+                    table: want,
+                    slot,
+                    owner: old.owner,
+                };
+                self.tables[want].map().store(slot, &state);
+                meta.partitions[p as usize].0 = new;
+                freed.push(old);
+            }
+            self.flush_all()?;
+            write_atomic(
+                &meta_path(&self.dir, &g.topic, &g.group),
+                meta.encode().as_bytes(),
+            )?;
+            for old in freed {
+                self.tables[old.table].used().remove(&old.slot);
+            }
+            log::info!(
+                "group {:?} on {}: {} partitions' acknowledgement state moved to the tables of \
+                 the shards now owning them",
+                g.group,
+                g.topic,
+                moves.len()
+            );
+            let moved = Arc::new(stored(meta));
+            self.groups()
+                .insert((moved.group.clone(), moved.topic.clone()), moved);
         }
-        // One answer after every table's sync: the last to finish calls `done`.
-        let pending = Arc::new(Mutex::new((tables.len(), Some(done), Ok(()))));
-        for t in tables {
-            let pending = Arc::clone(&pending);
-            self.tables[t].sync.when_durable(Box::new(move |r| {
-                let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-                p.0 -= 1;
-                if let Err(e) = r {
-                    p.2 = Err(e);
-                }
-                if p.0 == 0 {
-                    if let Some(done) = p.1.take() {
-                        let result = std::mem::replace(&mut p.2, Ok(()));
-                        drop(p);
-                        done(result);
-                    }
-                }
-            }));
-        }
+        Ok(())
     }
 
     /// Takes partition `p`'s checkpoint back to `end` if it is beyond it.
@@ -525,15 +581,14 @@ fn stored(meta: GroupMeta) -> StoredGroup {
     }
 }
 
-fn open_table(path: &Path, slots: usize, power: Option<Arc<TablePowerCut>>) -> Result<Table> {
+fn open_table(path: &Path, slots: usize, power: Option<&TablePowerCut>) -> Result<Table> {
     let map = Arc::new(Mutex::new(OffsetTable::open(path, slots)?));
-    if let Some(p) = &power {
+    if let Some(p) = power {
         p.register(path)
             .map_err(|e| EngineError::io("read offset table", path, e))?;
     }
     Ok(Table {
         path: path.to_path_buf(),
-        sync: TableSync::start(path.to_path_buf(), Arc::clone(&map), PERIODIC_SYNC, power)?,
         map,
         used: Mutex::new(BTreeSet::new()),
     })
@@ -585,7 +640,7 @@ fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
+    use std::time::Duration;
 
     fn starts(v: Vec<u64>) -> impl FnOnce() -> Result<Vec<u64>> {
         move || Ok(v)
@@ -599,26 +654,31 @@ mod tests {
             max_deliveries: 4,
         };
         {
-            let store = GroupStore::open(dir.path(), 2, 64).unwrap();
+            let store = GroupStore::open(dir.path(), 2, 64, None).unwrap();
             let g = store
-                .find_or_create("g", "orders", settings, 2, starts(vec![0, 10, 20]))
+                .find_or_create("g", "orders", settings, 2, starts(vec![0, 10, 20]), |_| {
+                    Ok(())
+                })
                 .unwrap();
             let mut s = store.load(&g, 1);
             assert_eq!(s.committed, 10);
             s.ack(10);
             s.ack(12);
             store.store(&g, 1, &s);
-            let (tx, rx) = mpsc::channel();
-            store.when_durable(&g, &[1], Box::new(move |r| tx.send(r).unwrap()));
-            rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+            store.flush_all().unwrap();
             let again = store
-                .find_or_create("g", "orders", GroupSettings::default(), 2, || {
-                    panic!("an existing group is not created again")
-                })
+                .find_or_create(
+                    "g",
+                    "orders",
+                    GroupSettings::default(),
+                    2,
+                    || panic!("an existing group is not created again"),
+                    |_| Ok(()),
+                )
                 .unwrap();
             assert_eq!(again.settings, settings, "settings are fixed at creation");
         }
-        let store = GroupStore::open(dir.path(), 2, 64).unwrap();
+        let store = GroupStore::open(dir.path(), 2, 64, None).unwrap();
         let g = store.find("g", "orders").unwrap();
         assert_eq!(g.partitions(), 3);
         let s = store.load(&g, 1);
@@ -630,9 +690,16 @@ mod tests {
     #[test]
     fn both_copies_damaged_falls_back_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GroupStore::open(dir.path(), 1, 8).unwrap();
+        let store = GroupStore::open(dir.path(), 1, 8, None).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]))
+            .find_or_create(
+                "g",
+                "t",
+                GroupSettings::default(),
+                1,
+                starts(vec![0]),
+                |_| Ok(()),
+            )
             .unwrap();
         let mut s = store.load(&g, 0);
         for o in 0..50 {
@@ -648,7 +715,7 @@ mod tests {
         bytes[at + 20] ^= 0xff;
         bytes[at + crate::offsets::COPY_BYTES + 20] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let store = GroupStore::open(dir.path(), 1, 8).unwrap();
+        let store = GroupStore::open(dir.path(), 1, 8, None).unwrap();
         let g = store.find("g", "t").unwrap();
         assert_eq!(
             store.load(&g, 0).committed,
@@ -661,9 +728,16 @@ mod tests {
     /// at a time (so one copy of the slot holds the last state, the other the one before),
     /// checkpoints `checkpoint`, and returns the slot's table file and slot.
     fn synced_group(dir: &Path, acked: u64, checkpoint: u64) -> (PathBuf, usize) {
-        let store = GroupStore::open(dir, 1, 8).unwrap();
+        let store = GroupStore::open(dir, 1, 8, None).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]))
+            .find_or_create(
+                "g",
+                "t",
+                GroupSettings::default(),
+                1,
+                starts(vec![0]),
+                |_| Ok(()),
+            )
             .unwrap();
         let mut s = store.load(&g, 0);
         for o in [0, acked] {
@@ -671,9 +745,7 @@ mod tests {
                 s.ack(s.committed);
             }
             store.store(&g, 0, &s);
-            let (tx, rx) = mpsc::channel();
-            store.when_durable(&g, &[0], Box::new(move |r| tx.send(r).unwrap()));
-            rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+            store.flush_all().unwrap();
         }
         store.checkpoint(&g, &[checkpoint]).unwrap();
         store.slot_of(&g, 0).unwrap()
@@ -689,7 +761,7 @@ mod tests {
             bytes[slot * crate::offsets::SLOT_BYTES + copy * crate::offsets::COPY_BYTES + 20] ^=
                 0xff;
             fs::write(&path, bytes).unwrap();
-            let store = GroupStore::open(dir.path(), 1, 8).unwrap();
+            let store = GroupStore::open(dir.path(), 1, 8, None).unwrap();
             let g = store.find("g", "t").unwrap();
             assert_eq!(
                 store.load(&g, 0).committed,
@@ -702,19 +774,40 @@ mod tests {
     #[test]
     fn slots_of_a_deleted_topic_s_groups_are_reused_without_reading_old_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GroupStore::open(dir.path(), 1, 2).unwrap();
+        let store = GroupStore::open(dir.path(), 1, 2, None).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![7, 7]))
+            .find_or_create(
+                "g",
+                "t",
+                GroupSettings::default(),
+                1,
+                starts(vec![7, 7]),
+                |_| Ok(()),
+            )
             .unwrap();
         let mut s = store.load(&g, 0);
         s.ack(7);
         store.store(&g, 0, &s);
-        let full = store.find_or_create("h", "t", GroupSettings::default(), 1, starts(vec![0]));
+        let full = store.find_or_create(
+            "h",
+            "t",
+            GroupSettings::default(),
+            1,
+            starts(vec![0]),
+            |_| Ok(()),
+        );
         assert!(matches!(full, Err(EngineError::OffsetTableFull { .. })));
         store.remove_topic("t").unwrap();
         assert!(store.find("g", "t").is_none());
         let g2 = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0, 0]))
+            .find_or_create(
+                "g",
+                "t",
+                GroupSettings::default(),
+                1,
+                starts(vec![0, 0]),
+                |_| Ok(()),
+            )
             .unwrap();
         assert_eq!(store.load(&g2, 0).committed, 0, "a new group starts afresh");
     }

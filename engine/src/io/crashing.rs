@@ -301,6 +301,20 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         self.inner.submit_write(file, offset, buf, len, token, sync);
     }
 
+    fn submit_sync(&mut self, file: FileId, token: u64) {
+        if self.crashed() || self.plan.countdown_hits() {
+            self.failed.push(Completion {
+                token,
+                kind: IoKind::Sync,
+                result: Err(Self::eio()),
+                buf: None,
+            });
+            return;
+        }
+        self.syncs.insert(token, (file, true));
+        self.inner.submit_sync(file, token);
+    }
+
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {
         self.inner.submit_read(file, offset, buf, len, token);
     }

@@ -172,6 +172,19 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         self.inner.submit_write(file, offset, buf, len, token, sync);
     }
 
+    fn submit_sync(&mut self, file: FileId, token: u64) {
+        if self.plan.trips(&self.plan.sync_countdown) {
+            self.injected.push(Completion {
+                token,
+                kind: IoKind::Sync,
+                result: Err(self.plan.error()),
+                buf: None,
+            });
+            return;
+        }
+        self.inner.submit_sync(file, token);
+    }
+
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {
         self.inner.submit_read(file, offset, buf, len, token);
     }

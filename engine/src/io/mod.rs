@@ -167,6 +167,9 @@ pub trait Disk {
         token: u64,
         sync: SyncAfter,
     );
+    /// Submits an `fdatasync` of the file on its own: one `Sync` completion once every write
+    /// to it that completed before is durable (a memory-mapped file's stores included).
+    fn submit_sync(&mut self, file: FileId, token: u64);
     /// Submits a read of `len` bytes at `offset` into `buf`.
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64);
     /// Collects finished operations into `out`, sleeping first as `block` allows when none

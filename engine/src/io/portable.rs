@@ -35,6 +35,10 @@ enum Op {
         len: usize,
         token: u64,
     },
+    Sync {
+        file: Arc<File>,
+        token: u64,
+    },
 }
 
 /// Where the I/O thread leaves completions, and the eventfd it rings when it does.
@@ -121,6 +125,12 @@ impl PortableDisk {
                 Op::Read { token, buf, .. } => {
                     Completion::never_ran(token, IoKind::Read, buf, false, err).collect()
                 }
+                Op::Sync { token, .. } => vec![Completion {
+                    token,
+                    kind: IoKind::Sync,
+                    result: Err(err),
+                    buf: None,
+                }],
             };
             self.done.push(failed);
         }
@@ -178,6 +188,12 @@ fn execute(rx: &Receiver<Op>, done: &Done) {
                     buf: Some(buf),
                 }]
             }
+            Op::Sync { file, token } => vec![Completion {
+                token,
+                kind: IoKind::Sync,
+                result: file.sync_data().map(|()| 0),
+                buf: None,
+            }],
         };
         done.push(completions);
     }
@@ -243,6 +259,21 @@ impl Disk for PortableDisk {
             Err(e) => self
                 .done
                 .push(Completion::never_ran(token, IoKind::Write, buf, then_sync, e).collect()),
+        }
+    }
+
+    fn submit_sync(&mut self, file: FileId, token: u64) {
+        match self.files.get(file) {
+            Ok(f) => {
+                let file = Arc::clone(f);
+                self.submit(Op::Sync { file, token });
+            }
+            Err(e) => self.done.push(vec![Completion {
+                token,
+                kind: IoKind::Sync,
+                result: Err(e),
+                buf: None,
+            }]),
         }
     }
 

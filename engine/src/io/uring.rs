@@ -69,6 +69,16 @@ impl UringDisk {
         })
     }
 
+    /// The completion of a sync that could not be submitted.
+    fn sync_failed(token: u64, err: io::Error) -> Completion {
+        Completion {
+            token,
+            kind: IoKind::Sync,
+            result: Err(err),
+            buf: None,
+        }
+    }
+
     fn fd(&self, file: FileId) -> io::Result<i32> {
         self.files.get(file).map(|f| f.as_raw_fd())
     }
@@ -270,6 +280,22 @@ impl Disk for UringDisk {
         } else {
             self.push_reserved(&[write]);
         }
+    }
+
+    fn submit_sync(&mut self, file: FileId, token: u64) {
+        let fd = match self.fd(file) {
+            Ok(fd) => fd,
+            Err(e) => return self.submit_failures.push(Self::sync_failed(token, e)),
+        };
+        if let Err(e) = self.reserve(1) {
+            return self.submit_failures.push(Self::sync_failed(token, e));
+        }
+        let sync = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(token | SYNC_BIT);
+        self.push_reserved(&[sync]);
+        self.syncs_in_flight += 1;
     }
 
     fn submit_read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, len: usize, token: u64) {

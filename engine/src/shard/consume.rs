@@ -18,6 +18,7 @@ use crate::io::Disk;
 use crate::read::{ReadFor, ReadResult, ReadStep};
 
 use super::groups::{GroupCmd, Waiter, GROUP_TICK};
+use super::tables::store_into;
 use super::{owned, Command, Shard};
 use crate::error::EngineError;
 
@@ -155,8 +156,8 @@ impl<D: Disk> Shard<D> {
                     task.key.1
                 );
             }
-            if let Some(store) = &self.groups.store {
-                store.store(&g.stored, p, d.acks());
+            if let Some(slot) = g.stored.slot(p) {
+                store_into(&mut self.groups.tables, slot, d.acks());
             }
             g.settle(p);
         }

@@ -13,11 +13,13 @@ use crossbeam_channel::Sender;
 use crate::delivery::{DeliveryCounts, MemberId, PartitionDelivery};
 use crate::error::{EngineError, Result};
 use crate::groups::{
-    ConsumeGather, Countdown, GroupKey, GroupStore, HelperTx, Member, ShardLinks, Span, StoredGroup,
+    ConsumeGather, Countdown, GroupKey, HelperTx, Member, ShardLinks, Span, StoredGroup,
+    TablePowerCut, TableRef,
 };
 use crate::io::Disk;
 use crate::offsets::AckState;
 
+use super::tables::{store_into, ShardTable};
 use super::Shard;
 
 /// How often a shard with groups looks at its sessions, ack deadlines, nack delays and
@@ -34,10 +36,13 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 
 /// A group request to a shard.
 pub enum GroupCmd {
-    /// The store and the helper the shard's groups use, and the other shards (once, at start).
+    /// The tables the shard owns, the helper its groups use, and the other shards (once, at
+    /// start).
     Attach {
-        /// The groups' durable state.
-        store: Arc<GroupStore>,
+        /// The offset tables this shard stores into and syncs.
+        tables: Vec<TableRef>,
+        /// Set in power-loss tests: records every table sync.
+        power: Option<Arc<TablePowerCut>>,
         /// Where dead letters go.
         helper: HelperTx,
         /// Every shard: consumes are handed on to them.
@@ -116,10 +121,18 @@ pub enum GroupCmd {
         /// Whether the copy is durable.
         copied: bool,
     },
-    /// Report every (group, partition)'s committed offset.
+    /// Report every (group, partition)'s committed offset, once durable (nothing if a table
+    /// sync failed).
     Committed {
         /// The answer.
         reply: Sender<Vec<(GroupKey, u32, u64)>>,
+    },
+    /// Make these tables (those of them this shard owns) durable now.
+    SyncTables {
+        /// Table numbers.
+        tables: Vec<usize>,
+        /// Answered once they are.
+        reply: Sender<Result<()>>,
     },
     /// Report what metrics show of every (group, partition).
     Metrics {
@@ -132,7 +145,7 @@ impl GroupCmd {
     /// Answers the command with `err` instead of carrying it out.
     pub fn refuse(self, err: &EngineError) {
         match self {
-            GroupCmd::Load { reply, .. } => {
+            GroupCmd::Load { reply, .. } | GroupCmd::SyncTables { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
             }
             GroupCmd::Consume {
@@ -249,7 +262,9 @@ impl ShardGroup {
 #[derive(Default)]
 pub(super) struct ShardGroups {
     pub groups: HashMap<GroupKey, ShardGroup>,
-    pub store: Option<Arc<GroupStore>>,
+    /// The offset tables this shard owns, by number (`tables.rs`).
+    pub tables: BTreeMap<usize, ShardTable>,
+    pub power: Option<Arc<TablePowerCut>>,
     pub helper: Option<HelperTx>,
     pub peers: Option<ShardLinks>,
     /// Groups where something may have become deliverable this turn: their waiting consumes
@@ -286,11 +301,13 @@ impl<D: Disk> Shard<D> {
     pub(super) fn handle_group(&mut self, cmd: GroupCmd) {
         match cmd {
             GroupCmd::Attach {
-                store,
+                tables,
+                power,
                 helper,
                 peers,
             } => {
-                self.groups.store = Some(store);
+                self.groups.power = power;
+                self.attach_tables(tables);
                 self.groups.helper = Some(helper);
                 self.groups.peers = Some(peers);
             }
@@ -357,7 +374,26 @@ impl<D: Disk> Shard<D> {
                         out.push((key.clone(), p, d.acks().committed));
                     }
                 }
-                let _ = reply.send(out);
+                // Reported once durable: a checkpoint must never be ahead of the table.
+                let tables: Vec<usize> = self.groups.tables.keys().copied().collect();
+                self.tables_durable(
+                    &tables,
+                    Box::new(move |r| {
+                        let _ = reply.send(if r.is_ok() { out } else { Vec::new() });
+                    }),
+                );
+            }
+            GroupCmd::SyncTables { tables, reply } => {
+                let mine: Vec<usize> = tables
+                    .into_iter()
+                    .filter(|t| self.groups.tables.contains_key(t))
+                    .collect();
+                self.tables_durable(
+                    &mine,
+                    Box::new(move |r| {
+                        let _ = reply.send(r);
+                    }),
+                );
             }
             GroupCmd::Metrics { reply } => {
                 let mut out = Vec::new();
@@ -403,9 +439,6 @@ impl<D: Disk> Shard<D> {
         durable: bool,
         done: Arc<Countdown>,
     ) {
-        let Some(store) = self.groups.store.clone() else {
-            return done.part_done(Err(EngineError::ShuttingDown));
-        };
         let Some(g) = self.groups.groups.get_mut(key) else {
             return done.part_done(Err(unknown_member(key, member)));
         };
@@ -425,22 +458,21 @@ impl<D: Disk> Shard<D> {
         let mut touched = Vec::new();
         let mut named = Vec::new();
         for p in partitions {
-            let Some(d) = g.partitions.get_mut(&p) else {
+            let (Some(d), Some(slot)) = (g.partitions.get_mut(&p), g.stored.slot(p)) else {
                 continue;
             };
-            named.push(p);
+            named.push(slot.table);
             let mine = spans
                 .iter()
                 .filter(|s| s.0 == p)
                 .map(|&(_, first, last)| (first, last));
             if d.ack_spans(mine) > 0 {
                 // Stored by this shard alone, so stores of one slot never go back in time.
-                store.store(&g.stored, p, d.acks());
+                store_into(&mut self.groups.tables, slot, d.acks());
                 touched.push(p);
             }
             g.settle(p);
         }
-        let stored = Arc::clone(&g.stored);
         if !touched.is_empty() {
             // Acks free prefetch room and the ack window.
             self.groups.mark_changed(key);
@@ -449,8 +481,11 @@ impl<D: Disk> Shard<D> {
             return done.part_done(Ok(()));
         }
         // Every partition named, touched or not: offsets acknowledged before (without asking
-        // for durability) may not be durable yet.
-        store.when_durable(&stored, &named, Box::new(move |r| done.part_done(r)));
+        // for durability) may not be durable yet. A durable ack is answered from this loop,
+        // once the table's sync through the ring completes.
+        named.sort_unstable();
+        named.dedup();
+        self.tables_durable(&named, Box::new(move |r| done.part_done(r)));
     }
 
     fn nack(
@@ -486,18 +521,16 @@ impl<D: Disk> Shard<D> {
     }
 
     fn dead_lettered(&mut self, key: &GroupKey, partition: u32, offset: u64, copied: bool) {
-        let store = self.groups.store.clone();
         let Some(g) = self.groups.groups.get_mut(key) else {
             return;
         };
-        let Some(d) = g.partitions.get_mut(&partition) else {
+        let (Some(d), Some(slot)) = (g.partitions.get_mut(&partition), g.stored.slot(partition))
+        else {
             return;
         };
         if copied {
             d.dead_lettered(offset);
-            if let Some(store) = store {
-                store.store(&g.stored, partition, d.acks());
-            }
+            store_into(&mut self.groups.tables, slot, d.acks());
         } else {
             d.retry_dead_letter(offset, Instant::now() + DEAD_LETTER_RETRY);
         }
@@ -567,6 +600,8 @@ impl<D: Disk> Shard<D> {
         for key in std::mem::take(&mut self.groups.changed) {
             self.wake_waiters(&key);
         }
+        // Last: the syncs cover every ack this turn stored.
+        self.tables_turn(now);
     }
 
     /// Ends silent sessions, redelivers what came due, and lets waiting consumes whose

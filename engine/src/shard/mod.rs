@@ -27,6 +27,7 @@ use crate::{AppendDone, ReadDone};
 
 mod consume;
 mod groups;
+mod tables;
 
 use groups::ShardGroups;
 pub use groups::{GroupCmd, GroupPartitionMetrics};
@@ -206,6 +207,8 @@ enum Owner {
     Flush(Arc<str>, u32),
     Zero(Arc<str>, u32),
     Read(Arc<str>, u32, u64, DiskRead),
+    /// A sync of offset table `n` (`tables.rs`).
+    TableSync(usize),
 }
 
 /// The shard's state, run by [`Shard::run`] on its own thread.
@@ -307,6 +310,7 @@ impl<D: Disk> Shard<D> {
                 && self.deferred.is_empty()
                 && self.to_flush.is_empty()
                 && self.lingering.is_empty()
+                && !self.tables_busy()
             {
                 break;
             }
@@ -321,10 +325,15 @@ impl<D: Disk> Shard<D> {
                     block = false;
                 }
             }
-            let wake_by = [self.linger_until, self.reads_until, self.groups_wake_at()]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake_by = [
+                self.linger_until,
+                self.reads_until,
+                self.groups_wake_at(),
+                self.tables_wake_at(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let block = match (block, wake_by) {
                 (false, _) => Block::No,
                 (true, None) => Block::Yes,
@@ -348,6 +357,7 @@ impl<D: Disk> Shard<D> {
                 p.close(&mut self.disk);
             }
         }
+        self.close_tables();
     }
 
     /// The next request, if one is queued.
@@ -833,6 +843,11 @@ impl<D: Disk> Shard<D> {
                 p.reads_in_flight -= 1;
                 let step = p.continue_read(r, pos, c);
                 self.read_step(topic, partition, step);
+            }
+            Some(Owner::TableSync(index)) => {
+                let index = *index;
+                self.ops.remove(&token);
+                self.on_table_sync(index, c);
             }
             None => log::warn!("completion for unknown operation {token}"),
         }
