@@ -262,7 +262,12 @@ impl PartitionDelivery {
         count: u32,
         deadline: Instant,
     ) {
-        self.in_flight.insert(
+        // The delivery rules, checked where they act: a message is with one member at a time,
+        // and nothing acknowledged is handed out.
+        assert!(offset >= self.acks.committed, "{offset} is below the committed offset");
+        assert!(!self.acks.is_acked(offset), "{offset} is acknowledged");
+        assert!(!self.redeliver.contains_key(&offset), "{offset} is also waiting");
+        let before = self.in_flight.insert(
             offset,
             InFlight {
                 member,
@@ -270,6 +275,7 @@ impl PartitionDelivery {
                 count,
             },
         );
+        assert!(before.is_none(), "{offset} was in flight already");
         *self.held.entry(member).or_insert(0) += 1;
         self.counts.deliveries += 1;
         if count > 1 {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::batch::BatchError;
 
-/// Errors of the storage engine.
+/// Errors of the storage engine. Not `#[non_exhaustive]`: the server maps every variant to a
+/// wire code, and a new variant must not fall through to a default there.
 #[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
 pub enum EngineError {
     /// A filesystem or disk operation failed.
     #[error("{op} {}: {source}", path.display())]
@@ -196,6 +196,17 @@ pub enum EngineError {
         topic: String,
         /// Why.
         cause: Arc<EngineError>,
+    },
+    /// Something the engine's own code must guarantee did not hold (a bug), caught before
+    /// anything was written: the partition takes no more writes.
+    #[error("partition {topic}/{partition}: broken invariant: {what}")]
+    BrokenInvariant {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Which rule, with the figures.
+        what: String,
     },
     /// The member is not in the group: it never joined, it left, or its session ended.
     #[error("member {member} is not in group {group:?} (its session ended); join again")]

@@ -310,6 +310,11 @@ impl OffsetTable {
         self.held.remove(&slot);
         let at = slot * SLOT_BYTES + (1 - c.stable) * COPY_BYTES;
         encode(c.stable_seq + 1, state, &mut self.map[at..at + COPY_BYTES]);
+        // Pair assertion: what a restart would read back is what was stored.
+        assert!(
+            matches!(decode(&self.map[at..at + COPY_BYTES]), Decoded::Ok(seq, ref back) if seq == c.stable_seq + 1 && back == state),
+            "slot {slot} reads back as stored"
+        );
         c.written = Some(self.syncs_started);
         self.copies[slot] = Some(c);
     }

@@ -54,6 +54,69 @@ impl Gather {
     }
 }
 
+/// What must hold of a flush about to be written, gathered to be checked in one place.
+struct FlushFacts {
+    start_pos: u64,
+    segment_end: u64,
+    segment_bytes: u64,
+    len: usize,
+    capacity: usize,
+    first_offset: u64,
+    next_offset: u64,
+    durable_next: u64,
+    /// The trailer as read back from the buffer, and as written.
+    trailer: Option<Trailer>,
+    written: Trailer,
+}
+
+impl FlushFacts {
+    /// The first invariant that does not hold, said in words.
+    fn check(&self) -> std::result::Result<(), String> {
+        let block = crate::aligned::BLOCK_BYTES;
+        let rules: [(bool, &str); 8] = [
+            (
+                self.start_pos == self.segment_end,
+                "a flush starts where the last one ended",
+            ),
+            (
+                self.start_pos.is_multiple_of(block as u64),
+                "a flush starts on a block",
+            ),
+            (self.len.is_multiple_of(block), "a flush is whole blocks"),
+            (self.len <= self.capacity, "a flush fits its buffer"),
+            (
+                self.start_pos + self.len as u64 <= self.segment_bytes,
+                "a flush fits its segment",
+            ),
+            (
+                self.first_offset == self.durable_next,
+                "a flush's offsets follow the durable ones",
+            ),
+            (
+                self.next_offset > self.first_offset,
+                "a flush holds at least one offset",
+            ),
+            (
+                self.trailer == Some(self.written),
+                "the trailer reads back as written",
+            ),
+        ];
+        match rules.iter().find(|(holds, _)| !holds) {
+            None => Ok(()),
+            Some((_, rule)) => Err(format!(
+                "{rule} (flush at byte {} of {} bytes, offsets {}..{}; segment durable to {}, \
+                 partition durable to offset {})",
+                self.start_pos,
+                self.len,
+                self.first_offset,
+                self.next_offset,
+                self.segment_end,
+                self.durable_next
+            )),
+        }
+    }
+}
+
 /// The flush in flight: its write (made durable by itself) was submitted under `token`; its
 /// `Sync` completion says the durability holds.
 struct Flush {
@@ -361,7 +424,6 @@ impl Partition {
             self.fail_pending(&EngineError::io("flush to", path, err));
             return false;
         };
-        debug_assert_eq!(g.start_pos, seg.durable_end, "flushes are contiguous");
         let len = g.flushed_len();
         let trailer_at = len - TRAILER_BYTES;
         let bytes = g.buf.as_mut_slice();
@@ -373,6 +435,31 @@ impl Partition {
             scope: CrcScope::Headers,
         };
         t.encode(&mut bytes[trailer_at..len]);
+        let facts = FlushFacts {
+            start_pos: g.start_pos,
+            segment_end: seg.durable_end,
+            segment_bytes: self.limits.segment_bytes,
+            len,
+            capacity: g.buf.capacity(),
+            first_offset: g.first_offset,
+            next_offset: g.next_offset,
+            durable_next: self.durable_next,
+            trailer: Trailer::decode(&g.buf.as_slice()[trailer_at..len]),
+            written: t,
+        };
+        if let Err(what) = facts.check() {
+            // A bug, caught before the write: nothing is written and nothing is acknowledged.
+            let err = EngineError::BrokenInvariant {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                what,
+            };
+            log::error!("{err}; the partition takes no more writes");
+            self.pending.push_front(g);
+            self.fail_pending(&err);
+            self.poisoned = Some(err);
+            return false;
+        }
         let buf = std::mem::replace(&mut g.buf, AlignedBuf::zeroed(0));
         // Nothing earlier in the file waits for this flush's sync: the previous flush was
         // durable before this one started, so its own durability is all it needs; either kind
@@ -645,6 +732,73 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts() -> FlushFacts {
+        let t = Trailer {
+            flush_start: 8192,
+            next_offset: 10,
+            flush_crc: 7,
+            scope: CrcScope::Headers,
+        };
+        FlushFacts {
+            start_pos: 8192,
+            segment_end: 8192,
+            segment_bytes: 1 << 20,
+            len: 4096,
+            capacity: 8192,
+            first_offset: 5,
+            next_offset: 10,
+            durable_next: 5,
+            trailer: Some(t),
+            written: t,
+        }
+    }
+
+    #[test]
+    fn each_flush_invariant_is_checked_on_its_own() {
+        assert_eq!(facts().check(), Ok(()));
+        let broken: [(FlushFacts, &str); 5] = [
+            (
+                FlushFacts {
+                    segment_end: 4096,
+                    ..facts()
+                },
+                "starts where the last one ended",
+            ),
+            (
+                FlushFacts {
+                    len: 4000,
+                    ..facts()
+                },
+                "whole blocks",
+            ),
+            (
+                FlushFacts {
+                    durable_next: 4,
+                    ..facts()
+                },
+                "follow the durable ones",
+            ),
+            (
+                FlushFacts {
+                    next_offset: 5,
+                    ..facts()
+                },
+                "at least one offset",
+            ),
+            (
+                FlushFacts {
+                    trailer: None,
+                    ..facts()
+                },
+                "reads back as written",
+            ),
+        ];
+        for (f, rule) in broken {
+            let err = f.check().unwrap_err();
+            assert!(err.contains(rule), "{err}");
+        }
+    }
     use crate::io::{Block, MemDisk};
     use crate::zeroing::ZERO_CHUNK_BYTES;
 

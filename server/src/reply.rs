@@ -67,7 +67,8 @@ impl Reply {
     }
 }
 
-/// The wire code for an engine error.
+/// The wire code for an engine error. Every variant is named: a new one does not compile until
+/// it is given its code.
 pub fn error_code(e: &EngineError) -> ErrorCode {
     match e {
         EngineError::UnknownTopic(_) | EngineError::TopicDeleted(_) => ErrorCode::UnknownTopic,
@@ -80,7 +81,9 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
         EngineError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         EngineError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         EngineError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        EngineError::Poisoned { .. } => ErrorCode::PartitionPoisoned,
+        EngineError::Poisoned { .. } | EngineError::BrokenInvariant { .. } => {
+            ErrorCode::PartitionPoisoned
+        }
         EngineError::NoSpace { .. } => ErrorCode::NoSpace,
         EngineError::Corruption { .. } => ErrorCode::Corruption,
         EngineError::ShuttingDown => ErrorCode::ShuttingDown,
@@ -88,10 +91,21 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
             ErrorCode::InvalidArgument
         }
         EngineError::OffsetTablePoisoned { .. } => ErrorCode::PartitionPoisoned,
+        // No slot left for a new group's partitions: space, of another kind.
+        EngineError::OffsetTableFull { .. } => ErrorCode::NoSpace,
+        EngineError::DamagedMetadata { .. } => ErrorCode::Corruption,
         EngineError::UnknownMember { .. } => ErrorCode::UnknownMember,
         EngineError::PartitionOffline { .. }
         | EngineError::TopicOffline { .. }
         | EngineError::GroupOffline { .. } => ErrorCode::Offline,
-        _ => ErrorCode::Internal,
+        // A disk operation failed while serving the request (the message names it and the
+        // file), or, for the rest, errors of opening the data directory and of misuse of the
+        // engine that no request can cause: the message says which.
+        EngineError::Io { .. }
+        | EngineError::UringUnavailable { .. }
+        | EngineError::DirectIoUnsupported { .. }
+        | EngineError::VolatileFilesystem { .. }
+        | EngineError::DataDirLocked { .. }
+        | EngineError::OnShardThread(_) => ErrorCode::Internal,
     }
 }

@@ -177,7 +177,12 @@ impl UringDisk {
         token: u64,
         sync: SyncAfter,
     ) -> Option<(i32, AlignedBuf)> {
-        debug_assert!(offset.is_multiple_of(BLOCK_BYTES as u64) && len.is_multiple_of(BLOCK_BYTES));
+        // O_DIRECT: the kernel refuses (or, worse, some filesystems accept) anything else.
+        assert!(
+            offset.is_multiple_of(BLOCK_BYTES as u64),
+            "{kind:?} at {offset}"
+        );
+        assert!(len.is_multiple_of(BLOCK_BYTES), "{kind:?} of {len} bytes");
         assert!(
             len <= buf.capacity(),
             "{kind:?} of {len} bytes with a {} byte buffer",
