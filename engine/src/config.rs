@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::aligned::BLOCK_BYTES;
 use crate::error::{EngineError, Result};
 use crate::groups::TablePowerCut;
+#[cfg(feature = "testing")]
 use crate::io::{CrashPlan, FaultPlan};
 
 /// How the shards reach the disk.
@@ -16,8 +17,10 @@ pub enum IoMode {
     #[default]
     Uring,
     /// io_uring with injected failures (tests only).
+    #[cfg(feature = "testing")]
     UringWithFaults(Arc<FaultPlan>),
     /// io_uring with simulated power loss: unsynced writes can be undone (tests only).
+    #[cfg(feature = "testing")]
     UringWithCrashes(Arc<CrashPlan>),
     /// `pwrite` + `fdatasync` on one I/O thread per shard: slower, for hosts where io_uring is
     /// blocked (containers with the default seccomp profile, `kernel.io_uring_disabled`).
@@ -98,6 +101,7 @@ pub struct EngineConfig {
     pub group_slots: usize,
     /// Power-loss tests only: records every offset-table sync, so the test can cut the power
     /// and set back what no sync covered.
+    #[cfg(feature = "testing")]
     pub table_power_cut: Option<Arc<TablePowerCut>>,
 }
 
@@ -122,8 +126,17 @@ impl EngineConfig {
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
             group_slots: 16_384,
+            #[cfg(feature = "testing")]
             table_power_cut: None,
         }
+    }
+
+    /// What records the offset tables' syncs in a power-loss test; never set for keeld.
+    pub(crate) fn table_power_cut(&self) -> Option<Arc<TablePowerCut>> {
+        #[cfg(feature = "testing")]
+        return self.table_power_cut.clone();
+        #[cfg(not(feature = "testing"))]
+        None
     }
 
     /// Checks the limits against each other.

@@ -141,6 +141,7 @@ impl PartitionDelivery {
     }
 
     /// Messages `member` holds unacknowledged (for its prefetch limit).
+    #[cfg(any(test, feature = "testing"))]
     pub fn in_flight_of(&self, member: MemberId) -> usize {
         self.held.get(&member).copied().unwrap_or(0)
     }
@@ -299,6 +300,7 @@ impl PartitionDelivery {
         self.acks.ack(offset)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Acknowledges `first..=last`, skipping what is acknowledged already or was never
     /// delivered (so a huge span costs no more than the ack window); returns how many offsets
     /// it acknowledged.

@@ -18,7 +18,9 @@ use crate::group_ops::Groups;
 use crate::groups::{GroupHelper, GroupStore, ShardLinks};
 use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
-use crate::io::{CrashingDisk, Disk, FaultyDisk, PortableDisk, UringDisk, Waker};
+#[cfg(feature = "testing")]
+use crate::io::{CrashingDisk, FaultyDisk};
+use crate::io::{Disk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
 pub(crate) use crate::shard::on_shard_thread;
@@ -195,7 +197,7 @@ impl Engine {
             &cfg.data_dir,
             cfg.shards,
             cfg.group_slots,
-            cfg.table_power_cut.clone(),
+            cfg.table_power_cut(),
         )?);
         if cfg.recovery == RecoveryMode::Repair {
             store.remove_damaged()?;
@@ -712,10 +714,12 @@ fn start_shard(cfg: &Arc<EngineConfig>, id: usize, janitor: &JanitorTx) -> Resul
     let uring = || UringDisk::new().map_err(EngineError::uring_unavailable);
     match &cfg.io {
         IoMode::Uring => spawn_shard(cfg, id, uring()?, janitor),
+        #[cfg(feature = "testing")]
         IoMode::UringWithFaults(plan) => {
             let disk = FaultyDisk::new(uring()?, Arc::clone(plan));
             spawn_shard(cfg, id, disk, janitor)
         }
+        #[cfg(feature = "testing")]
         IoMode::UringWithCrashes(plan) => {
             let disk = CrashingDisk::new(uring()?, Arc::clone(plan));
             spawn_shard(cfg, id, disk, janitor)

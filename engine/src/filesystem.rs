@@ -121,6 +121,7 @@ pub fn check_data_dir(data_dir: &Path) -> Result<Filesystem> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// True when `path` is on tmpfs or ramfs.
 pub fn is_tmpfs(path: &Path) -> bool {
     Filesystem::of(path).volatile().is_some()
@@ -158,6 +159,7 @@ pub fn mount_type(mounts: &str, dir: &Path) -> Option<String> {
     mount_entry(mounts, dir).map(|(kind, _)| kind)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// "TYPE on DEVICE" of the mount `dir` is on, as [`mount_type`] finds it.
 pub fn mount_description(mounts: &str, dir: &Path) -> Option<String> {
     mount_entry(mounts, dir).map(|(kind, device)| format!("{kind} on {device}"))

@@ -35,6 +35,7 @@ impl Log2Histogram {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The upper bound of the bucket holding quantile `q` (0..=1) of `counts`: the value is below
 /// it. 0 when nothing was counted.
 pub fn quantile_upper_bound(counts: &[u64; LOG2_BUCKETS], q: f64) -> u64 {

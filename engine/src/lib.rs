@@ -9,46 +9,62 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod aligned;
+/// Modules the server has no business with: public to the tests and benchmarks only (cargo
+/// feature `testing`), private otherwise.
+macro_rules! internal {
+    ($($(#[$doc:meta])* $module:ident;)*) => {$(
+        $(#[$doc])*
+        #[cfg(feature = "testing")]
+        pub mod $module;
+        #[cfg(not(feature = "testing"))]
+        mod $module;
+    )*};
+}
+
 use keel_format::batch;
 mod blocking;
 mod config;
-pub mod delivery;
 mod engine;
 mod error;
-pub mod filesystem;
 mod group_ops;
-pub mod groups;
-pub mod histogram;
 mod in_flight;
 mod inbox;
-pub mod io;
 mod janitor;
-pub mod layout;
 mod linger;
 mod long_poll;
-pub mod offsets;
 mod open;
 mod partition;
 mod prepare;
 mod read;
-pub mod recovery;
 mod retention;
 mod segment;
 mod shard;
 mod tail;
 mod topic_name;
-pub mod trailer;
-pub mod xorshift;
 mod zeroing;
+internal! {
+    aligned;
+    delivery;
+    filesystem;
+    groups;
+    histogram;
+    io;
+    layout;
+    offsets;
+    recovery;
+    trailer;
+}
+/// A deterministic pseudo-random sequence, for tests and simulated faults.
+#[cfg(any(test, feature = "testing"))]
+pub mod xorshift;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};
 pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats, LOST_HEADER};
 pub use error::{EngineError, Result};
 pub use group_ops::{ConsumeLimits, GroupMetrics, GroupStart, JoinRequest, Joined};
-pub use groups::ConsumedPartition;
-pub use io::{CrashPlan, FaultPlan};
+pub use groups::{ConsumedPartition, GroupSettings};
+pub use io::Waker;
 pub use read::ReadResult;
 pub use shard::GroupPartitionMetrics;
 

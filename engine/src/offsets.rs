@@ -352,11 +352,6 @@ impl OffsetTable {
         self.sync_done();
         Ok(())
     }
-
-    /// The table's file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 enum Decoded {

@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_engine::groups::GroupSettings;
-use keel_engine::{shard_for, ConsumeLimits, Engine, EngineError, GroupStart, JoinRequest};
+
+use keel_engine::{
+    shard_for, ConsumeLimits, Engine, EngineError, GroupSettings, GroupStart, JoinRequest,
+};
 use keel_protocol::{
     ApiKey, ApiVersions, ConsumedPartition, DeliveryInfo, ErrorCode, JoinSettings, OffsetSpan,
     PartitionTarget, Request, Response, StartAt, TopicInfo, MAX_NACK_DELAY_MS,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
-use keel_engine::io::Waker;
+use keel_engine::Waker;
 
 use crate::answers::{notifying_answer_queue, AnswerRx, AnswerTx};
 use crate::budget::{BudgetHold, ByteBudget};

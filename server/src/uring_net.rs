@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use keel_engine::io::Waker;
+use keel_engine::Waker;
 
 use crate::conn_limits::ConnLimits;
 use crate::handler::Handler;

@@ -3,7 +3,7 @@
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use keel_engine::groups::GroupSettings;
+use keel_engine::GroupSettings;
 use keel_engine::{ConsumeLimits, ConsumedPartition, Engine, EngineError, GroupStart, JoinRequest};
 
 /// How long a test waits for any answer.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use keel_engine::{Engine, EngineError, FaultPlan, IoMode};
+use keel_engine::io::FaultPlan;
+use keel_engine::{Engine, EngineError, IoMode};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 fn faulty_engine(dir: &std::path::Path, plan: &Arc<FaultPlan>) -> Engine {

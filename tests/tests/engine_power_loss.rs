@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_engine::aligned::{AlignedBuf, BLOCK_BYTES};
+use keel_engine::io::CrashPlan;
 use keel_engine::io::{Block, CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
-use keel_engine::{BatchView, CrashPlan, Engine, FlushSync, IoMode};
+use keel_engine::{BatchView, Engine, FlushSync, IoMode};
 use keel_tests::{crash_value, data_dir, log_start, one_record, read_from, small_config};
 
 const IN_FLIGHT: u64 = 256;

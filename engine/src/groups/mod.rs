@@ -18,14 +18,14 @@ mod store;
 use std::sync::Arc;
 
 pub(crate) use consume::{cover, ConsumeGather, ConsumeTask, Look, Reading};
-pub use consume::{ConsumeDone, ConsumedPartition};
+pub use consume::ConsumedPartition;
 pub(crate) use countdown::Countdown;
 pub use countdown::GroupDone;
 pub(crate) use helper::{GroupHelper, HelperJob, HelperTx, ShardLinks};
 pub(crate) use members::Member;
-pub use meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
+pub use meta::{GroupSettings, SlotRef};
 pub use power_cut::{PendingSync, TablePowerCut};
-pub use store::{groups_dir, GroupStore, StoredGroup, TableRef};
+pub use store::{GroupStore, StoredGroup, TableRef};
 
 /// A group: its name and the topic it reads.
 pub type GroupKey = (Arc<str>, Arc<str>);

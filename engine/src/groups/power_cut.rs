@@ -11,15 +11,21 @@
 //! Every ack answered as durable must survive that; nothing never acknowledged may appear.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+#[cfg(feature = "testing")]
+use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+#[cfg(feature = "testing")]
+use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+#[cfg(feature = "testing")]
 use crate::xorshift::xorshift;
 
 /// Bytes a power cut keeps or loses as a unit (a disk sector).
+#[cfg(feature = "testing")]
 const SECTOR_BYTES: usize = 512;
 
 /// A table's sync in flight, as [`TablePowerCut`] records it.
@@ -67,6 +73,7 @@ fn read_whole(file: &File) -> io::Result<Vec<u8>> {
 }
 
 impl TablePowerCut {
+    #[cfg(feature = "testing")]
     /// A plan with the power on.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
@@ -120,11 +127,13 @@ impl TablePowerCut {
         Ok(())
     }
 
+    #[cfg(feature = "testing")]
     /// Cuts the power: every later sync fails.
     pub fn cut(&self) {
         self.state().cut = true;
     }
 
+    #[cfg(feature = "testing")]
     /// After the store is dropped: each sector of each table that differs from its durable
     /// copy is set back to it or kept, as `seed` picks. Returns how many sectors were set back.
     pub fn lose_unsynced(&self, seed: u64) -> io::Result<usize> {

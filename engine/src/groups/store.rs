@@ -564,6 +564,7 @@ impl GroupStore {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The table file holding a partition's slot, and the slot (for tools and tests).
     pub fn slot_of(&self, g: &StoredGroup, partition: u32) -> Option<(PathBuf, usize)> {
         let s = g.slots.get(partition as usize)?;

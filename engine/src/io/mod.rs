@@ -10,10 +10,13 @@
 //! - [`CrashingDisk`]: wraps a real backend and can undo every write no sync covered (power loss);
 //! - [`MemDisk`]: in memory, completes operations on command (to pin an interleaving).
 
+#[cfg(feature = "testing")]
 mod crashing;
+#[cfg(feature = "testing")]
 mod faulty;
 mod files;
 mod fixed;
+#[cfg(any(test, feature = "testing"))]
 mod memory;
 mod portable;
 mod uring;
@@ -25,10 +28,13 @@ use std::time::Duration;
 
 use crate::aligned::AlignedBuf;
 
+#[cfg(feature = "testing")]
 pub use crashing::{CrashPlan, CrashingDisk};
+#[cfg(feature = "testing")]
 pub use faulty::{FaultPlan, FaultyDisk};
 pub(crate) use files::sync_dir;
 pub(crate) use fixed::FixedTag;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::{MemDisk, WriteRecord};
 pub use portable::PortableDisk;
 pub use uring::UringDisk;
