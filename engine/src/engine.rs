@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,7 +34,8 @@ struct ShardHandle {
     tx: InboxSender<Command>,
     waker: Arc<Waker>,
     stats: Arc<ShardStats>,
-    thread: Option<JoinHandle<()>>,
+    /// Taken (and joined) when the engine stops.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Totals over all shards.
@@ -69,6 +71,28 @@ pub struct EngineStats {
     pub topics_offline: u64,
 }
 
+/// What an [`Engine`] handle reaches: every operation of the engine. It lives behind the
+/// handle (and, weakly, the consumer groups' helper thread, which creates dead-letter topics
+/// and appends to them); the handle stops it.
+pub struct EngineCore {
+    cfg: Arc<EngineConfig>,
+    shards: Vec<ShardHandle>,
+    catalog: Mutex<BTreeMap<String, TopicMeta>>,
+    /// Topics whose metadata is damaged, held offline with the reason.
+    offline_topics: Mutex<BTreeMap<String, Arc<EngineError>>>,
+    /// Held through a whole topic creation or deletion, which waits for every shard; the
+    /// catalog's own lock is only held for a look-up or a change, so that shard threads
+    /// looking a topic up never wait behind an administration waiting for them.
+    admin: Mutex<()>,
+    closed: AtomicBool,
+    /// Removes dropped segment files and deleted topics; stopped (finishing them) before the
+    /// lock is let go.
+    janitor: Janitor,
+    /// Consumer groups (`group_ops.rs`); set once, as the engine opens.
+    pub(crate) groups: OnceLock<Groups>,
+    _lock: DataDirLock,
+}
+
 /// A running storage engine over one data directory.
 ///
 /// ```no_run
@@ -83,22 +107,15 @@ pub struct EngineStats {
 /// # Ok(()) }
 /// ```
 pub struct Engine {
-    cfg: Arc<EngineConfig>,
-    shards: Vec<ShardHandle>,
-    catalog: Mutex<BTreeMap<String, TopicMeta>>,
-    /// Topics whose metadata is damaged, held offline with the reason.
-    offline_topics: Mutex<BTreeMap<String, Arc<EngineError>>>,
-    /// Held through a whole topic creation or deletion, which waits for every shard; the
-    /// catalog's own lock is only held for a look-up or a change, so that shard threads
-    /// looking a topic up never wait behind an administration waiting for them.
-    admin: Mutex<()>,
-    closed: AtomicBool,
-    /// Removes dropped segment files and deleted topics; stopped (finishing them) before the
-    /// lock is let go.
-    janitor: Janitor,
-    /// Consumer groups (`group_ops.rs`); `None` only while opening and once stopped.
-    pub(crate) groups: Option<Groups>,
-    _lock: DataDirLock,
+    core: Arc<EngineCore>,
+}
+
+impl Deref for Engine {
+    type Target = EngineCore;
+
+    fn deref(&self) -> &EngineCore {
+        &self.core
+    }
 }
 
 /// Header of the records that fill offsets lost in a repair.
@@ -150,7 +167,7 @@ impl Engine {
         layout::create_dir_durable(&topics_dir(&dir))?;
         let (topics, damaged) = load_catalog(&cfg)?;
         let cfg = Arc::new(cfg);
-        let mut engine = Self {
+        let mut core = EngineCore {
             shards: Vec::new(),
             catalog: Mutex::new(BTreeMap::new()),
             offline_topics: Mutex::new(BTreeMap::new()),
@@ -159,13 +176,16 @@ impl Engine {
             janitor: Janitor::start()
                 .map_err(|e| EngineError::io("start the janitor thread", "", e))?,
             _lock: lock,
-            groups: None,
+            groups: OnceLock::new(),
             cfg: Arc::clone(&cfg),
         };
         for id in 0..cfg.shards {
-            let shard = start_shard(&cfg, id, &engine.janitor.handle())?;
-            engine.shards.push(shard);
+            let shard = start_shard(&cfg, id, &core.janitor.handle())?;
+            core.shards.push(shard);
         }
+        let engine = Engine {
+            core: Arc::new(core),
+        };
         for (name, meta) in topics {
             engine.add_topic_to_shards(&name, meta.partitions, &Opening::Recover)?;
             engine.catalog().insert(name, meta);
@@ -176,7 +196,7 @@ impl Engine {
                 engine.fill_lost_offsets(&name, p)?;
             }
         }
-        engine.open_groups()?;
+        engine.core.open_groups(Arc::downgrade(&engine.core))?;
         for (name, cause) in damaged {
             log::error!(
                 "topic {name:?} is offline: {cause}. Every other topic is served; requests for \
@@ -189,9 +209,24 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Stops taking requests, lets every shard finish and answer what is in flight, and waits
+    /// for them. Dropping the engine does the same.
+    pub fn shutdown(self) {
+        self.core.stop_shards();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.core.stop_shards();
+    }
+}
+
+impl EngineCore {
     /// Opens the consumer groups' durable state, checks it against the logs, starts their
-    /// helper and hands the shards what they serve groups with.
-    fn open_groups(&mut self) -> Result<()> {
+    /// helper (which reaches the engine through `core`) and hands the shards what they serve
+    /// groups with.
+    fn open_groups(&self, core: Weak<EngineCore>) -> Result<()> {
         let cfg = Arc::clone(&self.cfg);
         let store = Arc::new(GroupStore::open(
             &cfg.data_dir,
@@ -213,7 +248,7 @@ impl Engine {
             txs: self.shards.iter().map(|s| s.tx.clone()).collect(),
             wakers: self.shards.iter().map(|s| Arc::clone(&s.waker)).collect(),
         };
-        let helper = GroupHelper::start(links.clone(), Arc::clone(&store))
+        let helper = GroupHelper::start(core)
             .map_err(|e| EngineError::io("start the consumer-group helper thread", "", e))?;
         for shard in 0..self.shards.len() {
             let cmd = GroupCmd::Attach {
@@ -224,7 +259,7 @@ impl Engine {
             };
             self.send_to_shard(shard, Command::Group(cmd))?;
         }
-        self.groups = Some(Groups::new(store, helper));
+        let _ = self.groups.set(Groups::new(store, helper));
         Ok(())
     }
 
@@ -431,7 +466,7 @@ impl Engine {
         }
         self.catalog().remove(name);
         self.offline_topics().remove(name);
-        match &self.groups {
+        match self.groups.get() {
             Some(groups) => groups.remove_topic(name),
             None => Ok(()),
         }
@@ -668,15 +703,9 @@ impl Engine {
         total
     }
 
-    /// Stops taking requests, lets every shard finish and answer what is in flight, and waits
-    /// for them. Dropping the engine does the same.
-    pub fn shutdown(mut self) {
-        self.stop_shards();
-    }
-
-    fn stop_shards(&mut self) {
+    fn stop_shards(&self) {
         // First the groups' helper, which asks the shards for the last checkpoints.
-        if let Some(groups) = &mut self.groups {
+        if let Some(groups) = self.groups.get() {
             groups.helper.stop();
         }
         self.closed.store(true, Ordering::Release);
@@ -685,19 +714,18 @@ impl Engine {
                 shard.waker.signal();
             }
         }
-        for shard in &mut self.shards {
-            if let Some(t) = shard.thread.take() {
+        for shard in &self.shards {
+            let thread = shard
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(t) = thread {
                 if t.join().is_err() {
                     log::error!("a shard thread panicked");
                 }
             }
         }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop_shards();
     }
 }
 
@@ -767,7 +795,7 @@ fn spawn_shard<D: Disk + Send + 'static>(
         tx,
         waker,
         stats,
-        thread: Some(thread),
+        thread: Mutex::new(Some(thread)),
     })
 }
 

@@ -13,9 +13,8 @@ use crossbeam_channel::bounded;
 use keel_format::batch::trusted_batches;
 
 use crate::delivery::MemberId;
-use crate::engine::{shard_for, Engine};
+use crate::engine::{shard_for, EngineCore};
 use crate::error::{EngineError, Result};
-use crate::groups::dead_letter::dlq_name;
 use crate::groups::{
     ConsumeGather, ConsumedPartition, Countdown, GroupHelper, GroupKey, GroupSettings, GroupStore,
     Member, Span, StoredGroup,
@@ -148,13 +147,12 @@ fn key_of(group: &str, topic: &str) -> GroupKey {
     (Arc::from(group), Arc::from(topic))
 }
 
-impl Engine {
+impl EngineCore {
     fn groups(&self) -> Result<&Groups> {
-        self.groups.as_ref().ok_or(EngineError::ShuttingDown)
+        self.groups.get().ok_or(EngineError::ShuttingDown)
     }
 
-    /// Joins a group, creating it (durably, with its dead-letter topic) or loading it first
-    /// if it is not served yet. Waits for file writes when it creates one: call it where
+    /// Joins a group, creating it (durably) or loading it first if it is not served yet. Waits for file writes when it creates one: call it where
     /// waiting is allowed.
     pub fn join_group(&self, req: JoinRequest<'_>) -> Result<Joined> {
         crate::engine::refuse_on_shard_thread("join_group")?;
@@ -201,7 +199,6 @@ impl Engine {
         if groups.loaded().contains_key(key) {
             return Ok(());
         }
-        self.ensure_dead_letter_topic(req.topic, partitions);
         let stored = groups.store.find_or_create(
             req.group,
             req.topic,
@@ -289,23 +286,6 @@ impl Engine {
             rx.recv().map_err(|_| EngineError::ShuttingDown)??;
         }
         Ok(())
-    }
-
-    /// Creates the topic's dead-letter topic if it is missing (a group's dead letters go there).
-    /// A failure is logged, not returned: dead letters are tried again until it exists.
-    fn ensure_dead_letter_topic(&self, topic: &str, partitions: u32) {
-        let dlq = dlq_name(topic);
-        if self.partitions(&dlq).is_ok() {
-            return;
-        }
-        match self.create_topic(&dlq, partitions) {
-            Ok(()) => log::info!("created dead-letter topic {dlq:?} with {partitions} partitions"),
-            Err(EngineError::TopicExists(_)) => {}
-            Err(e) => log::warn!(
-                "cannot create dead-letter topic {dlq:?} ({e}); dead letters of {topic:?} wait \
-                 until it can be created"
-            ),
-        }
     }
 
     /// Where a new group starts in each partition.
@@ -414,7 +394,7 @@ impl Engine {
 
     /// Hands `member` messages of the group's partitions within `limits`, partitions taking
     /// turns, waiting for the first until `limits.until` if none is there. `done` runs on a
-    /// shard thread, under the rules of [`Engine::append`]'s.
+    /// shard thread, under the rules of [`EngineCore::append`]'s.
     pub fn consume(
         &self,
         group: &str,
@@ -455,8 +435,8 @@ impl Engine {
     }
 
     /// Acknowledges spans `(partition, first, last)`; with `durable`, answers only once the
-    /// acknowledgements are durable. `done` runs on a shard thread or the offset tables' sync
-    /// thread, under the rules of [`Engine::append`]'s.
+    /// acknowledgements are durable. `done` runs on a shard thread, under the rules of
+    /// [`EngineCore::append`]'s.
     pub fn ack(
         &self,
         group: &str,

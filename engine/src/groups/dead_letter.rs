@@ -1,7 +1,7 @@
 //! Dead letters: a message delivered `max_deliveries` times without an ack is copied,
-//! durably, to its topic's dead-letter topic `TOPIC.dlq` (created with the group, with the
-//! topic's partition count; the copy goes to the same partition number), and only then counts
-//! as acknowledged. If the copy fails it is tried again later; the message is never dropped.
+//! durably, to its topic's dead-letter topic `TOPIC.dlq` (created on first use with the topic's
+//! partition count; the copy goes to the same partition number), and only then counts as
+//! acknowledged. If the copy fails it is tried again later; the message is never dropped.
 //! This module builds the copy; the helper thread appends it (`helper.rs`).
 
 use keel_format::batch::{trusted_batches, BatchBuilder, Record};

@@ -1,25 +1,24 @@
 //! The consumer groups' helper thread: the work a shard must not wait for. It copies dead
-//! letters to their dead-letter topic (an append to whichever shard owns that partition, then
-//! the outcome back to the group's shard) and records each group's committed offsets as its
-//! fallback checkpoint every `CHECKPOINT_EVERY` and when the engine stops (a table sync, then a
-//! small file write). Shards hand it work through a bounded queue and never wait for room: a
-//! dead letter that finds the queue full is tried again later.
+//! letters to their dead-letter topic `TOPIC.dlq` (creating it with the topic's partition count
+//! on first use, then an append to whichever shard owns that partition; the outcome goes back
+//! to the group's shard) and records each group's committed offsets as its fallback checkpoint
+//! every `CHECKPOINT_EVERY` and when the engine stops. Shards hand it work through a bounded
+//! queue and never wait for room: a dead letter that finds the queue full is tried again later.
+//! It reaches the engine weakly: the engine stops it before anything else.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::engine::shard_for;
+use crate::engine::EngineCore;
 use crate::error::{EngineError, Result};
-use crate::groups::{GroupKey, GroupStore};
+use crate::groups::GroupKey;
 use crate::inbox::InboxSender;
 use crate::io::Waker;
 use crate::shard::{Command, GroupCmd};
-use crate::topic_name::TopicName;
 
 /// Jobs queued for the helper at most; a shard finding it full tries again later.
 const QUEUE_JOBS_MAX: usize = 4096;
@@ -62,7 +61,7 @@ impl HelperTx {
     }
 }
 
-/// The shards, as the helper reaches them.
+/// The shards, as other shards reach them.
 #[derive(Clone)]
 pub struct ShardLinks {
     /// Each shard's queue.
@@ -83,36 +82,24 @@ impl ShardLinks {
             Err(crossbeam_channel::SendError(cmd)) => cmd.refuse(&EngineError::ShuttingDown),
         }
     }
-
-    /// Sends `cmd` to shard `shard` (waiting for room); false when the shard is gone.
-    pub fn send(&self, shard: usize, cmd: Command) -> bool {
-        let (Some(tx), Some(waker)) = (self.txs.get(shard), self.wakers.get(shard)) else {
-            return false;
-        };
-        if tx.send(cmd).is_err() {
-            return false;
-        }
-        waker.wake(tx.len());
-        true
-    }
 }
 
 /// The running helper.
 pub struct GroupHelper {
     tx: HelperTx,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl GroupHelper {
-    /// Starts the helper over `shards` and `store`.
-    pub fn start(shards: ShardLinks, store: Arc<GroupStore>) -> std::io::Result<Self> {
+    /// Starts the helper, reaching the engine through `core`.
+    pub fn start(core: Weak<EngineCore>) -> std::io::Result<Self> {
         let (tx, rx) = bounded(QUEUE_JOBS_MAX);
         let thread = std::thread::Builder::new()
             .name("keel-groups".into())
-            .spawn(move || run(&shards, &store, &rx))?;
+            .spawn(move || run(&core, &rx))?;
         Ok(Self {
             tx: HelperTx(tx),
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -123,8 +110,9 @@ impl GroupHelper {
 
     /// Records the last checkpoints and ends the thread (before the shards stop: it asks them
     /// for their committed offsets).
-    pub fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else {
+    pub fn stop(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(thread) = thread else {
             return;
         };
         // Past the queue's bound if need be: the stop must get in.
@@ -134,17 +122,15 @@ impl GroupHelper {
     }
 }
 
-impl Drop for GroupHelper {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn run(shards: &ShardLinks, store: &GroupStore, rx: &Receiver<HelperJob>) {
+fn run(core: &Weak<EngineCore>, rx: &Receiver<HelperJob>) {
     let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
     loop {
         let wait = next_checkpoint.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
+        let job = rx.recv_timeout(wait);
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        match job {
             Ok(HelperJob::DeadLetter {
                 key,
                 partition,
@@ -153,7 +139,7 @@ fn run(shards: &ShardLinks, store: &GroupStore, rx: &Receiver<HelperJob>) {
                 batch,
                 from_shard,
             }) => {
-                let copied = copy(shards, &dlq, partition, batch);
+                let copied = copy(&core, &key.1, &dlq, partition, batch);
                 match &copied {
                     Ok(to) => log::warn!(
                         "group {:?}: {}/{partition} offset {offset} was delivered its maximum \
@@ -174,46 +160,45 @@ fn run(shards: &ShardLinks, store: &GroupStore, rx: &Receiver<HelperJob>) {
                     offset,
                     copied: copied.is_ok(),
                 };
-                shards.send(from_shard, Command::Group(cmd));
+                let _ = core.send_to_shard(from_shard, Command::Group(cmd));
             }
             Ok(HelperJob::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                checkpoint(shards, store);
+                checkpoint(&core);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
-                checkpoint(shards, store);
+                checkpoint(&core);
                 next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
             }
         }
     }
 }
 
-/// Appends the copy to partition `partition` of `dlq`; its offset once durable.
-fn copy(shards: &ShardLinks, dlq: &str, partition: u32, batch: Vec<u8>) -> Result<u64> {
-    let shard = shard_for(dlq, partition, shards.txs.len().max(1));
-    let (tx, rx) = bounded(1);
-    let cmd = Command::Append {
-        topic: TopicName::new(dlq),
-        partition,
-        batch: Bytes::from(batch),
-        done: Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    };
-    if !shards.send(shard, cmd) {
-        return Err(EngineError::ShuttingDown);
+/// Appends the copy to partition `partition` of `dlq`, creating `dlq` with `topic`'s partition
+/// count if it does not exist; the copy's offset once durable.
+fn copy(core: &EngineCore, topic: &str, dlq: &str, partition: u32, batch: Vec<u8>) -> Result<u64> {
+    if let Err(EngineError::UnknownTopic(_)) = core.partitions(dlq) {
+        let partitions = core.partitions(topic)?;
+        match core.create_topic(dlq, partitions) {
+            Ok(()) => log::info!("created dead-letter topic {dlq:?} with {partitions} partitions"),
+            Err(EngineError::TopicExists(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let range = rx.recv().map_err(|_| EngineError::ShuttingDown)??;
-    Ok(range.first)
+    Ok(core.append_wait(dlq, partition, batch)?.first)
 }
 
 /// Records every loaded group's committed offsets as its checkpoint; each shard reports them
 /// once its tables hold them durably (a checkpoint must never be ahead of the table).
-fn checkpoint(shards: &ShardLinks, store: &GroupStore) {
+fn checkpoint(core: &EngineCore) {
+    let Some(groups) = core.groups.get() else {
+        return;
+    };
     let mut replies = Vec::new();
-    for shard in 0..shards.txs.len() {
+    for shard in 0..core.shard_count() {
         let (reply, rx) = bounded(1);
-        if shards.send(shard, Command::Group(GroupCmd::Committed { reply })) {
+        let cmd = Command::Group(GroupCmd::Committed { reply });
+        if core.send_to_shard(shard, cmd).is_ok() {
             replies.push(rx);
         }
     }
@@ -228,7 +213,7 @@ fn checkpoint(shards: &ShardLinks, store: &GroupStore) {
         }
     }
     for ((group, topic), offsets) in committed {
-        let Some(g) = store.find(&group, &topic) else {
+        let Some(g) = groups.store.find(&group, &topic) else {
             continue;
         };
         let mut all = vec![0; g.partitions() as usize];
@@ -238,7 +223,7 @@ fn checkpoint(shards: &ShardLinks, store: &GroupStore) {
             }
         }
         // The shards reported these only once durable in their tables.
-        if let Err(e) = store.checkpoint(&g, &all) {
+        if let Err(e) = groups.store.checkpoint(&g, &all) {
             log::warn!("group {group:?} on {topic}: checkpoint failed: {e}");
         }
     }
