@@ -112,6 +112,18 @@ impl<D: Disk> FaultyDisk<D> {
     }
 }
 
+impl<D> FaultyDisk<D> {
+    /// The injected failure of the sync submitted with `token`.
+    fn fail_sync(&mut self, token: u64) {
+        self.injected.push(Completion {
+            token,
+            kind: IoKind::Sync,
+            result: Err(self.plan.error()),
+            buf: None,
+        });
+    }
+}
+
 impl<D: Disk> Disk for FaultyDisk<D> {
     fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
         self.inner.open(path, create)
@@ -161,26 +173,14 @@ impl<D: Disk> Disk for FaultyDisk<D> {
             // device loses its write cache.
             self.inner
                 .submit_write(file, offset, buf, len, token, SyncAfter::Nothing);
-            self.injected.push(Completion {
-                token,
-                kind: IoKind::Sync,
-                result: Err(self.plan.error()),
-                buf: None,
-            });
-            return;
+            return self.fail_sync(token);
         }
         self.inner.submit_write(file, offset, buf, len, token, sync);
     }
 
     fn submit_sync(&mut self, file: FileId, token: u64) {
         if self.plan.trips(&self.plan.sync_countdown) {
-            self.injected.push(Completion {
-                token,
-                kind: IoKind::Sync,
-                result: Err(self.plan.error()),
-                buf: None,
-            });
-            return;
+            return self.fail_sync(token);
         }
         self.inner.submit_sync(file, token);
     }

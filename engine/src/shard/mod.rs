@@ -178,6 +178,21 @@ fn owned<'a>(
         .and_then(|s| s.owned.get_mut(&partition))
 }
 
+/// Adds (`topic`, `partition`) to `list` unless it is there, and brings `earliest` forward to
+/// `until`: the partitions something waits on, and when the first of them is due.
+fn note_until(
+    list: &mut Vec<(Arc<str>, u32)>,
+    earliest: &mut Option<Instant>,
+    topic: Arc<str>,
+    partition: u32,
+    until: Instant,
+) {
+    *earliest = Some(earliest.map_or(until, |u| u.min(until)));
+    if !list.iter().any(|(t, p)| *p == partition && *t == topic) {
+        list.push((topic, partition));
+    }
+}
+
 /// Whether `p`'s next flush waits (`linger.rs`): the deadline while it does. A stopping shard
 /// never holds a flush back. Counts the waits that begin and those that run out.
 fn flush_hold(
@@ -515,14 +530,13 @@ impl<D: Disk> Shard<D> {
 
     /// Notes that a read waits on `partition` of `topic` until `until`.
     fn note_waiting(&mut self, topic: Arc<str>, partition: u32, until: Instant) {
-        self.reads_until = Some(self.reads_until.map_or(until, |u| u.min(until)));
-        if !self
-            .waiting
-            .iter()
-            .any(|(t, p)| *p == partition && *t == topic)
-        {
-            self.waiting.push((topic, partition));
-        }
+        note_until(
+            &mut self.waiting,
+            &mut self.reads_until,
+            topic,
+            partition,
+            until,
+        );
     }
 
     fn answer_due_reads(&mut self) {
@@ -684,14 +698,8 @@ impl<D: Disk> Shard<D> {
                 continue;
             }
             if let Some(until) = flush_hold(&self.stats, stopping, p, now) {
-                self.linger_until = Some(self.linger_until.map_or(until, |u| u.min(until)));
-                if !self
-                    .lingering
-                    .iter()
-                    .any(|(t, i)| *i == partition && *t == topic)
-                {
-                    self.lingering.push((topic, partition));
-                }
+                let (list, at) = (&mut self.lingering, &mut self.linger_until);
+                note_until(list, at, topic, partition, until);
                 continue;
             }
             if p.start_flush(&mut self.disk, token) {
