@@ -177,3 +177,35 @@ fn a_group_s_acks_survive_a_change_of_shard_count_and_its_slots_follow_the_parti
         engine.shutdown();
     }
 }
+
+#[test]
+fn a_waiting_consume_is_answered_when_the_engine_stops() {
+    let dir = data_dir();
+    let engine = Engine::open(small_config(dir.path(), 2)).unwrap();
+    engine.create_topic("t", 2).unwrap();
+    let m = engine
+        .join_group(join("g", "t", LONG, LONG))
+        .unwrap()
+        .member;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let limits = keel_engine::ConsumeLimits {
+        max_messages: 10,
+        max_bytes: 1 << 20,
+        until: Some(Instant::now() + Duration::from_secs(60)),
+    };
+    engine.consume("g", "t", m, limits, move |r| {
+        let _ = tx.send(r);
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "it waits while the engine runs"
+    );
+    let stopping = Instant::now();
+    engine.shutdown();
+    let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert!(answer.is_empty());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "not at its deadline"
+    );
+}

@@ -374,7 +374,9 @@ impl<D: Disk> Shard<D> {
     }
 
     fn park(&mut self, key: &GroupKey, w: Waiter) {
-        let Some(g) = self.groups.groups.get_mut(key) else {
+        // A stopping shard answers what waits (it will not look again).
+        let group = self.groups.groups.get_mut(key).filter(|_| !self.stopping);
+        let Some(g) = group else {
             if w.gather.claim() {
                 w.gather.answer(&key.0, w.member.id);
             }
