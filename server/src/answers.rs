@@ -163,6 +163,7 @@ impl Drop for AnswerRx {
 mod tests {
     use super::*;
     use crate::budget::ByteBudget;
+    use crate::reply::Body;
 
     #[test]
     fn the_writer_sees_every_answer_then_the_end() {
@@ -171,14 +172,18 @@ mod tests {
         let other = tx.clone();
         let sender = std::thread::spawn(move || {
             for i in 0..100u8 {
-                other.send(Outgoing::new(vec![i], budget.acquire(1)));
+                other.send(Outgoing::new(Body::Frame(vec![i]), budget.acquire(1)));
             }
         });
         let mut got = Vec::new();
         let mut batch = Vec::new();
         drop(tx);
         while rx.take_all(&mut batch) {
-            got.extend(batch.drain(..).map(|o| o.frame[0]));
+            got.extend(batch.drain(..).map(|o| {
+                let mut frame = Vec::new();
+                o.write_to(&mut frame);
+                frame[0]
+            }));
         }
         sender.join().unwrap();
         assert_eq!(got, (0..100).collect::<Vec<u8>>());
@@ -200,7 +205,7 @@ mod tests {
         });
         // Give the writer time to fall asleep, so the send below must wake it.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        tx.send(Outgoing::new(vec![1], budget.acquire(1)));
+        tx.send(Outgoing::new(Body::Frame(vec![1]), budget.acquire(1)));
         assert_eq!(seen.recv_timeout(patience), Ok(Some(1)));
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(tx);
@@ -212,10 +217,10 @@ mod tests {
     fn answers_for_a_gone_writer_give_their_budget_back() {
         let budget = ByteBudget::new(10);
         let (tx, rx) = answer_queue();
-        tx.send(Outgoing::new(vec![1], budget.acquire(4)));
+        tx.send(Outgoing::new(Body::Frame(vec![1]), budget.acquire(4)));
         drop(rx);
         assert_eq!(budget.in_use(), 0);
-        tx.send(Outgoing::new(vec![2], budget.acquire(4)));
+        tx.send(Outgoing::new(Body::Frame(vec![2]), budget.acquire(4)));
         assert_eq!(budget.in_use(), 0);
     }
 }

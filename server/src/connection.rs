@@ -113,12 +113,17 @@ fn read_requests(
 fn write_answers(stream: TcpStream, rx: &AnswerRx, peer: SocketAddr) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, &stream);
     let mut answers = Vec::new();
+    let mut frame = Vec::new();
     while rx.take_all(&mut answers) {
         // Everything answered so far goes out together; written answers give their bytes back
         // to the connection's budget as they are dropped.
         let written = answers
             .drain(..)
-            .try_for_each(|a| out.write_all(&a.frame))
+            .try_for_each(|a| {
+                frame.clear();
+                a.write_to(&mut frame);
+                out.write_all(&frame)
+            })
             .and_then(|()| out.flush());
         if let Err(e) = written {
             log::debug!("{peer}: write failed: {e}; closing the connection");

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use keel_engine::{Engine, EngineError, ReadResult};
-use keel_protocol::Response;
 
 use crate::budget::BudgetHold;
 use crate::reply::Reply;
@@ -43,11 +42,7 @@ pub fn fetch(engine: &Engine, fetch: Fetch) {
     let answer = move |result: Result<ReadResult, EngineError>| {
         drop(shard_hold);
         match result {
-            Ok(res) => reply.ok(&Response::Fetch {
-                high_watermark: res.high_watermark,
-                next_offset: res.next_offset,
-                batches: &res.data,
-            }),
+            Ok(res) => reply.fetched(res),
             Err(e) => reply.engine_error(&e),
         }
     };

@@ -17,7 +17,7 @@ use crate::budget::{BudgetHold, ByteBudget};
 use crate::handler::Handler;
 use crate::log_limit::RateLimitedWarn;
 use crate::recv_buf::RecvBuf;
-use crate::reply::{Outgoing, Reply};
+use crate::reply::{Body, Outgoing, Reply};
 
 /// Bytes read from a socket at a time.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -151,7 +151,7 @@ pub fn handle_frames(
                     let mut frame = Vec::new();
                     encode_error(id, ErrorCode::MalformedRequest, &e.to_string(), &mut frame);
                     if let Some(hold) = acquire(frame.len()) {
-                        tx.send(Outgoing::new(frame, hold));
+                        tx.send(Outgoing::new(Body::Frame(frame), hold));
                     }
                 }
                 return Stop::Close;

@@ -9,8 +9,8 @@ use keel_engine::{
     shard_for, ConsumeLimits, Engine, EngineError, GroupSettings, GroupStart, JoinRequest,
 };
 use keel_protocol::{
-    ApiKey, ApiVersions, ConsumedPartition, DeliveryInfo, ErrorCode, JoinSettings, OffsetSpan,
-    PartitionTarget, Request, Response, StartAt, TopicInfo, MAX_NACK_DELAY_MS,
+    ApiKey, ApiVersions, ErrorCode, JoinSettings, OffsetSpan, PartitionTarget, Request, Response,
+    StartAt, TopicInfo, MAX_NACK_DELAY_MS,
 };
 
 use crate::budget::{BudgetHold, ByteBudget};
@@ -240,23 +240,7 @@ impl Handler {
                 };
                 self.engine
                     .consume(&group, &topic, member, limits, move |result| match result {
-                        Ok(parts) => reply.ok(&Response::Consume {
-                            partitions: parts
-                                .iter()
-                                .map(|p| ConsumedPartition {
-                                    partition: p.partition,
-                                    deliveries: p
-                                        .deliveries
-                                        .iter()
-                                        .map(|d| DeliveryInfo {
-                                            offset: d.offset,
-                                            delivery_count: d.delivery_count,
-                                        })
-                                        .collect(),
-                                    batches: &p.batches,
-                                })
-                                .collect(),
-                        }),
+                        Ok(parts) => reply.consumed(parts),
                         Err(e) => reply.engine_error(&e),
                     });
             }

@@ -1,23 +1,67 @@
 //! Answers on their way to a connection's writer, and how engine errors become error codes.
 
-use keel_engine::{BatchError, EngineError};
+use keel_engine::{BatchError, ConsumedPartition, EngineError, ReadResult};
 use keel_protocol::{encode_error, encode_response, ErrorCode, Response};
 
 use crate::answers::AnswerTx;
 use crate::budget::BudgetHold;
 
-/// One encoded response frame, holding its connection's budget until it is written (or the
-/// connection is gone), so unwritten answers count against the connection's limit too.
+/// An answer as data: small answers are encoded where they are made; the big ones (fetched and
+/// consumed batches) go as the engine gave them and are encoded by the connection's writer,
+/// straight into what it sends, so the shard that made them spends nothing on copying them.
+pub enum Body {
+    /// A whole frame, size prefix included.
+    Frame(Vec<u8>),
+    /// A fetch's answer.
+    Fetched(u32, ReadResult),
+    /// A consume's answer.
+    Consumed(u32, Vec<ConsumedPartition>),
+}
+
+/// One answer, holding its connection's budget until it is written (or the connection is
+/// gone), so unwritten answers count against the connection's limit too.
 pub struct Outgoing {
-    /// The whole frame, size prefix included.
-    pub frame: Vec<u8>,
+    body: Body,
     _hold: BudgetHold,
 }
 
 impl Outgoing {
-    /// A frame holding `hold` until written.
-    pub fn new(frame: Vec<u8>, hold: BudgetHold) -> Self {
-        Self { frame, _hold: hold }
+    /// An answer holding `hold` until written.
+    pub fn new(body: Body, hold: BudgetHold) -> Self {
+        Self { body, _hold: hold }
+    }
+
+    /// Appends the answer's frame to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match &self.body {
+            Body::Frame(frame) => out.extend_from_slice(frame),
+            Body::Fetched(correlation_id, res) => {
+                let response = Response::Fetch {
+                    high_watermark: res.high_watermark,
+                    next_offset: res.next_offset,
+                    batches: &res.data,
+                };
+                encode_response(*correlation_id, &response, out);
+            }
+            Body::Consumed(correlation_id, parts) => {
+                let partitions = parts
+                    .iter()
+                    .map(|p| keel_protocol::ConsumedPartition {
+                        partition: p.partition,
+                        deliveries: p
+                            .deliveries
+                            .iter()
+                            .map(|d| keel_protocol::DeliveryInfo {
+                                offset: d.offset,
+                                delivery_count: d.delivery_count,
+                            })
+                            .collect(),
+                        batches: &p.batches,
+                    })
+                    .collect();
+                encode_response(*correlation_id, &Response::Consume { partitions }, out);
+            }
+        }
     }
 }
 
@@ -57,11 +101,27 @@ impl Reply {
         self.error(error_code(e), &e.to_string());
     }
 
+    /// Sends a fetch's answer, to be encoded by the connection's writer.
+    pub fn fetched(self, res: ReadResult) {
+        let body = Body::Fetched(self.correlation_id, res);
+        self.send_body(body);
+    }
+
+    /// Sends a consume's answer, to be encoded by the connection's writer.
+    pub fn consumed(self, parts: Vec<ConsumedPartition>) {
+        let body = Body::Consumed(self.correlation_id, parts);
+        self.send_body(body);
+    }
+
     fn send(self, frame: Vec<u8>) {
+        self.send_body(Body::Frame(frame));
+    }
+
+    fn send_body(self, body: Body) {
         // When the writer is gone (the connection broke) the answer is dropped, and its budget
         // given back.
         self.tx.send(Outgoing {
-            frame,
+            body,
             _hold: self.hold,
         });
     }

@@ -484,7 +484,7 @@ impl Conns {
         }
         c.out.clear();
         for a in &c.sending {
-            c.out.extend_from_slice(&a.frame);
+            a.write_to(&mut c.out);
         }
         c.out_sent = 0;
         self.post_send(c, ring);
