@@ -46,7 +46,9 @@ enum Job {
 }
 
 /// What a shard (or the engine) holds to hand the janitor files to remove. Sending never
-/// blocks.
+/// blocks: the channel has no bound of its own, and needs none, since a job is a file that
+/// exists (a dropped segment, or a deleted topic's directory), so no more can be queued than
+/// there are such files.
 #[derive(Clone, Debug)]
 pub struct JanitorTx(Sender<Job>);
 
