@@ -16,7 +16,7 @@ use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::filesystem::{self, Filesystem};
 use crate::group_ops::Groups;
-use crate::groups::{GroupHelper, GroupStore, ShardLinks};
+use crate::groups::{GroupHelper, GroupStore};
 use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
 #[cfg(feature = "testing")]
@@ -25,7 +25,7 @@ use crate::io::{Disk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
 pub(crate) use crate::shard::on_shard_thread;
-use crate::shard::{Command, GroupCmd, Opening, Shard, ShardStats};
+use crate::shard::{Command, GroupCmd, Opening, Shard, ShardLinks, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
 use crate::{OffsetRange, ReadDone, ReadResult};
@@ -285,7 +285,7 @@ impl EngineCore {
         let Some(handle) = self.shards.get(shard) else {
             return Err(crossbeam_channel::SendError(cmd));
         };
-        self.send_or_return(handle, cmd)?;
+        self.queue(handle, cmd)?;
         handle.waker.wake(usize::MAX);
         Ok(())
     }
@@ -572,7 +572,19 @@ impl EngineCore {
         }
     }
 
+    /// Queues `cmd` and wakes the shard once enough is queued (`Waker::wake`).
     fn send_or_return(
+        &self,
+        shard: &ShardHandle,
+        cmd: Command,
+    ) -> Result<(), crossbeam_channel::SendError<Command>> {
+        self.queue(shard, cmd)?;
+        shard.waker.wake(shard.tx.len());
+        Ok(())
+    }
+
+    /// Queues `cmd` for `shard` (waiting for room) without waking it.
+    fn queue(
         &self,
         shard: &ShardHandle,
         cmd: Command,
@@ -580,9 +592,7 @@ impl EngineCore {
         if self.closed.load(Ordering::Acquire) {
             return Err(crossbeam_channel::SendError(cmd));
         }
-        shard.tx.send(cmd)?;
-        shard.waker.wake(shard.tx.len());
-        Ok(())
+        shard.tx.send(cmd)
     }
 
     /// [`Engine::append`], waiting for the outcome.

@@ -61,6 +61,23 @@ pub fn consume(
         .collect())
 }
 
+/// The answer to a group request on single offsets, waited for: `send` makes the request with
+/// the spans and the callback.
+fn wait_for(
+    offsets: &[(u32, u64)],
+    send: impl FnOnce(&[(u32, u64, u64)], Box<dyn FnOnce(Result<(), EngineError>) + Send>),
+) -> Result<(), EngineError> {
+    let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
+    let (tx, rx) = channel();
+    send(
+        &spans,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv_timeout(PATIENCE).expect("an answer")
+}
+
 /// An ack of single offsets, waited for.
 pub fn ack(
     engine: &Engine,
@@ -70,12 +87,9 @@ pub fn ack(
     offsets: &[(u32, u64)],
     durable: bool,
 ) -> Result<(), EngineError> {
-    let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
-    let (tx, rx) = channel();
-    engine.ack(group, topic, member, &spans, durable, move |r| {
-        let _ = tx.send(r);
-    });
-    rx.recv_timeout(PATIENCE).expect("an ack answer")
+    wait_for(offsets, |spans, done| {
+        engine.ack(group, topic, member, spans, durable, done)
+    })
 }
 
 /// A nack of single offsets, waited for.
@@ -87,10 +101,7 @@ pub fn nack(
     offsets: &[(u32, u64)],
     delay: Duration,
 ) -> Result<(), EngineError> {
-    let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
-    let (tx, rx) = channel();
-    engine.nack(group, topic, member, &spans, delay, move |r| {
-        let _ = tx.send(r);
-    });
-    rx.recv_timeout(PATIENCE).expect("a nack answer")
+    wait_for(offsets, |spans, done| {
+        engine.nack(group, topic, member, spans, delay, done)
+    })
 }

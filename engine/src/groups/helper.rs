@@ -16,8 +16,6 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use crate::engine::EngineCore;
 use crate::error::{EngineError, Result};
 use crate::groups::GroupKey;
-use crate::inbox::InboxSender;
-use crate::io::Waker;
 use crate::shard::{Command, GroupCmd};
 
 /// Jobs queued for the helper at most; a shard finding it full tries again later.
@@ -58,29 +56,6 @@ impl HelperTx {
         self.0.try_send(job).map_err(|e| match e {
             TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
         })
-    }
-}
-
-/// The shards, as other shards reach them.
-#[derive(Clone)]
-pub struct ShardLinks {
-    /// Each shard's queue.
-    pub txs: Vec<InboxSender<Command>>,
-    /// Each shard's waker.
-    pub wakers: Vec<Arc<Waker>>,
-}
-
-impl ShardLinks {
-    /// Sends `cmd` to shard `shard` past its queue's bound, without waiting, and wakes it;
-    /// refuses the command when the shard is gone. For shards handing each other work.
-    pub fn send_now(&self, shard: usize, cmd: Command) {
-        let (Some(tx), Some(waker)) = (self.txs.get(shard), self.wakers.get(shard)) else {
-            return cmd.refuse(&EngineError::ShuttingDown);
-        };
-        match tx.send_now(cmd) {
-            Ok(()) => waker.wake(usize::MAX),
-            Err(crossbeam_channel::SendError(cmd)) => cmd.refuse(&EngineError::ShuttingDown),
-        }
     }
 }
 

@@ -21,7 +21,7 @@ pub(crate) use consume::{cover, ConsumeGather, ConsumeTask, Look, Reading};
 pub use consume::ConsumedPartition;
 pub(crate) use countdown::Countdown;
 pub use countdown::GroupDone;
-pub(crate) use helper::{GroupHelper, HelperJob, HelperTx, ShardLinks};
+pub(crate) use helper::{GroupHelper, HelperJob, HelperTx};
 pub(crate) use members::Member;
 pub use meta::{GroupSettings, SlotRef};
 pub use power_cut::{PendingSync, TablePowerCut};

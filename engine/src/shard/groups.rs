@@ -13,14 +13,14 @@ use crossbeam_channel::Sender;
 use crate::delivery::{DeliveryCounts, MemberId, PartitionDelivery};
 use crate::error::{EngineError, Result};
 use crate::groups::{
-    ConsumeGather, Countdown, GroupKey, HelperTx, Member, ShardLinks, Span, StoredGroup,
-    TablePowerCut, TableRef,
+    ConsumeGather, Countdown, GroupKey, HelperTx, Member, Span, StoredGroup, TablePowerCut,
+    TableRef,
 };
 use crate::io::Disk;
 use crate::offsets::AckState;
 
 use super::tables::{store_into, ShardTable};
-use super::Shard;
+use super::{Shard, ShardLinks};
 
 /// How often a shard with groups looks at its sessions, ack deadlines, nack delays and
 /// waiting consumes' deadlines.

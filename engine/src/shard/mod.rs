@@ -14,7 +14,7 @@ use crate::blocking::BlockingIo;
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::histogram::Log2Histogram;
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, InboxSender};
 use crate::io::{Block, Completion, Disk, Waker, WAKE_BATCH};
 use crate::janitor::JanitorTx;
 use crate::linger::Hold;
@@ -111,6 +111,29 @@ impl Command {
             }
             Command::Group(cmd) => cmd.refuse(err),
             Command::Stop => {}
+        }
+    }
+}
+
+/// The shards, as other shards reach them.
+#[derive(Clone)]
+pub struct ShardLinks {
+    /// Each shard's queue.
+    pub txs: Vec<InboxSender<Command>>,
+    /// Each shard's waker.
+    pub wakers: Vec<Arc<Waker>>,
+}
+
+impl ShardLinks {
+    /// Sends `cmd` to shard `shard` past its queue's bound, without waiting, and wakes it;
+    /// refuses the command when the shard is gone. For shards handing each other work.
+    pub fn send_now(&self, shard: usize, cmd: Command) {
+        let (Some(tx), Some(waker)) = (self.txs.get(shard), self.wakers.get(shard)) else {
+            return cmd.refuse(&EngineError::ShuttingDown);
+        };
+        match tx.send_now(cmd) {
+            Ok(()) => waker.wake(usize::MAX),
+            Err(crossbeam_channel::SendError(cmd)) => cmd.refuse(&EngineError::ShuttingDown),
         }
     }
 }
