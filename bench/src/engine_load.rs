@@ -2,14 +2,15 @@
 //! messages in flight (closed loop) or sending at a fixed total rate (open loop, latency
 //! measured from the intended send time so a stall is not hidden).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use hdrhistogram::Histogram;
 use keel_engine::histogram::quantile_upper_bound;
-use keel_engine::{BatchBuilder, Engine};
+use keel_engine::{BatchBuilder, Completion, CompletionQueue, Engine, Waker};
+use slab::Slab;
 
 use crate::figures::{Figures, Percentiles};
 
@@ -86,6 +87,8 @@ type Ack = (usize, Instant, Instant, bool);
 
 /// Open loop: how long the driver sleeps between bursts of sends that fell due.
 const OPEN_LOOP_TICK: Duration = Duration::from_micros(50);
+/// Open loop: the most appends a driver may have in flight.
+const OPEN_LOOP_IN_FLIGHT_MAX: usize = 1 << 22;
 
 /// Templates made so far, by (message bytes, messages per batch). Each is made once and lives
 /// as long as the process: appends share it as a static slice, so the generator neither copies
@@ -114,19 +117,72 @@ fn template(load: &Load) -> Bytes {
     Bytes::from_static(t)
 }
 
-fn send(
-    engine: &Engine,
-    topic: &str,
-    partition: u32,
-    batch: &Bytes,
-    appender: usize,
-    at: Instant,
-    acks: &Sender<Ack>,
-) {
-    let acks = acks.clone();
-    engine.append(topic, partition, batch.clone(), move |r| {
-        let _ = acks.send((appender, at, Instant::now(), r.is_ok()));
-    });
+/// One driver's appends in flight: the engine answers them into the driver's own completion
+/// queue, which the driver drains (the ack's time is when the driver sees it, as a client
+/// would).
+struct Acks {
+    queue: Arc<CompletionQueue>,
+    /// (appender, when it was sent) by tag.
+    sent: Slab<(usize, Instant)>,
+    ready: VecDeque<Completion>,
+}
+
+impl Acks {
+    fn new(capacity: usize) -> Result<Self, String> {
+        let waker = Waker::new().map_err(|e| format!("create an eventfd: {e}"))?;
+        Ok(Self {
+            queue: CompletionQueue::new(capacity, Arc::new(waker)),
+            sent: Slab::new(),
+            ready: VecDeque::new(),
+        })
+    }
+
+    fn send(
+        &mut self,
+        engine: &Engine,
+        (topic, partition): (&str, u32),
+        batch: &Bytes,
+        appender: usize,
+        at: Instant,
+    ) -> Result<(), String> {
+        let place = self
+            .queue
+            .reserve()
+            .ok_or("more appends in flight than the driver's queue holds")?;
+        let tag = self.sent.insert((appender, at)) as u64;
+        engine.append(topic, partition, batch.clone(), place.ticket(tag));
+        Ok(())
+    }
+
+    fn ack(&mut self, c: Completion, acked: Instant) -> Ack {
+        let (appender, at) = self.sent.remove(c.tag as usize);
+        (appender, at, acked, c.outcome.is_ok())
+    }
+
+    /// An ack that has arrived, without waiting.
+    fn try_next(&mut self) -> Option<Ack> {
+        if self.ready.is_empty() {
+            let mut got = Vec::new();
+            self.queue.drain(&mut got);
+            self.ready.extend(got);
+        }
+        let c = self.ready.pop_front()?;
+        Some(self.ack(c, Instant::now()))
+    }
+
+    /// The next ack: one already there, else the first within 30 s.
+    fn next(&mut self) -> Result<Ack, String> {
+        if let Some(ack) = self.try_next() {
+            return Ok(ack);
+        }
+        let mut got = Vec::new();
+        if self.queue.wait(&mut got, Duration::from_secs(30)) == 0 {
+            return Err("no ack within 30 s".to_string());
+        }
+        self.ready.extend(got);
+        self.try_next()
+            .ok_or_else(|| "no ack within 30 s".to_string())
+    }
 }
 
 /// Runs `load` against `topic` (which must have `load.partitions` partitions).
@@ -197,12 +253,12 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
         .step_by(load.drivers.max(1))
         .collect();
     let partition_of = |a: usize| (a % load.partitions as usize) as u32;
-    // Closed loop: never more acks pending than appends in flight, so a bounded channel (no
-    // list blocks to allocate) never makes a shard wait. Open loop: nothing bounds them.
-    let (tx, rx): (Sender<Ack>, Receiver<Ack>) = match load.rate {
-        None => bounded((mine.len() * load.window).max(1)),
-        Some(_) => unbounded(),
-    };
+    // Closed loop: never more in flight than the windows. Open loop: whatever falls due
+    // while the engine is behind, up to a bound far beyond any run's.
+    let mut acks = Acks::new(match load.rate {
+        None => mine.len() * load.window,
+        Some(_) => OPEN_LOOP_IN_FLIGHT_MAX,
+    })?;
     let mut r = DriverResult {
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
         late: None,
@@ -226,36 +282,21 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
         None => {
             for &a in &mine {
                 for _ in 0..load.window {
-                    send(
-                        engine,
-                        topic,
-                        partition_of(a),
-                        &batch,
-                        a,
-                        Instant::now(),
-                        &tx,
-                    );
+                    acks.send(engine, (topic, partition_of(a)), &batch, a, Instant::now())?;
                     in_flight += 1;
                 }
             }
             // One clock reading per ack, for both the deadline and the next send's stamp; and
             // a blocking receive (which reads the clock for its timeout) only when none waits.
             while in_flight > 0 {
-                let ack = next_ack(&rx)?;
+                let ack = acks.next()?;
                 in_flight -= 1;
                 let appender = ack.0;
                 on_ack(ack, &mut r);
                 let now = Instant::now();
                 if now < end {
-                    send(
-                        engine,
-                        topic,
-                        partition_of(appender),
-                        &batch,
-                        appender,
-                        now,
-                        &tx,
-                    );
+                    let to = (topic, partition_of(appender));
+                    acks.send(engine, to, &batch, appender, now)?;
                     in_flight += 1;
                 }
             }
@@ -274,12 +315,12 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
                 while next <= now && next < end {
                     let _ = late.record((now - next).as_micros().max(1) as u64);
                     let a = mine[k % mine.len()];
-                    send(engine, topic, partition_of(a), &batch, a, next, &tx);
+                    acks.send(engine, (topic, partition_of(a)), &batch, a, next)?;
                     in_flight += 1;
                     k += 1;
                     next += interval;
                 }
-                while let Ok(ack) = rx.try_recv() {
+                while let Some(ack) = acks.try_next() {
                     in_flight -= 1;
                     on_ack(ack, &mut r);
                 }
@@ -293,23 +334,13 @@ fn drive(engine: &Engine, topic: &str, load: &Load, driver: usize) -> Result<Dri
             }
             r.late = Some(late);
             while in_flight > 0 {
-                let ack = next_ack(&rx)?;
+                let ack = acks.next()?;
                 in_flight -= 1;
                 on_ack(ack, &mut r);
             }
         }
     }
     Ok(r)
-}
-
-/// The next ack: one already waiting, else the first within 30 s.
-fn next_ack(rx: &Receiver<Ack>) -> Result<Ack, String> {
-    match rx.try_recv() {
-        Ok(ack) => Ok(ack),
-        Err(_) => rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "no ack within 30 s".to_string()),
-    }
 }
 
 /// Lets this thread's short sleeps end on time (the default slack is 50 µs).

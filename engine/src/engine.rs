@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender};
 
+use crate::completions::{Answer, Ticket};
 use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use crate::error::{EngineError, Result};
 use crate::filesystem::{self, Filesystem};
@@ -24,11 +25,10 @@ use crate::io::{CrashingDisk, FaultyDisk};
 use crate::io::{Disk, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
-pub(crate) use crate::shard::on_shard_thread;
 use crate::shard::{Command, GroupCmd, Opening, Shard, ShardLinks, ShardStats};
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
-use crate::{OffsetRange, ReadDone, ReadResult};
+use crate::{AppendDone, OffsetRange, ReadDone, ReadResult};
 
 struct ShardHandle {
     tx: InboxSender<Command>,
@@ -350,7 +350,6 @@ impl EngineCore {
     }
 
     fn admin(&self) -> Result<MutexGuard<'_, ()>> {
-        refuse_on_shard_thread("topic administration")?;
         // Guards no data of its own.
         Ok(self.admin.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -543,27 +542,26 @@ impl EngineCore {
             .map_err(|_| EngineError::ShuttingDown)
     }
 
-    /// Appends a RecordBatch v2 to a partition. `done` runs on the shard thread once the batch
-    /// is durable (with the offsets it was given) or has failed. It must return quickly and
-    /// must not call the engine (the engine refuses, with [`EngineError::OnShardThread`]: a
-    /// call from a shard could wait for that very shard). Sending on a channel is the
-    /// intended use. Blocks only when the shard's queue is full (backpressure).
-    pub fn append(
-        &self,
-        topic: &str,
-        partition: u32,
-        batch: impl Into<Bytes>,
-        done: impl FnOnce(Result<OffsetRange>) + Send + 'static,
-    ) {
-        if on_shard_thread() {
-            return done(Err(EngineError::OnShardThread("append")));
-        }
+    /// Appends a RecordBatch v2 to a partition. `ticket` is answered with
+    /// [`Answer::Appended`] once the batch is durable (with the offsets it was given), or with
+    /// the error. Blocks only when the shard's queue is full (backpressure).
+    pub fn append(&self, topic: &str, partition: u32, batch: impl Into<Bytes>, ticket: Ticket) {
+        self.append_then(
+            topic,
+            partition,
+            batch.into(),
+            Box::new(move |r| ticket.answer(r.map(Answer::Appended))),
+        );
+    }
+
+    /// [`Engine::append`] for the engine's own use: `done` runs on the shard thread.
+    fn append_then(&self, topic: &str, partition: u32, batch: Bytes, done: AppendDone) {
         let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
         let cmd = Command::Append {
             topic: TopicName::new(topic),
             partition,
-            batch: batch.into(),
-            done: Box::new(done),
+            batch,
+            done,
         };
         if let Err(crossbeam_channel::SendError(Command::Append { done, .. })) =
             self.send_or_return(shard, cmd)
@@ -602,26 +600,27 @@ impl EngineCore {
         partition: u32,
         batch: impl Into<Bytes>,
     ) -> Result<OffsetRange> {
-        refuse_on_shard_thread("append_wait")?;
         let (tx, rx) = bounded(1);
-        self.append(topic, partition, batch, move |r| {
-            let _ = tx.send(r);
-        });
+        self.append_then(
+            topic,
+            partition,
+            batch.into(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         rx.recv().map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// Reads whole batches from `from` on, up to `max_bytes` (at least one batch when any is
-    /// there). Only durable data is returned. `done` runs on the shard thread, under the same
-    /// rules as [`Engine::append`]'s.
-    pub fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_bytes: usize,
-        done: impl FnOnce(Result<ReadResult>) + Send + 'static,
-    ) {
-        self.send_read(topic, partition, from, max_bytes, None, Box::new(done));
+    /// there). Only durable data is returned. `ticket` is answered with [`Answer::Read`].
+    pub fn read(&self, topic: &str, partition: u32, from: u64, max_bytes: usize, ticket: Ticket) {
+        let read = ReadRequest {
+            from,
+            max_bytes,
+            until: None,
+        };
+        self.send_read(topic, partition, read, read_answer(ticket));
     }
 
     /// [`Engine::read`], except that a read finding nothing (`from` is the partition's end)
@@ -635,37 +634,24 @@ impl EngineCore {
         from: u64,
         max_bytes: usize,
         until: Instant,
-        done: impl FnOnce(Result<ReadResult>) + Send + 'static,
+        ticket: Ticket,
     ) {
-        self.send_read(
-            topic,
-            partition,
+        let read = ReadRequest {
             from,
             max_bytes,
-            Some(until),
-            Box::new(done),
-        );
+            until: Some(until),
+        };
+        self.send_read(topic, partition, read, read_answer(ticket));
     }
 
-    fn send_read(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max_bytes: usize,
-        until: Option<Instant>,
-        done: ReadDone,
-    ) {
-        if on_shard_thread() {
-            return done(Err(EngineError::OnShardThread("read")));
-        }
+    fn send_read(&self, topic: &str, partition: u32, read: ReadRequest, done: ReadDone) {
         let shard = &self.shards[shard_for(topic, partition, self.shards.len())];
         let cmd = Command::Read {
             topic: Arc::from(topic),
             partition,
-            from,
-            max_bytes,
-            until,
+            from: read.from,
+            max_bytes: read.max_bytes,
+            until: read.until,
             done,
         };
         if let Err(crossbeam_channel::SendError(Command::Read { done, .. })) =
@@ -683,11 +669,20 @@ impl EngineCore {
         from: u64,
         max_bytes: usize,
     ) -> Result<ReadResult> {
-        refuse_on_shard_thread("read_wait")?;
         let (tx, rx) = bounded(1);
-        self.read(topic, partition, from, max_bytes, move |r| {
-            let _ = tx.send(r);
-        });
+        let read = ReadRequest {
+            from,
+            max_bytes,
+            until: None,
+        };
+        self.send_read(
+            topic,
+            partition,
+            read,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
         rx.recv().map_err(|_| EngineError::ShuttingDown)?
     }
 
@@ -737,15 +732,6 @@ impl EngineCore {
             }
         }
     }
-}
-
-/// Waiting on a shard thread could wait for that very shard: refused with a clear error
-/// instead of hanging.
-pub(crate) fn refuse_on_shard_thread(what: &'static str) -> Result<()> {
-    if on_shard_thread() {
-        return Err(EngineError::OnShardThread(what));
-    }
-    Ok(())
 }
 
 fn start_shard(cfg: &Arc<EngineConfig>, id: usize, janitor: &JanitorTx) -> Result<ShardHandle> {
@@ -903,4 +889,15 @@ fn rebuild_topic_meta(dir: &Path) -> std::result::Result<TopicMeta, String> {
     };
     meta.write(dir).map_err(|e| e.to_string())?;
     Ok(meta)
+}
+
+/// Where a read starts, how much it takes, and whether it waits for data.
+struct ReadRequest {
+    from: u64,
+    max_bytes: usize,
+    until: Option<Instant>,
+}
+
+fn read_answer(ticket: Ticket) -> ReadDone {
+    Box::new(move |r| ticket.answer(r.map(Answer::Read)))
 }

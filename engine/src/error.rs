@@ -222,10 +222,6 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
-    /// The engine was called on a shard thread (from an append's or a read's callback),
-    /// where it could wait for that very shard; call it from another thread.
-    #[error("{0} was called on a shard thread, where it could wait for itself; call it from another thread")]
-    OnShardThread(&'static str),
 }
 
 impl EngineError {

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::bounded;
 use keel_format::batch::trusted_batches;
 
+use crate::completions::{Answer, Ticket};
 use crate::delivery::MemberId;
 use crate::engine::{shard_for, EngineCore};
 use crate::error::{EngineError, Result};
 use crate::groups::{
-    ConsumeGather, ConsumedPartition, Countdown, GroupHelper, GroupKey, GroupSettings, GroupStore,
-    Member, Span, StoredGroup,
+    ConsumeDone, ConsumeGather, Countdown, GroupDone, GroupHelper, GroupKey, GroupSettings,
+    GroupStore, Member, Span, StoredGroup,
 };
 use crate::shard::{Command, GroupCmd, GroupPartitionMetrics};
 
@@ -155,7 +156,6 @@ impl EngineCore {
     /// Joins a group, creating it (durably) or loading it first if it is not served yet. Waits for file writes when it creates one: call it where
     /// waiting is allowed.
     pub fn join_group(&self, req: JoinRequest<'_>) -> Result<Joined> {
-        crate::engine::refuse_on_shard_thread("join_group")?;
         let groups = self.groups()?;
         let key = key_of(req.group, req.topic);
         let partitions = self.partitions(req.topic)?;
@@ -393,30 +393,23 @@ impl EngineCore {
     }
 
     /// Hands `member` messages of the group's partitions within `limits`, partitions taking
-    /// turns, waiting for the first until `limits.until` if none is there. `done` runs on a
-    /// shard thread, under the rules of [`EngineCore::append`]'s.
+    /// turns, waiting for the first until `limits.until` if none is there. `ticket` is
+    /// answered with [`Answer::Consumed`].
     pub fn consume(
         &self,
         group: &str,
         topic: &str,
         member: MemberId,
         limits: ConsumeLimits,
-        done: impl FnOnce(Result<Vec<ConsumedPartition>>) + Send + 'static,
+        ticket: Ticket,
     ) {
-        if crate::engine::on_shard_thread() {
-            return done(Err(EngineError::OnShardThread("consume")));
-        }
+        let done: ConsumeDone = Box::new(move |r| ticket.answer(r.map(Answer::Consumed)));
         let Ok(groups) = self.groups() else {
             return done(Err(EngineError::ShuttingDown));
         };
         let n = self.shard_count();
-        let gather = ConsumeGather::new(
-            limits.max_messages,
-            limits.max_bytes,
-            n,
-            limits.until,
-            Box::new(done),
-        );
+        let gather =
+            ConsumeGather::new(limits.max_messages, limits.max_bytes, n, limits.until, done);
         // Shards take turns being first, so one partition's shard does not always fill the
         // answers; each hands the request on while the answer has room.
         let first = groups.consume_turn.fetch_add(1, Ordering::Relaxed) % n;
@@ -434,9 +427,8 @@ impl EngineCore {
         }
     }
 
-    /// Acknowledges spans `(partition, first, last)`; with `durable`, answers only once the
-    /// acknowledgements are durable. `done` runs on a shard thread, under the rules of
-    /// [`EngineCore::append`]'s.
+    /// Acknowledges spans `(partition, first, last)`; `ticket` is answered with
+    /// [`Answer::Settled`], with `durable` only once the acknowledgements are durable.
     pub fn ack(
         &self,
         group: &str,
@@ -444,19 +436,22 @@ impl EngineCore {
         member: MemberId,
         spans: &[Span],
         durable: bool,
-        done: impl FnOnce(Result<()>) + Send + 'static,
+        ticket: Ticket,
     ) {
         let key = key_of(group, topic);
-        self.per_shard(&key.1, spans, Box::new(done), |spans, done| GroupCmd::Ack {
-            key: key.clone(),
-            member,
-            spans,
-            durable,
-            done,
+        self.per_shard(&key.1, spans, settled(ticket), |spans, done| {
+            GroupCmd::Ack {
+                key: key.clone(),
+                member,
+                spans,
+                durable,
+                done,
+            }
         });
     }
 
-    /// Gives spans back for redelivery after `delay`. `done` runs on a shard thread.
+    /// Gives spans back for redelivery after `delay`; `ticket` is answered with
+    /// [`Answer::Settled`].
     pub fn nack(
         &self,
         group: &str,
@@ -464,10 +459,10 @@ impl EngineCore {
         member: MemberId,
         spans: &[Span],
         delay: Duration,
-        done: impl FnOnce(Result<()>) + Send + 'static,
+        ticket: Ticket,
     ) {
         let key = key_of(group, topic);
-        self.per_shard(&key.1, spans, Box::new(done), |spans, done| {
+        self.per_shard(&key.1, spans, settled(ticket), |spans, done| {
             GroupCmd::Nack {
                 key: key.clone(),
                 member,
@@ -484,12 +479,9 @@ impl EngineCore {
         &self,
         topic: &str,
         spans: &[Span],
-        done: crate::groups::GroupDone,
+        done: GroupDone,
         make: impl Fn(Vec<Span>, Arc<Countdown>) -> GroupCmd,
     ) {
-        if crate::engine::on_shard_thread() {
-            return done(Err(EngineError::OnShardThread("a group request")));
-        }
         let n = self.shard_count();
         let mut by_shard: Vec<Vec<Span>> = vec![Vec::new(); n];
         for &s in spans {
@@ -567,4 +559,8 @@ impl EngineCore {
             let _ = self.send_to_shard(shard, Command::Group(make()));
         }
     }
+}
+
+fn settled(ticket: Ticket) -> GroupDone {
+    Box::new(move |r| ticket.answer(r.map(|()| Answer::Settled)))
 }

@@ -23,6 +23,7 @@ macro_rules! internal {
 
 use keel_format::batch;
 mod blocking;
+mod completions;
 mod config;
 mod engine;
 mod error;
@@ -59,6 +60,7 @@ internal! {
 pub mod xorshift;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};
+pub use completions::{Answer, Completion, CompletionQueue, Reservation, Ticket};
 pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats, LOST_HEADER};
 pub use error::{EngineError, Result};
@@ -77,7 +79,8 @@ pub struct OffsetRange {
     pub last: u64,
 }
 
-/// Called once an append is durable or failed.
-pub type AppendDone = Box<dyn FnOnce(Result<OffsetRange>) + Send>;
-/// Called with the answer to a read.
-pub type ReadDone = Box<dyn FnOnce(Result<ReadResult>) + Send>;
+/// The engine's own continuation of an append, run on the shard once it is durable or failed
+/// (a caller's append is answered through its [`Ticket`]).
+pub(crate) type AppendDone = Box<dyn FnOnce(Result<OffsetRange>) + Send>;
+/// The engine's own continuation of a read.
+pub(crate) type ReadDone = Box<dyn FnOnce(Result<ReadResult>) + Send>;

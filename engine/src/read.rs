@@ -28,7 +28,7 @@ pub struct ReadResult {
 
 /// Who a read answers.
 pub enum ReadFor {
-    /// A caller of the engine, through its callback.
+    /// A caller of the engine (answered through its ticket), or the engine itself.
     Caller(ReadDone),
     /// A consume being served on this shard, which goes on with what was read.
     Consume(Box<ConsumeTask>),

@@ -1,5 +1,5 @@
-//! A connection's queue of answers waiting to be written: filled by shard callbacks and the
-//! reader, drained whole by the writer (a thread per connection, or an io_uring event loop).
+//! A connection's queue of answers waiting to be written: filled by the thread that drains the
+//! engine's completions (`pending.rs`) and by the reader, drained whole by the writer (a thread per connection, or an io_uring event loop).
 //!
 //! A mutex and a condition variable rather than a channel: channels spin and `sched_yield`
 //! before they sleep, and with two threads per connection that spinning took a tenth of the

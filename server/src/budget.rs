@@ -88,7 +88,7 @@ impl ByteBudget {
             .then(|| self.hold(&mut state, bytes))
     }
 
-    /// [`ByteBudget::try_acquire`] for callers that must never wait (a shard thread): when
+    /// [`ByteBudget::try_acquire`] for callers that must never wait (a network loop): when
     /// the bytes do not fit, the callback `on_freed` makes is called once bytes are next given
     /// back (on the thread giving them back), and the caller tries again then. The callback is
     /// only made when needed, so a request that fits allocates nothing.

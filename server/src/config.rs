@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// Bytes all connections together may hold for request frames still arriving, beyond the
     /// first 256 KiB each; past it, such connections are not read until others finish.
     pub partial_frame_bytes: usize,
+    /// Requests each network loop (or, with the portable I/O backend, the whole server) may
+    /// have waiting on the engine at once; past it, its connections are not read until
+    /// answers come back.
+    pub waiting_requests: usize,
     /// Consumer-group defaults and limits.
     pub groups: GroupDefaults,
     /// The storage engine's settings (data directory, shards, segments, I/O backend).
@@ -124,6 +128,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Bytes held for partial request frames, server-wide.
     pub partial_frame_bytes: Option<usize>,
+    /// Requests waiting on the engine per network loop.
+    pub waiting_requests: Option<usize>,
     /// Segment size, bytes.
     pub segment_bytes: Option<u64>,
     /// Largest batch, bytes.
@@ -254,6 +260,7 @@ impl FileConfig {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(600_000),
             max_connections: self.max_connections.unwrap_or(4096),
             partial_frame_bytes: self.partial_frame_bytes.unwrap_or(128 << 20),
+            waiting_requests: self.waiting_requests.unwrap_or(16 * 1024),
             groups: {
                 let d = GroupDefaults::default();
                 GroupDefaults {
@@ -288,6 +295,9 @@ impl ServerConfig {
                 "connection_inflight_bytes and shard_inflight_bytes must be at least twice max_frame_bytes ({})",
                 2 * frame
             ));
+        }
+        if self.waiting_requests == 0 {
+            return invalid("waiting_requests must be positive".into());
         }
         if self.write_timeout_ms == 0
             || self.frame_read_timeout_ms == 0

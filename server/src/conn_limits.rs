@@ -34,6 +34,8 @@ pub struct ConnLimits {
     pub own_bytes: usize,
     /// Bytes held for partial frames beyond `own_bytes`, server-wide.
     partial_pool: Arc<ByteBudget>,
+    /// Requests a network loop (or the portable server) may have waiting on the engine.
+    pub waiting_requests: usize,
 }
 
 /// Why a connection is closed by its limits, for the log.
@@ -70,6 +72,7 @@ impl ConnLimits {
             idle_timeout: ms(cfg.idle_timeout_ms),
             own_bytes: OWN_BUFFER_BYTES,
             partial_pool: ByteBudget::new(cfg.partial_frame_bytes),
+            waiting_requests: cfg.waiting_requests,
         })
     }
 
@@ -175,6 +178,7 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             own_bytes: 1000,
             partial_pool: ByteBudget::new(pool),
+            waiting_requests: 16,
         })
     }
 

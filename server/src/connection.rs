@@ -10,12 +10,23 @@ use std::time::Instant;
 use crate::answers::{answer_queue, AnswerRx, AnswerTx};
 use crate::budget::ByteBudget;
 use crate::conn_limits::{ConnLimits, ConnState};
-use crate::frames::{handle_frames, new_input, Stop, READ_CHUNK};
+use crate::frames::{handle_frames, new_input, Admission, Stop, READ_CHUNK};
 use crate::handler::Handler;
+use crate::pending::SharedPending;
 use crate::server::WriterDone;
 
 /// Answers gathered into one socket write.
 const WRITE_BUFFER: usize = 256 * 1024;
+
+/// What the reader threads of every connection share.
+pub struct Shared {
+    /// Turns requests into engine calls.
+    pub handler: Arc<Handler>,
+    /// Bounds each connection's memory and time.
+    pub limits: Arc<ConnLimits>,
+    /// Requests waiting for the engine.
+    pub pending: Arc<SharedPending>,
+}
 
 /// Serves `stream` until the client closes it, it breaks, or the server stops reading it.
 /// Returns once the reader is done; the writer thread finishes on its own once every answer
@@ -24,10 +35,10 @@ pub fn serve(
     stream: TcpStream,
     conn: u64,
     peer: SocketAddr,
-    handler: &Arc<Handler>,
-    limits: &Arc<ConnLimits>,
+    shared: &Shared,
     writer_done: WriterDone,
 ) -> io::Result<()> {
+    let limits = &shared.limits;
     let (tx, rx) = answer_queue();
     let writer_stream = stream.try_clone()?;
     std::thread::Builder::new()
@@ -39,7 +50,7 @@ pub fn serve(
     // Reads wake up this often to look at the connection's clocks.
     stream.set_read_timeout(Some(limits.check_every()))?;
     let budget = ByteBudget::new(limits.inflight_bytes);
-    read_requests(stream, conn, peer, handler, limits, &budget, &tx);
+    read_requests(stream, conn, peer, shared, &budget, &tx);
     Ok(())
 }
 
@@ -47,11 +58,12 @@ fn read_requests(
     mut stream: TcpStream,
     conn: u64,
     peer: SocketAddr,
-    handler: &Arc<Handler>,
-    limits: &Arc<ConnLimits>,
+    shared: &Shared,
     budget: &Arc<ByteBudget>,
     tx: &AnswerTx,
 ) {
+    let limits = &shared.limits;
+    let mut tickets = &*shared.pending;
     let mut input = new_input();
     let mut state = ConnState::new(limits);
     // Waits while this connection has too much in flight: the socket is not read meanwhile
@@ -64,12 +76,16 @@ fn read_requests(
             &mut input,
             conn,
             peer,
-            handler,
+            &shared.handler,
             tx,
-            &mut acquire,
-            &mut acquire_shard,
+            Admission {
+                acquire: &mut acquire,
+                acquire_shard: &mut acquire_shard,
+                tickets: &mut tickets,
+            },
         );
-        if stop == Stop::Close {
+        // Only a stopping server has no place for a request: stop reading.
+        if matches!(stop, Stop::Close | Stop::NoRoom) {
             return;
         }
         let left = input.pending().len();

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use crate::answers::AnswerTx;
 use crate::budget::{BudgetHold, ByteBudget};
-use crate::handler::Handler;
+use crate::handler::{Handler, Later};
 use crate::log_limit::RateLimitedWarn;
+use crate::pending::Tickets;
 use crate::recv_buf::RecvBuf;
 use crate::reply::{Body, Outgoing, Reply};
 
@@ -38,6 +39,9 @@ pub enum Stop {
     /// The connection's budget (or the shard budget its next request needs) is spent: read
     /// nothing more until bytes are given back.
     Parked,
+    /// Every place for requests waiting on the engine is taken: read nothing more until
+    /// answers come back.
+    NoRoom,
     /// The stream is unusable (a size out of bounds, or a header that cannot be read).
     Close,
 }
@@ -89,17 +93,32 @@ impl Input for RecvBuf {
 /// Takes bytes from a budget for a request; `None`: spent, the frame stays for later.
 pub type Acquire<'a> = &'a mut dyn FnMut(&Arc<ByteBudget>, usize) -> Option<BudgetHold>;
 
-/// Handles every whole frame in `input`. `acquire` takes the connection's budget for a
-/// request, then `acquire_shard` the budget of the shard the request goes to.
+/// What a request takes before it is handled, each refusal stopping the reading: bytes of the
+/// connection's budget, then of the budget of the shard the request goes to, then (for a
+/// request the engine answers later) a place among the requests waiting on the engine.
+pub struct Admission<'a> {
+    /// Takes the connection's budget.
+    pub acquire: &'a mut dyn FnMut(usize) -> Option<BudgetHold>,
+    /// Takes a shard's budget.
+    pub acquire_shard: Acquire<'a>,
+    /// Where requests wait on the engine.
+    pub tickets: &'a mut dyn Tickets,
+}
+
+/// Handles every whole frame in `input`, each admitted through `admit` first.
 pub fn handle_frames(
     input: &mut dyn Input,
     conn: u64,
     peer: SocketAddr,
     handler: &Handler,
     tx: &AnswerTx,
-    acquire: &mut dyn FnMut(usize) -> Option<BudgetHold>,
-    acquire_shard: Acquire<'_>,
+    admit: Admission<'_>,
 ) -> Stop {
+    let Admission {
+        acquire,
+        acquire_shard,
+        tickets,
+    } = admit;
     let max_frame = handler.max_frame_bytes();
     loop {
         let pending = input.pending();
@@ -119,8 +138,19 @@ pub fn handle_frames(
                             },
                             None => None,
                         };
+                        let later = if handler.answers_later(&request) {
+                            let Some(place) = tickets.reserve() else {
+                                return Stop::NoRoom;
+                            };
+                            Some(Later {
+                                place,
+                                tickets: &mut *tickets,
+                            })
+                        } else {
+                            None
+                        };
                         let reply = Reply::new(header.correlation_id, tx.clone(), hold);
-                        handler.handle(request, &frame, reply, conn, shard_hold);
+                        handler.handle(request, &frame, reply, conn, shard_hold, later);
                     }
                     Err(bad) => {
                         let Some(id) = bad.correlation_id else {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use keel_engine::{
     shard_for, ConsumeLimits, Engine, EngineError, GroupSettings, GroupStart, JoinRequest,
+    Reservation, Ticket,
 };
 use keel_protocol::{
     ApiKey, ApiVersions, ErrorCode, JoinSettings, OffsetSpan, PartitionTarget, Request, Response,
@@ -15,8 +16,8 @@ use keel_protocol::{
 
 use crate::budget::{BudgetHold, ByteBudget};
 use crate::config::GroupDefaults;
-use crate::fetch::{self, Fetch};
 use crate::partitioner::partition_for_key;
+use crate::pending::{Then, Tickets, Waiting};
 use crate::reply::Reply;
 
 /// Bytes of a fetch response around its batches (header, watermarks, length); a fetch's
@@ -26,6 +27,39 @@ const FETCH_RESPONSE_OVERHEAD: usize = 64;
 const CONSUME_ANSWER_BYTES: usize = 4 << 20;
 /// Longest long-poll wait a fetch may ask for.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
+
+/// A request the engine answers later: its place among the requests waiting for the engine,
+/// and where they wait.
+pub struct Later<'a> {
+    /// Its place, taken.
+    pub place: Reservation,
+    /// Where it waits.
+    pub tickets: &'a mut dyn Tickets,
+}
+
+/// The ticket for the engine: the request waits in `later` until the engine answers it. A
+/// request without a place (the caller did not ask [`Handler::answers_later`]: a bug) is
+/// answered with an internal error instead.
+fn ticket(
+    later: Option<Later<'_>>,
+    reply: Reply,
+    then: Then,
+    shard_hold: Option<BudgetHold>,
+) -> Option<Ticket> {
+    let Some(Later { place, tickets }) = later else {
+        reply.error(
+            ErrorCode::Internal,
+            "a request the engine answers later came without a place to wait",
+        );
+        return None;
+    };
+    let waiting = Waiting {
+        reply,
+        then,
+        shard_hold,
+    };
+    Some(tickets.ticket(place, waiting))
+}
 
 /// What every connection shares.
 pub struct Handler {
@@ -109,6 +143,25 @@ impl Handler {
         }
     }
 
+    /// Whether the engine answers `request` later, through a ticket.
+    pub fn answers_later(&self, request: &Request<'_>) -> bool {
+        match request {
+            Request::Produce { .. }
+            | Request::Fetch { .. }
+            | Request::Consume { .. }
+            | Request::Ack { .. }
+            | Request::Nack { .. } => true,
+            Request::Handshake { .. }
+            | Request::CreateTopic { .. }
+            | Request::DeleteTopic { .. }
+            | Request::ListTopics
+            | Request::Metadata { .. }
+            | Request::JoinGroup { .. }
+            | Request::LeaveGroup { .. }
+            | Request::Heartbeat { .. } => false,
+        }
+    }
+
     fn partition_of(&self, topic: &str, target: &PartitionTarget<'_>) -> Result<u32, EngineError> {
         match target {
             PartitionTarget::Partition(p) => Ok(*p),
@@ -120,7 +173,8 @@ impl Handler {
     }
 
     /// Handles one request from connection `conn`; the answer goes through `reply`, now or
-    /// later. `shard_hold` is what [`Handler::shard_cost`] asked for, taken.
+    /// later. `shard_hold` is what [`Handler::shard_cost`] asked for, taken; `later` is there
+    /// for a request [`Handler::answers_later`].
     pub fn handle(
         &self,
         request: Request<'_>,
@@ -128,6 +182,7 @@ impl Handler {
         reply: Reply,
         conn: u64,
         shard_hold: Option<BudgetHold>,
+        later: Option<Later<'_>>,
     ) {
         match request {
             Request::Handshake { .. } => reply.ok(&Response::Handshake {
@@ -172,33 +227,6 @@ impl Handler {
                 Ok(partitions) => reply.ok(&Response::Metadata { partitions }),
                 Err(e) => reply.engine_error(&e),
             },
-            Request::Produce {
-                topic,
-                target,
-                batch,
-                ..
-            } => self.produce(topic, target, owned_part(frame, batch), reply, shard_hold),
-            Request::Fetch {
-                topic,
-                partition,
-                offset,
-                max_bytes,
-                max_wait_ms,
-            } => {
-                let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
-                fetch::fetch(
-                    &self.engine,
-                    Fetch {
-                        topic,
-                        partition,
-                        offset,
-                        max_bytes: self.fetch_budget(max_bytes),
-                        deadline: (max_wait_ms > 0).then(|| Instant::now() + wait),
-                        reply,
-                        shard_hold,
-                    },
-                );
-            }
             Request::JoinGroup {
                 group,
                 topic,
@@ -224,6 +252,50 @@ impl Handler {
                 Ok(()) => reply.ok(&Response::Heartbeat),
                 Err(e) => reply.engine_error(&e),
             },
+            Request::Produce {
+                topic,
+                target,
+                batch,
+                ..
+            } => {
+                let partition = match self.partition_of(&topic, &target) {
+                    Ok(p) => p,
+                    Err(e) => return reply.engine_error(&e),
+                };
+                if batch.is_empty() {
+                    return reply.error(ErrorCode::InvalidBatch, "empty batch");
+                }
+                let batch = owned_part(frame, batch);
+                let Some(ticket) = ticket(later, reply, Then::Produced { partition }, shard_hold)
+                else {
+                    return;
+                };
+                self.engine.append(&topic, partition, batch, ticket);
+            }
+            Request::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait_ms,
+            } => {
+                let max_bytes = self.fetch_budget(max_bytes);
+                let Some(ticket) = ticket(later, reply, Then::Fetched, shard_hold) else {
+                    return;
+                };
+                if max_wait_ms == 0 {
+                    self.engine
+                        .read(&topic, partition, offset, max_bytes, ticket);
+                } else {
+                    // A fetch that finds nothing waits on the partition's shard until a flush
+                    // brings data or its wait runs out; it holds its shard budget meanwhile,
+                    // which bounds what waits on a shard.
+                    let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_FETCH_WAIT);
+                    let until = Instant::now() + wait;
+                    self.engine
+                        .read_waiting(&topic, partition, offset, max_bytes, until, ticket);
+                }
+            }
             Request::Consume {
                 group,
                 topic,
@@ -238,11 +310,10 @@ impl Handler {
                     max_bytes: Self::consume_answer_limit(self.max_frame_bytes),
                     until,
                 };
-                self.engine
-                    .consume(&group, &topic, member, limits, move |result| match result {
-                        Ok(parts) => reply.consumed(parts),
-                        Err(e) => reply.engine_error(&e),
-                    });
+                let Some(ticket) = ticket(later, reply, Then::Consumed, shard_hold) else {
+                    return;
+                };
+                self.engine.consume(&group, &topic, member, limits, ticket);
             }
             Request::Ack {
                 group,
@@ -250,17 +321,14 @@ impl Handler {
                 member,
                 durable,
                 spans,
-            } => self.engine.ack(
-                &group,
-                &topic,
-                member,
-                &spans_of(&spans),
-                durable,
-                move |r| match r {
-                    Ok(()) => reply.ok(&Response::Ack),
-                    Err(e) => reply.engine_error(&e),
-                },
-            ),
+            } => {
+                let Some(ticket) = ticket(later, reply, Then::Acked, shard_hold) else {
+                    return;
+                };
+                let spans = spans_of(&spans);
+                self.engine
+                    .ack(&group, &topic, member, &spans, durable, ticket);
+            }
             Request::Nack { delay_ms, .. } if delay_ms > MAX_NACK_DELAY_MS => reply.error(
                 ErrorCode::InvalidArgument,
                 &format!("delay_ms must be at most {MAX_NACK_DELAY_MS} (a day), not {delay_ms}"),
@@ -273,17 +341,12 @@ impl Handler {
                 spans,
             } => {
                 let delay = Duration::from_millis(u64::from(delay_ms));
-                self.engine.nack(
-                    &group,
-                    &topic,
-                    member,
-                    &spans_of(&spans),
-                    delay,
-                    move |r| match r {
-                        Ok(()) => reply.ok(&Response::Nack),
-                        Err(e) => reply.engine_error(&e),
-                    },
-                );
+                let Some(ticket) = ticket(later, reply, Then::Nacked, shard_hold) else {
+                    return;
+                };
+                let spans = spans_of(&spans);
+                self.engine
+                    .nack(&group, &topic, member, &spans, delay, ticket);
             }
         }
     }
@@ -327,36 +390,6 @@ impl Handler {
             }),
             Err(e) => reply.engine_error(&e),
         }
-    }
-
-    fn produce(
-        &self,
-        topic: String,
-        target: PartitionTarget<'_>,
-        batch: Bytes,
-        reply: Reply,
-        shard_hold: Option<BudgetHold>,
-    ) {
-        let partition = match self.partition_of(&topic, &target) {
-            Ok(p) => p,
-            Err(e) => return reply.engine_error(&e),
-        };
-        if batch.is_empty() {
-            return reply.error(ErrorCode::InvalidBatch, "empty batch");
-        }
-        self.engine.append(&topic, partition, batch, move |result| {
-            drop(shard_hold);
-            match result {
-                Ok(range) => {
-                    reply.ok(&Response::Produce {
-                        partition,
-                        first_offset: range.first,
-                        last_offset: range.last,
-                    });
-                }
-                Err(e) => reply.engine_error(&e),
-            }
-        });
     }
 }
 

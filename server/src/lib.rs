@@ -15,13 +15,14 @@ pub mod cli;
 pub mod config;
 mod conn_limits;
 mod connection;
-mod fetch;
+
 mod frames;
 mod handler;
 mod log_limit;
 pub mod logger;
 mod metrics;
 mod partitioner;
+mod pending;
 mod recv_buf;
 mod reply;
 mod ring_conns;

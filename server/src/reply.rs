@@ -165,7 +165,6 @@ pub fn error_code(e: &EngineError) -> ErrorCode {
         | EngineError::UringUnavailable { .. }
         | EngineError::DirectIoUnsupported { .. }
         | EngineError::VolatileFilesystem { .. }
-        | EngineError::DataDirLocked { .. }
-        | EngineError::OnShardThread(_) => ErrorCode::Internal,
+        | EngineError::DataDirLocked { .. } => ErrorCode::Internal,
     }
 }

@@ -22,8 +22,9 @@ use keel_engine::Waker;
 use crate::answers::{notifying_answer_queue, AnswerRx, AnswerTx};
 use crate::budget::{BudgetHold, ByteBudget};
 use crate::conn_limits::{ConnLimits, ConnState};
-use crate::frames::{handle_frames, new_recv_buf, Stop};
+use crate::frames::{handle_frames, new_recv_buf, Admission, Stop};
 use crate::handler::Handler;
+use crate::pending::LoopPending;
 use crate::recv_buf::RecvBuf;
 use crate::reply::Outgoing;
 use crate::server::{ReaderDone, WriterDone};
@@ -162,6 +163,11 @@ struct Conn {
 pub struct Conns {
     conns: HashMap<u64, Box<Conn>>,
     inbox: Arc<Inbox>,
+    /// Requests the engine is working on, answered as its completion records come back.
+    pending: LoopPending,
+    /// Connections that found no place for a request among those waiting on the engine:
+    /// they read again once answers come back.
+    waiting_for_room: Vec<u64>,
     limits: Arc<ConnLimits>,
     /// The tick's timeout; boxed so its address is stable while the timeout runs.
     tick: Box<types::Timespec>,
@@ -175,6 +181,8 @@ impl Conns {
     pub fn new(inbox: Arc<Inbox>, limits: Arc<ConnLimits>) -> Self {
         Self {
             conns: HashMap::new(),
+            pending: LoopPending::new(limits.waiting_requests, Arc::clone(&inbox.waker)),
+            waiting_for_room: Vec::new(),
             inbox,
             limits,
             tick: Box::new(types::Timespec::new()),
@@ -194,9 +202,9 @@ impl Conns {
         &self.inbox
     }
 
-    /// Whether other threads handed over work.
+    /// Whether other threads handed over work, or the engine answered.
     pub fn has_work(&self) -> bool {
-        self.inbox.has_work()
+        self.inbox.has_work() || self.pending.has_ready()
     }
 
     /// Whether the inbox was stopped and every connection is cut off.
@@ -204,8 +212,13 @@ impl Conns {
         self.closing
     }
 
-    /// Takes what other threads handed over: a stop, new connections, answers ready.
+    /// Takes what other threads handed over: a stop, new connections, the engine's answers,
+    /// answers ready to send.
     pub fn turn(&mut self, ring: &mut dyn Submit) {
+        if self.pending.answer_ready() > 0 && !self.waiting_for_room.is_empty() {
+            // Places came free: connections that waited for one read on (below).
+            lock(&self.inbox.ready).append(&mut self.waiting_for_room);
+        }
         if self.inbox.stopped() && !self.closing {
             // The server waited for every connection to finish; whatever is left is cut off.
             self.closing = true;
@@ -457,14 +470,21 @@ impl Conns {
             c.peer,
             &handler,
             &tx,
-            &mut acquire,
-            &mut acquire_shard,
+            Admission {
+                acquire: &mut acquire,
+                acquire_shard: &mut acquire_shard,
+                tickets: &mut self.pending,
+            },
         );
         let left = c.input.pending().len();
         c.limits.handled(left > 0, left < before, Instant::now());
         match stop {
             Stop::NeedMore => self.post_recv(c, ring),
             Stop::Parked => c.parked = true,
+            Stop::NoRoom => {
+                c.parked = true;
+                self.waiting_for_room.push(c.id);
+            }
             Stop::Close => c.stop_reading(),
         }
     }

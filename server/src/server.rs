@@ -17,6 +17,7 @@ use crate::connection;
 use crate::handler::Handler;
 use crate::log_limit::RateLimitedWarn;
 use crate::metrics::{MetricsEndpoint, Sources};
+use crate::pending::{Answerer, SharedPending};
 use crate::ring_conns::NewConn;
 use crate::uring_net::NetLoops;
 
@@ -175,9 +176,10 @@ pub struct Server {
     /// The io_uring network loops; `None` with the portable I/O backend, where each
     /// connection has a reader and a writer thread instead (see [`Server::start`]).
     net: Option<NetLoops>,
+    /// With the portable I/O backend: what connections' reader threads share, and the thread
+    /// answering their requests as the engine finishes them.
+    portable: Option<(Arc<connection::Shared>, Answerer)>,
     metrics: Option<MetricsEndpoint>,
-    /// What bounds each connection's memory and time.
-    limits: Arc<ConnLimits>,
 }
 
 impl Server {
@@ -208,17 +210,9 @@ impl Server {
         // pair per connection and than connections on the shards' own rings. The threads remain
         // for the portable I/O backend alone, whose reason to exist is a host that allows no
         // io_uring at all (Docker's default seccomp profile, `kernel.io_uring_disabled`).
-        let net = match cfg.engine.io {
-            IoMode::Portable => None,
-            _ => Some(
-                NetLoops::start(cfg.engine.shards, &handler, &limits).map_err(|source| {
-                    ServerError::Io {
-                        what: "start the io_uring network loops (where io_uring is not \
-                               allowed, run with --portable-io)",
-                        source,
-                    }
-                })?,
-            ),
+        let (net, portable) = match cfg.engine.io {
+            IoMode::Portable => (None, Some(start_portable(&handler, limits)?)),
+            _ => (Some(start_net_loops(&cfg, &handler, &limits)?), None),
         };
         let metrics = match cfg.metrics_listen {
             None => None,
@@ -238,6 +232,7 @@ impl Server {
         let listener = listen(socket, local_addr)?;
         Ok(Self {
             net,
+            portable,
             metrics,
             cfg,
             listener,
@@ -246,7 +241,6 @@ impl Server {
             handler,
             stopping: Arc::new(AtomicBool::new(false)),
             registry,
-            limits,
         })
     }
 
@@ -332,14 +326,17 @@ impl Server {
             });
             return Ok(());
         }
-        let handler = Arc::clone(&self.handler);
-        let limits = Arc::clone(&self.limits);
+        let Some((shared, _)) = &self.portable else {
+            return Err(std::io::Error::other(
+                "no way to serve connections was started",
+            ));
+        };
+        let shared = Arc::clone(shared);
         std::thread::Builder::new()
             .name(format!("keel-read-{peer}"))
             .spawn(move || {
                 log::debug!("{peer}: connected");
-                if let Err(e) = connection::serve(stream, id, peer, &handler, &limits, writer_done)
-                {
+                if let Err(e) = connection::serve(stream, id, peer, &shared, writer_done) {
                     log::warn!("{peer}: {e}");
                 }
                 drop(reader_done);
@@ -356,6 +353,7 @@ impl Server {
             handler,
             registry,
             net,
+            portable,
             metrics,
             ..
         } = self;
@@ -372,6 +370,7 @@ impl Server {
         }
         lock_engine(&registry).take();
         drop(handler);
+        let answerer = portable.map(|(_, answerer)| answerer);
         if let Some(net) = &net {
             net.release_handler();
         }
@@ -387,13 +386,47 @@ impl Server {
         if let Some(net) = net {
             net.stop();
         }
+        if let Some(answerer) = answerer {
+            answerer.stop();
+        }
         log::info!("stopped");
     }
 }
 
+/// The io_uring network loops, one per shard.
+fn start_net_loops(
+    cfg: &ServerConfig,
+    handler: &Arc<Handler>,
+    limits: &Arc<ConnLimits>,
+) -> Result<NetLoops, ServerError> {
+    NetLoops::start(cfg.engine.shards, handler, limits).map_err(|source| ServerError::Io {
+        what: "start the io_uring network loops (where io_uring is not allowed, run with \
+               --portable-io)",
+        source,
+    })
+}
+
+/// What the portable backend's connection threads share, and the thread answering them.
+fn start_portable(
+    handler: &Arc<Handler>,
+    limits: Arc<ConnLimits>,
+) -> Result<(Arc<connection::Shared>, Answerer), ServerError> {
+    let (pending, answerer) =
+        SharedPending::start(limits.waiting_requests).map_err(|source| ServerError::Io {
+            what: "start the thread answering requests",
+            source,
+        })?;
+    let shared = connection::Shared {
+        handler: Arc::clone(handler),
+        limits,
+        pending,
+    };
+    Ok((Arc::new(shared), answerer))
+}
+
 /// The engine, once this is its last owner. A connection that was handling a request when the
 /// handler was released holds a clone for a moment; the engine must not be dropped there,
-/// on a network thread, or on a shard thread (in a callback) that would then wait for itself.
+/// on a network thread, which would stop answering its connections while the engine stops.
 fn sole_owner(mut engine: Arc<Engine>, patience: Duration) -> Option<Engine> {
     let until = Instant::now() + patience;
     loop {

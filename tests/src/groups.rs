@@ -1,10 +1,13 @@
 //! Consumer groups driven through the engine directly: joins, consumes and acks waited for.
 
-use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use keel_engine::GroupSettings;
-use keel_engine::{ConsumeLimits, ConsumedPartition, Engine, EngineError, GroupStart, JoinRequest};
+use keel_engine::{
+    ConsumeLimits, ConsumedPartition, Engine, EngineError, GroupSettings, GroupStart, JoinRequest,
+    Ticket,
+};
+
+use crate::answers::{consumed, settled, Answers};
 
 /// How long a test waits for any answer.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -39,18 +42,14 @@ pub fn consume(
     max: usize,
     wait: Duration,
 ) -> Result<Vec<(u32, u64, u32)>, EngineError> {
-    let (tx, rx) = channel();
+    let answers = Answers::new();
     let limits = ConsumeLimits {
         max_messages: max,
         max_bytes: 4 << 20,
         until: (!wait.is_zero()).then(|| Instant::now() + wait),
     };
-    engine.consume(group, topic, member, limits, move |r| {
-        let _ = tx.send(r);
-    });
-    let parts: Vec<ConsumedPartition> = rx
-        .recv_timeout(PATIENCE + wait)
-        .expect("a consume answer")?;
+    engine.consume(group, topic, member, limits, answers.ticket(0));
+    let parts: Vec<ConsumedPartition> = consumed(answers.expect(PATIENCE + wait).outcome)?;
     Ok(parts
         .iter()
         .flat_map(|p| {
@@ -62,20 +61,15 @@ pub fn consume(
 }
 
 /// The answer to a group request on single offsets, waited for: `send` makes the request with
-/// the spans and the callback.
+/// the spans and the ticket.
 fn wait_for(
     offsets: &[(u32, u64)],
-    send: impl FnOnce(&[(u32, u64, u64)], Box<dyn FnOnce(Result<(), EngineError>) + Send>),
+    send: impl FnOnce(&[(u32, u64, u64)], Ticket),
 ) -> Result<(), EngineError> {
     let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
-    let (tx, rx) = channel();
-    send(
-        &spans,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
-    rx.recv_timeout(PATIENCE).expect("an answer")
+    let answers = Answers::new();
+    send(&spans, answers.ticket(0));
+    settled(answers.expect(PATIENCE).outcome)
 }
 
 /// An ack of single offsets, waited for.

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod answers;
 pub mod crash_load;
 pub mod groups;
 pub mod keeld;
@@ -160,4 +161,14 @@ pub fn crash_value(round: u32, partition: u32, seq: u64) -> Vec<u8> {
     let extra = rng.below(3000) as usize;
     value.extend(rng.bytes(extra));
     value
+}
+
+/// Reads one whole response frame (size prefix included) from a raw connection.
+pub fn read_frame(s: &mut impl std::io::Read) -> Vec<u8> {
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut frame = size.to_vec();
+    frame.resize(4 + u32::from_le_bytes(size) as usize, 0);
+    s.read_exact(&mut frame[4..]).unwrap();
+    frame
 }

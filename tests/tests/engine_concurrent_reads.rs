@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use keel_engine::Engine;
 use keel_format::batch;
+use keel_tests::answers::{appended, Answers};
 use keel_tests::{crash_value, data_dir, one_record, small_config};
 
 /// The sequence number an appended value carries ("round 0 partition P seq N ...").
@@ -79,24 +80,17 @@ fn readers_following_appends_see_only_whole_durable_batches_in_order() {
         })
         .collect();
 
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let answers = Answers::new();
     let send = |seq: u64| {
         let partition = (seq % 2) as u32;
-        let tx = tx.clone();
-        engine.append(
-            "cr",
-            partition,
-            one_record(&crash_value(0, partition, seq)),
-            move |r| {
-                let _ = tx.send(r.map(|_| ()));
-            },
-        );
+        let record = one_record(&crash_value(0, partition, seq));
+        engine.append("cr", partition, record, answers.ticket(seq));
     };
     for seq in 0..256 {
         send(seq);
     }
     for seq in 256..APPENDS + 256 {
-        rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        appended(answers.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
         if seq < APPENDS {
             send(seq);
         }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::bounded;
 use keel_engine::io::FaultPlan;
 use keel_engine::{Engine, EngineError, IoMode};
+use keel_tests::answers::{appended, Answers};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 fn faulty_engine(dir: &std::path::Path, plan: &Arc<FaultPlan>) -> Engine {
@@ -43,23 +43,16 @@ fn poisoning_fails_in_flight_and_later_appends(fail: impl Fn(&FaultPlan)) {
 
     fail(&plan);
     // A burst in flight together: the failing flush and whatever gathered behind it.
-    let (tx, rx) = bounded(64);
+    let answers = Answers::new();
     for i in 0..32 {
-        let tx = tx.clone();
-        engine.append(
-            "f",
-            0,
-            one_record(format!("doomed {i}").as_bytes()),
-            move |r| {
-                let _ = tx.send(r);
-            },
-        );
+        let record = one_record(format!("doomed {i}").as_bytes());
+        engine.append("f", 0, record, answers.ticket(i));
     }
     for _ in 0..32 {
-        let r = rx
+        let r = answers
             .recv_timeout(Duration::from_secs(10))
             .expect("every append is answered");
-        assert_poisoned(r, libc_eio());
+        assert_poisoned(appended(r), libc_eio());
     }
     assert!(plan.injected() >= 1);
     plan.heal();

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::{Engine, IoMode};
+use keel_tests::answers::{appended, Tagged};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 #[test]
@@ -21,21 +22,19 @@ fn sixty_four_appenders_share_fdatasyncs() {
     // 64 appenders, each sending its next message only once the previous one is acknowledged
     // (driven from one thread through callbacks, so the test does not hinge on 64 OS threads
     // being scheduled in time).
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let answers = Tagged::new();
     let send = |appender: usize, i: usize| {
-        let tx = tx.clone();
         let value = format!("appender {appender} message {i}");
-        engine.append("gc", 0, one_record(value.as_bytes()), move |r| {
-            let _ = tx.send((appender, i, value, r));
-        });
+        let record = one_record(value.as_bytes());
+        engine.append("gc", 0, record, answers.ticket((appender, i, value)));
     };
     for appender in 0..APPENDERS {
         send(appender, 0);
     }
     let mut acked: Vec<(u64, String)> = Vec::new();
     while acked.len() < APPENDERS * EACH {
-        let (appender, i, value, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        acked.push((r.unwrap().first, value));
+        let ((appender, i, value), r) = answers.recv_timeout(Duration::from_secs(30)).unwrap();
+        acked.push((appended(r).unwrap().first, value));
         if i + 1 < EACH {
             send(appender, i + 1);
         }
@@ -83,12 +82,10 @@ fn lone_append_after_bursts(io: IoMode) {
     cfg.io = io;
     let engine = Engine::open(cfg).unwrap();
     engine.create_topic("lone", 1).unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let answers = Tagged::new();
     let send = |value: String| {
-        let tx = tx.clone();
-        engine.append("lone", 0, one_record(value.as_bytes()), move |r| {
-            let _ = tx.send((value, r));
-        });
+        let record = one_record(value.as_bytes());
+        engine.append("lone", 0, record, answers.ticket(value));
     };
     let mut acked = Vec::new();
     let mut rounds = 0;
@@ -103,14 +100,14 @@ fn lone_append_after_bursts(io: IoMode) {
             send(format!("round {rounds} burst {i}"));
         }
         for _ in 0..16 {
-            let (value, r) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-            acked.push((r.unwrap().first, value));
+            let (value, r) = answers.recv_timeout(Duration::from_secs(30)).unwrap();
+            acked.push((appended(r).unwrap().first, value));
         }
         send(format!("round {rounds} alone"));
-        let (value, r) = rx
+        let (value, r) = answers
             .recv_timeout(Duration::from_secs(30))
             .expect("a held flush must go at its deadline");
-        acked.push((r.unwrap().first, value));
+        acked.push((appended(r).unwrap().first, value));
     }
     let stats = engine.stats();
     assert!(stats.flushes_held >= stats.holds_expired);

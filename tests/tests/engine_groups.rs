@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use keel_engine::{shard_for, Engine, EngineError};
+use keel_tests::answers::{consumed, Answers};
 use keel_tests::groups::{ack, consume, join};
 use keel_tests::{data_dir, one_record, small_config};
 
@@ -187,22 +188,20 @@ fn a_waiting_consume_is_answered_when_the_engine_stops() {
         .join_group(join("g", "t", LONG, LONG))
         .unwrap()
         .member;
-    let (tx, rx) = std::sync::mpsc::channel();
+    let answers = Answers::new();
     let limits = keel_engine::ConsumeLimits {
         max_messages: 10,
         max_bytes: 1 << 20,
         until: Some(Instant::now() + Duration::from_secs(60)),
     };
-    engine.consume("g", "t", m, limits, move |r| {
-        let _ = tx.send(r);
-    });
+    engine.consume("g", "t", m, limits, answers.ticket(0));
     assert!(
-        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        answers.recv_timeout(Duration::from_millis(200)).is_err(),
         "it waits while the engine runs"
     );
     let stopping = Instant::now();
     engine.shutdown();
-    let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let answer = consumed(answers.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
     assert!(answer.is_empty());
     assert!(
         stopping.elapsed() < Duration::from_secs(10),

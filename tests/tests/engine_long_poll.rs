@@ -2,22 +2,27 @@
 //! makes data durable, by the shard's own clock at their deadline, with an error when their
 //! topic goes, and with what they have when the engine stops.
 
-use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use keel_engine::{BatchView, Engine, EngineError, ReadResult};
+use keel_tests::answers::{read, Answers};
 use keel_tests::{data_dir, one_record, small_config};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-type Answer = Result<ReadResult, EngineError>;
+/// A read waiting on the engine.
+struct Waiting(Answers);
 
-fn wait_at_end(engine: &Engine, topic: &str, from: u64, until: Instant) -> Receiver<Answer> {
-    let (tx, rx) = channel();
-    engine.read_waiting(topic, 0, from, 1 << 20, until, move |r| {
-        let _ = tx.send(r);
-    });
-    rx
+impl Waiting {
+    fn recv_timeout(&self, timeout: Duration) -> Result<Result<ReadResult, EngineError>, ()> {
+        self.0.recv_timeout(timeout).map(read)
+    }
+}
+
+fn wait_at_end(engine: &Engine, topic: &str, from: u64, until: Instant) -> Waiting {
+    let answers = Answers::new();
+    engine.read_waiting(topic, 0, from, 1 << 20, until, answers.ticket(0));
+    Waiting(answers)
 }
 
 fn values(data: &[u8]) -> Vec<Vec<u8>> {

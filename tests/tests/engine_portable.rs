@@ -3,6 +3,7 @@
 //! through either backend, and its appenders still share syncs.
 
 use keel_engine::{Engine, IoMode};
+use keel_tests::answers::{appended, Answers};
 use keel_tests::{data_dir, one_record, random_batch, read_all, small_config, with_offset, Rng};
 
 #[test]
@@ -63,18 +64,15 @@ fn portable_appenders_share_syncs() {
     cfg.io = IoMode::Portable;
     let engine = Engine::open(cfg).unwrap();
     engine.create_topic("g", 1).unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let answers = Answers::new();
     let total = 2000;
     for i in 0..total {
-        let tx = tx.clone();
-        engine.append("g", 0, one_record(format!("m{i}").as_bytes()), move |r| {
-            let _ = tx.send(r);
-        });
+        let record = one_record(format!("m{i}").as_bytes());
+        engine.append("g", 0, record, answers.ticket(i as u64));
     }
     for _ in 0..total {
-        rx.recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap()
-            .unwrap();
+        let r = answers.recv_timeout(std::time::Duration::from_secs(30));
+        appended(r.unwrap()).unwrap();
     }
     let stats = engine.stats();
     assert_eq!(stats.appends, total as u64);

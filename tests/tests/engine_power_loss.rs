@@ -4,18 +4,17 @@
 //! here: its bytes could be rolled back. Several rounds on one data directory, each with a
 //! different crash point and a different choice of what is lost.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_engine::aligned::{AlignedBuf, BLOCK_BYTES};
 use keel_engine::io::CrashPlan;
 use keel_engine::io::{Block, CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
 use keel_engine::{BatchView, Engine, FlushSync, IoMode};
+use keel_tests::answers::{appended, Answers, Tagged};
 use keel_tests::{crash_value, data_dir, log_start, one_record, read_from, small_config};
 
 const IN_FLIGHT: u64 = 256;
-
-type Acked = Arc<Mutex<Vec<(u32, u64, Vec<u8>)>>>;
 
 /// Appends with IN_FLIGHT appends in flight until `acks` were acknowledged, then cuts the power
 /// and stops the engine. Returns what was acknowledged: (partition, offset, value).
@@ -48,18 +47,13 @@ fn append_then_cut_power_with(
     if engine.partitions("pl").is_err() {
         engine.create_topic("pl", 2).unwrap();
     }
-    let acked: Acked = Arc::default();
-    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+    let mut acked = Vec::new();
+    let answers = Tagged::new();
     let send = |seq: u64| {
         let partition = (seq % 2) as u32;
         let value = crash_value(round, partition, seq);
-        let (acked, tx) = (Arc::clone(&acked), tx.clone());
-        engine.append("pl", partition, one_record(&value), move |r| {
-            if let Ok(range) = r {
-                acked.lock().unwrap().push((partition, range.first, value));
-            }
-            let _ = tx.send(());
-        });
+        let record = one_record(&value);
+        engine.append("pl", partition, record, answers.ticket((partition, value)));
     };
     let mut next = 0;
     while next < IN_FLIGHT {
@@ -67,16 +61,18 @@ fn append_then_cut_power_with(
         next += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < acks {
-        if rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
+    while acked.len() < acks {
+        let Ok(((partition, value), r)) =
+            answers.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
             panic!(
                 "round {round}: stalled at {} acks, stats {:?}",
-                acked.lock().unwrap().len(),
+                acked.len(),
                 engine.stats()
             );
+        };
+        if let Ok(range) = appended(r) {
+            acked.push((partition, range.first, value));
         }
         send(next);
         next += 1;
@@ -84,7 +80,6 @@ fn append_then_cut_power_with(
     let stats = engine.stats();
     plan.crash();
     drop(engine); // in-flight appends now fail: the disk is gone
-    let acked = acked.lock().unwrap().clone();
     (acked, stats)
 }
 
@@ -209,14 +204,11 @@ fn recovery_makes_a_crashed_predecessors_writes_durable_before_writing_after_the
         let mut cfg = small_config(dir.path(), 2);
         cfg.io = IoMode::UringWithCrashes(Arc::clone(&plan));
         let engine = Engine::open(cfg).unwrap();
+        let answers = Answers::new();
         for seq in 0..64u64 {
             let partition = (seq % 2) as u32;
-            engine.append(
-                "pl",
-                partition,
-                one_record(&crash_value(1, partition, seq)),
-                |_| {},
-            );
+            let value = crash_value(1, partition, seq);
+            engine.append("pl", partition, one_record(&value), answers.ticket(seq));
         }
         plan.crash();
         drop(engine);

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keel_engine::{Engine, EngineConfig, EngineError};
+use keel_tests::answers::{appended, Tagged};
 use keel_tests::{
     data_dir, log_start, random_batch, read_from, segment_files, small_config, with_offset, Rng,
 };
@@ -25,24 +26,21 @@ fn config(dir: &Path) -> EngineConfig {
 /// Appends `count` random batches with up to 64 in flight; returns (offset, stored bytes) of
 /// each, in offset order.
 fn append_many(engine: &Engine, rng: &mut Rng, count: usize) -> Vec<(u64, Vec<u8>)> {
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let answers = Tagged::new();
     let mut sent = 0;
     let mut out = Vec::new();
     while out.len() < count {
         while sent < count && sent - out.len() < 64 {
             let records = 1 + rng.below(6) as usize;
             let batch = random_batch(rng, records, 3000);
-            let tx = tx.clone();
             let copy = batch.clone();
-            engine.append("r", 0, batch, move |r| {
-                let _ = tx.send(r.map(|range| (range.first, copy)));
-            });
+            engine.append("r", 0, batch, answers.ticket(copy));
             sent += 1;
         }
-        let (first, batch) = rx
+        let (batch, r) = answers
             .recv_timeout(Duration::from_secs(30))
-            .expect("an append was not answered in 30 s")
-            .expect("append failed");
+            .expect("an append was not answered in 30 s");
+        let first = appended(r).expect("append failed").first;
         out.push((first, with_offset(&batch, first)));
     }
     out.sort_by_key(|(offset, _)| *offset);

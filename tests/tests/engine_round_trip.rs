@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use keel_engine::{Engine, EngineError};
+use keel_tests::answers::{appended, Answers};
 use keel_tests::{data_dir, random_batch, read_all, small_config, with_offset, Rng};
 
 type Expected = BTreeMap<u32, Vec<(u64, Vec<u8>)>>;
@@ -120,20 +121,18 @@ fn data_survives_rolls_that_race_the_zeroing_of_the_next_segment() {
     let engine = Engine::open(cfg.clone()).unwrap();
     engine.create_topic("z", 1).unwrap();
     let mut rng = Rng(0x2e20);
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let answers = Answers::new();
     let mut sent = Vec::new();
     for i in 0..2000 {
         let batch = random_batch(&mut rng, 4, 3000);
-        let tx = tx.clone();
-        engine.append("z", 0, batch.clone(), move |r| {
-            let _ = tx.send((i, r));
-        });
+        engine.append("z", 0, batch.clone(), answers.ticket(i));
         sent.push(batch);
     }
     let mut expected = vec![(0, Vec::new()); sent.len()];
     for _ in 0..sent.len() {
-        let (i, r) = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
-        let first = r.unwrap().first;
+        let c = answers.expect(std::time::Duration::from_secs(30));
+        let i = c.tag as usize;
+        let first = appended(c.outcome).unwrap().first;
         expected[i] = (first, with_offset(&sent[i], first));
     }
     expected.sort();

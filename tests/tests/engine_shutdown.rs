@@ -2,6 +2,7 @@
 //! after a restart.
 
 use keel_engine::Engine;
+use keel_tests::answers::{appended, Tagged};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 #[test]
@@ -10,17 +11,20 @@ fn shutdown_answers_every_append_and_keeps_every_acknowledged_one() {
     let cfg = small_config(dir.path(), 2);
     let engine = Engine::open(cfg.clone()).unwrap();
     engine.create_topic("s", 2).unwrap();
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let tickets = Tagged::new();
     for i in 0..2000u32 {
-        let tx = tx.clone();
         let value = format!("message {i}");
-        engine.append("s", i % 2, one_record(value.as_bytes()), move |r| {
-            let _ = tx.send((i, value, r));
-        });
+        let record = one_record(value.as_bytes());
+        engine.append("s", i % 2, record, tickets.ticket((i, value)));
     }
-    drop(tx);
     drop(engine); // stops taking requests, finishes what is in flight
-    let answers: Vec<_> = rx.iter().collect();
+    let mut answers = Vec::new();
+    for _ in 0..2000 {
+        let Ok(((i, value), r)) = tickets.recv_timeout(std::time::Duration::from_secs(10)) else {
+            break;
+        };
+        answers.push((i, value, appended(r)));
+    }
     assert_eq!(
         answers.len(),
         2000,

@@ -17,6 +17,7 @@ use keel_engine::groups::{GroupStore, TablePowerCut};
 use keel_engine::offsets::WINDOW;
 use keel_engine::xorshift::xorshift;
 use keel_engine::Engine;
+use keel_tests::answers::{settled, Answers};
 use keel_tests::groups::{consume, join, PATIENCE};
 use keel_tests::{data_dir, one_record, small_config};
 
@@ -69,11 +70,9 @@ fn member(
                 }
             }
             let spans: Vec<(u32, u64, u64)> = chunk.iter().map(|&(p, o)| (p, o, o)).collect();
-            let (tx, rx) = std::sync::mpsc::channel();
-            engine.ack("g", "t", m, &spans, true, move |r| {
-                let _ = tx.send(r);
-            });
-            match rx.recv_timeout(PATIENCE) {
+            let answers = Answers::new();
+            engine.ack("g", "t", m, &spans, true, answers.ticket(0));
+            match answers.recv_timeout(PATIENCE).map(settled) {
                 Ok(Ok(())) => answered.lock().unwrap().extend_from_slice(chunk),
                 // Failed after the cut: not answered as durable.
                 Ok(Err(_)) => {}

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use keel_client::{FetchOptions, Target};
 use keel_protocol::{decode_response, encode_request, ApiKey, Request};
-use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
+use keel_tests::{data_dir, read_frame};
 
 /// `n` fetches of partition 0 of "big" from offset 0, 256 KiB each, as one buffer of frames.
 fn fetch_requests(n: u32) -> Vec<u8> {
@@ -92,11 +92,7 @@ fn never_reading_client(io: &[&str]) {
     let mut reader = std::io::BufReader::new(&greedy);
     let mut answered = std::collections::HashSet::new();
     for _ in 0..2000 {
-        let mut size = [0u8; 4];
-        reader.read_exact(&mut size).unwrap();
-        let mut frame = size.to_vec();
-        frame.resize(4 + u32::from_le_bytes(size) as usize, 0);
-        reader.read_exact(&mut frame[4..]).unwrap();
+        let frame = read_frame(&mut reader);
         let (id, answer) = decode_response(&frame, ApiKey::Fetch).unwrap();
         assert!(answer.is_ok());
         answered.insert(id);

@@ -9,23 +9,13 @@ use keel_client::{
     BatchBuilder, ClientError, ErrorCode, FetchOptions, JoinSettings, OffsetSpan, StartAt, Target,
 };
 use keel_protocol::{decode_response, encode_request, ApiKey, Request, Response};
-use keel_tests::data_dir;
 use keel_tests::keeld::Keeld;
+use keel_tests::{data_dir, read_frame};
 
 fn connect(server: &Keeld) -> TcpStream {
     let s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s
-}
-
-/// Reads one response frame.
-fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut size = [0u8; 4];
-    s.read_exact(&mut size).unwrap();
-    let mut frame = size.to_vec();
-    frame.resize(4 + u32::from_le_bytes(size) as usize, 0);
-    s.read_exact(&mut frame[4..]).unwrap();
-    frame
 }
 
 /// Whether the server closes the connection (EOF, or reset) after whatever it still sends.

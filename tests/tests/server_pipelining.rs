@@ -1,8 +1,13 @@
 //! Many requests in flight on one connection: every answer finds its request.
 
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
 use keel_client::{ClientError, FetchOptions, Target};
-use keel_tests::data_dir;
+use keel_protocol::{decode_response, encode_request, ApiKey, Request};
 use keel_tests::keeld::Keeld;
+use keel_tests::{data_dir, read_frame};
 
 fn thousand_in_flight(io: &[&str]) {
     let dir = data_dir();
@@ -199,4 +204,61 @@ fn batches_sent_with_one_write_are_each_acknowledged_and_stored() {
         ack.first_offset, next,
         "neither failed call sent its first batch"
     );
+}
+
+/// With room for two requests waiting on the engine, six long polls pipelined on one connection
+/// are let in two at a time: each pair waits out its 400 ms at the partition's end before the
+/// connection is read again, so the six take at least three waits; every one is answered, and
+/// the server goes on serving. (Without the bound, all six would wait at once: one wait.)
+fn bounded_waiting_requests(io: &[&str]) {
+    const WAIT_MS: u32 = 400;
+    let dir = data_dir();
+    let server = Keeld::start_with_config(dir.path(), "waiting_requests = 2\n", io);
+    let client = server.client();
+    client.create_topic("quiet", 1).unwrap();
+    let mut requests = Vec::new();
+    for id in 0..6 {
+        let fetch = Request::Fetch {
+            topic: "quiet".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1024,
+            max_wait_ms: WAIT_MS,
+        };
+        encode_request(id, &fetch, &mut requests);
+    }
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    conn.write_all(&requests).unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..6 {
+        let frame = read_frame(&mut conn);
+        let (id, answer) = decode_response(&frame, ApiKey::Fetch).unwrap();
+        assert!(answer.is_ok(), "fetch {id}: {answer:?}");
+        answered.push(id);
+    }
+    let took = started.elapsed();
+    answered.sort();
+    assert_eq!(answered, (0..6).collect::<Vec<_>>());
+    let three_waits = Duration::from_millis(3 * u64::from(WAIT_MS));
+    assert!(
+        took >= three_waits - Duration::from_millis(50),
+        "six long polls answered in {took:?} with room for two at a time"
+    );
+    let ack = client
+        .produce("quiet", Target::Partition(0), ["after"])
+        .unwrap();
+    assert_eq!(ack.first_offset, 0);
+}
+
+#[test]
+fn requests_waiting_on_the_engine_are_bounded_per_network_loop() {
+    bounded_waiting_requests(&[]);
+}
+
+#[test]
+fn requests_waiting_on_the_engine_are_bounded_with_portable_io() {
+    bounded_waiting_requests(&["--portable-io"]);
 }

@@ -4,7 +4,7 @@
 //! and the request may wait, by the first shard that has something later (or at its
 //! deadline). What the shards share is atomic: the room left in
 //! the answer (messages and bytes), the count of shards still looking, and the claim on the
-//! one answer; parts and the answer's callback pass through bounded channels, never a lock.
+//! one answer; parts and the answer's continuation pass through bounded channels, never a lock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub struct ConsumedPartition {
 }
 
 /// Called once with a consume's answer.
-pub type ConsumeDone = Box<dyn FnOnce(Result<Vec<ConsumedPartition>>) + Send>;
+pub(crate) type ConsumeDone = Box<dyn FnOnce(Result<Vec<ConsumedPartition>>) + Send>;
 
 /// What the shards serving one consume share.
 pub struct ConsumeGather {

@@ -1,6 +1,6 @@
 //! One answer for a request that several shards each do part of (an ack or a nack naming
 //! partitions of more than one shard): the last shard to finish answers, with the first error
-//! any of them met. Atomic counting and a bounded channel holding the callback: no lock.
+//! any of them met. Atomic counting and a bounded channel holding the continuation: no lock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::error::{EngineError, Result};
 
 /// Called once with the outcome of a group request.
-pub type GroupDone = Box<dyn FnOnce(Result<()>) + Send>;
+pub(crate) type GroupDone = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Parts still to finish, and the answer.
 pub struct Countdown {

@@ -17,10 +17,10 @@ mod store;
 
 use std::sync::Arc;
 
-pub(crate) use consume::{cover, ConsumeGather, ConsumeTask, Look, Reading};
+pub(crate) use consume::{cover, ConsumeDone, ConsumeGather, ConsumeTask, Look, Reading};
 pub use consume::ConsumedPartition;
 pub(crate) use countdown::Countdown;
-pub use countdown::GroupDone;
+pub(crate) use countdown::GroupDone;
 pub(crate) use helper::{GroupHelper, HelperJob, HelperTx};
 pub(crate) use members::Member;
 pub use meta::{GroupSettings, SlotRef};

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The shard is awake. Any other state is the queue length at which a sender wakes it.
 const RUNNING: usize = 0;
@@ -63,6 +64,25 @@ impl Waker {
             && self.state.swap(RUNNING, Ordering::SeqCst) != RUNNING
         {
             self.signal();
+        }
+    }
+
+    /// For a thread that sleeps on the eventfd itself rather than through a ring: waits until
+    /// it is signalled or `timeout` passes, and takes the signal.
+    pub fn wait(&self, timeout: Duration) {
+        let mut poll = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one pollfd that lives on this stack frame for the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, ms) };
+        if ready > 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reads 8 bytes into a local buffer of 8; the eventfd is readable (poll),
+            // so the read does not block. A failure leaves the signal for the next wait.
+            let _ = unsafe { libc::read(self.fd(), count.as_mut_ptr().cast(), 8) };
         }
     }
 

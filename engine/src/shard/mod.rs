@@ -1,7 +1,6 @@
 //! A shard: one thread, one ring, the partitions routed to it. Shared nothing: requests arrive
 //! over a bounded channel and the thread is woken through its ring.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,16 +34,6 @@ pub use groups::{GroupCmd, GroupPartitionMetrics};
 /// Requests taken from the channel per turn before flushes are started, so one busy producer
 /// cannot delay the flush of what is already gathered for long.
 const COMMANDS_PER_TURN_MAX: usize = 256;
-
-thread_local! {
-    static ON_SHARD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the caller runs on a shard thread (in an append's or a read's callback): it must
-/// not wait for any shard, its own included, nor queue a request behind a full queue.
-pub(crate) fn on_shard_thread() -> bool {
-    ON_SHARD.with(Cell::get)
-}
 
 /// A request to a shard.
 pub enum Command {
@@ -321,7 +310,6 @@ impl<D: Disk> Shard<D> {
 
     /// The event loop: runs until [`Command::Stop`] and all in-flight work is done.
     pub fn run(mut self) {
-        ON_SHARD.with(|s| s.set(true));
         if let Err(e) = self.disk.start_on_thread() {
             log::warn!("could not let the ring's workers use every core ({e}); syncs may wait behind their shard");
         }

@@ -7,6 +7,7 @@
 use std::io::Write;
 
 use keel_engine::Engine;
+use keel_tests::answers::{appended, Answers};
 use keel_tests::{crash_value, one_record, small_config};
 
 const IN_FLIGHT: usize = 256;
@@ -31,18 +32,11 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let (tx, rx) = crossbeam_channel::bounded(IN_FLIGHT);
+    let answers = Answers::new();
     let send = |seq: u64| {
         let partition = (seq % 2) as u32;
-        let tx = tx.clone();
-        engine.append(
-            "crash",
-            partition,
-            one_record(&crash_value(round, partition, seq)),
-            move |r| {
-                let _ = tx.send((partition, seq, r));
-            },
-        );
+        let record = one_record(&crash_value(round, partition, seq));
+        engine.append("crash", partition, record, answers.ticket(seq));
     };
     let mut next = 0;
     for _ in 0..IN_FLIGHT {
@@ -50,8 +44,11 @@ fn main() {
         next += 1;
     }
     let mut out = std::io::stdout().lock();
-    while let Ok((partition, seq, result)) = rx.recv() {
-        match result {
+    loop {
+        let c = answers.expect(std::time::Duration::from_secs(60));
+        let seq = c.tag;
+        let partition = (seq % 2) as u32;
+        match appended(c.outcome) {
             Ok(range) => {
                 // Printed only after the engine said the append is durable.
                 if writeln!(out, "ACK {round} {partition} {seq} {}", range.first)

@@ -1,0 +1,270 @@
+//! How the engine answers: as completion records in a bounded queue the caller owns and drains,
+//! like an io_uring completion queue. The engine runs none of the caller's code: a shard that
+//! finishes a request pushes a record (a tag the caller chose, and the outcome) and rings the
+//! caller's [`Waker`], which costs a system call only when the caller sleeps.
+//!
+//! The bound holds by reservation: a caller takes a place ([`CompletionQueue::reserve`]) before
+//! it hands the engine a request, and gets it back when it takes the request's record out. A
+//! queue of capacity N never holds more than N records, so a shard's push never waits and never
+//! fails; a caller whose places are all taken stops taking requests until it has drained some
+//! (backpressure, as with a full shard queue).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{EngineError, Result};
+use crate::groups::ConsumedPartition;
+use crate::io::Waker;
+use crate::read::ReadResult;
+use crate::OffsetRange;
+
+/// What a finished request gives back.
+#[derive(Debug)]
+pub enum Answer {
+    /// An append is durable, with the offsets it was given.
+    Appended(OffsetRange),
+    /// A read's batches.
+    Read(ReadResult),
+    /// A consume's messages, by partition.
+    Consumed(Vec<ConsumedPartition>),
+    /// An ack or a nack took effect (a durable ack: is durable).
+    Settled,
+}
+
+/// One finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag the caller gave the request's [`Ticket`].
+    pub tag: u64,
+    /// Its outcome.
+    pub outcome: Result<Answer>,
+}
+
+/// A caller's queue of finished requests.
+///
+/// A mutex over a vector rather than a lock-free ring: the drainer swaps the whole vector out
+/// in one step, so a push holds the lock for a store, and crossbeam's array queue can spin on a
+/// preempted pusher (see `inbox.rs`).
+#[derive(Debug)]
+pub struct CompletionQueue {
+    ready: Mutex<Vec<Completion>>,
+    capacity: usize,
+    /// Places reserved and not yet given back by draining (or by dropping a reservation).
+    taken: AtomicUsize,
+    waker: Arc<Waker>,
+}
+
+/// A place in a queue, taken before a request is made; dropped unused, it is given back.
+#[derive(Debug)]
+pub struct Reservation {
+    queue: Arc<CompletionQueue>,
+}
+
+/// A request's way back: handed to the engine with the request, it is answered exactly once
+/// (dropped unanswered, by an engine that stops, it answers [`EngineError::ShuttingDown`]).
+#[derive(Debug)]
+pub struct Ticket {
+    queue: Arc<CompletionQueue>,
+    tag: u64,
+    answered: bool,
+}
+
+impl CompletionQueue {
+    /// A queue holding at most `capacity` records (at least 1); `waker` is rung when a record
+    /// arrives.
+    pub fn new(capacity: usize, waker: Arc<Waker>) -> Arc<Self> {
+        let capacity = capacity.max(1);
+        Arc::new(Self {
+            ready: Mutex::new(Vec::with_capacity(capacity.min(1024))),
+            capacity,
+            taken: AtomicUsize::new(0),
+            waker,
+        })
+    }
+
+    fn ready(&self) -> MutexGuard<'_, Vec<Completion>> {
+        // Pushes and swaps, each one step: consistent after a panic.
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a place for one request; `None` while every place is taken (drain first).
+    pub fn reserve(self: &Arc<Self>) -> Option<Reservation> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Reservation {
+            queue: Arc::clone(self),
+        })
+    }
+
+    /// Moves every finished request into `out`, giving their places back; returns how many.
+    pub fn drain(&self, out: &mut Vec<Completion>) -> usize {
+        let before = out.len();
+        {
+            let mut ready = self.ready();
+            if out.is_empty() {
+                std::mem::swap(&mut *ready, out);
+            } else {
+                out.append(&mut ready);
+            }
+        }
+        let n = out.len() - before;
+        if n > 0 {
+            self.give_back(n);
+        }
+        n
+    }
+
+    /// Whether a finished request waits to be drained.
+    pub fn has_ready(&self) -> bool {
+        !self.ready().is_empty()
+    }
+
+    /// [`CompletionQueue::drain`] for a caller without an event loop: waits until at least one
+    /// request has finished, or `timeout` passes (then returns 0). Only one thread may wait on
+    /// the queue's waker at a time.
+    pub fn wait(&self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.drain(out);
+            if n > 0 {
+                return n;
+            }
+            // Asleep before the last look: a push after it rings the waker.
+            self.waker.park(1);
+            if self.has_ready() {
+                self.waker.unpark();
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.waker.unpark();
+                return 0;
+            }
+            self.waker.wait(left);
+            self.waker.unpark();
+        }
+    }
+
+    /// Places taken now.
+    pub fn in_use(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    fn give_back(&self, n: usize) {
+        let before = self.taken.fetch_sub(n, Ordering::AcqRel);
+        assert!(
+            before >= n,
+            "a queue gives back no more places than it lent"
+        );
+    }
+
+    fn push(&self, c: Completion) {
+        {
+            let mut ready = self.ready();
+            // Every record had a place reserved, and a place is given back only once its
+            // record is drained.
+            assert!(ready.len() < self.capacity, "a completion queue overflowed");
+            ready.push(c);
+        }
+        self.waker.wake(usize::MAX);
+    }
+}
+
+impl Reservation {
+    /// The place, as a ticket for one request, answered with `tag`.
+    pub fn ticket(self, tag: u64) -> Ticket {
+        let queue = Arc::clone(&self.queue);
+        // The place passes to the ticket: its record gives it back when drained.
+        std::mem::forget(self);
+        Ticket {
+            queue,
+            tag,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.queue.give_back(1);
+    }
+}
+
+impl Ticket {
+    /// The caller's tag.
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Answers the request.
+    pub(crate) fn answer(mut self, outcome: Result<Answer>) {
+        self.answered = true;
+        self.queue.push(Completion {
+            tag: self.tag,
+            outcome,
+        });
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.queue.push(Completion {
+                tag: self.tag,
+                outcome: Err(EngineError::ShuttingDown),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: usize) -> Arc<CompletionQueue> {
+        CompletionQueue::new(capacity, Arc::new(Waker::new().unwrap()))
+    }
+
+    #[test]
+    fn places_run_out_at_the_capacity_and_come_back_when_drained() {
+        let q = queue(2);
+        let a = q.reserve().unwrap().ticket(1);
+        let b = q.reserve().unwrap().ticket(2);
+        assert!(q.reserve().is_none(), "a third place in a queue of two");
+        a.answer(Ok(Answer::Settled));
+        assert!(
+            q.reserve().is_none(),
+            "answered but not drained: still taken"
+        );
+        let mut out = Vec::new();
+        assert_eq!(q.drain(&mut out), 1);
+        assert_eq!(out[0].tag, 1);
+        let c = q.reserve().unwrap();
+        drop(c);
+        assert_eq!(q.in_use(), 1);
+        drop(b);
+        out.clear();
+        assert_eq!(q.drain(&mut out), 1);
+        assert!(matches!(out[0].outcome, Err(EngineError::ShuttingDown)));
+        assert_eq!(q.in_use(), 0);
+    }
+
+    #[test]
+    fn a_waiting_caller_is_woken_by_an_answer_from_another_thread() {
+        let q = queue(4);
+        let t = q.reserve().unwrap().ticket(7);
+        let answerer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            t.answer(Ok(Answer::Settled));
+        });
+        let mut out = Vec::new();
+        assert_eq!(q.wait(&mut out, Duration::from_secs(10)), 1);
+        assert_eq!(out[0].tag, 7);
+        answerer.join().unwrap();
+        assert_eq!(q.wait(&mut out, Duration::from_millis(20)), 0);
+    }
+}
