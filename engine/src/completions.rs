@@ -10,8 +10,10 @@
 //! (backpressure, as with a full shard queue).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::error::{EngineError, Result};
 use crate::groups::ConsumedPartition;
@@ -43,12 +45,13 @@ pub struct Completion {
 
 /// A caller's queue of finished requests.
 ///
-/// A mutex over a vector rather than a lock-free ring: the drainer swaps the whole vector out
-/// in one step, so a push holds the lock for a store, and crossbeam's array queue can spin on a
-/// preempted pusher (see `inbox.rs`).
+/// A crossbeam channel of the list flavor, bounded by the reservations: lock-free, and its
+/// receiver yields rather than spinning while a preempted pusher finishes a push (the array
+/// flavor spins; see `inbox.rs`).
 #[derive(Debug)]
 pub struct CompletionQueue {
-    ready: Mutex<Vec<Completion>>,
+    tx: Sender<Completion>,
+    ready: Receiver<Completion>,
     capacity: usize,
     /// Places reserved and not yet given back by draining (or by dropping a reservation).
     taken: AtomicUsize,
@@ -75,17 +78,14 @@ impl CompletionQueue {
     /// arrives.
     pub fn new(capacity: usize, waker: Arc<Waker>) -> Arc<Self> {
         let capacity = capacity.max(1);
+        let (tx, ready) = unbounded();
         Arc::new(Self {
-            ready: Mutex::new(Vec::with_capacity(capacity.min(1024))),
+            tx,
+            ready,
             capacity,
             taken: AtomicUsize::new(0),
             waker,
         })
-    }
-
-    fn ready(&self) -> MutexGuard<'_, Vec<Completion>> {
-        // Pushes and swaps, each one step: consistent after a panic.
-        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes a place for one request; `None` while every place is taken (drain first).
@@ -103,14 +103,7 @@ impl CompletionQueue {
     /// Moves every finished request into `out`, giving their places back; returns how many.
     pub fn drain(&self, out: &mut Vec<Completion>) -> usize {
         let before = out.len();
-        {
-            let mut ready = self.ready();
-            if out.is_empty() {
-                std::mem::swap(&mut *ready, out);
-            } else {
-                out.append(&mut ready);
-            }
-        }
+        out.extend(self.ready.try_iter());
         let n = out.len() - before;
         if n > 0 {
             self.give_back(n);
@@ -120,7 +113,7 @@ impl CompletionQueue {
 
     /// Whether a finished request waits to be drained.
     pub fn has_ready(&self) -> bool {
-        !self.ready().is_empty()
+        !self.ready.is_empty()
     }
 
     /// [`CompletionQueue::drain`] for a caller without an event loop: waits until at least one
@@ -163,13 +156,14 @@ impl CompletionQueue {
     }
 
     fn push(&self, c: Completion) {
-        {
-            let mut ready = self.ready();
-            // Every record had a place reserved, and a place is given back only once its
-            // record is drained.
-            assert!(ready.len() < self.capacity, "a completion queue overflowed");
-            ready.push(c);
-        }
+        // Every record had a place reserved, and a place is given back only once its record
+        // is drained.
+        assert!(
+            self.ready.len() < self.capacity,
+            "a completion queue overflowed"
+        );
+        // The queue holds its own receiver: the send cannot fail.
+        let _ = self.tx.send(c);
         self.waker.wake(usize::MAX);
     }
 }

@@ -228,18 +228,18 @@ impl EngineCore {
     /// groups with.
     fn open_groups(&self, core: Weak<EngineCore>) -> Result<()> {
         let cfg = Arc::clone(&self.cfg);
-        let store = Arc::new(GroupStore::open(
+        let (store, mut maps) = GroupStore::open(
             &cfg.data_dir,
             cfg.shards,
             cfg.group_slots,
             cfg.table_power_cut(),
-        )?);
+        )?;
         if cfg.recovery == RecoveryMode::Repair {
             store.remove_damaged()?;
         }
         // Before anything is appended: a message appended now could not be told from one the
         // group acknowledged before the log lost it.
-        store.bring_within_logs(|topic, p| {
+        store.bring_within_logs(&mut maps, |topic, p| {
             self.read_wait(topic, p, 0, 1)
                 .ok()
                 .map(|r| r.high_watermark)
@@ -250,16 +250,17 @@ impl EngineCore {
         };
         let helper = GroupHelper::start(core)
             .map_err(|e| EngineError::io("start the consumer-group helper thread", "", e))?;
-        for shard in 0..self.shards.len() {
+        let tables = store.hand_out(maps, self.shards.len());
+        for (shard, tables) in tables.into_iter().enumerate() {
             let cmd = GroupCmd::Attach {
-                tables: store.tables_of(shard, self.shards.len()),
+                tables,
                 power: store.power(),
                 helper: helper.sender(),
                 peers: links.clone(),
             };
             self.send_to_shard(shard, Command::Group(cmd))?;
         }
-        let _ = self.groups.set(Groups::new(store, helper));
+        let _ = self.groups.set(Groups::new(Arc::new(store), helper));
         Ok(())
     }
 

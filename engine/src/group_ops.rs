@@ -18,7 +18,7 @@ use crate::engine::{shard_for, EngineCore};
 use crate::error::{EngineError, Result};
 use crate::groups::{
     ConsumeDone, ConsumeGather, Countdown, GroupDone, GroupHelper, GroupKey, GroupSettings,
-    GroupStore, Member, Span, StoredGroup,
+    GroupStore, Member, SlotRef, Span, StoredGroup,
 };
 use crate::shard::{Command, GroupCmd, GroupPartitionMetrics};
 
@@ -205,7 +205,7 @@ impl EngineCore {
             req.settings,
             self.config().shards,
             || self.start_offsets(req.topic, partitions, req.start),
-            |tables| self.sync_tables(tables),
+            |slots| self.write_new_slots(slots),
         )?;
         if stored.partitions() != partitions {
             return Err(EngineError::InvalidConfig(format!(
@@ -215,7 +215,7 @@ impl EngineCore {
                 req.topic
             )));
         }
-        self.load_on_shards(groups, key, &stored)?;
+        self.load_on_shards(key, &stored)?;
         groups.loaded().insert(
             key.clone(),
             LoadedGroup {
@@ -227,33 +227,22 @@ impl EngineCore {
 
     /// Hands each shard the group's partitions it owns, from their durable state, and waits
     /// until every shard serves it (every shard serves every group: a consume goes to all).
-    fn load_on_shards(
-        &self,
-        groups: &Groups,
-        key: &GroupKey,
-        stored: &Arc<StoredGroup>,
-    ) -> Result<()> {
+    fn load_on_shards(&self, key: &GroupKey, stored: &Arc<StoredGroup>) -> Result<()> {
         let n = self.shard_count();
         let mut waits = Vec::new();
         let mut committed = Vec::new();
         for shard in 0..n {
-            let states: Vec<_> = (0..stored.partitions())
-                .filter(|&p| shard_for(&key.1, p, n) == shard)
-                .map(|p| (p, groups.store.load(stored, p)))
-                .collect();
-            committed.extend(states.iter().map(|(p, s)| (*p, s.committed)));
             let (reply, rx) = bounded(1);
             let cmd = GroupCmd::Load {
                 key: key.clone(),
                 stored: Arc::clone(stored),
-                states,
                 reply,
             };
             self.send_to_shard(shard, Command::Group(cmd))?;
             waits.push(rx);
         }
         for rx in waits {
-            rx.recv().map_err(|_| EngineError::ShuttingDown)??;
+            committed.extend(rx.recv().map_err(|_| EngineError::ShuttingDown)??);
         }
         committed.sort_unstable();
         log::info!(
@@ -265,20 +254,22 @@ impl EngineCore {
         Ok(())
     }
 
-    /// Makes offset tables durable now, each by the shard owning it.
-    fn sync_tables(&self, tables: &[usize]) -> Result<()> {
+    /// Stores a new group's slots (each with its starting offset) and makes them durable, each
+    /// by the shard owning its table.
+    fn write_new_slots(&self, slots: &[(SlotRef, u64)]) -> Result<()> {
         let n = self.shard_count();
         let mut waits = Vec::new();
         for shard in 0..n {
-            let mine: Vec<usize> = tables.iter().copied().filter(|t| t % n == shard).collect();
+            let mine: Vec<(SlotRef, u64)> = slots
+                .iter()
+                .copied()
+                .filter(|(s, _)| s.table % n == shard)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
             let (reply, rx) = bounded(1);
-            let cmd = GroupCmd::SyncTables {
-                tables: mine,
-                reply,
-            };
+            let cmd = GroupCmd::WriteSlots { slots: mine, reply };
             self.send_to_shard(shard, Command::Group(cmd))?;
             waits.push(rx);
         }

@@ -134,9 +134,9 @@ fn durably_answered_acks_survive_a_power_cut_and_nothing_unacked_appears_acked()
         let r = ack_then_cut_power(dir.path(), round, acked);
         acked = r.acked;
         answered_total += r.answered.len();
-        let store = GroupStore::open(dir.path(), 2, 16_384, None).unwrap();
+        let (store, maps) = GroupStore::open(dir.path(), 2, 16_384, None).unwrap();
         let g = store.find("g", "t").expect("the group survives");
-        let states: Vec<_> = (0..PARTITIONS).map(|p| store.load(&g, p)).collect();
+        let states: Vec<_> = (0..PARTITIONS).map(|p| store.load(&maps, &g, p)).collect();
         for &(p, o) in &r.answered {
             assert!(
                 states[p as usize].is_acked(o),

@@ -25,7 +25,10 @@ pub(crate) use helper::{GroupHelper, HelperJob, HelperTx};
 pub(crate) use members::Member;
 pub use meta::{GroupSettings, SlotRef};
 pub use power_cut::{PendingSync, TablePowerCut};
-pub use store::{GroupStore, StoredGroup, TableRef};
+pub use store::{load_state, GroupStore, StoredGroup, TableRef};
+/// For tests of the store alone, which read the tables the shards would own.
+#[cfg(feature = "testing")]
+pub use store::TableMaps;
 
 /// A group: its name and the topic it reads.
 pub type GroupKey = (Arc<str>, Arc<str>);

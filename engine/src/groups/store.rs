@@ -1,7 +1,9 @@
 //! The durable side of consumer groups: which groups exist, and their acknowledgement state in
-//! the memory-mapped offset tables. Table `n` belongs to shard `n % shards`, which stores into
-//! it and syncs it on its own ring (`shard/tables.rs`): a partition's slot is always in a table
-//! of the shard owning the partition (moved there at open if the shard count changed).
+//! the memory-mapped offset tables. Table `n` belongs to shard `n % shards`, which alone stores
+//! into it, loads from it and syncs it on its own ring (`shard/tables.rs`): the store hands the
+//! mappings over once it has opened and checked them ([`TableMaps`]), and keeps only which
+//! slots are in use. A partition's slot is always in a table of the shard owning the partition
+//! (moved there at open if the shard count changed).
 //!
 //! A group is created in an order that a crash cannot get wrong: its slots are written and
 //! synced first, its meta file last. A crash before the meta file leaves slots no meta file
@@ -35,28 +37,35 @@ fn meta_path(dir: &Path, topic: &str, group: &str) -> PathBuf {
 
 struct Table {
     path: PathBuf,
-    map: Arc<Mutex<OffsetTable>>,
-    /// Slots some group's meta file names.
+    slots: usize,
+    /// Slots some group's meta file names (taken by group creation, which owns no mapping).
     used: Mutex<BTreeSet<usize>>,
 }
 
-/// An offset table, as the shard owning it gets it.
+/// An offset table, as the shard owning it gets it: the mapping is the shard's alone.
 pub struct TableRef {
     /// Its number (slots name it).
     pub index: usize,
     /// Its file.
     pub path: PathBuf,
-    /// The mapping (its owning shard stores into it; group creation and open touch it too).
-    pub map: Arc<Mutex<OffsetTable>>,
+    /// The mapping.
+    pub map: OffsetTable,
+}
+
+/// The tables' mappings while no shard owns them: from the store's opening until they are
+/// handed to their shards ([`GroupStore::hand_out`]), and in tests of the store alone.
+pub struct TableMaps(Vec<OffsetTable>);
+
+impl TableMaps {
+    /// Stores `state` into `slot`; durable after the next [`GroupStore::flush_all`].
+    pub fn store(&mut self, slot: SlotRef, state: &AckState) {
+        if let Some(map) = self.0.get_mut(slot.table) {
+            map.store(slot.slot, state);
+        }
+    }
 }
 
 impl Table {
-    fn map(&self) -> MutexGuard<'_, OffsetTable> {
-        // A store is a copy into the mapping; a panic mid-copy leaves at most one copy bad,
-        // which its CRC shows.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn used(&self) -> MutexGuard<'_, BTreeSet<usize>> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -88,6 +97,14 @@ impl StoredGroup {
     fn meta(&self) -> MutexGuard<'_, GroupMeta> {
         self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Partition `p`'s checkpoint: an acknowledged offset to fall back on.
+    pub fn checkpoint(&self, p: u32) -> u64 {
+        self.meta()
+            .partitions
+            .get(p as usize)
+            .map_or(0, |(_, checkpoint)| *checkpoint)
+    }
 }
 
 /// Every consumer group's durable state in one data directory.
@@ -105,13 +122,14 @@ pub struct GroupStore {
 impl GroupStore {
     /// Opens the group files of `data_dir` (which the caller has locked, by opening the
     /// engine on it) for `shards` shards, with at least one offset table of `slots` slots per
-    /// shard; every sync is recorded by `power` if given (power-loss tests).
+    /// shard; every sync is recorded by `power` if given (power-loss tests). Returns the
+    /// tables' mappings apart, to be handed to their shards.
     pub fn open(
         data_dir: &Path,
         shards: usize,
         slots: usize,
         power: Option<Arc<TablePowerCut>>,
-    ) -> Result<Self> {
+    ) -> Result<(Self, TableMaps)> {
         let tables = shards.max(1);
         let dir = groups_dir(data_dir);
         layout::create_dir_durable(&dir)?;
@@ -142,19 +160,18 @@ impl GroupStore {
             damaged: Mutex::new(HashMap::new()),
             dir,
         };
+        let mut maps = TableMaps(Vec::new());
         for n in 0..tables.max(existing_tables).max(1) {
-            store.tables.push(open_table(
-                &table_path(&store.dir, n),
-                slots,
-                power.as_deref(),
-            )?);
+            let (table, map) = open_table(&table_path(&store.dir, n), slots, power.as_deref())?;
+            store.tables.push(table);
+            maps.0.push(map);
         }
         for meta in metas {
             let missing = meta.partitions.iter().find(|(slot, _)| {
                 store
                     .tables
                     .get(slot.table)
-                    .is_none_or(|t| slot.slot >= t.map().slots())
+                    .is_none_or(|t| slot.slot >= t.slots)
             });
             if let Some((slot, _)) = missing {
                 let path = meta_path(&store.dir, &meta.topic, &meta.group);
@@ -178,7 +195,7 @@ impl GroupStore {
                 .groups()
                 .insert((g.group.clone(), g.topic.clone()), Arc::new(g));
         }
-        store.move_slots_to_their_shards(tables)?;
+        store.move_slots_to_their_shards(&mut maps, tables)?;
         for ((group, topic), cause) in damaged {
             log::error!(
                 "group {group:?} on {topic} is offline: {cause}. Every other group is served; \
@@ -187,7 +204,7 @@ impl GroupStore {
             );
             store.damaged().insert((group, topic), Arc::new(cause));
         }
-        Ok(store)
+        Ok((store, maps))
     }
 
     fn damaged(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<EngineError>>> {
@@ -236,7 +253,11 @@ impl GroupStore {
     /// kept as it is, it would mark the messages appended next at those offsets as
     /// acknowledged, never delivering them. Each such partition is reported and brought back
     /// to the log's end. Returns how many were.
-    pub fn bring_within_logs(&self, log_end: impl Fn(&str, u32) -> Option<u64>) -> usize {
+    pub fn bring_within_logs(
+        &self,
+        maps: &mut TableMaps,
+        log_end: impl Fn(&str, u32) -> Option<u64>,
+    ) -> usize {
         let groups: Vec<Arc<StoredGroup>> = self.groups().values().cloned().collect();
         let mut brought_back = 0;
         for g in groups {
@@ -244,7 +265,7 @@ impl GroupStore {
                 let Some(end) = log_end(&g.topic, p) else {
                     continue;
                 };
-                let acks = self.load(&g, p);
+                let acks = self.load(maps, &g, p);
                 if acks.committed <= end {
                     continue;
                 }
@@ -265,12 +286,12 @@ impl GroupStore {
                     );
                     continue;
                 }
-                self.store(&g, p, &AckState::new(acks.owner, end));
+                maps.store(g.slots[p as usize], &AckState::new(acks.owner, end));
                 brought_back += 1;
             }
         }
         if brought_back > 0 {
-            if let Err(e) = self.flush_all() {
+            if let Err(e) = self.flush_all(maps) {
                 log::error!("cannot sync the offset tables after bringing groups back: {e}");
             }
         }
@@ -287,8 +308,8 @@ impl GroupStore {
     /// The group reading `topic`, created with `settings` and starting at `starts` (one
     /// offset per partition, computed by `starts` only when the group is new) unless it
     /// exists already. `shards` places each partition's slot in the table of the shard
-    /// owning the partition; `sync` makes the tables named durable (their owners sync them)
-    /// before the group's meta file commits it.
+    /// owning the partition; `write` stores each new slot's starting offset and makes it
+    /// durable (the shards owning the tables do) before the group's meta file commits it.
     pub fn find_or_create(
         &self,
         group: &str,
@@ -296,7 +317,7 @@ impl GroupStore {
         settings: GroupSettings,
         shards: usize,
         starts: impl FnOnce() -> Result<Vec<u64>>,
-        sync: impl FnOnce(&[usize]) -> Result<()>,
+        write: impl FnOnce(&[(SlotRef, u64)]) -> Result<()>,
     ) -> Result<Arc<StoredGroup>> {
         validate_group_name(group)?;
         validate_topic_name(topic)?;
@@ -340,18 +361,9 @@ impl GroupStore {
                 owner: owner_tag(group, topic, p, created),
             };
             taken.push(slot);
-            self.tables[table]
-                .map()
-                .store(slot.slot, &AckState::new(slot.owner, start));
             partitions.push((slot, start));
         }
-        let tables: Vec<usize> = taken
-            .iter()
-            .map(|s| s.table)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if let Err(e) = sync(&tables) {
+        if let Err(e) = write(&partitions) {
             release(&taken);
             return Err(e);
         }
@@ -376,78 +388,43 @@ impl GroupStore {
 
     fn take_slot(&self, table: usize) -> Option<usize> {
         let t = &self.tables[table];
-        let slots = t.map().slots();
         let mut used = t.used();
-        let free = (0..slots).find(|s| !used.contains(s))?;
+        let free = (0..t.slots).find(|s| !used.contains(s))?;
         used.insert(free);
         Some(free)
     }
 
-    /// The acknowledgement state of a partition of `g`: the newest valid copy of its slot, or,
-    /// when both copies are damaged (or lost), its checkpoint, with a warning: messages
-    /// acknowledged after the checkpoint are delivered again, none is skipped.
-    pub fn load(&self, g: &StoredGroup, partition: u32) -> AckState {
+    /// The acknowledgement state of a partition of `g`, from `maps` ([`load_state`]).
+    pub fn load(&self, maps: &TableMaps, g: &StoredGroup, partition: u32) -> AckState {
         let slot = g.slots[partition as usize];
-        let checkpoint = g.meta().partitions[partition as usize].1;
-        let table = self.tables[slot.table].path.display();
-        let (found, problem) = match self.tables[slot.table].map().load(slot.slot, slot.owner) {
-            Loaded::State(state) => (Some(state), None),
-            Loaded::OtherCopyDamaged(state) => {
-                (Some(state), Some("one copy of its slot is damaged"))
-            }
-            Loaded::Nothing { damaged: true } => {
-                (None, Some("both copies of its slot are damaged"))
-            }
-            Loaded::Nothing { damaged: false } => (None, Some("its slot holds nothing for it")),
-        };
-        // The checkpoint was recorded only once durable in the table, so a slot state older
-        // than it is stale (its newer copy was lost): take whichever is newer, so that nothing
-        // durably acknowledged is delivered again.
-        let state = match found {
-            Some(state) if state.committed >= checkpoint => state,
-            _ => AckState::new(slot.owner, checkpoint),
-        };
-        if let Some(problem) = problem {
-            log::warn!(
-                "group {:?} on {}/{partition}: {problem} (table {table}, slot {}); going on from \
-                 committed offset {} (the slot's surviving state, or the group's checkpoint at \
-                 {checkpoint} if newer)",
-                g.group,
-                g.topic,
-                slot.slot,
-                state.committed,
-            );
+        match maps.0.get(slot.table) {
+            Some(map) => load_state(map, &self.tables[slot.table].path, g, partition),
+            None => AckState::new(slot.owner, g.checkpoint(partition)),
         }
-        state
-    }
-
-    /// Stores a partition's state into its slot; durable after the next sync of its table.
-    pub fn store(&self, g: &StoredGroup, partition: u32, state: &AckState) {
-        let slot = g.slots[partition as usize];
-        self.tables[slot.table].map().store(slot.slot, state);
     }
 
     /// Makes every table durable now, from this thread: at open, before the shards own them,
     /// and in tests of the store alone.
-    pub fn flush_all(&self) -> Result<()> {
-        for t in &self.tables {
-            t.map().flush(self.power.as_deref())?;
+    pub fn flush_all(&self, maps: &mut TableMaps) -> Result<()> {
+        for map in &mut maps.0 {
+            map.flush(self.power.as_deref())?;
         }
         Ok(())
     }
 
-    /// The tables shard `shard` of `shards` owns: those numbered `shard` modulo `shards`.
-    pub fn tables_of(&self, shard: usize, shards: usize) -> Vec<TableRef> {
-        self.tables
-            .iter()
-            .enumerate()
-            .filter(|(n, _)| n % shards.max(1) == shard)
-            .map(|(index, t)| TableRef {
+    /// Hands each of `shards` shards the tables it owns (those numbered the shard modulo
+    /// `shards`), by shard.
+    pub fn hand_out(&self, maps: TableMaps, shards: usize) -> Vec<Vec<TableRef>> {
+        let shards = shards.max(1);
+        let mut out: Vec<Vec<TableRef>> = (0..shards).map(|_| Vec::new()).collect();
+        for (index, (t, map)) in self.tables.iter().zip(maps.0).enumerate() {
+            out[index % shards].push(TableRef {
                 index,
                 path: t.path.clone(),
-                map: Arc::clone(&t.map),
-            })
-            .collect()
+                map,
+            });
+        }
+        out
     }
 
     /// What records every sync in a power-loss test, if this is one.
@@ -459,7 +436,7 @@ impl GroupStore {
     /// shard count changed since the group was created (a table is stored into and synced by
     /// its owner alone). The new slot is written and synced before the meta file naming it
     /// replaces the old one; a crash in between leaves the old slot in use and the new one free.
-    fn move_slots_to_their_shards(&self, shards: usize) -> Result<()> {
+    fn move_slots_to_their_shards(&self, maps: &mut TableMaps, shards: usize) -> Result<()> {
         let groups: Vec<Arc<StoredGroup>> = self.groups().values().cloned().collect();
         for g in groups {
             let moves: Vec<(u32, usize)> = (0..g.partitions())
@@ -472,7 +449,7 @@ impl GroupStore {
             let mut meta = g.meta().clone();
             let mut freed = Vec::new();
             for &(p, want) in &moves {
-                let state = self.load(&g, p);
+                let state = self.load(maps, &g, p);
                 let Some(slot) = self.take_slot(want) else {
                     return Err(EngineError::OffsetTableFull {
                         path: self.tables[want].path.clone(),
@@ -485,11 +462,11 @@ impl GroupStore {
                     slot,
                     owner: old.owner,
                 };
-                self.tables[want].map().store(slot, &state);
+                maps.store(new, &state);
                 meta.partitions[p as usize].0 = new;
                 freed.push(old);
             }
-            self.flush_all()?;
+            self.flush_all(maps)?;
             write_atomic(
                 &meta_path(&self.dir, &g.topic, &g.group),
                 meta.encode().as_bytes(),
@@ -582,18 +559,62 @@ fn stored(meta: GroupMeta) -> StoredGroup {
     }
 }
 
-fn open_table(path: &Path, slots: usize, power: Option<&TablePowerCut>) -> Result<Table> {
-    let map = Arc::new(Mutex::new(OffsetTable::open(path, slots)?));
+fn open_table(
+    path: &Path,
+    slots: usize,
+    power: Option<&TablePowerCut>,
+) -> Result<(Table, OffsetTable)> {
+    let map = OffsetTable::open(path, slots)?;
     if let Some(p) = power {
         p.register(path)
             .map_err(|e| EngineError::io("read offset table", path, e))?;
     }
-    Ok(Table {
+    let table = Table {
         path: path.to_path_buf(),
-        map,
+        slots: map.slots(),
         used: Mutex::new(BTreeSet::new()),
-    })
+    };
+    Ok((table, map))
 }
+
+/// The acknowledgement state of a partition of `g` in `map` (the table file `path`): the newest
+/// valid copy of its slot, or, when both copies are damaged (or lost), its checkpoint, with a
+/// warning: messages acknowledged after the checkpoint are delivered again, none is skipped.
+pub fn load_state(map: &OffsetTable, path: &Path, g: &StoredGroup, partition: u32) -> AckState {
+        let slot = g.slots[partition as usize];
+        let checkpoint = g.checkpoint(partition);
+        let table = path.display();
+        let (found, problem) = match map.load(slot.slot, slot.owner) {
+            Loaded::State(state) => (Some(state), None),
+            Loaded::OtherCopyDamaged(state) => {
+                (Some(state), Some("one copy of its slot is damaged"))
+            }
+            Loaded::Nothing { damaged: true } => {
+                (None, Some("both copies of its slot are damaged"))
+            }
+            Loaded::Nothing { damaged: false } => (None, Some("its slot holds nothing for it")),
+        };
+        // The checkpoint was recorded only once durable in the table, so a slot state older
+        // than it is stale (its newer copy was lost): take whichever is newer, so that nothing
+        // durably acknowledged is delivered again.
+        let state = match found {
+            Some(state) if state.committed >= checkpoint => state,
+            _ => AckState::new(slot.owner, checkpoint),
+        };
+        if let Some(problem) = problem {
+            log::warn!(
+                "group {:?} on {}/{partition}: {problem} (table {table}, slot {}); going on from \
+                 committed offset {} (the slot's surviving state, or the group's checkpoint at \
+                 {checkpoint} if newer)",
+                g.group,
+                g.topic,
+                slot.slot,
+                state.committed,
+            );
+        }
+        state
+}
+
 
 /// Reads every `*.meta` in a topic's group directory, removing temp files a crash left.
 /// A damaged group file: (group, topic) and why.
@@ -647,10 +668,19 @@ mod tests {
         move || Ok(v)
     }
 
-    /// A group's creation syncs its new slots through the shards owning the tables; a store
-    /// alone has none, and these tests sync it themselves where it matters.
-    fn no_sync(_tables: &[usize]) -> Result<()> {
-        Ok(())
+    /// A group's creation writes its new slots through the shards owning the tables; a store
+    /// alone has none: these tests write them into the maps, and sync where it matters.
+    fn write_into(maps: &mut TableMaps) -> impl FnOnce(&[(SlotRef, u64)]) -> Result<()> + '_ {
+        move |slots| {
+            for &(slot, start) in slots {
+                maps.store(slot, &AckState::new(slot.owner, start));
+            }
+            Ok(())
+        }
+    }
+
+    fn store_state(maps: &mut TableMaps, g: &StoredGroup, p: u32, state: &AckState) {
+        maps.store(g.slot(p).unwrap(), state);
     }
 
     #[test]
@@ -661,18 +691,23 @@ mod tests {
             max_deliveries: 4,
         };
         {
-            let store = GroupStore::open(dir.path(), 2, 64, None).unwrap();
+            let (store, mut maps) = GroupStore::open(dir.path(), 2, 64, None).unwrap();
             let g = store
-                .find_or_create("g", "orders", settings, 2, starts(vec![0, 10, 20]), |_| {
-                    Ok(())
-                })
+                .find_or_create(
+                    "g",
+                    "orders",
+                    settings,
+                    2,
+                    starts(vec![0, 10, 20]),
+                    write_into(&mut maps),
+                )
                 .unwrap();
-            let mut s = store.load(&g, 1);
+            let mut s = store.load(&maps, &g, 1);
             assert_eq!(s.committed, 10);
             s.ack(10);
             s.ack(12);
-            store.store(&g, 1, &s);
-            store.flush_all().unwrap();
+            store_state(&mut maps, &g, 1, &s);
+            store.flush_all(&mut maps).unwrap();
             let again = store
                 .find_or_create(
                     "g",
@@ -680,31 +715,31 @@ mod tests {
                     GroupSettings::default(),
                     2,
                     || panic!("an existing group is not created again"),
-                    no_sync,
+                    write_into(&mut maps),
                 )
                 .unwrap();
             assert_eq!(again.settings, settings, "settings are fixed at creation");
         }
-        let store = GroupStore::open(dir.path(), 2, 64, None).unwrap();
+        let (store, maps) = GroupStore::open(dir.path(), 2, 64, None).unwrap();
         let g = store.find("g", "orders").unwrap();
         assert_eq!(g.partitions(), 3);
-        let s = store.load(&g, 1);
+        let s = store.load(&maps, &g, 1);
         assert_eq!(s.committed, 11);
         assert!(s.is_acked(12) && !s.is_acked(11));
-        assert_eq!(store.load(&g, 2).committed, 20);
+        assert_eq!(store.load(&maps, &g, 2).committed, 20);
     }
 
     #[test]
     fn both_copies_damaged_falls_back_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GroupStore::open(dir.path(), 1, 8, None).unwrap();
+        let (store, mut maps) = GroupStore::open(dir.path(), 1, 8, None).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), no_sync)
+            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), write_into(&mut maps))
             .unwrap();
-        let mut s = store.load(&g, 0);
+        let mut s = store.load(&maps, &g, 0);
         for o in 0..50 {
             s.ack(o);
-            store.store(&g, 0, &s);
+            store_state(&mut maps, &g, 0, &s);
         }
         store.checkpoint(&g, &[30]).unwrap();
         let (path, slot) = store.slot_of(&g, 0).unwrap();
@@ -715,10 +750,10 @@ mod tests {
         bytes[at + 20] ^= 0xff;
         bytes[at + crate::offsets::COPY_BYTES + 20] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let store = GroupStore::open(dir.path(), 1, 8, None).unwrap();
+        let (store, maps) = GroupStore::open(dir.path(), 1, 8, None).unwrap();
         let g = store.find("g", "t").unwrap();
         assert_eq!(
-            store.load(&g, 0).committed,
+            store.load(&maps, &g, 0).committed,
             30,
             "the checkpoint, not 0 or 50"
         );
@@ -728,17 +763,17 @@ mod tests {
     /// at a time (so one copy of the slot holds the last state, the other the one before),
     /// checkpoints `checkpoint`, and returns the slot's table file and slot.
     fn synced_group(dir: &Path, acked: u64, checkpoint: u64) -> (PathBuf, usize) {
-        let store = GroupStore::open(dir, 1, 8, None).unwrap();
+        let (store, mut maps) = GroupStore::open(dir, 1, 8, None).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), no_sync)
+            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), write_into(&mut maps))
             .unwrap();
-        let mut s = store.load(&g, 0);
+        let mut s = store.load(&maps, &g, 0);
         for o in [0, acked] {
             while s.committed < o {
                 s.ack(s.committed);
             }
-            store.store(&g, 0, &s);
-            store.flush_all().unwrap();
+            store_state(&mut maps, &g, 0, &s);
+            store.flush_all(&mut maps).unwrap();
         }
         store.checkpoint(&g, &[checkpoint]).unwrap();
         store.slot_of(&g, 0).unwrap()
@@ -754,10 +789,10 @@ mod tests {
             bytes[slot * crate::offsets::SLOT_BYTES + copy * crate::offsets::COPY_BYTES + 20] ^=
                 0xff;
             fs::write(&path, bytes).unwrap();
-            let store = GroupStore::open(dir.path(), 1, 8, None).unwrap();
+            let (store, maps) = GroupStore::open(dir.path(), 1, 8, None).unwrap();
             let g = store.find("g", "t").unwrap();
             assert_eq!(
-                store.load(&g, 0).committed,
+                store.load(&maps, &g, 0).committed,
                 1000,
                 "copy {copy} damaged: the newest of slot and checkpoint, never the older copy's 0"
             );
@@ -767,7 +802,7 @@ mod tests {
     #[test]
     fn slots_of_a_deleted_topic_s_groups_are_reused_without_reading_old_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GroupStore::open(dir.path(), 1, 2, None).unwrap();
+        let (store, mut maps) = GroupStore::open(dir.path(), 1, 2, None).unwrap();
         let g = store
             .find_or_create(
                 "g",
@@ -775,19 +810,19 @@ mod tests {
                 GroupSettings::default(),
                 1,
                 starts(vec![7, 7]),
-                no_sync,
+                write_into(&mut maps),
             )
             .unwrap();
-        let mut s = store.load(&g, 0);
+        let mut s = store.load(&maps, &g, 0);
         s.ack(7);
-        store.store(&g, 0, &s);
+        store_state(&mut maps, &g, 0, &s);
         let full = store.find_or_create(
             "h",
             "t",
             GroupSettings::default(),
             1,
             starts(vec![0]),
-            no_sync,
+            write_into(&mut maps),
         );
         assert!(matches!(full, Err(EngineError::OffsetTableFull { .. })));
         store.remove_topic("t").unwrap();
@@ -799,9 +834,9 @@ mod tests {
                 GroupSettings::default(),
                 1,
                 starts(vec![0, 0]),
-                no_sync,
+                write_into(&mut maps),
             )
             .unwrap();
-        assert_eq!(store.load(&g2, 0).committed, 0, "a new group starts afresh");
+        assert_eq!(store.load(&maps, &g2, 0).committed, 0, "a new group starts afresh");
     }
 }

@@ -13,8 +13,8 @@ use crossbeam_channel::Sender;
 use crate::delivery::{DeliveryCounts, MemberId, PartitionDelivery};
 use crate::error::{EngineError, Result};
 use crate::groups::{
-    ConsumeGather, Countdown, GroupKey, HelperTx, Member, Span, StoredGroup, TablePowerCut,
-    TableRef,
+    ConsumeGather, Countdown, GroupKey, HelperTx, Member, SlotRef, Span, StoredGroup,
+    TablePowerCut, TableRef,
 };
 use crate::io::Disk;
 use crate::offsets::AckState;
@@ -48,16 +48,15 @@ pub enum GroupCmd {
         /// Every shard: consumes are handed on to them.
         peers: ShardLinks,
     },
-    /// Serve `key` from now on: its partitions this shard owns start from these states.
+    /// Serve `key` from now on: its partitions this shard owns start from their durable state
+    /// in this shard's tables.
     Load {
         /// The group.
         key: GroupKey,
         /// Its durable description.
         stored: Arc<StoredGroup>,
-        /// The durable acknowledgement state of each partition this shard owns.
-        states: Vec<(u32, AckState)>,
-        /// Answered once it is served.
-        reply: Sender<Result<()>>,
+        /// Answered once it is served, with the committed offset of each partition loaded.
+        reply: Sender<Result<Vec<(u32, u64)>>>,
     },
     /// A member joined.
     Joined {
@@ -127,11 +126,12 @@ pub enum GroupCmd {
         /// The answer.
         reply: Sender<Vec<(GroupKey, u32, u64)>>,
     },
-    /// Make these tables (those of them this shard owns) durable now.
-    SyncTables {
-        /// Table numbers.
-        tables: Vec<usize>,
-        /// Answered once they are.
+    /// A new group's slots in this shard's tables: store each one's starting offset, and
+    /// answer once they are durable.
+    WriteSlots {
+        /// The slots, with their starting offsets.
+        slots: Vec<(SlotRef, u64)>,
+        /// Answered once they are durable.
         reply: Sender<Result<()>>,
     },
     /// Report what metrics show of every (group, partition).
@@ -145,7 +145,10 @@ impl GroupCmd {
     /// Answers the command with `err` instead of carrying it out.
     pub fn refuse(self, err: &EngineError) {
         match self {
-            GroupCmd::Load { reply, .. } | GroupCmd::SyncTables { reply, .. } => {
+            GroupCmd::Load { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            GroupCmd::WriteSlots { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
             }
             GroupCmd::Consume {
@@ -311,13 +314,10 @@ impl<D: Disk> Shard<D> {
                 self.groups.helper = Some(helper);
                 self.groups.peers = Some(peers);
             }
-            GroupCmd::Load {
-                key,
-                stored,
-                states,
-                reply,
-            } => {
+            GroupCmd::Load { key, stored, reply } => {
                 let max = stored.settings.max_deliveries;
+                let states = self.load_states(&stored);
+                let committed = states.iter().map(|(p, s)| (*p, s.committed)).collect();
                 let partitions = states
                     .into_iter()
                     .map(|(p, acks)| (p, PartitionDelivery::new(acks, max)))
@@ -330,7 +330,7 @@ impl<D: Disk> Shard<D> {
                     waiters: Vec::new(),
                     sizes: HashMap::new(),
                 });
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(committed));
             }
             GroupCmd::Joined { key, member } => {
                 if let Some(g) = self.groups.groups.get_mut(&key) {
@@ -383,13 +383,20 @@ impl<D: Disk> Shard<D> {
                     }),
                 );
             }
-            GroupCmd::SyncTables { tables, reply } => {
-                let mine: Vec<usize> = tables
-                    .into_iter()
-                    .filter(|t| self.groups.tables.contains_key(t))
-                    .collect();
+            GroupCmd::WriteSlots { slots, reply } => {
+                let mut tables = Vec::new();
+                for (slot, start) in slots {
+                    store_into(
+                        &mut self.groups.tables,
+                        slot,
+                        &AckState::new(slot.owner, start),
+                    );
+                    tables.push(slot.table);
+                }
+                tables.sort_unstable();
+                tables.dedup();
                 self.tables_durable(
-                    &mine,
+                    &tables,
                     Box::new(move |r| {
                         let _ = reply.send(r);
                     }),

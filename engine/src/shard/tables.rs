@@ -7,13 +7,15 @@
 //! file's state is unknown.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::EngineError;
 use std::collections::BTreeMap;
 
-use crate::groups::{Countdown, GroupDone, PendingSync, SlotRef, TablePowerCut, TableRef};
+use crate::groups::{
+    load_state, Countdown, GroupDone, PendingSync, SlotRef, StoredGroup, TablePowerCut, TableRef,
+};
 use crate::io::{Completion, Disk, FileId};
 use crate::offsets::AckState;
 use crate::offsets::OffsetTable;
@@ -27,7 +29,8 @@ pub const PERIODIC_SYNC: Duration = Duration::from_millis(200);
 pub(super) struct ShardTable {
     index: usize,
     path: std::path::PathBuf,
-    map: Arc<Mutex<OffsetTable>>,
+    /// The mapping: this shard's alone.
+    map: OffsetTable,
     file: FileId,
     /// Stores since the last sync started.
     dirty: bool,
@@ -40,12 +43,6 @@ pub(super) struct ShardTable {
 }
 
 impl ShardTable {
-    fn map(&self) -> MutexGuard<'_, OffsetTable> {
-        // A store is a copy into the mapping; a panic mid-copy leaves at most one copy bad,
-        // which its CRC shows.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn poisoned_error(&self, e: &Arc<io::Error>) -> EngineError {
         EngineError::OffsetTablePoisoned {
             path: self.path.clone(),
@@ -78,7 +75,7 @@ pub(super) fn store_into(
 ) {
     match tables.get_mut(&slot.table) {
         Some(t) => {
-            t.map().store(slot.slot, state);
+            t.map.store(slot.slot, state);
             t.dirty = true;
         }
         // Slots are placed in their shard's table at creation and moved there at open.
@@ -117,6 +114,35 @@ impl<D: Disk> Shard<D> {
                 ),
             }
         }
+    }
+
+    /// The durable acknowledgement state of each partition of `g` this shard owns, from its
+    /// tables.
+    pub(super) fn load_states(&self, g: &StoredGroup) -> Vec<(u32, AckState)> {
+        let shards = self.cfg.shards.max(1);
+        (0..g.partitions())
+            .filter(|&p| crate::shard_for(&g.topic, p, shards) == self.id)
+            .filter_map(|p| {
+                let slot = g.slot(p)?;
+                let state = match self.groups.tables.get(&slot.table) {
+                    Some(t) => load_state(&t.map, &t.path, g, p),
+                    // Slots are placed in their shard's table at creation and moved there at
+                    // open; a table that failed to open for its syncs falls back to the
+                    // checkpoint (redelivering, never skipping).
+                    None => {
+                        log::error!(
+                            "group {:?} on {}/{p}: offset table {} is not this shard's; going \
+                             on from its checkpoint",
+                            g.group,
+                            g.topic,
+                            slot.table
+                        );
+                        AckState::new(slot.owner, g.checkpoint(p))
+                    }
+                };
+                Some((p, state))
+            })
+            .collect()
     }
 
     /// Calls `done` once every store made so far to these tables is durable.
@@ -177,7 +203,7 @@ impl<D: Disk> Shard<D> {
             Err(e) => return self.table_sync_failed(index, e),
         };
         // After the sync starts, stores go to the copy it does not cover (`offsets.rs`).
-        t.map().sync_starting();
+        t.map.sync_starting();
         t.dirty = false;
         t.last_sync = now;
         t.syncing = Some((std::mem::take(&mut t.waiting), pending));
@@ -202,7 +228,7 @@ impl<D: Disk> Shard<D> {
         };
         match recorded {
             Ok(()) => {
-                t.map().sync_done();
+                t.map.sync_done();
                 for done in covered {
                     done(Ok(()));
                 }
