@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::aligned::BLOCK_BYTES;
 use crate::error::{EngineError, Result};
-use crate::groups::TablePowerCut;
+use crate::io::MappedRecord;
 #[cfg(feature = "testing")]
 use crate::io::{CrashPlan, FaultPlan};
 
@@ -99,10 +99,6 @@ pub struct EngineConfig {
     pub recovery: RecoveryMode,
     /// Slots of each shard's offset table: how many (group, partition) pairs it can hold.
     pub group_slots: usize,
-    /// Power-loss tests only: records every offset-table sync, so the test can cut the power
-    /// and set back what no sync covered.
-    #[cfg(feature = "testing")]
-    pub table_power_cut: Option<Arc<TablePowerCut>>,
 }
 
 impl EngineConfig {
@@ -126,17 +122,17 @@ impl EngineConfig {
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
             group_slots: 16_384,
-            #[cfg(feature = "testing")]
-            table_power_cut: None,
         }
     }
 
-    /// What records the offset tables' syncs in a power-loss test; never set for keeld.
-    pub(crate) fn table_power_cut(&self) -> Option<Arc<TablePowerCut>> {
-        #[cfg(feature = "testing")]
-        return self.table_power_cut.clone();
-        #[cfg(not(feature = "testing"))]
-        None
+    /// The crash simulator's plan, which also records the offset tables' syncs at open, when
+    /// the engine runs under one; never for keeld.
+    pub(crate) fn crash_plan(&self) -> Option<Arc<MappedRecord>> {
+        match &self.io {
+            #[cfg(feature = "testing")]
+            IoMode::UringWithCrashes(plan) => Some(Arc::clone(plan)),
+            _ => None,
+        }
     }
 
     /// Checks the limits against each other.

@@ -228,12 +228,8 @@ impl EngineCore {
     /// groups with.
     fn open_groups(&self, core: Weak<EngineCore>) -> Result<()> {
         let cfg = Arc::clone(&self.cfg);
-        let (store, mut maps) = GroupStore::open(
-            &cfg.data_dir,
-            cfg.shards,
-            cfg.group_slots,
-            cfg.table_power_cut(),
-        )?;
+        let (store, mut maps) =
+            GroupStore::open(&cfg.data_dir, cfg.shards, cfg.group_slots, cfg.crash_plan())?;
         if cfg.recovery == RecoveryMode::Repair {
             store.remove_damaged()?;
         }
@@ -254,7 +250,6 @@ impl EngineCore {
         for (shard, tables) in tables.into_iter().enumerate() {
             let cmd = GroupCmd::Attach {
                 tables,
-                power: store.power(),
                 helper: helper.sender(),
                 peers: links.clone(),
             };

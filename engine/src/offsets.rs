@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapMut;
 
 use crate::error::{EngineError, Result};
-use crate::groups::TablePowerCut;
+use crate::io::MappedRecord;
 use crate::layout::sync_dir;
 
 /// Offsets above the committed one whose acknowledgement a slot can hold.
@@ -337,17 +337,17 @@ impl OffsetTable {
     /// Makes every store so far durable now (`fdatasync` of the file), recording the sync
     /// with `power` when a test simulates power loss. For the table's owner alone, and only
     /// while no sync of it is in flight on a ring.
-    pub fn flush(&mut self, power: Option<&TablePowerCut>) -> Result<()> {
+    pub fn flush(&mut self, power: Option<&MappedRecord>) -> Result<()> {
         let path = self.path.clone();
         let io = |e| EngineError::io("sync offset table", &path, e);
         let pending = power
-            .map(|p| p.sync_starting(&self.path))
+            .map(|p| p.mapped_sync_starting(&self.path))
             .transpose()
             .map_err(io)?;
         self.sync_starting();
         self._file.sync_data().map_err(io)?;
         if let (Some(p), Some(pending)) = (power, pending) {
-            p.sync_completed(pending).map_err(io)?;
+            p.mapped_sync_completed(pending).map_err(io)?;
         }
         self.sync_done();
         Ok(())

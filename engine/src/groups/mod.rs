@@ -12,7 +12,6 @@ pub mod dead_letter;
 mod helper;
 mod members;
 mod meta;
-mod power_cut;
 mod store;
 
 use std::sync::Arc;
@@ -24,7 +23,6 @@ pub(crate) use countdown::GroupDone;
 pub(crate) use helper::{GroupHelper, HelperJob, HelperTx};
 pub(crate) use members::Member;
 pub use meta::{GroupSettings, SlotRef};
-pub use power_cut::{PendingSync, TablePowerCut};
 pub use store::{load_state, GroupStore, StoredGroup, TableRef};
 /// For tests of the store alone, which read the tables the shards would own.
 #[cfg(feature = "testing")]

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{EngineError, Result};
 use crate::groups::meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
-use crate::groups::power_cut::TablePowerCut;
+use crate::io::MappedRecord;
 use crate::layout::{self, validate_group_name, validate_topic_name, write_atomic};
 use crate::offsets::{AckState, Loaded, OffsetTable};
 use crate::shard_for;
@@ -112,7 +112,7 @@ pub struct GroupStore {
     dir: PathBuf,
     tables: Vec<Table>,
     /// Set in power-loss tests: every table sync is recorded.
-    power: Option<Arc<TablePowerCut>>,
+    power: Option<Arc<MappedRecord>>,
     slots_per_table: usize,
     groups: Mutex<HashMap<(String, String), Arc<StoredGroup>>>,
     /// Groups whose metadata is damaged, held offline with why.
@@ -128,7 +128,7 @@ impl GroupStore {
         data_dir: &Path,
         shards: usize,
         slots: usize,
-        power: Option<Arc<TablePowerCut>>,
+        power: Option<Arc<MappedRecord>>,
     ) -> Result<(Self, TableMaps)> {
         let tables = shards.max(1);
         let dir = groups_dir(data_dir);
@@ -427,11 +427,6 @@ impl GroupStore {
         out
     }
 
-    /// What records every sync in a power-loss test, if this is one.
-    pub fn power(&self) -> Option<Arc<TablePowerCut>> {
-        self.power.clone()
-    }
-
     /// Moves each partition's slot into the table of the shard owning the partition, when the
     /// shard count changed since the group was created (a table is stored into and synced by
     /// its owner alone). The new slot is written and synced before the meta file naming it
@@ -562,11 +557,11 @@ fn stored(meta: GroupMeta) -> StoredGroup {
 fn open_table(
     path: &Path,
     slots: usize,
-    power: Option<&TablePowerCut>,
+    power: Option<&MappedRecord>,
 ) -> Result<(Table, OffsetTable)> {
     let map = OffsetTable::open(path, slots)?;
     if let Some(p) = power {
-        p.register(path)
+        p.register_mapped(path)
             .map_err(|e| EngineError::io("read offset table", path, e))?;
     }
     let table = Table {

@@ -8,6 +8,15 @@
 //! [`CrashPlan::lose_unsynced_writes`] rolls each write that never became durable back to its
 //! pre-image, wholly or sector by sector (a torn write), as a power cut could. Whatever was
 //! acknowledged must still be there.
+//!
+//! Files written through a memory map (the offset tables, [`CrashPlan::register_mapped`]) are
+//! not written through the disk: the kernel may write their dirty pages back at any moment, so
+//! after a power cut each sector holds either what the last completed sync covered or anything
+//! stored since. The plan copies such a file when a sync of it is submitted (through a
+//! [`CrashingDisk`], or at open through [`CrashPlan::mapped_sync_starting`]); once the sync
+//! succeeded with the power on, that copy is what the disk is known to hold, and
+//! [`CrashPlan::lose_unsynced_writes`] sets each sector that differs from it back, or leaves
+//! it, at random. One simulator for the logs and the tables.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -37,10 +46,34 @@ struct Written {
     durable: bool,
 }
 
+/// A memory-mapped file, as the plan knows it.
+struct Mapped {
+    handle: Arc<File>,
+    /// The copy the newest completed sync made durable, and that sync's number.
+    durable: (u64, Vec<u8>),
+}
+
+/// The memory-mapped files a plan knows.
+#[derive(Default)]
+struct MappedFiles {
+    /// Mapped syncs started: a copy taken later supersedes an earlier one.
+    started: u64,
+    /// By (device, inode).
+    files: HashMap<(u64, u64), Mapped>,
+}
+
+/// A sync of a memory-mapped file in flight: the copy it will make durable.
+pub struct MappedSync {
+    inode: (u64, u64),
+    number: u64,
+    image: Vec<u8>,
+}
+
 /// The record of writes shared by a test and the shards' [`CrashingDisk`]s.
 #[derive(Default)]
 pub struct CrashPlan {
     writes: Mutex<Vec<Written>>,
+    mapped: Mutex<MappedFiles>,
     crashed: AtomicBool,
     disks: AtomicUsize,
     /// Writes still allowed before the power is cut by itself (0: no such countdown).
@@ -68,8 +101,98 @@ impl CrashPlan {
         self.writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn mapped(&self) -> MutexGuard<'_, MappedFiles> {
+        self.mapped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes `path` as a memory-mapped file, durable as it is now (just opened and synced).
+    pub fn register_mapped(&self, path: &Path) -> io::Result<()> {
+        let handle = OpenOptions::new().read(true).write(true).open(path)?;
+        let meta = handle.metadata()?;
+        let image = read_whole(&handle)?;
+        self.mapped()
+            .files
+            .entry((meta.dev(), meta.ino()))
+            .or_insert(Mapped {
+                handle: Arc::new(handle),
+                durable: (0, image),
+            });
+        Ok(())
+    }
+
+    fn is_mapped(&self, inode: (u64, u64)) -> bool {
+        self.mapped().files.contains_key(&inode)
+    }
+
+    /// A sync of the mapped file `path` is about to start: what it will make durable, copied
+    /// now. Fails with EIO once the power is cut.
+    pub fn mapped_sync_starting(&self, path: &Path) -> io::Result<MappedSync> {
+        let meta = std::fs::metadata(path)?;
+        self.mapped_sync_of((meta.dev(), meta.ino()))
+    }
+
+    fn mapped_sync_of(&self, inode: (u64, u64)) -> io::Result<MappedSync> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(eio());
+        }
+        let mut mapped = self.mapped();
+        mapped.started += 1;
+        let number = mapped.started;
+        let Some(m) = mapped.files.get(&inode) else {
+            return Err(io::Error::other("a sync of a file not registered as mapped"));
+        };
+        let image = read_whole(&m.handle)?;
+        Ok(MappedSync {
+            inode,
+            number,
+            image,
+        })
+    }
+
+    /// The sync begun with `sync` succeeded: its copy is durable, unless the power was cut
+    /// meanwhile (EIO: decided under the same lock as the record, so a sync reported as
+    /// successful made its copy durable before the power went).
+    pub fn mapped_sync_completed(&self, sync: MappedSync) -> io::Result<()> {
+        let mut mapped = self.mapped();
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(eio());
+        }
+        if let Some(m) = mapped.files.get_mut(&sync.inode) {
+            if sync.number > m.durable.0 {
+                m.durable = (sync.number, sync.image);
+            }
+        }
+        Ok(())
+    }
+
+    /// After the engine is gone: each sector of each mapped file that differs from its
+    /// durable copy is set back to it or kept, as `next` picks. Returns how many were set back.
+    fn lose_unsynced_mapped(&self, next: &mut impl FnMut() -> u64) -> io::Result<usize> {
+        let mapped = self.mapped();
+        let mut lost = 0;
+        for m in mapped.files.values() {
+            let now = read_whole(&m.handle)?;
+            for (i, (was, is)) in m
+                .durable
+                .1
+                .chunks(SECTOR_BYTES)
+                .zip(now.chunks(SECTOR_BYTES))
+                .enumerate()
+            {
+                if was != is && next().is_multiple_of(2) {
+                    m.handle.write_all_at(was, (i * SECTOR_BYTES) as u64)?;
+                    lost += 1;
+                }
+            }
+            m.handle.sync_all()?;
+        }
+        Ok(lost)
+    }
+
     /// Cuts the power: every later operation fails with EIO.
     pub fn crash(&self) {
+        // Under the mapped files' lock: a mapped sync reported complete finished before.
+        let _mapped = self.mapped();
         self.crashed.store(true, Ordering::SeqCst);
     }
 
@@ -110,12 +233,14 @@ impl CrashPlan {
         self.crashed.store(false, Ordering::SeqCst);
     }
 
-    /// After the engine is gone: undoes, newest first, each write no sync covered. `seed` picks
-    /// for each one whether it landed, was lost, or was torn. Returns how many were undone.
+    /// After the engine is gone: undoes, newest first, each write no sync covered, and sets
+    /// back sectors of mapped files no sync covered. `seed` picks for each write whether it
+    /// landed, was lost, or was torn, and for each such sector whether it stays. Returns how
+    /// many writes and sectors were undone.
     pub fn lose_unsynced_writes(&self, seed: u64) -> io::Result<usize> {
         let mut next = xorshift(seed);
+        let mut undone = self.lose_unsynced_mapped(&mut next)?;
         let writes = self.writes();
-        let mut undone = 0;
         for w in writes.iter().rev().filter(|w| !w.durable) {
             let file = &w.handle;
             match next() % 3 {
@@ -153,6 +278,17 @@ impl CrashPlan {
     }
 }
 
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+fn read_whole(file: &File) -> io::Result<Vec<u8>> {
+    let len = file.metadata()?.len() as usize;
+    let mut image = vec![0u8; len];
+    file.read_exact_at(&mut image, 0)?;
+    Ok(image)
+}
+
 /// A backend that records writes for [`CrashPlan`] and passes them to `D`.
 pub struct CrashingDisk<D> {
     inner: D,
@@ -161,6 +297,8 @@ pub struct CrashingDisk<D> {
     handles: HashMap<FileId, (Arc<File>, (u64, u64))>,
     /// Syncs in flight: token → file, and whether the sync covers the whole file.
     syncs: HashMap<u64, (FileId, bool)>,
+    /// Syncs of mapped files in flight, by token.
+    mapped_syncs: HashMap<u64, MappedSync>,
     failed: Vec<Completion>,
 }
 
@@ -174,16 +312,13 @@ impl<D: Disk> CrashingDisk<D> {
             id,
             handles: HashMap::new(),
             syncs: HashMap::new(),
+            mapped_syncs: HashMap::new(),
             failed: Vec::new(),
         }
     }
 
     fn crashed(&self) -> bool {
         self.plan.crashed.load(Ordering::SeqCst)
-    }
-
-    fn eio() -> io::Error {
-        io::Error::from_raw_os_error(libc::EIO)
     }
 
     fn before_image(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -202,7 +337,7 @@ impl<D: Disk> CrashingDisk<D> {
 impl<D: Disk> Disk for CrashingDisk<D> {
     fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
         if self.crashed() {
-            return Err(Self::eio());
+            return Err(eio());
         }
         let file = self.inner.open(path, create)?;
         let handle = OpenOptions::new()
@@ -233,13 +368,13 @@ impl<D: Disk> Disk for CrashingDisk<D> {
     }
     fn allocate(&mut self, file: FileId, bytes: u64) -> io::Result<Allocation> {
         if self.crashed() {
-            return Err(Self::eio());
+            return Err(eio());
         }
         self.inner.allocate(file, bytes)
     }
     fn sync_all(&mut self, file: FileId) -> io::Result<()> {
         if self.crashed() {
-            return Err(Self::eio());
+            return Err(eio());
         }
         self.inner.sync_all(file)?;
         if let Some((_, inode)) = self.handles.get(&file) {
@@ -249,7 +384,7 @@ impl<D: Disk> Disk for CrashingDisk<D> {
     }
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
         if self.crashed() {
-            return Err(Self::eio());
+            return Err(eio());
         }
         self.inner.sync_dir(dir)
     }
@@ -270,7 +405,7 @@ impl<D: Disk> Disk for CrashingDisk<D> {
                 Self::before_image(handle, offset, len)
                     .map(|before| (Arc::clone(handle), *inode, before))
             }
-            _ => Err(Self::eio()),
+            _ => Err(eio()),
         };
         let (handle, inode, before) = match recorded {
             Ok(r) => r,
@@ -306,10 +441,28 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             self.failed.push(Completion {
                 token,
                 kind: IoKind::Sync,
-                result: Err(Self::eio()),
+                result: Err(eio()),
                 buf: None,
             });
             return;
+        }
+        if let Some((_, inode)) = self.handles.get(&file) {
+            if self.plan.is_mapped(*inode) {
+                match self.plan.mapped_sync_of(*inode) {
+                    Ok(sync) => {
+                        self.mapped_syncs.insert(token, sync);
+                    }
+                    Err(e) => {
+                        self.failed.push(Completion {
+                            token,
+                            kind: IoKind::Sync,
+                            result: Err(e),
+                            buf: None,
+                        });
+                        return;
+                    }
+                }
+            }
         }
         self.syncs.insert(token, (file, true));
         self.inner.submit_sync(file, token);
@@ -327,10 +480,19 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             .wait(out, if had_failed { Block::No } else { block })?;
         let crashed = self.crashed();
         for c in &mut out[seen..] {
+            let mapped = match c.kind {
+                IoKind::Sync => self.mapped_syncs.remove(&c.token),
+                IoKind::Write | IoKind::Read => None,
+            };
+            if let (Some(sync), true) = (mapped, c.result.is_ok()) {
+                if let Err(e) = self.plan.mapped_sync_completed(sync) {
+                    c.result = Err(e);
+                }
+            }
             if crashed {
                 // The power is off: whatever the device says now, nobody may rely on it.
                 if c.result.is_ok() {
-                    c.result = Err(Self::eio());
+                    c.result = Err(eio());
                 }
                 continue;
             }

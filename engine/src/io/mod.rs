@@ -29,7 +29,36 @@ use std::time::Duration;
 use crate::aligned::AlignedBuf;
 
 #[cfg(feature = "testing")]
-pub use crashing::{CrashPlan, CrashingDisk};
+pub use crashing::{CrashPlan, CrashingDisk, MappedSync};
+
+/// What records the syncs of memory-mapped files (the offset tables) made outside a shard's
+/// ring, at open: the crash simulator's plan in power-loss tests; in keeld a type with no
+/// values, so the hook is always `None` there.
+#[cfg(feature = "testing")]
+pub type MappedRecord = CrashPlan;
+/// See the `testing` build's alias: no values.
+#[cfg(not(feature = "testing"))]
+#[derive(Debug)]
+pub enum MappedRecord {}
+/// See the `testing` build: no values.
+#[cfg(not(feature = "testing"))]
+pub enum MappedSync {}
+
+#[cfg(not(feature = "testing"))]
+impl MappedRecord {
+    /// Never called: there is no value.
+    pub fn register_mapped(&self, _path: &Path) -> io::Result<()> {
+        match *self {}
+    }
+    /// Never called: there is no value.
+    pub fn mapped_sync_starting(&self, _path: &Path) -> io::Result<MappedSync> {
+        match *self {}
+    }
+    /// Never called: there is no value.
+    pub fn mapped_sync_completed(&self, sync: MappedSync) -> io::Result<()> {
+        match sync {}
+    }
+}
 #[cfg(feature = "testing")]
 pub use faulty::{FaultPlan, FaultyDisk};
 pub(crate) use files::sync_dir;

@@ -13,8 +13,7 @@ use crossbeam_channel::Sender;
 use crate::delivery::{DeliveryCounts, MemberId, PartitionDelivery};
 use crate::error::{EngineError, Result};
 use crate::groups::{
-    ConsumeGather, Countdown, GroupKey, HelperTx, Member, SlotRef, Span, StoredGroup,
-    TablePowerCut, TableRef,
+    ConsumeGather, Countdown, GroupKey, HelperTx, Member, SlotRef, Span, StoredGroup, TableRef,
 };
 use crate::io::Disk;
 use crate::offsets::AckState;
@@ -41,8 +40,6 @@ pub enum GroupCmd {
     Attach {
         /// The offset tables this shard stores into and syncs.
         tables: Vec<TableRef>,
-        /// Set in power-loss tests: records every table sync.
-        power: Option<Arc<TablePowerCut>>,
         /// Where dead letters go.
         helper: HelperTx,
         /// Every shard: consumes are handed on to them.
@@ -267,7 +264,6 @@ pub(super) struct ShardGroups {
     pub groups: HashMap<GroupKey, ShardGroup>,
     /// The offset tables this shard owns, by number (`tables.rs`).
     pub tables: BTreeMap<usize, ShardTable>,
-    pub power: Option<Arc<TablePowerCut>>,
     pub helper: Option<HelperTx>,
     pub peers: Option<ShardLinks>,
     /// Groups where something may have become deliverable this turn: their waiting consumes
@@ -305,11 +301,9 @@ impl<D: Disk> Shard<D> {
         match cmd {
             GroupCmd::Attach {
                 tables,
-                power,
                 helper,
                 peers,
             } => {
-                self.groups.power = power;
                 self.attach_tables(tables);
                 self.groups.helper = Some(helper);
                 self.groups.peers = Some(peers);

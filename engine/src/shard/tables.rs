@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use crate::error::EngineError;
 use std::collections::BTreeMap;
 
-use crate::groups::{
-    load_state, Countdown, GroupDone, PendingSync, SlotRef, StoredGroup, TablePowerCut, TableRef,
-};
+use crate::groups::{load_state, Countdown, GroupDone, SlotRef, StoredGroup, TableRef};
 use crate::io::{Completion, Disk, FileId};
 use crate::offsets::AckState;
 use crate::offsets::OffsetTable;
@@ -37,8 +35,8 @@ pub(super) struct ShardTable {
     last_sync: Instant,
     /// Acks waiting for a sync not started yet.
     waiting: Vec<GroupDone>,
-    /// The sync in flight: who it answers, and what a power-loss test recorded of it.
-    syncing: Option<(Vec<GroupDone>, Option<PendingSync>)>,
+    /// The sync in flight: who it answers.
+    syncing: Option<Vec<GroupDone>>,
     poisoned: Option<Arc<io::Error>>,
 }
 
@@ -190,23 +188,14 @@ impl<D: Disk> Shard<D> {
 
     fn start_table_sync(&mut self, index: usize, now: Instant) {
         let token = self.token();
-        let power: Option<Arc<TablePowerCut>> = self.groups.power.clone();
         let Some(t) = self.groups.tables.get_mut(&index) else {
             return;
-        };
-        let pending = match power
-            .as_deref()
-            .map(|p| p.sync_starting(&t.path))
-            .transpose()
-        {
-            Ok(p) => p,
-            Err(e) => return self.table_sync_failed(index, e),
         };
         // After the sync starts, stores go to the copy it does not cover (`offsets.rs`).
         t.map.sync_starting();
         t.dirty = false;
         t.last_sync = now;
-        t.syncing = Some((std::mem::take(&mut t.waiting), pending));
+        t.syncing = Some(std::mem::take(&mut t.waiting));
         let file = t.file;
         self.disk.submit_sync(file, token);
         self.ops.insert(token, Owner::TableSync(index));
@@ -214,27 +203,21 @@ impl<D: Disk> Shard<D> {
 
     /// A table's sync completed: its waiters are answered.
     pub(super) fn on_table_sync(&mut self, index: usize, c: Completion) {
-        let power = self.groups.power.clone();
         let Some(t) = self.groups.tables.get_mut(&index) else {
             return;
         };
-        let Some((covered, pending)) = t.syncing.take() else {
+        let Some(covered) = t.syncing.take() else {
             return;
         };
-        let recorded = match (c.result, power.as_deref(), pending) {
-            (Ok(_), Some(p), Some(pending)) => p.sync_completed(pending),
-            (Ok(_), _, _) => Ok(()),
-            (Err(e), _, _) => Err(e),
-        };
-        match recorded {
-            Ok(()) => {
+        match c.result {
+            Ok(_) => {
                 t.map.sync_done();
                 for done in covered {
                     done(Ok(()));
                 }
             }
             Err(e) => {
-                t.syncing = Some((covered, None));
+                t.syncing = Some(covered);
                 self.table_sync_failed(index, e);
             }
         }
@@ -252,7 +235,7 @@ impl<D: Disk> Shard<D> {
         let e = Arc::new(e);
         let err = t.poisoned_error(&e);
         t.poisoned = Some(e);
-        let covered = t.syncing.take().map(|(c, _)| c).unwrap_or_default();
+        let covered = t.syncing.take().unwrap_or_default();
         for done in covered.into_iter().chain(std::mem::take(&mut t.waiting)) {
             done(Err(err.clone()));
         }
