@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use keel_engine::histogram::quantile_upper_bound;
-use keel_engine::{BatchBuilder, Completion, CompletionQueue, Engine, Waker};
+use keel_engine::{Answer, BatchBuilder, Completion, CompletionQueue, Engine, Waker};
 use slab::Slab;
 
 use crate::figures::{Figures, Percentiles};
@@ -156,7 +156,8 @@ impl Acks {
 
     fn ack(&mut self, c: Completion, acked: Instant) -> Ack {
         let (appender, at) = self.sent.remove(c.tag as usize);
-        (appender, at, acked, c.outcome.is_ok())
+        let ok = matches!(c.answer, Answer::Appended(Ok(_)));
+        (appender, at, acked, ok)
     }
 
     /// An ack that has arrived, without waiting.

@@ -15,23 +15,43 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::error::{EngineError, Result};
+use crate::error::{DataError, GroupError};
 use crate::groups::ConsumedPartition;
 use crate::io::Waker;
 use crate::read::ReadResult;
 use crate::OffsetRange;
 
-/// What a finished request gives back.
+/// What a finished request gives back: its kind, and its outcome with the errors of its layer.
 #[derive(Debug)]
 pub enum Answer {
-    /// An append is durable, with the offsets it was given.
-    Appended(OffsetRange),
+    /// An append: durable, with the offsets it was given, or why not.
+    Appended(Result<OffsetRange, DataError>),
     /// A read's batches.
-    Read(ReadResult),
+    Read(Result<ReadResult, DataError>),
     /// A consume's messages, by partition.
-    Consumed(Vec<ConsumedPartition>),
+    Consumed(Result<Vec<ConsumedPartition>, GroupError>),
     /// An ack or a nack took effect (a durable ack: is durable).
-    Settled,
+    Settled(Result<(), GroupError>),
+}
+
+/// Which kind of request a ticket went with: what it answers if the engine drops it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Append,
+    Read,
+    Consume,
+    Settle,
+}
+
+impl Kind {
+    fn shutting_down(self) -> Answer {
+        match self {
+            Kind::Append => Answer::Appended(Err(DataError::ShuttingDown)),
+            Kind::Read => Answer::Read(Err(DataError::ShuttingDown)),
+            Kind::Consume => Answer::Consumed(Err(GroupError::ShuttingDown)),
+            Kind::Settle => Answer::Settled(Err(GroupError::ShuttingDown)),
+        }
+    }
 }
 
 /// One finished request.
@@ -39,8 +59,8 @@ pub enum Answer {
 pub struct Completion {
     /// The tag the caller gave the request's [`Ticket`].
     pub tag: u64,
-    /// Its outcome.
-    pub outcome: Result<Answer>,
+    /// Its answer.
+    pub answer: Answer,
 }
 
 /// A caller's queue of finished requests.
@@ -65,11 +85,14 @@ pub struct Reservation {
 }
 
 /// A request's way back: handed to the engine with the request, it is answered exactly once
-/// (dropped unanswered, by an engine that stops, it answers [`EngineError::ShuttingDown`]).
+/// (dropped unanswered, by an engine that stops, it answers that the engine is shutting down;
+/// dropped by its caller before any request, it gives its place back).
 #[derive(Debug)]
 pub struct Ticket {
     queue: Arc<CompletionQueue>,
     tag: u64,
+    /// Set when the engine takes it with a request.
+    kind: Option<Kind>,
     answered: bool,
 }
 
@@ -177,6 +200,7 @@ impl Reservation {
         Ticket {
             queue,
             tag,
+            kind: None,
             answered: false,
         }
     }
@@ -194,23 +218,34 @@ impl Ticket {
         self.tag
     }
 
+    /// The ticket, taken by the engine with a request of `kind`.
+    pub(crate) fn taken_for(mut self, kind: Kind) -> Self {
+        self.kind = Some(kind);
+        self
+    }
+
     /// Answers the request.
-    pub(crate) fn answer(mut self, outcome: Result<Answer>) {
+    pub(crate) fn answer(mut self, answer: Answer) {
         self.answered = true;
         self.queue.push(Completion {
             tag: self.tag,
-            outcome,
+            answer,
         });
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if !self.answered {
-            self.queue.push(Completion {
+        if self.answered {
+            return;
+        }
+        match self.kind {
+            Some(kind) => self.queue.push(Completion {
                 tag: self.tag,
-                outcome: Err(EngineError::ShuttingDown),
-            });
+                answer: kind.shutting_down(),
+            }),
+            // Never given to the engine: only its place goes back.
+            None => self.queue.give_back(1),
         }
     }
 }
@@ -226,10 +261,10 @@ mod tests {
     #[test]
     fn places_run_out_at_the_capacity_and_come_back_when_drained() {
         let q = queue(2);
-        let a = q.reserve().unwrap().ticket(1);
-        let b = q.reserve().unwrap().ticket(2);
+        let a = q.reserve().unwrap().ticket(1).taken_for(Kind::Settle);
+        let b = q.reserve().unwrap().ticket(2).taken_for(Kind::Append);
         assert!(q.reserve().is_none(), "a third place in a queue of two");
-        a.answer(Ok(Answer::Settled));
+        a.answer(Answer::Settled(Ok(())));
         assert!(
             q.reserve().is_none(),
             "answered but not drained: still taken"
@@ -243,17 +278,23 @@ mod tests {
         drop(b);
         out.clear();
         assert_eq!(q.drain(&mut out), 1);
-        assert!(matches!(out[0].outcome, Err(EngineError::ShuttingDown)));
+        assert!(matches!(
+            out[0].answer,
+            Answer::Appended(Err(DataError::ShuttingDown))
+        ));
         assert_eq!(q.in_use(), 0);
+        drop(q.reserve().unwrap().ticket(3));
+        assert_eq!(q.in_use(), 0, "an unused ticket gives its place back");
+        assert!(!q.has_ready(), "and answers nothing");
     }
 
     #[test]
     fn a_waiting_caller_is_woken_by_an_answer_from_another_thread() {
         let q = queue(4);
-        let t = q.reserve().unwrap().ticket(7);
+        let t = q.reserve().unwrap().ticket(7).taken_for(Kind::Settle);
         let answerer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            t.answer(Ok(Answer::Settled));
+            t.answer(Answer::Settled(Ok(())));
         });
         let mut out = Vec::new();
         assert_eq!(q.wait(&mut out, Duration::from_secs(10)), 1);

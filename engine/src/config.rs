@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aligned::BLOCK_BYTES;
-use crate::error::{EngineError, Result};
+use crate::error::OpenError;
 use crate::io::MappedRecord;
 #[cfg(feature = "testing")]
 use crate::io::{CrashPlan, FaultPlan};
@@ -136,9 +136,9 @@ impl EngineConfig {
     }
 
     /// Checks the limits against each other.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), OpenError> {
         let block = BLOCK_BYTES as u64;
-        let fail = |msg: String| Err(EngineError::InvalidConfig(msg));
+        let fail = |msg: String| Err(OpenError::InvalidConfig(msg));
         if self.shards == 0 || self.shards > 1024 {
             return fail(format!("shards must be 1..=1024, not {}", self.shards));
         }

@@ -12,9 +12,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender};
 
-use crate::completions::{Answer, Ticket};
+use crate::completions::{Answer, Kind, Ticket};
 use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
-use crate::error::{EngineError, Result};
+use crate::error::{AdminError, DataError, IoFailure, OpenError, ShuttingDown};
 use crate::filesystem::{self, Filesystem};
 use crate::group_ops::Groups;
 use crate::groups::{GroupHelper, GroupStore};
@@ -79,7 +79,7 @@ pub struct EngineCore {
     shards: Vec<ShardHandle>,
     catalog: Mutex<BTreeMap<String, TopicMeta>>,
     /// Topics whose metadata is damaged, held offline with the reason.
-    offline_topics: Mutex<BTreeMap<String, Arc<EngineError>>>,
+    offline_topics: Mutex<BTreeMap<String, Arc<DataError>>>,
     /// Held through a whole topic creation or deletion, which waits for every shard; the
     /// catalog's own lock is only held for a look-up or a change, so that shard threads
     /// looking a topic up never wait behind an administration waiting for them.
@@ -97,7 +97,7 @@ pub struct EngineCore {
 ///
 /// ```no_run
 /// use keel_engine::{BatchBuilder, Engine, EngineConfig};
-/// # fn main() -> Result<(), keel_engine::EngineError> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let engine = Engine::open(EngineConfig::new("/var/lib/keel"))?;
 /// engine.create_topic("orders", 4)?;
 /// let mut batch = BatchBuilder::new(0);
@@ -156,7 +156,7 @@ impl Engine {
     /// partition. Fails if the directory is locked, io_uring is unavailable, or the filesystem
     /// is in memory or lacks O_DIRECT. A partition, topic or group whose files are damaged is
     /// held offline instead (see [`crate::RecoveryMode`]).
-    pub fn open(mut cfg: EngineConfig) -> Result<Self> {
+    pub fn open(mut cfg: EngineConfig) -> Result<Self, OpenError> {
         cfg.validate()?;
         let dir = cfg.data_dir.clone();
         layout::create_dir_durable(&dir)?;
@@ -174,7 +174,7 @@ impl Engine {
             admin: Mutex::new(()),
             closed: AtomicBool::new(false),
             janitor: Janitor::start()
-                .map_err(|e| EngineError::io("start the janitor thread", "", e))?,
+                .map_err(|e| OpenError::io("start the janitor thread", "", e))?,
             _lock: lock,
             groups: OnceLock::new(),
             cfg: Arc::clone(&cfg),
@@ -187,7 +187,9 @@ impl Engine {
             core: Arc::new(core),
         };
         for (name, meta) in topics {
-            engine.add_topic_to_shards(&name, meta.partitions, &Opening::Recover)?;
+            engine
+                .add_topic_to_shards(&name, meta.partitions, &Opening::Recover)
+                .map_err(OpenError::Data)?;
             engine.catalog().insert(name, meta);
         }
         let healthy: Vec<(String, u32)> = engine.list_topics();
@@ -203,7 +205,9 @@ impl Engine {
                  this one are answered TopicOffline. To repair: docs/OPERATIONS.md, \"Damaged files\""
             );
             let cause = Arc::new(cause);
-            engine.add_topic_to_shards(&name, 0, &Opening::Damaged(Arc::clone(&cause)))?;
+            engine
+                .add_topic_to_shards(&name, 0, &Opening::Damaged(Arc::clone(&cause)))
+                .map_err(OpenError::Data)?;
             engine.offline_topics().insert(name, cause);
         }
         Ok(engine)
@@ -226,7 +230,7 @@ impl EngineCore {
     /// Opens the consumer groups' durable state, checks it against the logs, starts their
     /// helper (which reaches the engine through `core`) and hands the shards what they serve
     /// groups with.
-    fn open_groups(&self, core: Weak<EngineCore>) -> Result<()> {
+    fn open_groups(&self, core: Weak<EngineCore>) -> Result<(), OpenError> {
         let cfg = Arc::clone(&self.cfg);
         let (store, mut maps) =
             GroupStore::open(&cfg.data_dir, cfg.shards, cfg.group_slots, cfg.crash_plan())?;
@@ -245,7 +249,7 @@ impl EngineCore {
             wakers: self.shards.iter().map(|s| Arc::clone(&s.waker)).collect(),
         };
         let helper = GroupHelper::start(core)
-            .map_err(|e| EngineError::io("start the consumer-group helper thread", "", e))?;
+            .map_err(|e| OpenError::io("start the consumer-group helper thread", "", e))?;
         let tables = store.hand_out(maps, self.shards.len());
         for (shard, tables) in tables.into_iter().enumerate() {
             let cmd = GroupCmd::Attach {
@@ -267,9 +271,9 @@ impl EngineCore {
     /// Sends `cmd` to shard `shard` and wakes it at once: a group request is answered in the
     /// shard's next turn (appends may instead wait for a batch of them, or for the completion
     /// the shard expects anyway).
-    pub(crate) fn send_to_shard(&self, shard: usize, cmd: Command) -> Result<()> {
+    pub(crate) fn send_to_shard(&self, shard: usize, cmd: Command) -> Result<(), ShuttingDown> {
         self.send_to_shard_or_return(shard, cmd)
-            .map_err(|_| EngineError::ShuttingDown)
+            .map_err(|_| ShuttingDown)
     }
 
     /// [`Engine::send_to_shard`], returning the command when it cannot be sent.
@@ -296,16 +300,16 @@ impl EngineCore {
     /// marked lost (no key, no value, header `keel.lost: repair`), so that they are never
     /// handed out again, and readers see where the hole is. Done at open, before anyone else
     /// can append; a crash part way leaves the record, and the next open goes on.
-    fn fill_lost_offsets(&self, topic: &str, partition: u32) -> Result<()> {
+    fn fill_lost_offsets(&self, topic: &str, partition: u32) -> Result<(), DataError> {
         let dir = layout::partition_dir(&self.cfg.data_dir, topic, partition);
         let Some(lost) = LostOffsets::read(&dir)? else {
             return Ok(());
         };
         let mut end = match self.read_wait(topic, partition, 0, 1) {
             Ok(r) => r.high_watermark,
-            Err(EngineError::OffsetOutOfRange { end, .. }) => end,
+            Err(DataError::OffsetOutOfRange { end, .. }) => end,
             // Held offline: filled once it opens.
-            Err(EngineError::PartitionOffline { .. }) => return Ok(()),
+            Err(DataError::PartitionOffline { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
         let filled_from = end;
@@ -325,29 +329,24 @@ impl EngineCore {
                  records marked lost (header keel.lost); new messages go on from {end}"
             );
         }
-        LostOffsets::remove(&dir)
+        Ok(LostOffsets::remove(&dir)?)
     }
 
-    fn offline_topics(&self) -> MutexGuard<'_, BTreeMap<String, Arc<EngineError>>> {
+    fn offline_topics(&self) -> MutexGuard<'_, BTreeMap<String, Arc<DataError>>> {
         // Single inserts and removals: consistent after any panic.
         self.offline_topics
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The error answering requests for an offline topic, if `name` is one.
-    fn offline(&self, name: &str) -> Option<EngineError> {
-        self.offline_topics()
-            .get(name)
-            .map(|cause| EngineError::TopicOffline {
-                topic: name.to_string(),
-                cause: Arc::clone(cause),
-            })
+    /// Why an offline topic is offline, if `name` is one.
+    fn offline_cause(&self, name: &str) -> Option<Arc<DataError>> {
+        self.offline_topics().get(name).cloned()
     }
 
-    fn admin(&self) -> Result<MutexGuard<'_, ()>> {
+    fn admin(&self) -> MutexGuard<'_, ()> {
         // Guards no data of its own.
-        Ok(self.admin.lock().unwrap_or_else(|p| p.into_inner()))
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configuration the engine runs with.
@@ -360,20 +359,26 @@ impl EngineCore {
     /// directory without it is an unfinished creation, removed at the next start; and a
     /// creation that fails after that point (no space for a partition's first segment) is
     /// taken back durably before the error is returned.
-    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        layout::validate_topic_name(name)?;
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), AdminError> {
+        layout::validate_topic_name(name).map_err(|reason| AdminError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        })?;
         if partitions == 0 || partitions > layout::MAX_PARTITIONS {
-            return Err(EngineError::InvalidConfig(format!(
-                "a topic needs 1..={} partitions, not {partitions}",
-                layout::MAX_PARTITIONS
-            )));
+            return Err(AdminError::InvalidPartitionCount {
+                asked: partitions,
+                max: layout::MAX_PARTITIONS,
+            });
         }
-        let _admin = self.admin()?;
+        let _admin = self.admin();
         if self.catalog().contains_key(name) {
-            return Err(EngineError::TopicExists(name.to_string()));
+            return Err(AdminError::TopicExists(name.to_string()));
         }
-        if let Some(offline) = self.offline(name) {
-            return Err(offline);
+        if let Some(cause) = self.offline_cause(name) {
+            return Err(AdminError::TopicOffline {
+                topic: name.to_string(),
+                cause,
+            });
         }
         let dir = topic_dir(&self.cfg.data_dir, name);
         let meta = TopicMeta { partitions };
@@ -385,11 +390,11 @@ impl EngineCore {
                     dir.display()
                 );
             }
-            return Err(e);
+            return Err(e.into());
         }
         if let Err(e) = self.add_topic_to_shards(name, partitions, &Opening::Create) {
             self.take_back_creation(name, &dir);
-            return Err(e);
+            return Err(e.into());
         }
         self.catalog().insert(name.to_string(), meta);
         Ok(())
@@ -418,7 +423,7 @@ impl EngineCore {
 
     /// Renames a topic's directory out of the catalog's way, durably, and hands it to the
     /// janitor to remove in the background.
-    fn discard_topic_dir(&self, name: &str, dir: &Path) -> Result<()> {
+    fn discard_topic_dir(&self, name: &str, dir: &Path) -> Result<(), IoFailure> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -426,7 +431,7 @@ impl EngineCore {
         // Rename first, durably: a crash mid-removal leaves a directory startup finishes off,
         // never a half-deleted topic. The files go in the background, a slice at a time, so
         // other topics' flushes do not stall behind them (`janitor.rs`).
-        fs::rename(dir, &doomed).map_err(|e| EngineError::io("rename deleted topic", dir, e))?;
+        fs::rename(dir, &doomed).map_err(|e| IoFailure::new("rename deleted topic", dir, e))?;
         layout::sync_dir(&topics_dir(&self.cfg.data_dir))?;
         self.janitor.handle().remove_tree(doomed);
         Ok(())
@@ -434,19 +439,21 @@ impl EngineCore {
 
     /// Deletes a topic: pending appends fail, in-flight flushes finish, then its files go. The
     /// durable rename of its directory is the commit point: if it fails, the topic stays.
-    pub fn delete_topic(&self, name: &str) -> Result<()> {
-        let _admin = self.admin()?;
+    pub fn delete_topic(&self, name: &str) -> Result<(), AdminError> {
+        let _admin = self.admin();
         let offline = self.offline_topics().contains_key(name);
         if !offline && !self.catalog().contains_key(name) {
-            return Err(EngineError::UnknownTopic(name.to_string()));
+            return Err(AdminError::UnknownTopic(name.to_string()));
         }
         let topic: Arc<str> = Arc::from(name);
-        let replies = self.broadcast(|reply| Command::RemoveTopic {
-            topic: Arc::clone(&topic),
-            reply,
-        })?;
+        let replies = self
+            .broadcast(|reply| Command::RemoveTopic {
+                topic: Arc::clone(&topic),
+                reply,
+            })
+            .map_err(|ShuttingDown| AdminError::ShuttingDown)?;
         for reply in replies {
-            reply.recv().map_err(|_| EngineError::ShuttingDown)??;
+            reply.recv().map_err(|_| AdminError::ShuttingDown)??;
         }
         let dir = topic_dir(&self.cfg.data_dir, name);
         if let Err(e) = self.discard_topic_dir(name, &dir) {
@@ -457,12 +464,12 @@ impl EngineCore {
             };
             let partitions = self.catalog().get(name).map_or(0, |m| m.partitions);
             self.add_topic_to_shards(name, partitions, &opening)?;
-            return Err(e);
+            return Err(e.into());
         }
         self.catalog().remove(name);
         self.offline_topics().remove(name);
         match self.groups.get() {
-            Some(groups) => groups.remove_topic(name),
+            Some(groups) => Ok(groups.remove_topic(name)?),
             None => Ok(()),
         }
     }
@@ -476,17 +483,25 @@ impl EngineCore {
     }
 
     /// Number of partitions of `topic`.
-    pub fn partitions(&self, topic: &str) -> Result<u32> {
-        if let Some(offline) = self.offline(topic) {
-            return Err(offline);
+    pub fn partitions(&self, topic: &str) -> Result<u32, DataError> {
+        if let Some(cause) = self.offline_cause(topic) {
+            return Err(DataError::TopicOffline {
+                topic: topic.to_string(),
+                cause,
+            });
         }
         self.catalog()
             .get(topic)
             .map(|m| m.partitions)
-            .ok_or_else(|| EngineError::UnknownTopic(topic.to_string()))
+            .ok_or_else(|| DataError::UnknownTopic(topic.to_string()))
     }
 
-    fn add_topic_to_shards(&self, name: &str, partitions: u32, opening: &Opening) -> Result<()> {
+    fn add_topic_to_shards(
+        &self,
+        name: &str,
+        partitions: u32,
+        opening: &Opening,
+    ) -> Result<(), DataError> {
         let topic: Arc<str> = Arc::from(name);
         let n = self.shards.len();
         // Every shard learns the partition count (to tell an unknown partition from one owned
@@ -504,14 +519,15 @@ impl EngineCore {
                 opening: opening.clone(),
                 reply,
             };
-            self.send(shard, cmd)?;
+            self.send(shard, cmd)
+                .map_err(|ShuttingDown| DataError::ShuttingDown)?;
             waits.push(rx);
         }
         let mut first_err = None;
         for rx in waits {
             if let Err(e) = rx
                 .recv()
-                .map_err(|_| EngineError::ShuttingDown)
+                .map_err(|_| DataError::ShuttingDown)
                 .and_then(|r| r)
             {
                 first_err.get_or_insert(e);
@@ -522,8 +538,8 @@ impl EngineCore {
 
     fn broadcast(
         &self,
-        make: impl Fn(Sender<Result<()>>) -> Command,
-    ) -> Result<Vec<crossbeam_channel::Receiver<Result<()>>>> {
+        make: impl Fn(Sender<Result<(), DataError>>) -> Command,
+    ) -> Result<Vec<crossbeam_channel::Receiver<Result<(), DataError>>>, ShuttingDown> {
         let mut replies = Vec::new();
         for shard in &self.shards {
             let (reply, rx) = bounded(1);
@@ -533,20 +549,20 @@ impl EngineCore {
         Ok(replies)
     }
 
-    fn send(&self, shard: &ShardHandle, cmd: Command) -> Result<()> {
-        self.send_or_return(shard, cmd)
-            .map_err(|_| EngineError::ShuttingDown)
+    fn send(&self, shard: &ShardHandle, cmd: Command) -> Result<(), ShuttingDown> {
+        self.send_or_return(shard, cmd).map_err(|_| ShuttingDown)
     }
 
     /// Appends a RecordBatch v2 to a partition. `ticket` is answered with
     /// [`Answer::Appended`] once the batch is durable (with the offsets it was given), or with
     /// the error. Blocks only when the shard's queue is full (backpressure).
     pub fn append(&self, topic: &str, partition: u32, batch: impl Into<Bytes>, ticket: Ticket) {
+        let ticket = ticket.taken_for(Kind::Append);
         self.append_then(
             topic,
             partition,
             batch.into(),
-            Box::new(move |r| ticket.answer(r.map(Answer::Appended))),
+            Box::new(move |r| ticket.answer(Answer::Appended(r))),
         );
     }
 
@@ -562,7 +578,7 @@ impl EngineCore {
         if let Err(crossbeam_channel::SendError(Command::Append { done, .. })) =
             self.send_or_return(shard, cmd)
         {
-            done(Err(EngineError::ShuttingDown));
+            done(Err(DataError::ShuttingDown));
         }
     }
 
@@ -595,7 +611,7 @@ impl EngineCore {
         topic: &str,
         partition: u32,
         batch: impl Into<Bytes>,
-    ) -> Result<OffsetRange> {
+    ) -> Result<OffsetRange, DataError> {
         let (tx, rx) = bounded(1);
         self.append_then(
             topic,
@@ -605,7 +621,7 @@ impl EngineCore {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv().map_err(|_| EngineError::ShuttingDown)?
+        rx.recv().map_err(|_| DataError::ShuttingDown)?
     }
 
     /// Reads whole batches from `from` on, up to `max_bytes` (at least one batch when any is
@@ -653,7 +669,7 @@ impl EngineCore {
         if let Err(crossbeam_channel::SendError(Command::Read { done, .. })) =
             self.send_or_return(shard, cmd)
         {
-            done(Err(EngineError::ShuttingDown));
+            done(Err(DataError::ShuttingDown));
         }
     }
 
@@ -664,7 +680,7 @@ impl EngineCore {
         partition: u32,
         from: u64,
         max_bytes: usize,
-    ) -> Result<ReadResult> {
+    ) -> Result<ReadResult, DataError> {
         let (tx, rx) = bounded(1);
         let read = ReadRequest {
             from,
@@ -679,7 +695,7 @@ impl EngineCore {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv().map_err(|_| EngineError::ShuttingDown)?
+        rx.recv().map_err(|_| DataError::ShuttingDown)?
     }
 
     /// Counters summed over the shards.
@@ -730,8 +746,12 @@ impl EngineCore {
     }
 }
 
-fn start_shard(cfg: &Arc<EngineConfig>, id: usize, janitor: &JanitorTx) -> Result<ShardHandle> {
-    let uring = || UringDisk::new().map_err(EngineError::uring_unavailable);
+fn start_shard(
+    cfg: &Arc<EngineConfig>,
+    id: usize,
+    janitor: &JanitorTx,
+) -> Result<ShardHandle, OpenError> {
+    let uring = || UringDisk::new().map_err(OpenError::uring_unavailable);
     match &cfg.io {
         IoMode::Uring => spawn_shard(cfg, id, uring()?, janitor),
         #[cfg(feature = "testing")]
@@ -746,7 +766,7 @@ fn start_shard(cfg: &Arc<EngineConfig>, id: usize, janitor: &JanitorTx) -> Resul
         }
         IoMode::Portable => {
             let disk = PortableDisk::new()
-                .map_err(|e| EngineError::io("start the portable I/O thread", "", e))?;
+                .map_err(|e| OpenError::io("start the portable I/O thread", "", e))?;
             spawn_shard(cfg, id, disk, janitor)
         }
     }
@@ -757,7 +777,7 @@ fn spawn_shard<D: Disk + Send + 'static>(
     id: usize,
     disk: D,
     janitor: &JanitorTx,
-) -> Result<ShardHandle> {
+) -> Result<ShardHandle, OpenError> {
     let (tx, rx) = inbox(cfg.queue_depth);
     let stats = Arc::new(ShardStats::default());
     let waker = disk.waker();
@@ -782,7 +802,7 @@ fn spawn_shard<D: Disk + Send + 'static>(
             }
             shard.run();
         })
-        .map_err(|e| EngineError::io("spawn shard thread", "", e))?;
+        .map_err(|e| OpenError::io("spawn shard thread", "", e))?;
     Ok(ShardHandle {
         tx,
         waker,
@@ -793,15 +813,15 @@ fn spawn_shard<D: Disk + Send + 'static>(
 
 /// Writes a new topic's directory: partition directories, then the metadata file that
 /// commits them. A directory left from an interrupted creation (no metadata) is replaced.
-fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<()> {
+fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<(), IoFailure> {
     if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| EngineError::io("remove", dir, e))?;
+        fs::remove_dir_all(dir).map_err(|e| IoFailure::new("remove", dir, e))?;
     }
     layout::create_dir_durable(dir)?;
     for p in 0..meta.partitions {
         let partition = dir.join(p.to_string());
         fs::create_dir(&partition)
-            .map_err(|e| EngineError::io("create partition directory", &partition, e))?;
+            .map_err(|e| IoFailure::new("create partition directory", &partition, e))?;
     }
     // Its rename and the directory sync also make the partition directories' entries durable.
     meta.write(dir)
@@ -810,22 +830,22 @@ fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<()> {
 /// Topics by name.
 type Catalog = BTreeMap<String, TopicMeta>;
 /// Topics whose metadata is damaged, by name, with why.
-type Damaged = BTreeMap<String, EngineError>;
+type Damaged = BTreeMap<String, DataError>;
 
 /// Reads every topic's metadata, finishing interrupted creations and deletions: the topics of
 /// the data directory, and those whose metadata is damaged. In repair mode a damaged metadata
 /// file is rebuilt from the partition directories beside it.
-fn load_catalog(cfg: &EngineConfig) -> Result<(Catalog, Damaged)> {
+fn load_catalog(cfg: &EngineConfig) -> Result<(Catalog, Damaged), OpenError> {
     let dir = topics_dir(&cfg.data_dir);
     let mut topics = BTreeMap::new();
     let mut damaged = BTreeMap::new();
-    let entries = fs::read_dir(&dir).map_err(|e| EngineError::io("list topics", &dir, e))?;
+    let entries = fs::read_dir(&dir).map_err(|e| OpenError::io("list topics", &dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| EngineError::io("list topics", &dir, e))?;
+        let entry = entry.map_err(|e| OpenError::io("list topics", &dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if name.starts_with(".deleted-") {
-            fs::remove_dir_all(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+            fs::remove_dir_all(&path).map_err(|e| OpenError::io("remove", &path, e))?;
             continue;
         }
         if layout::validate_topic_name(&name).is_err() || !path.is_dir() {
@@ -838,7 +858,7 @@ fn load_catalog(cfg: &EngineConfig) -> Result<(Catalog, Damaged)> {
             }
             Ok(None) => {
                 log::warn!("removing {}: its creation was interrupted", path.display());
-                fs::remove_dir_all(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+                fs::remove_dir_all(&path).map_err(|e| OpenError::io("remove", &path, e))?;
             }
             Err(e) if cfg.recovery == RecoveryMode::Repair => match rebuild_topic_meta(&path) {
                 Ok(meta) => {
@@ -895,5 +915,6 @@ struct ReadRequest {
 }
 
 fn read_answer(ticket: Ticket) -> ReadDone {
-    Box::new(move |r| ticket.answer(r.map(Answer::Read)))
+    let ticket = ticket.taken_for(Kind::Read);
+    Box::new(move |r| ticket.answer(Answer::Read(r)))
 }

@@ -23,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::FlushSync;
-use crate::error::{EngineError, Result};
+use crate::error::OpenError;
 
 const EXT4_SUPER_MAGIC: i64 = 0xef53;
 const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
@@ -76,12 +76,12 @@ impl Filesystem {
     /// What a flush must do to be durable here, given what the configuration asks for:
     /// `Auto` becomes `DsyncWrite` where that is trusted, `Fdatasync` elsewhere; asking for
     /// `DsyncWrite` where it is not trusted is refused.
-    pub fn resolve(&self, asked: FlushSync, data_dir: &Path) -> Result<FlushSync> {
+    pub fn resolve(&self, asked: FlushSync, data_dir: &Path) -> Result<FlushSync, OpenError> {
         match asked {
             FlushSync::Auto if self.trusts_dsync_writes() => Ok(FlushSync::DsyncWrite),
             FlushSync::Auto | FlushSync::Fdatasync => Ok(FlushSync::Fdatasync),
             FlushSync::DsyncWrite if self.trusts_dsync_writes() => Ok(FlushSync::DsyncWrite),
-            FlushSync::DsyncWrite => Err(EngineError::InvalidConfig(format!(
+            FlushSync::DsyncWrite => Err(OpenError::InvalidConfig(format!(
                 "flush_sync = \"dsync-write\" but data directory {} is on {}, where an io_uring \
                  RWF_DSYNC write is not known to be durable (trusted only on ext4 and xfs): \
                  use \"auto\" or \"fdatasync\"",
@@ -95,10 +95,10 @@ impl Filesystem {
 /// Fails with a clear error when `data_dir` cannot hold a durable log: a filesystem in memory
 /// (tmpfs, ramfs: newer kernels accept O_DIRECT there, but nothing survives a reboot), or one
 /// without O_DIRECT (some FUSE mounts, and tmpfs before Linux 6.6). Returns the filesystem.
-pub fn check_data_dir(data_dir: &Path) -> Result<Filesystem> {
+pub fn check_data_dir(data_dir: &Path) -> Result<Filesystem, OpenError> {
     let filesystem = Filesystem::of(data_dir);
     if let Some(fs) = filesystem.volatile() {
-        return Err(EngineError::VolatileFilesystem {
+        return Err(OpenError::VolatileFilesystem {
             path: data_dir.to_path_buf(),
             fs,
         });
@@ -113,11 +113,11 @@ pub fn check_data_dir(data_dir: &Path) -> Result<Filesystem> {
     let _ = fs::remove_file(&probe);
     match opened {
         Ok(_) => Ok(filesystem),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(EngineError::DirectIoUnsupported {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(OpenError::DirectIoUnsupported {
             path: data_dir.to_path_buf(),
             source: std::sync::Arc::new(e),
         }),
-        Err(e) => Err(EngineError::io("probe O_DIRECT in", data_dir, e)),
+        Err(e) => Err(OpenError::io("probe O_DIRECT in", data_dir, e)),
     }
 }
 
@@ -272,7 +272,7 @@ mod tests {
         );
         let refused = fuse.resolve(FlushSync::DsyncWrite, dir);
         assert!(
-            matches!(&refused, Err(EngineError::InvalidConfig(m)) if m.contains("fuse.powerfs")),
+            matches!(&refused, Err(OpenError::InvalidConfig(m)) if m.contains("fuse.powerfs")),
             "{refused:?}"
         );
     }

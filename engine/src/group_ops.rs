@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::bounded;
 use keel_format::batch::trusted_batches;
 
-use crate::completions::{Answer, Ticket};
+use crate::completions::{Answer, Kind, Ticket};
 use crate::delivery::MemberId;
 use crate::engine::{shard_for, EngineCore};
-use crate::error::{EngineError, Result};
+use crate::error::{GroupError, IoFailure};
 use crate::groups::{
     ConsumeDone, ConsumeGather, Countdown, GroupDone, GroupHelper, GroupKey, GroupSettings,
     GroupStore, Member, SlotRef, Span, StoredGroup,
@@ -137,7 +137,7 @@ impl Groups {
     }
 
     /// Forgets the groups of a deleted topic.
-    pub fn remove_topic(&self, topic: &str) -> Result<()> {
+    pub fn remove_topic(&self, topic: &str) -> Result<(), IoFailure> {
         let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         self.loaded().retain(|(_, t), _| &**t != topic);
         self.store.remove_topic(topic)
@@ -149,13 +149,13 @@ fn key_of(group: &str, topic: &str) -> GroupKey {
 }
 
 impl EngineCore {
-    fn groups(&self) -> Result<&Groups> {
-        self.groups.get().ok_or(EngineError::ShuttingDown)
+    fn groups(&self) -> Result<&Groups, GroupError> {
+        self.groups.get().ok_or(GroupError::ShuttingDown)
     }
 
     /// Joins a group, creating it (durably) or loading it first if it is not served yet. Waits for file writes when it creates one: call it where
     /// waiting is allowed.
-    pub fn join_group(&self, req: JoinRequest<'_>) -> Result<Joined> {
+    pub fn join_group(&self, req: JoinRequest<'_>) -> Result<Joined, GroupError> {
         let groups = self.groups()?;
         let key = key_of(req.group, req.topic);
         let partitions = self.partitions(req.topic)?;
@@ -191,7 +191,7 @@ impl EngineCore {
         key: &GroupKey,
         req: JoinRequest<'_>,
         partitions: u32,
-    ) -> Result<()> {
+    ) -> Result<(), GroupError> {
         if groups.loaded().contains_key(key) {
             return Ok(());
         }
@@ -208,12 +208,12 @@ impl EngineCore {
             |slots| self.write_new_slots(slots),
         )?;
         if stored.partitions() != partitions {
-            return Err(EngineError::InvalidConfig(format!(
-                "group {:?} covers {} partitions but topic {:?} has {partitions}",
-                req.group,
-                stored.partitions(),
-                req.topic
-            )));
+            return Err(GroupError::PartitionsChanged {
+                group: req.group.to_string(),
+                topic: req.topic.to_string(),
+                covered: stored.partitions(),
+                partitions,
+            });
         }
         self.load_on_shards(key, &stored)?;
         groups.loaded().insert(
@@ -227,7 +227,7 @@ impl EngineCore {
 
     /// Hands each shard the group's partitions it owns, from their durable state, and waits
     /// until every shard serves it (every shard serves every group: a consume goes to all).
-    fn load_on_shards(&self, key: &GroupKey, stored: &Arc<StoredGroup>) -> Result<()> {
+    fn load_on_shards(&self, key: &GroupKey, stored: &Arc<StoredGroup>) -> Result<(), GroupError> {
         let n = self.shard_count();
         let mut waits = Vec::new();
         let mut committed = Vec::new();
@@ -242,7 +242,7 @@ impl EngineCore {
             waits.push(rx);
         }
         for rx in waits {
-            committed.extend(rx.recv().map_err(|_| EngineError::ShuttingDown)??);
+            committed.extend(rx.recv().map_err(|_| GroupError::ShuttingDown)??);
         }
         committed.sort_unstable();
         log::info!(
@@ -256,7 +256,7 @@ impl EngineCore {
 
     /// Stores a new group's slots (each with its starting offset) and makes them durable, each
     /// by the shard owning its table.
-    fn write_new_slots(&self, slots: &[(SlotRef, u64)]) -> Result<()> {
+    fn write_new_slots(&self, slots: &[(SlotRef, u64)]) -> Result<(), GroupError> {
         let n = self.shard_count();
         let mut waits = Vec::new();
         for shard in 0..n {
@@ -274,13 +274,18 @@ impl EngineCore {
             waits.push(rx);
         }
         for rx in waits {
-            rx.recv().map_err(|_| EngineError::ShuttingDown)??;
+            rx.recv().map_err(|_| GroupError::ShuttingDown)??;
         }
         Ok(())
     }
 
     /// Where a new group starts in each partition.
-    fn start_offsets(&self, topic: &str, partitions: u32, start: GroupStart) -> Result<Vec<u64>> {
+    fn start_offsets(
+        &self,
+        topic: &str,
+        partitions: u32,
+        start: GroupStart,
+    ) -> Result<Vec<u64>, GroupError> {
         (0..partitions)
             .map(|p| {
                 let end = self.read_wait(topic, p, 0, 1)?.high_watermark;
@@ -296,7 +301,13 @@ impl EngineCore {
 
     /// The first offset whose timestamp is at or after `ts` (or the end): a scan from the
     /// start, acceptable once per group creation.
-    fn offset_at_time(&self, topic: &str, partition: u32, ts: i64, end: u64) -> Result<u64> {
+    fn offset_at_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        ts: i64,
+        end: u64,
+    ) -> Result<u64, GroupError> {
         let mut from = 0;
         while from < end {
             let read = self.read_wait(topic, partition, from, START_READ_BYTES)?;
@@ -317,7 +328,12 @@ impl EngineCore {
     }
 
     /// Leaves a group: what the member holds is redelivered.
-    pub fn leave_group(&self, group: &str, topic: &str, member: MemberId) -> Result<()> {
+    pub fn leave_group(
+        &self,
+        group: &str,
+        topic: &str,
+        member: MemberId,
+    ) -> Result<(), GroupError> {
         let groups = self.groups()?;
         let key = key_of(group, topic);
         let removed = groups
@@ -333,7 +349,7 @@ impl EngineCore {
                 log::info!("group {group:?} on {topic}: member {member} left");
                 Ok(())
             }
-            _ => Err(EngineError::UnknownMember {
+            _ => Err(GroupError::UnknownMember {
                 group: group.to_string(),
                 member,
             }),
@@ -341,11 +357,11 @@ impl EngineCore {
     }
 
     /// Renews a member's session.
-    pub fn heartbeat(&self, group: &str, topic: &str, member: MemberId) -> Result<()> {
+    pub fn heartbeat(&self, group: &str, topic: &str, member: MemberId) -> Result<(), GroupError> {
         let m = self
             .groups()?
             .member(&key_of(group, topic), member)
-            .ok_or_else(|| EngineError::UnknownMember {
+            .ok_or_else(|| GroupError::UnknownMember {
                 group: group.to_string(),
                 member,
             })?;
@@ -394,9 +410,10 @@ impl EngineCore {
         limits: ConsumeLimits,
         ticket: Ticket,
     ) {
-        let done: ConsumeDone = Box::new(move |r| ticket.answer(r.map(Answer::Consumed)));
+        let ticket = ticket.taken_for(Kind::Consume);
+        let done: ConsumeDone = Box::new(move |r| ticket.answer(Answer::Consumed(r)));
         let Ok(groups) = self.groups() else {
-            return done(Err(EngineError::ShuttingDown));
+            return done(Err(GroupError::ShuttingDown));
         };
         let n = self.shard_count();
         let gather =
@@ -414,7 +431,7 @@ impl EngineCore {
         if let Err(crossbeam_channel::SendError(Command::Group(cmd))) =
             self.send_to_shard_or_return(first, Command::Group(cmd))
         {
-            cmd.refuse(&EngineError::ShuttingDown);
+            cmd.refuse(&GroupError::ShuttingDown);
         }
     }
 
@@ -490,7 +507,7 @@ impl EngineCore {
         for (shard, spans) in parts {
             let cmd = make(spans, Arc::clone(&countdown));
             if let Err(e) = self.send_to_shard(shard, Command::Group(cmd)) {
-                countdown.part_done(Err(e));
+                countdown.part_done(Err(e.into()));
             }
         }
     }
@@ -553,5 +570,6 @@ impl EngineCore {
 }
 
 fn settled(ticket: Ticket) -> GroupDone {
-    Box::new(move |r| ticket.answer(r.map(|()| Answer::Settled)))
+    let ticket = ticket.taken_for(Kind::Settle);
+    Box::new(move |r| ticket.answer(Answer::Settled(r)))
 }

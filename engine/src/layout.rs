@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::error::{EngineError, Result};
+use crate::error::{DataError, IoFailure, OpenError};
 
 const META_HEADER: &str = "keel-topic 1";
 /// Name of the prepared, not yet used, next segment of a partition.
@@ -64,25 +64,13 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 
 /// Checks a topic name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`, not starting with
 /// `.` (reserved for the engine's own entries).
-pub fn validate_topic_name(name: &str) -> Result<()> {
-    match name_problem(name) {
-        Some(reason) => Err(EngineError::InvalidTopicName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+pub fn validate_topic_name(name: &str) -> Result<(), &'static str> {
+    name_problem(name).map_or(Ok(()), Err)
 }
 
 /// Checks a consumer-group name, under the same rules as topic names (it names a file).
-pub fn validate_group_name(name: &str) -> Result<()> {
-    match name_problem(name) {
-        Some(reason) => Err(EngineError::InvalidGroupName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+pub fn validate_group_name(name: &str) -> Result<(), &'static str> {
+    name_problem(name).map_or(Ok(()), Err)
 }
 
 fn name_problem(name: &str) -> Option<&'static str> {
@@ -124,22 +112,22 @@ impl TopicMeta {
     }
 
     /// Reads `dir/meta`; `Ok(None)` when it does not exist (an interrupted creation).
-    pub fn read(dir: &Path) -> Result<Option<Self>> {
+    pub fn read(dir: &Path) -> Result<Option<Self>, DataError> {
         let path = dir.join("meta");
         match fs::read_to_string(&path) {
             Ok(text) => Self::decode(&text)
                 .map(Some)
-                .ok_or(EngineError::DamagedMetadata {
+                .ok_or(DataError::DamagedMetadata {
                     detail: "topic metadata fails its checksum".into(),
                     path,
                 }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(EngineError::io("read topic metadata", path, e)),
+            Err(e) => Err(DataError::io("read topic metadata", path, e)),
         }
     }
 
     /// Replaces `dir/meta` atomically.
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub fn write(&self, dir: &Path) -> Result<(), IoFailure> {
         write_atomic(&dir.join("meta"), self.encode().as_bytes())
     }
 }
@@ -161,12 +149,12 @@ pub const LOST_FILE: &str = "lost";
 
 impl LostOffsets {
     /// Reads `dir/lost`; `Ok(None)` when there is none.
-    pub fn read(dir: &Path) -> Result<Option<Self>> {
+    pub fn read(dir: &Path) -> Result<Option<Self>, DataError> {
         let path = dir.join(LOST_FILE);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(EngineError::io("read lost offsets", path, e)),
+            Err(e) => return Err(DataError::io("read lost offsets", path, e)),
         };
         let parsed = unseal_text(&text).and_then(|body| {
             let mut lines = body.lines();
@@ -175,22 +163,22 @@ impl LostOffsets {
             let to = lines.next()?.strip_prefix("to ")?.parse().ok()?;
             Some(Self { from, to })
         });
-        parsed.map(Some).ok_or(EngineError::DamagedMetadata {
+        parsed.map(Some).ok_or(DataError::DamagedMetadata {
             path,
             detail: "the record of offsets lost in a repair fails its checksum".into(),
         })
     }
 
     /// Writes `dir/lost` atomically and durably.
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub fn write(&self, dir: &Path) -> Result<(), IoFailure> {
         let body = format!("{LOST_HEADER}\nfrom {}\nto {}\n", self.from, self.to);
         write_atomic(&dir.join(LOST_FILE), seal_text(body).as_bytes())
     }
 
     /// Removes `dir/lost`, durably.
-    pub fn remove(dir: &Path) -> Result<()> {
+    pub fn remove(dir: &Path) -> Result<(), IoFailure> {
         let path = dir.join(LOST_FILE);
-        fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+        fs::remove_file(&path).map_err(|e| IoFailure::new("remove", &path, e))?;
         sync_dir(dir)
     }
 }
@@ -210,7 +198,7 @@ pub fn unseal_text(text: &str) -> Option<&str> {
 
 /// Replaces `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.
 /// A crash leaves the old file or the new one, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoFailure> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -219,8 +207,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()
     };
-    write().map_err(|e| EngineError::io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| EngineError::io("rename", path, e))?;
+    write().map_err(|e| IoFailure::new("write", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| IoFailure::new("rename", path, e))?;
     match path.parent() {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
@@ -228,15 +216,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// fsync of a directory, so entries created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<(), IoFailure> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| EngineError::io("sync directory", dir, e))
+        .map_err(|e| IoFailure::new("sync directory", dir, e))
 }
 
 /// Creates a directory (and parents) and makes its entry durable in its parent.
-pub fn create_dir_durable(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| EngineError::io("create directory", dir, e))?;
+pub fn create_dir_durable(dir: &Path) -> Result<(), IoFailure> {
+    fs::create_dir_all(dir).map_err(|e| IoFailure::new("create directory", dir, e))?;
     match dir.parent() {
         Some(parent) => sync_dir(parent),
         None => Ok(()),
@@ -251,25 +239,25 @@ pub struct DataDirLock {
 
 impl DataDirLock {
     /// Takes the lock or fails at once if another process has it.
-    pub fn acquire(data_dir: &Path) -> Result<Self> {
+    pub fn acquire(data_dir: &Path) -> Result<Self, OpenError> {
         let path = data_dir.join("LOCK");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| EngineError::io("open lock file", &path, e))?;
+            .map_err(|e| OpenError::io("open lock file", &path, e))?;
         // SAFETY: flock on a descriptor we own; result checked.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(EngineError::DataDirLocked {
+                return Err(OpenError::DataDirLocked {
                     dir: data_dir.to_path_buf(),
                     lock: path,
                 });
             }
-            return Err(EngineError::io("lock data directory", &path, err));
+            return Err(OpenError::io("lock data directory", &path, err));
         }
         Ok(Self { _file: file })
     }
@@ -311,7 +299,7 @@ mod tests {
         fs::write(dir.path().join("meta"), text.replace("12", "13")).unwrap();
         assert!(matches!(
             TopicMeta::read(dir.path()),
-            Err(EngineError::DamagedMetadata { .. })
+            Err(DataError::DamagedMetadata { .. })
         ));
     }
 
@@ -321,7 +309,7 @@ mod tests {
         let _held = DataDirLock::acquire(dir.path()).unwrap();
         assert!(matches!(
             DataDirLock::acquire(dir.path()),
-            Err(EngineError::DataDirLocked { .. })
+            Err(OpenError::DataDirLocked { .. })
         ));
     }
 }

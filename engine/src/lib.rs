@@ -63,7 +63,7 @@ pub use batch::{BatchBuilder, BatchError, BatchView, Record};
 pub use completions::{Answer, Completion, CompletionQueue, Reservation, Ticket};
 pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats, LOST_HEADER};
-pub use error::{EngineError, Result};
+pub use error::{AdminError, DataError, GroupError, IoFailure, OpenError};
 pub use group_ops::{ConsumeLimits, GroupMetrics, GroupStart, JoinRequest, Joined};
 pub use groups::{ConsumedPartition, GroupSettings};
 pub use io::Waker;
@@ -81,6 +81,6 @@ pub struct OffsetRange {
 
 /// The engine's own continuation of an append, run on the shard once it is durable or failed
 /// (a caller's append is answered through its [`Ticket`]).
-pub(crate) type AppendDone = Box<dyn FnOnce(Result<OffsetRange>) + Send>;
+pub(crate) type AppendDone = Box<dyn FnOnce(Result<OffsetRange, DataError>) + Send>;
 /// The engine's own continuation of a read.
-pub(crate) type ReadDone = Box<dyn FnOnce(Result<ReadResult>) + Send>;
+pub(crate) type ReadDone = Box<dyn FnOnce(Result<ReadResult, DataError>) + Send>;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
 
-use crate::error::{EngineError, Result};
+use crate::error::IoFailure;
 use crate::io::MappedRecord;
 use crate::layout::sync_dir;
 
@@ -179,8 +179,8 @@ pub struct OffsetTable {
 impl OffsetTable {
     /// Opens (creating if needed) a table of `slots` slots at `path`; a smaller existing file
     /// is grown, the new slots empty.
-    pub fn open(path: &Path, slots: usize) -> Result<Self> {
-        let io = |op, e| EngineError::io(op, path, e);
+    pub fn open(path: &Path, slots: usize) -> Result<Self, IoFailure> {
+        let io = |op, e| IoFailure::new(op, path, e);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -337,9 +337,9 @@ impl OffsetTable {
     /// Makes every store so far durable now (`fdatasync` of the file), recording the sync
     /// with `power` when a test simulates power loss. For the table's owner alone, and only
     /// while no sync of it is in flight on a ring.
-    pub fn flush(&mut self, power: Option<&MappedRecord>) -> Result<()> {
+    pub fn flush(&mut self, power: Option<&MappedRecord>) -> Result<(), IoFailure> {
         let path = self.path.clone();
-        let io = |e| EngineError::io("sync offset table", &path, e);
+        let io = |e| IoFailure::new("sync offset table", &path, e);
         let pending = power
             .map(|p| p.mapped_sync_starting(&self.path))
             .transpose()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::aligned::{align_down, align_up, AlignedBuf};
 use crate::blocking::{BlockingIo, FileReader};
 use crate::config::{EngineConfig, RecoveryMode};
-use crate::error::{EngineError, Result};
+use crate::error::DataError;
 use crate::io::{Disk, FileId};
 use crate::layout::{
     parse_segment_file_name, partition_dir, segment_file_name, sync_dir, LostOffsets,
@@ -27,7 +27,7 @@ pub fn open_partition<D: Disk>(
     cfg: &EngineConfig,
     topic: Arc<str>,
     id: u32,
-) -> Result<Partition> {
+) -> Result<Partition, DataError> {
     let dir = partition_dir(&cfg.data_dir, &topic, id);
     let limits = Limits::from_config(cfg);
     let bases = list_segments(&dir)?;
@@ -35,7 +35,7 @@ pub fn open_partition<D: Disk>(
         // The same for the directory entries of its segments.
         io.disk
             .sync_dir(&dir)
-            .map_err(|e| EngineError::io("sync directory", &dir, e))?;
+            .map_err(|e| DataError::io("sync directory", &dir, e))?;
     }
     let mut segments: Vec<Segment> = Vec::new();
     let mut opened: Vec<FileId> = Vec::new();
@@ -55,12 +55,12 @@ pub fn open_partition<D: Disk>(
             let file = io
                 .disk
                 .open(&path, false)
-                .map_err(|e| EngineError::io("open segment", &path, e))?;
+                .map_err(|e| DataError::io("open segment", &path, e))?;
             opened.push(file);
             let is_last = i + 1 == bases.len();
             if let Some(prev) = segments.last() {
                 if prev.next_offset != base {
-                    return Err(EngineError::Corruption {
+                    return Err(DataError::Corruption {
                         path: path.clone(),
                         position: 0,
                         detail: format!(
@@ -75,13 +75,13 @@ pub fn open_partition<D: Disk>(
                 // before deciding where the log ends and writing after it.
                 io.disk
                     .sync_all(file)
-                    .map_err(|e| EngineError::io("sync segment", &path, e))?;
+                    .map_err(|e| DataError::io("sync segment", &path, e))?;
             }
             let s = scan_file(io, file, &path, base, limits.max_batch_bytes)?;
             let damage = damage(&s, bases.get(i + 1).copied());
             let truncate_here = match (damage, cfg.recovery) {
                 (Some(detail), RecoveryMode::Strict) => {
-                    return Err(EngineError::Corruption {
+                    return Err(DataError::Corruption {
                         path,
                         position: s.valid_end,
                         detail,
@@ -143,14 +143,14 @@ fn record_lost_offsets<D: Disk>(
     s: &Scan,
     later_bases: &[u64],
     max_batch_bytes: usize,
-) -> Result<()> {
+) -> Result<(), DataError> {
     let later_end = match later_bases.last() {
         Some(&base) => {
             let path = dir.join(segment_file_name(base));
             let file = io
                 .disk
                 .open(&path, false)
-                .map_err(|e| EngineError::io("open segment", &path, e))?;
+                .map_err(|e| DataError::io("open segment", &path, e))?;
             let scanned = scan_file(io, file, &path, base, max_batch_bytes);
             io.disk.close(file);
             Some(scanned?.next_offset)
@@ -222,11 +222,11 @@ fn damage(s: &Scan, next_base: Option<u64>) -> Option<String> {
     None
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let entries = fs::read_dir(dir).map_err(|e| EngineError::io("list partition", dir, e))?;
+fn list_segments(dir: &Path) -> Result<Vec<u64>, DataError> {
+    let entries = fs::read_dir(dir).map_err(|e| DataError::io("list partition", dir, e))?;
     let mut bases = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| EngineError::io("list partition", dir, e))?;
+        let entry = entry.map_err(|e| DataError::io("list partition", dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if let Some(base) = parse_segment_file_name(&name) {
@@ -234,7 +234,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         } else if name == PREPARED_SEGMENT || name.ends_with(DROPPED_SUFFIX) {
             // Never used, or dropped by retention before a crash: neither is log.
             let path = entry.path();
-            fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+            fs::remove_file(&path).map_err(|e| DataError::io("remove", &path, e))?;
         }
     }
     bases.sort_unstable();
@@ -248,7 +248,7 @@ fn create_first_segment<D: Disk>(
     dir: &Path,
     segment_bytes: u64,
     zero: bool,
-) -> Result<Segment> {
+) -> Result<Segment, DataError> {
     let first = NextSegment::create(io.disk, dir, segment_bytes)?;
     if zero {
         let mut at = 0;
@@ -258,14 +258,14 @@ fn create_first_segment<D: Disk>(
             let written = io.write(first.file, at, AlignedBuf::zeroed(n), n, last);
             if let Err(e) = written {
                 io.disk.close(first.file);
-                return Err(EngineError::io("zero segment", &first.path, e));
+                return Err(DataError::io("zero segment", &first.path, e));
             }
             at += n as u64;
         }
     }
     let path = dir.join(segment_file_name(0));
     fs::rename(&first.path, &path)
-        .map_err(|e| EngineError::io("rename prepared segment to", &path, e))?;
+        .map_err(|e| DataError::io("rename prepared segment to", &path, e))?;
     sync_dir(dir)?;
     Ok(Segment::new(0, path, first.file, 0, 0, Vec::new()))
 }
@@ -276,13 +276,13 @@ fn scan_file<D: Disk>(
     path: &Path,
     base: u64,
     max_batch_bytes: usize,
-) -> Result<Scan> {
+) -> Result<Scan, DataError> {
     let len = io
         .disk
         .len(file)
-        .map_err(|e| EngineError::io("stat segment", path, e))?;
+        .map_err(|e| DataError::io("stat segment", path, e))?;
     scan(FileReader { io, file }, len, base, max_batch_bytes)
-        .map_err(|e| EngineError::io("read segment", path, e))
+        .map_err(|e| DataError::io("read segment", path, e))
 }
 
 /// Seals a torn last flush, clears what it left past the end, restores the file's size, and
@@ -294,8 +294,8 @@ fn make_appendable<D: Disk>(
     path: &Path,
     s: &Scan,
     segment_bytes: u64,
-) -> Result<(u64, u64)> {
-    let fail = |e| EngineError::io("recover segment", path, e);
+) -> Result<(u64, u64), DataError> {
+    let fail = |e| DataError::io("recover segment", path, e);
     let len = io.disk.len(file).map_err(fail)?;
     if len < segment_bytes {
         io.disk.allocate(file, segment_bytes).map_err(fail)?;
@@ -353,10 +353,10 @@ fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
     buf
 }
 
-fn remove_segments_after(dir: &Path, bases: &[u64]) -> Result<()> {
+fn remove_segments_after(dir: &Path, bases: &[u64]) -> Result<(), DataError> {
     for &base in bases {
         let path: PathBuf = dir.join(segment_file_name(base));
-        fs::remove_file(&path).map_err(|e| EngineError::io("remove segment", &path, e))?;
+        fs::remove_file(&path).map_err(|e| DataError::io("remove segment", &path, e))?;
     }
     if !bases.is_empty() {
         sync_dir(dir)?;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::aligned::AlignedBuf;
 use crate::batch::{self, BatchView};
 use crate::config::{EngineConfig, FlushSync};
-use crate::error::{EngineError, Result};
+use crate::error::DataError;
 use crate::io::{Completion, Disk, IoKind, SyncAfter};
 use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
@@ -179,7 +179,7 @@ pub struct Partition {
     pending_bytes: usize,
     flushing: Option<Flush>,
     pub(crate) tail: TailCache,
-    poisoned: Option<EngineError>,
+    poisoned: Option<DataError>,
     pub(crate) next_segment: Option<NextSegment>,
     pub(crate) need_prepare: bool,
     zero_segments: bool,
@@ -209,7 +209,7 @@ pub struct FlushDone {
     pub io_us: u64,
     /// The appenders to tell, once the next flush is on its way: the partition's state already
     /// reflects the outcome, so answering them can overlap the next write.
-    pub answers: Vec<(AppendDone, Result<OffsetRange>)>,
+    pub answers: Vec<(AppendDone, Result<OffsetRange, DataError>)>,
 }
 
 impl Partition {
@@ -304,7 +304,7 @@ impl Partition {
         }
         if batch.len() > self.limits.max_batch_bytes {
             let max = self.limits.max_batch_bytes;
-            return done(Err(EngineError::BatchTooLarge {
+            return done(Err(DataError::BatchTooLarge {
                 size: batch.len(),
                 max,
             }));
@@ -421,7 +421,7 @@ impl Partition {
             self.pending.push_front(g);
             let path = self.dir.clone();
             let err = io::Error::other("partition has no segment");
-            self.fail_pending(&EngineError::io("flush to", path, err));
+            self.fail_pending(&DataError::io("flush to", path, err));
             return false;
         };
         let len = g.flushed_len();
@@ -449,7 +449,7 @@ impl Partition {
         };
         if let Err(what) = facts.check() {
             // A bug, caught before the write: nothing is written and nothing is acknowledged.
-            let err = EngineError::BrokenInvariant {
+            let err = DataError::BrokenInvariant {
                 topic: self.topic.to_string(),
                 partition: self.id,
                 what,
@@ -492,7 +492,7 @@ impl Partition {
     }
 
     /// Moves to a new segment whose first offset is `base_offset`.
-    fn roll<D: Disk>(&mut self, disk: &mut D, base_offset: u64) -> Result<()> {
+    fn roll<D: Disk>(&mut self, disk: &mut D, base_offset: u64) -> Result<(), DataError> {
         let next = match self.next_segment.take() {
             Some(next) => next,
             None => NextSegment::create(disk, &self.dir, self.limits.segment_bytes)?,
@@ -500,12 +500,12 @@ impl Partition {
         let path = self.dir.join(segment_file_name(base_offset));
         if let Err(e) = std::fs::rename(&next.path, &path) {
             self.next_segment = Some(next);
-            return Err(EngineError::io("rename prepared segment to", path, e));
+            return Err(DataError::io("rename prepared segment to", path, e));
         }
         let file = next.file;
         // The new name must be durable before anything stored under it is acknowledged.
         disk.sync_dir(&self.dir)
-            .map_err(|e| EngineError::io("sync directory", &self.dir, e))?;
+            .map_err(|e| DataError::io("sync directory", &self.dir, e))?;
         if let Some(sealed) = self.segments.last_mut() {
             sealed.seal_index();
         }
@@ -574,7 +574,7 @@ impl Partition {
         })
     }
 
-    fn commit(&mut self, mut f: Flush) -> Vec<(AppendDone, Result<OffsetRange>)> {
+    fn commit(&mut self, mut f: Flush) -> Vec<(AppendDone, Result<OffsetRange, DataError>)> {
         let g = &mut f.gather;
         if let Some(seg) = self.segments.last_mut() {
             for &(offset, at) in &g.batches {
@@ -603,7 +603,11 @@ impl Partition {
 
     /// A write or sync failed: after an fsync error the file's state is unknown, so the
     /// partition takes no more writes. Everything not yet durable fails; reads go on.
-    fn poison(&mut self, mut f: Flush, cause: io::Error) -> Vec<(AppendDone, Result<OffsetRange>)> {
+    fn poison(
+        &mut self,
+        mut f: Flush,
+        cause: io::Error,
+    ) -> Vec<(AppendDone, Result<OffsetRange, DataError>)> {
         let path = self
             .segments
             .last()
@@ -615,7 +619,7 @@ impl Partition {
             self.id,
             path.display()
         );
-        let err = EngineError::Poisoned {
+        let err = DataError::Poisoned {
             topic: self.topic.to_string(),
             partition: self.id,
             path,
@@ -637,7 +641,7 @@ impl Partition {
     }
 
     /// Fails every gathered append that has not been submitted.
-    pub fn fail_pending(&mut self, err: &EngineError) {
+    pub fn fail_pending(&mut self, err: &DataError) {
         let mut freed = Vec::new();
         for mut g in self.pending.drain(..) {
             self.pending_bytes -= g.len;
@@ -851,7 +855,7 @@ mod tests {
         let mut disk = MemDisk::new().unwrap();
         let linger = Duration::from_secs(5);
         let mut p = partition(&mut disk, dir.path(), linger);
-        let done = |_r: Result<OffsetRange>| {};
+        let done = |_r: Result<OffsetRange, DataError>| {};
         // Flush 1 carries 6 appends; 2 more arrive while it runs.
         for _ in 0..6 {
             p.append(batch(100), Box::new(done));
@@ -927,7 +931,7 @@ mod tests {
 
     #[test]
     fn a_flush_never_waits_when_linger_is_off_or_the_gather_is_large() {
-        let done = |_r: Result<OffsetRange>| {};
+        let done = |_r: Result<OffsetRange, DataError>| {};
         let mut disk = MemDisk::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut off = after_a_flush_of_four(&mut disk, dir.path(), Duration::ZERO);
@@ -948,7 +952,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut disk = MemDisk::new().unwrap();
         let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
-        let done = |_r: Result<OffsetRange>| {};
+        let done = |_r: Result<OffsetRange, DataError>| {};
 
         // Fill most of segment 0 in one flush; that flush also prepares the next segment.
         for _ in 0..4 {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{EngineError, Result};
+use crate::error::DataError;
 use crate::io::{Allocation, Disk, FileId};
 use crate::layout::PREPARED_SEGMENT;
 
@@ -31,11 +31,11 @@ impl NextSegment {
     }
 
     /// Creates `dir/next.prep` with `size` bytes reserved, durable in its directory.
-    pub fn create<D: Disk>(disk: &mut D, dir: &Path, size: u64) -> Result<Self> {
+    pub fn create<D: Disk>(disk: &mut D, dir: &Path, size: u64) -> Result<Self, DataError> {
         let path = dir.join(PREPARED_SEGMENT);
         let file = disk
             .open(&path, true)
-            .map_err(|e| EngineError::io("create segment", &path, e))?;
+            .map_err(|e| DataError::io("create segment", &path, e))?;
         let reserved = disk
             .allocate(file, size)
             .and_then(|how| {
@@ -54,7 +54,7 @@ impl NextSegment {
             Err(e) => {
                 disk.close(file);
                 let _ = std::fs::remove_file(&path);
-                Err(EngineError::io("allocate segment", path, e))
+                Err(DataError::io("allocate segment", path, e))
             }
         }
     }

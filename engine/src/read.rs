@@ -3,7 +3,7 @@
 
 use crate::aligned::{align_down, align_up};
 use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
-use crate::error::{EngineError, Result};
+use crate::error::DataError;
 use crate::groups::ConsumeTask;
 use crate::io::{Completion, FileId};
 use crate::partition::Partition;
@@ -37,7 +37,7 @@ pub enum ReadFor {
 /// Where a read is: answered, or waiting for the disk.
 pub enum ReadStep {
     /// Done: the answer, for whom it is.
-    Done(ReadFor, Result<ReadResult>),
+    Done(ReadFor, Result<ReadResult, DataError>),
     /// The disk read to issue next.
     Disk(DiskRead),
 }
@@ -77,7 +77,7 @@ impl Partition {
     pub fn begin_read(&mut self, from: u64, max_bytes: usize, target: ReadFor) -> ReadStep {
         let (start, end) = (self.log_start(), self.durable_next);
         if from < start || from > end {
-            let err = EngineError::OffsetOutOfRange {
+            let err = DataError::OffsetOutOfRange {
                 offset: from,
                 start,
                 end,
@@ -148,7 +148,7 @@ impl Partition {
         let (path, durable_end) = (seg.path.clone(), seg.durable_end);
         let n = match c.result {
             Ok(n) => n,
-            Err(e) => return self.finish_read(r, Err(EngineError::io("read segment", path, e))),
+            Err(e) => return self.finish_read(r, Err(DataError::io("read segment", path, e))),
         };
         let Some(buf) = c.buf else {
             return self.finish_read(r, Ok(()));
@@ -157,7 +157,7 @@ impl Partition {
         let region = &buf.as_slice()[..(region_end - read_pos) as usize];
         match collect(region, read_pos, &mut r) {
             Err((position, detail)) => {
-                let err = EngineError::Corruption {
+                let err = DataError::Corruption {
                     path,
                     position,
                     detail,
@@ -183,7 +183,7 @@ impl Partition {
     }
 
     /// `r`'s answer, with what it collected so far.
-    pub fn finish_read(&self, r: DiskRead, outcome: Result<()>) -> ReadStep {
+    pub fn finish_read(&self, r: DiskRead, outcome: Result<(), DataError>) -> ReadStep {
         let answer = outcome.map(|()| ReadResult {
             data: r.out,
             next_offset: r.next_offset,

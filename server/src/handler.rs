@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use keel_engine::{
-    shard_for, ConsumeLimits, Engine, EngineError, GroupSettings, GroupStart, JoinRequest,
+    shard_for, ConsumeLimits, DataError, Engine, GroupSettings, GroupStart, JoinRequest,
     Reservation, Ticket,
 };
 use keel_protocol::{
@@ -162,7 +162,7 @@ impl Handler {
         }
     }
 
-    fn partition_of(&self, topic: &str, target: &PartitionTarget<'_>) -> Result<u32, EngineError> {
+    fn partition_of(&self, topic: &str, target: &PartitionTarget<'_>) -> Result<u32, DataError> {
         match target {
             PartitionTarget::Partition(p) => Ok(*p),
             PartitionTarget::Key(key) => {

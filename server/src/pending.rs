@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keel_engine::{Answer, Completion, CompletionQueue, EngineError, Reservation, Ticket, Waker};
+use keel_engine::{Answer, Completion, CompletionQueue, Reservation, Ticket, Waker};
 use keel_protocol::{ErrorCode, Response};
 use slab::Slab;
 
@@ -51,8 +51,8 @@ pub struct Waiting {
 }
 
 impl Waiting {
-    /// Answers the client with the engine's `outcome`.
-    fn answer(self, outcome: Result<Answer, EngineError>) {
+    /// Answers the client with the engine's answer.
+    fn answer(self, answer: Answer) {
         let Self {
             reply,
             then,
@@ -60,20 +60,23 @@ impl Waiting {
         } = self;
         // The engine is done with the request: its shard budget goes back first.
         drop(shard_hold);
-        match (then, outcome) {
-            (_, Err(e)) => reply.engine_error(&e),
-            (Then::Produced { partition }, Ok(Answer::Appended(range))) => {
+        match (then, answer) {
+            (Then::Produced { partition }, Answer::Appended(Ok(range))) => {
                 reply.ok(&Response::Produce {
                     partition,
                     first_offset: range.first,
                     last_offset: range.last,
                 });
             }
-            (Then::Fetched, Ok(Answer::Read(res))) => reply.fetched(res),
-            (Then::Consumed, Ok(Answer::Consumed(parts))) => reply.consumed(parts),
-            (Then::Acked, Ok(Answer::Settled)) => reply.ok(&Response::Ack),
-            (Then::Nacked, Ok(Answer::Settled)) => reply.ok(&Response::Nack),
-            (then, Ok(other)) => {
+            (Then::Fetched, Answer::Read(Ok(res))) => reply.fetched(res),
+            (Then::Consumed, Answer::Consumed(Ok(parts))) => reply.consumed(parts),
+            (Then::Acked, Answer::Settled(Ok(()))) => reply.ok(&Response::Ack),
+            (Then::Nacked, Answer::Settled(Ok(()))) => reply.ok(&Response::Nack),
+            (Then::Produced { .. }, Answer::Appended(Err(e)))
+            | (Then::Fetched, Answer::Read(Err(e))) => reply.engine_error(&e),
+            (Then::Consumed, Answer::Consumed(Err(e)))
+            | (Then::Acked | Then::Nacked, Answer::Settled(Err(e))) => reply.engine_error(&e),
+            (then, other) => {
                 log::error!("the engine answered a {then:?} request with {other:?}");
                 reply.error(
                     ErrorCode::Internal,
@@ -138,7 +141,7 @@ impl Tickets for LoopPending {
 fn answer(waiting: &mut Slab<Waiting>, c: Completion) {
     // Tags are keys this table gave out; a record whose key is not there is a bug, logged.
     match waiting.try_remove(c.tag as usize) {
-        Some(w) => w.answer(c.outcome),
+        Some(w) => w.answer(c.answer),
         None => log::error!("an engine answer for request {} that is not waiting", c.tag),
     }
 }
@@ -193,12 +196,12 @@ impl SharedPending {
                 continue;
             }
             // Taken out under the lock, answered outside it: answering wakes writers.
-            let answers: Vec<(Waiting, Result<Answer, EngineError>)> = {
+            let answers: Vec<(Waiting, Answer)> = {
                 let mut waiting = self.waiting();
                 drained
                     .drain(..)
                     .filter_map(|c| match waiting.try_remove(c.tag as usize) {
-                        Some(w) => Some((w, c.outcome)),
+                        Some(w) => Some((w, c.answer)),
                         None => {
                             log::error!(
                                 "an engine answer for request {} that is not waiting",
@@ -210,8 +213,8 @@ impl SharedPending {
                     .collect()
             };
             self.freed.notify_all();
-            for (w, outcome) in answers {
-                w.answer(outcome);
+            for (w, answer) in answers {
+                w.answer(answer);
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Answers on their way to a connection's writer, and how engine errors become error codes.
 
-use keel_engine::{BatchError, ConsumedPartition, EngineError, ReadResult};
+use keel_engine::{AdminError, BatchError, ConsumedPartition, DataError, GroupError, ReadResult};
 use keel_protocol::{encode_error, encode_response, ErrorCode, Response};
 
 use crate::answers::AnswerTx;
@@ -97,8 +97,8 @@ impl Reply {
     }
 
     /// Sends the error response for an engine error.
-    pub fn engine_error(self, e: &EngineError) {
-        self.error(error_code(e), &e.to_string());
+    pub fn engine_error(self, e: &impl WireError) {
+        self.error(e.code(), &e.to_string());
     }
 
     /// Sends a fetch's answer, to be encoded by the connection's writer.
@@ -127,44 +127,77 @@ impl Reply {
     }
 }
 
-/// The wire code for an engine error. Every variant is named: a new one does not compile until
-/// it is given its code.
-pub fn error_code(e: &EngineError) -> ErrorCode {
-    match e {
-        EngineError::UnknownTopic(_) | EngineError::TopicDeleted(_) => ErrorCode::UnknownTopic,
-        EngineError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-        EngineError::TopicExists(_) => ErrorCode::TopicExists,
-        EngineError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
-        EngineError::InvalidBatch(BatchError::Compressed { .. }) => {
-            ErrorCode::CompressionUnsupported
+/// An engine error as the client gets it: its wire code. Every variant of every layer's error
+/// is named: a new one does not compile until it is given its code.
+pub trait WireError: std::fmt::Display {
+    /// The wire code.
+    fn code(&self) -> ErrorCode;
+}
+
+impl WireError for DataError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            DataError::UnknownTopic(_) | DataError::TopicDeleted(_) => ErrorCode::UnknownTopic,
+            DataError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            DataError::InvalidBatch(BatchError::Compressed { .. }) => {
+                ErrorCode::CompressionUnsupported
+            }
+            DataError::InvalidBatch(_) => ErrorCode::InvalidBatch,
+            DataError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            DataError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            DataError::Poisoned { .. } | DataError::BrokenInvariant { .. } => {
+                ErrorCode::PartitionPoisoned
+            }
+            DataError::NoSpace { .. } => ErrorCode::NoSpace,
+            DataError::Corruption { .. } | DataError::DamagedMetadata { .. } => {
+                ErrorCode::Corruption
+            }
+            DataError::PartitionOffline { .. } | DataError::TopicOffline { .. } => {
+                ErrorCode::Offline
+            }
+            DataError::ShuttingDown => ErrorCode::ShuttingDown,
+            // A disk operation failed while serving the request; the message names it and the
+            // file.
+            DataError::Io(_) => ErrorCode::Internal,
         }
-        EngineError::InvalidBatch(_) => ErrorCode::InvalidBatch,
-        EngineError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
-        EngineError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        EngineError::Poisoned { .. } | EngineError::BrokenInvariant { .. } => {
-            ErrorCode::PartitionPoisoned
+    }
+}
+
+impl WireError for AdminError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AdminError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+            AdminError::InvalidPartitionCount { .. } => ErrorCode::InvalidArgument,
+            AdminError::TopicExists(_) => ErrorCode::TopicExists,
+            AdminError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            AdminError::TopicOffline { .. } => ErrorCode::Offline,
+            AdminError::NoSpace { .. } => ErrorCode::NoSpace,
+            AdminError::ShuttingDown => ErrorCode::ShuttingDown,
+            AdminError::Partition(e) => e.code(),
+            AdminError::Io(_) => ErrorCode::Internal,
         }
-        EngineError::NoSpace { .. } => ErrorCode::NoSpace,
-        EngineError::Corruption { .. } => ErrorCode::Corruption,
-        EngineError::ShuttingDown => ErrorCode::ShuttingDown,
-        EngineError::InvalidConfig(_) | EngineError::InvalidGroupName { .. } => {
-            ErrorCode::InvalidArgument
+    }
+}
+
+impl WireError for GroupError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            GroupError::InvalidGroupName { .. } => ErrorCode::InvalidArgument,
+            GroupError::InvalidTopicName { .. } => ErrorCode::InvalidTopicName,
+            GroupError::UnknownMember { .. } => ErrorCode::UnknownMember,
+            GroupError::GroupOffline { .. } => ErrorCode::Offline,
+            GroupError::DamagedMetadata { .. } => ErrorCode::Corruption,
+            // No slot left for a new group's partitions: space, of another kind.
+            GroupError::OffsetTableFull { .. } | GroupError::NoSpace { .. } => ErrorCode::NoSpace,
+            GroupError::OffsetTablePoisoned { .. } | GroupError::OffsetTableUnavailable { .. } => {
+                ErrorCode::PartitionPoisoned
+            }
+            // The topic was recreated with another partition count: the request cannot be
+            // served as asked.
+            GroupError::PartitionsChanged { .. } => ErrorCode::InvalidArgument,
+            GroupError::ShuttingDown => ErrorCode::ShuttingDown,
+            GroupError::Data(e) => e.code(),
+            GroupError::Io(_) => ErrorCode::Internal,
         }
-        EngineError::OffsetTablePoisoned { .. } => ErrorCode::PartitionPoisoned,
-        // No slot left for a new group's partitions: space, of another kind.
-        EngineError::OffsetTableFull { .. } => ErrorCode::NoSpace,
-        EngineError::DamagedMetadata { .. } => ErrorCode::Corruption,
-        EngineError::UnknownMember { .. } => ErrorCode::UnknownMember,
-        EngineError::PartitionOffline { .. }
-        | EngineError::TopicOffline { .. }
-        | EngineError::GroupOffline { .. } => ErrorCode::Offline,
-        // A disk operation failed while serving the request (the message names it and the
-        // file), or, for the rest, errors of opening the data directory and of misuse of the
-        // engine that no request can cause: the message says which.
-        EngineError::Io { .. }
-        | EngineError::UringUnavailable { .. }
-        | EngineError::DirectIoUnsupported { .. }
-        | EngineError::VolatileFilesystem { .. }
-        | EngineError::DataDirLocked { .. } => ErrorCode::Internal,
     }
 }

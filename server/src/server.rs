@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use keel_engine::{Engine, EngineError, IoMode};
+use keel_engine::{Engine, IoMode, OpenError};
 use keel_protocol::{encode_error, ErrorCode};
 use socket2::{Domain, Socket, Type};
 
@@ -26,7 +26,7 @@ use crate::uring_net::NetLoops;
 pub enum ServerError {
     /// The storage engine could not open the data directory.
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Engine(#[from] OpenError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_engine::{
-    Answer, Completion, CompletionQueue, ConsumedPartition, EngineError, OffsetRange, ReadResult,
-    Ticket, Waker,
+    Answer, Completion, CompletionQueue, ConsumedPartition, DataError, GroupError, OffsetRange,
+    ReadResult, Ticket, Waker,
 };
 
 /// Requests a test may have in flight at once.
@@ -59,11 +59,11 @@ impl Answers {
         got.pop_front()
     }
 
-    /// The outcome of the next answer, as a channel's `recv_timeout` gives it: `Err(())` if
-    /// none comes within `timeout`.
+    /// The next answer, as a channel's `recv_timeout` gives it: `Err(())` if none comes
+    /// within `timeout`.
     #[allow(clippy::result_unit_err)]
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Result<Answer, EngineError>, ()> {
-        self.next(timeout).map(|c| c.outcome).ok_or(())
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Answer, ()> {
+        self.next(timeout).map(|c| c.answer).ok_or(())
     }
 
     /// The next answer; panics if none comes within `timeout`.
@@ -81,35 +81,33 @@ impl Answers {
 }
 
 /// An append's outcome.
-pub fn appended(outcome: Result<Answer, EngineError>) -> Result<OffsetRange, EngineError> {
-    match outcome? {
-        Answer::Appended(range) => Ok(range),
+pub fn appended(answer: Answer) -> Result<OffsetRange, DataError> {
+    match answer {
+        Answer::Appended(outcome) => outcome,
         other => panic!("an append answered with {other:?}"),
     }
 }
 
 /// A read's outcome.
-pub fn read(outcome: Result<Answer, EngineError>) -> Result<ReadResult, EngineError> {
-    match outcome? {
-        Answer::Read(res) => Ok(res),
+pub fn read(answer: Answer) -> Result<ReadResult, DataError> {
+    match answer {
+        Answer::Read(outcome) => outcome,
         other => panic!("a read answered with {other:?}"),
     }
 }
 
 /// A consume's outcome.
-pub fn consumed(
-    outcome: Result<Answer, EngineError>,
-) -> Result<Vec<ConsumedPartition>, EngineError> {
-    match outcome? {
-        Answer::Consumed(parts) => Ok(parts),
+pub fn consumed(answer: Answer) -> Result<Vec<ConsumedPartition>, GroupError> {
+    match answer {
+        Answer::Consumed(outcome) => outcome,
         other => panic!("a consume answered with {other:?}"),
     }
 }
 
 /// An ack's or a nack's outcome.
-pub fn settled(outcome: Result<Answer, EngineError>) -> Result<(), EngineError> {
-    match outcome? {
-        Answer::Settled => Ok(()),
+pub fn settled(answer: Answer) -> Result<(), GroupError> {
+    match answer {
+        Answer::Settled(outcome) => outcome,
         other => panic!("an ack or nack answered with {other:?}"),
     }
 }
@@ -148,13 +146,13 @@ impl<T> Tagged<T> {
 
     /// The next answer with what was kept for it: `Err(())` if none comes within `timeout`.
     #[allow(clippy::result_unit_err)]
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<(T, Result<Answer, EngineError>), ()> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<(T, Answer), ()> {
         let c = self.answers.next(timeout).ok_or(())?;
         let kept = self
             .kept
             .borrow_mut()
             .remove(&c.tag)
             .expect("an answer to a ticket of this queue");
-        Ok((kept, c.outcome))
+        Ok((kept, c.answer))
     }
 }

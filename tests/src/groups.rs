@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use keel_engine::{
-    ConsumeLimits, ConsumedPartition, Engine, EngineError, GroupSettings, GroupStart, JoinRequest,
+    ConsumeLimits, ConsumedPartition, Engine, GroupError, GroupSettings, GroupStart, JoinRequest,
     Ticket,
 };
 
@@ -41,7 +41,7 @@ pub fn consume(
     member: u64,
     max: usize,
     wait: Duration,
-) -> Result<Vec<(u32, u64, u32)>, EngineError> {
+) -> Result<Vec<(u32, u64, u32)>, GroupError> {
     let answers = Answers::new();
     let limits = ConsumeLimits {
         max_messages: max,
@@ -49,7 +49,7 @@ pub fn consume(
         until: (!wait.is_zero()).then(|| Instant::now() + wait),
     };
     engine.consume(group, topic, member, limits, answers.ticket(0));
-    let parts: Vec<ConsumedPartition> = consumed(answers.expect(PATIENCE + wait).outcome)?;
+    let parts: Vec<ConsumedPartition> = consumed(answers.expect(PATIENCE + wait).answer)?;
     Ok(parts
         .iter()
         .flat_map(|p| {
@@ -65,11 +65,11 @@ pub fn consume(
 fn wait_for(
     offsets: &[(u32, u64)],
     send: impl FnOnce(&[(u32, u64, u64)], Ticket),
-) -> Result<(), EngineError> {
+) -> Result<(), GroupError> {
     let spans: Vec<(u32, u64, u64)> = offsets.iter().map(|&(p, o)| (p, o, o)).collect();
     let answers = Answers::new();
     send(&spans, answers.ticket(0));
-    settled(answers.expect(PATIENCE).outcome)
+    settled(answers.expect(PATIENCE).answer)
 }
 
 /// An ack of single offsets, waited for.
@@ -80,7 +80,7 @@ pub fn ack(
     member: u64,
     offsets: &[(u32, u64)],
     durable: bool,
-) -> Result<(), EngineError> {
+) -> Result<(), GroupError> {
     wait_for(offsets, |spans, done| {
         engine.ack(group, topic, member, spans, durable, done)
     })
@@ -94,7 +94,7 @@ pub fn nack(
     member: u64,
     offsets: &[(u32, u64)],
     delay: Duration,
-) -> Result<(), EngineError> {
+) -> Result<(), GroupError> {
     wait_for(offsets, |spans, done| {
         engine.nack(group, topic, member, spans, delay, done)
     })

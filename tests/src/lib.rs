@@ -94,7 +94,7 @@ pub fn read_all(engine: &Engine, topic: &str, partition: u32) -> Vec<(u64, Vec<u
 /// The first offset `partition` of `topic` still has (above 0 once retention dropped some).
 pub fn log_start(engine: &Engine, topic: &str, partition: u32) -> u64 {
     match engine.read_wait(topic, partition, 0, 1) {
-        Err(keel_engine::EngineError::OffsetOutOfRange { start, .. }) => start,
+        Err(keel_engine::DataError::OffsetOutOfRange { start, .. }) => start,
         Ok(_) => 0,
         Err(e) => panic!("read {topic}/{partition} at 0: {e}"),
     }

@@ -3,7 +3,7 @@
 //! refused with a clear message.
 
 use keel_engine::filesystem::Filesystem;
-use keel_engine::{BatchError, Engine, EngineConfig, EngineError, FlushSync};
+use keel_engine::{AdminError, BatchError, DataError, Engine, EngineConfig, FlushSync, OpenError};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 #[test]
@@ -16,7 +16,7 @@ fn topics_are_created_listed_deleted_and_survive_a_restart() {
     engine.append_wait("doomed", 1, one_record(b"x")).unwrap();
     assert!(matches!(
         engine.create_topic("a", 1),
-        Err(EngineError::TopicExists(_))
+        Err(AdminError::TopicExists(_))
     ));
     engine.delete_topic("doomed").unwrap();
     assert!(
@@ -25,11 +25,11 @@ fn topics_are_created_listed_deleted_and_survive_a_restart() {
     );
     assert!(matches!(
         engine.append_wait("doomed", 0, one_record(b"x")),
-        Err(EngineError::UnknownTopic(_))
+        Err(DataError::UnknownTopic(_))
     ));
     assert!(matches!(
         engine.delete_topic("doomed"),
-        Err(EngineError::UnknownTopic(_))
+        Err(AdminError::UnknownTopic(_))
     ));
     engine.append_wait("a", 2, one_record(b"kept")).unwrap();
     drop(engine);
@@ -61,43 +61,43 @@ fn bad_requests_get_named_errors_and_the_engine_keeps_serving() {
         assert!(
             matches!(
                 engine.create_topic(bad, 1),
-                Err(EngineError::InvalidTopicName { .. })
+                Err(AdminError::InvalidTopicName { .. })
             ),
             "{bad:?}"
         );
     }
     assert!(matches!(
         engine.create_topic("zero", 0),
-        Err(EngineError::InvalidConfig(_))
+        Err(AdminError::InvalidPartitionCount { asked: 0, .. })
     ));
     engine.create_topic("t", 2).unwrap();
     assert!(matches!(
         engine.append_wait("nope", 0, one_record(b"x")),
-        Err(EngineError::UnknownTopic(t)) if t == "nope"
+        Err(DataError::UnknownTopic(t)) if t == "nope"
     ));
     assert!(matches!(
         engine.append_wait("t", 2, one_record(b"x")),
-        Err(EngineError::UnknownPartition { partition: 2, .. })
+        Err(DataError::UnknownPartition { partition: 2, .. })
     ));
     assert!(matches!(
         engine.read_wait("t", 9, 0, 100),
-        Err(EngineError::UnknownPartition { partition: 9, .. })
+        Err(DataError::UnknownPartition { partition: 9, .. })
     ));
     let mut bad_crc = one_record(b"x");
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 1;
     assert!(matches!(
         engine.append_wait("t", 0, bad_crc),
-        Err(EngineError::InvalidBatch(BatchError::Crc { .. }))
+        Err(DataError::InvalidBatch(BatchError::Crc { .. }))
     ));
     assert!(matches!(
         engine.append_wait("t", 0, vec![1, 2, 3]),
-        Err(EngineError::InvalidBatch(BatchError::Length { .. }))
+        Err(DataError::InvalidBatch(BatchError::Length { .. }))
     ));
     let huge = one_record(&vec![0u8; 100_000]);
     assert!(matches!(
         engine.append_wait("t", 0, huge),
-        Err(EngineError::BatchTooLarge { max: 65_536, .. })
+        Err(DataError::BatchTooLarge { max: 65_536, .. })
     ));
     // None of that consumed offsets or stopped the partition.
     assert_eq!(
@@ -114,7 +114,7 @@ fn a_data_directory_is_locked_by_its_engine() {
     let dir = data_dir();
     let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
     match Engine::open(small_config(dir.path(), 1)) {
-        Err(EngineError::DataDirLocked { .. }) => {}
+        Err(OpenError::DataDirLocked { .. }) => {}
         Err(e) => panic!("expected the lock error, got {e}"),
         Ok(_) => panic!("two engines opened one data directory"),
     }
@@ -131,7 +131,7 @@ fn tmpfs_is_refused_with_a_clear_message() {
     }
     let dir = tempfile::tempdir_in(shm).unwrap();
     match Engine::open(EngineConfig::new(dir.path())) {
-        Err(e @ EngineError::VolatileFilesystem { .. }) => {
+        Err(e @ OpenError::VolatileFilesystem { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains("tmpfs") && msg.contains("ext4"), "{msg}");
         }
@@ -147,13 +147,13 @@ fn bad_configurations_are_refused() {
     cfg.segment_bytes = 1000;
     assert!(matches!(
         Engine::open(cfg),
-        Err(EngineError::InvalidConfig(_))
+        Err(OpenError::InvalidConfig(_))
     ));
     let mut cfg = small_config(dir.path(), 1);
     cfg.max_batch_bytes = cfg.max_flush_bytes;
     assert!(matches!(
         Engine::open(cfg),
-        Err(EngineError::InvalidConfig(_))
+        Err(OpenError::InvalidConfig(_))
     ));
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::io::FaultPlan;
-use keel_engine::{Engine, EngineError, IoMode};
+use keel_engine::{DataError, Engine, IoMode};
 use keel_tests::answers::{appended, Answers};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
@@ -17,9 +17,9 @@ fn faulty_engine(dir: &std::path::Path, plan: &Arc<FaultPlan>) -> Engine {
     engine
 }
 
-fn assert_poisoned(r: Result<keel_engine::OffsetRange, EngineError>, errno: i32) {
+fn assert_poisoned(r: Result<keel_engine::OffsetRange, DataError>, errno: i32) {
     match r {
-        Err(EngineError::Poisoned { source, path, .. }) => {
+        Err(DataError::Poisoned { source, path, .. }) => {
             assert_eq!(source.raw_os_error(), Some(errno), "the OS error is kept");
             assert!(
                 path.to_string_lossy().ends_with(".seg"),
@@ -104,11 +104,11 @@ fn no_space_for_a_new_segment_fails_appends_but_not_the_engine() {
         }
         assert!(acked.len() < 100, "the segment should have filled up");
     };
-    assert!(matches!(err, EngineError::NoSpace { .. }), "got {err}");
+    assert!(matches!(err, DataError::NoSpace { .. }), "got {err}");
     // Still no space: still a clean error, nothing half-acknowledged.
     assert!(matches!(
         engine.append_wait("f", 0, one_record(&value)),
-        Err(EngineError::NoSpace { .. })
+        Err(DataError::NoSpace { .. })
     ));
     plan.heal();
     let r = engine.append_wait("f", 0, one_record(&value)).unwrap();
@@ -131,7 +131,10 @@ fn a_topic_creation_that_fails_leaves_nothing_behind() {
                         // The second partition's first segment finds no room, after the first one's was made.
     plan.fail_allocate_in(2);
     let err = engine.create_topic("nospace", 2).unwrap_err();
-    assert!(matches!(err, EngineError::NoSpace { .. }), "got {err}");
+    assert!(
+        matches!(err, keel_engine::AdminError::NoSpace { .. }),
+        "got {err}"
+    );
     assert!(engine.partitions("nospace").is_err());
     assert!(!dir.path().join("topics/nospace").exists());
     assert_eq!(engine.list_topics(), vec![("f".to_string(), 2)]);

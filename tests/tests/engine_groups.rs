@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use keel_engine::{shard_for, Engine, EngineError};
+use keel_engine::{shard_for, DataError, Engine, GroupError};
 use keel_tests::answers::{consumed, Answers};
 use keel_tests::groups::{ack, consume, join};
 use keel_tests::{data_dir, one_record, small_config};
@@ -132,11 +132,14 @@ fn an_ack_naming_partitions_of_both_shards_is_answered_once_both_are_durable() {
     assert_eq!(committed, vec![1, 1]);
     assert!(matches!(
         ack(&engine, "g", "t", m, &[(7, 0)], true),
-        Err(EngineError::UnknownPartition { partition: 7, .. })
+        Err(GroupError::Data(DataError::UnknownPartition {
+            partition: 7,
+            ..
+        }))
     ));
     assert!(matches!(
         ack(&engine, "nobody", "t", m, &[(0, 0)], true),
-        Err(EngineError::UnknownMember { .. })
+        Err(GroupError::UnknownMember { .. })
     ));
 }
 

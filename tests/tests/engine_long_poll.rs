@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_engine::{BatchView, Engine, EngineError, ReadResult};
+use keel_engine::{BatchView, DataError, Engine, ReadResult};
 use keel_tests::answers::{read, Answers};
 use keel_tests::{data_dir, one_record, small_config};
 
@@ -14,7 +14,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 struct Waiting(Answers);
 
 impl Waiting {
-    fn recv_timeout(&self, timeout: Duration) -> Result<Result<ReadResult, EngineError>, ()> {
+    fn recv_timeout(&self, timeout: Duration) -> Result<Result<ReadResult, DataError>, ()> {
         self.0.recv_timeout(timeout).map(read)
     }
 }
@@ -103,7 +103,7 @@ fn a_read_with_its_deadline_passed_or_data_there_is_answered_at_once() {
     let beyond = wait_at_end(&engine, "t", 5, Instant::now() + Duration::from_secs(60));
     assert!(matches!(
         beyond.recv_timeout(PATIENCE).unwrap(),
-        Err(EngineError::OffsetOutOfRange { .. })
+        Err(DataError::OffsetOutOfRange { .. })
     ));
 }
 
@@ -119,7 +119,7 @@ fn waiting_reads_are_answered_when_their_topic_is_deleted_or_the_engine_stops() 
     engine.delete_topic("doomed").unwrap();
     assert!(matches!(
         doomed.recv_timeout(PATIENCE).unwrap(),
-        Err(EngineError::TopicDeleted(_))
+        Err(DataError::TopicDeleted(_))
     ));
     assert!(kept.recv_timeout(Duration::from_millis(100)).is_err());
     let stopping = Instant::now();

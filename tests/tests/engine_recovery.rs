@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use keel_engine::{BatchView, Engine, EngineError, RecoveryMode, LOST_HEADER};
+use keel_engine::{BatchView, DataError, Engine, RecoveryMode, LOST_HEADER};
 use keel_tests::{
     data_dir, one_record, random_batch, read_all, segment_files, small_config, with_offset, Rng,
 };
@@ -175,10 +175,10 @@ fn a_flipped_byte_followed_by_valid_batches_is_named_corruption() {
         let offline = engine
             .append_wait("t", 0, one_record(b"refused"))
             .unwrap_err();
-        let EngineError::PartitionOffline { cause, .. } = &offline else {
+        let DataError::PartitionOffline { cause, .. } = &offline else {
             panic!("expected the partition offline, got {offline}");
         };
-        let EngineError::Corruption {
+        let DataError::Corruption {
             path,
             position,
             detail,
@@ -197,7 +197,7 @@ fn a_flipped_byte_followed_by_valid_batches_is_named_corruption() {
         assert!(
             matches!(
                 engine.read_wait("t", 0, 0, 1 << 20),
-                Err(EngineError::PartitionOffline { .. })
+                Err(DataError::PartitionOffline { .. })
             ),
             "reads are refused too"
         );

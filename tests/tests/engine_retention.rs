@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_engine::{Engine, EngineConfig, EngineError};
+use keel_engine::{DataError, Engine, EngineConfig};
 use keel_tests::answers::{appended, Tagged};
 use keel_tests::{
     data_dir, log_start, random_batch, read_from, segment_files, small_config, with_offset, Rng,
@@ -86,7 +86,7 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
     let start = assert_retained(&engine, &appended, "after filling");
     assert!(start > 0, "old segments were dropped");
     match engine.read_wait("r", 0, start - 1, 1 << 20) {
-        Err(EngineError::OffsetOutOfRange {
+        Err(DataError::OffsetOutOfRange {
             offset, start: s, ..
         }) => {
             assert_eq!((offset, s), (start - 1, start));
@@ -132,8 +132,8 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
     fs::write(&oldest, &bytes).unwrap();
     let engine = Engine::open(config(dir.path())).unwrap();
     match engine.read_wait("r", 0, start, 1 << 20) {
-        Err(EngineError::PartitionOffline { cause, .. }) => match cause.as_ref() {
-            EngineError::Corruption { path, position, .. } => {
+        Err(DataError::PartitionOffline { cause, .. }) => match cause.as_ref() {
+            DataError::Corruption { path, position, .. } => {
                 assert_eq!(*path, oldest, "names the damaged file");
                 assert_eq!(*position, at as u64, "names the damaged batch");
             }

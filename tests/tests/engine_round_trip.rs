@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use keel_engine::{Engine, EngineError};
+use keel_engine::{DataError, Engine};
 use keel_tests::answers::{appended, Answers};
 use keel_tests::{data_dir, random_batch, read_all, small_config, with_offset, Rng};
 
@@ -105,7 +105,7 @@ fn reads_without_a_tail_cache_come_from_disk_and_honour_offsets_and_limits() {
     assert!(engine.read_wait("t", 0, end, 1000).unwrap().data.is_empty());
     assert!(matches!(
         engine.read_wait("t", 0, end + 1, 1000),
-        Err(EngineError::OffsetOutOfRange { .. })
+        Err(DataError::OffsetOutOfRange { .. })
     ));
 }
 
@@ -132,7 +132,7 @@ fn data_survives_rolls_that_race_the_zeroing_of_the_next_segment() {
     for _ in 0..sent.len() {
         let c = answers.expect(std::time::Duration::from_secs(30));
         let i = c.tag as usize;
-        let first = appended(c.outcome).unwrap().first;
+        let first = appended(c.answer).unwrap().first;
         expected[i] = (first, with_offset(&sent[i], first));
     }
     expected.sort();

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_engine::{Engine, EngineError, FlushSync};
+use keel_engine::{Engine, FlushSync, OpenError};
 use keel_tests::crash_load::{missing_after_restart, produce_then_kill, Acked};
 use keel_tests::keeld::Keeld;
 use keel_tests::powerfs::PowerFs;
@@ -124,7 +124,7 @@ fn on_fuse_auto_takes_fdatasync_and_dsync_writes_are_refused() {
     let mut cfg = small_config(&data, 1);
     cfg.flush_sync = FlushSync::DsyncWrite;
     match Engine::open(cfg.clone()) {
-        Err(EngineError::InvalidConfig(msg)) => {
+        Err(OpenError::InvalidConfig(msg)) => {
             assert!(msg.contains("dsync-write") && msg.contains("fuse"), "{msg}")
         }
         Err(e) => panic!("refused for another reason: {e}"),

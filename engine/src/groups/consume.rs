@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use keel_format::batch::trusted_batches;
 
 use crate::delivery::{Delivery, MemberId};
-use crate::error::{EngineError, Result};
+use crate::error::GroupError;
 use crate::groups::members::Member;
 use crate::groups::GroupKey;
 
@@ -30,7 +30,7 @@ pub struct ConsumedPartition {
 }
 
 /// Called once with a consume's answer.
-pub(crate) type ConsumeDone = Box<dyn FnOnce(Result<Vec<ConsumedPartition>>) + Send>;
+pub(crate) type ConsumeDone = Box<dyn FnOnce(Result<Vec<ConsumedPartition>, GroupError>) + Send>;
 
 /// What the shards serving one consume share.
 pub struct ConsumeGather {
@@ -176,7 +176,7 @@ impl ConsumeGather {
             return;
         };
         if self.unknown.load(Ordering::Acquire) && !self.has_parts() {
-            let err = EngineError::UnknownMember {
+            let err = GroupError::UnknownMember {
                 group: group.to_string(),
                 member,
             };

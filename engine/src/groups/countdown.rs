@@ -7,15 +7,15 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{bounded, Receiver};
 
-use crate::error::{EngineError, Result};
+use crate::error::GroupError;
 
 /// Called once with the outcome of a group request.
-pub(crate) type GroupDone = Box<dyn FnOnce(Result<()>) + Send>;
+pub(crate) type GroupDone = Box<dyn FnOnce(Result<(), GroupError>) + Send>;
 
 /// Parts still to finish, and the answer.
 pub struct Countdown {
     left: AtomicUsize,
-    error: OnceLock<EngineError>,
+    error: OnceLock<GroupError>,
     done: Receiver<GroupDone>,
 }
 
@@ -34,7 +34,7 @@ impl Countdown {
     }
 
     /// One part finished with `outcome`; the last answers.
-    pub fn part_done(&self, outcome: Result<()>) {
+    pub fn part_done(&self, outcome: Result<(), GroupError>) {
         if let Err(e) = outcome {
             let _ = self.error.set(e);
         }
@@ -59,10 +59,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let c = Countdown::new(3, Box::new(move |r| tx.send(r).unwrap()));
         c.part_done(Ok(()));
-        c.part_done(Err(EngineError::ShuttingDown));
+        c.part_done(Err(GroupError::ShuttingDown));
         assert!(rx.try_recv().is_err(), "not before the last part");
         c.part_done(Ok(()));
-        assert!(matches!(rx.try_recv(), Ok(Err(EngineError::ShuttingDown))));
+        assert!(matches!(rx.try_recv(), Ok(Err(GroupError::ShuttingDown))));
         assert!(rx.try_recv().is_err());
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::engine::EngineCore;
-use crate::error::{EngineError, Result};
+use crate::error::{AdminError, DataError};
 use crate::groups::GroupKey;
 use crate::shard::{Command, GroupCmd};
 
@@ -151,16 +151,33 @@ fn run(core: &Weak<EngineCore>, rx: &Receiver<HelperJob>) {
 
 /// Appends the copy to partition `partition` of `dlq`, creating `dlq` with `topic`'s partition
 /// count if it does not exist; the copy's offset once durable.
-fn copy(core: &EngineCore, topic: &str, dlq: &str, partition: u32, batch: Vec<u8>) -> Result<u64> {
-    if let Err(EngineError::UnknownTopic(_)) = core.partitions(dlq) {
+fn copy(
+    core: &EngineCore,
+    topic: &str,
+    dlq: &str,
+    partition: u32,
+    batch: Vec<u8>,
+) -> Result<u64, CopyError> {
+    if let Err(DataError::UnknownTopic(_)) = core.partitions(dlq) {
         let partitions = core.partitions(topic)?;
         match core.create_topic(dlq, partitions) {
             Ok(()) => log::info!("created dead-letter topic {dlq:?} with {partitions} partitions"),
-            Err(EngineError::TopicExists(_)) => {}
-            Err(e) => return Err(e),
+            Err(AdminError::TopicExists(_)) => {}
+            Err(e) => return Err(CopyError::Create(e)),
         }
     }
     Ok(core.append_wait(dlq, partition, batch)?.first)
+}
+
+/// Why a dead letter could not be copied (it is tried again later).
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    /// The dead-letter topic could not be created.
+    #[error("cannot create the dead-letter topic: {0}")]
+    Create(AdminError),
+    /// The source topic's partitions, or the append to the dead-letter topic.
+    #[error(transparent)]
+    Data(#[from] DataError),
 }
 
 /// Records every loaded group's committed offsets as its checkpoint; each shard reports them

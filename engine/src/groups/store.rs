@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{EngineError, Result};
+use crate::error::{GroupError, IoFailure, OpenError};
 use crate::groups::meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
 use crate::io::MappedRecord;
 use crate::layout::{self, validate_group_name, validate_topic_name, write_atomic};
@@ -116,7 +116,7 @@ pub struct GroupStore {
     slots_per_table: usize,
     groups: Mutex<HashMap<(String, String), Arc<StoredGroup>>>,
     /// Groups whose metadata is damaged, held offline with why.
-    damaged: Mutex<HashMap<(String, String), Arc<EngineError>>>,
+    damaged: Mutex<HashMap<(String, String), Arc<GroupError>>>,
 }
 
 impl GroupStore {
@@ -129,16 +129,16 @@ impl GroupStore {
         shards: usize,
         slots: usize,
         power: Option<Arc<MappedRecord>>,
-    ) -> Result<(Self, TableMaps)> {
+    ) -> Result<(Self, TableMaps), OpenError> {
         let tables = shards.max(1);
         let dir = groups_dir(data_dir);
         layout::create_dir_durable(&dir)?;
         let mut metas = Vec::new();
         let mut damaged = Vec::new();
         let mut existing_tables = 0;
-        let entries = fs::read_dir(&dir).map_err(|e| EngineError::io("list groups", &dir, e))?;
+        let entries = fs::read_dir(&dir).map_err(|e| OpenError::io("list groups", &dir, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| EngineError::io("list groups", &dir, e))?;
+            let entry = entry.map_err(|e| OpenError::io("list groups", &dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(n) = name
                 .strip_prefix("offsets-")
@@ -181,7 +181,7 @@ impl GroupStore {
                 );
                 damaged.push((
                     (meta.group, meta.topic),
-                    EngineError::DamagedMetadata { path, detail },
+                    GroupError::DamagedMetadata { path, detail },
                 ));
                 continue;
             }
@@ -207,7 +207,7 @@ impl GroupStore {
         Ok((store, maps))
     }
 
-    fn damaged(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<EngineError>>> {
+    fn damaged(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<GroupError>>> {
         // Single inserts and removals: consistent after any panic.
         self.damaged.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -220,7 +220,7 @@ impl GroupStore {
     /// Repair: removes the damaged metadata files of offline groups, so that each such group is
     /// created anew by its next join (from where that join asks to start: what the old group
     /// had acknowledged is forgotten). Returns how many were removed.
-    pub fn remove_damaged(&self) -> Result<usize> {
+    pub fn remove_damaged(&self) -> Result<usize, IoFailure> {
         let mut damaged = self.damaged();
         let mut removed = 0;
         for (group, topic) in damaged.keys() {
@@ -228,7 +228,7 @@ impl GroupStore {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(EngineError::io("remove damaged group", path, e)),
+                Err(e) => return Err(IoFailure::new("remove damaged group", path, e)),
             }
             log::warn!(
                 "repair: removed {}; group {group:?} on {topic} starts anew at its next join",
@@ -316,14 +316,20 @@ impl GroupStore {
         topic: &str,
         settings: GroupSettings,
         shards: usize,
-        starts: impl FnOnce() -> Result<Vec<u64>>,
-        write: impl FnOnce(&[(SlotRef, u64)]) -> Result<()>,
-    ) -> Result<Arc<StoredGroup>> {
-        validate_group_name(group)?;
-        validate_topic_name(topic)?;
+        starts: impl FnOnce() -> Result<Vec<u64>, GroupError>,
+        write: impl FnOnce(&[(SlotRef, u64)]) -> Result<(), GroupError>,
+    ) -> Result<Arc<StoredGroup>, GroupError> {
+        validate_group_name(group).map_err(|reason| GroupError::InvalidGroupName {
+            name: group.to_string(),
+            reason,
+        })?;
+        validate_topic_name(topic).map_err(|reason| GroupError::InvalidTopicName {
+            name: topic.to_string(),
+            reason,
+        })?;
         let key = (group.to_string(), topic.to_string());
         if let Some(cause) = self.damaged().get(&key) {
-            return Err(EngineError::GroupOffline {
+            return Err(GroupError::GroupOffline {
                 group: group.to_string(),
                 topic: topic.to_string(),
                 cause: Arc::clone(cause),
@@ -350,7 +356,7 @@ impl GroupStore {
             assert!(table < self.tables.len(), "a table for every shard");
             let Some(slot) = self.take_slot(table) else {
                 release(&taken);
-                return Err(EngineError::OffsetTableFull {
+                return Err(GroupError::OffsetTableFull {
                     path: self.tables[table].path.clone(),
                     slots: self.slots_per_table,
                 });
@@ -379,7 +385,7 @@ impl GroupStore {
             .and_then(|()| write_atomic(&path, meta.encode().as_bytes()));
         if let Err(e) = written {
             release(&taken);
-            return Err(e);
+            return Err(e.into());
         }
         let g = Arc::new(stored(meta));
         groups.insert(key, Arc::clone(&g));
@@ -405,7 +411,7 @@ impl GroupStore {
 
     /// Makes every table durable now, from this thread: at open, before the shards own them,
     /// and in tests of the store alone.
-    pub fn flush_all(&self, maps: &mut TableMaps) -> Result<()> {
+    pub fn flush_all(&self, maps: &mut TableMaps) -> Result<(), IoFailure> {
         for map in &mut maps.0 {
             map.flush(self.power.as_deref())?;
         }
@@ -431,7 +437,11 @@ impl GroupStore {
     /// shard count changed since the group was created (a table is stored into and synced by
     /// its owner alone). The new slot is written and synced before the meta file naming it
     /// replaces the old one; a crash in between leaves the old slot in use and the new one free.
-    fn move_slots_to_their_shards(&self, maps: &mut TableMaps, shards: usize) -> Result<()> {
+    fn move_slots_to_their_shards(
+        &self,
+        maps: &mut TableMaps,
+        shards: usize,
+    ) -> Result<(), OpenError> {
         let groups: Vec<Arc<StoredGroup>> = self.groups().values().cloned().collect();
         for g in groups {
             let moves: Vec<(u32, usize)> = (0..g.partitions())
@@ -446,7 +456,7 @@ impl GroupStore {
             for &(p, want) in &moves {
                 let state = self.load(maps, &g, p);
                 let Some(slot) = self.take_slot(want) else {
-                    return Err(EngineError::OffsetTableFull {
+                    return Err(OpenError::OffsetTableFull {
                         path: self.tables[want].path.clone(),
                         slots: self.slots_per_table,
                     });
@@ -484,7 +494,7 @@ impl GroupStore {
     }
 
     /// Takes partition `p`'s checkpoint back to `end` if it is beyond it.
-    fn lower_checkpoint(&self, g: &StoredGroup, p: u32, end: u64) -> Result<()> {
+    fn lower_checkpoint(&self, g: &StoredGroup, p: u32, end: u64) -> Result<(), IoFailure> {
         let mut meta = g.meta();
         match meta.partitions.get_mut(p as usize) {
             Some((_, checkpoint)) if *checkpoint > end => *checkpoint = end,
@@ -498,7 +508,7 @@ impl GroupStore {
 
     /// Records older committed offsets to fall back on (one per partition) in the group's meta
     /// file. They must be acknowledged already: a fallback redelivers above them.
-    pub fn checkpoint(&self, g: &StoredGroup, committed: &[u64]) -> Result<()> {
+    pub fn checkpoint(&self, g: &StoredGroup, committed: &[u64]) -> Result<(), IoFailure> {
         let mut meta = g.meta();
         let mut changed = false;
         for ((_, checkpoint), &c) in meta.partitions.iter_mut().zip(committed) {
@@ -517,13 +527,13 @@ impl GroupStore {
     }
 
     /// Forgets every group of `topic` (the topic is being deleted); their slots become free.
-    pub fn remove_topic(&self, topic: &str) -> Result<()> {
+    pub fn remove_topic(&self, topic: &str) -> Result<(), IoFailure> {
         let mut groups = self.groups();
         let doomed: Vec<(String, String)> =
             groups.keys().filter(|(_, t)| t == topic).cloned().collect();
         let dir = self.dir.join(topic);
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| EngineError::io("remove", &dir, e))?;
+            fs::remove_dir_all(&dir).map_err(|e| IoFailure::new("remove", &dir, e))?;
             layout::sync_dir(&self.dir)?;
         }
         for key in doomed {
@@ -558,11 +568,11 @@ fn open_table(
     path: &Path,
     slots: usize,
     power: Option<&MappedRecord>,
-) -> Result<(Table, OffsetTable)> {
+) -> Result<(Table, OffsetTable), OpenError> {
     let map = OffsetTable::open(path, slots)?;
     if let Some(p) = power {
         p.register_mapped(path)
-            .map_err(|e| EngineError::io("read offset table", path, e))?;
+            .map_err(|e| OpenError::io("read offset table", path, e))?;
     }
     let table = Table {
         path: path.to_path_buf(),
@@ -613,19 +623,19 @@ pub fn load_state(map: &OffsetTable, path: &Path, g: &StoredGroup, partition: u3
 
 /// Reads every `*.meta` in a topic's group directory, removing temp files a crash left.
 /// A damaged group file: (group, topic) and why.
-type Damaged = ((String, String), EngineError);
+type Damaged = ((String, String), GroupError);
 
 /// The group metadata files of one topic's directory: those that read, and those that do not.
-fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>)> {
+fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>), OpenError> {
     let mut metas = Vec::new();
     let mut damaged = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| EngineError::io("list groups", dir, e))?;
+    let entries = fs::read_dir(dir).map_err(|e| OpenError::io("list groups", dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| EngineError::io("list groups", dir, e))?;
+        let entry = entry.map_err(|e| OpenError::io("list groups", dir, e))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".tmp") {
-            fs::remove_file(&path).map_err(|e| EngineError::io("remove", &path, e))?;
+            fs::remove_file(&path).map_err(|e| OpenError::io("remove", &path, e))?;
             continue;
         }
         let Some(group) = name.strip_suffix(".meta") else {
@@ -636,7 +646,7 @@ fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>)>
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) => {
-                damaged.push((key, EngineError::io("read group", &path, e)));
+                damaged.push((key, GroupError::io("read group", &path, e)));
                 continue;
             }
         };
@@ -644,7 +654,7 @@ fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>)>
             Some(meta) => metas.push(meta),
             None => damaged.push((
                 key,
-                EngineError::DamagedMetadata {
+                GroupError::DamagedMetadata {
                     path,
                     detail: "group metadata fails its checksum".into(),
                 },
@@ -659,13 +669,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn starts(v: Vec<u64>) -> impl FnOnce() -> Result<Vec<u64>> {
+    fn starts(v: Vec<u64>) -> impl FnOnce() -> Result<Vec<u64>, GroupError> {
         move || Ok(v)
     }
 
     /// A group's creation writes its new slots through the shards owning the tables; a store
     /// alone has none: these tests write them into the maps, and sync where it matters.
-    fn write_into(maps: &mut TableMaps) -> impl FnOnce(&[(SlotRef, u64)]) -> Result<()> + '_ {
+    fn write_into(maps: &mut TableMaps) -> impl FnOnce(&[(SlotRef, u64)]) -> Result<(), GroupError> + '_ {
         move |slots| {
             for &(slot, start) in slots {
                 maps.store(slot, &AckState::new(slot.owner, start));
@@ -819,7 +829,7 @@ mod tests {
             starts(vec![0]),
             write_into(&mut maps),
         );
-        assert!(matches!(full, Err(EngineError::OffsetTableFull { .. })));
+        assert!(matches!(full, Err(GroupError::OffsetTableFull { .. })));
         store.remove_topic("t").unwrap();
         assert!(store.find("g", "t").is_none());
         let g2 = store

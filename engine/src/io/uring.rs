@@ -47,7 +47,7 @@ pub struct UringDisk {
 }
 
 impl UringDisk {
-    /// Creates a ring. The error is the raw one; [`crate::EngineError::uring_unavailable`] turns
+    /// Creates a ring. The error is the raw one; [`crate::OpenError::uring_unavailable`] turns
     /// it into advice.
     pub fn new() -> io::Result<Self> {
         let ring = IoUring::builder()

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::delivery::MemberId;
-use crate::error::Result;
 use crate::groups::{
     cover, ConsumeGather, ConsumeTask, ConsumedPartition, GroupKey, Look, Reading,
 };
@@ -20,7 +19,7 @@ use crate::read::{ReadFor, ReadResult, ReadStep};
 use super::groups::{GroupCmd, Waiter, GROUP_TICK};
 use super::tables::store_into;
 use super::{owned, Command, Shard};
-use crate::error::EngineError;
+use crate::error::{DataError, GroupError};
 
 /// Bytes one read for a consume asks for (less when the answer has less room).
 const READ_BYTES: usize = 256 << 10;
@@ -130,7 +129,11 @@ impl<D: Disk> Shard<D> {
     }
 
     /// A consume's disk read completed: it goes on.
-    pub(super) fn consume_read_done(&mut self, mut task: ConsumeTask, result: Result<ReadResult>) {
+    pub(super) fn consume_read_done(
+        &mut self,
+        mut task: ConsumeTask,
+        result: Result<ReadResult, DataError>,
+    ) {
         self.consume_read(&mut task, result);
         self.consume_step(task);
     }
@@ -203,7 +206,7 @@ impl<D: Disk> Shard<D> {
     /// Sends the member what the read (`result`) covers of what was handed to it, copies the
     /// dead letters it holds, and reads on for the rest while the answer has room and reads
     /// make progress (`task.reading` is then left set); what cannot be carried goes back.
-    fn consume_read(&mut self, task: &mut ConsumeTask, result: Result<ReadResult>) {
+    fn consume_read(&mut self, task: &mut ConsumeTask, result: Result<ReadResult, DataError>) {
         let Some(mut reading) = task.reading.take() else {
             return;
         };
@@ -369,7 +372,7 @@ impl<D: Disk> Shard<D> {
         };
         match &self.groups.peers {
             Some(peers) => peers.send_now(next, Command::Group(cmd)),
-            None => cmd.refuse(&EngineError::ShuttingDown),
+            None => cmd.refuse(&GroupError::ShuttingDown),
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::delivery::{DeliveryCounts, MemberId, PartitionDelivery};
-use crate::error::{EngineError, Result};
+use crate::error::{DataError, GroupError};
 use crate::groups::{
     ConsumeGather, Countdown, GroupKey, HelperTx, Member, SlotRef, Span, StoredGroup, TableRef,
 };
@@ -53,7 +53,7 @@ pub enum GroupCmd {
         /// Its durable description.
         stored: Arc<StoredGroup>,
         /// Answered once it is served, with the committed offset of each partition loaded.
-        reply: Sender<Result<Vec<(u32, u64)>>>,
+        reply: Sender<Result<Vec<(u32, u64)>, GroupError>>,
     },
     /// A member joined.
     Joined {
@@ -129,7 +129,7 @@ pub enum GroupCmd {
         /// The slots, with their starting offsets.
         slots: Vec<(SlotRef, u64)>,
         /// Answered once they are durable.
-        reply: Sender<Result<()>>,
+        reply: Sender<Result<(), GroupError>>,
     },
     /// Report what metrics show of every (group, partition).
     Metrics {
@@ -140,7 +140,7 @@ pub enum GroupCmd {
 
 impl GroupCmd {
     /// Answers the command with `err` instead of carrying it out.
-    pub fn refuse(self, err: &EngineError) {
+    pub fn refuse(self, err: &GroupError) {
         match self {
             GroupCmd::Load { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
@@ -448,10 +448,10 @@ impl<D: Disk> Shard<D> {
             m.touch(Instant::now());
         }
         if let Some(&(p, ..)) = spans.iter().find(|s| s.0 >= g.stored.partitions()) {
-            return done.part_done(Err(EngineError::UnknownPartition {
+            return done.part_done(Err(GroupError::Data(DataError::UnknownPartition {
                 topic: key.1.to_string(),
                 partition: p,
-            }));
+            })));
         }
         let mut partitions: Vec<u32> = spans.iter().map(|s| s.0).collect();
         partitions.sort_unstable();
@@ -506,10 +506,10 @@ impl<D: Disk> Shard<D> {
             _ => return done.part_done(Err(unknown_member(key, member))),
         }
         if let Some(&(p, ..)) = spans.iter().find(|s| s.0 >= g.stored.partitions()) {
-            return done.part_done(Err(EngineError::UnknownPartition {
+            return done.part_done(Err(GroupError::Data(DataError::UnknownPartition {
                 topic: key.1.to_string(),
                 partition: p,
-            }));
+            })));
         }
         for &(p, first, last) in spans {
             if let Some(d) = g.partitions.get_mut(&p) {
@@ -708,8 +708,8 @@ impl<D: Disk> Shard<D> {
     }
 }
 
-pub(super) fn unknown_member(key: &GroupKey, member: MemberId) -> EngineError {
-    EngineError::UnknownMember {
+pub(super) fn unknown_member(key: &GroupKey, member: MemberId) -> GroupError {
+    GroupError::UnknownMember {
         group: key.0.to_string(),
         member,
     }

@@ -11,7 +11,7 @@ use crossbeam_channel::{Sender, TryRecvError};
 
 use crate::blocking::BlockingIo;
 use crate::config::EngineConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{DataError, GroupError};
 use crate::histogram::Log2Histogram;
 use crate::inbox::{Inbox, InboxSender};
 use crate::io::{Block, Completion, Disk, Waker, WAKE_BATCH};
@@ -74,7 +74,7 @@ pub enum Command {
         /// What to do when a partition cannot be opened.
         opening: Opening,
         /// Answer.
-        reply: Sender<Result<()>>,
+        reply: Sender<Result<(), DataError>>,
     },
     /// A consumer-group request.
     Group(GroupCmd),
@@ -83,7 +83,7 @@ pub enum Command {
         /// Topic name.
         topic: Arc<str>,
         /// Answer, once its partitions are closed.
-        reply: Sender<Result<()>>,
+        reply: Sender<Result<(), DataError>>,
     },
     /// Finish what is in flight and exit.
     Stop,
@@ -91,14 +91,14 @@ pub enum Command {
 
 impl Command {
     /// Answers the command with `err` instead of carrying it out.
-    pub(crate) fn refuse(self, err: &EngineError) {
+    pub(crate) fn refuse(self, err: &DataError) {
         match self {
             Command::Append { done, .. } => done(Err(err.clone())),
             Command::Read { done, .. } => done(Err(err.clone())),
             Command::AddTopic { reply, .. } | Command::RemoveTopic { reply, .. } => {
                 let _ = reply.send(Err(err.clone()));
             }
-            Command::Group(cmd) => cmd.refuse(err),
+            Command::Group(cmd) => cmd.refuse(&GroupError::from(err.clone())),
             Command::Stop => {}
         }
     }
@@ -118,11 +118,11 @@ impl ShardLinks {
     /// refuses the command when the shard is gone. For shards handing each other work.
     pub fn send_now(&self, shard: usize, cmd: Command) {
         let (Some(tx), Some(waker)) = (self.txs.get(shard), self.wakers.get(shard)) else {
-            return cmd.refuse(&EngineError::ShuttingDown);
+            return cmd.refuse(&DataError::ShuttingDown);
         };
         match tx.send_now(cmd) {
             Ok(()) => waker.wake(usize::MAX),
-            Err(crossbeam_channel::SendError(cmd)) => cmd.refuse(&EngineError::ShuttingDown),
+            Err(crossbeam_channel::SendError(cmd)) => cmd.refuse(&DataError::ShuttingDown),
         }
     }
 }
@@ -136,7 +136,7 @@ pub enum Opening {
     /// held offline, answering every request with why, while the rest runs.
     Recover,
     /// A topic whose metadata is damaged: held offline whole, nothing opened.
-    Damaged(Arc<EngineError>),
+    Damaged(Arc<DataError>),
 }
 
 /// Counters of one shard, readable from any thread.
@@ -172,10 +172,10 @@ struct TopicSlot {
     partitions: u32,
     owned: HashMap<u32, Partition, Fnv1aBuild>,
     /// Owned partitions that could not be recovered, and why.
-    offline: HashMap<u32, Arc<EngineError>, Fnv1aBuild>,
+    offline: HashMap<u32, Arc<DataError>, Fnv1aBuild>,
     /// Set when the whole topic is offline (its metadata is damaged).
-    damaged: Option<Arc<EngineError>>,
-    removing: Option<Sender<Result<()>>>,
+    damaged: Option<Arc<DataError>>,
+    removing: Option<Sender<Result<(), DataError>>>,
 }
 
 /// The partition of `topic` this shard owns, if it does. A free function, so the borrow of the
@@ -401,7 +401,7 @@ impl<D: Disk> Shard<D> {
     /// Requests still queued when the shard exits (sent in a race with the engine closing)
     /// are answered, not dropped unanswered.
     fn refuse_queued(&mut self) {
-        let err = EngineError::ShuttingDown;
+        let err = DataError::ShuttingDown;
         for cmd in self.rx.try_iter() {
             cmd.refuse(&err);
         }
@@ -417,35 +417,35 @@ impl<D: Disk> Shard<D> {
         })
     }
 
-    fn partition(&mut self, topic: &str, partition: u32) -> Result<&mut Partition> {
+    fn partition(&mut self, topic: &str, partition: u32) -> Result<&mut Partition, DataError> {
         let Some(slot) = self.topics.get_mut(topic) else {
-            return Err(EngineError::UnknownTopic(topic.to_string()));
+            return Err(DataError::UnknownTopic(topic.to_string()));
         };
         if slot.removing.is_some() {
-            return Err(EngineError::TopicDeleted(topic.to_string()));
+            return Err(DataError::TopicDeleted(topic.to_string()));
         }
         if let Some(cause) = &slot.damaged {
-            return Err(EngineError::TopicOffline {
+            return Err(DataError::TopicOffline {
                 topic: topic.to_string(),
                 cause: Arc::clone(cause),
             });
         }
         if let Some(cause) = slot.offline.get(&partition) {
-            return Err(EngineError::PartitionOffline {
+            return Err(DataError::PartitionOffline {
                 topic: topic.to_string(),
                 partition,
                 cause: Arc::clone(cause),
             });
         }
         if partition >= slot.partitions {
-            return Err(EngineError::UnknownPartition {
+            return Err(DataError::UnknownPartition {
                 topic: topic.to_string(),
                 partition,
             });
         }
         slot.owned
             .get_mut(&partition)
-            .ok_or(EngineError::UnknownPartition {
+            .ok_or(DataError::UnknownPartition {
                 topic: topic.to_string(),
                 partition,
             })
@@ -516,7 +516,7 @@ impl<D: Disk> Shard<D> {
             }
             Command::RemoveTopic { topic, reply } => match self.topics.get_mut(&topic) {
                 Some(slot) => {
-                    let err = EngineError::TopicDeleted(topic.to_string());
+                    let err = DataError::TopicDeleted(topic.to_string());
                     for p in slot.owned.values_mut() {
                         p.fail_pending(&err);
                         for r in p.waiting_reads.take_all() {
@@ -606,7 +606,7 @@ impl<D: Disk> Shard<D> {
         partitions: u32,
         owned: Vec<u32>,
         opening: Opening,
-    ) -> Result<()> {
+    ) -> Result<(), DataError> {
         let mut slot = TopicSlot {
             partitions,
             owned: HashMap::default(),
@@ -744,7 +744,7 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    fn read_done(&mut self, target: ReadFor, result: Result<ReadResult>) {
+    fn read_done(&mut self, target: ReadFor, result: Result<ReadResult, DataError>) {
         match target {
             ReadFor::Caller(done) => done(result),
             ReadFor::Consume(task) => self.consume_read_done(*task, result),
@@ -754,7 +754,7 @@ impl<D: Disk> Shard<D> {
     fn submit_read(&mut self, topic: Arc<str>, partition: u32, r: DiskRead) {
         let token = self.token();
         let Ok(p) = self.partition(&topic, partition) else {
-            let err = EngineError::TopicDeleted(topic.to_string());
+            let err = DataError::TopicDeleted(topic.to_string());
             return self.read_done(r.target, Err(err));
         };
         let Some((file, pos, len)) = p.next_read(&r) else {
@@ -856,7 +856,7 @@ impl<D: Disk> Shard<D> {
                     return;
                 };
                 let Some(p) = owned(&mut self.topics, &topic, partition) else {
-                    let err = EngineError::TopicDeleted(topic.to_string());
+                    let err = DataError::TopicDeleted(topic.to_string());
                     return self.read_done(r.target, Err(err));
                 };
                 p.reads_in_flight -= 1;

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::EngineError;
+use crate::error::GroupError;
 use std::collections::BTreeMap;
 
 use crate::groups::{load_state, Countdown, GroupDone, SlotRef, StoredGroup, TableRef};
@@ -41,8 +41,8 @@ pub(super) struct ShardTable {
 }
 
 impl ShardTable {
-    fn poisoned_error(&self, e: &Arc<io::Error>) -> EngineError {
-        EngineError::OffsetTablePoisoned {
+    fn poisoned_error(&self, e: &Arc<io::Error>) -> GroupError {
+        GroupError::OffsetTablePoisoned {
             path: self.path.clone(),
             source: Arc::clone(e),
         }
@@ -161,9 +161,7 @@ impl<D: Disk> Shard<D> {
     /// Calls `done` once every store made so far to `table` is durable.
     fn table_durable(&mut self, table: usize, done: GroupDone) {
         let Some(t) = self.groups.tables.get_mut(&table) else {
-            return done(Err(EngineError::InvalidConfig(format!(
-                "offset table {table} is not synced by this shard"
-            ))));
+            return done(Err(GroupError::OffsetTableUnavailable { table }));
         };
         if let Some(e) = &t.poisoned {
             let err = t.poisoned_error(e);

@@ -48,7 +48,7 @@ fn main() {
         let c = answers.expect(std::time::Duration::from_secs(60));
         let seq = c.tag;
         let partition = (seq % 2) as u32;
-        match appended(c.outcome) {
+        match appended(c.answer) {
             Ok(range) => {
                 // Printed only after the engine said the append is durable.
                 if writeln!(out, "ACK {round} {partition} {seq} {}", range.first)
