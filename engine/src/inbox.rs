@@ -1,5 +1,6 @@
-//! A shard's queue of requests from other threads: a crossbeam channel of the list flavor,
-//! bounded by its senders.
+//! A shard's queue of requests from other threads (and the portable backend's queue of
+//! operations for its I/O thread): a crossbeam channel of the list flavor, bounded by its
+//! senders.
 //!
 //! Why not crossbeam's bounded (array) channel: its receiver spins, without ever yielding,
 //! while the slot at the head has been claimed by a sender that has not written it yet
@@ -150,6 +151,14 @@ impl<T> Inbox<T> {
     /// Requests queued.
     pub fn len(&self) -> usize {
         self.rx.len()
+    }
+
+    /// Waits for the next request and makes room for a waiting sender; fails once every
+    /// sender is gone and the queue is empty.
+    pub fn recv(&self) -> Result<T, crossbeam_channel::RecvError> {
+        let next = self.rx.recv();
+        self.made_room();
+        next
     }
 
     /// Called after taking requests: senders waiting for room look again.

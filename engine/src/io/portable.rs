@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+
 
 use super::files::{self, FileTable};
+use crate::inbox::{inbox, Inbox, InboxSender};
 use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 
@@ -40,6 +41,12 @@ enum Op {
         token: u64,
     },
 }
+
+/// Operations queued for the I/O thread at most, as an io_uring's submission queue holds a
+/// bounded number: past it the shard waits for the thread to take one (the thread never waits
+/// for the shard, so it always does). A list channel bounded by its sender (`inbox.rs`), not
+/// crossbeam's array channel, whose receiver spins on a preempted sender.
+const QUEUED_OPS_MAX: usize = 256;
 
 /// Where the I/O thread leaves completions, and the eventfd it rings when it does.
 struct Done {
@@ -83,7 +90,7 @@ fn drain(fd: i32) {
 /// Portable disk backend: see the module documentation.
 pub struct PortableDisk {
     files: FileTable,
-    ops: Option<Sender<Op>>,
+    ops: Option<InboxSender<Op>>,
     done: Arc<Done>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
@@ -92,7 +99,7 @@ pub struct PortableDisk {
 impl PortableDisk {
     /// Starts the I/O thread.
     pub fn new() -> io::Result<Self> {
-        let (ops, rx) = unbounded();
+        let (ops, rx) = inbox(QUEUED_OPS_MAX);
         let done = Arc::new(Done {
             queue: Mutex::new(Vec::new()),
             bell: eventfd()?,
@@ -138,8 +145,8 @@ impl PortableDisk {
 }
 
 /// The I/O thread: runs ops in submission order until the sender is dropped.
-fn execute(rx: &Receiver<Op>, done: &Done) {
-    for op in rx {
+fn execute(rx: &Inbox<Op>, done: &Done) {
+    while let Ok(op) = rx.recv() {
         let completions = match op {
             Op::Write {
                 file,
