@@ -11,8 +11,8 @@ use crate::config::{EngineConfig, RecoveryMode};
 use crate::error::DataError;
 use crate::io::{Disk, FileId};
 use crate::layout::{
-    parse_segment_file_name, partition_dir, segment_file_name, sync_dir, LostOffsets,
-    DROPPED_SUFFIX, PREPARED_SEGMENT,
+    parse_segment_file_name, partition_dir, segment_file_name, LostOffsets, DROPPED_SUFFIX,
+    PREPARED_SEGMENT,
 };
 use crate::partition::{Limits, Partition};
 use crate::prepare::NextSegment;
@@ -30,7 +30,7 @@ pub fn open_partition<D: Disk>(
 ) -> Result<Partition, DataError> {
     let dir = partition_dir(&cfg.data_dir, &topic, id);
     let limits = Limits::from_config(cfg);
-    let bases = list_segments(&dir)?;
+    let bases = list_segments(io.disk, &dir)?;
     if !bases.is_empty() {
         // The same for the directory entries of its segments.
         io.disk
@@ -112,7 +112,7 @@ pub fn open_partition<D: Disk>(
             }
             segments.push(segment);
             if truncate_here {
-                remove_segments_after(&dir, &bases[i + 1..])?;
+                remove_segments_after(io.disk, &dir, &bases[i + 1..])?;
                 break;
             }
         }
@@ -222,7 +222,7 @@ fn damage(s: &Scan, next_base: Option<u64>) -> Option<String> {
     None
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>, DataError> {
+fn list_segments<D: Disk>(disk: &mut D, dir: &Path) -> Result<Vec<u64>, DataError> {
     let entries = fs::read_dir(dir).map_err(|e| DataError::io("list partition", dir, e))?;
     let mut bases = Vec::new();
     for entry in entries {
@@ -234,7 +234,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, DataError> {
         } else if name == PREPARED_SEGMENT || name.ends_with(DROPPED_SUFFIX) {
             // Never used, or dropped by retention before a crash: neither is log.
             let path = entry.path();
-            fs::remove_file(&path).map_err(|e| DataError::io("remove", &path, e))?;
+            disk.remove(&path)
+                .map_err(|e| DataError::io("remove", &path, e))?;
         }
     }
     bases.sort_unstable();
@@ -264,9 +265,12 @@ fn create_first_segment<D: Disk>(
         }
     }
     let path = dir.join(segment_file_name(0));
-    fs::rename(&first.path, &path)
+    io.disk
+        .rename(&first.path, &path)
         .map_err(|e| DataError::io("rename prepared segment to", &path, e))?;
-    sync_dir(dir)?;
+    io.disk
+        .sync_dir(dir)
+        .map_err(|e| DataError::io("sync directory", dir, e))?;
     Ok(Segment::new(0, path, first.file, 0, 0, Vec::new()))
 }
 
@@ -353,13 +357,19 @@ fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
     buf
 }
 
-fn remove_segments_after(dir: &Path, bases: &[u64]) -> Result<(), DataError> {
+fn remove_segments_after<D: Disk>(
+    disk: &mut D,
+    dir: &Path,
+    bases: &[u64],
+) -> Result<(), DataError> {
     for &base in bases {
         let path: PathBuf = dir.join(segment_file_name(base));
-        fs::remove_file(&path).map_err(|e| DataError::io("remove segment", &path, e))?;
+        disk.remove(&path)
+            .map_err(|e| DataError::io("remove segment", &path, e))?;
     }
     if !bases.is_empty() {
-        sync_dir(dir)?;
+        disk.sync_dir(dir)
+            .map_err(|e| DataError::io("sync directory", dir, e))?;
     }
     Ok(())
 }

@@ -498,7 +498,7 @@ impl Partition {
             None => NextSegment::create(disk, &self.dir, self.limits.segment_bytes)?,
         };
         let path = self.dir.join(segment_file_name(base_offset));
-        if let Err(e) = std::fs::rename(&next.path, &path) {
+        if let Err(e) = disk.rename(&next.path, &path) {
             self.next_segment = Some(next);
             return Err(DataError::io("rename prepared segment to", path, e));
         }

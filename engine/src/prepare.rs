@@ -53,7 +53,7 @@ impl NextSegment {
             }),
             Err(e) => {
                 disk.close(file);
-                let _ = std::fs::remove_file(&path);
+                let _ = disk.remove(&path);
                 Err(DataError::io("allocate segment", path, e))
             }
         }

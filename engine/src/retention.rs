@@ -54,13 +54,14 @@ impl Partition {
         if drop == 0 {
             return;
         }
+        let renamed_before = self.retired.recycled + self.retired.dropped.len() as u64;
         for segment in self.segments.drain(..drop).collect::<Vec<_>>() {
             let full = disk
                 .len(segment.file)
                 .is_ok_and(|len| len == self.limits.segment_bytes);
             if self.next_segment.is_none() && full {
                 let path = self.dir.join(PREPARED_SEGMENT);
-                match std::fs::rename(&segment.path, &path) {
+                match disk.rename(&segment.path, &path) {
                     Ok(()) => {
                         let size = self.limits.segment_bytes;
                         self.next_segment = Some(NextSegment::recycled(segment.file, path, size));
@@ -80,7 +81,7 @@ impl Partition {
             // Renamed now (a crash before the rename is durable only brings a dropped segment
             // back, which is still a valid log); removed by the janitor, off this thread.
             let dropped = self.dir.join(dropped_file_name(segment.base_offset));
-            match std::fs::rename(&segment.path, &dropped) {
+            match disk.rename(&segment.path, &dropped) {
                 Ok(()) => self.retired.dropped.push(dropped),
                 Err(e) => log::warn!(
                     "{}/{}: retention could not drop {}: {e}",
@@ -88,6 +89,19 @@ impl Partition {
                     self.id,
                     segment.path.display()
                 ),
+            }
+        }
+        // The new names durable through the disk before anyone acts on them: the janitor
+        // shortens a dropped file, and a crash must never bring a shortened file back under
+        // its segment name.
+        if self.retired.recycled + self.retired.dropped.len() as u64 > renamed_before {
+            if let Err(e) = disk.sync_dir(&self.dir) {
+                log::warn!(
+                    "{}/{}: cannot sync {} after dropping segments: {e}",
+                    self.topic,
+                    self.id,
+                    self.dir.display()
+                );
             }
         }
     }

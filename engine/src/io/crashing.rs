@@ -17,12 +17,16 @@
 //! succeeded with the power on, that copy is what the disk is known to hold, and
 //! [`CrashPlan::lose_unsynced_writes`] sets each sector that differs from it back, or leaves
 //! it, at random. One simulator for the logs and the tables.
+//!
+//! Renames made through the disk are durable once their directory is synced through it (as a
+//! journaling filesystem commits directory changes in order): a crash undoes a newest-first
+//! run of those not yet covered, of random length. (A removal is taken as durable at once.)
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -69,10 +73,19 @@ pub struct MappedSync {
     image: Vec<u8>,
 }
 
+/// A rename made through a [`CrashingDisk`].
+struct Renamed {
+    dir: PathBuf,
+    from: PathBuf,
+    to: PathBuf,
+    durable: bool,
+}
+
 /// The record of writes shared by a test and the shards' [`CrashingDisk`]s.
 #[derive(Default)]
 pub struct CrashPlan {
     writes: Mutex<Vec<Written>>,
+    renames: Mutex<Vec<Renamed>>,
     mapped: Mutex<MappedFiles>,
     crashed: AtomicBool,
     disks: AtomicUsize,
@@ -99,6 +112,25 @@ impl CrashPlan {
 
     fn writes(&self) -> MutexGuard<'_, Vec<Written>> {
         self.writes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn renames(&self) -> MutexGuard<'_, Vec<Renamed>> {
+        self.renames.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After the engine is gone: undoes, newest first, a run of random length of the renames
+    /// no directory sync covered. Returns how many were undone.
+    fn lose_unsynced_renames(&self, next: &mut impl FnMut() -> u64) -> io::Result<usize> {
+        let renames = self.renames();
+        let unsynced: Vec<&Renamed> = renames.iter().filter(|r| !r.durable).collect();
+        let undo = (next() % (unsynced.len() as u64 + 1)) as usize;
+        for r in unsynced.iter().rev().take(undo) {
+            std::fs::rename(&r.to, &r.from)?;
+        }
+        for dir in unsynced.iter().rev().take(undo).map(|r| &r.dir) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(undo)
     }
 
     fn mapped(&self) -> MutexGuard<'_, MappedFiles> {
@@ -240,6 +272,7 @@ impl CrashPlan {
     pub fn lose_unsynced_writes(&self, seed: u64) -> io::Result<usize> {
         let mut next = xorshift(seed);
         let mut undone = self.lose_unsynced_mapped(&mut next)?;
+        undone += self.lose_unsynced_renames(&mut next)?;
         let writes = self.writes();
         for w in writes.iter().rev().filter(|w| !w.durable) {
             let file = &w.handle;
@@ -386,7 +419,30 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         if self.crashed() {
             return Err(eio());
         }
-        self.inner.sync_dir(dir)
+        self.inner.sync_dir(dir)?;
+        for r in self.plan.renames().iter_mut().filter(|r| r.dir == dir) {
+            r.durable = true;
+        }
+        Ok(())
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        if self.crashed() {
+            return Err(eio());
+        }
+        self.inner.rename(from, to)?;
+        self.plan.renames().push(Renamed {
+            dir: to.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            durable: false,
+        });
+        Ok(())
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        if self.crashed() {
+            return Err(eio());
+        }
+        self.inner.remove(path)
     }
 
     fn submit_write(

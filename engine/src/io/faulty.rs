@@ -146,6 +146,12 @@ impl<D: Disk> Disk for FaultyDisk<D> {
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
         self.inner.sync_dir(dir)
     }
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
 
     fn submit_write(
         &mut self,

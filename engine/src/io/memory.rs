@@ -130,6 +130,13 @@ impl Disk for MemDisk {
     fn sync_dir(&mut self, _dir: &Path) -> io::Result<()> {
         Ok(())
     }
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        // The files' bytes live in memory by id; only their names are on disk.
+        std::fs::rename(from, to)
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
     fn submit_write(
         &mut self,
         file: FileId,

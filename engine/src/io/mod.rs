@@ -3,7 +3,7 @@
 //! Writes, reads and data syncs are submitted and complete later ([`Disk::wait`]); the buffer
 //! travels into the backend with the submission and comes back in the completion, so nothing
 //! can free or reuse it while the kernel owns it. Rare operations (open, allocate, full file and
-//! directory syncs) are blocking calls. The storage code is generic over this trait:
+//! directory syncs, renames and removals of a partition's files) are blocking calls. The storage code is generic over this trait:
 //! - [`UringDisk`]: io_uring with O_DIRECT, in production;
 //! - [`PortableDisk`]: pwrite + fdatasync on a thread, for hosts that block io_uring;
 //! - [`FaultyDisk`]: wraps a real backend and fails chosen writes, syncs or allocations;
@@ -190,6 +190,10 @@ pub trait Disk {
     fn sync_all(&mut self, file: FileId) -> io::Result<()>;
     /// `fsync` of a directory, making entries created or renamed in it durable (blocking).
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+    /// Renames a file within its directory (blocking); durable once the directory is synced.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file (blocking); durable once its directory is synced.
+    fn remove(&mut self, path: &Path) -> io::Result<()>;
     /// Submits a write of `buf[..len]` at `offset`, made durable as `sync` says. Completions:
     /// one `Write` (with the buffer), and one `Sync` unless `sync` is [`SyncAfter::Nothing`].
     /// `offset`, `len` must be block aligned.

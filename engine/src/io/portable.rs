@@ -240,6 +240,14 @@ impl Disk for PortableDisk {
         files::sync_dir(dir)
     }
 
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
     fn submit_write(
         &mut self,
         file: FileId,
