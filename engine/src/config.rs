@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::aligned::BLOCK_BYTES;
 use crate::error::OpenError;
-use crate::io::MappedRecord;
 #[cfg(feature = "testing")]
 use crate::io::{CrashPlan, FaultPlan};
+use crate::io::{MappedRecord, MetaFs, SystemFs};
 
 /// How the shards reach the disk.
 #[derive(Debug, Clone, Default)]
@@ -122,6 +122,16 @@ impl EngineConfig {
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
             group_slots: 16_384,
+        }
+    }
+
+    /// The filesystem of the data directory's metadata files and directories: the system's,
+    /// or, under the crash simulator, its plan's record of them.
+    pub(crate) fn meta_fs(&self) -> Arc<dyn MetaFs> {
+        match &self.io {
+            #[cfg(feature = "testing")]
+            IoMode::UringWithCrashes(plan) => Arc::clone(plan) as Arc<dyn MetaFs>,
+            _ => Arc::new(SystemFs),
         }
     }
 

@@ -1,7 +1,6 @@
 //! The engine: starts the shards, routes requests to them, and keeps the topic catalog.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,7 @@ use crate::histogram::LOG2_BUCKETS;
 use crate::inbox::{inbox, InboxSender};
 #[cfg(feature = "testing")]
 use crate::io::{CrashingDisk, FaultyDisk};
-use crate::io::{Disk, PortableDisk, UringDisk, Waker};
+use crate::io::{Disk, MetaFs, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
 use crate::shard::{Command, GroupCmd, Opening, Shard, ShardLinks, ShardStats};
@@ -76,6 +75,8 @@ pub struct EngineStats {
 /// and appends to them); the handle stops it.
 pub struct EngineCore {
     cfg: Arc<EngineConfig>,
+    /// The data directory's metadata files and directories (`io/meta.rs`).
+    files: Arc<dyn MetaFs>,
     shards: Vec<ShardHandle>,
     catalog: Mutex<BTreeMap<String, TopicMeta>>,
     /// Topics whose metadata is damaged, held offline with the reason.
@@ -159,13 +160,14 @@ impl Engine {
     pub fn open(mut cfg: EngineConfig) -> Result<Self, OpenError> {
         cfg.validate()?;
         let dir = cfg.data_dir.clone();
-        layout::create_dir_durable(&dir)?;
+        let files = cfg.meta_fs();
+        layout::create_dir_durable(&*files, &dir)?;
         let lock = DataDirLock::acquire(&dir)?;
         let filesystem = filesystem::check_data_dir(&dir)?;
         cfg.flush_sync = filesystem.resolve(cfg.flush_sync, &dir)?;
         log::info!("{}", describe_durability(&cfg, &filesystem));
-        layout::create_dir_durable(&topics_dir(&dir))?;
-        let (topics, damaged) = load_catalog(&cfg)?;
+        layout::create_dir_durable(&*files, &topics_dir(&dir))?;
+        let (topics, damaged) = load_catalog(&cfg, &*files)?;
         let cfg = Arc::new(cfg);
         let mut core = EngineCore {
             shards: Vec::new(),
@@ -178,6 +180,7 @@ impl Engine {
             _lock: lock,
             groups: OnceLock::new(),
             cfg: Arc::clone(&cfg),
+            files,
         };
         for id in 0..cfg.shards {
             let shard = start_shard(&cfg, id, &core.janitor.handle())?;
@@ -232,8 +235,13 @@ impl EngineCore {
     /// groups with.
     fn open_groups(&self, core: Weak<EngineCore>) -> Result<(), OpenError> {
         let cfg = Arc::clone(&self.cfg);
-        let (store, mut maps) =
-            GroupStore::open(&cfg.data_dir, cfg.shards, cfg.group_slots, cfg.crash_plan())?;
+        let (store, mut maps) = GroupStore::open(
+            &cfg.data_dir,
+            cfg.shards,
+            cfg.group_slots,
+            cfg.crash_plan(),
+            Arc::clone(&self.files),
+        )?;
         if cfg.recovery == RecoveryMode::Repair {
             store.remove_damaged()?;
         }
@@ -302,7 +310,7 @@ impl EngineCore {
     /// can append; a crash part way leaves the record, and the next open goes on.
     fn fill_lost_offsets(&self, topic: &str, partition: u32) -> Result<(), DataError> {
         let dir = layout::partition_dir(&self.cfg.data_dir, topic, partition);
-        let Some(lost) = LostOffsets::read(&dir)? else {
+        let Some(lost) = LostOffsets::read(&*self.files, &dir)? else {
             return Ok(());
         };
         let mut end = match self.read_wait(topic, partition, 0, 1) {
@@ -329,7 +337,7 @@ impl EngineCore {
                  records marked lost (header keel.lost); new messages go on from {end}"
             );
         }
-        Ok(LostOffsets::remove(&dir)?)
+        Ok(LostOffsets::remove(&*self.files, &dir)?)
     }
 
     fn offline_topics(&self) -> MutexGuard<'_, BTreeMap<String, Arc<DataError>>> {
@@ -382,9 +390,9 @@ impl EngineCore {
         }
         let dir = topic_dir(&self.cfg.data_dir, name);
         let meta = TopicMeta { partitions };
-        if let Err(e) = write_topic_dir(&dir, meta) {
+        if let Err(e) = write_topic_dir(&*self.files, &dir, meta) {
             // Nothing is committed without the metadata file: what is there can simply go.
-            if let Err(cleanup) = fs::remove_dir_all(&dir) {
+            if let Err(cleanup) = self.files.remove_dir_all(&dir) {
                 log::warn!(
                     "{}: cannot remove the unfinished topic ({cleanup}); the next start will",
                     dir.display()
@@ -431,8 +439,10 @@ impl EngineCore {
         // Rename first, durably: a crash mid-removal leaves a directory startup finishes off,
         // never a half-deleted topic. The files go in the background, a slice at a time, so
         // other topics' flushes do not stall behind them (`janitor.rs`).
-        fs::rename(dir, &doomed).map_err(|e| IoFailure::new("rename deleted topic", dir, e))?;
-        layout::sync_dir(&topics_dir(&self.cfg.data_dir))?;
+        self.files
+            .rename(dir, &doomed)
+            .map_err(|e| IoFailure::new("rename deleted topic", dir, e))?;
+        layout::sync_dir(&*self.files, &topics_dir(&self.cfg.data_dir))?;
         self.janitor.handle().remove_tree(doomed);
         Ok(())
     }
@@ -813,18 +823,21 @@ fn spawn_shard<D: Disk + Send + 'static>(
 
 /// Writes a new topic's directory: partition directories, then the metadata file that
 /// commits them. A directory left from an interrupted creation (no metadata) is replaced.
-fn write_topic_dir(dir: &Path, meta: TopicMeta) -> Result<(), IoFailure> {
+fn write_topic_dir(files: &dyn MetaFs, dir: &Path, meta: TopicMeta) -> Result<(), IoFailure> {
     if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| IoFailure::new("remove", dir, e))?;
+        files
+            .remove_dir_all(dir)
+            .map_err(|e| IoFailure::new("remove", dir, e))?;
     }
-    layout::create_dir_durable(dir)?;
+    layout::create_dir_durable(files, dir)?;
     for p in 0..meta.partitions {
         let partition = dir.join(p.to_string());
-        fs::create_dir(&partition)
+        files
+            .create_dir(&partition)
             .map_err(|e| IoFailure::new("create partition directory", &partition, e))?;
     }
     // Its rename and the directory sync also make the partition directories' entries durable.
-    meta.write(dir)
+    meta.write(files, dir)
 }
 
 /// Topics by name.
@@ -835,44 +848,50 @@ type Damaged = BTreeMap<String, DataError>;
 /// Reads every topic's metadata, finishing interrupted creations and deletions: the topics of
 /// the data directory, and those whose metadata is damaged. In repair mode a damaged metadata
 /// file is rebuilt from the partition directories beside it.
-fn load_catalog(cfg: &EngineConfig) -> Result<(Catalog, Damaged), OpenError> {
+fn load_catalog(cfg: &EngineConfig, files: &dyn MetaFs) -> Result<(Catalog, Damaged), OpenError> {
     let dir = topics_dir(&cfg.data_dir);
     let mut topics = BTreeMap::new();
     let mut damaged = BTreeMap::new();
-    let entries = fs::read_dir(&dir).map_err(|e| OpenError::io("list topics", &dir, e))?;
+    let entries = files
+        .list(&dir)
+        .map_err(|e| OpenError::io("list topics", &dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| OpenError::io("list topics", &dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
+        let (name, path) = (entry.name, entry.path);
         if name.starts_with(".deleted-") {
-            fs::remove_dir_all(&path).map_err(|e| OpenError::io("remove", &path, e))?;
+            files
+                .remove_dir_all(&path)
+                .map_err(|e| OpenError::io("remove", &path, e))?;
             continue;
         }
-        if layout::validate_topic_name(&name).is_err() || !path.is_dir() {
+        if layout::validate_topic_name(&name).is_err() || !entry.is_dir {
             log::warn!("ignoring {} in the topics directory", path.display());
             continue;
         }
-        match TopicMeta::read(&path) {
+        match TopicMeta::read(files, &path) {
             Ok(Some(meta)) => {
                 topics.insert(name, meta);
             }
             Ok(None) => {
                 log::warn!("removing {}: its creation was interrupted", path.display());
-                fs::remove_dir_all(&path).map_err(|e| OpenError::io("remove", &path, e))?;
+                files
+                    .remove_dir_all(&path)
+                    .map_err(|e| OpenError::io("remove", &path, e))?;
             }
-            Err(e) if cfg.recovery == RecoveryMode::Repair => match rebuild_topic_meta(&path) {
-                Ok(meta) => {
-                    log::warn!(
-                        "repair: {e}; rewrote it from the {} partition directories beside it",
-                        meta.partitions
-                    );
-                    topics.insert(name, meta);
+            Err(e) if cfg.recovery == RecoveryMode::Repair => {
+                match rebuild_topic_meta(files, &path) {
+                    Ok(meta) => {
+                        log::warn!(
+                            "repair: {e}; rewrote it from the {} partition directories beside it",
+                            meta.partitions
+                        );
+                        topics.insert(name, meta);
+                    }
+                    Err(why) => {
+                        log::error!("repair: {e}; cannot rebuild it: {why}");
+                        damaged.insert(name, e);
+                    }
                 }
-                Err(why) => {
-                    log::error!("repair: {e}; cannot rebuild it: {why}");
-                    damaged.insert(name, e);
-                }
-            },
+            }
             Err(e) => {
                 damaged.insert(name, e);
             }
@@ -883,15 +902,10 @@ fn load_catalog(cfg: &EngineConfig) -> Result<(Catalog, Damaged), OpenError> {
 
 /// A topic's metadata rebuilt from its partition directories `0`, `1`, … (they are created
 /// before the metadata, so a committed topic has each of them), written in place.
-fn rebuild_topic_meta(dir: &Path) -> std::result::Result<TopicMeta, String> {
+fn rebuild_topic_meta(files: &dyn MetaFs, dir: &Path) -> std::result::Result<TopicMeta, String> {
     let mut ids = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        if let Some(id) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        {
+    for entry in files.list(dir).map_err(|e| e.to_string())? {
+        if let Ok(id) = entry.name.parse::<u32>() {
             ids.push(id);
         }
     }
@@ -903,7 +917,7 @@ fn rebuild_topic_meta(dir: &Path) -> std::result::Result<TopicMeta, String> {
     let meta = TopicMeta {
         partitions: ids.len() as u32,
     };
-    meta.write(dir).map_err(|e| e.to_string())?;
+    meta.write(files, dir).map_err(|e| e.to_string())?;
     Ok(meta)
 }
 

@@ -10,12 +10,13 @@
 //! DATA/groups/TOPIC/GROUP.meta               a group's settings and slots, replaced atomically
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, IoFailure, OpenError};
+use crate::io::MetaFs;
 
 const META_HEADER: &str = "keel-topic 1";
 /// Name of the prepared, not yet used, next segment of a partition.
@@ -112,9 +113,9 @@ impl TopicMeta {
     }
 
     /// Reads `dir/meta`; `Ok(None)` when it does not exist (an interrupted creation).
-    pub fn read(dir: &Path) -> Result<Option<Self>, DataError> {
+    pub fn read(fs: &dyn MetaFs, dir: &Path) -> Result<Option<Self>, DataError> {
         let path = dir.join("meta");
-        match fs::read_to_string(&path) {
+        match read_text(fs, &path) {
             Ok(text) => Self::decode(&text)
                 .map(Some)
                 .ok_or(DataError::DamagedMetadata {
@@ -127,8 +128,8 @@ impl TopicMeta {
     }
 
     /// Replaces `dir/meta` atomically.
-    pub fn write(&self, dir: &Path) -> Result<(), IoFailure> {
-        write_atomic(&dir.join("meta"), self.encode().as_bytes())
+    pub fn write(&self, fs: &dyn MetaFs, dir: &Path) -> Result<(), IoFailure> {
+        write_atomic(fs, &dir.join("meta"), self.encode().as_bytes())
     }
 }
 
@@ -149,9 +150,9 @@ pub const LOST_FILE: &str = "lost";
 
 impl LostOffsets {
     /// Reads `dir/lost`; `Ok(None)` when there is none.
-    pub fn read(dir: &Path) -> Result<Option<Self>, DataError> {
+    pub fn read(fs: &dyn MetaFs, dir: &Path) -> Result<Option<Self>, DataError> {
         let path = dir.join(LOST_FILE);
-        let text = match fs::read_to_string(&path) {
+        let text = match read_text(fs, &path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(DataError::io("read lost offsets", path, e)),
@@ -170,16 +171,17 @@ impl LostOffsets {
     }
 
     /// Writes `dir/lost` atomically and durably.
-    pub fn write(&self, dir: &Path) -> Result<(), IoFailure> {
+    pub fn write(&self, fs: &dyn MetaFs, dir: &Path) -> Result<(), IoFailure> {
         let body = format!("{LOST_HEADER}\nfrom {}\nto {}\n", self.from, self.to);
-        write_atomic(&dir.join(LOST_FILE), seal_text(body).as_bytes())
+        write_atomic(fs, &dir.join(LOST_FILE), seal_text(body).as_bytes())
     }
 
     /// Removes `dir/lost`, durably.
-    pub fn remove(dir: &Path) -> Result<(), IoFailure> {
+    pub fn remove(fs: &dyn MetaFs, dir: &Path) -> Result<(), IoFailure> {
         let path = dir.join(LOST_FILE);
-        fs::remove_file(&path).map_err(|e| IoFailure::new("remove", &path, e))?;
-        sync_dir(dir)
+        fs.remove_file(&path)
+            .map_err(|e| IoFailure::new("remove", &path, e))?;
+        sync_dir(fs, dir)
     }
 }
 
@@ -196,39 +198,53 @@ pub fn unseal_text(text: &str) -> Option<&str> {
     (keel_format::crc::crc32c(body.as_bytes()) == crc).then_some(body)
 }
 
+/// A small text file, read whole.
+fn read_text(fs: &dyn MetaFs, path: &Path) -> io::Result<String> {
+    String::from_utf8(fs.read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Replaces `path` atomically: a temp file beside it, fsync, rename, fsync of the directory.
 /// A crash leaves the old file or the new one, never a mix.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoFailure> {
+pub fn write_atomic(fs: &dyn MetaFs, path: &Path, bytes: &[u8]) -> Result<(), IoFailure> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    write().map_err(|e| IoFailure::new("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| IoFailure::new("rename", path, e))?;
+    fs.write_synced(&tmp, bytes)
+        .map_err(|e| IoFailure::new("write", &tmp, e))?;
+    fs.rename(&tmp, path)
+        .map_err(|e| IoFailure::new("rename", path, e))?;
     match path.parent() {
-        Some(dir) => sync_dir(dir),
+        Some(dir) => sync_dir(fs, dir),
         None => Ok(()),
     }
 }
 
 /// fsync of a directory, so entries created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), IoFailure> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+pub fn sync_dir(fs: &dyn MetaFs, dir: &Path) -> Result<(), IoFailure> {
+    fs.sync_dir(dir)
         .map_err(|e| IoFailure::new("sync directory", dir, e))
 }
 
-/// Creates a directory (and parents) and makes its entry durable in its parent.
-pub fn create_dir_durable(dir: &Path) -> Result<(), IoFailure> {
-    fs::create_dir_all(dir).map_err(|e| IoFailure::new("create directory", dir, e))?;
-    match dir.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
+/// Creates a directory and its missing parents, each made durable in its own parent.
+pub fn create_dir_durable(fs: &dyn MetaFs, dir: &Path) -> Result<(), IoFailure> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.exists()) {
+        missing.push(d);
+        at = d.parent();
     }
+    for d in missing.into_iter().rev() {
+        match fs.create_dir(d) {
+            Ok(()) => {}
+            // Made meanwhile by another thread: its creator makes it durable.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(IoFailure::new("create directory", d, e)),
+        }
+        if let Some(parent) = d.parent() {
+            sync_dir(fs, parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// An exclusive `flock` on `DATA/LOCK`, held for the engine's lifetime.
@@ -266,6 +282,8 @@ impl DataDirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use crate::io::SystemFs;
 
     #[test]
     fn segment_names_round_trip_and_reject_others() {
@@ -289,16 +307,18 @@ mod tests {
     #[test]
     fn topic_meta_round_trips_and_detects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(TopicMeta::read(dir.path()).unwrap(), None);
-        TopicMeta { partitions: 12 }.write(dir.path()).unwrap();
+        assert_eq!(TopicMeta::read(&SystemFs, dir.path()).unwrap(), None);
+        TopicMeta { partitions: 12 }
+            .write(&SystemFs, dir.path())
+            .unwrap();
         assert_eq!(
-            TopicMeta::read(dir.path()).unwrap(),
+            TopicMeta::read(&SystemFs, dir.path()).unwrap(),
             Some(TopicMeta { partitions: 12 })
         );
         let text = fs::read_to_string(dir.path().join("meta")).unwrap();
         fs::write(dir.path().join("meta"), text.replace("12", "13")).unwrap();
         assert!(matches!(
-            TopicMeta::read(dir.path()),
+            TopicMeta::read(&SystemFs, dir.path()),
             Err(DataError::DamagedMetadata { .. })
         ));
     }

@@ -17,7 +17,7 @@ use memmap2::MmapMut;
 
 use crate::error::IoFailure;
 use crate::io::MappedRecord;
-use crate::layout::sync_dir;
+use crate::io::sync_dir;
 
 /// Offsets above the committed one whose acknowledgement a slot can hold.
 pub const WINDOW: usize = 4096;
@@ -207,7 +207,7 @@ impl OffsetTable {
             }
             file.sync_all().map_err(|e| io("sync offset table", e))?;
             if let Some(dir) = path.parent() {
-                sync_dir(dir)?;
+                sync_dir(dir).map_err(|e| IoFailure::new("sync directory", dir, e))?;
             }
         }
         // After a process crash the page cache may hold copies the disk does not: made durable

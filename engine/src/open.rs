@@ -9,7 +9,7 @@ use crate::aligned::{align_down, align_up, AlignedBuf};
 use crate::blocking::{BlockingIo, FileReader};
 use crate::config::{EngineConfig, RecoveryMode};
 use crate::error::DataError;
-use crate::io::{Disk, FileId};
+use crate::io::{Disk, FileId, MetaFs};
 use crate::layout::{
     parse_segment_file_name, partition_dir, segment_file_name, LostOffsets, DROPPED_SUFFIX,
     PREPARED_SEGMENT,
@@ -93,7 +93,9 @@ pub fn open_partition<D: Disk>(
                         path.display(),
                         s.valid_end
                     );
-                    record_lost_offsets(io, &dir, &s, &bases[i + 1..], limits.max_batch_bytes)?;
+                    let files = cfg.meta_fs();
+                    let later = &bases[i + 1..];
+                    record_lost_offsets(io, &*files, &dir, &s, later, limits.max_batch_bytes)?;
                     true
                 }
                 (None, _) => false,
@@ -139,6 +141,7 @@ pub fn open_partition<D: Disk>(
 /// handed out), so that they are never handed out again.
 fn record_lost_offsets<D: Disk>(
     io: &mut BlockingIo<'_, D>,
+    files: &dyn MetaFs,
     dir: &Path,
     s: &Scan,
     later_bases: &[u64],
@@ -157,7 +160,7 @@ fn record_lost_offsets<D: Disk>(
         }
         None => None,
     };
-    let earlier = LostOffsets::read(dir)?.map(|l| l.to);
+    let earlier = LostOffsets::read(files, dir)?.map(|l| l.to);
     let Some(to) = [s.later_next_offset, later_end, earlier]
         .into_iter()
         .flatten()
@@ -170,7 +173,7 @@ fn record_lost_offsets<D: Disk>(
         from: s.next_offset,
         to,
     };
-    lost.write(dir)?;
+    lost.write(files, dir)?;
     log::warn!(
         "repair: {}: offsets {}..{to} were handed out before and are cut away; they will be \
          filled with records marked lost, never handed out again",

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_engine::groups::GroupStore;
-use keel_engine::io::CrashPlan;
+use keel_engine::io::{CrashPlan, SystemFs};
 use keel_engine::offsets::WINDOW;
 use keel_engine::xorshift::xorshift;
 use keel_engine::{Engine, IoMode};
@@ -140,7 +140,8 @@ fn durably_answered_acks_survive_a_power_cut_and_nothing_unacked_appears_acked()
         let r = ack_then_cut_power(dir.path(), round, acked);
         acked = r.acked;
         answered_total += r.answered.len();
-        let (store, maps) = GroupStore::open(dir.path(), 2, 16_384, None).unwrap();
+        let (store, maps) =
+            GroupStore::open(dir.path(), 2, 16_384, None, Arc::new(SystemFs)).unwrap();
         let g = store.find("g", "t").expect("the group survives");
         let states: Vec<_> = (0..PARTITIONS).map(|p| store.load(&maps, &g, p)).collect();
         for &(p, o) in &r.answered {

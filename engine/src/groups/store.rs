@@ -10,14 +10,13 @@
 //! names, which are free at the next start.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{GroupError, IoFailure, OpenError};
 use crate::groups::meta::{owner_tag, GroupMeta, GroupSettings, SlotRef};
-use crate::io::MappedRecord;
+use crate::io::{MappedRecord, MetaFs};
 use crate::layout::{self, validate_group_name, validate_topic_name, write_atomic};
 use crate::offsets::{AckState, Loaded, OffsetTable};
 use crate::shard_for;
@@ -110,6 +109,8 @@ impl StoredGroup {
 /// Every consumer group's durable state in one data directory.
 pub struct GroupStore {
     dir: PathBuf,
+    /// The group metadata files and directories (`io/meta.rs`).
+    files: Arc<dyn MetaFs>,
     tables: Vec<Table>,
     /// Set in power-loss tests: every table sync is recorded.
     power: Option<Arc<MappedRecord>>,
@@ -122,37 +123,40 @@ pub struct GroupStore {
 impl GroupStore {
     /// Opens the group files of `data_dir` (which the caller has locked, by opening the
     /// engine on it) for `shards` shards, with at least one offset table of `slots` slots per
-    /// shard; every sync is recorded by `power` if given (power-loss tests). Returns the
-    /// tables' mappings apart, to be handed to their shards.
+    /// shard; every sync is recorded by `power` if given (power-loss tests); metadata files go
+    /// through `files`. Returns the tables' mappings apart, to be handed to their shards.
     pub fn open(
         data_dir: &Path,
         shards: usize,
         slots: usize,
         power: Option<Arc<MappedRecord>>,
+        files: Arc<dyn MetaFs>,
     ) -> Result<(Self, TableMaps), OpenError> {
         let tables = shards.max(1);
         let dir = groups_dir(data_dir);
-        layout::create_dir_durable(&dir)?;
+        layout::create_dir_durable(&*files, &dir)?;
         let mut metas = Vec::new();
         let mut damaged = Vec::new();
         let mut existing_tables = 0;
-        let entries = fs::read_dir(&dir).map_err(|e| OpenError::io("list groups", &dir, e))?;
+        let entries = files
+            .list(&dir)
+            .map_err(|e| OpenError::io("list groups", &dir, e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| OpenError::io("list groups", &dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let name = entry.name;
             if let Some(n) = name
                 .strip_prefix("offsets-")
                 .and_then(|r| r.strip_suffix(".tbl"))
                 .and_then(|n| n.parse::<usize>().ok())
             {
                 existing_tables = existing_tables.max(n + 1);
-            } else if entry.path().is_dir() {
-                let (found, bad) = read_metas(&entry.path(), &name)?;
+            } else if entry.is_dir {
+                let (found, bad) = read_metas(&*files, &entry.path, &name)?;
                 metas.extend(found);
                 damaged.extend(bad);
             }
         }
         let mut store = Self {
+            files,
             tables: Vec::new(),
             power: power.clone(),
             slots_per_table: slots,
@@ -225,7 +229,7 @@ impl GroupStore {
         let mut removed = 0;
         for (group, topic) in damaged.keys() {
             let path = meta_path(&self.dir, topic, group);
-            match fs::remove_file(&path) {
+            match self.files.remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(IoFailure::new("remove damaged group", path, e)),
@@ -236,7 +240,7 @@ impl GroupStore {
             );
             removed += 1;
             if let Some(dir) = path.parent() {
-                layout::sync_dir(dir)?;
+                layout::sync_dir(&*self.files, dir)?;
             }
         }
         damaged.clear();
@@ -381,8 +385,9 @@ impl GroupStore {
             partitions,
         };
         let path = meta_path(&self.dir, topic, group);
-        let written = layout::create_dir_durable(path.parent().unwrap_or(&self.dir))
-            .and_then(|()| write_atomic(&path, meta.encode().as_bytes()));
+        let files = &*self.files;
+        let written = layout::create_dir_durable(files, path.parent().unwrap_or(&self.dir))
+            .and_then(|()| write_atomic(files, &path, meta.encode().as_bytes()));
         if let Err(e) = written {
             release(&taken);
             return Err(e.into());
@@ -473,6 +478,7 @@ impl GroupStore {
             }
             self.flush_all(maps)?;
             write_atomic(
+                &*self.files,
                 &meta_path(&self.dir, &g.topic, &g.group),
                 meta.encode().as_bytes(),
             )?;
@@ -501,6 +507,7 @@ impl GroupStore {
             _ => return Ok(()),
         }
         write_atomic(
+            &*self.files,
             &meta_path(&self.dir, &g.topic, &g.group),
             meta.encode().as_bytes(),
         )
@@ -521,6 +528,7 @@ impl GroupStore {
             return Ok(());
         }
         write_atomic(
+            &*self.files,
             &meta_path(&self.dir, &g.topic, &g.group),
             meta.encode().as_bytes(),
         )
@@ -533,8 +541,10 @@ impl GroupStore {
             groups.keys().filter(|(_, t)| t == topic).cloned().collect();
         let dir = self.dir.join(topic);
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| IoFailure::new("remove", &dir, e))?;
-            layout::sync_dir(&self.dir)?;
+            self.files
+                .remove_dir_all(&dir)
+                .map_err(|e| IoFailure::new("remove", &dir, e))?;
+            layout::sync_dir(&*self.files, &self.dir)?;
         }
         for key in doomed {
             if let Some(g) = groups.remove(&key) {
@@ -626,16 +636,22 @@ pub fn load_state(map: &OffsetTable, path: &Path, g: &StoredGroup, partition: u3
 type Damaged = ((String, String), GroupError);
 
 /// The group metadata files of one topic's directory: those that read, and those that do not.
-fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>), OpenError> {
+fn read_metas(
+    files: &dyn MetaFs,
+    dir: &Path,
+    topic: &str,
+) -> Result<(Vec<GroupMeta>, Vec<Damaged>), OpenError> {
     let mut metas = Vec::new();
     let mut damaged = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| OpenError::io("list groups", dir, e))?;
+    let entries = files
+        .list(dir)
+        .map_err(|e| OpenError::io("list groups", dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| OpenError::io("list groups", dir, e))?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let (path, name) = (entry.path, entry.name);
         if name.ends_with(".tmp") {
-            fs::remove_file(&path).map_err(|e| OpenError::io("remove", &path, e))?;
+            files
+                .remove_file(&path)
+                .map_err(|e| OpenError::io("remove", &path, e))?;
             continue;
         }
         let Some(group) = name.strip_suffix(".meta") else {
@@ -643,8 +659,8 @@ fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>),
             continue;
         };
         let key = (group.to_string(), topic.to_string());
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
+        let text = match files.read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => {
                 damaged.push((key, GroupError::io("read group", &path, e)));
                 continue;
@@ -667,6 +683,8 @@ fn read_metas(dir: &Path, topic: &str) -> Result<(Vec<GroupMeta>, Vec<Damaged>),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use crate::io::SystemFs;
     use std::time::Duration;
 
     fn starts(v: Vec<u64>) -> impl FnOnce() -> Result<Vec<u64>, GroupError> {
@@ -696,7 +714,7 @@ mod tests {
             max_deliveries: 4,
         };
         {
-            let (store, mut maps) = GroupStore::open(dir.path(), 2, 64, None).unwrap();
+            let (store, mut maps) = GroupStore::open(dir.path(), 2, 64, None, Arc::new(SystemFs)).unwrap();
             let g = store
                 .find_or_create(
                     "g",
@@ -725,7 +743,7 @@ mod tests {
                 .unwrap();
             assert_eq!(again.settings, settings, "settings are fixed at creation");
         }
-        let (store, maps) = GroupStore::open(dir.path(), 2, 64, None).unwrap();
+        let (store, maps) = GroupStore::open(dir.path(), 2, 64, None, Arc::new(SystemFs)).unwrap();
         let g = store.find("g", "orders").unwrap();
         assert_eq!(g.partitions(), 3);
         let s = store.load(&maps, &g, 1);
@@ -737,7 +755,7 @@ mod tests {
     #[test]
     fn both_copies_damaged_falls_back_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut maps) = GroupStore::open(dir.path(), 1, 8, None).unwrap();
+        let (store, mut maps) = GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
         let g = store
             .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), write_into(&mut maps))
             .unwrap();
@@ -755,7 +773,7 @@ mod tests {
         bytes[at + 20] ^= 0xff;
         bytes[at + crate::offsets::COPY_BYTES + 20] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let (store, maps) = GroupStore::open(dir.path(), 1, 8, None).unwrap();
+        let (store, maps) = GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
         let g = store.find("g", "t").unwrap();
         assert_eq!(
             store.load(&maps, &g, 0).committed,
@@ -768,7 +786,7 @@ mod tests {
     /// at a time (so one copy of the slot holds the last state, the other the one before),
     /// checkpoints `checkpoint`, and returns the slot's table file and slot.
     fn synced_group(dir: &Path, acked: u64, checkpoint: u64) -> (PathBuf, usize) {
-        let (store, mut maps) = GroupStore::open(dir, 1, 8, None).unwrap();
+        let (store, mut maps) = GroupStore::open(dir, 1, 8, None, Arc::new(SystemFs)).unwrap();
         let g = store
             .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), write_into(&mut maps))
             .unwrap();
@@ -794,7 +812,7 @@ mod tests {
             bytes[slot * crate::offsets::SLOT_BYTES + copy * crate::offsets::COPY_BYTES + 20] ^=
                 0xff;
             fs::write(&path, bytes).unwrap();
-            let (store, maps) = GroupStore::open(dir.path(), 1, 8, None).unwrap();
+            let (store, maps) = GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
             let g = store.find("g", "t").unwrap();
             assert_eq!(
                 store.load(&maps, &g, 0).committed,
@@ -807,7 +825,7 @@ mod tests {
     #[test]
     fn slots_of_a_deleted_topic_s_groups_are_reused_without_reading_old_state() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut maps) = GroupStore::open(dir.path(), 1, 2, None).unwrap();
+        let (store, mut maps) = GroupStore::open(dir.path(), 1, 2, None, Arc::new(SystemFs)).unwrap();
         let g = store
             .find_or_create(
                 "g",

@@ -18,18 +18,21 @@
 //! [`CrashPlan::lose_unsynced_writes`] sets each sector that differs from it back, or leaves
 //! it, at random. One simulator for the logs and the tables.
 //!
-//! Renames made through the disk are durable once their directory is synced through it (as a
-//! journaling filesystem commits directory changes in order): a crash undoes a newest-first
-//! run of those not yet covered, of random length. (A removal is taken as durable at once.)
+//! Directory changes are durable once their directory is synced: renames made through the
+//! disk, and what the plan sees as the engine's metadata filesystem ([`MetaFs`]: topic and
+//! group files and directories). A crash undoes a newest-first run of random length of those
+//! not yet covered (`dir_changes.rs`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::dir_changes::DirChanges;
+use super::meta::{DirEntry, MetaFs, SystemFs};
 use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 use crate::xorshift::xorshift;
@@ -73,19 +76,12 @@ pub struct MappedSync {
     image: Vec<u8>,
 }
 
-/// A rename made through a [`CrashingDisk`].
-struct Renamed {
-    dir: PathBuf,
-    from: PathBuf,
-    to: PathBuf,
-    durable: bool,
-}
-
 /// The record of writes shared by a test and the shards' [`CrashingDisk`]s.
 #[derive(Default)]
 pub struct CrashPlan {
     writes: Mutex<Vec<Written>>,
-    renames: Mutex<Vec<Renamed>>,
+    /// Renames through the disks, and the metadata files' and directories' changes.
+    dirs: DirChanges,
     mapped: Mutex<MappedFiles>,
     crashed: AtomicBool,
     disks: AtomicUsize,
@@ -112,25 +108,6 @@ impl CrashPlan {
 
     fn writes(&self) -> MutexGuard<'_, Vec<Written>> {
         self.writes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn renames(&self) -> MutexGuard<'_, Vec<Renamed>> {
-        self.renames.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// After the engine is gone: undoes, newest first, a run of random length of the renames
-    /// no directory sync covered. Returns how many were undone.
-    fn lose_unsynced_renames(&self, next: &mut impl FnMut() -> u64) -> io::Result<usize> {
-        let renames = self.renames();
-        let unsynced: Vec<&Renamed> = renames.iter().filter(|r| !r.durable).collect();
-        let undo = (next() % (unsynced.len() as u64 + 1)) as usize;
-        for r in unsynced.iter().rev().take(undo) {
-            std::fs::rename(&r.to, &r.from)?;
-        }
-        for dir in unsynced.iter().rev().take(undo).map(|r| &r.dir) {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(undo)
     }
 
     fn mapped(&self) -> MutexGuard<'_, MappedFiles> {
@@ -272,7 +249,7 @@ impl CrashPlan {
     pub fn lose_unsynced_writes(&self, seed: u64) -> io::Result<usize> {
         let mut next = xorshift(seed);
         let mut undone = self.lose_unsynced_mapped(&mut next)?;
-        undone += self.lose_unsynced_renames(&mut next)?;
+        undone += self.dirs.lose_unsynced(&mut next)?;
         let writes = self.writes();
         for w in writes.iter().rev().filter(|w| !w.durable) {
             let file = &w.handle;
@@ -420,22 +397,16 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             return Err(eio());
         }
         self.inner.sync_dir(dir)?;
-        for r in self.plan.renames().iter_mut().filter(|r| r.dir == dir) {
-            r.durable = true;
-        }
+        self.plan.dirs.synced(dir);
         Ok(())
     }
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
         if self.crashed() {
             return Err(eio());
         }
+        let replaced = DirChanges::replaced_by_rename(to);
         self.inner.rename(from, to)?;
-        self.plan.renames().push(Renamed {
-            dir: to.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            from: from.to_path_buf(),
-            to: to.to_path_buf(),
-            durable: false,
-        });
+        self.plan.dirs.renamed(from, to, replaced);
         Ok(())
     }
     fn remove(&mut self, path: &Path) -> io::Result<()> {
@@ -579,5 +550,61 @@ impl<D: Disk> Disk for CrashingDisk<D> {
     }
     fn start_on_thread(&mut self) -> io::Result<()> {
         self.inner.start_on_thread()
+    }
+}
+
+/// The engine's metadata files and directories under the simulator: the system's calls, their
+/// directory changes recorded, and every change refused once the power is cut.
+impl MetaFs for CrashPlan {
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        SystemFs.create_dir(dir)?;
+        self.dirs.created(dir, true);
+        Ok(())
+    }
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        let new = !path.exists();
+        SystemFs.write_synced(path, bytes)?;
+        if new {
+            self.dirs.created(path, false);
+        }
+        Ok(())
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        SystemFs.read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        let replaced = DirChanges::replaced_by_rename(to);
+        SystemFs.rename(from, to)?;
+        self.dirs.renamed(from, to, replaced);
+        Ok(())
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        SystemFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        SystemFs.remove_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        SystemFs.sync_dir(dir)?;
+        self.dirs.synced(dir);
+        Ok(())
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<DirEntry>> {
+        SystemFs.list(dir)
+    }
+}
+
+impl CrashPlan {
+    fn refuse_when_cut(&self) -> io::Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(eio());
+        }
+        Ok(())
     }
 }

@@ -13,9 +13,12 @@
 #[cfg(feature = "testing")]
 mod crashing;
 #[cfg(feature = "testing")]
+mod dir_changes;
+#[cfg(feature = "testing")]
 mod faulty;
 mod files;
 mod fixed;
+mod meta;
 #[cfg(any(test, feature = "testing"))]
 mod memory;
 mod portable;
@@ -62,6 +65,7 @@ impl MappedRecord {
 #[cfg(feature = "testing")]
 pub use faulty::{FaultPlan, FaultyDisk};
 pub(crate) use files::sync_dir;
+pub use meta::{MetaFs, SystemFs};
 pub(crate) use fixed::FixedTag;
 #[cfg(any(test, feature = "testing"))]
 pub use memory::{MemDisk, WriteRecord};
