@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::aligned::BLOCK_BYTES;
 use crate::error::OpenError;
-#[cfg(feature = "testing")]
-use crate::io::{CrashPlan, FaultPlan};
 use crate::io::{MappedRecord, MetaFs, SystemFs};
+#[cfg(feature = "testing")]
+use crate::testing::TestDisk;
 
 /// How the shards reach the disk.
 #[derive(Debug, Clone, Default)]
@@ -16,12 +16,6 @@ pub enum IoMode {
     /// io_uring with O_DIRECT: production.
     #[default]
     Uring,
-    /// io_uring with injected failures (tests only).
-    #[cfg(feature = "testing")]
-    UringWithFaults(Arc<FaultPlan>),
-    /// io_uring with simulated power loss: unsynced writes can be undone (tests only).
-    #[cfg(feature = "testing")]
-    UringWithCrashes(Arc<CrashPlan>),
     /// `pwrite` + `fdatasync` on one I/O thread per shard: slower, for hosts where io_uring is
     /// blocked (containers with the default seccomp profile, `kernel.io_uring_disabled`).
     Portable,
@@ -99,6 +93,9 @@ pub struct EngineConfig {
     pub recovery: RecoveryMode,
     /// Slots of each shard's offset table: how many (group, partition) pairs it can hold.
     pub group_slots: usize,
+    /// A test backend over io_uring, set by `testing::open` alone.
+    #[cfg(feature = "testing")]
+    pub(crate) test_disk: Option<TestDisk>,
 }
 
 impl EngineConfig {
@@ -122,27 +119,29 @@ impl EngineConfig {
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
             group_slots: 16_384,
+            #[cfg(feature = "testing")]
+            test_disk: None,
         }
     }
 
     /// The filesystem of the data directory's metadata files and directories: the system's,
     /// or, under the crash simulator, its plan's record of them.
     pub(crate) fn meta_fs(&self) -> Arc<dyn MetaFs> {
-        match &self.io {
-            #[cfg(feature = "testing")]
-            IoMode::UringWithCrashes(plan) => Arc::clone(plan) as Arc<dyn MetaFs>,
-            _ => Arc::new(SystemFs),
+        #[cfg(feature = "testing")]
+        if let Some(TestDisk::Crashes(plan)) = &self.test_disk {
+            return Arc::clone(plan) as Arc<dyn MetaFs>;
         }
+        Arc::new(SystemFs)
     }
 
     /// The crash simulator's plan, which also records the offset tables' syncs at open, when
     /// the engine runs under one; never for keeld.
     pub(crate) fn crash_plan(&self) -> Option<Arc<MappedRecord>> {
-        match &self.io {
-            #[cfg(feature = "testing")]
-            IoMode::UringWithCrashes(plan) => Some(Arc::clone(plan)),
-            _ => None,
+        #[cfg(feature = "testing")]
+        if let Some(TestDisk::Crashes(plan)) = &self.test_disk {
+            return Some(Arc::clone(plan));
         }
+        None
     }
 
     /// Checks the limits against each other.

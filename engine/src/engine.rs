@@ -25,6 +25,8 @@ use crate::io::{Disk, MetaFs, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
 use crate::shard::{Command, GroupCmd, Opening, Shard, ShardLinks, ShardStats};
+#[cfg(feature = "testing")]
+use crate::testing::TestDisk;
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
 use crate::{AppendDone, OffsetRange, ReadDone, ReadResult};
@@ -762,18 +764,20 @@ fn start_shard(
     janitor: &JanitorTx,
 ) -> Result<ShardHandle, OpenError> {
     let uring = || UringDisk::new().map_err(OpenError::uring_unavailable);
+    #[cfg(feature = "testing")]
+    match &cfg.test_disk {
+        Some(TestDisk::Faults(plan)) => {
+            let disk = FaultyDisk::new(uring()?, Arc::clone(plan));
+            return spawn_shard(cfg, id, disk, janitor);
+        }
+        Some(TestDisk::Crashes(plan)) => {
+            let disk = CrashingDisk::new(uring()?, Arc::clone(plan));
+            return spawn_shard(cfg, id, disk, janitor);
+        }
+        None => {}
+    }
     match &cfg.io {
         IoMode::Uring => spawn_shard(cfg, id, uring()?, janitor),
-        #[cfg(feature = "testing")]
-        IoMode::UringWithFaults(plan) => {
-            let disk = FaultyDisk::new(uring()?, Arc::clone(plan));
-            spawn_shard(cfg, id, disk, janitor)
-        }
-        #[cfg(feature = "testing")]
-        IoMode::UringWithCrashes(plan) => {
-            let disk = CrashingDisk::new(uring()?, Arc::clone(plan));
-            spawn_shard(cfg, id, disk, janitor)
-        }
         IoMode::Portable => {
             let disk = PortableDisk::new()
                 .map_err(|e| OpenError::io("start the portable I/O thread", "", e))?;

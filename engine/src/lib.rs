@@ -55,6 +55,9 @@ internal! {
     recovery;
     trailer;
 }
+/// Opening the engine on a test backend.
+#[cfg(feature = "testing")]
+pub mod testing;
 /// A deterministic pseudo-random sequence, for tests and simulated faults.
 #[cfg(any(test, feature = "testing"))]
 pub mod xorshift;

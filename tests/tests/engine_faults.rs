@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::io::FaultPlan;
-use keel_engine::{DataError, Engine, IoMode};
+use keel_engine::testing::{self, TestDisk};
+use keel_engine::{DataError, Engine};
 use keel_tests::answers::{appended, Answers};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 fn faulty_engine(dir: &std::path::Path, plan: &Arc<FaultPlan>) -> Engine {
-    let mut cfg = small_config(dir, 1);
-    cfg.io = IoMode::UringWithFaults(Arc::clone(plan));
-    let engine = Engine::open(cfg).unwrap();
+    let cfg = small_config(dir, 1);
+    let engine = testing::open(cfg, TestDisk::Faults(Arc::clone(plan))).unwrap();
     engine.create_topic("f", 2).unwrap();
     engine
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use keel_engine::aligned::{AlignedBuf, BLOCK_BYTES};
 use keel_engine::io::CrashPlan;
 use keel_engine::io::{Block, CrashingDisk, Disk, FileId, IoKind, SyncAfter, UringDisk};
-use keel_engine::{BatchView, Engine, FlushSync, IoMode};
+use keel_engine::testing::{self, TestDisk};
+use keel_engine::{BatchView, Engine, FlushSync};
 use keel_tests::answers::{appended, Answers, Tagged};
 use keel_tests::{crash_value, data_dir, log_start, one_record, read_from, small_config};
 
@@ -37,13 +38,12 @@ fn config(dir: &std::path::Path, retention: Option<u64>) -> keel_engine::EngineC
 /// [`append_then_cut_power`] with any configuration; also returns the engine's counters at
 /// the cut.
 fn append_then_cut_power_with(
-    mut cfg: keel_engine::EngineConfig,
+    cfg: keel_engine::EngineConfig,
     round: u32,
     acks: usize,
     plan: &Arc<CrashPlan>,
 ) -> (Vec<(u32, u64, Vec<u8>)>, keel_engine::EngineStats) {
-    cfg.io = IoMode::UringWithCrashes(Arc::clone(plan));
-    let engine = Engine::open(cfg).unwrap();
+    let engine = testing::open(cfg, TestDisk::Crashes(Arc::clone(plan))).unwrap();
     if engine.partitions("pl").is_err() {
         engine.create_topic("pl", 2).unwrap();
     }
@@ -201,9 +201,8 @@ fn recovery_makes_a_crashed_predecessors_writes_durable_before_writing_after_the
         plan.power_stays(); // it was the process that died, not the power
 
         // The next engine recovers and starts appending; the power fails before its first sync.
-        let mut cfg = small_config(dir.path(), 2);
-        cfg.io = IoMode::UringWithCrashes(Arc::clone(&plan));
-        let engine = Engine::open(cfg).unwrap();
+        let cfg = small_config(dir.path(), 2);
+        let engine = testing::open(cfg, TestDisk::Crashes(Arc::clone(&plan))).unwrap();
         let answers = Answers::new();
         for seq in 0..64u64 {
             let partition = (seq % 2) as u32;
@@ -244,9 +243,8 @@ fn a_power_cut_during_recovery_loses_nothing_acknowledged() {
         // Recover with the power failing at the cut_at-th write of the recovery.
         plan.power_stays();
         plan.crash_at_write(cut_at);
-        let mut cfg = small_config(dir.path(), 2);
-        cfg.io = IoMode::UringWithCrashes(Arc::clone(&plan));
-        drop(Engine::open(cfg)); // may fail: the power went out under it
+        let cfg = small_config(dir.path(), 2);
+        drop(testing::open(cfg, TestDisk::Crashes(Arc::clone(&plan)))); // may fail: the power went out under it
         cut_during_recovery += usize::from(plan.cut_by_countdown());
         plan.crash();
         plan.lose_unsynced_writes(seed.wrapping_mul(31) + 7)
@@ -382,9 +380,8 @@ fn answered_topic_creations_and_deletions_survive_power_cuts() {
     for seed in 0..8u64 {
         let dir = data_dir();
         let plan = CrashPlan::new();
-        let mut cfg = small_config(dir.path(), 2);
-        cfg.io = IoMode::UringWithCrashes(Arc::clone(&plan));
-        let engine = Engine::open(cfg).unwrap();
+        let cfg = small_config(dir.path(), 2);
+        let engine = testing::open(cfg, TestDisk::Crashes(Arc::clone(&plan))).unwrap();
         engine.create_topic("kept", 2).unwrap();
         engine.create_topic("gone", 1).unwrap();
         engine.delete_topic("gone").unwrap();

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use keel_engine::groups::GroupStore;
 use keel_engine::io::{CrashPlan, SystemFs};
 use keel_engine::offsets::WINDOW;
+use keel_engine::testing::{self, TestDisk};
 use keel_engine::xorshift::xorshift;
-use keel_engine::{Engine, IoMode};
+use keel_engine::Engine;
 use keel_tests::answers::{settled, Answers};
 use keel_tests::groups::{consume, join, PATIENCE};
 use keel_tests::{data_dir, one_record, small_config};
@@ -91,9 +92,8 @@ fn member(
 /// Acks through the engine until the power is cut after ANSWERS_BEFORE_CUT durable answers.
 fn ack_then_cut_power(dir: &std::path::Path, round: u64, acked: Vec<BTreeSet<u64>>) -> Round {
     let power = CrashPlan::new();
-    let mut cfg = small_config(dir, 2);
-    cfg.io = IoMode::UringWithCrashes(Arc::clone(&power));
-    let engine = Engine::open(cfg).unwrap();
+    let cfg = small_config(dir, 2);
+    let engine = testing::open(cfg, TestDisk::Crashes(Arc::clone(&power))).unwrap();
     if round == 1 {
         engine.create_topic("t", PARTITIONS).unwrap();
         for p in 0..PARTITIONS {

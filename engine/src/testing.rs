@@ -1,0 +1,26 @@
+//! Opening the engine on a test backend (cargo feature `testing`; never in keeld): io_uring
+//! with injected failures, or under the power-cut simulator. Kept out of the production
+//! configuration, whose `IoMode` names only what keeld can run on.
+
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::error::OpenError;
+use crate::io::{CrashPlan, FaultPlan};
+use crate::EngineConfig;
+
+/// A test backend over io_uring.
+#[derive(Debug, Clone)]
+pub enum TestDisk {
+    /// Chosen writes, syncs or allocations fail (`io/faulty.rs`).
+    Faults(Arc<FaultPlan>),
+    /// Power cuts: unsynced writes, directory changes and offset-table sectors can be undone
+    /// (`io/crashing.rs`); also the engine's metadata filesystem.
+    Crashes(Arc<CrashPlan>),
+}
+
+/// Opens the engine with `cfg` on `disk`.
+pub fn open(mut cfg: EngineConfig, disk: TestDisk) -> Result<Engine, OpenError> {
+    cfg.test_disk = Some(disk);
+    Engine::open(cfg)
+}
