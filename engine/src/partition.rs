@@ -18,6 +18,7 @@ use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
 use crate::long_poll::WaitingReads;
 use crate::prepare::NextSegment;
+use crate::read::ReadHints;
 use crate::retention::Retired;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
@@ -189,6 +190,8 @@ pub struct Partition {
     flush_bytes_avg: usize,
     spare: Vec<AlignedBuf>,
     /// Disk reads in flight; the partition may not be closed while any are.
+    /// Where recent disk reads stopped (`read.rs`).
+    pub(crate) read_hints: ReadHints,
     pub(crate) reads_in_flight: usize,
     /// Reads waiting at the partition's end for data (`long_poll.rs`).
     pub(crate) waiting_reads: WaitingReads,
@@ -245,6 +248,7 @@ impl Partition {
             flush_bytes_avg: 0,
             spare: Vec::new(),
             reads_in_flight: 0,
+            read_hints: ReadHints::default(),
             waiting_reads: WaitingReads::default(),
             limits,
             linger: Linger::new(cfg.commit_linger),

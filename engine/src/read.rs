@@ -14,6 +14,46 @@ use crate::ReadDone;
 const MIN_READ_BYTES: usize = 64 * 1024;
 /// Largest single disk read.
 const MAX_READ_BYTES: usize = 8 << 20;
+/// Where recent reads stopped, remembered per partition.
+const READ_HINTS: usize = 16;
+
+/// Where recent disk reads of a partition stopped: the byte position of the batch starting at
+/// the offset a reader will ask for next. A reader coming back for what follows (a fetch loop, a
+/// group's next consume) starts there, not at the segment's sparse index entry before it,
+/// which in a sealed segment can lie a megabyte earlier: that walk read and checked every batch
+/// in between again, for each read.
+#[derive(Debug, Default)]
+pub struct ReadHints {
+    ring: [Option<ReadHint>; READ_HINTS],
+    next: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReadHint {
+    segment_base: u64,
+    offset: u64,
+    pos: u64,
+}
+
+impl ReadHints {
+    fn note(&mut self, segment_base: u64, offset: u64, pos: u64) {
+        self.ring[self.next] = Some(ReadHint {
+            segment_base,
+            offset,
+            pos,
+        });
+        self.next = (self.next + 1) % READ_HINTS;
+    }
+
+    /// Where the batch starting at `offset` lies in segment `segment_base`, if a read saw it.
+    fn find(&self, segment_base: u64, offset: u64) -> Option<u64> {
+        self.ring
+            .iter()
+            .flatten()
+            .find(|h| h.segment_base == segment_base && h.offset == offset)
+            .map(|h| h.pos)
+    }
+}
 
 /// What a read returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +98,8 @@ pub struct DiskRead {
     pub out: Vec<u8>,
     /// One past the last offset collected.
     pub next_offset: u64,
+    /// Where the batch starting at `next_offset` lies, once the budget stopped the read there.
+    pub resume: Option<u64>,
     /// Who the answer goes to.
     pub target: ReadFor,
 }
@@ -103,14 +145,24 @@ impl Partition {
             };
             return ReadStep::Done(target, Ok(answer));
         };
+        let indexed = seg.lookup(from);
+        let pos = match self.read_hints.find(seg.base_offset, from) {
+            Some(hint) => {
+                // The batch at `from` lies at or after the index entry for an offset before it.
+                assert!(hint >= indexed, "a read hint lies before its index entry");
+                hint
+            }
+            None => indexed,
+        };
         ReadStep::Disk(DiskRead {
             from,
             max_bytes,
             segment_base: seg.base_offset,
-            pos: seg.lookup(from),
+            pos,
             need_bytes: 0,
             out: Vec::new(),
             next_offset: from,
+            resume: None,
             target,
         })
     }
@@ -164,7 +216,12 @@ impl Partition {
                 };
                 self.finish_read(r, Err(err))
             }
-            Ok(Parsed::Full) => self.finish_read(r, Ok(())),
+            Ok(Parsed::Full) => {
+                if let Some(pos) = r.resume {
+                    self.read_hints.note(r.segment_base, r.next_offset, pos);
+                }
+                self.finish_read(r, Ok(()))
+            }
             Ok(Parsed::More { pos, need }) if pos < durable_end => {
                 r.pos = pos;
                 r.need_bytes = need;
@@ -226,11 +283,13 @@ fn collect(
         let view = BatchView::verify(bytes).map_err(|e| (pos, e.to_string()))?;
         if view.last_offset() as u64 >= r.from {
             if !r.out.is_empty() && r.out.len() + len > r.max_bytes {
+                r.resume = Some(pos);
                 return Ok(Parsed::Full);
             }
             r.out.extend_from_slice(bytes);
             r.next_offset = view.last_offset() as u64 + 1;
             if r.out.len() >= r.max_bytes {
+                r.resume = Some(pos + len as u64);
                 return Ok(Parsed::Full);
             }
         }
