@@ -145,15 +145,14 @@ impl Partition {
             };
             return ReadStep::Done(target, Ok(answer));
         };
+        // Both lie at or before the batch holding `from` (a hint may lie on the padding ending
+        // the flush before it, and the index may have an entry for that very batch): the later
+        // one is the closer.
         let indexed = seg.lookup(from);
-        let pos = match self.read_hints.find(seg.base_offset, from) {
-            Some(hint) => {
-                // The batch at `from` lies at or after the index entry for an offset before it.
-                assert!(hint >= indexed, "a read hint lies before its index entry");
-                hint
-            }
-            None => indexed,
-        };
+        let pos = self
+            .read_hints
+            .find(seg.base_offset, from)
+            .map_or(indexed, |hint| hint.max(indexed));
         ReadStep::Disk(DiskRead {
             from,
             max_bytes,
