@@ -213,11 +213,6 @@ impl Drop for Reservation {
 }
 
 impl Ticket {
-    /// The caller's tag.
-    pub fn tag(&self) -> u64 {
-        self.tag
-    }
-
     /// The ticket, taken by the engine with a request of `kind`.
     pub(crate) fn taken_for(mut self, kind: Kind) -> Self {
         self.kind = Some(kind);

@@ -54,7 +54,7 @@ impl Partition {
         if drop == 0 {
             return;
         }
-        let renamed_before = self.retired.recycled + self.retired.dropped.len() as u64;
+        let mut renamed = false;
         for segment in self.segments.drain(..drop).collect::<Vec<_>>() {
             let full = disk
                 .len(segment.file)
@@ -67,6 +67,7 @@ impl Partition {
                         self.next_segment = Some(NextSegment::recycled(segment.file, path, size));
                         self.need_prepare = false;
                         self.retired.recycled += 1;
+                        renamed = true;
                         continue;
                     }
                     Err(e) => log::warn!(
@@ -82,7 +83,10 @@ impl Partition {
             // back, which is still a valid log); removed by the janitor, off this thread.
             let dropped = self.dir.join(dropped_file_name(segment.base_offset));
             match disk.rename(&segment.path, &dropped) {
-                Ok(()) => self.retired.dropped.push(dropped),
+                Ok(()) => {
+                    self.retired.dropped.push(dropped);
+                    renamed = true;
+                }
                 Err(e) => log::warn!(
                     "{}/{}: retention could not drop {}: {e}",
                     self.topic,
@@ -94,7 +98,7 @@ impl Partition {
         // The new names durable through the disk before anyone acts on them: the janitor
         // shortens a dropped file, and a crash must never bring a shortened file back under
         // its segment name.
-        if self.retired.recycled + self.retired.dropped.len() as u64 > renamed_before {
+        if renamed {
             if let Err(e) = disk.sync_dir(&self.dir) {
                 log::warn!(
                     "{}/{}: cannot sync {} after dropping segments: {e}",

@@ -122,7 +122,9 @@ impl LoopPending {
     pub fn answer_ready(&mut self) -> usize {
         let n = self.queue.drain(&mut self.drained);
         for c in self.drained.drain(..) {
-            answer(&mut self.waiting, c);
+            if let Some((w, answer)) = take(&mut self.waiting, c) {
+                w.answer(answer);
+            }
         }
         n
     }
@@ -138,12 +140,14 @@ impl Tickets for LoopPending {
     }
 }
 
-fn answer(waiting: &mut Slab<Waiting>, c: Completion) {
+/// The request `c` answers, taken out of `waiting`, with its answer.
+fn take(waiting: &mut Slab<Waiting>, c: Completion) -> Option<(Waiting, Answer)> {
     // Tags are keys this table gave out; a record whose key is not there is a bug, logged.
-    match waiting.try_remove(c.tag as usize) {
-        Some(w) => w.answer(c.answer),
-        None => log::error!("an engine answer for request {} that is not waiting", c.tag),
+    let w = waiting.try_remove(c.tag as usize);
+    if w.is_none() {
+        log::error!("an engine answer for request {} that is not waiting", c.tag);
     }
+    Some((w?, c.answer))
 }
 
 /// The requests of every connection with `--portable-io`: their reader threads keep them, one
@@ -200,16 +204,7 @@ impl SharedPending {
                 let mut waiting = self.waiting();
                 drained
                     .drain(..)
-                    .filter_map(|c| match waiting.try_remove(c.tag as usize) {
-                        Some(w) => Some((w, c.answer)),
-                        None => {
-                            log::error!(
-                                "an engine answer for request {} that is not waiting",
-                                c.tag
-                            );
-                            None
-                        }
-                    })
+                    .filter_map(|c| take(&mut waiting, c))
                     .collect()
             };
             self.freed.notify_all();
