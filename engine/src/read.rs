@@ -259,6 +259,19 @@ fn collect(
     let mut pos = r.pos;
     loop {
         let at = (pos - region_pos) as usize;
+        // Once something was collected every later batch is wanted, and whether it fits is
+        // known from its length field alone (the padding ending a flush is all zeros, a
+        // batch's length never is): a batch that does not fit must not cost a disk read of the
+        // rest of its flush, or of itself.
+        if !r.out.is_empty() {
+            let prefix = region.get(at..at + LOG_OVERHEAD_BYTES);
+            if let Some(len) = prefix.and_then(batch::declared_len) {
+                if r.out.len() as u64 + len > r.max_bytes as u64 {
+                    r.resume = Some(pos);
+                    return Ok(Parsed::Full);
+                }
+            }
+        }
         // Only zeros up to where this flush's trailer would sit, then a trailer: the flush ends
         // here. No batch can look like that (its length field is non-zero and not negative).
         let flush_end = trailer::flush_end(pos);
@@ -281,10 +294,6 @@ fn collect(
         };
         let view = BatchView::verify(bytes).map_err(|e| (pos, e.to_string()))?;
         if view.last_offset() as u64 >= r.from {
-            if !r.out.is_empty() && r.out.len() + len > r.max_bytes {
-                r.resume = Some(pos);
-                return Ok(Parsed::Full);
-            }
             r.out.extend_from_slice(bytes);
             r.next_offset = view.last_offset() as u64 + 1;
             if r.out.len() >= r.max_bytes {

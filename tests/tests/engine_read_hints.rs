@@ -1,8 +1,13 @@
 //! Reading on from where a read stopped costs one disk read, even in a sealed segment whose
 //! index is sparse: the partition remembers where recent reads stopped. Without that, each read
-//! walked (and read from disk again) everything from the index entry before it.
+//! walked (and read from disk again) everything from the index entry before it. A read stopped by
+//! its budget reads no further to find that out, and a group's consume of a full answer reads the
+//! disk once.
+
+use std::time::Duration;
 
 use keel_engine::{BatchView, Engine};
+use keel_tests::groups::{ack, consume, join};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
 #[test]
@@ -57,5 +62,109 @@ fn reading_on_from_where_a_read_stopped_takes_one_disk_read() {
     assert!(
         disk_reads <= reads + reads / 10,
         "{disk_reads} disk reads for {reads} reads"
+    );
+}
+
+/// A read whose budget ends before the next batch stops there, even when that batch runs past
+/// the bytes read from disk: whether it fits is known from its length, and fetching the rest of
+/// it only to leave it out cost every such read a second disk read.
+#[test]
+fn a_read_stopped_by_its_budget_reads_the_disk_once() {
+    let dir = data_dir();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.segment_bytes = 32 << 20;
+    cfg.tail_cache_bytes = 64 << 10;
+    let engine = Engine::open(cfg).unwrap();
+    engine.create_topic("b", 1).unwrap();
+    // Batches of about 20,100 bytes, each its own flush of 20 KiB: a budget of 70,000 bytes
+    // takes three, and the fourth runs past the 72 KiB one disk read for that budget brings in.
+    let value = vec![3u8; 4000];
+    for _ in 0..400 {
+        let mut batch = keel_engine::BatchBuilder::new(0);
+        for _ in 0..5 {
+            batch.push(None, &value, &[]);
+        }
+        engine.append_wait("b", 0, batch.build()).unwrap();
+    }
+    let whole = read_all(&engine, "b", 0);
+    let budget = 70_000;
+
+    let before = engine.stats().disk_reads;
+    let (mut from, mut reads, mut got) = (0u64, 0u64, Vec::new());
+    while from < 1500 {
+        let r = engine.read_wait("b", 0, from, budget).unwrap();
+        assert!(
+            r.data.len() <= budget,
+            "{} bytes for a budget of {budget}",
+            r.data.len()
+        );
+        for view in keel_format::batch::batches(&r.data) {
+            let view = view.unwrap();
+            got.push((view.base_offset() as u64, view.bytes().to_vec()));
+        }
+        assert!(r.next_offset > from, "a read moves forward");
+        from = r.next_offset;
+        reads += 1;
+    }
+    let disk_reads = engine.stats().disk_reads - before;
+    assert_eq!(
+        got,
+        whole[..got.len()].to_vec(),
+        "the same batches as one read from the start"
+    );
+    assert!(reads > 50, "{reads} reads");
+    assert_eq!(
+        disk_reads, reads,
+        "{disk_reads} disk reads for {reads} reads"
+    );
+}
+
+/// A consume of 256 messages of 1 KiB, stored in batches of 64 as clients send them, takes one
+/// disk read: the read asked for covers what was handed out, batch overhead included.
+#[test]
+fn a_full_consume_reads_the_disk_once() {
+    let dir = data_dir();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.segment_bytes = 32 << 20;
+    cfg.max_flush_bytes = 1 << 20;
+    cfg.max_batch_bytes = 256 << 10;
+    cfg.tail_cache_bytes = 64 << 10;
+    let engine = Engine::open(cfg).unwrap();
+    engine.create_topic("c", 1).unwrap();
+    let value = vec![5u8; 1024];
+    for _ in 0..40 {
+        let mut batch = keel_engine::BatchBuilder::new(0);
+        for _ in 0..64 {
+            batch.push(None, &value, &[]);
+        }
+        engine.append_wait("c", 0, batch.build()).unwrap();
+    }
+    let long = Duration::from_secs(60);
+    let m = engine
+        .join_group(join("g", "c", long, long))
+        .unwrap()
+        .member;
+    // The first consume teaches the group how many bytes a message takes.
+    let first = consume(&engine, "g", "c", m, 256, Duration::ZERO).unwrap();
+    let offsets: Vec<(u32, u64)> = first.iter().map(|&(p, o, _)| (p, o)).collect();
+    ack(&engine, "g", "c", m, &offsets, false).unwrap();
+
+    let before = engine.stats().disk_reads;
+    let mut consumes = 0u64;
+    let mut next = offsets.len() as u64;
+    while next + 256 <= 40 * 64 {
+        let got = consume(&engine, "g", "c", m, 256, Duration::ZERO).unwrap();
+        let offsets: Vec<(u32, u64)> = got.iter().map(|&(p, o, _)| (p, o)).collect();
+        let expected: Vec<(u32, u64)> = (next..next + 256).map(|o| (0, o)).collect();
+        assert_eq!(offsets, expected, "the next 256 messages, in order");
+        ack(&engine, "g", "c", m, &offsets, false).unwrap();
+        next += 256;
+        consumes += 1;
+    }
+    let disk_reads = engine.stats().disk_reads - before;
+    assert!(consumes >= 8, "{consumes} consumes");
+    assert_eq!(
+        disk_reads, consumes,
+        "{disk_reads} disk reads for {consumes} consumes"
     );
 }

@@ -21,8 +21,9 @@ use super::tables::store_into;
 use super::{owned, Command, Shard};
 use crate::error::{DataError, GroupError};
 
-/// Bytes one read for a consume asks for (less when the answer has less room).
-const READ_BYTES: usize = 256 << 10;
+/// Most bytes one read for a consume asks for (less when the answer has less room): a full
+/// answer of 1 KiB messages, with its batches' overhead, in one disk read.
+const READ_BYTES: usize = 1 << 20;
 /// Bytes read beyond what the messages handed out are expected to take.
 const READ_SLACK_BYTES: usize = 16 << 10;
 /// Messages one look at a partition takes room for (what it does not hand out goes back).
