@@ -92,6 +92,9 @@ pub struct DiskRead {
     pub segment_base: u64,
     /// Position in that segment to continue parsing at.
     pub pos: u64,
+    /// Most bytes that may lie between `pos` and the batch holding `from`, before the first
+    /// disk read: that read brings them in too, rather than stopping short of its budget.
+    pub walk_bytes: usize,
     /// The length of the batch at `pos`, when a previous read saw only its start.
     pub need_bytes: usize,
     /// Batches collected so far.
@@ -149,15 +152,16 @@ impl Partition {
         // the flush before it, and the index may have an entry for that very batch): the later
         // one is the closer.
         let indexed = seg.lookup(from);
-        let pos = self
-            .read_hints
-            .find(seg.base_offset, from)
-            .map_or(indexed, |hint| hint.max(indexed));
+        let (pos, walk_bytes) = match self.read_hints.find(seg.base_offset, from) {
+            Some(hint) if hint >= indexed.pos => (hint, 0),
+            _ => (indexed.pos, indexed.walk_bytes),
+        };
         ReadStep::Disk(DiskRead {
             from,
             max_bytes,
             segment_base: seg.base_offset,
             pos,
+            walk_bytes: usize::try_from(walk_bytes).unwrap_or(MAX_READ_BYTES),
             need_bytes: 0,
             out: Vec::new(),
             next_offset: from,
@@ -179,6 +183,7 @@ impl Partition {
         let start = align_down(r.pos);
         let body = r
             .max_bytes
+            .saturating_add(r.walk_bytes)
             .clamp(MIN_READ_BYTES, MAX_READ_BYTES)
             .max(r.need_bytes);
         let len = align_up((r.pos - start) + body as u64).min(seg.durable_end - start);
@@ -204,6 +209,7 @@ impl Partition {
         let Some(buf) = c.buf else {
             return self.finish_read(r, Ok(()));
         };
+        r.walk_bytes = 0;
         let region_end = (read_pos + n as u64).min(durable_end);
         let region = &buf.as_slice()[..(region_end - read_pos) as usize];
         match collect(region, read_pos, &mut r) {

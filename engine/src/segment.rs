@@ -7,9 +7,11 @@ use crate::io::FileId;
 /// Distance in bytes between index entries of the segment being written: a lookup lands at
 /// most this far before its batch.
 pub const INDEX_INTERVAL_BYTES: u64 = 32 * 1024;
-/// Most index entries a sealed segment keeps, so memory does not grow with the log: 4 KiB per
-/// segment, and a read of old data walks at most segment size / this from its entry.
-pub const SEALED_INDEX_ENTRIES_MAX: usize = 256;
+/// Most index entries a sealed segment keeps, so memory grows with the log only by 1/4096: 64
+/// KiB per 256 MiB segment. A read of old data walks at most segment size / this (64 KiB) from
+/// its entry; consumers draining a backlog read sealed segments all the time, so the walk must
+/// stay small beside a read.
+pub const SEALED_INDEX_ENTRIES_MAX: usize = 4096;
 
 /// Maps the first offset of a batch to its byte position in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,15 @@ pub struct IndexEntry {
     pub offset: u64,
     /// Byte position of the batch in the segment.
     pub pos: u64,
+}
+
+/// Where a read for an offset starts in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landing {
+    /// Position of an indexed batch at or before the batch holding the offset.
+    pub pos: u64,
+    /// Most bytes that can lie between `pos` and the batch holding the offset.
+    pub walk_bytes: u64,
 }
 
 /// An open segment.
@@ -56,13 +67,16 @@ impl Segment {
         }
     }
 
-    /// Position to start reading at to find `offset`: the last indexed batch at or before it.
-    pub fn lookup(&self, offset: u64) -> u64 {
+    /// Where to start reading to find `offset`: the last indexed batch at or before it.
+    pub fn lookup(&self, offset: u64) -> Landing {
         let i = self.index.partition_point(|e| e.offset <= offset);
-        if i == 0 {
-            0
-        } else {
-            self.index[i - 1].pos
+        let pos = i.checked_sub(1).map_or(0, |before| self.index[before].pos);
+        // The batch holding `offset` starts before the next entry's batch (whose first offset
+        // is past it), or before the durable end.
+        let bound = self.index.get(i).map_or(self.durable_end, |next| next.pos);
+        Landing {
+            pos,
+            walk_bytes: bound.saturating_sub(pos),
         }
     }
 
@@ -108,31 +122,39 @@ mod tests {
 
     #[test]
     fn lookup_lands_on_or_before_the_batch() {
-        let mut s = Segment::new(100, PathBuf::new(), FileId(0), 0, 100, Vec::new());
+        let mut s = Segment::new(100, PathBuf::new(), FileId(0), 100_000, 100, Vec::new());
         for (offset, pos) in [(100, 0), (110, 20_000), (120, 40_000), (130, 80_000)] {
             s.note_batch(offset, pos);
         }
         assert_eq!(s.index.len(), 3, "20_000 is within the interval of 0");
-        assert_eq!(s.lookup(100), 0);
-        assert_eq!(s.lookup(119), 0);
-        assert_eq!(s.lookup(125), 40_000);
-        assert_eq!(s.lookup(10_000), 80_000);
+        let at = |pos, walk_bytes| Landing { pos, walk_bytes };
+        assert_eq!(s.lookup(100), at(0, 40_000));
+        assert_eq!(s.lookup(119), at(0, 40_000));
+        assert_eq!(s.lookup(125), at(40_000, 40_000));
+        assert_eq!(
+            s.lookup(10_000),
+            at(80_000, 20_000),
+            "up to the durable end"
+        );
     }
 
     #[test]
     fn sealing_keeps_a_bounded_index_that_still_lands_before_each_batch() {
-        let mut s = Segment::new(0, PathBuf::new(), FileId(0), 0, 0, Vec::new());
+        let end = 10_000 * INDEX_INTERVAL_BYTES;
+        let mut s = Segment::new(0, PathBuf::new(), FileId(0), end, 0, Vec::new());
         for i in 0..10_000u64 {
             s.note_batch(i * 10, i * INDEX_INTERVAL_BYTES);
         }
         s.seal_index();
         assert!(s.index_len() <= SEALED_INDEX_ENTRIES_MAX);
-        assert_eq!(s.lookup(0), 0);
+        assert_eq!(s.lookup(0).pos, 0);
         for offset in [5, 999, 54_321, 99_990] {
-            let pos = s.lookup(offset);
+            let landing = s.lookup(offset);
+            let batch = offset / 10 * INDEX_INTERVAL_BYTES;
+            assert!(landing.pos <= batch, "lands at or before the batch");
             assert!(
-                pos <= offset / 10 * INDEX_INTERVAL_BYTES,
-                "lands at or before the batch"
+                batch - landing.pos <= landing.walk_bytes,
+                "the walk to the batch is within its bound"
             );
         }
     }

@@ -1,8 +1,9 @@
 //! Reading on from where a read stopped costs one disk read, even in a sealed segment whose
 //! index is sparse: the partition remembers where recent reads stopped. Without that, each read
 //! walked (and read from disk again) everything from the index entry before it. A read stopped by
-//! its budget reads no further to find that out, and a group's consume of a full answer reads the
-//! disk once.
+//! its budget reads no further to find that out, a read landing on an index entry brings in the
+//! walk from there with the same disk read, and a group's consume of a full answer reads the disk
+//! once.
 
 use std::time::Duration;
 
@@ -166,5 +167,61 @@ fn a_full_consume_reads_the_disk_once() {
     assert_eq!(
         disk_reads, consumes,
         "{disk_reads} disk reads for {consumes} consumes"
+    );
+}
+
+/// A read no earlier read led to starts at the sealed segment's index entry before its offset,
+/// and its one disk read covers the walk from there as well as its budget.
+#[test]
+fn a_read_from_a_sealed_index_entry_reads_the_disk_once() {
+    let dir = data_dir();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.segment_bytes = 32 << 20;
+    cfg.tail_cache_bytes = 64 << 10;
+    let engine = Engine::open(cfg).unwrap();
+    engine.create_topic("s", 1).unwrap();
+    let value = vec![9u8; 4000];
+    let mut appended = 0u64;
+    // About 27 MiB in batches of 4 messages, then a roll seals the segment.
+    while appended < 7000 {
+        let mut batch = keel_engine::BatchBuilder::new(0);
+        for _ in 0..4 {
+            batch.push(None, &value, &[]);
+        }
+        engine.append_wait("s", 0, batch.build()).unwrap();
+        appended += 4;
+    }
+    let sealed_end = appended;
+    while appended < sealed_end + 2000 {
+        engine.append_wait("s", 0, one_record(&value)).unwrap();
+        appended += 1;
+    }
+
+    // From the end backwards, so that no read starts where another stopped.
+    let before = engine.stats().disk_reads;
+    let mut reads = 0u64;
+    let mut from = sealed_end - 1;
+    while from > 200 {
+        let r = engine.read_wait("s", 0, from, 16 << 10).unwrap();
+        let first = keel_format::batch::batches(&r.data)
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(
+            first.base_offset() as u64 <= from,
+            "the batch holding {from}"
+        );
+        assert!(
+            first.last_offset() as u64 >= from,
+            "the batch holding {from}"
+        );
+        reads += 1;
+        from -= 197;
+    }
+    let disk_reads = engine.stats().disk_reads - before;
+    assert!(reads > 30, "{reads} reads");
+    assert_eq!(
+        disk_reads, reads,
+        "{disk_reads} disk reads for {reads} reads"
     );
 }
