@@ -249,14 +249,22 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
     let e2e_rate = runs
         .find(PEERS, KEEL, &peers_shape)
         .map_or(20_000.0, |f| (f.msgs_per_s / 4.0).max(1000.0).round());
-    runs.measure(
-        E2E,
-        KEEL,
-        &format!(
-            "4 producers at {e2e_rate:.0} msg/s in all (open loop), 16 per request, {per_shard} partitions, 2 group consumers acking"
-        ),
-        || keel_net(&addr, "e2e", 4, 256, 16, per_shard, seconds, Some(e2e_rate), 2),
+    let e2e_shape = format!(
+        "4 producers at {e2e_rate:.0} msg/s in all (open loop), 16 per request, {per_shard} partitions, 2 group consumers acking"
     );
+    runs.measure(E2E, KEEL, &e2e_shape, || {
+        keel_net(
+            &addr,
+            "e2e",
+            4,
+            256,
+            16,
+            per_shard,
+            seconds,
+            Some(e2e_rate),
+            2,
+        )
+    });
     let backlog = Backlog {
         messages,
         message_bytes: MESSAGE_BYTES,
@@ -309,9 +317,13 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
     let verdicts = verdicts(
         &runs,
         &probe,
-        &target_shape,
-        &peers_shape,
-        &drain_shape,
+        &Shapes {
+            target: target_shape,
+            peers: peers_shape,
+            drain: drain_shape,
+            drain_produce: produce_workload(4, 256, 16, per_shard),
+            e2e: e2e_shape,
+        },
         per_shard,
     );
     let report = SuiteReport {
@@ -376,14 +388,22 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn verdicts(
-    runs: &Runs,
-    probe: &Probe,
-    target_shape: &str,
-    peers_shape: &str,
-    drain_shape: &str,
-    per_shard: u32,
-) -> Vec<Verdict> {
+/// The workloads the targets compare.
+struct Shapes {
+    /// Durable produce against the null server and the engine.
+    target: String,
+    /// The peers' produce workload.
+    peers: String,
+    /// The backlog drained with per-message acks.
+    drain: String,
+    /// Durable produce with as many clients on as many partitions as the drain.
+    drain_produce: String,
+    /// Producers and acking consumers at once.
+    e2e: String,
+}
+
+fn verdicts(runs: &Runs, probe: &Probe, shapes: &Shapes, per_shard: u32) -> Vec<Verdict> {
+    let (target_shape, peers_shape, drain_shape) = (&shapes.target, &shapes.peers, &shapes.drain);
     let rate = |section: &str, system: &str, workload: &str| {
         runs.find(section, system, workload).map(|f| f.msgs_per_s)
     };
@@ -445,8 +465,27 @@ fn verdicts(
     v.push(at_least(
         "keeld / RabbitMQ (faster queue) consume with per-message acks".into(),
         ratio(rate(DRAIN, KEEL, drain_shape), rabbit_drain),
-        5.0,
+        10.0,
     ));
+    v.push(at_least(
+        format!("keeld consume with per-message durable acks / durable produce, 4 clients, {per_shard} partitions"),
+        ratio(
+            rate(DRAIN, KEEL, drain_shape),
+            rate(PRODUCE, KEEL, &shapes.drain_produce),
+        ),
+        0.5,
+    ));
+    let e2e_p99_ms = runs
+        .find(E2E, KEEL, &shapes.e2e)
+        .and_then(|f| f.end_to_end_us.as_ref())
+        .map(|p| p.p99 as f64 / 1000.0);
+    v.push(Verdict {
+        ratio: "end to end at a quarter of the peers' workload rate: produce→consume p99 (ms)"
+            .into(),
+        measured: e2e_p99_ms,
+        target: "<= 50".into(),
+        met: e2e_p99_ms.map(|ms| ms <= 50.0),
+    });
     v
 }
 
@@ -602,6 +641,7 @@ mod tests {
                 ),
                 measured(PRODUCE, KEEL, "T", figures(700_000.0, 1)),
                 measured(PRODUCE, KEEL, "other", figures(1.0, 1)),
+                measured(PRODUCE, KEEL, "4P", figures(500_000.0, 1)),
                 measured(GROUP_COMMIT, KEEL, "G", figures(90_000.0, 1)),
                 measured(PEERS, KEEL, "P", figures(400_000.0, 2_000)),
                 measured(
@@ -618,7 +658,14 @@ mod tests {
             step: 0,
             steps: 0,
         };
-        let v = verdicts(&runs, &probe(), "T", "P", "D", 2);
+        let shapes = Shapes {
+            target: "T".into(),
+            peers: "P".into(),
+            drain: "D".into(),
+            drain_produce: "4P".into(),
+            e2e: "E".into(),
+        };
+        let v = verdicts(&runs, &probe(), &shapes, 2);
         let get = |prefix: &str| {
             v.iter()
                 .find(|v| v.ratio.starts_with(prefix))
@@ -640,8 +687,14 @@ mod tests {
         // The faster RabbitMQ queue is the one compared with.
         assert_eq!(
             get("keeld / RabbitMQ (faster"),
-            Some((Some(6.0), Some(true)))
+            Some((Some(6.0), Some(false)))
         );
+        assert_eq!(
+            get("keeld consume with per-message durable acks / durable produce"),
+            Some((Some(0.6), Some(true)))
+        );
+        // No end-to-end row: not measured.
+        assert_eq!(get("end to end"), Some((None, None)));
     }
 
     #[test]

@@ -265,11 +265,15 @@ fn collect(
     let mut pos = r.pos;
     loop {
         let at = (pos - region_pos) as usize;
+        // Only zeros up to where this flush's trailer would sit, then a trailer: the flush ends
+        // here. No batch can look like that (its length field is non-zero and not negative).
+        let flush_end = trailer::flush_end(pos);
         // Once something was collected every later batch is wanted, and whether it fits is
-        // known from its length field alone (the padding ending a flush is all zeros, a
-        // batch's length never is): a batch that does not fit must not cost a disk read of the
-        // rest of its flush, or of itself.
-        if !r.out.is_empty() {
+        // known from its length field alone, where that field lies before any trailer could
+        // (padding is all zeros there, a batch's length never is): a batch that does not fit
+        // must not cost a disk read of the rest of its flush, or of itself.
+        let before_trailer = pos + LOG_OVERHEAD_BYTES as u64 <= flush_end - TRAILER_BYTES as u64;
+        if !r.out.is_empty() && before_trailer {
             let prefix = region.get(at..at + LOG_OVERHEAD_BYTES);
             if let Some(len) = prefix.and_then(batch::declared_len) {
                 if r.out.len() as u64 + len > r.max_bytes as u64 {
@@ -278,9 +282,6 @@ fn collect(
                 }
             }
         }
-        // Only zeros up to where this flush's trailer would sit, then a trailer: the flush ends
-        // here. No batch can look like that (its length field is non-zero and not negative).
-        let flush_end = trailer::flush_end(pos);
         let Some(until_flush_end) = region.get(at..(flush_end - region_pos) as usize) else {
             return Ok(Parsed::More {
                 pos,
@@ -300,6 +301,11 @@ fn collect(
         };
         let view = BatchView::verify(bytes).map_err(|e| (pos, e.to_string()))?;
         if view.last_offset() as u64 >= r.from {
+            // Where the length field shared bytes with a possible trailer, this is the check.
+            if !r.out.is_empty() && r.out.len() + len > r.max_bytes {
+                r.resume = Some(pos);
+                return Ok(Parsed::Full);
+            }
             r.out.extend_from_slice(bytes);
             r.next_offset = view.last_offset() as u64 + 1;
             if r.out.len() >= r.max_bytes {
