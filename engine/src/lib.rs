@@ -37,6 +37,7 @@ mod open;
 mod partition;
 mod prepare;
 mod read;
+mod read_ahead;
 mod retention;
 mod segment;
 mod shard;

@@ -18,7 +18,8 @@ use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
 use crate::long_poll::WaitingReads;
 use crate::prepare::NextSegment;
-use crate::read::ReadHints;
+use crate::read::{ReadFor, ReadHints};
+use crate::read_ahead::ReadAhead;
 use crate::retention::Retired;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
@@ -192,6 +193,13 @@ pub struct Partition {
     /// Disk reads in flight; the partition may not be closed while any are.
     /// Where recent disk reads stopped (`read.rs`).
     pub(crate) read_hints: ReadHints,
+    /// Batches a consume's disk read brought in beyond its answer (`read_ahead.rs`).
+    pub(crate) read_ahead: Option<ReadAhead>,
+    /// Consumes take turns reading this partition from disk (`shard/consume.rs`): whether one
+    /// is reading, and the reads (offset, budget, consume) waiting for it, counted in
+    /// `reads_in_flight`.
+    pub(crate) consume_reading: bool,
+    pub(crate) consume_reads_waiting: Vec<(u64, usize, ReadFor)>,
     pub(crate) reads_in_flight: usize,
     /// Reads waiting at the partition's end for data (`long_poll.rs`).
     pub(crate) waiting_reads: WaitingReads,
@@ -249,6 +257,9 @@ impl Partition {
             spare: Vec::new(),
             reads_in_flight: 0,
             read_hints: ReadHints::default(),
+            read_ahead: None,
+            consume_reading: false,
+            consume_reads_waiting: Vec::new(),
             waiting_reads: WaitingReads::default(),
             limits,
             linger: Linger::new(cfg.commit_linger),

@@ -7,6 +7,7 @@ use crate::error::DataError;
 use crate::groups::ConsumeTask;
 use crate::io::{Completion, FileId};
 use crate::partition::Partition;
+use crate::read_ahead::ReadAhead;
 use crate::trailer::{self, Trailer, TRAILER_BYTES};
 use crate::ReadDone;
 
@@ -84,27 +85,62 @@ pub enum ReadStep {
 
 /// A read waiting for the disk.
 pub struct DiskRead {
-    /// Offset asked for.
-    pub from: u64,
-    /// Byte budget of the answer (at least one batch is returned).
-    pub max_bytes: usize,
+    /// What it collects, and where it stands.
+    collecting: Collecting,
     /// Segment being read (by base offset).
-    pub segment_base: u64,
-    /// Position in that segment to continue parsing at.
-    pub pos: u64,
+    segment_base: u64,
     /// Most bytes that may lie between `pos` and the batch holding `from`, before the first
     /// disk read: that read brings them in too, rather than stopping short of its budget.
-    pub walk_bytes: usize,
+    walk_bytes: usize,
     /// The length of the batch at `pos`, when a previous read saw only its start.
-    pub need_bytes: usize,
-    /// Batches collected so far.
-    pub out: Vec<u8>,
-    /// One past the last offset collected.
-    pub next_offset: u64,
-    /// Where the batch starting at `next_offset` lies, once the budget stopped the read there.
-    pub resume: Option<u64>,
+    need_bytes: usize,
+    /// Bytes to read beyond the budget, whose whole batches the partition keeps for the next
+    /// read (`read_ahead.rs`).
+    ahead_bytes: usize,
     /// Who the answer goes to.
     pub target: ReadFor,
+}
+
+/// Batches collected from an offset on within a budget, and where the walk through a segment
+/// stands.
+struct Collecting {
+    /// Offset asked for.
+    from: u64,
+    /// Byte budget (at least one batch is collected).
+    max_bytes: usize,
+    /// Position in the segment to continue parsing at.
+    pos: u64,
+    /// Batches collected so far.
+    out: Vec<u8>,
+    /// One past the last offset collected.
+    next_offset: u64,
+    /// Where the batch starting at `next_offset` lies, once the budget stopped the walk there.
+    resume: Option<u64>,
+}
+
+impl Collecting {
+    fn new(from: u64, max_bytes: usize, pos: u64) -> Self {
+        Self {
+            from,
+            max_bytes,
+            pos,
+            out: Vec::new(),
+            next_offset: from,
+            resume: None,
+        }
+    }
+}
+
+impl DiskRead {
+    /// Also reads `bytes` beyond the budget, for the partition to keep.
+    pub fn read_ahead(&mut self, bytes: usize) {
+        self.ahead_bytes = bytes;
+    }
+
+    /// The read as asked for (offset, budget, for whom), to be begun again later.
+    pub fn into_request(self) -> (u64, usize, ReadFor) {
+        (self.collecting.from, self.collecting.max_bytes, self.target)
+    }
 }
 
 /// What parsing a region found.
@@ -139,6 +175,20 @@ impl Partition {
             };
             return ReadStep::Done(target, Ok(answer));
         }
+        let mut data = Vec::new();
+        let ahead = self.read_ahead.as_ref();
+        if let Some((next_offset, used_up)) = ahead.and_then(|a| a.read(from, max_bytes, &mut data))
+        {
+            if used_up {
+                self.read_ahead = None;
+            }
+            let answer = ReadResult {
+                data,
+                next_offset,
+                high_watermark: end,
+            };
+            return ReadStep::Done(target, Ok(answer));
+        }
         let Some(seg) = self.segments.iter().rev().find(|s| s.base_offset <= from) else {
             // Below every segment, yet not below the log's start: nothing to read.
             let answer = ReadResult {
@@ -157,15 +207,11 @@ impl Partition {
             _ => (indexed.pos, indexed.walk_bytes),
         };
         ReadStep::Disk(DiskRead {
-            from,
-            max_bytes,
+            collecting: Collecting::new(from, max_bytes, pos),
             segment_base: seg.base_offset,
-            pos,
             walk_bytes: usize::try_from(walk_bytes).unwrap_or(MAX_READ_BYTES),
             need_bytes: 0,
-            out: Vec::new(),
-            next_offset: from,
-            resume: None,
+            ahead_bytes: 0,
             target,
         })
     }
@@ -177,16 +223,19 @@ impl Partition {
             .segments
             .iter()
             .find(|s| s.base_offset == r.segment_base)?;
-        if r.pos >= seg.durable_end {
+        let pos = r.collecting.pos;
+        if pos >= seg.durable_end {
             return None;
         }
-        let start = align_down(r.pos);
+        let start = align_down(pos);
         let body = r
+            .collecting
             .max_bytes
             .saturating_add(r.walk_bytes)
+            .saturating_add(r.ahead_bytes)
             .clamp(MIN_READ_BYTES, MAX_READ_BYTES)
             .max(r.need_bytes);
-        let len = align_up((r.pos - start) + body as u64).min(seg.durable_end - start);
+        let len = align_up((pos - start) + body as u64).min(seg.durable_end - start);
         Some((seg.file, start, len as usize))
     }
 
@@ -212,7 +261,7 @@ impl Partition {
         r.walk_bytes = 0;
         let region_end = (read_pos + n as u64).min(durable_end);
         let region = &buf.as_slice()[..(region_end - read_pos) as usize];
-        match collect(region, read_pos, &mut r) {
+        match collect(region, read_pos, &mut r.collecting) {
             Err((position, detail)) => {
                 let err = DataError::Corruption {
                     path,
@@ -222,20 +271,25 @@ impl Partition {
                 self.finish_read(r, Err(err))
             }
             Ok(Parsed::Full) => {
-                if let Some(pos) = r.resume {
-                    self.read_hints.note(r.segment_base, r.next_offset, pos);
+                if let Some(pos) = r.collecting.resume {
+                    self.read_hints
+                        .note(r.segment_base, r.collecting.next_offset, pos);
+                    if r.ahead_bytes > 0 {
+                        let from = r.collecting.next_offset;
+                        self.keep_ahead(region, read_pos, r.segment_base, from, pos);
+                    }
                 }
                 self.finish_read(r, Ok(()))
             }
             Ok(Parsed::More { pos, need }) if pos < durable_end => {
-                r.pos = pos;
+                r.collecting.pos = pos;
                 r.need_bytes = need;
                 ReadStep::Disk(r)
             }
             Ok(_) => match self.segments.get(seg_index + 1) {
                 Some(next) if next.base_offset < self.durable_next => {
                     r.segment_base = next.base_offset;
-                    r.pos = 0;
+                    r.collecting.pos = 0;
                     r.need_bytes = 0;
                     ReadStep::Disk(r)
                 }
@@ -247,11 +301,32 @@ impl Partition {
     /// `r`'s answer, with what it collected so far.
     pub fn finish_read(&self, r: DiskRead, outcome: Result<(), DataError>) -> ReadStep {
         let answer = outcome.map(|()| ReadResult {
-            data: r.out,
-            next_offset: r.next_offset,
+            data: r.collecting.out,
+            next_offset: r.collecting.next_offset,
             high_watermark: self.durable_next,
         });
         ReadStep::Done(r.target, answer)
+    }
+
+    /// Keeps the whole batches of `region` (read at `region_pos` of segment `segment_base`)
+    /// from `pos`, where the batch starting at offset `from` lies, for the next read.
+    fn keep_ahead(
+        &mut self,
+        region: &[u8],
+        region_pos: u64,
+        segment_base: u64,
+        from: u64,
+        pos: u64,
+    ) {
+        let mut ahead = Collecting::new(from, usize::MAX, pos);
+        match collect(region, region_pos, &mut ahead) {
+            Ok(Parsed::More { pos, .. }) if !ahead.out.is_empty() => {
+                self.read_hints.note(segment_base, ahead.next_offset, pos);
+                self.read_ahead = Some(ReadAhead::new(from, ahead.next_offset, ahead.out));
+            }
+            // Nothing whole beyond the answer, or damage the next read will report.
+            _ => {}
+        }
     }
 }
 
@@ -260,7 +335,7 @@ impl Partition {
 fn collect(
     region: &[u8],
     region_pos: u64,
-    r: &mut DiskRead,
+    r: &mut Collecting,
 ) -> std::result::Result<Parsed, (u64, String)> {
     let mut pos = r.pos;
     loop {

@@ -14,7 +14,7 @@ use crate::groups::{
     cover, ConsumeGather, ConsumeTask, ConsumedPartition, GroupKey, Look, Reading,
 };
 use crate::io::Disk;
-use crate::read::{ReadFor, ReadResult, ReadStep};
+use crate::read::{DiskRead, ReadFor, ReadResult, ReadStep};
 
 use super::groups::{GroupCmd, Waiter, GROUP_TICK};
 use super::tables::store_into;
@@ -24,6 +24,9 @@ use crate::error::{DataError, GroupError};
 /// Most bytes one read for a consume asks for (less when the answer has less room): a full
 /// answer of 1 KiB messages, with its batches' overhead, in one disk read.
 const READ_BYTES: usize = 1 << 20;
+/// Bytes a consume's disk read brings in beyond its answer, for the group's next consume of
+/// the partition (`read_ahead.rs`): with the answer, about one disk read of 1 MiB.
+const READ_AHEAD_BYTES: usize = 768 << 10;
 /// Bytes read beyond what the messages handed out are expected to take.
 const READ_SLACK_BYTES: usize = 16 << 10;
 /// Messages one look at a partition takes room for (what it does not hand out goes back).
@@ -124,7 +127,45 @@ impl<D: Disk> Shard<D> {
                     self.consume_read(&mut task, result);
                 }
                 ReadStep::Done(ReadFor::Caller(done), result) => return done(result),
-                ReadStep::Disk(r) => return self.submit_read(topic, p, r),
+                ReadStep::Disk(r) => return self.consume_disk_read(topic, p, r),
+            }
+        }
+    }
+
+    /// A consume's read goes to the disk when it is the partition's turn: consumes take turns,
+    /// so that the next one finds what this one read ahead instead of reading it too.
+    fn consume_disk_read(&mut self, topic: Arc<str>, p: u32, mut r: DiskRead) {
+        let Some(part) = owned(&mut self.topics, &topic, p) else {
+            let (_, _, target) = r.into_request();
+            return self.read_done(target, Err(DataError::TopicDeleted(topic.to_string())));
+        };
+        if part.consume_reading {
+            part.reads_in_flight += 1;
+            part.consume_reads_waiting.push(r.into_request());
+            return;
+        }
+        part.consume_reading = true;
+        r.read_ahead(READ_AHEAD_BYTES);
+        self.submit_read(topic, p, r);
+    }
+
+    /// A consume's disk read is over: the reads that waited for their turn begin again (from
+    /// what it read ahead, or from the disk, one at a time).
+    pub(super) fn consume_read_turn_over(&mut self, topic: &Arc<str>, p: u32) {
+        let Some(part) = owned(&mut self.topics, topic, p) else {
+            return;
+        };
+        part.consume_reading = false;
+        let waiting = std::mem::take(&mut part.consume_reads_waiting);
+        part.reads_in_flight -= waiting.len();
+        for (from, max_bytes, target) in waiting {
+            let Some(part) = owned(&mut self.topics, topic, p) else {
+                self.read_done(target, Err(DataError::TopicDeleted(topic.to_string())));
+                continue;
+            };
+            match part.begin_read(from, max_bytes, target) {
+                ReadStep::Done(target, result) => self.read_done(target, result),
+                ReadStep::Disk(r) => self.consume_disk_read(Arc::clone(topic), p, r),
             }
         }
     }

@@ -739,6 +739,11 @@ impl<D: Disk> Shard<D> {
     /// Goes on with a read: answers it, or issues its next disk read.
     fn read_step(&mut self, topic: Arc<str>, partition: u32, step: ReadStep) {
         match step {
+            // Only a consume's disk read gets here for a consume: its turn ends.
+            ReadStep::Done(target @ ReadFor::Consume(_), result) => {
+                self.read_done(target, result);
+                self.consume_read_turn_over(&topic, partition);
+            }
             ReadStep::Done(target, result) => self.read_done(target, result),
             ReadStep::Disk(r) => self.submit_read(topic, partition, r),
         }
