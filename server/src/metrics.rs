@@ -239,7 +239,7 @@ pub fn render(sources: &Sources) -> String {
             ),
             (
                 "keel_disk_reads_total",
-                "Reads that went to the disk (not the in-memory tail).",
+                "O_DIRECT reads of segment files (not counting reads served from memory).",
                 s.disk_reads,
             ),
             (
