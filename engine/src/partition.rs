@@ -31,6 +31,9 @@ use crate::{AppendDone, OffsetRange};
 const MIN_GATHER_BYTES: usize = 64 * 1024;
 /// Flush buffers kept for reuse per partition.
 const SPARE_BUFFERS_MAX: usize = 2;
+/// A flush filling at most this fraction of its buffer is copied out for the tail cache, and
+/// its buffer reused at once.
+const SMALL_FLUSH_FRACTION: usize = 4;
 
 /// Appends waiting for the same flush.
 struct Gather {
@@ -602,6 +605,18 @@ impl Partition {
         self.pending_bytes -= g.len;
         if let Some(buf) = f.buf.take() {
             let mut evicted = Vec::new();
+            // A small flush's batches are copied out into a buffer of their size: the flush
+            // buffer goes straight back to be gathered into again (keeping its registration
+            // with the ring, where handing every flush's buffer to the cache made each flush
+            // take a new buffer and register it), and the cache holds what it caches.
+            let buf = if f.len <= buf.capacity() / SMALL_FLUSH_FRACTION {
+                let mut small = AlignedBuf::zeroed(g.len);
+                small.as_mut_slice()[..g.len].copy_from_slice(&buf.as_slice()[..g.len]);
+                evicted.push(buf);
+                small
+            } else {
+                buf
+            };
             let chunk = Chunk {
                 buf,
                 data_len: g.len,
@@ -926,6 +941,34 @@ mod tests {
         };
         assert_eq!(p.hold_flush(until), Hold::GoAtDeadline);
         assert!(p.start_flush(&mut disk, 3));
+    }
+
+    #[test]
+    fn a_small_flush_gives_its_buffer_back_at_once_and_the_cache_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
+        let mut buffers = std::collections::HashSet::new();
+        for token in 1..=100u64 {
+            p.append(batch(100), Box::new(|_| {}));
+            let gather = p.pending.front().expect("a gather");
+            buffers.insert(gather.buf.as_slice().as_ptr() as usize);
+            assert!(p.start_flush(&mut disk, token));
+            assert!(complete_flush(&mut disk, &mut p).is_some_and(|f| f.ok));
+        }
+        // Handing each flush's buffer to the cache made every flush take a new one (and, on
+        // the ring, register it).
+        assert!(
+            buffers.len() <= 2,
+            "{} flush buffers for 100 small flushes",
+            buffers.len()
+        );
+        let mut cached = Vec::new();
+        assert_eq!(p.tail.read(0, usize::MAX, &mut cached), 100, "all cached");
+        let stored: Vec<u64> = batch::trusted_batches(&cached)
+            .map(|b| b.base_offset() as u64)
+            .collect();
+        assert_eq!(stored, (0..100).collect::<Vec<_>>());
     }
 
     /// A partition whose last flush (2 ms of "I/O") answered 4 appends, none gathered since.
