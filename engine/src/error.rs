@@ -261,6 +261,29 @@ pub enum DataError {
         /// Why.
         cause: Arc<DataError>,
     },
+    /// An idempotent producer's batch does not follow its last one on this partition (a batch
+    /// was lost between them, or the producer restarted its sequences without a new epoch).
+    /// Nothing of it was written.
+    #[error("producer {producer_id}: batch starts at sequence {got}, expected {expected}")]
+    OutOfOrderSequence {
+        /// Producer id.
+        producer_id: i64,
+        /// The sequence the batch had to start at.
+        expected: i32,
+        /// The sequence it starts at.
+        got: i32,
+    },
+    /// An idempotent producer's batch carries an epoch older than one the partition has seen
+    /// from it: a newer instance of the producer took over. Nothing of it was written.
+    #[error("producer {producer_id} is fenced: epoch {epoch} is older than {current}")]
+    ProducerFenced {
+        /// Producer id.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The producer's current epoch.
+        current: i16,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -36,6 +36,7 @@ mod long_poll;
 mod open;
 mod partition;
 mod prepare;
+mod producers;
 mod read;
 mod read_ahead;
 mod retention;

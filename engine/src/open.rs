@@ -16,6 +16,7 @@ use crate::layout::{
 };
 use crate::partition::{Limits, Partition};
 use crate::prepare::NextSegment;
+use crate::producers::Producers;
 use crate::recovery::{scan, Scan};
 use crate::segment::Segment;
 use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
@@ -40,6 +41,7 @@ pub fn open_partition<D: Disk>(
     let mut segments: Vec<Segment> = Vec::new();
     let mut opened: Vec<FileId> = Vec::new();
     let mut cleared_bytes = 0u64;
+    let mut producers = Producers::default();
     let result = (|| {
         if bases.is_empty() {
             segments.push(create_first_segment(
@@ -77,7 +79,7 @@ pub fn open_partition<D: Disk>(
                     .sync_all(file)
                     .map_err(|e| DataError::io("sync segment", &path, e))?;
             }
-            let s = scan_file(io, file, &path, base, limits.max_batch_bytes)?;
+            let mut s = scan_file(io, file, &path, base, limits.max_batch_bytes)?;
             let damage = damage(&s, bases.get(i + 1).copied());
             let truncate_here = match (damage, cfg.recovery) {
                 (Some(detail), RecoveryMode::Strict) => {
@@ -108,6 +110,7 @@ pub fn open_partition<D: Disk>(
             } else {
                 s.sealed_end
             };
+            producers.absorb(std::mem::take(&mut s.producers), durable_end);
             let mut segment = Segment::new(base, path, file, durable_end, s.next_offset, s.index);
             if !ends_log {
                 segment.seal_index();
@@ -125,7 +128,9 @@ pub fn open_partition<D: Disk>(
             if !bases.is_empty() {
                 log_recovered(&topic, id, &segments, cleared_bytes);
             }
-            Ok(Partition::new(topic, id, dir, segments, limits, cfg))
+            let mut partition = Partition::new(topic, id, dir, segments, limits, cfg);
+            partition.producers = producers;
+            Ok(partition)
         }
         Err(e) => {
             for file in opened {

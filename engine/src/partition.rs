@@ -18,6 +18,7 @@ use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
 use crate::long_poll::WaitingReads;
 use crate::prepare::NextSegment;
+use crate::producers::{sequenced, Producers, Sequenced, Verdict};
 use crate::read::{ReadFor, ReadHints};
 use crate::read_ahead::ReadAhead;
 use crate::retention::Retired;
@@ -198,6 +199,8 @@ pub struct Partition {
     pub(crate) read_hints: ReadHints,
     /// Batches a consume's disk read brought in beyond its answer (`read_ahead.rs`).
     pub(crate) read_ahead: Option<ReadAhead>,
+    /// Idempotent producers' last batches (`producers.rs`).
+    pub(crate) producers: Producers,
     /// Consumes take turns reading this partition from disk (`shard/consume.rs`): whether one
     /// is reading, and the reads (offset, budget, consume) waiting for it, counted in
     /// `reads_in_flight`.
@@ -261,6 +264,7 @@ impl Partition {
             reads_in_flight: 0,
             read_hints: ReadHints::default(),
             read_ahead: None,
+            producers: Producers::default(),
             consume_reading: false,
             consume_reads_waiting: Vec::new(),
             waiting_reads: WaitingReads::default(),
@@ -329,12 +333,20 @@ impl Partition {
         }
         let checked = BatchView::verify(&batch).and_then(|view| {
             view.check_appendable()?;
-            Ok(view.record_count() as u64)
+            Ok((view.record_count() as u64, sequenced(&view)))
         });
-        let count = match checked {
-            Ok(count) => count,
+        let (count, seq) = match checked {
+            Ok(checked) => checked,
             Err(e) => return done(Err(e.into())),
         };
+        if let Some(seq) = &seq {
+            if let Err(answer) = self.check_sequence(seq) {
+                return match answer {
+                    Ok(original) => self.answer_duplicate(original, done),
+                    Err(e) => done(Err(e)),
+                };
+            }
+        }
         let first = self.next_offset;
         let range = OffsetRange {
             first,
@@ -361,8 +373,60 @@ impl Partition {
         g.len += batch.len();
         g.next_offset = first + count;
         g.waiters.push((done, range));
+        let end_pos = g.start_pos + g.len as u64;
         self.next_offset = first + count;
         self.pending_bytes += batch.len();
+        if let Some(seq) = &seq {
+            self.producers.record(seq, range, end_pos);
+        }
+    }
+
+    /// Whether an idempotent producer's batch is to be written: `Err(Ok(offsets))` when it
+    /// was written before, `Err(Err(..))` when it is refused.
+    fn check_sequence(&self, seq: &Sequenced) -> Result<(), Result<OffsetRange, DataError>> {
+        let out_of_order = |expected| DataError::OutOfOrderSequence {
+            producer_id: seq.producer_id,
+            expected,
+            got: seq.first_seq,
+        };
+        if seq.first_seq < 0 {
+            return Err(Err(out_of_order(0)));
+        }
+        match self.producers.check(seq) {
+            Verdict::Write => Ok(()),
+            Verdict::Duplicate(original) => Err(Ok(original)),
+            Verdict::OutOfOrder { expected } => Err(Err(out_of_order(expected))),
+            Verdict::Fenced { current } => Err(Err(DataError::ProducerFenced {
+                producer_id: seq.producer_id,
+                epoch: seq.epoch,
+                current,
+            })),
+        }
+    }
+
+    /// Answers a batch sent again with the offsets it was first given, once they are durable:
+    /// at once, or with the flush that carries them.
+    fn answer_duplicate(&mut self, original: OffsetRange, done: AppendDone) {
+        if original.last < self.durable_next {
+            return done(Ok(original));
+        }
+        let holds = |g: &Gather| g.first_offset <= original.first && original.last < g.next_offset;
+        if let Some(g) = self.pending.iter_mut().find(|g| holds(g)) {
+            return g.waiters.push((done, original));
+        }
+        if let Some(f) = self.flushing.as_mut().filter(|f| holds(&f.gather)) {
+            return f.gather.waiters.push((done, original));
+        }
+        // Not durable, yet in no flush: its flush failed, which poisons the partition, and a
+        // poisoned partition answers before looking at sequences.
+        done(Err(DataError::BrokenInvariant {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            what: format!(
+                "offsets {}..={} of a repeated batch are neither durable nor being flushed",
+                original.first, original.last
+            ),
+        }))
     }
 
     /// The gather that takes a batch of `len` bytes: the newest one if it has room in its flush
@@ -969,6 +1033,61 @@ mod tests {
             .map(|b| b.base_offset() as u64)
             .collect();
         assert_eq!(stored, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_repeated_batch_not_yet_durable_is_answered_with_the_flush_that_carries_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
+        let sequenced = |seq: i32| -> Bytes {
+            let mut b = crate::BatchBuilder::new(0).producer(9, 0, seq);
+            b.push(None, b"v", &[]);
+            b.push(None, b"w", &[]);
+            b.build().into()
+        };
+        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = |tag: &'static str| -> AppendDone {
+            let answers = Arc::clone(&answers);
+            Box::new(move |r| answers.lock().unwrap().push((tag, r)))
+        };
+        p.append(sequenced(0), answer("first"));
+        p.append(sequenced(0), answer("again, while gathered"));
+        assert!(p.start_flush(&mut disk, 1));
+        p.append(sequenced(0), answer("again, while written"));
+        p.append(sequenced(2), answer("next"));
+        p.append(sequenced(2), answer("next again, while gathered"));
+        assert!(answers.lock().unwrap().is_empty(), "nothing durable yet");
+        let flush = |disk: &mut MemDisk, p: &mut Partition| {
+            let f = complete_flush(disk, p).expect("a flush completed");
+            assert!(f.ok);
+            for (done, r) in f.answers {
+                done(r);
+            }
+        };
+        flush(&mut disk, &mut p);
+        assert!(p.start_flush(&mut disk, 2));
+        flush(&mut disk, &mut p);
+        p.append(sequenced(2), answer("next again, durable"));
+        let first = OffsetRange { first: 0, last: 1 };
+        let next = OffsetRange { first: 2, last: 3 };
+        let mut got = answers.lock().unwrap().clone();
+        got.sort_by_key(|(tag, _)| *tag);
+        let want = vec![
+            ("again, while gathered", Ok(first)),
+            ("again, while written", Ok(first)),
+            ("first", Ok(first)),
+            ("next", Ok(next)),
+            ("next again, durable", Ok(next)),
+            ("next again, while gathered", Ok(next)),
+        ];
+        let got: Vec<_> = got.into_iter().map(|(t, r)| (t, r.ok())).collect();
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|(t, r): (_, Result<_, ()>)| (t, r.ok()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(p.durable_next, 4, "each batch written once");
     }
 
     /// A partition whose last flush (2 ms of "I/O") answered 4 appends, none gathered since.

@@ -5,7 +5,9 @@ use std::io;
 
 use crate::aligned::{align_down, AlignedBuf, BLOCK_BYTES};
 use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
+use crate::producers::{sequenced, Producers, Sequenced};
 use crate::segment::{IndexEntry, INDEX_INTERVAL_BYTES};
+use crate::OffsetRange;
 use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
 
 /// Bytes read per step while scanning.
@@ -97,6 +99,9 @@ pub struct Scan {
     pub dirty_end: u64,
     /// Bytes of the last, partial block of the log: `[align_down(valid_end), valid_end)`.
     pub tail_block: Vec<u8>,
+    /// Idempotent producers' batches found (each with where it ends, so the caller keeps only
+    /// those the log still holds after it decides where the log ends).
+    pub producers: Producers,
 }
 
 /// Scans a segment whose first offset is `base_offset` and that is `file_len` bytes long.
@@ -139,7 +144,18 @@ pub fn scan<R: ReadAt>(
             Seal::None => {}
         }
         match batch_at(&mut w, pos, s.next_offset, max_batch_bytes)? {
-            Step::Batch { len, next_offset } => {
+            Step::Batch {
+                len,
+                next_offset,
+                sequenced,
+            } => {
+                if let Some(seq) = &sequenced {
+                    let offsets = OffsetRange {
+                        first: s.next_offset,
+                        last: next_offset - 1,
+                    };
+                    s.producers.record(seq, offsets, pos + len as u64);
+                }
                 if last_indexed.is_none_or(|p| pos >= p + INDEX_INTERVAL_BYTES) {
                     s.index.push(IndexEntry {
                         offset: s.next_offset,
@@ -223,7 +239,11 @@ fn sealed_flush_at<R: ReadAt>(w: &mut Window<R>, pos: u64, s: &Scan) -> io::Resu
 }
 
 enum Step {
-    Batch { len: usize, next_offset: u64 },
+    Batch {
+        len: usize,
+        next_offset: u64,
+        sequenced: Option<Sequenced>,
+    },
     End,
     Invalid(String),
 }
@@ -260,6 +280,7 @@ fn batch_at<R: ReadAt>(
         Ok(view) => Ok(Step::Batch {
             len: len as usize,
             next_offset: view.last_offset() as u64 + 1,
+            sequenced: sequenced(&view),
         }),
         Err(e) => Ok(Step::Invalid(format!("batch at byte {pos}: {e}"))),
     }

@@ -200,6 +200,14 @@ impl<'a> BatchView<'a> {
     pub fn base_sequence(&self) -> i32 {
         be_i32(self.bytes, 53)
     }
+    /// Epoch of the idempotent producer.
+    pub fn producer_epoch(&self) -> i16 {
+        be_i16(self.bytes, 51)
+    }
+    /// Largest record timestamp in milliseconds.
+    pub fn max_timestamp(&self) -> i64 {
+        be_i64(self.bytes, 35)
+    }
     /// The records, decoded lazily. A compressed batch yields one error instead of reading
     /// compressed bytes as records.
     pub fn records(&self) -> Records<'a> {
@@ -579,6 +587,7 @@ mod tests {
         assert_eq!(view.last_offset(), 1002);
         assert_eq!(view.producer_id(), 7);
         assert_eq!(view.base_sequence(), 42);
+        assert_eq!(view.producer_epoch(), 1);
         let records: Vec<_> = view.records().map(Result::unwrap).collect();
         assert_eq!(records[0].key, Some(&b"k1"[..]));
         assert_eq!(records[0].value, Some(&b"hello"[..]));

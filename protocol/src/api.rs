@@ -116,11 +116,17 @@ pub enum ErrorCode {
     /// The partition, topic or group is offline: its files are damaged (the server's log names
     /// the file and byte); the rest of the server runs.
     Offline = 20,
+    /// An idempotent producer's batch does not follow its last one on the partition: a batch
+    /// between them is missing. Nothing of it was written.
+    OutOfOrderSequence = 21,
+    /// An idempotent producer's epoch is older than the partition has seen: a newer instance
+    /// of the producer took over. Nothing of it was written.
+    ProducerFenced = 22,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::MalformedRequest,
@@ -142,6 +148,8 @@ impl ErrorCode {
         ErrorCode::UnknownMember,
         ErrorCode::CompressionUnsupported,
         ErrorCode::Offline,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::ProducerFenced,
     ];
 
     /// The code with this number; unknown numbers (from a newer peer) read as `Internal`.

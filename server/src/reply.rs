@@ -155,6 +155,8 @@ impl WireError for DataError {
             DataError::PartitionOffline { .. } | DataError::TopicOffline { .. } => {
                 ErrorCode::Offline
             }
+            DataError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            DataError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
             DataError::ShuttingDown => ErrorCode::ShuttingDown,
             // A disk operation failed while serving the request; the message names it and the
             // file.

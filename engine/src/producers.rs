@@ -1,0 +1,332 @@
+//! Idempotent producers, per partition: the last batches each producer wrote, by sequence, so
+//! that a batch sent again (a retry after a lost answer) is answered with the offsets it was
+//! first given instead of being written twice. Kafka's rules, so that Kafka's clients and
+//! Keel's own behave alike:
+//!
+//! - a batch carries a producer id (-1: not idempotent, never checked), an epoch and the
+//!   sequence of its first record; sequences count records and wrap at `i32::MAX`;
+//! - an epoch below the producer's current one is fenced; a new epoch starts at sequence 0;
+//! - within an epoch, a batch must start right after the last one (else `OutOfOrderSequence`),
+//!   or repeat one of the last [`BATCHES_KEPT`] exactly (a duplicate);
+//! - a producer the partition has no state for may start anywhere: its state may have expired.
+//!
+//! The state lives in memory and is rebuilt at start from the batch headers of the log
+//! (`recovery.rs` folds every batch it scans), so it is exactly as durable as the log itself.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::OffsetRange;
+
+/// Batches remembered per producer (Kafka keeps five: the most a producer has in flight).
+pub const BATCHES_KEPT: usize = 5;
+/// Producers remembered per partition; past it, the one quiet the longest is forgotten.
+pub const PRODUCERS_MAX: usize = 4096;
+
+/// One batch a producer wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducedBatch {
+    /// Sequence of its first record.
+    pub first_seq: i32,
+    /// Sequence of its last record.
+    pub last_seq: i32,
+    /// Where it went.
+    pub offsets: OffsetRange,
+    /// Where it ends in its segment (recovery keeps only what the log still holds).
+    pub end_pos: u64,
+}
+
+/// What the partition knows of one producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Producer {
+    epoch: i16,
+    batches: VecDeque<ProducedBatch>,
+    /// The newest batch's largest timestamp (ms): who has been quiet longest.
+    last_timestamp: i64,
+}
+
+/// The idempotence fields of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Producer id (at least 0).
+    pub producer_id: i64,
+    /// Producer epoch.
+    pub epoch: i16,
+    /// Sequence of the first record.
+    pub first_seq: i32,
+    /// Records in the batch (at least one).
+    pub records: u32,
+    /// Largest record timestamp (ms).
+    pub max_timestamp: i64,
+}
+
+impl Sequenced {
+    /// Sequence of the batch's last record.
+    pub fn last_seq(&self) -> i32 {
+        seq_add(self.first_seq, self.records - 1)
+    }
+}
+
+/// The idempotence fields of `view`, if its producer is idempotent (producer id 0 or more).
+pub fn sequenced(view: &keel_format::batch::BatchView<'_>) -> Option<Sequenced> {
+    let producer_id = view.producer_id();
+    let records = u32::try_from(view.record_count()).ok().filter(|&n| n > 0)?;
+    (producer_id >= 0).then(|| Sequenced {
+        producer_id,
+        epoch: view.producer_epoch(),
+        first_seq: view.base_sequence(),
+        records,
+        max_timestamp: view.max_timestamp(),
+    })
+}
+
+/// What to do with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it.
+    Write,
+    /// Written before: answer with these offsets.
+    Duplicate(OffsetRange),
+    /// Its epoch is older than the producer's `current` one.
+    Fenced {
+        /// The producer's epoch.
+        current: i16,
+    },
+    /// It does not follow the producer's last batch.
+    OutOfOrder {
+        /// The sequence a batch of this producer must start at.
+        expected: i32,
+    },
+}
+
+/// The producers of one partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Producers {
+    by_id: HashMap<i64, Producer>,
+}
+
+/// `seq` plus `n`, wrapping past `i32::MAX` to 0 as Kafka's sequences do.
+fn seq_add(seq: i32, n: u32) -> i32 {
+    let wrapped = (i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1);
+    // The remainder is below i32::MAX + 1, so it fits.
+    i32::try_from(wrapped).unwrap_or(0)
+}
+
+impl Producers {
+    /// What to do with batch `b`.
+    pub fn check(&self, b: &Sequenced) -> Verdict {
+        let Some(p) = self.by_id.get(&b.producer_id) else {
+            return Verdict::Write;
+        };
+        if b.epoch < p.epoch {
+            return Verdict::Fenced { current: p.epoch };
+        }
+        if b.epoch > p.epoch {
+            return if b.first_seq == 0 {
+                Verdict::Write
+            } else {
+                Verdict::OutOfOrder { expected: 0 }
+            };
+        }
+        let last_seq = b.last_seq();
+        if let Some(seen) = p
+            .batches
+            .iter()
+            .find(|s| s.first_seq == b.first_seq && s.last_seq == last_seq)
+        {
+            return Verdict::Duplicate(seen.offsets);
+        }
+        match p.batches.back() {
+            Some(newest) if seq_add(newest.last_seq, 1) != b.first_seq => Verdict::OutOfOrder {
+                expected: seq_add(newest.last_seq, 1),
+            },
+            _ => Verdict::Write,
+        }
+    }
+
+    /// Records that batch `b` was written at `offsets`, ending at `end_pos` of its segment.
+    pub fn record(&mut self, b: &Sequenced, offsets: OffsetRange, end_pos: u64) {
+        if !self.by_id.contains_key(&b.producer_id) && self.by_id.len() >= PRODUCERS_MAX {
+            self.forget_quietest();
+        }
+        let p = self.by_id.entry(b.producer_id).or_insert_with(|| Producer {
+            epoch: b.epoch,
+            batches: VecDeque::new(),
+            last_timestamp: b.max_timestamp,
+        });
+        if b.epoch != p.epoch {
+            p.epoch = b.epoch;
+            p.batches.clear();
+        }
+        if p.batches.len() == BATCHES_KEPT {
+            p.batches.pop_front();
+        }
+        p.batches.push_back(ProducedBatch {
+            first_seq: b.first_seq,
+            last_seq: b.last_seq(),
+            offsets,
+            end_pos,
+        });
+        p.last_timestamp = p.last_timestamp.max(b.max_timestamp);
+    }
+
+    /// Takes in what a scan of the next segment found, keeping only batches that end at or
+    /// before `durable_end` (the rest were cut from the log).
+    pub fn absorb(&mut self, later: Producers, durable_end: u64) {
+        for (id, p) in later.by_id {
+            for batch in p.batches.iter().filter(|b| b.end_pos <= durable_end) {
+                let b = Sequenced {
+                    producer_id: id,
+                    epoch: p.epoch,
+                    first_seq: batch.first_seq,
+                    records: batch_records(batch),
+                    max_timestamp: p.last_timestamp,
+                };
+                self.record(&b, batch.offsets, batch.end_pos);
+            }
+        }
+    }
+
+    /// Producers known.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn forget_quietest(&mut self) {
+        let quietest = self
+            .by_id
+            .iter()
+            .min_by_key(|(_, p)| p.last_timestamp)
+            .map(|(&id, _)| id);
+        if let Some(id) = quietest {
+            self.by_id.remove(&id);
+        }
+    }
+}
+
+/// Records in a remembered batch (its offsets count them).
+fn batch_records(b: &ProducedBatch) -> u32 {
+    u32::try_from(b.offsets.last - b.offsets.first + 1).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(epoch: i16, first_seq: i32, records: u32) -> Sequenced {
+        Sequenced {
+            producer_id: 7,
+            epoch,
+            first_seq,
+            records,
+            max_timestamp: 1,
+        }
+    }
+
+    fn at(first: u64, last: u64) -> OffsetRange {
+        OffsetRange { first, last }
+    }
+
+    #[test]
+    fn a_producer_goes_on_in_sequence_and_a_repeat_gets_its_first_offsets() {
+        let mut p = Producers::default();
+        assert_eq!(p.check(&batch(0, 0, 3)), Verdict::Write);
+        p.record(&batch(0, 0, 3), at(10, 12), 100);
+        assert_eq!(p.check(&batch(0, 3, 2)), Verdict::Write);
+        p.record(&batch(0, 3, 2), at(20, 21), 200);
+        assert_eq!(p.check(&batch(0, 0, 3)), Verdict::Duplicate(at(10, 12)));
+        assert_eq!(p.check(&batch(0, 3, 2)), Verdict::Duplicate(at(20, 21)));
+        assert_eq!(
+            p.check(&batch(0, 6, 1)),
+            Verdict::OutOfOrder { expected: 5 },
+            "a gap"
+        );
+        assert_eq!(
+            p.check(&batch(0, 0, 2)),
+            Verdict::OutOfOrder { expected: 5 },
+            "an old sequence that is not a batch it remembers"
+        );
+    }
+
+    #[test]
+    fn epochs_fence_the_old_and_a_new_one_starts_at_zero() {
+        let mut p = Producers::default();
+        p.record(&batch(3, 0, 1), at(0, 0), 10);
+        assert_eq!(p.check(&batch(2, 1, 1)), Verdict::Fenced { current: 3 });
+        assert_eq!(
+            p.check(&batch(4, 5, 1)),
+            Verdict::OutOfOrder { expected: 0 }
+        );
+        assert_eq!(p.check(&batch(4, 0, 1)), Verdict::Write);
+        p.record(&batch(4, 0, 1), at(1, 1), 20);
+        assert_eq!(p.check(&batch(3, 1, 1)), Verdict::Fenced { current: 4 });
+        assert_eq!(
+            p.check(&batch(4, 0, 1)),
+            Verdict::Duplicate(at(1, 1)),
+            "the old epoch's batches are gone"
+        );
+    }
+
+    #[test]
+    fn only_the_last_batches_are_remembered_and_sequences_wrap() {
+        let mut p = Producers::default();
+        for i in 0..10u64 {
+            p.record(&batch(0, i as i32, 1), at(i, i), i);
+        }
+        assert_eq!(
+            p.check(&batch(0, 4, 1)),
+            Verdict::OutOfOrder { expected: 10 }
+        );
+        assert_eq!(p.check(&batch(0, 5, 1)), Verdict::Duplicate(at(5, 5)));
+        let mut w = Producers::default();
+        w.record(&batch(0, i32::MAX - 1, 2), at(0, 1), 1);
+        assert_eq!(
+            w.check(&batch(0, 0, 1)),
+            Verdict::Write,
+            "after i32::MAX comes 0"
+        );
+        assert_eq!(batch(0, i32::MAX, 3).last_seq(), 1);
+    }
+
+    #[test]
+    fn an_unknown_producer_may_start_anywhere_and_the_quietest_is_forgotten_first() {
+        let mut p = Producers::default();
+        assert_eq!(p.check(&batch(0, 500, 1)), Verdict::Write);
+        for id in 0..PRODUCERS_MAX as i64 {
+            let b = Sequenced {
+                producer_id: id + 100,
+                max_timestamp: id + 10,
+                ..batch(0, 0, 1)
+            };
+            p.record(&b, at(0, 0), 0);
+        }
+        assert_eq!(p.len(), PRODUCERS_MAX);
+        let newcomer = Sequenced {
+            producer_id: 1,
+            ..batch(0, 0, 1)
+        };
+        p.record(&newcomer, at(1, 1), 0);
+        assert_eq!(p.len(), PRODUCERS_MAX, "bounded");
+        let quietest = Sequenced {
+            producer_id: 100,
+            ..batch(0, 1, 1)
+        };
+        assert_eq!(p.check(&quietest), Verdict::Write, "forgotten: no state");
+    }
+
+    #[test]
+    fn absorbing_a_later_segment_keeps_only_what_the_log_still_holds() {
+        let mut first = Producers::default();
+        first.record(&batch(0, 0, 1), at(0, 0), 4096);
+        let mut later = Producers::default();
+        later.record(&batch(0, 1, 1), at(1, 1), 4096);
+        later.record(&batch(0, 2, 1), at(2, 2), 8192);
+        first.absorb(later, 4096);
+        assert_eq!(first.check(&batch(0, 1, 1)), Verdict::Duplicate(at(1, 1)));
+        assert_eq!(
+            first.check(&batch(0, 2, 1)),
+            Verdict::Write,
+            "cut from the log"
+        );
+    }
+}
