@@ -32,9 +32,10 @@ use crate::{AppendDone, OffsetRange};
 const MIN_GATHER_BYTES: usize = 64 * 1024;
 /// Flush buffers kept for reuse per partition.
 const SPARE_BUFFERS_MAX: usize = 2;
-/// A flush filling at most this fraction of its buffer is copied out for the tail cache, and
-/// its buffer reused at once.
-const SMALL_FLUSH_FRACTION: usize = 4;
+/// A flush of at most this many bytes is copied out for the tail cache, and its buffer (at
+/// least [`MIN_GATHER_BYTES`]) reused at once. Larger flushes hand their buffer to the cache:
+/// copying them costs more than registering a buffer (a fresh allocation to zero, per flush).
+const SMALL_FLUSH_BYTES_MAX: usize = 32 << 10;
 
 /// Appends waiting for the same flush.
 struct Gather {
@@ -673,7 +674,7 @@ impl Partition {
             // buffer goes straight back to be gathered into again (keeping its registration
             // with the ring, where handing every flush's buffer to the cache made each flush
             // take a new buffer and register it), and the cache holds what it caches.
-            let buf = if f.len <= buf.capacity() / SMALL_FLUSH_FRACTION {
+            let buf = if f.len <= SMALL_FLUSH_BYTES_MAX {
                 let mut small = AlignedBuf::zeroed(g.len);
                 small.as_mut_slice()[..g.len].copy_from_slice(&buf.as_slice()[..g.len]);
                 evicted.push(buf);
@@ -1033,6 +1034,34 @@ mod tests {
             .map(|b| b.base_offset() as u64)
             .collect();
         assert_eq!(stored, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_large_flush_hands_its_own_buffer_to_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
+        let mut flush = |p: &mut Partition, batches: usize, token: u64| {
+            for _ in 0..batches {
+                p.append(batch(8 << 10), Box::new(|_| {}));
+            }
+            let gathered = p.pending.front().expect("a gather").buf.as_slice().as_ptr();
+            assert!(p.start_flush(&mut disk, token));
+            assert!(complete_flush(&mut disk, p).is_some_and(|f| f.ok));
+            gathered
+        };
+        // Flushes of 512 KiB, past the tail cache's budget: their grown buffers come back
+        // from the cache to be gathered into again.
+        for token in 1..=12 {
+            flush(&mut p, 60, token);
+        }
+        // 80 KiB gathered into one of them: a small part of its buffer, but no small flush.
+        let gathered = flush(&mut p, 10, 13);
+        // Copying it would cost a fresh allocation to zero and fill, every flush.
+        assert!(
+            p.tail.holds_buffer(gathered),
+            "an 80 KiB flush is cached in its own buffer"
+        );
     }
 
     #[test]

@@ -57,6 +57,12 @@ impl TailCache {
         self.held_bytes = 0;
     }
 
+    /// Whether a chunk is held in the buffer starting at `ptr`.
+    #[cfg(test)]
+    pub fn holds_buffer(&self, ptr: *const u8) -> bool {
+        self.chunks.iter().any(|c| c.buf.as_slice().as_ptr() == ptr)
+    }
+
     /// True when every offset from `offset` on (up to the durable end) is in memory.
     pub fn covers(&self, offset: u64) -> bool {
         self.chunks
