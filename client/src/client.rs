@@ -326,6 +326,9 @@ fn into_owned(r: Response<'_>) -> Response<'static> {
         },
         Response::Ack => Response::Ack,
         Response::Nack => Response::Nack,
+        Response::InitProducer { producer_id, epoch } => {
+            Response::InitProducer { producer_id, epoch }
+        }
     }
 }
 
@@ -481,6 +484,18 @@ impl Client {
     pub fn list_topics(&self) -> Result<Vec<TopicInfo>> {
         match self.call(&Request::ListTopics)? {
             Response::ListTopics(topics) => Ok(topics),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// An identity for an idempotent producer, from the server: a new producer id (epoch 0),
+    /// or, given `current`, the same id with the next epoch. Batches carrying it (producer id,
+    /// epoch and each batch's first sequence, in its header) are written once however often
+    /// they are sent (`docs/PROTOCOL.md`).
+    pub fn init_producer(&self, current: Option<(i64, i16)>) -> Result<(i64, i16)> {
+        let (producer_id, epoch) = current.unwrap_or((-1, 0));
+        match self.call(&Request::InitProducer { producer_id, epoch })? {
+            Response::InitProducer { producer_id, epoch } => Ok((producer_id, epoch)),
             other => Err(unexpected(&other)),
         }
     }

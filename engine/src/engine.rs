@@ -24,6 +24,7 @@ use crate::io::{CrashingDisk, FaultyDisk};
 use crate::io::{Disk, MetaFs, PortableDisk, UringDisk, Waker};
 use crate::janitor::{Janitor, JanitorTx};
 use crate::layout::{self, topic_dir, topics_dir, DataDirLock, LostOffsets, TopicMeta};
+use crate::producer_ids::{ProducerIdentity, ProducerIds};
 use crate::shard::{Command, GroupCmd, Opening, Shard, ShardLinks, ShardStats};
 #[cfg(feature = "testing")]
 use crate::testing::TestDisk;
@@ -93,6 +94,8 @@ pub struct EngineCore {
     janitor: Janitor,
     /// Consumer groups (`group_ops.rs`); set once, as the engine opens.
     pub(crate) groups: OnceLock<Groups>,
+    /// Idempotent producers' ids (`producer_ids.rs`).
+    producer_ids: ProducerIds,
     _lock: DataDirLock,
 }
 
@@ -181,6 +184,7 @@ impl Engine {
                 .map_err(|e| OpenError::io("start the janitor thread", "", e))?,
             _lock: lock,
             groups: OnceLock::new(),
+            producer_ids: ProducerIds::new(&cfg.data_dir),
             cfg: Arc::clone(&cfg),
             files,
         };
@@ -362,6 +366,16 @@ impl EngineCore {
     /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// An identity for an idempotent producer: a producer id never handed out before (epoch
+    /// 0), or, given one this server handed out, the same id with the next epoch (batches
+    /// with an older epoch are then refused as `ProducerFenced`). Durable before it returns.
+    pub fn init_producer(
+        &self,
+        current: Option<ProducerIdentity>,
+    ) -> Result<ProducerIdentity, AdminError> {
+        self.producer_ids.init(&*self.files, current)
     }
 
     /// Creates a topic with `partitions` partitions, durably. All or nothing, across errors

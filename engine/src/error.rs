@@ -146,6 +146,15 @@ pub enum AdminError {
     /// A partition of the new topic could not be opened.
     #[error(transparent)]
     Partition(DataError),
+    /// The file recording which producer ids were handed out is damaged: no id is handed out
+    /// (one could be handed out twice) until it is repaired (`docs/OPERATIONS.md`).
+    #[error("damaged producer id file {}: {detail}", path.display())]
+    DamagedProducerIds {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -36,6 +36,7 @@ mod long_poll;
 mod open;
 mod partition;
 mod prepare;
+mod producer_ids;
 mod producers;
 mod read;
 mod read_ahead;
@@ -72,6 +73,7 @@ pub use error::{AdminError, DataError, GroupError, IoFailure, OpenError};
 pub use group_ops::{ConsumeLimits, GroupMetrics, GroupStart, JoinRequest, Joined};
 pub use groups::{ConsumedPartition, GroupSettings};
 pub use io::Waker;
+pub use producer_ids::ProducerIdentity;
 pub use read::ReadResult;
 pub use shard::GroupPartitionMetrics;
 

@@ -32,11 +32,13 @@ pub enum ApiKey {
     Ack = 11,
     /// Give delivered messages back for redelivery.
     Nack = 12,
+    /// An idempotent producer's id and epoch, or the next epoch of its id.
+    InitProducer = 13,
 }
 
 impl ApiKey {
     /// Every api, in key order.
-    pub const ALL: [ApiKey; 13] = [
+    pub const ALL: [ApiKey; 14] = [
         ApiKey::Handshake,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -50,6 +52,7 @@ impl ApiKey {
         ApiKey::Consume,
         ApiKey::Ack,
         ApiKey::Nack,
+        ApiKey::InitProducer,
     ];
 
     /// The api with this key.

@@ -233,6 +233,14 @@ pub enum Request<'a> {
         /// What is given back.
         spans: Vec<OffsetSpan>,
     },
+    /// A producer id and epoch for an idempotent producer: a new id (`producer_id` -1), or
+    /// the next epoch of one this server handed out.
+    InitProducer {
+        /// The producer's current id, or -1 for a new one.
+        producer_id: i64,
+        /// Its current epoch (ignored for a new one).
+        epoch: i16,
+    },
 }
 
 impl Request<'_> {
@@ -252,6 +260,7 @@ impl Request<'_> {
             Request::Consume { .. } => ApiKey::Consume,
             Request::Ack { .. } => ApiKey::Ack,
             Request::Nack { .. } => ApiKey::Nack,
+            Request::InitProducer { .. } => ApiKey::InitProducer,
         }
     }
 }
@@ -376,6 +385,10 @@ pub fn encode_request(correlation_id: u32, request: &Request<'_>, out: &mut Vec<
             w.u64(*member);
             w.u32(*delay_ms);
             write_spans(&mut w, spans);
+        }
+        Request::InitProducer { producer_id, epoch } => {
+            w.i64(*producer_id);
+            w.u16(*epoch as u16);
         }
     }
     end_frame(out, at);
@@ -590,6 +603,10 @@ fn decode_body<'a>(api: ApiKey, r: &mut Reader<'a>) -> Result<Request<'a>, Decod
             member: r.u64("member")?,
             delay_ms: r.u32("delay")?,
             spans: read_spans(r)?,
+        },
+        ApiKey::InitProducer => Request::InitProducer {
+            producer_id: r.i64("producer id")?,
+            epoch: r.u16("epoch")? as i16,
         },
     })
 }

@@ -109,6 +109,13 @@ pub enum Response<'a> {
     Ack,
     /// Given back.
     Nack,
+    /// The producer's identity: put both in the header of each batch it sends.
+    InitProducer {
+        /// Producer id.
+        producer_id: i64,
+        /// Epoch.
+        epoch: i16,
+    },
 }
 
 /// An error response.
@@ -179,6 +186,10 @@ pub fn encode_response(correlation_id: u32, response: &Response<'_>, out: &mut V
             w.u32(*session_timeout_ms);
         }
         Response::LeaveGroup | Response::Heartbeat | Response::Ack | Response::Nack => {}
+        Response::InitProducer { producer_id, epoch } => {
+            w.i64(*producer_id);
+            w.u16(*epoch as u16);
+        }
         Response::Consume { partitions } => {
             // Room for all of it at once: an answer carries up to megabytes of batches, and
             // growing the frame piece by piece would copy them again and again.
@@ -314,6 +325,10 @@ pub fn decode_response(
         }
         ApiKey::Ack => Response::Ack,
         ApiKey::Nack => Response::Nack,
+        ApiKey::InitProducer => Response::InitProducer {
+            producer_id: r.i64("producer id")?,
+            epoch: r.u16("epoch")? as i16,
+        },
     };
     r.finish()?;
     Ok((correlation_id, Ok(response)))

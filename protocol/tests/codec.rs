@@ -19,7 +19,7 @@ fn request_strategy() -> impl Strategy<Value = (String, u32, u64, i64, i32, Vec<
         any::<i32>(),
         proptest::collection::vec(any::<u8>(), 0..300),
         proptest::collection::vec(any::<u8>(), 0..20),
-        0u8..13,
+        0u8..14,
     )
 }
 
@@ -98,12 +98,16 @@ fn build_request<'a>(t: &'a (String, u32, u64, i64, i32, Vec<u8>, Vec<u8>, u8)) 
             durable: n % 2 == 0,
             spans: spans(batch),
         },
-        _ => Request::Nack {
+        12 => Request::Nack {
             group: topic.clone(),
             topic: topic.clone(),
             member: *offset,
             delay_ms: *n,
             spans: spans(batch),
+        },
+        _ => Request::InitProducer {
+            producer_id: *pid,
+            epoch: *seq as i16,
         },
     }
 }
@@ -164,7 +168,8 @@ proptest! {
                 }).collect(),
             }),
             11 => (ApiKey::Ack, Response::Ack),
-            _ => (ApiKey::Nack, Response::Nack),
+            12 => (ApiKey::Nack, Response::Nack),
+            _ => (ApiKey::InitProducer, Response::InitProducer { producer_id: *offset as i64, epoch: *n as i16 }),
         };
         let mut wire = Vec::new();
         encode_response(correlation_id, &response, &mut wire);

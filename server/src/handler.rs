@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use keel_engine::{
     shard_for, ConsumeLimits, DataError, Engine, GroupSettings, GroupStart, JoinRequest,
-    Reservation, Ticket,
+    ProducerIdentity, Reservation, Ticket,
 };
 use keel_protocol::{
     ApiKey, ApiVersions, ErrorCode, JoinSettings, OffsetSpan, PartitionTarget, Request, Response,
@@ -158,7 +158,8 @@ impl Handler {
             | Request::Metadata { .. }
             | Request::JoinGroup { .. }
             | Request::LeaveGroup { .. }
-            | Request::Heartbeat { .. } => false,
+            | Request::Heartbeat { .. }
+            | Request::InitProducer { .. } => false,
         }
     }
 
@@ -227,6 +228,19 @@ impl Handler {
                 Ok(partitions) => reply.ok(&Response::Metadata { partitions }),
                 Err(e) => reply.engine_error(&e),
             },
+            Request::InitProducer { producer_id, epoch } => {
+                let current = (producer_id >= 0).then_some(ProducerIdentity {
+                    id: producer_id,
+                    epoch,
+                });
+                match self.engine.init_producer(current) {
+                    Ok(p) => reply.ok(&Response::InitProducer {
+                        producer_id: p.id,
+                        epoch: p.epoch,
+                    }),
+                    Err(e) => reply.engine_error(&e),
+                }
+            }
             Request::JoinGroup {
                 group,
                 topic,

@@ -176,6 +176,7 @@ impl WireError for AdminError {
             AdminError::NoSpace { .. } => ErrorCode::NoSpace,
             AdminError::ShuttingDown => ErrorCode::ShuttingDown,
             AdminError::Partition(e) => e.code(),
+            AdminError::DamagedProducerIds { .. } => ErrorCode::Corruption,
             AdminError::Io(_) => ErrorCode::Internal,
         }
     }

@@ -1,6 +1,6 @@
 //! Idempotent producers over the wire: keeld answers a batch sent again with its first offsets
 //! (stored once), names a gap `OutOfOrderSequence` and an old epoch `ProducerFenced`, and still
-//! knows the producer after a `SIGKILL` and a restart.
+//! knows the producer after a `SIGKILL` and a restart; producer ids come from keeld, once each.
 
 use keel_client::{BatchBuilder, ErrorCode, Target};
 use keel_tests::data_dir;
@@ -71,4 +71,46 @@ fn keeld_deduplicates_refuses_gaps_and_old_epochs_and_remembers_across_a_kill() 
         .map(|(_, v)| v)
         .collect();
     assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+/// Producer ids come from keeld, are never handed out twice (not even across a `SIGKILL`),
+/// and a bump of the epoch fences the producer's older batches.
+#[test]
+fn keeld_hands_out_producer_ids_once_and_bumps_epochs() {
+    let dir = data_dir();
+    let mut keeld = Keeld::start(dir.path(), &[]);
+    let client = keeld.client();
+    client.create_topic("ids", 1).unwrap();
+    let (a, a_epoch) = client.init_producer(None).unwrap();
+    let (b, _) = client.init_producer(None).unwrap();
+    assert_ne!(a, b, "two producers, two ids");
+    assert_eq!(a_epoch, 0);
+    let with = |id: i64, epoch: i16, seq: i32, v: &str| {
+        let mut batch = BatchBuilder::new(0).producer(id, epoch, seq);
+        batch.push(None, v.as_bytes(), &[]);
+        client
+            .send_batch("ids", Target::Partition(0), &batch.build())
+            .unwrap()
+            .wait()
+    };
+    with(a, 0, 0, "a0").unwrap();
+    with(b, 0, 0, "b0").unwrap();
+    let (same, bumped) = client.init_producer(Some((a, 0))).unwrap();
+    assert_eq!((same, bumped), (a, 1), "the same id, the next epoch");
+    with(a, 1, 0, "a1").unwrap();
+    assert_eq!(
+        with(a, 0, 1, "a0 late").unwrap_err().code(),
+        Some(ErrorCode::ProducerFenced)
+    );
+    drop(client);
+    keeld.kill();
+
+    let keeld = Keeld::start(dir.path(), &[]);
+    let client = keeld.client();
+    let (c, epoch) = client.init_producer(None).unwrap();
+    assert!(
+        c > a && c > b,
+        "{c} after a restart, {a} and {b} before: never again"
+    );
+    assert_eq!(epoch, 0);
 }
