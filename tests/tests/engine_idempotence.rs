@@ -22,28 +22,21 @@ fn range(first: u64, last: u64) -> OffsetRange {
     OffsetRange { first, last }
 }
 
+/// Appends to partition `p` of topic "t", waiting until durable.
+fn put(engine: &Engine, p: u32, batch: Vec<u8>) -> OffsetRange {
+    engine.append_wait("t", p, batch).unwrap()
+}
+
 #[test]
 fn a_batch_sent_again_gets_its_first_offsets_and_is_stored_once() {
     let dir = data_dir();
     let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
     engine.create_topic("t", 1).unwrap();
-    assert_eq!(
-        engine.append_wait("t", 0, batch(0, 0, 3)).unwrap(),
-        range(0, 2)
-    );
-    assert_eq!(
-        engine.append_wait("t", 0, batch(0, 3, 2)).unwrap(),
-        range(3, 4)
-    );
+    assert_eq!(put(&engine, 0, batch(0, 0, 3)), range(0, 2));
+    assert_eq!(put(&engine, 0, batch(0, 3, 2)), range(3, 4));
     // Durable already: answered at once with the first offsets.
-    assert_eq!(
-        engine.append_wait("t", 0, batch(0, 0, 3)).unwrap(),
-        range(0, 2)
-    );
-    assert_eq!(
-        engine.append_wait("t", 0, batch(0, 3, 2)).unwrap(),
-        range(3, 4)
-    );
+    assert_eq!(put(&engine, 0, batch(0, 0, 3)), range(0, 2));
+    assert_eq!(put(&engine, 0, batch(0, 3, 2)), range(3, 4));
     // Sent again and again while the first is still being made durable (the copies after
     // the first arrive while its flush is gathered or written): one write, every copy
     // answered with its offsets once they are durable.
@@ -104,14 +97,8 @@ fn a_gap_and_an_old_epoch_are_refused_and_nothing_is_written() {
         1,
         "nothing refused was written"
     );
-    assert_eq!(
-        engine.append_wait("t", 0, batch(1, 2, 1)).unwrap(),
-        range(2, 2)
-    );
-    assert_eq!(
-        engine.append_wait("t", 0, batch(2, 0, 1)).unwrap(),
-        range(3, 3)
-    );
+    assert_eq!(put(&engine, 0, batch(1, 2, 1)), range(2, 2));
+    assert_eq!(put(&engine, 0, batch(2, 0, 1)), range(3, 3));
     match engine.append_wait("t", 0, batch(1, 3, 1)) {
         Err(DataError::ProducerFenced { current: 2, .. }) => {}
         other => panic!("fenced by the new epoch: {other:?}"),
@@ -137,10 +124,7 @@ fn the_producers_state_is_rebuilt_from_the_log_on_reopen() {
     }
     let engine = Engine::open(cfg).unwrap();
     // The last batch, sent again after the restart: its first offsets, not a second copy.
-    assert_eq!(
-        engine.append_wait("t", 1, batch(3, 1990, 10)).unwrap(),
-        range(1990, 1999)
-    );
+    assert_eq!(put(&engine, 1, batch(3, 1990, 10)), range(1990, 1999));
     match engine.append_wait("t", 1, batch(3, 2010, 1)) {
         Err(DataError::OutOfOrderSequence { expected: 2000, .. }) => {}
         other => panic!("the sequence goes on from the log: {other:?}"),
@@ -149,9 +133,6 @@ fn the_producers_state_is_rebuilt_from_the_log_on_reopen() {
         Err(DataError::ProducerFenced { current: 3, .. }) => {}
         other => panic!("the epoch comes back from the log: {other:?}"),
     }
-    assert_eq!(
-        engine.append_wait("t", 1, batch(3, 2000, 1)).unwrap(),
-        range(2000, 2000)
-    );
+    assert_eq!(put(&engine, 1, batch(3, 2000, 1)), range(2000, 2000));
     assert_eq!(read_all(&engine, "t", 1).len(), 201);
 }

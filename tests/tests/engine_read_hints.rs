@@ -12,31 +12,38 @@ use keel_tests::answers::{consumed, Tagged};
 use keel_tests::groups::{ack, consume, join, PATIENCE};
 use keel_tests::{data_dir, one_record, read_all, small_config};
 
-#[test]
-fn reading_on_from_where_a_read_stopped_takes_one_disk_read() {
-    let dir = data_dir();
-    let mut cfg = small_config(dir.path(), 1);
-    // Segments big enough that sealing thins their index to an entry every ~100 KiB.
+/// A partition of topic `topic` holding a sealed segment of about 27 MiB in batches of four
+/// 4000-byte messages, then 2000 single messages in the next segment, past a small tail cache;
+/// and where the sealed segment ends.
+fn sealed_backlog(dir: &std::path::Path, topic: &str) -> (Engine, u64) {
+    let mut cfg = small_config(dir, 1);
     cfg.segment_bytes = 32 << 20;
     cfg.tail_cache_bytes = 64 << 10;
     let engine = Engine::open(cfg).unwrap();
-    engine.create_topic("h", 1).unwrap();
+    engine.create_topic(topic, 1).unwrap();
     let value = vec![7u8; 4000];
     let mut appended = 0u64;
-    // About 27 MiB: the next appends roll the segment, sealing it.
+    // The next appends roll the segment, sealing it.
     while appended < 7000 {
         let mut batch = keel_engine::BatchBuilder::new(0);
         for _ in 0..4 {
             batch.push(None, &value, &[]);
         }
-        engine.append_wait("h", 0, batch.build()).unwrap();
+        engine.append_wait(topic, 0, batch.build()).unwrap();
         appended += 4;
     }
     let sealed_end = appended;
     while appended < sealed_end + 2000 {
-        engine.append_wait("h", 0, one_record(&value)).unwrap();
+        engine.append_wait(topic, 0, one_record(&value)).unwrap();
         appended += 1;
     }
+    (engine, sealed_end)
+}
+
+#[test]
+fn reading_on_from_where_a_read_stopped_takes_one_disk_read() {
+    let dir = data_dir();
+    let (engine, sealed_end) = sealed_backlog(dir.path(), "h");
     let whole = read_all(&engine, "h", 0);
 
     // Small reads through the sealed segment, each from where the last one stopped.
@@ -245,27 +252,7 @@ fn consumes_at_once_take_turns_at_the_disk() {
 #[test]
 fn a_read_from_a_sealed_index_entry_reads_the_disk_once() {
     let dir = data_dir();
-    let mut cfg = small_config(dir.path(), 1);
-    cfg.segment_bytes = 32 << 20;
-    cfg.tail_cache_bytes = 64 << 10;
-    let engine = Engine::open(cfg).unwrap();
-    engine.create_topic("s", 1).unwrap();
-    let value = vec![9u8; 4000];
-    let mut appended = 0u64;
-    // About 27 MiB in batches of 4 messages, then a roll seals the segment.
-    while appended < 7000 {
-        let mut batch = keel_engine::BatchBuilder::new(0);
-        for _ in 0..4 {
-            batch.push(None, &value, &[]);
-        }
-        engine.append_wait("s", 0, batch.build()).unwrap();
-        appended += 4;
-    }
-    let sealed_end = appended;
-    while appended < sealed_end + 2000 {
-        engine.append_wait("s", 0, one_record(&value)).unwrap();
-        appended += 1;
-    }
+    let (engine, sealed_end) = sealed_backlog(dir.path(), "s");
 
     // From the end backwards, so that no read starts where another stopped.
     let before = engine.stats().disk_reads;
