@@ -771,7 +771,7 @@ pub(crate) fn server_info(answer: Response<'_>) -> std::result::Result<ServerInf
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -12,6 +12,7 @@ pub mod cli;
 mod client;
 mod error;
 mod groups;
+mod idempotence;
 mod message;
 mod producer;
 
@@ -19,6 +20,7 @@ pub use awaiting::{GroupAckFuture, ProduceFuture};
 pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
 pub use error::{ClientError, Result};
 pub use groups::{spans_of, Delivered, Membership, PendingAck};
+pub use idempotence::Idempotence;
 pub use keel_format::batch::BatchBuilder;
 pub use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, StartAt, TopicInfo};
 pub use message::{Fetched, Message};

@@ -10,18 +10,20 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_protocol::{
-    decode_response, encode_request, response_correlation_id, ApiKey, FrameBuffer, Request,
-    RESPONSE_HEADER_BYTES,
+    decode_response, encode_produce_request, encode_request, response_correlation_id, ApiKey,
+    FrameBuffer, PartitionTarget, Request, Response, RESPONSE_HEADER_BYTES,
 };
 
 use crate::client::{
-    ack_of, connect_failure, encode_produce_frames, fits_frames, open_stream, refusal, server_info,
+    ack_of, connect_failure, encode_produce_frames, fits_frames, now_ms, open_stream, refusal,
+    server_info,
 };
 use crate::error::{ClientError, Result};
-use crate::{Ack, ClientOptions, ServerInfo, Target};
+use crate::idempotence::{Idempotence, Sequencing, IN_FLIGHT_PER_PARTITION_MAX};
+use crate::{Ack, BatchBuilder, ClientOptions, ServerInfo, Target};
 
 /// How much a read takes off the socket at least: many acks at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -49,6 +51,9 @@ const MAX_ANSWER_BYTES: u32 = 1 << 20;
 /// # Ok(()) }
 /// ```
 pub struct Producer {
+    /// Where it connected (again, after a lost connection, when idempotent).
+    addr: String,
+    options: Box<ClientOptions>,
     stream: TcpStream,
     input: FrameBuffer,
     /// Frames queued and not yet written.
@@ -59,8 +64,13 @@ pub struct Producer {
     next_id: u32,
     info: ServerInfo,
     timeout: Duration,
-    /// Set once the connection failed: why. Every later call fails with it.
+    /// Set once the connection failed: why. Every later call fails with it, unless the
+    /// producer is idempotent and connects again.
     broken: Option<String>,
+    /// Producer id, sequences and the requests in flight, when idempotent.
+    sequencing: Option<Box<Sequencing>>,
+    /// Acks read while waiting for room to send, for [`Producer::next_ack`] to return.
+    ready: VecDeque<(u32, Result<Ack>)>,
 }
 
 impl Producer {
@@ -86,6 +96,8 @@ impl Producer {
             .and_then(|()| stream.set_write_timeout(timeout))
             .map_err(|e| fail(format!("set the socket's timeouts: {e}")))?;
         let mut producer = Self {
+            addr: addr.to_string(),
+            options: Box::new(options.clone()),
             stream,
             input: FrameBuffer::new(READ_CHUNK),
             unsent: Vec::new(),
@@ -98,24 +110,80 @@ impl Producer {
             },
             timeout: options.request_timeout,
             broken: None,
+            sequencing: None,
+            ready: VecDeque::new(),
         };
-        let id = producer.take_id();
+        producer.info = producer.handshake()?.map_err(fail)?;
+        Ok(producer)
+    }
+
+    /// Connects as [`Producer::connect_with`] does, as an idempotent producer: it gets a
+    /// producer id from the server and numbers its batches per partition, so that when the
+    /// connection is lost it connects again and resends what is in flight, in order, and the
+    /// server stores each batch once (answering a repeat with the offsets it first gave). It
+    /// sends to explicit partitions ([`Target::Partition`]), at most five requests in flight
+    /// per partition (a send waits for an ack past that), and gives up on a request after
+    /// [`Idempotence::delivery_timeout`].
+    pub fn connect_idempotent(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+        options: ClientOptions,
+        idempotence: Idempotence,
+    ) -> Result<Self> {
+        let mut producer = Self::connect_with(addr, options)?;
+        let (producer_id, epoch) = producer.init_producer()?;
+        producer.sequencing = Some(Box::new(Sequencing::new(idempotence, producer_id, epoch)));
+        Ok(producer)
+    }
+
+    /// The producer id and epoch, when idempotent.
+    pub fn identity(&self) -> Option<(i64, i16)> {
+        self.sequencing.as_ref().map(|s| (s.producer_id, s.epoch))
+    }
+
+    /// Shakes hands on the connection (nothing else in flight): what the server says about
+    /// itself, or why it will not do.
+    fn handshake(&mut self) -> Result<std::result::Result<ServerInfo, String>> {
+        let id = self.take_id();
         let hello = Request::Handshake {
-            client: options.client_name.clone(),
+            client: self.options.client_name.clone(),
         };
-        encode_request(id, &hello, &mut producer.unsent);
-        producer.in_flight.push_back(id);
-        // What the handshake says is judged here, as a failure to connect, not a broken
-        // connection.
-        let (_, info) = producer.next_answer(|frame| {
+        encode_request(id, &hello, &mut self.unsent);
+        self.in_flight.push_back(id);
+        // What the handshake says is judged by the caller, as a failure to connect, not a
+        // broken connection.
+        let (_, info) = self.next_answer(|frame| {
             Ok(match decode_response(frame, ApiKey::Handshake) {
                 Ok((_, Ok(answer))) => server_info(answer),
                 Ok((_, Err(e))) => Err(format!("handshake refused: {}", e.message)),
                 Err(e) => Err(format!("handshake answer: {e}")),
             })
         })?;
-        producer.info = info.map_err(fail)?;
-        Ok(producer)
+        Ok(info)
+    }
+
+    /// A producer id and epoch from the server (nothing else in flight).
+    fn init_producer(&mut self) -> Result<(i64, i16)> {
+        let id = self.take_id();
+        let request = Request::InitProducer {
+            producer_id: -1,
+            epoch: 0,
+        };
+        encode_request(id, &request, &mut self.unsent);
+        self.in_flight.push_back(id);
+        let (_, identity) = self.next_answer(|frame| {
+            Ok(match decode_response(frame, ApiKey::InitProducer) {
+                Ok((_, Ok(Response::InitProducer { producer_id, epoch }))) => {
+                    Ok((producer_id, epoch))
+                }
+                Ok((_, Ok(other))) => Err(crate::client::unexpected(&other)),
+                Ok((_, Err(e))) => Err(ClientError::Server {
+                    code: e.code,
+                    message: e.message,
+                }),
+                Err(e) => return Err(format!("bad producer id answer: {e}")),
+            })
+        })?;
+        identity
     }
 
     /// What the server said about itself.
@@ -123,9 +191,9 @@ impl Producer {
         &self.info
     }
 
-    /// Requests sent (or queued) and not yet answered.
+    /// Requests sent (or queued) whose ack [`Producer::next_ack`] has not returned yet.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.ready.len()
     }
 
     /// Queues `values` as one produce request (with the target's key, if it has one) and
@@ -138,6 +206,15 @@ impl Producer {
         target: Target<'_>,
         values: impl IntoIterator<Item = V>,
     ) -> Result<u32> {
+        if self.sequencing.is_some() {
+            return match target {
+                Target::Partition(p) => self.queue_sequenced(topic, p, values),
+                Target::Key(_) => Err(ClientError::Protocol(
+                    "an idempotent producer sends to explicit partitions (Target::Partition)"
+                        .into(),
+                )),
+            };
+        }
         self.usable()?;
         let before = self.unsent.len();
         self.spans.clear();
@@ -160,6 +237,60 @@ impl Producer {
         Ok(id)
     }
 
+    /// An idempotent producer's produce: numbered, kept until answered, and sent once fewer
+    /// than [`IN_FLIGHT_PER_PARTITION_MAX`] requests are in flight to the partition.
+    fn queue_sequenced<V: AsRef<[u8]>>(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<u32> {
+        let values: Vec<V> = values.into_iter().collect();
+        if values.is_empty() {
+            return Err(ClientError::Protocol(
+                "a produce needs at least one message".into(),
+            ));
+        }
+        while self
+            .sequencing
+            .as_ref()
+            .is_some_and(|s| s.in_flight_to(topic, partition) >= IN_FLIGHT_PER_PARTITION_MAX)
+        {
+            let answer = self.next_produce_answer()?;
+            self.ready.push_back(answer);
+        }
+        // A lost connection is not checked for here: the request is kept, and sent again
+        // with the rest once the producer connects again.
+        let id = self.next_id;
+        let Some(seq) = self.sequencing.as_mut() else {
+            return Err(ClientError::Protocol("not an idempotent producer".into()));
+        };
+        let (producer_id, epoch) = (seq.producer_id, seq.epoch);
+        let first_seq = seq.peek_sequence(topic, partition);
+        let mut batch = BatchBuilder::new(now_ms()).producer(producer_id, epoch, first_seq);
+        for v in &values {
+            batch.push(None, v.as_ref(), &[]);
+        }
+        let mut frame = Vec::new();
+        let target = PartitionTarget::Partition(partition);
+        encode_produce_request(
+            id,
+            topic,
+            &target,
+            producer_id,
+            first_seq,
+            &batch,
+            &mut frame,
+        );
+        fits_frames(&[(id, frame.len())], self.info.max_frame_bytes)?;
+        seq.take_sequence(topic, partition, values.len());
+        self.unsent.extend_from_slice(&frame);
+        seq.sent(id, topic, partition, frame);
+        self.take_id();
+        self.in_flight.push_back(id);
+        Ok(id)
+    }
+
     /// Queues `values` as one produce request and writes everything queued.
     pub fn send_values<V: AsRef<[u8]>>(
         &mut self,
@@ -173,8 +304,13 @@ impl Producer {
     }
 
     /// Writes every queued request, with one write. A write that fails or takes longer than
-    /// the request timeout ends the connection (a request may have been sent in part).
+    /// the request timeout ends the connection (a request may have been sent in part); an
+    /// idempotent producer then connects again here, resending what is in flight.
     pub fn flush(&mut self) -> Result<()> {
+        if let (Some(why), true) = (self.broken.clone(), self.sequencing.is_some()) {
+            // Connecting again queues everything in flight to be written here.
+            self.reconnect(&why)?;
+        }
         self.usable()?;
         if self.unsent.is_empty() {
             return Ok(());
@@ -189,15 +325,119 @@ impl Producer {
     /// server's error for that request. Fails if nothing is in flight, on a timeout (the
     /// requests stay in flight), and once the connection is lost (then the outcome of every
     /// request in flight is unknown).
+    ///
+    /// An idempotent producer whose connection is lost connects again and resends what is in
+    /// flight instead, until its delivery timeout runs out.
     pub fn next_ack(&mut self) -> Result<(u32, Result<Ack>)> {
-        self.next_answer(produce_outcome)
+        if let Some(answer) = self.ready.pop_front() {
+            return Ok(answer);
+        }
+        self.next_produce_answer()
     }
 
     /// The next answer if it has already been read off the socket, without waiting or
     /// writing: after [`Producer::next_ack`], the rest of the burst it came in.
     pub fn ready_ack(&mut self) -> Result<Option<(u32, Result<Ack>)>> {
+        if let Some(answer) = self.ready.pop_front() {
+            return Ok(Some(answer));
+        }
+        if self.broken.is_some() && self.sequencing.is_some() {
+            // The next wait connects again.
+            return Ok(None);
+        }
         self.usable()?;
-        self.buffered_answer(produce_outcome)
+        let answer = self.buffered_answer(produce_outcome)?;
+        if let (Some((id, _)), Some(seq)) = (&answer, self.sequencing.as_mut()) {
+            seq.answered(*id);
+        }
+        Ok(answer)
+    }
+
+    /// The next produce answer off the socket; an idempotent producer connects again and
+    /// resends when the connection is lost.
+    fn next_produce_answer(&mut self) -> Result<(u32, Result<Ack>)> {
+        loop {
+            match self.next_answer(produce_outcome) {
+                Ok((id, outcome)) => {
+                    if let Some(seq) = self.sequencing.as_mut() {
+                        seq.answered(id);
+                    }
+                    return Ok((id, outcome));
+                }
+                Err(ClientError::ConnectionLost(why)) if self.sequencing.is_some() => {
+                    self.reconnect(&why)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Connects again (backing off, until the oldest request in flight runs out of time),
+    /// shakes hands, and queues every request in flight again, in order, as first sent.
+    fn reconnect(&mut self, why: &str) -> Result<()> {
+        let Some(seq) = self.sequencing.as_ref() else {
+            return Err(ClientError::ConnectionLost(why.to_string()));
+        };
+        // Nothing in flight: as long as a request just sent would have.
+        let deadline = seq
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + seq.options.delivery_timeout);
+        let waiting: Vec<u32> = std::mem::take(&mut self.in_flight).into();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let timeout = self
+                    .sequencing
+                    .as_ref()
+                    .map_or(Duration::ZERO, |s| s.options.delivery_timeout);
+                self.in_flight = waiting.iter().copied().collect();
+                return Err(ClientError::ConnectionLost(format!(
+                    "{why}; gave up connecting again after the delivery timeout ({timeout:?}): \
+                     whether requests {waiting:?} were stored is unknown (each at most once); \
+                     every request answered before was stored once"
+                )));
+            }
+            if self.connect_again() {
+                let Some(seq) = self.sequencing.as_ref() else {
+                    return Err(ClientError::ConnectionLost(why.to_string()));
+                };
+                for id in &waiting {
+                    if let Some(frame) = seq.frame(*id) {
+                        self.unsent.extend_from_slice(frame);
+                    }
+                }
+                self.in_flight = waiting.into_iter().collect();
+                return Ok(());
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// A new connection to the same address, with the handshake done; false if either fails.
+    fn connect_again(&mut self) -> bool {
+        let Ok(stream) = open_stream(&self.addr, &self.options) else {
+            return false;
+        };
+        let timeout = Some(self.options.request_timeout.max(Duration::from_millis(1)));
+        let timeouts = stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout));
+        if timeouts.is_err() {
+            return false;
+        }
+        self.stream = stream;
+        self.input = FrameBuffer::new(READ_CHUNK);
+        self.unsent.clear();
+        self.broken = None;
+        match self.handshake() {
+            Ok(Ok(info)) => {
+                self.info = info;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Flushes, then reads until a whole answer to a request in flight is in; returns its id
