@@ -153,6 +153,15 @@ fn backlog(dir: &std::path::Path, batches: usize) -> (Engine, u64) {
     (engine, m)
 }
 
+/// Member `m`'s first consume of 256 messages, acknowledged: it teaches the group how many
+/// bytes a message takes. The (partition, offset) of each.
+fn first_consume(engine: &Engine, m: u64) -> Vec<(u32, u64)> {
+    let first = consume(engine, "g", "c", m, 256, Duration::ZERO).unwrap();
+    let offsets: Vec<(u32, u64)> = first.iter().map(|&(p, o, _)| (p, o)).collect();
+    ack(engine, "g", "c", m, &offsets, false).unwrap();
+    offsets
+}
+
 /// Consumes of 256 messages of 1 KiB in a row read the disk about once a megabyte, not once
 /// each: a consume's disk read brings in what follows its answer, and the next consume takes
 /// it from memory.
@@ -160,10 +169,7 @@ fn backlog(dir: &std::path::Path, batches: usize) -> (Engine, u64) {
 fn consumes_in_a_row_read_ahead() {
     let dir = data_dir();
     let (engine, m) = backlog(dir.path(), 40);
-    // The first consume teaches the group how many bytes a message takes.
-    let first = consume(&engine, "g", "c", m, 256, Duration::ZERO).unwrap();
-    let offsets: Vec<(u32, u64)> = first.iter().map(|&(p, o, _)| (p, o)).collect();
-    ack(&engine, "g", "c", m, &offsets, false).unwrap();
+    let offsets = first_consume(&engine, m);
 
     let before = engine.stats().disk_reads;
     let mut consumes = 0u64;
@@ -202,9 +208,7 @@ fn consumes_at_once_take_turns_at_the_disk() {
         j.max_unacked = 4096;
         members.push(engine.join_group(j).unwrap().member);
     }
-    let first = consume(&engine, "g", "c", first_member, 256, Duration::ZERO).unwrap();
-    let offsets: Vec<(u32, u64)> = first.iter().map(|&(p, o, _)| (p, o)).collect();
-    ack(&engine, "g", "c", first_member, &offsets, false).unwrap();
+    let offsets = first_consume(&engine, first_member);
     let mut seen: std::collections::BTreeSet<u64> = offsets.iter().map(|&(_, o)| o).collect();
 
     let before = engine.stats().disk_reads;
