@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use keel_client::{
-    Client, ClientOptions, JoinSettings, Membership, PendingProduce, Producer, StartAt, Target,
+    Client, ClientOptions, Idempotence, JoinSettings, Membership, PendingProduce, Producer,
+    StartAt, Target,
 };
 
 use crate::figures::{latency_histogram, record, Figures, Percentiles};
@@ -43,6 +44,9 @@ pub struct NetLoad {
     /// Consumers in one group reading the topic while it is produced to (end to end); each
     /// message carries its intended send time, and produce→consume latency is reported.
     pub consumers: usize,
+    /// Closed-loop producers are idempotent (a producer id, sequences, at most five requests
+    /// in flight per partition).
+    pub idempotent: bool,
 }
 
 /// When to stop waiting for consumers to catch up once producing has ended.
@@ -75,7 +79,12 @@ impl ProducerConnection {
         if load.rate.is_some() {
             return connect(&load.server).map(Self::Shared);
         }
-        Producer::connect_with(load.server.as_str(), options())
+        let producer = if load.idempotent {
+            Producer::connect_idempotent(load.server.as_str(), options(), Idempotence::default())
+        } else {
+            Producer::connect_with(load.server.as_str(), options())
+        };
+        producer
             .map(Self::Own)
             .map_err(|e| format!("connect to {}: {e}", load.server))
     }

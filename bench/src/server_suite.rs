@@ -36,6 +36,10 @@ pub struct Shape {
     /// send time [default: closed loop, as fast as the window allows].
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Closed-loop producers are idempotent (`Producer::connect_idempotent`: a producer id,
+    /// sequences, at most five requests in flight per partition).
+    #[arg(long)]
+    pub idempotent: bool,
 }
 
 impl Shape {
@@ -58,6 +62,7 @@ impl Shape {
             rate: self.rate,
             messages: None,
             consumers: 0,
+            idempotent: self.idempotent,
         }
     }
 }

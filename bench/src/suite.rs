@@ -168,6 +168,7 @@ fn keel_net(
         rate,
         messages: None,
         consumers,
+        idempotent: false,
     })
 }
 
@@ -215,6 +216,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             batch: 16,
             message_bytes: MESSAGE_BYTES,
             rate: None,
+            idempotent: false,
         };
         engine_produce(&args.dir, &shape, per_shard, seconds, &Storage::default())
     });
