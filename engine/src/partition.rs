@@ -18,7 +18,7 @@ use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
 use crate::long_poll::WaitingReads;
 use crate::prepare::NextSegment;
-use crate::producers::{sequenced, Producers, Sequenced, Verdict};
+use crate::producers::{sequenced, Producers, Verdict};
 use crate::read::{ReadFor, ReadHints};
 use crate::read_ahead::ReadAhead;
 use crate::retention::Retired;
@@ -341,11 +341,10 @@ impl Partition {
             Err(e) => return done(Err(e.into())),
         };
         if let Some(seq) = &seq {
-            if let Err(answer) = self.check_sequence(seq) {
-                return match answer {
-                    Ok(original) => self.answer_duplicate(original, done),
-                    Err(e) => done(Err(e)),
-                };
+            match self.producers.check(seq) {
+                Verdict::Write => {}
+                Verdict::Duplicate(original) => return self.answer_duplicate(original, done),
+                refused => return done(Err(refused.refusal(seq))),
             }
         }
         let first = self.next_offset;
@@ -379,29 +378,6 @@ impl Partition {
         self.pending_bytes += batch.len();
         if let Some(seq) = &seq {
             self.producers.record(seq, range, end_pos);
-        }
-    }
-
-    /// Whether an idempotent producer's batch is to be written: `Err(Ok(offsets))` when it
-    /// was written before, `Err(Err(..))` when it is refused.
-    fn check_sequence(&self, seq: &Sequenced) -> Result<(), Result<OffsetRange, DataError>> {
-        let out_of_order = |expected| DataError::OutOfOrderSequence {
-            producer_id: seq.producer_id,
-            expected,
-            got: seq.first_seq,
-        };
-        if seq.first_seq < 0 {
-            return Err(Err(out_of_order(0)));
-        }
-        match self.producers.check(seq) {
-            Verdict::Write => Ok(()),
-            Verdict::Duplicate(original) => Err(Ok(original)),
-            Verdict::OutOfOrder { expected } => Err(Err(out_of_order(expected))),
-            Verdict::Fenced { current } => Err(Err(DataError::ProducerFenced {
-                producer_id: seq.producer_id,
-                epoch: seq.epoch,
-                current,
-            })),
         }
     }
 

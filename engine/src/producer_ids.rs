@@ -28,7 +28,8 @@ pub struct ProducerIdentity {
 /// Hands out producer ids.
 pub struct ProducerIds {
     path: PathBuf,
-    state: Mutex<IdBlock>,
+    /// `None` until the file is first read.
+    state: Mutex<Option<IdBlock>>,
 }
 
 struct IdBlock {
@@ -41,10 +42,7 @@ impl ProducerIds {
     pub fn new(dir: &Path) -> Self {
         Self {
             path: dir.join(FILE_NAME),
-            state: Mutex::new(IdBlock {
-                next: -1,
-                reserved_end: -1,
-            }),
+            state: Mutex::new(None),
         }
     }
 
@@ -56,12 +54,17 @@ impl ProducerIds {
         current: Option<ProducerIdentity>,
     ) -> Result<ProducerIdentity, AdminError> {
         // A counter changed by whole assignments: consistent after a panic.
-        let mut block = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if block.next < 0 {
-            let first = self.read_first_free(files)?;
-            block.next = first;
-            block.reserved_end = first;
-        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let block = match &mut *state {
+            Some(block) => block,
+            None => {
+                let first = self.read_first_free(files)?;
+                state.insert(IdBlock {
+                    next: first,
+                    reserved_end: first,
+                })
+            }
+        };
         if let Some(c) = current {
             let known = c.id >= 0 && c.id < block.next;
             if known && c.epoch >= 0 && c.epoch < i16::MAX {

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::error::DataError;
 use crate::OffsetRange;
 
 /// Batches remembered per producer (Kafka keeps five: the most a producer has in flight).
@@ -98,6 +99,30 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    /// The error answering a refused batch `b`; only [`Verdict::Fenced`] and
+    /// [`Verdict::OutOfOrder`] are refusals.
+    pub fn refusal(self, b: &Sequenced) -> DataError {
+        match self {
+            Verdict::Fenced { current } => DataError::ProducerFenced {
+                producer_id: b.producer_id,
+                epoch: b.epoch,
+                current,
+            },
+            Verdict::OutOfOrder { expected } => DataError::OutOfOrderSequence {
+                producer_id: b.producer_id,
+                expected,
+                got: b.first_seq,
+            },
+            Verdict::Write | Verdict::Duplicate(_) => DataError::BrokenInvariant {
+                topic: String::new(),
+                partition: 0,
+                what: format!("{self:?} taken for a refusal of producer {}", b.producer_id),
+            },
+        }
+    }
+}
+
 /// The producers of one partition.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Producers {
@@ -114,6 +139,10 @@ fn seq_add(seq: i32, n: u32) -> i32 {
 impl Producers {
     /// What to do with batch `b`.
     pub fn check(&self, b: &Sequenced) -> Verdict {
+        // Sequences start at 0 and never go below it.
+        if b.first_seq < 0 {
+            return Verdict::OutOfOrder { expected: 0 };
+        }
         let Some(p) = self.by_id.get(&b.producer_id) else {
             return Verdict::Write;
         };
@@ -145,45 +174,44 @@ impl Producers {
 
     /// Records that batch `b` was written at `offsets`, ending at `end_pos` of its segment.
     pub fn record(&mut self, b: &Sequenced, offsets: OffsetRange, end_pos: u64) {
-        if !self.by_id.contains_key(&b.producer_id) && self.by_id.len() >= PRODUCERS_MAX {
-            self.forget_quietest();
-        }
-        let p = self.by_id.entry(b.producer_id).or_insert_with(|| Producer {
-            epoch: b.epoch,
-            batches: VecDeque::new(),
-            last_timestamp: b.max_timestamp,
-        });
-        if b.epoch != p.epoch {
-            p.epoch = b.epoch;
-            p.batches.clear();
-        }
-        if p.batches.len() == BATCHES_KEPT {
-            p.batches.pop_front();
-        }
-        p.batches.push_back(ProducedBatch {
+        let batch = ProducedBatch {
             first_seq: b.first_seq,
             last_seq: b.last_seq(),
             offsets,
             end_pos,
-        });
-        p.last_timestamp = p.last_timestamp.max(b.max_timestamp);
+        };
+        self.push(b.producer_id, b.epoch, batch, b.max_timestamp);
     }
 
     /// Takes in what a scan of the next segment found, keeping only batches that end at or
     /// before `durable_end` (the rest were cut from the log).
     pub fn absorb(&mut self, later: Producers, durable_end: u64) {
         for (id, p) in later.by_id {
-            for batch in p.batches.iter().filter(|b| b.end_pos <= durable_end) {
-                let b = Sequenced {
-                    producer_id: id,
-                    epoch: p.epoch,
-                    first_seq: batch.first_seq,
-                    records: batch_records(batch),
-                    max_timestamp: p.last_timestamp,
-                };
-                self.record(&b, batch.offsets, batch.end_pos);
+            for &batch in p.batches.iter().filter(|b| b.end_pos <= durable_end) {
+                self.push(id, p.epoch, batch, p.last_timestamp);
             }
         }
+    }
+
+    /// Adds `batch` as producer `id`'s newest at `epoch` (a new epoch forgets the old one's).
+    fn push(&mut self, id: i64, epoch: i16, batch: ProducedBatch, timestamp: i64) {
+        if !self.by_id.contains_key(&id) && self.by_id.len() >= PRODUCERS_MAX {
+            self.forget_quietest();
+        }
+        let p = self.by_id.entry(id).or_insert_with(|| Producer {
+            epoch,
+            batches: VecDeque::new(),
+            last_timestamp: timestamp,
+        });
+        if epoch != p.epoch {
+            p.epoch = epoch;
+            p.batches.clear();
+        }
+        if p.batches.len() == BATCHES_KEPT {
+            p.batches.pop_front();
+        }
+        p.batches.push_back(batch);
+        p.last_timestamp = p.last_timestamp.max(timestamp);
     }
 
     /// Producers known.
@@ -202,11 +230,6 @@ impl Producers {
             self.by_id.remove(&id);
         }
     }
-}
-
-/// Records in a remembered batch (its offsets count them).
-fn batch_records(b: &ProducedBatch) -> u32 {
-    u32::try_from(b.offsets.last - b.offsets.first + 1).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

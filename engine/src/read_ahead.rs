@@ -3,7 +3,7 @@
 //! memory. Consumers draining a backlog take turns on a partition; without this each of them
 //! waited for a disk read of its own.
 
-use crate::batch;
+use crate::tail::copy_batches;
 
 /// Whole batches read from disk beyond a read's answer, holding the offsets `[from, next)`.
 pub struct ReadAhead {
@@ -28,16 +28,7 @@ impl ReadAhead {
             return None;
         }
         let mut next = from;
-        for view in batch::trusted_batches(&self.data) {
-            if (view.last_offset() as u64) < from {
-                continue;
-            }
-            if !out.is_empty() && out.len() + view.bytes().len() > max_bytes {
-                break;
-            }
-            out.extend_from_slice(view.bytes());
-            next = view.last_offset() as u64 + 1;
-        }
+        copy_batches(&self.data, from, max_bytes, out, &mut next);
         (next > from).then_some((next, next >= self.next))
     }
 }

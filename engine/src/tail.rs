@@ -79,18 +79,35 @@ impl TailCache {
             .partition_point(|c| c.first_offset <= from)
             .saturating_sub(1);
         for chunk in self.chunks.iter().skip(start) {
-            // These bytes were verified on append and never left memory: walk them by length.
-            for view in batch::trusted_batches(&chunk.buf.as_slice()[..chunk.data_len]) {
-                if (view.last_offset() as u64) < from {
-                    continue;
-                }
-                if !out.is_empty() && out.len() + view.bytes().len() > max_bytes {
-                    return next;
-                }
-                out.extend_from_slice(view.bytes());
-                next = view.last_offset() as u64 + 1;
+            // These bytes were verified on append and never left memory.
+            let batches = &chunk.buf.as_slice()[..chunk.data_len];
+            if !copy_batches(batches, from, max_bytes, out, &mut next) {
+                return next;
             }
         }
         next
     }
+}
+
+/// Copies the whole batches of `batches` (verified before, so walked by length) holding
+/// offsets from `from` on into `out`, while `max_bytes` allows (at least one batch in `out`);
+/// `next` becomes one past the last offset copied. False when the budget stopped it.
+pub(crate) fn copy_batches(
+    batches: &[u8],
+    from: u64,
+    max_bytes: usize,
+    out: &mut Vec<u8>,
+    next: &mut u64,
+) -> bool {
+    for view in batch::trusted_batches(batches) {
+        if (view.last_offset() as u64) < from {
+            continue;
+        }
+        if !out.is_empty() && out.len() + view.bytes().len() > max_bytes {
+            return false;
+        }
+        out.extend_from_slice(view.bytes());
+        *next = view.last_offset() as u64 + 1;
+    }
+    true
 }
