@@ -1,6 +1,7 @@
-//! Load over the real protocol: N producers, each with its own connection, keeping up to a
-//! window of messages in flight in batches, closed loop or at a target rate (open loop); and,
-//! for end-to-end runs, M consumers in a group reading and acknowledging what is produced.
+//! Load over the real protocol: N producers (`keel_client::Producer`, each with its own
+//! connection), each sending one message per call and keeping up to a window of them
+//! unconfirmed, closed loop or at a target rate (open loop); the producer batches them itself.
+//! For end-to-end runs, M consumers in a group read and acknowledge what is produced.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use keel_client::{
-    Client, ClientOptions, Idempotence, JoinSettings, Membership, PendingProduce, Producer,
-    StartAt, Target,
+    Client, ClientOptions, Delivery, JoinSettings, Membership, Producer, ProducerOptions, Record,
+    StartAt,
 };
 
 use crate::figures::{latency_histogram, record, Figures, Percentiles};
@@ -26,7 +27,8 @@ pub struct NetLoad {
     pub producers: usize,
     /// Messages each producer keeps in flight.
     pub window: usize,
-    /// Messages per produce request.
+    /// Messages a producer's batch holds at most (its `batch_bytes` is set to hold this
+    /// many); 0: the producer's default `batch_bytes`.
     pub batch: usize,
     /// Bytes of each message value.
     pub message_bytes: usize,
@@ -44,8 +46,8 @@ pub struct NetLoad {
     /// Consumers in one group reading the topic while it is produced to (end to end); each
     /// message carries its intended send time, and produce→consume latency is reported.
     pub consumers: usize,
-    /// Closed-loop producers are idempotent (a producer id, sequences, at most five requests
-    /// in flight per partition).
+    /// Producers are idempotent (the client's default: a producer id, numbered batches, at
+    /// most five requests in flight per partition).
     pub idempotent: bool,
 }
 
@@ -64,30 +66,23 @@ fn options() -> ClientOptions {
     }
 }
 
-/// A producer's connection.
-enum ProducerConnection {
-    /// Closed loop: a connection the producer's thread writes and reads itself, so a burst
-    /// of acks wakes one thread once.
-    Own(Producer),
-    /// Open loop: the shared client, whose reader takes each answer as it comes while the
-    /// sender sleeps until its next batch is due, so a latency ends when its answer arrives.
-    Shared(Client),
-}
+/// Bytes a message takes in a batch besides its value (no key, no headers), at most.
+const RECORD_OVERHEAD_BYTES: usize = 24;
 
-impl ProducerConnection {
-    fn open(load: &NetLoad) -> Result<Self, String> {
-        if load.rate.is_some() {
-            return connect(&load.server).map(Self::Shared);
-        }
-        let producer = if load.idempotent {
-            Producer::connect_idempotent(load.server.as_str(), options(), Idempotence::default())
-        } else {
-            Producer::connect_with(load.server.as_str(), options())
-        };
-        producer
-            .map(Self::Own)
-            .map_err(|e| format!("connect to {}: {e}", load.server))
-    }
+/// A producer with the load's settings.
+fn open_producer(load: &NetLoad) -> Result<Producer, String> {
+    let defaults = ProducerOptions::default();
+    let options = ProducerOptions {
+        connection: options(),
+        idempotence: load.idempotent,
+        batch_bytes: match load.batch {
+            0 => defaults.batch_bytes,
+            n => n * (load.message_bytes + RECORD_OVERHEAD_BYTES),
+        },
+        ..defaults
+    };
+    Producer::connect_with(load.server.as_str(), options)
+        .map_err(|e| format!("connect to {}: {e}", load.server))
 }
 
 /// What the threads of one run share.
@@ -110,7 +105,7 @@ pub fn run(load: &NetLoad) -> Result<Figures, String> {
         return Err("--rate must be a positive number of messages per second".into());
     }
     let producers = (0..load.producers)
-        .map(|_| ProducerConnection::open(load))
+        .map(|_| open_producer(load))
         .collect::<Result<Vec<_>, _>>()?;
     let group = format!("keel-bench-e2e-{}-{}", std::process::id(), nanos_now());
     let consumers = (0..load.consumers)
@@ -144,10 +139,10 @@ pub fn run(load: &NetLoad) -> Result<Figures, String> {
         let producer_threads: Vec<_> = producers
             .into_iter()
             .enumerate()
-            .map(|(i, connection)| {
-                s.spawn(move || match connection {
-                    ProducerConnection::Own(p) => produce(p, load, i, stop_at, shared),
-                    ProducerConnection::Shared(c) => produce_at_rate(&c, load, i, stop_at, shared),
+            .map(|(i, producer)| {
+                s.spawn(move || match load.rate {
+                    None => produce(producer, load, i, stop_at, shared),
+                    Some(_) => produce_at_rate(producer, load, i, stop_at, shared),
                 })
             })
             .collect();
@@ -253,119 +248,108 @@ fn share(total: u64, producers: usize, i: usize) -> u64 {
     total / producers + u64::from((i as u64) < total % producers)
 }
 
-/// The intended send time of batch `k` of a producer sending `per_s` messages a second.
-fn intended(start: Instant, k: u64, batch: usize, per_s: f64) -> Instant {
-    start + Duration::from_secs_f64(k as f64 * batch as f64 / per_s)
+/// The intended send time of message `k` of a producer sending `per_s` messages a second.
+fn intended(start: Instant, k: u64, per_s: f64) -> Instant {
+    start + Duration::from_secs_f64(k as f64 / per_s)
 }
 
-/// Closed loop: the producer keeps its window full and takes each burst of acks as it comes,
-/// sending what their return to the window allows with one write.
+/// Closed loop: the producer keeps its window of unconfirmed messages full, one message per
+/// call, and takes each confirmation as it comes (with the others already there).
 fn produce(
-    mut p: Producer,
+    p: Producer,
     load: &NetLoad,
     producer: usize,
     stop_at: Instant,
     shared: &Shared,
 ) -> Result<(u64, Histogram<u64>), String> {
     let failed = |e: keel_client::ClientError| format!("produce failed: {e}");
-    let target = Target::Partition(producer as u32 % load.partitions.max(1));
-    let batch = load.batch.max(1);
-    let mut values = vec![vec![0x6bu8; load.message_bytes]; batch];
-    let window = (load.window / batch).max(1);
+    let partition = producer as u32 % load.partitions.max(1);
+    let mut value = vec![0x6bu8; load.message_bytes];
+    let window = load.window.max(1);
     let quota = load.messages.map(|m| share(m, load.producers, producer));
     let mut hist = latency_histogram()?;
     let (mut sent, mut acked) = (0u64, 0u64);
-    // Each request in flight: its id, when it was queued, and its message count.
-    let mut in_flight: VecDeque<(u32, Instant, u64)> = VecDeque::with_capacity(window);
+    let mut in_flight: VecDeque<(Delivery, Instant)> = VecDeque::with_capacity(window);
     let mut sending = true;
     loop {
         let now = Instant::now();
         while sending && in_flight.len() < window {
-            let n = quota.map_or(batch, |q| (q - sent).min(batch as u64) as usize);
-            if n == 0 || (quota.is_none() && now >= stop_at) {
+            if quota.is_some_and(|q| sent >= q) || (quota.is_none() && now >= stop_at) {
                 sending = false;
                 break;
             }
-            stamp(&mut values, load, shared, now);
-            let id = p
-                .queue_values(&load.topic, target, &values[..n])
-                .map_err(failed)?;
-            in_flight.push_back((id, now, n as u64));
-            sent += n as u64;
+            stamp(&mut value, load, shared, now);
+            let record = Record::new(&load.topic, &value).partition(partition);
+            in_flight.push_back((p.send(record).map_err(failed)?, now));
+            sent += 1;
         }
-        if in_flight.is_empty() {
+        let Some((first, sent_at)) = in_flight.pop_front() else {
+            p.close().map_err(failed)?;
             return Ok((acked, hist));
+        };
+        first.wait().map_err(failed)?;
+        record(&mut hist, sent_at.elapsed().as_micros() as u64, 1);
+        let mut confirmed = 1;
+        while let Some((next, sent_at)) = in_flight.pop_front_if(|(d, _)| d.is_finished()) {
+            next.wait().map_err(failed)?;
+            record(&mut hist, sent_at.elapsed().as_micros() as u64, 1);
+            confirmed += 1;
         }
-        // Writes what was queued, then waits for one ack and takes the rest of its burst.
-        let mut answer = Some(p.next_ack().map_err(failed)?);
-        while let Some((id, ack)) = answer {
-            ack.map_err(failed)?;
-            // One partition per producer: acks come in send order.
-            let at = in_flight.iter().position(|&(i, ..)| i == id);
-            let (_, queued, n) = at
-                .and_then(|at| in_flight.remove(at))
-                .ok_or("an ack for no request in flight")?;
-            record(&mut hist, queued.elapsed().as_micros() as u64, n);
-            acked += n;
-            shared.acked.fetch_add(n, Ordering::Relaxed);
-            answer = p.ready_ack().map_err(failed)?;
-        }
+        acked += confirmed;
+        shared.acked.fetch_add(confirmed, Ordering::Relaxed);
     }
 }
 
 /// End-to-end runs: each message carries its intended send time, for the consumers.
-fn stamp(values: &mut [Vec<u8>], load: &NetLoad, shared: &Shared, sent_for: Instant) {
+fn stamp(value: &mut [u8], load: &NetLoad, shared: &Shared, sent_for: Instant) {
     if load.consumers > 0 {
         let stamp = sent_for.duration_since(shared.base).as_nanos() as u64;
-        for v in values {
-            v[..8].copy_from_slice(&stamp.to_le_bytes());
-        }
+        value[..8].copy_from_slice(&stamp.to_le_bytes());
     }
 }
 
-/// Open loop: each batch goes at its intended time, and its latency is measured from then.
+/// Open loop: each message goes at its intended time, and its latency is measured from then.
 fn produce_at_rate(
-    client: &Client,
+    p: Producer,
     load: &NetLoad,
     producer: usize,
     stop_at: Instant,
     shared: &Shared,
 ) -> Result<(u64, Histogram<u64>), String> {
-    let target = Target::Partition(producer as u32 % load.partitions.max(1));
-    let batch = load.batch.max(1);
-    let mut values = vec![vec![0x6bu8; load.message_bytes]; batch];
-    let window = (load.window / batch).max(1);
+    let partition = producer as u32 % load.partitions.max(1);
+    let mut value = vec![0x6bu8; load.message_bytes];
+    let window = load.window.max(1);
     let per_producer = load.rate.unwrap_or(1.0) / load.producers.max(1) as f64;
     // The window is a pool of tokens: one is taken before each send and given back once its
-    // answer arrived, so at most `window` batches are in flight.
+    // confirmation arrived, so at most `window` messages are unconfirmed.
     let (give_token, take_token) = crossbeam_channel::bounded::<()>(window);
     for _ in 0..window {
         let _ = give_token.send(());
     }
-    // Answers are waited for on a thread of their own, in order, so each latency ends when
-    // its answer arrives rather than when the sender next looks.
-    let (to_waiter, in_flight) = crossbeam_channel::unbounded::<(Instant, PendingProduce, u64)>();
+    // Confirmations are waited for on a thread of their own, in order, so each latency ends
+    // when its confirmation arrives rather than when the sender next looks.
+    let (to_waiter, in_flight) = crossbeam_channel::bounded::<(Instant, Delivery)>(window);
     std::thread::scope(|s| {
         let waiter = s.spawn(move || -> Result<(u64, Histogram<u64>), String> {
             let mut hist = latency_histogram()?;
             let mut acked = 0u64;
-            for (sent_for, pending, n) in in_flight {
-                pending.wait().map_err(|e| format!("produce failed: {e}"))?;
-                record(&mut hist, sent_for.elapsed().as_micros() as u64, n);
-                acked += n;
-                shared.acked.fetch_add(n, Ordering::Relaxed);
+            for (sent_for, delivery) in in_flight {
+                delivery
+                    .wait()
+                    .map_err(|e| format!("produce failed: {e}"))?;
+                record(&mut hist, sent_for.elapsed().as_micros() as u64, 1);
+                acked += 1;
+                shared.acked.fetch_add(1, Ordering::Relaxed);
                 let _ = give_token.send(());
             }
             Ok((acked, hist))
         });
         let start = Instant::now();
         let quota = load.messages.map(|m| share(m, load.producers, producer));
-        let mut sent = 0u64;
         let mut failed = None;
         for k in 0u64.. {
-            let due = intended(start, k, batch, per_producer);
-            let n = quota.map_or(batch, |q| (q - sent).min(batch as u64) as usize);
-            if n == 0 || (quota.is_none() && due >= stop_at) {
+            let due = intended(start, k, per_producer);
+            if quota.is_some_and(|q| k >= q) || (quota.is_none() && due >= stop_at) {
                 break;
             }
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -373,13 +357,12 @@ fn produce_at_rate(
             if take_token.recv().is_err() {
                 break;
             }
-            stamp(&mut values, load, shared, due);
-            match client.send_values(&load.topic, target, &values[..n]) {
-                Ok(pending) => {
-                    if to_waiter.send((due, pending, n as u64)).is_err() {
+            stamp(&mut value, load, shared, due);
+            match p.send(Record::new(&load.topic, &value).partition(partition)) {
+                Ok(delivery) => {
+                    if to_waiter.send((due, delivery)).is_err() {
                         break;
                     }
-                    sent += n as u64;
                 }
                 Err(e) => {
                     failed = Some(format!("produce failed: {e}"));
@@ -390,10 +373,11 @@ fn produce_at_rate(
         drop(to_waiter);
         let waited = waiter
             .join()
-            .unwrap_or_else(|_| Err("an answer waiter panicked".into()));
+            .unwrap_or_else(|_| Err("a confirmation waiter panicked".into()));
+        let closed = p.close().map_err(|e| format!("produce failed: {e}"));
         match failed {
             Some(e) => Err(e),
-            None => waited,
+            None => closed.and(waited),
         }
     })
 }
@@ -469,9 +453,9 @@ mod tests {
     #[test]
     fn open_loop_send_times_follow_the_rate_not_the_answers() {
         let t0 = Instant::now();
-        // 1000 messages/s in batches of 10: one batch every 10 ms, however slow answers are.
-        assert_eq!(intended(t0, 0, 10, 1000.0), t0);
-        assert_eq!(intended(t0, 5, 10, 1000.0) - t0, Duration::from_millis(50));
-        assert_eq!(intended(t0, 100, 10, 1000.0) - t0, Duration::from_secs(1));
+        // 1000 messages/s: one every millisecond, however slow answers are.
+        assert_eq!(intended(t0, 0, 1000.0), t0);
+        assert_eq!(intended(t0, 50, 1000.0) - t0, Duration::from_millis(50));
+        assert_eq!(intended(t0, 1000, 1000.0) - t0, Duration::from_secs(1));
     }
 }

@@ -26,7 +26,9 @@ pub struct Shape {
     /// Messages each producer keeps in flight.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Messages per produce request.
+    /// Messages per batch: appended by the in-process engine load as one batch; over the
+    /// network, each producer's `batch_bytes` holds this many (0: the producer's default).
+    /// Over the network every message is its own call; the producer batches.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Bytes of each message value.
@@ -36,10 +38,10 @@ pub struct Shape {
     /// send time [default: closed loop, as fast as the window allows].
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Closed-loop producers are idempotent (`Producer::connect_idempotent`: a producer id,
-    /// sequences, at most five requests in flight per partition).
+    /// Producers without idempotence (the client's default is idempotent: a producer id,
+    /// numbered batches, at most five requests in flight per partition).
     #[arg(long)]
-    pub idempotent: bool,
+    pub no_idempotence: bool,
 }
 
 impl Shape {
@@ -62,7 +64,7 @@ impl Shape {
             rate: self.rate,
             messages: None,
             consumers: 0,
-            idempotent: self.idempotent,
+            idempotent: !self.no_idempotence,
         }
     }
 }

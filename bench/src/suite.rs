@@ -168,7 +168,7 @@ fn keel_net(
         rate,
         messages: None,
         consumers,
-        idempotent: false,
+        idempotent: true,
     })
 }
 
@@ -216,7 +216,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             batch: 16,
             message_bytes: MESSAGE_BYTES,
             rate: None,
-            idempotent: false,
+            no_idempotence: false,
         };
         engine_produce(&args.dir, &shape, per_shard, seconds, &Storage::default())
     });

@@ -34,6 +34,24 @@ pub enum ClientError {
     /// No answer within the request timeout; the request's outcome is unknown.
     #[error("no answer from the server within {0:?}")]
     Timeout(Duration),
+    /// A producer gave up on a message after its delivery timeout, retries and reconnections
+    /// included.
+    #[error("gave up after the delivery timeout ({after:?}): {why}; {}", if *maybe_stored {
+        "whether it was stored is unknown (at most once: it was sent as part of a numbered batch)"
+    } else {
+        "it was not stored"
+    })]
+    DeliveryTimeout {
+        /// The delivery timeout.
+        after: Duration,
+        /// The last reason it could not be stored.
+        why: String,
+        /// It was sent, and no answer said whether it was stored: the connection was lost.
+        maybe_stored: bool,
+    },
+    /// The producer was closed, or stopped for good (see the message).
+    #[error("the producer stopped: {0}")]
+    ProducerStopped(String),
     /// The request would exceed the server's largest frame.
     #[error("request of {size} bytes exceeds the server's maximum frame of {max} bytes")]
     TooLarge {

@@ -1,9 +1,9 @@
 //! Keel's Rust client: a blocking connection to `keeld` with pipelining (many requests in
 //! flight, answers matched by correlation id), produce acknowledged only after durability,
 //! fetch with long polling, topic administration, and consumer groups (join, consume, ack,
-//! nack). See [`Client`]; a thread that only produces can use [`Producer`], which reads its own
-//! acks. Produce acks and group acks can also be awaited from any async
-//! runtime ([`ProduceFuture`]).
+//! nack). See [`Client`]; to produce, use [`Producer`]: one message per call, batched,
+//! numbered and retried by the producer, stored exactly once. A delivery can be waited for or
+//! awaited from any async runtime, as can group acks ([`GroupAckFuture`]).
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -12,7 +12,6 @@ pub mod cli;
 mod client;
 mod error;
 mod groups;
-mod idempotence;
 mod message;
 mod producer;
 
@@ -20,8 +19,9 @@ pub use awaiting::{GroupAckFuture, ProduceFuture};
 pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
 pub use error::{ClientError, Result};
 pub use groups::{spans_of, Delivered, Membership, PendingAck};
-pub use idempotence::Idempotence;
 pub use keel_format::batch::BatchBuilder;
 pub use keel_protocol::{ErrorCode, JoinSettings, OffsetSpan, StartAt, TopicInfo};
 pub use message::{Fetched, Message};
-pub use producer::Producer;
+pub use producer::{
+    Delivery, Producer, ProducerOptions, ProducerStats, Record, Stored, IDEMPOTENT_IN_FLIGHT_MAX,
+};

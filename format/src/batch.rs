@@ -413,10 +413,17 @@ impl BatchBuilder {
 
     /// Sets the idempotent producer identity.
     pub fn producer(mut self, id: i64, epoch: i16, base_sequence: i32) -> Self {
+        self.set_producer(id, epoch, base_sequence);
+        self
+    }
+
+    /// Sets (or changes) the idempotent producer identity of a batch being built: a producer
+    /// numbers a batch when it first sends it, and again if its epoch changes before the
+    /// batch was stored.
+    pub fn set_producer(&mut self, id: i64, epoch: i16, base_sequence: i32) {
         self.producer_id = id;
         self.producer_epoch = epoch;
         self.base_sequence = base_sequence;
-        self
     }
 
     /// Adds a record with optional key and headers.

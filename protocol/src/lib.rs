@@ -29,6 +29,7 @@
 mod api;
 mod frame;
 mod frame_buffer;
+mod partitioner;
 mod request;
 mod response;
 mod wire;
@@ -39,6 +40,7 @@ pub use frame::{
     SIZE_PREFIX_BYTES,
 };
 pub use frame_buffer::{read_room, FrameBuffer};
+pub use partitioner::partition_for_key;
 pub use request::{
     decode_request, encode_produce_request, encode_request, BadRequest, JoinSettings, OffsetSpan,
     PartitionTarget, Request, RequestHeader, StartAt, MAX_NACK_DELAY_MS,

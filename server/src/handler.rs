@@ -16,9 +16,9 @@ use keel_protocol::{
 
 use crate::budget::{BudgetHold, ByteBudget};
 use crate::config::GroupDefaults;
-use crate::partitioner::partition_for_key;
 use crate::pending::{Then, Tickets, Waiting};
 use crate::reply::Reply;
+use keel_protocol::partition_for_key;
 
 /// Bytes of a fetch response around its batches (header, watermarks, length); a fetch's
 /// `max_bytes` is capped so that its answer always fits in one frame.

@@ -21,7 +21,6 @@ mod handler;
 mod log_limit;
 pub mod logger;
 mod metrics;
-mod partitioner;
 mod pending;
 mod recv_buf;
 mod reply;
@@ -30,5 +29,4 @@ mod server;
 mod uring_net;
 
 pub use config::{ConfigError, FileConfig, GroupDefaults, ServerConfig};
-pub use partitioner::partition_for_key;
 pub use server::{Server, ServerError, Stopper};

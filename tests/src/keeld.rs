@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use keel_client::{Client, ClientOptions, FetchOptions, Message, Producer};
+use keel_client::{Client, ClientOptions, FetchOptions, Message, Producer, ProducerOptions};
 
 /// How long a server may take to become ready or to stop.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -154,11 +154,15 @@ impl Keeld {
         Client::connect_with(self.addr, options).expect("connect to keeld")
     }
 
-    /// A producer connected to it that waits at most `timeout` for each ack.
+    /// A producer connected to it (default settings but for a request timeout of
+    /// `timeout`).
     pub fn producer(&self, timeout: Duration) -> Producer {
-        let options = ClientOptions {
-            request_timeout: timeout,
-            ..ClientOptions::default()
+        let options = ProducerOptions {
+            connection: ClientOptions {
+                request_timeout: timeout,
+                ..ClientOptions::default()
+            },
+            ..ProducerOptions::default()
         };
         Producer::connect_with(self.addr, options).expect("connect a producer to keeld")
     }

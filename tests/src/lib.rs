@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 pub mod answers;
 pub mod crash_load;
+pub mod cutter;
 pub mod groups;
 pub mod keeld;
 pub mod powerfs;

@@ -150,3 +150,42 @@ fn an_awaited_produce_ends_when_the_connection_is_lost() {
     }
     assert!(runner.wakes() >= 1, "ready without being woken");
 }
+
+#[test]
+fn an_awaited_delivery_is_woken_once_its_message_is_stored() {
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    let client = server.client();
+    client.create_topic("async", 1).unwrap();
+    let producer = server.producer(PATIENCE);
+    // The producer learns the topic's partitions before keeld pauses.
+    let first = producer
+        .send(keel_client::Record::new("async", b"first"))
+        .unwrap();
+    let runner = Runner::new();
+    assert_eq!(runner.run(first, PATIENCE).unwrap().offset, 0);
+    server.signal("STOP");
+    let deliveries: Vec<_> = (0..3)
+        .map(|i| {
+            let v = format!("awaited {i}");
+            producer
+                .send(keel_client::Record::new("async", v.as_bytes()))
+                .unwrap()
+        })
+        .collect();
+    let mut last = pin!(async {
+        let mut offsets = Vec::new();
+        for d in deliveries {
+            offsets.push(d.await.map(|s| s.offset));
+        }
+        offsets
+    });
+    assert!(runner.poll(last.as_mut()).is_pending(), "keeld is paused");
+    let before = runner.wakes();
+    server.signal("CONT");
+    let offsets = runner.run(last, PATIENCE);
+    assert!(runner.wakes() > before, "woken by the producer");
+    let offsets: Vec<u64> = offsets.into_iter().map(|o| o.unwrap()).collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    assert_eq!(values(&client, "async", 0).len(), 4);
+}

@@ -1,47 +1,91 @@
-//! An idempotent `Producer` streaming while keeld is killed (`SIGKILL`) and restarted, three
-//! times: it connects again, resends what was in flight, and every message ends up in the log
-//! exactly once, in order. And one whose server never comes back gives up after its delivery
-//! timeout, saying what is unknown.
+//! The default (idempotent) `Producer` streaming one message per call while keeld is killed
+//! (`SIGKILL`) and restarted, and while its connections are cut, many times: it connects
+//! again, resends what was in flight in order, and in the end every message is in the log
+//! exactly once, in the order it was sent, at the offset its delivery named. (With the
+//! server's duplicate check taken out, these fail: resent batches are stored twice.)
 
 use std::time::{Duration, Instant};
 
-use keel_client::{ClientError, ClientOptions, Idempotence, Producer, Target};
+use keel_client::{ClientOptions, Delivery, Producer, ProducerOptions, Record};
+use keel_tests::cutter::Cutter;
 use keel_tests::data_dir;
 use keel_tests::keeld::{values, Keeld};
 
-const MESSAGES: usize = 3000;
+fn options() -> ProducerOptions {
+    ProducerOptions {
+        connection: ClientOptions {
+            request_timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        },
+        delivery_timeout: Duration::from_secs(60),
+        ..ProducerOptions::default()
+    }
+}
 
-fn options() -> ClientOptions {
-    ClientOptions {
-        request_timeout: Duration::from_secs(20),
-        ..ClientOptions::default()
+/// Message `i` of a run, and the partition it goes to.
+fn message(i: usize) -> (u32, String) {
+    ((i % 2) as u32, format!("m{i}"))
+}
+
+/// Every delivery succeeded at the offset its partition's log holds its message at, and each
+/// partition holds exactly its messages, once each, in sending order.
+fn check_exactly_once(client: &keel_client::Client, topic: &str, deliveries: Vec<Delivery>) {
+    let mut stored: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let logs: Vec<Vec<(u64, Vec<u8>)>> = (0..2).map(|p| values(client, topic, p)).collect();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let (partition, value) = message(i);
+        let at = d.wait().unwrap_or_else(|e| panic!("message {i}: {e}"));
+        assert_eq!(at.partition, partition);
+        let log = &logs[partition as usize];
+        let found = log
+            .iter()
+            .find(|(o, _)| *o == at.offset)
+            .map(|(_, v)| v.as_slice());
+        assert_eq!(
+            found,
+            Some(value.as_bytes()),
+            "message {i}: its delivery's offset"
+        );
+        stored[partition as usize].push(value);
+    }
+    for (p, want) in stored.iter().enumerate() {
+        let got: Vec<String> = logs[p]
+            .iter()
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "partition {p}: none twice, none lost"
+        );
+        assert!(&got == want, "partition {p}: in order");
     }
 }
 
 #[test]
-fn an_idempotent_producer_across_kills_stores_each_message_once_in_order() {
+fn across_kills_each_message_is_stored_once_in_order() {
+    const MESSAGES: usize = 3000;
     let dir = data_dir();
     let keeld = Keeld::start(dir.path(), &[]);
     let addr = keeld.addr.to_string();
     keeld.client().create_topic("exact", 2).unwrap();
-    let idempotence = Idempotence {
-        delivery_timeout: Duration::from_secs(60),
-    };
-    let mut producer = Producer::connect_idempotent(&addr, options(), idempotence).unwrap();
+    let producer = Producer::connect_with(&*addr, options()).unwrap();
     let mut keeld = Some(keeld);
     let mut restarting = None;
-    let mut acked = 0;
-    let mut take = |answer: (u32, keel_client::Result<keel_client::Ack>)| {
-        let (id, ack) = answer;
-        if let Err(e) = ack {
-            panic!("request {id}: {e}");
-        }
-        acked += 1;
-    };
+    let mut deliveries = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
         if i % 700 == 350 {
             // Killed with produces in flight; back on the same address a moment later, while
             // the producer keeps trying.
+            if let Some(handle) = restarting.take() {
+                keeld = Some(std::thread::JoinHandle::join(handle).unwrap());
+            }
+            // Each kill finds the producer connected to the keeld it kills.
+            let kills = (i / 700) as u64;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while producer.stats().reconnections < kills && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let mut k = keeld.take().expect("keeld runs");
             k.kill();
             let (dir, addr) = (dir.path().to_path_buf(), addr.clone());
@@ -50,73 +94,56 @@ fn an_idempotent_producer_across_kills_stores_each_message_once_in_order() {
                 Keeld::start(&dir, &["--listen", &addr])
             }));
         }
-        let partition = (i % 2) as u32;
-        producer
-            .queue_values("exact", Target::Partition(partition), [format!("m{i}")])
-            .unwrap();
-        if i % 8 == 7 {
-            producer.flush().ok();
-        }
-        while let Ok(Some(answer)) = producer.ready_ack() {
-            take(answer);
-        }
-        if let Some(handle) = restarting.take_if(|h| h.is_finished()) {
-            keeld = Some(handle.join().unwrap());
+        let (partition, value) = message(i);
+        let record = Record::new("exact", value.as_bytes()).partition(partition);
+        deliveries.push(producer.send(record).unwrap());
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
-    while producer.in_flight() > 0 {
-        take(producer.next_ack().unwrap());
-    }
-    assert_eq!(acked, MESSAGES, "every request answered once");
+    producer.flush().unwrap();
     let keeld = match keeld {
         Some(k) => k,
         None => restarting.expect("a restart").join().unwrap(),
     };
-    let client = keeld.client();
-    for partition in 0..2u32 {
-        let stored: Vec<String> = values(&client, "exact", partition)
-            .into_iter()
-            .map(|(_, v)| String::from_utf8(v).unwrap())
-            .collect();
-        let sent: Vec<String> = (0..MESSAGES)
-            .filter(|i| i % 2 == partition as usize)
-            .map(|i| format!("m{i}"))
-            .collect();
-        assert_eq!(
-            stored.len(),
-            sent.len(),
-            "partition {partition}: none twice, none lost"
-        );
-        assert_eq!(stored, sent, "partition {partition}: in order");
-    }
+    assert!(
+        producer.stats().reconnections >= 3,
+        "{:?}",
+        producer.stats()
+    );
+    check_exactly_once(&keeld.client(), "exact", deliveries);
 }
 
 #[test]
-fn an_idempotent_producer_gives_up_after_its_delivery_timeout() {
+fn across_cut_connections_each_message_is_stored_once_in_order() {
+    const MESSAGES: usize = 6000;
+    const CUTS: usize = 25;
     let dir = data_dir();
-    let mut keeld = Keeld::start(dir.path(), &[]);
-    keeld.client().create_topic("gone", 1).unwrap();
-    let idempotence = Idempotence {
-        delivery_timeout: Duration::from_secs(1),
-    };
-    let mut producer =
-        Producer::connect_idempotent(keeld.addr.to_string(), options(), idempotence).unwrap();
-    keeld.kill();
-    let id = producer
-        .queue_values("gone", Target::Partition(0), ["lost?"])
-        .unwrap();
-    let started = Instant::now();
-    match producer.next_ack() {
-        Err(ClientError::ConnectionLost(why)) => {
-            assert!(why.contains("unknown"), "{why}");
-            assert!(why.contains(&id.to_string()), "names the request: {why}");
+    let keeld = Keeld::start(dir.path(), &[]);
+    keeld.client().create_topic("cut", 2).unwrap();
+    let relay = Cutter::start(keeld.addr);
+    let producer = Producer::connect_with(relay.addr, options()).unwrap();
+    let mut deliveries = Vec::with_capacity(MESSAGES);
+    let mut cut = 0;
+    for i in 0..MESSAGES {
+        // Cuts at uneven points, while batches are being filled, sent and answered.
+        if i % (MESSAGES / CUTS) == (i / 7) % 97 && relay.cut() > 0 {
+            cut += 1;
         }
-        other => panic!("expected to give up, got {other:?}"),
+        let (partition, value) = message(i);
+        let record = Record::new("cut", value.as_bytes()).partition(partition);
+        deliveries.push(producer.send(record).unwrap());
+        if i % 40 == 39 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    let waited = started.elapsed();
+    producer.flush().unwrap();
+    let stats = producer.stats();
+    assert!(cut >= CUTS / 2, "cut {cut} times");
+    assert!(stats.reconnections >= cut as u64 / 2, "{stats:?}");
     assert!(
-        waited >= Duration::from_millis(900),
-        "tried for its timeout: {waited:?}"
+        stats.resends > 0,
+        "something was in flight at a cut: {stats:?}"
     );
-    assert!(waited < Duration::from_secs(10), "then gave up: {waited:?}");
+    check_exactly_once(&keeld.client(), "cut", deliveries);
 }

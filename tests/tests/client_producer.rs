@@ -1,219 +1,273 @@
-//! The single-thread `Producer`: requests queued and written together, acks read on the
-//! caller's thread and matched to their requests by id, a server error answering only its
-//! own request, and a lost or silent server ending the wait instead of hanging it.
+//! The `Producer` against a real keeld: one message per call comes out batched, every delivery
+//! names the offset its message was stored at, keys and keyless messages spread over
+//! partitions as Kafka's would, a message that cannot be sent fails at once, a server that
+//! stops answering is waited out, a batch the server refuses for good fails alone (the
+//! producer moves to a new epoch so that the batches after it are stored), and a producer that
+//! is not idempotent fails, rather than resends, what was in flight when its connection was
+//! lost.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use keel_client::{ClientError, ErrorCode, Target};
+use keel_client::{ClientError, ClientOptions, ErrorCode, Producer, ProducerOptions, Record};
 use keel_tests::data_dir;
 use keel_tests::keeld::{values, Keeld};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
+fn options(request_timeout: Duration) -> ProducerOptions {
+    ProducerOptions {
+        connection: ClientOptions {
+            request_timeout,
+            ..ClientOptions::default()
+        },
+        delivery_timeout: Duration::from_secs(60),
+        ..ProducerOptions::default()
+    }
+}
+
+/// Stores one message, so that the producer knows the topic (a first send waits for its
+/// partition count) before the server is stopped or killed.
+fn warm_up(producer: &Producer, topic: &str) {
+    let d = producer.send(Record::new(topic, b"warm")).unwrap();
+    d.wait().unwrap();
+}
+
 #[test]
-fn a_pipelined_producer_gets_every_ack_with_the_offsets_its_messages_were_stored_at() {
+fn one_message_per_call_is_batched_and_each_delivery_names_where_it_was_stored() {
     let dir = data_dir();
     let server = Keeld::start(dir.path(), &[]);
     let client = server.client();
     client.create_topic("owned", 2).unwrap();
-    let mut producer = server.producer(PATIENCE);
-    let window = 200;
-    let mut sent: HashMap<u32, (u32, Vec<Vec<u8>>)> = HashMap::new();
+    let producer = server.producer(PATIENCE);
+    let messages = 5_000u32;
+    let sent: Vec<(u32, Vec<u8>)> = (0..messages)
+        .map(|i| {
+            let value = format!("owned {i} {}", "x".repeat((i % 41) as usize)).into_bytes();
+            (i % 2, value)
+        })
+        .collect();
+    let deliveries: Vec<_> = sent
+        .iter()
+        .map(|(p, v)| {
+            producer
+                .send(Record::new("owned", v).partition(*p))
+                .unwrap()
+        })
+        .collect();
     let mut stored: [Vec<(u64, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
-    let mut most_in_flight = 0;
-    for i in 0..1_000u32 {
-        let partition = i % 2;
-        let batch: Vec<Vec<u8>> = (0..1 + i % 3)
-            .map(|j| format!("owned {i}.{j} {}", "x".repeat((i % 41) as usize)).into_bytes())
-            .collect();
-        let id = producer
-            .queue_values("owned", Target::Partition(partition), &batch)
-            .unwrap();
-        assert!(
-            sent.insert(id, (partition, batch)).is_none(),
-            "id {id} reused"
-        );
-        most_in_flight = most_in_flight.max(producer.in_flight());
-        if producer.in_flight() >= window {
-            // Take what arrived, waiting for one answer at least.
-            let mut next = Some(producer.next_ack().unwrap());
-            while let Some((id, ack)) = next {
-                take(&mut sent, &mut stored, id, ack.unwrap());
-                next = producer.ready_ack().unwrap();
-            }
-        }
+    for (d, (p, v)) in deliveries.into_iter().zip(sent) {
+        let at = d.wait().unwrap();
+        assert_eq!(at.partition, p);
+        stored[p as usize].push((at.offset, v));
     }
-    while producer.in_flight() > 0 {
-        let (id, ack) = producer.next_ack().unwrap();
-        take(&mut sent, &mut stored, id, ack.unwrap());
-    }
-    assert!(sent.is_empty(), "{} requests never answered", sent.len());
-    assert_eq!(most_in_flight, window, "the window was never filled");
-    for (partition, mut want) in stored.into_iter().enumerate() {
-        want.sort();
-        // Offsets from 0 with no gap, each holding the value its ack said.
+    let stats = producer.stats();
+    assert_eq!(stats.messages, u64::from(messages));
+    assert!(
+        stats.requests * 10 <= u64::from(messages),
+        "one message per call should travel in batches: {stats:?}"
+    );
+    for (partition, want) in stored.into_iter().enumerate() {
+        // Offsets in sending order from 0 with no gap, each holding the value its delivery
+        // said.
         assert!(want.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
         assert!(values(&client, "owned", partition as u32) == want);
     }
 }
 
-/// Checks an ack against its request and records where its messages went.
-fn take(
-    sent: &mut HashMap<u32, (u32, Vec<Vec<u8>>)>,
-    stored: &mut [Vec<(u64, Vec<u8>)>; 2],
-    id: u32,
-    ack: keel_client::Ack,
-) {
-    let (partition, batch) = sent.remove(&id).expect("an ack for a request in flight");
-    assert_eq!(ack.partition, partition);
-    assert_eq!(ack.last_offset - ack.first_offset + 1, batch.len() as u64);
-    for (k, v) in batch.into_iter().enumerate() {
-        stored[partition as usize].push((ack.first_offset + k as u64, v));
-    }
-}
-
 #[test]
-fn a_server_error_answers_only_its_own_request() {
+fn keyed_messages_go_to_their_keys_partition_and_keyless_ones_spread() {
     let dir = data_dir();
     let server = Keeld::start(dir.path(), &[]);
-    server.client().create_topic("real", 1).unwrap();
-    let mut producer = server.producer(PATIENCE);
-    let before = producer
-        .queue_values("real", Target::Partition(0), ["before"])
-        .unwrap();
-    let bad = producer
-        .queue_values("no-such-topic", Target::Partition(0), ["lost"])
-        .unwrap();
-    let after = producer
-        .send_values("real", Target::Partition(0), ["after"])
-        .unwrap();
-    let mut outcomes = HashMap::new();
-    while producer.in_flight() > 0 {
-        let (id, outcome) = producer.next_ack().unwrap();
-        outcomes.insert(id, outcome);
+    server.client().create_topic("spread", 3).unwrap();
+    let producer = server.producer(PATIENCE);
+    let value = vec![1u8; 1000];
+    let keyed: Vec<_> = (0..30)
+        .map(|i| {
+            let key = format!("customer-{i}");
+            let d = producer
+                .send(Record::new("spread", &value).key(key.as_bytes()))
+                .unwrap();
+            (key, d)
+        })
+        .collect();
+    for (key, d) in keyed {
+        let want = keel_protocol::partition_for_key(key.as_bytes(), 3);
+        assert_eq!(d.wait().unwrap().partition, want, "{key}");
     }
-    assert_eq!(outcomes.remove(&before).unwrap().unwrap().first_offset, 0);
-    assert_eq!(outcomes.remove(&after).unwrap().unwrap().first_offset, 1);
-    match outcomes.remove(&bad) {
-        Some(Err(e)) => assert_eq!(e.code(), Some(ErrorCode::UnknownTopic), "{e}"),
-        other => panic!("expected the unknown topic's error, got {other:?}"),
+    // Keyless messages stick to a partition for a batch's worth (16 KiB), then move on.
+    let keyless: Vec<_> = (0..200)
+        .map(|_| producer.send(Record::new("spread", &value)).unwrap())
+        .collect();
+    let mut per_partition = HashMap::new();
+    for d in keyless {
+        *per_partition
+            .entry(d.wait().unwrap().partition)
+            .or_insert(0) += 1;
     }
+    assert_eq!(per_partition.len(), 3, "{per_partition:?}");
+    assert!(
+        per_partition.values().all(|&n| n >= 30),
+        "{per_partition:?}"
+    );
 }
 
 #[test]
-fn a_produce_that_cannot_be_sent_is_refused_before_it_is_queued() {
+fn a_message_that_cannot_be_sent_fails_at_once_and_the_producer_goes_on() {
     let dir = data_dir();
     let server = Keeld::start_with_config(dir.path(), "max_frame_bytes = 270336\n", &[]);
     server.client().create_topic("t", 1).unwrap();
-    let mut producer = server.producer(PATIENCE);
-    let empty: [&[u8]; 0] = [];
-    assert!(matches!(
-        producer.queue_values("t", Target::Partition(0), empty),
-        Err(ClientError::Protocol(_))
-    ));
+    let producer = server.producer(PATIENCE);
+    match producer.send(Record::new("no-such-topic", b"lost")) {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownTopic), "{e}"),
+        Ok(d) => panic!("sent to a missing topic: {d:?}"),
+    }
+    match producer.send(Record::new("t", b"x").partition(1)) {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownPartition), "{e}"),
+        Ok(d) => panic!("sent to a missing partition: {d:?}"),
+    }
     let huge = vec![7u8; 300_000];
     assert!(matches!(
-        producer.queue_values("t", Target::Partition(0), [&huge]),
+        producer.send(Record::new("t", &huge)),
         Err(ClientError::TooLarge { max: 270_336, .. })
     ));
-    assert_eq!(producer.in_flight(), 0);
-    assert!(matches!(producer.next_ack(), Err(ClientError::Protocol(_))));
-    // Neither refusal left bytes behind: the next request is read as a whole one.
-    let id = producer
-        .send_values("t", Target::Partition(0), ["fine"])
-        .unwrap();
-    let (answered, ack) = producer.next_ack().unwrap();
-    assert_eq!((answered, ack.unwrap().first_offset), (id, 0));
+    let fine = producer.send(Record::new("t", b"fine")).unwrap();
+    assert_eq!(fine.wait().unwrap().offset, 0);
 }
 
 #[test]
-fn a_silent_server_times_the_wait_out_and_the_ack_still_comes_later() {
+fn a_batch_refused_for_good_fails_alone_and_the_ones_after_it_are_stored_in_a_new_epoch() {
+    let dir = data_dir();
+    // Frames may be larger than batches (256 KiB in the tests' config): a message between
+    // the two is sent, and refused.
+    let config = "max_frame_bytes = 1048576\n";
+    let server = Keeld::start_with_config(dir.path(), config, &[]);
+    let client = server.client();
+    client.create_topic("t", 1).unwrap();
+    let producer = Producer::connect_with(server.addr, options(PATIENCE)).unwrap();
+    let (_, epoch) = producer.identity().unwrap();
+    let big = vec![9u8; 300_000];
+    warm_up(&producer, "t");
+    server.signal("STOP");
+    // All in flight at once: the batches after the refused one arrive with sequences the
+    // server cannot accept.
+    let before = producer.send(Record::new("t", b"before")).unwrap();
+    let refused = producer.send(Record::new("t", &big)).unwrap();
+    let after: Vec<_> = (0..50)
+        .map(|i| {
+            let v = format!("after {i}");
+            producer.send(Record::new("t", v.as_bytes())).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("CONT");
+    assert_eq!(before.wait().unwrap().offset, 1);
+    match refused.wait() {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::BatchTooLarge), "{e}"),
+        Ok(s) => panic!("a batch over the server's limit was stored: {s:?}"),
+    }
+    for (i, d) in after.into_iter().enumerate() {
+        assert_eq!(d.wait().unwrap().offset, 2 + i as u64);
+    }
+    assert_eq!(producer.identity().unwrap().1, epoch + 1, "a new epoch");
+    let stored: Vec<Vec<u8>> = values(&client, "t", 0)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let want: Vec<Vec<u8>> = [b"warm".to_vec(), b"before".to_vec()]
+        .into_iter()
+        .chain((0..50).map(|i| format!("after {i}").into_bytes()))
+        .collect();
+    assert!(stored == want, "each once, in order");
+}
+
+#[test]
+fn a_server_that_stops_answering_is_waited_out_and_each_message_stored_once() {
     let dir = data_dir();
     let server = Keeld::start(dir.path(), &[]);
-    server.client().create_topic("t", 1).unwrap();
-    let mut producer = server.producer(Duration::from_millis(300));
+    let client = server.client();
+    client.create_topic("t", 1).unwrap();
+    // A short request timeout: while keeld is stopped the producer gives the connection up,
+    // connects again (its handshake waits too), and resends.
+    let producer =
+        Producer::connect_with(server.addr, options(Duration::from_millis(300))).unwrap();
+    warm_up(&producer, "t");
     server.signal("STOP");
-    let id = producer
-        .send_values("t", Target::Partition(0), ["late"])
-        .unwrap();
-    assert!(producer.ready_ack().unwrap().is_none());
-    let started = Instant::now();
-    assert!(matches!(producer.next_ack(), Err(ClientError::Timeout(_))));
-    assert!(started.elapsed() < PATIENCE);
-    assert_eq!(
-        producer.in_flight(),
-        1,
-        "a timed-out request is still in flight"
-    );
+    let deliveries: Vec<_> = (0..20)
+        .map(|i| {
+            let v = format!("late {i}");
+            producer.send(Record::new("t", v.as_bytes())).unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!deliveries[0].is_finished(), "nothing can be stored yet");
     server.signal("CONT");
-    let deadline = Instant::now() + PATIENCE;
-    let (answered, ack) = loop {
-        match producer.next_ack() {
-            Err(ClientError::Timeout(_)) if Instant::now() < deadline => continue,
-            other => break other.unwrap(),
-        }
-    };
-    assert_eq!((answered, ack.unwrap().first_offset), (id, 0));
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.wait().unwrap().offset, 1 + i as u64);
+    }
+    assert!(
+        producer.stats().reconnections >= 1,
+        "{:?}",
+        producer.stats()
+    );
+    let stored = values(&client, "t", 0);
+    assert_eq!(stored.len(), 21, "resent batches are not stored twice");
 }
 
 #[test]
-fn a_lost_connection_ends_the_wait_and_every_later_call() {
+fn without_idempotence_a_lost_connection_fails_what_was_in_flight() {
     let dir = data_dir();
     let mut server = Keeld::start(dir.path(), &[]);
     server.client().create_topic("t", 1).unwrap();
-    let mut producer = server.producer(PATIENCE);
+    let producer = Producer::connect_with(
+        server.addr,
+        ProducerOptions {
+            idempotence: false,
+            ..options(PATIENCE)
+        },
+    )
+    .unwrap();
+    assert_eq!(producer.identity(), None);
+    warm_up(&producer, "t");
     server.signal("STOP");
-    producer
-        .send_values("t", Target::Partition(0), ["never answered"])
-        .unwrap();
+    let d = producer.send(Record::new("t", b"never answered")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     server.kill();
-    assert!(matches!(
-        producer.next_ack(),
-        Err(ClientError::ConnectionLost(_))
-    ));
-    assert!(matches!(
-        producer.queue_values("t", Target::Partition(0), ["after"]),
-        Err(ClientError::ConnectionLost(_))
-    ));
-    assert!(matches!(
-        producer.ready_ack(),
-        Err(ClientError::ConnectionLost(_))
-    ));
+    let started = Instant::now();
+    match d.wait() {
+        Err(ClientError::ConnectionLost(why)) => assert!(why.contains("unknown"), "{why}"),
+        other => panic!("expected the connection's loss, got {other:?}"),
+    }
+    assert!(started.elapsed() < PATIENCE);
 }
 
 #[test]
-fn a_write_the_server_never_reads_ends_the_connection_instead_of_hanging() {
+fn an_idempotent_producer_whose_server_never_returns_gives_up_after_its_delivery_timeout() {
     let dir = data_dir();
-    let server = Keeld::start(dir.path(), &[]);
-    server.client().create_topic("t", 1).unwrap();
-    let mut producer = server.producer(Duration::from_millis(300));
-    server.signal("STOP");
-    // Far more than the two sockets' buffers hold: the write has to wait for keeld.
-    let value = vec![3u8; 256 << 10];
-    for _ in 0..128 {
-        producer
-            .queue_values("t", Target::Partition(0), [&value])
-            .unwrap();
-    }
+    let mut server = Keeld::start(dir.path(), &[]);
+    server.client().create_topic("gone", 1).unwrap();
+    let producer = Producer::connect_with(
+        server.addr,
+        ProducerOptions {
+            delivery_timeout: Duration::from_secs(1),
+            ..options(PATIENCE)
+        },
+    )
+    .unwrap();
+    warm_up(&producer, "gone");
+    server.kill();
     let started = Instant::now();
-    // keeld resumes after a while whatever happens, so a write with no timeout would finish
-    // (and fail this test) rather than hang it.
-    let flushed = std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_secs(3));
-            server.signal("CONT");
-        });
-        let flushed = producer.flush();
-        (flushed, started.elapsed())
-    });
+    let d = producer.send(Record::new("gone", b"lost?")).unwrap();
+    match d.wait() {
+        Err(ClientError::DeliveryTimeout { why, .. }) => {
+            assert!(why.contains("connection"), "{why}")
+        }
+        other => panic!("expected to give up, got {other:?}"),
+    }
+    let waited = started.elapsed();
     assert!(
-        matches!(flushed.0, Err(ClientError::ConnectionLost(_))),
-        "{flushed:?}"
+        waited >= Duration::from_millis(900),
+        "tried for its timeout: {waited:?}"
     );
-    assert!(flushed.1 < Duration::from_secs(3), "{flushed:?}");
-    assert!(matches!(
-        producer.next_ack(),
-        Err(ClientError::ConnectionLost(_))
-    ));
+    assert!(waited < Duration::from_secs(10), "then gave up: {waited:?}");
 }

@@ -82,7 +82,7 @@ fn keyed_produces_land_on_one_partition_and_errors_are_named() {
     // The server routes keys with Kafka's partitioner (its murmur2 is checked against Kafka's
     // own test vectors in keel-server's unit tests).
     assert_eq!(
-        keel_server::partition_for_key(b"customer-7", 4),
+        keel_protocol::partition_for_key(b"customer-7", 4),
         first.partition
     );
     let err = |e: keel_client::ClientError| e.code();
@@ -249,7 +249,7 @@ fn the_cli_creates_produces_and_fetches() {
     keyed.stdin.take().unwrap().write_all(b"a\nb\n").unwrap();
     let out = keyed.wait_with_output().unwrap();
     assert!(out.status.success());
-    let p = keel_server::partition_for_key(b"user-1", 2);
+    let p = keel_protocol::partition_for_key(b"user-1", 2);
     let first = if p == 1 { 500 } else { 0 };
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),

@@ -64,11 +64,12 @@ fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         request_timeout: Duration::from_secs(cli.timeout),
         ..ClientOptions::default()
     };
-    let client = Client::connect_with(cli.server.as_str(), options)?;
+    let client = || Client::connect_with(cli.server.as_str(), options.clone());
     match cli.command {
-        Command::Topic(cmd) => topic::run(&client, cmd),
-        Command::Produce(args) => produce::run(&client, &args),
-        Command::Fetch(args) => fetch::run(&client, &args),
-        Command::Consume(args) => consume::run(&client, &args),
+        Command::Topic(cmd) => topic::run(&client()?, cmd),
+        // The producer has a connection of its own.
+        Command::Produce(ref args) => Ok(produce::run(&cli.server, options.clone(), args)),
+        Command::Fetch(ref args) => fetch::run(&client()?, args),
+        Command::Consume(ref args) => consume::run(&client()?, args),
     }
 }

@@ -1,162 +1,147 @@
-//! `keel produce`: one message per stdin line, batched and pipelined; acknowledgements are
-//! printed in input order.
+//! `keel produce`: one message per stdin line, through the [`Producer`] (batched, idempotent,
+//! retried); acknowledgements are printed in input order, and a summary at the end.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use crate::{Client, ClientError, PendingProduce, Target};
+use crate::{ClientOptions, Delivery, Producer, ProducerOptions, Record, Stored};
 use clap::Args;
-use crossbeam_channel::{bounded, Receiver, TryRecvError};
 
-/// Bytes of message values gathered into one batch at most (the server's default batch limit
-/// is 1 MiB).
-const MAX_BATCH_VALUE_BYTES: usize = 512 * 1024;
+/// Deliveries held at most before the oldest is waited for: bounds what acks to print take.
+const DELIVERIES_HELD_MAX: usize = 1 << 16;
+/// How often a terminal is told how far a long produce is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Args, Debug)]
 pub struct ProduceArgs {
     /// Topic to produce to.
     topic: String,
-    /// Partition to produce to [default: 0].
+    /// Partition of every message [default: keyless messages spread over the partitions, a
+    /// batch at a time].
     #[arg(long, conflicts_with = "key")]
     partition: Option<u32>,
-    /// Key of every message; the server picks the partition from it (as Kafka does).
+    /// Key of every message; its partition follows from it (as in Kafka).
     #[arg(long)]
     key: Option<String>,
     /// Print "PARTITION OFFSET" for each message once it is durable, in input order.
     #[arg(long)]
     print_acks: bool,
-    /// Most messages per batch.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    batch_max: u32,
-    /// Most batches in flight at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    window: u32,
 }
 
-type Line = std::io::Result<Vec<u8>>;
-
-fn read_stdin_lines() -> Receiver<Line> {
-    let (tx, rx) = bounded(4096);
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            let mut line = Vec::new();
-            match stdin.read_until(b'\n', &mut line) {
-                Ok(0) => return,
-                Ok(_) => {
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
-                    if tx.send(Ok(line)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
+/// How far the produce got.
+#[derive(Default)]
 struct Progress {
     read: u64,
-    acked: u64,
+    stored: u64,
 }
 
-pub fn run(client: &Client, args: &ProduceArgs) -> Result<ExitCode, ClientError> {
-    let lines = read_stdin_lines();
-    let mut progress = Progress { read: 0, acked: 0 };
-    match produce(client, args, &lines, &mut progress) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+pub fn run(server: &str, options: ClientOptions, args: &ProduceArgs) -> ExitCode {
+    let started = Instant::now();
+    let options = ProducerOptions {
+        connection: options,
+        ..ProducerOptions::default()
+    };
+    let producer = match Producer::connect_with(server, options) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut progress = Progress::default();
+    let produced = produce(&producer, args, &mut progress, started);
+    let stats = producer.stats();
+    let closed = producer.close();
+    let seconds = started.elapsed().as_secs_f64();
+    match produced.and_then(|()| closed.map_err(Into::into)) {
+        Ok(()) => {
+            eprintln!(
+                "keel: stored {} messages in {} requests ({} resent, {} reconnections) in {seconds:.2} s",
+                progress.stored, stats.requests, stats.resends, stats.reconnections
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!(
-                "keel: produce failed: {e}\nkeel: {} of {} messages read were acknowledged; any others may or may not be stored",
-                progress.acked, progress.read
+                "keel: produce failed: {e}\nkeel: {} of {} messages read were stored; the rest \
+                 were not, or (if the error says so) may have been, each at most once",
+                progress.stored, progress.read
             );
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }
 
 fn produce(
-    client: &Client,
+    producer: &Producer,
     args: &ProduceArgs,
-    lines: &Receiver<Line>,
     progress: &mut Progress,
+    started: Instant,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let target = match (&args.key, args.partition) {
-        (Some(key), _) => Target::Key(key.as_bytes()),
-        (None, p) => Target::Partition(p.unwrap_or(0)),
-    };
     let mut out = std::io::stdout().lock();
-    let mut in_flight: VecDeque<(PendingProduce, u64)> = VecDeque::new();
+    let tty = std::io::stderr().is_terminal();
+    let mut told = started;
+    let mut held: VecDeque<Delivery> = VecDeque::new();
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
     loop {
-        let first = match lines.try_recv() {
-            Ok(line) => line,
-            Err(TryRecvError::Empty) => {
-                // Nothing more typed yet: report what is in flight before waiting for input.
-                while let Some(front) = in_flight.pop_front() {
-                    complete(front, args, &mut out, progress)?;
-                }
-                match lines.recv() {
-                    Ok(line) => line,
-                    Err(_) => break,
-                }
+        line.clear();
+        if stdin.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        progress.read += 1;
+        let mut record = Record::new(&args.topic, &line);
+        if let Some(key) = &args.key {
+            record = record.key(key.as_bytes());
+        }
+        if let Some(p) = args.partition {
+            record = record.partition(p);
+        }
+        held.push_back(producer.send(record)?);
+        // Print what is stored already; wait for the oldest only when too much is held.
+        while let Some(front) = held.front() {
+            if !front.is_finished() && held.len() < DELIVERIES_HELD_MAX {
+                break;
             }
-            Err(TryRecvError::Disconnected) => break,
-        };
-        let mut batch = vec![first?];
-        let mut bytes = batch[0].len();
-        while batch.len() < args.batch_max as usize && bytes < MAX_BATCH_VALUE_BYTES {
-            match lines.try_recv() {
-                Ok(line) => {
-                    let line = line?;
-                    bytes += line.len();
-                    batch.push(line);
-                }
-                Err(_) => break,
+            if let Some(d) = held.pop_front() {
+                take(d.wait()?, args, &mut out, progress)?;
             }
         }
-        progress.read += batch.len() as u64;
-        let pending = client.send_values(&args.topic, target, &batch)?;
-        in_flight.push_back((pending, batch.len() as u64));
-        while in_flight.len() >= args.window as usize {
-            if let Some(front) = in_flight.pop_front() {
-                complete(front, args, &mut out, progress)?;
-            }
+        if tty && told.elapsed() >= PROGRESS_EVERY {
+            told = Instant::now();
+            eprint!(
+                "\rkeel: {} read, {} stored, {:.0} s   ",
+                progress.read,
+                progress.stored,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
-    while let Some(front) = in_flight.pop_front() {
-        complete(front, args, &mut out, progress)?;
+    producer.flush()?;
+    for d in held {
+        take(d.wait()?, args, &mut out, progress)?;
+    }
+    if tty && told > started {
+        eprint!("\r{:60}\r", "");
     }
     out.flush()?;
     Ok(())
 }
 
-fn complete(
-    (pending, count): (PendingProduce, u64),
+fn take(
+    stored: Stored,
     args: &ProduceArgs,
     out: &mut impl Write,
     progress: &mut Progress,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let ack = pending.wait()?;
-    if ack.last_offset.checked_sub(ack.first_offset) != Some(count - 1) {
-        return Err(format!(
-            "the server acknowledged offsets {}..={} for a batch of {count} messages",
-            ack.first_offset, ack.last_offset
-        )
-        .into());
-    }
-    progress.acked += count;
+) -> std::io::Result<()> {
+    progress.stored += 1;
     if args.print_acks {
-        for i in 0..count {
-            writeln!(out, "{} {}", ack.partition, ack.first_offset + i)?;
-        }
-        out.flush()?;
+        writeln!(out, "{} {}", stored.partition, stored.offset)?;
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Which partition a keyed produce goes to: Kafka's default partitioner (murmur2 of the key,
+//! Which partition a keyed message goes to (the server for a keyed produce, the client's
+//! producer for its own batches): Kafka's default partitioner (murmur2 of the key,
 //! sign bit cleared, modulo the partition count), so a key lands on the partition a Kafka
 //! producer would choose for it.
 
