@@ -56,6 +56,9 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// The partition count the null server says every topic has.
+const NULL_PARTITIONS: u32 = 1024;
+
 fn answer(api: u16, id: u32, next_offset: &mut u64, out: &mut impl Write) -> std::io::Result<()> {
     let mut frame = Vec::with_capacity(64);
     match api {
@@ -91,10 +94,27 @@ fn answer(api: u16, id: u32, next_offset: &mut u64, out: &mut impl Write) -> std
         a if a == ApiKey::CreateTopic as u16 => {
             encode_response(id, &Response::CreateTopic, &mut frame)
         }
+        // What a producer asks before it sends: every topic has the partitions any load
+        // names, and every producer the same id (nothing is checked).
+        a if a == ApiKey::Metadata as u16 => encode_response(
+            id,
+            &Response::Metadata {
+                partitions: NULL_PARTITIONS,
+            },
+            &mut frame,
+        ),
+        a if a == ApiKey::InitProducer as u16 => encode_response(
+            id,
+            &Response::InitProducer {
+                producer_id: 1,
+                epoch: 0,
+            },
+            &mut frame,
+        ),
         _ => encode_error(
             id,
             ErrorCode::UnsupportedApi,
-            "the null server only takes produces",
+            "the null server only takes produces (and what a producer asks first)",
             &mut frame,
         ),
     }
