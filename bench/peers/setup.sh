@@ -49,6 +49,10 @@ rabbit_env() { # DIR
     export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_NODE_PORT=$RABBIT_PORT
     export RABBITMQ_NODENAME=keel-bench@localhost
+    # epmd and the Erlang distribution listener (how rabbitmqctl reaches the node) stay on
+    # loopback too: nothing of a benchmark listens beyond it.
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
 start_rabbit() { # DIR

@@ -87,6 +87,8 @@ struct SuiteReport {
 const PRODUCE: &str = "durable produce";
 const GROUP_COMMIT: &str = "group commit";
 const PEERS: &str = "the peers' workload";
+const PEERS_16X1: &str = "the peers' workload, 16 x 1";
+const PEERS_1X1: &str = "the peers' workload, 1 x 1";
 const DRAIN: &str = "consume with per-message acks";
 const E2E: &str = "end to end";
 const KEEL: &str = "Keel (keeld)";
@@ -136,9 +138,11 @@ impl Runs {
     }
 }
 
-fn produce_workload(producers: usize, window: usize, batch: usize, partitions: u32) -> String {
+/// A produce load over the network: every producer is `keel_client::Producer` with its
+/// defaults, sent one message per call (it batches them itself).
+fn produce_workload(producers: usize, window: usize, partitions: u32) -> String {
     format!(
-        "{producers} producers x {window} x {MESSAGE_BYTES} B in flight, {batch} per request, {partitions} partition{}",
+        "{producers} producers x {window} x {MESSAGE_BYTES} B in flight, one message per call, {partitions} partition{}",
         if partitions == 1 { "" } else { "s" }
     )
 }
@@ -149,7 +153,6 @@ fn keel_net(
     topic: &str,
     producers: usize,
     window: usize,
-    batch: usize,
     partitions: u32,
     seconds: f64,
     rate: Option<f64>,
@@ -161,7 +164,8 @@ fn keel_net(
         topic: topic.to_string(),
         producers,
         window,
-        batch,
+        // The producer's own batch size.
+        batch: 0,
         message_bytes: MESSAGE_BYTES,
         partitions,
         seconds,
@@ -191,7 +195,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
     let mut runs = Runs {
         list: Vec::new(),
         step: 0,
-        steps: 2 + 3 * partition_counts.len() + 4 + 2 * peer_list.len(),
+        steps: 2 + 3 * partition_counts.len() + 6 + 4 * peer_list.len(),
     };
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
@@ -200,16 +204,15 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
     let probe = probe::run(&args.dir, if args.quick { 0.5 } else { 2.0 })
         .map_err(|e| format!("probe failed in {}: {e}", args.dir.display()))?;
 
-    let target_shape = produce_workload(16, 256, 16, per_shard);
+    let target_shape = produce_workload(16, 256, per_shard);
     runs.measure(PRODUCE, "null server (no storage)", &target_shape, || {
         let null = start_null_server()?;
-        let out = keel_net(
-            &null.addr, "produce", 16, 256, 16, per_shard, seconds, None, 0,
-        );
+        let out = keel_net(&null.addr, "produce", 16, 256, per_shard, seconds, None, 0);
         null.stop()?;
         out
     });
-    runs.measure(PRODUCE, "Keel engine in-process", &target_shape, || {
+    let engine_shape = format!("{target_shape}; in-process: 16 per appended batch");
+    runs.measure(PRODUCE, "Keel engine in-process", &engine_shape, || {
         let shape = Shape {
             producers: 16,
             window: 256,
@@ -229,43 +232,39 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             runs.measure(
                 PRODUCE,
                 KEEL,
-                &produce_workload(producers, 256, 16, partitions),
-                || {
-                    keel_net(
-                        &addr, &topic, producers, 256, 16, partitions, seconds, None, 0,
-                    )
-                },
+                &produce_workload(producers, 256, partitions),
+                || keel_net(&addr, &topic, producers, 256, partitions, seconds, None, 0),
             );
         }
     }
     runs.measure(
         GROUP_COMMIT,
         KEEL,
-        &produce_workload(16, 1, 1, per_shard),
-        || keel_net(&addr, "group-commit", 16, 1, 1, per_shard, seconds, None, 0),
+        &produce_workload(16, 1, per_shard),
+        || keel_net(&addr, "group-commit", 16, 1, per_shard, seconds, None, 0),
     );
-    let peers_shape = produce_workload(4, 256, 16, 1);
+    // The peers' shapes: N publishers on their own connections, W single-message publishes
+    // unconfirmed each, one queue (one partition).
+    let peers_shape = produce_workload(4, 256, 1);
     runs.measure(PEERS, KEEL, &peers_shape, || {
-        keel_net(&addr, "peers-workload", 4, 256, 16, 1, seconds, None, 0)
+        keel_net(&addr, "peers-workload", 4, 256, 1, seconds, None, 0)
+    });
+    let few_shape = produce_workload(16, 1, 1);
+    runs.measure(PEERS_16X1, KEEL, &few_shape, || {
+        keel_net(&addr, "peers-16x1", 16, 1, 1, seconds, None, 0)
+    });
+    let one_shape = produce_workload(1, 1, 1);
+    runs.measure(PEERS_1X1, KEEL, &one_shape, || {
+        keel_net(&addr, "peers-1x1", 1, 1, 1, seconds, None, 0)
     });
     let e2e_rate = runs
         .find(PEERS, KEEL, &peers_shape)
         .map_or(20_000.0, |f| (f.msgs_per_s / 4.0).max(1000.0).round());
     let e2e_shape = format!(
-        "4 producers at {e2e_rate:.0} msg/s in all (open loop), 16 per request, {per_shard} partitions, 2 group consumers acking"
+        "4 producers at {e2e_rate:.0} msg/s in all (open loop), one message per call, {per_shard} partitions, 2 group consumers acking"
     );
     runs.measure(E2E, KEEL, &e2e_shape, || {
-        keel_net(
-            &addr,
-            "e2e",
-            4,
-            256,
-            16,
-            per_shard,
-            seconds,
-            Some(e2e_rate),
-            2,
-        )
+        keel_net(&addr, "e2e", 4, 256, per_shard, seconds, Some(e2e_rate), 2)
     });
     let backlog = Backlog {
         messages,
@@ -311,6 +310,19 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             "4 publishers x 256 unconfirmed x 1024 B",
             || peers::produce(*peer, &args.peers, &peer_load),
         );
+        for (section, publishers) in [(PEERS_16X1, 16), (PEERS_1X1, 1)] {
+            let load = PeerLoad {
+                publishers,
+                window: 1,
+                ..peer_load.clone()
+            };
+            runs.measure(
+                section,
+                peer.name(),
+                &format!("{publishers} publishers x 1 unconfirmed x 1024 B"),
+                || peers::produce(*peer, &args.peers, &load),
+            );
+        }
         runs.measure(DRAIN, peer.name(), &drain_shape, || {
             peers::drain(*peer, &args.peers, &peer_backlog)
         });
@@ -323,7 +335,7 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             target: target_shape,
             peers: peers_shape,
             drain: drain_shape,
-            drain_produce: produce_workload(4, 256, 16, per_shard),
+            drain_produce: produce_workload(4, 256, per_shard),
             e2e: e2e_shape,
         },
         per_shard,
@@ -438,7 +450,7 @@ fn verdicts(runs: &Runs, probe: &Probe, shapes: &Shapes, per_shard: u32) -> Vec<
         ),
     ];
     let keel_peers = runs.find(PEERS, KEEL, peers_shape);
-    for (peer, target) in [(Peer::RabbitQuorum, 10.0), (Peer::NatsJetStream, 2.0)] {
+    for (peer, target) in [(Peer::RabbitQuorum, 15.0), (Peer::NatsJetStream, 4.0)] {
         let theirs = runs.find(PEERS, peer.name(), "");
         v.push(at_least(
             format!("keeld / {} msg/s, the peers' workload", peer.name()),
@@ -457,6 +469,35 @@ fn verdicts(runs: &Runs, probe: &Probe, shapes: &Shapes, per_shard: u32) -> Vec<
             measured: p99,
             target: "< 1".into(),
             met: p99.map(|x| x < 1.0),
+        });
+    }
+    for (peer, target) in [(Peer::RabbitQuorum, 10.0), (Peer::NatsJetStream, 1.5)] {
+        v.push(at_least(
+            format!(
+                "keeld / {} msg/s, 16 publishers x 1 unconfirmed",
+                peer.name()
+            ),
+            ratio(
+                rate(PEERS_16X1, KEEL, ""),
+                rate(PEERS_16X1, peer.name(), ""),
+            ),
+            target,
+        ));
+    }
+    let single = runs.find(PEERS_1X1, KEEL, "");
+    for (name, at, probe_us, target) in [
+        ("p50", 0, probe.small_us[0], 2.0),
+        ("p99", 1, probe.small_us[1], 3.0),
+    ] {
+        let keel_us = single.map(|f| [f.latency_us.p50, f.latency_us.p99][at] as f64);
+        let measured = ratio(keel_us, Some(probe_us as f64));
+        v.push(Verdict {
+            ratio: format!(
+                "keeld 1 x 1 produce→ack {name} / the disk's 4 KiB write+fdatasync {name}"
+            ),
+            measured,
+            target: format!("<= {target}"),
+            met: measured.map(|m| m <= target),
         });
     }
     // Against the faster of RabbitMQ's two queues, so the claim holds for both.
@@ -506,6 +547,14 @@ fn markdown(r: &SuiteReport, peer_list: &[Peer]) -> String {
         (
             PEERS,
             "The peers' workload: 4 publishers, 256 unconfirmed 1 KiB messages each",
+        ),
+        (
+            PEERS_16X1,
+            "The peers' workload: 16 publishers, 1 unconfirmed message each",
+        ),
+        (
+            PEERS_1X1,
+            "The peers' workload: 1 publisher, 1 unconfirmed message",
         ),
         (E2E, "End to end: produce→consume while producing"),
         (DRAIN, "Consume with per-message acks: a backlog drained"),

@@ -95,8 +95,8 @@ fn keyed_messages_go_to_their_keys_partition_and_keyless_ones_spread() {
         let want = keel_protocol::partition_for_key(key.as_bytes(), 3);
         assert_eq!(d.wait().unwrap().partition, want, "{key}");
     }
-    // Keyless messages stick to a partition for a batch's worth (16 KiB), then move on.
-    let keyless: Vec<_> = (0..200)
+    // Keyless messages stick to a partition for a batch's worth (64 KiB), then move on.
+    let keyless: Vec<_> = (0..300)
         .map(|_| producer.send(Record::new("spread", &value)).unwrap())
         .collect();
     let mut per_partition = HashMap::new();

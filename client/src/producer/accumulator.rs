@@ -247,12 +247,14 @@ impl PartitionQueue {
     }
 }
 
-/// The error a batch the producer gives up on is failed with.
-pub(crate) fn gave_up(timeout: Duration, b: &Batch) -> ClientError {
-    let why = b
-        .last_refusal
-        .clone()
-        .unwrap_or_else(|| "it could not be sent in time".into());
+/// The error a batch the producer gives up on is failed with; `unconnected`: why the
+/// producer has no connection, if it has none.
+pub(crate) fn gave_up(timeout: Duration, b: &Batch, unconnected: Option<&str>) -> ClientError {
+    let why = match (&b.last_refusal, unconnected) {
+        (Some(refusal), _) => refusal.clone(),
+        (None, Some(why)) => format!("no connection to the server: {why}"),
+        (None, None) => "it could not be sent in time".into(),
+    };
     ClientError::DeliveryTimeout {
         after: timeout,
         why,
@@ -418,7 +420,7 @@ mod tests {
         q.expire(&r, now + r.delivery_timeout, &mut out);
         assert_eq!(out.len(), 1);
         let b = &out[0];
-        b.outcome.finish(Err(gave_up(r.delivery_timeout, b)));
+        b.outcome.finish(Err(gave_up(r.delivery_timeout, b, None)));
         match d.wait() {
             Err(ClientError::DeliveryTimeout {
                 why, maybe_stored, ..

@@ -13,13 +13,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_protocol::{
-    decode_response, encode_produce_request, encode_request, response_correlation_id, ApiKey,
-    ErrorCode, FrameBuffer, PartitionTarget, Request, Response, RESPONSE_HEADER_BYTES,
+    decode_response, encode_request, response_correlation_id, ApiKey, ErrorCode, FrameBuffer,
+    Request, Response, RESPONSE_HEADER_BYTES,
 };
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use super::accumulator::{gave_up, Batch, Rules, Stage};
 use super::delivery::Outcome;
+use super::link::{Asked, Bump, Link, Sending, SOCKET};
 use super::{ProducerOptions, Shared, State, TopicState};
 use crate::client::{ack_of, connect_failure, open_stream, refusal, server_info, unexpected};
 use crate::error::{ClientError, Result};
@@ -30,7 +31,6 @@ use crate::{Ack, ServerInfo};
 pub(crate) const PRODUCE_FRAME_OVERHEAD: usize = 64 + keel_format::batch::HEADER_BYTES;
 
 const WAKE: Token = Token(0);
-const SOCKET: Token = Token(1);
 /// How much a read takes off the socket at least: many answers at once.
 const READ_CHUNK: usize = 64 * 1024;
 /// The producer's answers are small; a larger size prefix is a broken peer, not a reason to
@@ -40,60 +40,19 @@ const MAX_ANSWER_BYTES: u32 = 1 << 20;
 const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(10);
 const RECONNECT_LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
-/// What a request in flight asked.
-enum Asked {
-    Produce {
-        topic: Arc<str>,
-        partition: u32,
-        sent: Instant,
-    },
-    Metadata {
-        topic: String,
-        sent: Instant,
-    },
-    InitProducer {
-        sent: Instant,
-    },
-}
-
-impl Asked {
-    fn sent(&self) -> Instant {
-        match self {
-            Asked::Produce { sent, .. }
-            | Asked::Metadata { sent, .. }
-            | Asked::InitProducer { sent } => *sent,
-        }
-    }
-}
-
-/// The connection, while there is one.
-struct Conn {
+/// The connection's reading end, on the producer's thread only.
+struct Reader {
     stream: mio::net::TcpStream,
     input: FrameBuffer,
-    /// Requests encoded and not yet written in full.
-    output: Vec<u8>,
-    written: usize,
-    /// Registered for writability too: the socket took only part of `output`.
-    want_write: bool,
-}
-
-/// The epoch is to be bumped (after a batch left a gap in a partition's sequences).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bump {
-    /// Once nothing whose outcome is unknown is in flight or waiting.
-    Due,
-    /// The request is out.
-    Asked,
 }
 
 pub(crate) struct Io {
     shared: Arc<Shared>,
     poll: Poll,
     addr: String,
-    conn: Option<Conn>,
-    asked: HashMap<u32, Asked>,
-    next_id: u32,
-    bump: Option<Bump>,
+    reader: Option<Reader>,
+    /// Why the last connection ended, or the last attempt to connect failed.
+    last_failure: String,
     /// While disconnected: when to try again, and the pause after that.
     reconnect_at: Instant,
     pause: Duration,
@@ -135,7 +94,11 @@ impl Io {
         let poll = Poll::new().map_err(|e| fail(format!("create a poll: {e}")))?;
         let waker =
             Waker::new(poll.registry(), WAKE).map_err(|e| fail(format!("create a waker: {e}")))?;
-        let conn = into_conn(stream, input, &poll).map_err(&fail)?;
+        let registry = poll
+            .registry()
+            .try_clone()
+            .map_err(|e| fail(format!("share the poll: {e}")))?;
+        let (link, reader) = into_link(stream, input, &registry).map_err(&fail)?;
         let rules = Rules {
             linger: options.linger,
             batch_bytes: options.batch_bytes,
@@ -155,9 +118,12 @@ impl Io {
                 stats: Default::default(),
                 sticky_seed: random_u32(),
                 identity,
+                // 1 and 2 went to the handshake and the producer id.
+                sending: Sending::new(link, 2),
             }),
             changed: Condvar::new(),
             waker,
+            registry,
             options,
             rules,
             info,
@@ -166,11 +132,8 @@ impl Io {
             shared: Arc::clone(&shared),
             poll,
             addr: addr.to_string(),
-            conn: Some(conn),
-            asked: HashMap::new(),
-            // 1 and 2 went to the handshake and the producer id.
-            next_id: 3,
-            bump: None,
+            reader: Some(reader),
+            last_failure: String::new(),
             reconnect_at: Instant::now(),
             pause: RECONNECT_FIRST_PAUSE,
             done: Vec::new(),
@@ -183,7 +146,11 @@ impl Io {
         let mut events = Events::with_capacity(8);
         while let Step::Wait(timeout) = self.step() {
             self.tell();
-            if let Err(why) = self.write() {
+            let written = {
+                let mut st = self.shared.state();
+                st.sending.write(&self.shared.registry)
+            };
+            if let Err(why) = written {
                 self.lose(why);
                 continue;
             }
@@ -219,7 +186,10 @@ impl Io {
             return Step::Exit;
         }
         self.expire(&mut st, now);
-        if let Some(oldest) = self.asked.values().map(Asked::sent).min() {
+        if let Some(why) = st.sending.broken.take() {
+            self.lose_locked(&mut st, why);
+        }
+        if let Some(oldest) = st.sending.asked.values().map(Asked::sent).min() {
             let timeout = shared.options.connection.request_timeout;
             if now >= oldest + timeout {
                 self.lose_locked(
@@ -229,10 +199,10 @@ impl Io {
             }
         }
         let has_work = has_work(&st);
-        if st.closing && !has_work && self.asked.is_empty() {
+        if st.closing && !has_work && st.sending.asked.is_empty() {
             return Step::Exit;
         }
-        if self.conn.is_none() {
+        if st.sending.link.is_none() {
             if !has_work {
                 return self.park(&mut st, None, now);
             }
@@ -244,11 +214,38 @@ impl Io {
             self.reconnect();
             return Step::Wait(Some(Duration::ZERO));
         }
-        self.ask_partition_counts(&mut st, now);
-        self.bump_epoch_when_due(&mut st, now);
-        self.send_batches(&mut st, now);
-        let due = next_due(&st, &rules, self.oldest_asked(&shared));
-        self.park(&mut st, due, now)
+        let st = &mut *st;
+        st.sending.ask_partition_counts(&mut st.topics, now);
+        let unknown_waiting = queues(st).any(|q| q.batches.iter().any(|b| b.maybe_stored));
+        st.sending
+            .bump_epoch_when_due(st.identity, unknown_waiting, now);
+        let hurry = st.hurry > 0 || st.closing;
+        let (mut sent, mut resent) = (0, 0);
+        for t in st.topics.values_mut() {
+            let TopicState::Known(t) = t else { continue };
+            for (p, q) in t.partitions.iter_mut().enumerate() {
+                let (s, r) = st.sending.send_partition(
+                    &t.name,
+                    p as u32,
+                    q,
+                    &rules,
+                    now,
+                    hurry,
+                    st.identity,
+                );
+                sent += s;
+                resent += r;
+            }
+        }
+        st.stats.requests += sent;
+        st.stats.resends += resent;
+        // A sender may put a request in flight while this thread is parked, without waking
+        // it: looking again within a request timeout bounds how late a silent server is
+        // noticed.
+        let timeout = shared.options.connection.request_timeout;
+        let due = next_due(st, &rules, self.oldest_asked(st, &shared))
+            .map_or(now + timeout, |d| d.min(now + timeout));
+        self.park(st, Some(due), now)
     }
 
     /// Records when the thread means to wake, for senders to judge whether to wake it.
@@ -258,8 +255,8 @@ impl Io {
         Step::Wait(due.map(|d| d.saturating_duration_since(now)))
     }
 
-    fn oldest_asked(&self, shared: &Shared) -> Option<Instant> {
-        let oldest = self.asked.values().map(Asked::sent).min()?;
+    fn oldest_asked(&self, st: &State, shared: &Shared) -> Option<Instant> {
+        let oldest = st.sending.asked.values().map(Asked::sent).min()?;
         Some(oldest + shared.options.connection.request_timeout)
     }
 
@@ -274,168 +271,24 @@ impl Io {
             }
         }
         for b in expired {
-            let e = gave_up(rules.delivery_timeout, &b);
+            let unconnected = st
+                .sending
+                .link
+                .is_none()
+                .then_some(self.last_failure.as_str());
+            let e = gave_up(rules.delivery_timeout, &b, unconnected);
             if self.shared.options.idempotence && b.sequence.is_some() && !b.maybe_stored {
                 // Its sequence was given and it was never stored: the batches after it need
                 // a new epoch to be stored.
-                self.bump.get_or_insert(Bump::Due);
+                st.sending.bump.get_or_insert(Bump::Due);
             }
             self.finish(st, b, Err(e));
         }
     }
 
-    fn ask_partition_counts(&mut self, st: &mut State, now: Instant) {
-        for (name, t) in &mut st.topics {
-            if matches!(t, TopicState::Asking { sent: false }) {
-                let id = take_id(&mut self.next_id);
-                if let Some(conn) = self.conn.as_mut() {
-                    let asked = Request::Metadata {
-                        topic: name.clone(),
-                    };
-                    encode_request(id, &asked, &mut conn.output);
-                    self.asked.insert(
-                        id,
-                        Asked::Metadata {
-                            topic: name.clone(),
-                            sent: now,
-                        },
-                    );
-                    *t = TopicState::Asking { sent: true };
-                }
-            }
-        }
-    }
-
-    /// Asks for the next epoch once every batch whose outcome is unknown has been answered:
-    /// the batches waiting then were not stored, and are numbered again from 0.
-    fn bump_epoch_when_due(&mut self, st: &mut State, now: Instant) {
-        if self.bump != Some(Bump::Due) {
-            return;
-        }
-        let unknown = self
-            .asked
-            .values()
-            .any(|a| matches!(a, Asked::Produce { .. }))
-            || queues(st).any(|q| q.batches.iter().any(|b| b.maybe_stored));
-        if unknown {
-            return;
-        }
-        let (Some(identity), Some(conn)) = (st.identity, self.conn.as_mut()) else {
-            return;
-        };
-        let id = take_id(&mut self.next_id);
-        let asked = Request::InitProducer {
-            producer_id: identity.0,
-            epoch: identity.1,
-        };
-        encode_request(id, &asked, &mut conn.output);
-        self.asked.insert(id, Asked::InitProducer { sent: now });
-        self.bump = Some(Bump::Asked);
-    }
-
-    fn send_batches(&mut self, st: &mut State, now: Instant) {
-        let rules = self.shared.rules;
-        let hurry = st.hurry > 0 || st.closing;
-        let identity = st.identity;
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        let mut sent = 0;
-        let mut resent = 0;
-        for t in st.topics.values_mut() {
-            let TopicState::Known(t) = t else { continue };
-            for (p, q) in t.partitions.iter_mut().enumerate() {
-                while let Some(at) = q.next_waiting() {
-                    if !q.sendable(at, &rules, now, hurry) {
-                        break;
-                    }
-                    // While the epoch changes only what may have been stored goes: it keeps
-                    // its number, which the server may know.
-                    if self.bump.is_some() && !q.batches[at].maybe_stored {
-                        break;
-                    }
-                    let (producer_id, sequence) = match identity {
-                        Some((producer_id, epoch)) => {
-                            let sequence = q.number(at).unwrap_or(0);
-                            q.batches[at]
-                                .builder
-                                .set_producer(producer_id, epoch, sequence);
-                            (producer_id, sequence)
-                        }
-                        None => (-1, -1),
-                    };
-                    let id = take_id(&mut self.next_id);
-                    let b = &mut q.batches[at];
-                    let target = PartitionTarget::Partition(p as u32);
-                    encode_produce_request(
-                        id,
-                        &t.name,
-                        &target,
-                        producer_id,
-                        sequence,
-                        &b.builder,
-                        &mut conn.output,
-                    );
-                    b.stage = Stage::InFlight(id);
-                    b.closed = true;
-                    b.retry_at = None;
-                    b.sends += 1;
-                    sent += 1;
-                    if b.sends > 1 {
-                        resent += 1;
-                    }
-                    self.asked.insert(
-                        id,
-                        Asked::Produce {
-                            topic: Arc::clone(&t.name),
-                            partition: p as u32,
-                            sent: now,
-                        },
-                    );
-                }
-            }
-        }
-        st.stats.requests += sent;
-        st.stats.resends += resent;
-    }
-
-    /// Writes what is encoded, as far as the socket takes it.
-    fn write(&mut self) -> std::result::Result<(), String> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(());
-        };
-        while conn.written < conn.output.len() {
-            match conn.stream.write(&conn.output[conn.written..]) {
-                Ok(0) => return Err("the connection closed while writing".into()),
-                Ok(n) => conn.written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("send failed: {e}")),
-            }
-        }
-        let unwritten = conn.written < conn.output.len();
-        if !unwritten {
-            conn.output.clear();
-            conn.written = 0;
-        }
-        if unwritten != conn.want_write {
-            let interest = if unwritten {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            self.poll
-                .registry()
-                .reregister(&mut conn.stream, SOCKET, interest)
-                .map_err(|e| format!("poll the socket: {e}"))?;
-            conn.want_write = unwritten;
-        }
-        Ok(())
-    }
-
     /// Reads everything the socket has and handles each whole answer.
     fn read_answers(&mut self) -> std::result::Result<(), String> {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(mut conn) = self.reader.take() else {
             return Ok(());
         };
         let read = read_available(&mut conn);
@@ -452,7 +305,8 @@ impl Io {
                     return Err(why);
                 }
                 let id = response_correlation_id(frame).map_err(|e| format!("bad answer: {e}"))?;
-                let asked = self
+                let asked = st
+                    .sending
                     .asked
                     .remove(&id)
                     .ok_or_else(|| format!("an answer to no request in flight ({id})"))?;
@@ -461,7 +315,7 @@ impl Io {
             }
             Ok(())
         })();
-        self.conn = Some(conn);
+        self.reader = Some(conn);
         match handled.and(read) {
             Ok(()) => Ok(()),
             Err(why) => {
@@ -515,7 +369,7 @@ impl Io {
                             t.partitions.iter_mut().for_each(|q| q.renumber());
                         }
                     }
-                    self.bump = None;
+                    st.sending.bump = None;
                 }
                 Ok(Err(e)) => st.stopped = Some(e),
                 Err(why) => return Err(why),
@@ -570,7 +424,7 @@ impl Io {
             b.retry_at = Some(now + backoff);
             let seq = b.sequence.unwrap_or(0);
             if !q.earlier_pending(seq, at) {
-                self.bump.get_or_insert(Bump::Due);
+                st.sending.bump.get_or_insert(Bump::Due);
             }
             return;
         }
@@ -586,7 +440,7 @@ impl Io {
         let numbered = b.sequence.is_some();
         if let Some(b) = q.batches.remove(at) {
             if idempotent && numbered {
-                self.bump.get_or_insert(Bump::Due);
+                st.sending.bump.get_or_insert(Bump::Due);
             }
             self.finish(st, b, Err(ClientError::Server { code, message }));
         }
@@ -601,12 +455,15 @@ impl Io {
     }
 
     fn lose_locked(&mut self, st: &mut State, why: String) {
-        if let Some(mut conn) = self.conn.take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(mut link) = st.sending.link.take() {
+            let _ = self.shared.registry.deregister(link.stream_mut());
+            let _ = link.stream_mut().shutdown(std::net::Shutdown::Both);
         }
+        self.reader = None;
+        st.sending.broken = None;
+        self.last_failure = format!("the connection was lost: {why}");
         let idempotent = self.shared.options.idempotence;
-        let mut asked: Vec<(u32, Asked)> = self.asked.drain().collect();
+        let mut asked: Vec<(u32, Asked)> = st.sending.asked.drain().collect();
         // Oldest first, so that what fails fails in order.
         asked.sort_by_key(|(id, a)| (a.sent(), *id));
         for (id, a) in asked {
@@ -637,7 +494,7 @@ impl Io {
                 Asked::Metadata { topic, .. } => {
                     st.topics.insert(topic, TopicState::Asking { sent: false });
                 }
-                Asked::InitProducer { .. } => self.bump = Some(Bump::Due),
+                Asked::InitProducer { .. } => st.sending.bump = Some(Bump::Due),
             }
         }
         self.reconnect_at = Instant::now();
@@ -646,17 +503,20 @@ impl Io {
     /// Connects again (the handshake included), or plans the next try.
     fn reconnect(&mut self) {
         let opened = open(&self.addr, &self.shared.options).and_then(|(stream, input, _)| {
-            into_conn(stream, input, &self.poll).map_err(ClientError::ConnectionLost)
+            into_link(stream, input, &self.shared.registry).map_err(ClientError::ConnectionLost)
         });
         match opened {
-            Ok(conn) => {
-                self.conn = Some(conn);
+            Ok((link, reader)) => {
+                self.reader = Some(reader);
                 // The handshake used id 1 on the new connection: ids only need to be unique
                 // among the requests in flight on it, and there are none yet.
                 self.pause = RECONNECT_FIRST_PAUSE;
-                self.shared.state().stats.reconnections += 1;
+                let mut st = self.shared.state();
+                st.sending.link = Some(link);
+                st.stats.reconnections += 1;
             }
-            Err(_) => {
+            Err(e) => {
+                self.last_failure = e.to_string();
                 self.reconnect_at = Instant::now() + self.pause;
                 self.pause = (self.pause * 2).min(RECONNECT_LONGEST_PAUSE);
             }
@@ -753,13 +613,6 @@ fn next_due(st: &State, rules: &Rules, asked_deadline: Option<Instant>) -> Optio
     due
 }
 
-fn take_id(next: &mut u32) -> u32 {
-    let id = *next;
-    // Id 0 is the server's own (an unasked refusal): never a request's.
-    *next = id.checked_add(1).unwrap_or(1);
-    id
-}
-
 /// Opens a connection and shakes hands on it (request id 1), blocking, with timeouts.
 fn open(
     addr: &(impl std::net::ToSocketAddrs + std::fmt::Display),
@@ -844,30 +697,32 @@ fn exchange<T>(
     }
 }
 
-/// The blocking connection, made non-blocking and registered with the poll.
-fn into_conn(
+/// The blocking connection, made non-blocking: its writing end, registered with the poll,
+/// and its reading end (a clone of the same socket).
+fn into_link(
     stream: std::net::TcpStream,
     input: FrameBuffer,
-    poll: &Poll,
-) -> std::result::Result<Conn, String> {
+    registry: &Registry,
+) -> std::result::Result<(Link, Reader), String> {
     stream
         .set_nonblocking(true)
         .map_err(|e| format!("make the socket non-blocking: {e}"))?;
+    let read_end = stream
+        .try_clone()
+        .map_err(|e| format!("clone the socket: {e}"))?;
     let mut stream = mio::net::TcpStream::from_std(stream);
-    poll.registry()
+    registry
         .register(&mut stream, SOCKET, Interest::READABLE)
         .map_err(|e| format!("poll the socket: {e}"))?;
-    Ok(Conn {
-        stream,
+    let reader = Reader {
+        stream: mio::net::TcpStream::from_std(read_end),
         input,
-        output: Vec::new(),
-        written: 0,
-        want_write: false,
-    })
+    };
+    Ok((Link::new(stream), reader))
 }
 
 /// Reads until the socket has nothing more (the poll reports only changes).
-fn read_available(conn: &mut Conn) -> std::result::Result<(), String> {
+fn read_available(conn: &mut Reader) -> std::result::Result<(), String> {
     loop {
         match conn.stream.read(conn.input.make_room()) {
             Ok(0) => return Err("the server closed the connection".into()),

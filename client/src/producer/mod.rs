@@ -11,6 +11,7 @@
 mod accumulator;
 mod delivery;
 mod io;
+mod link;
 mod options;
 
 use std::collections::HashMap;
@@ -121,6 +122,8 @@ pub(crate) struct State {
     pub sticky_seed: u32,
     /// The producer id and epoch, when idempotent.
     pub identity: Option<(i64, i16)>,
+    /// The connection's writing end and the requests in flight.
+    pub sending: link::Sending,
 }
 
 pub(crate) struct Shared {
@@ -129,6 +132,8 @@ pub(crate) struct Shared {
     /// stops.
     pub changed: Condvar,
     pub waker: mio::Waker,
+    /// The poll's registry, for whichever thread writes to change the socket's interest.
+    pub registry: mio::Registry,
     pub options: ProducerOptions,
     pub rules: Rules,
     pub info: ServerInfo,
@@ -172,7 +177,7 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects with the default settings: idempotent, 5 ms linger, 16 KiB batches.
+    /// Connects with the default settings: idempotent, 5 ms linger, 64 KiB batches.
     pub fn connect(addr: impl std::net::ToSocketAddrs + std::fmt::Display) -> Result<Self> {
         Self::connect_with(addr, ProducerOptions::default())
     }
@@ -281,12 +286,38 @@ impl Producer {
             let Some(q) = topic.partitions.get_mut(partition as usize) else {
                 return Err(ClientError::Protocol(format!("no partition {partition}")));
             };
-            let delivery = q.append(&m, rules, Instant::now(), shared.delivery_limit());
-            let due = q.next_due(rules);
+            let now = Instant::now();
+            let delivery = q.append(&m, rules, now, shared.delivery_limit());
             state.buffered += size;
             state.stats.messages += 1;
-            let wake = state.io_parked
+            let due = q.next_due(rules);
+            let mut wake = state.io_parked
                 && due.is_some_and(|due| state.io_wake_at.is_none_or(|planned| due < planned));
+            if wake && due.is_some_and(|due| due <= now) && state.sending.open_for_batches() {
+                // The batch can go now and the producer's thread is parked: it goes from
+                // here, instead of after a wake-up of that thread.
+                let sending = &mut state.sending;
+                let (sent, resent) = sending.send_partition(
+                    &topic.name,
+                    partition,
+                    q,
+                    rules,
+                    now,
+                    false,
+                    state.identity,
+                );
+                state.stats.requests += sent;
+                state.stats.resends += resent;
+                // What the socket does not take now, the producer's thread writes when the
+                // poll says it has room; a failed write is that thread's to handle.
+                wake = match sending.write(&shared.registry) {
+                    Ok(()) => false,
+                    Err(why) => {
+                        sending.broken = Some(why);
+                        true
+                    }
+                };
+            }
             if wake {
                 // One wake-up is enough: the thread looks at every partition when it wakes.
                 state.io_parked = false;
