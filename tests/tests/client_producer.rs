@@ -271,3 +271,42 @@ fn an_idempotent_producer_whose_server_never_returns_gives_up_after_its_delivery
     );
     assert!(waited < Duration::from_secs(10), "then gave up: {waited:?}");
 }
+
+/// Round trips of one message each, where the sender waiting for its delivery reads answers
+/// itself and the producer's thread reads too: no wait lasts until the wait's own bound (as a
+/// waiter polling for an answer another thread had just read would, if nothing woke it). A
+/// round trip here takes milliseconds; the bound is 20 s; a wait of 3 s is a stall.
+#[test]
+fn one_message_round_trips_never_stall() {
+    const STALL: Duration = Duration::from_secs(3);
+    let dir = data_dir();
+    let server = Keeld::start(dir.path(), &[]);
+    server.client().create_topic("t", 2).unwrap();
+    let options = ProducerOptions {
+        delivery_timeout: Duration::from_secs(10),
+        ..options(Duration::from_secs(5))
+    };
+    let producer = Producer::connect_with(server.addr, options).unwrap();
+    for i in 0..3000u32 {
+        let v = format!("m{i}");
+        // A burst now and then, so that the producer's own thread also reads.
+        let burst = if i % 100 == 0 { 20 } else { 1 };
+        let deliveries: Vec<_> = (0..burst)
+            .map(|_| {
+                producer
+                    .send(Record::new("t", v.as_bytes()).partition(i % 2))
+                    .unwrap()
+            })
+            .collect();
+        // Waits that begin around the moment the answer arrives: then the producer's thread
+        // may read it just before this one takes over the reading.
+        std::thread::sleep(Duration::from_micros(u64::from(i % 60) * 10));
+        for d in deliveries {
+            let started = Instant::now();
+            d.wait()
+                .unwrap_or_else(|e| panic!("round trip {i}: {e} after {:?}", started.elapsed()));
+            let waited = started.elapsed();
+            assert!(waited < STALL, "round trip {i} stalled for {waited:?}");
+        }
+    }
+}

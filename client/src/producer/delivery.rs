@@ -6,10 +6,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::{reading, Shared};
 use crate::error::{ClientError, Result};
 use crate::Ack;
 
@@ -35,6 +36,9 @@ struct Slot {
     tasks: Vec<Waker>,
     /// Threads waiting on the condition variable.
     sleepers: u32,
+    /// A thread waiting in the poll of the producer's reading end for more answers, to be
+    /// woken if another thread finishes this batch (it read the answer first).
+    poller: Option<Arc<mio::Waker>>,
 }
 
 impl Outcome {
@@ -59,15 +63,34 @@ impl Outcome {
         slot.answer = Some(answer);
         let tasks = std::mem::take(&mut slot.tasks);
         let sleepers = slot.sleepers;
+        let poller = slot.poller.take();
         drop(slot);
         if sleepers > 0 {
             self.done.notify_all();
         }
         tasks.into_iter().for_each(Waker::wake);
+        if let Some(p) = poller {
+            let _ = p.wake();
+        }
     }
 
     pub fn is_finished(&self) -> bool {
         self.slot().answer.is_some()
+    }
+
+    /// Has `poller` woken when the batch is finished; false if it is already.
+    pub fn watch(&self, poller: &Arc<mio::Waker>) -> bool {
+        let mut slot = self.slot();
+        if slot.answer.is_some() {
+            return false;
+        }
+        slot.poller = Some(Arc::clone(poller));
+        true
+    }
+
+    /// No longer wakes the poller [`Outcome::watch`] gave.
+    pub fn unwatch(&self) {
+        self.slot().poller = None;
     }
 }
 
@@ -84,6 +107,8 @@ pub struct Delivery {
     /// request timeout for the answer in flight then): a wait past it means the producer
     /// stopped working, which is reported rather than waited for forever.
     limit: Duration,
+    /// The producer, whose answers a waiting thread reads itself when no other thread does.
+    producer: Weak<Shared>,
 }
 
 impl Delivery {
@@ -92,12 +117,28 @@ impl Delivery {
             outcome,
             index,
             limit,
+            producer: Weak::new(),
         }
     }
 
-    /// Waits until the message is stored, or the producer gave up on it.
+    /// The same delivery, whose wait may read `producer`'s answers itself.
+    pub(crate) fn read_through(mut self, producer: Weak<Shared>) -> Self {
+        self.producer = producer;
+        self
+    }
+
+    /// Waits until the message is stored, or the producer gave up on it. If no other thread
+    /// is reading the producer's answers, this one reads them (all of them, not only its own)
+    /// until its own comes: a lone message's round trip then wakes only the thread waiting
+    /// for it.
     pub fn wait(self) -> Result<Stored> {
         let deadline = Instant::now() + self.limit;
+        if let Some(producer) = self.producer.upgrade() {
+            while !self.outcome.is_finished()
+                && Instant::now() < deadline
+                && reading::read_until(&producer, &self.outcome, deadline)
+            {}
+        }
         let mut slot = self.outcome.slot();
         loop {
             if let Some(answer) = &slot.answer {

@@ -13,18 +13,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_protocol::{
-    decode_response, encode_request, response_correlation_id, ApiKey, ErrorCode, FrameBuffer,
-    Request, Response, RESPONSE_HEADER_BYTES,
+    decode_response, encode_request, ApiKey, FrameBuffer, Request, RESPONSE_HEADER_BYTES,
 };
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Poll, Registry, Token, Waker};
 
-use super::accumulator::{gave_up, Batch, Rules, Stage};
-use super::delivery::Outcome;
-use super::link::{Asked, Bump, Link, Sending, SOCKET};
+use super::accumulator::{gave_up, Rules, Stage};
+use super::answers::{handle_answers, init_producer_answer, Told, MAX_ANSWER_BYTES};
+use super::link::{send_due, Asked, Bump, Link, Sending, SOCKET};
+use super::reading::{ReadSlot, Reader};
 use super::{ProducerOptions, Shared, State, TopicState};
-use crate::client::{ack_of, connect_failure, open_stream, refusal, server_info, unexpected};
+use crate::client::{connect_failure, open_stream, refusal, server_info};
 use crate::error::{ClientError, Result};
-use crate::{Ack, ServerInfo};
+use crate::ServerInfo;
 
 /// Bytes a produce frame takes besides its topic and its records, at most: the size, header,
 /// target, producer id, sequence and batch length (64), and the batch's own header (61).
@@ -33,33 +33,21 @@ pub(crate) const PRODUCE_FRAME_OVERHEAD: usize = 64 + keel_format::batch::HEADER
 const WAKE: Token = Token(0);
 /// How much a read takes off the socket at least: many answers at once.
 const READ_CHUNK: usize = 64 * 1024;
-/// The producer's answers are small; a larger size prefix is a broken peer, not a reason to
-/// allocate.
-const MAX_ANSWER_BYTES: u32 = 1 << 20;
 /// The first pause before connecting again, doubled after each failure up to the second.
 const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(10);
 const RECONNECT_LONGEST_PAUSE: Duration = Duration::from_secs(1);
-
-/// The connection's reading end, on the producer's thread only.
-struct Reader {
-    stream: mio::net::TcpStream,
-    input: FrameBuffer,
-}
 
 pub(crate) struct Io {
     shared: Arc<Shared>,
     poll: Poll,
     addr: String,
-    reader: Option<Reader>,
     /// Why the last connection ended, or the last attempt to connect failed.
     last_failure: String,
     /// While disconnected: when to try again, and the pause after that.
     reconnect_at: Instant,
     pause: Duration,
     /// Deliveries finished under the lock, to be told after it is let go.
-    done: Vec<(Arc<Outcome>, Result<Ack>)>,
-    /// Senders are waiting for room or a partition count that is now there.
-    notify: bool,
+    told: Told,
 }
 
 enum Step {
@@ -99,6 +87,8 @@ impl Io {
             .try_clone()
             .map_err(|e| fail(format!("share the poll: {e}")))?;
         let (link, reader) = into_link(stream, input, &registry).map_err(&fail)?;
+        let mut read_slot = ReadSlot::default();
+        read_slot.connected(reader);
         let rules = Rules {
             linger: options.linger,
             batch_bytes: options.batch_bytes,
@@ -120,6 +110,7 @@ impl Io {
                 identity,
                 // 1 and 2 went to the handshake and the producer id.
                 sending: Sending::new(link, 2),
+                read_slot,
             }),
             changed: Condvar::new(),
             waker,
@@ -132,12 +123,10 @@ impl Io {
             shared: Arc::clone(&shared),
             poll,
             addr: addr.to_string(),
-            reader: Some(reader),
             last_failure: String::new(),
             reconnect_at: Instant::now(),
             pause: RECONNECT_FIRST_PAUSE,
-            done: Vec::new(),
-            notify: false,
+            told: Told::default(),
         };
         Ok((io, shared))
     }
@@ -145,7 +134,7 @@ impl Io {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(8);
         while let Step::Wait(timeout) = self.step() {
-            self.tell();
+            self.told.tell(&self.shared);
             let written = {
                 let mut st = self.shared.state();
                 st.sending.write(&self.shared.registry)
@@ -165,12 +154,10 @@ impl Io {
                 .iter()
                 .any(|e| e.token() == SOCKET && (e.is_readable() || e.is_error()));
             if readable {
-                if let Err(why) = self.read_answers() {
-                    self.lose(why);
-                }
+                self.read_answers();
             }
         }
-        self.tell();
+        self.told.tell(&self.shared);
     }
 
     /// Under the lock: gives up on what is too old, asks for partition counts, sends what
@@ -219,26 +206,7 @@ impl Io {
         let unknown_waiting = queues(st).any(|q| q.batches.iter().any(|b| b.maybe_stored));
         st.sending
             .bump_epoch_when_due(st.identity, unknown_waiting, now);
-        let hurry = st.hurry > 0 || st.closing;
-        let (mut sent, mut resent) = (0, 0);
-        for t in st.topics.values_mut() {
-            let TopicState::Known(t) = t else { continue };
-            for (p, q) in t.partitions.iter_mut().enumerate() {
-                let (s, r) = st.sending.send_partition(
-                    &t.name,
-                    p as u32,
-                    q,
-                    &rules,
-                    now,
-                    hurry,
-                    st.identity,
-                );
-                sent += s;
-                resent += r;
-            }
-        }
-        st.stats.requests += sent;
-        st.stats.resends += resent;
+        send_due(st, &rules, now);
         // A sender may put a request in flight while this thread is parked, without waking
         // it: looking again within a request timeout bounds how late a silent server is
         // noticed.
@@ -282,167 +250,23 @@ impl Io {
                 // a new epoch to be stored.
                 st.sending.bump.get_or_insert(Bump::Due);
             }
-            self.finish(st, b, Err(e));
+            self.told.finish(st, b, Err(e));
         }
     }
 
-    /// Reads everything the socket has and handles each whole answer.
-    fn read_answers(&mut self) -> std::result::Result<(), String> {
-        let Some(mut conn) = self.reader.take() else {
-            return Ok(());
-        };
-        let read = read_available(&mut conn);
+    /// Reads everything the socket has and handles each whole answer, unless a sender is
+    /// reading them.
+    fn read_answers(&mut self) {
         let shared = Arc::clone(&self.shared);
+        let Some(mut reader) = shared.state().read_slot.reader.take() else {
+            return;
+        };
+        let read = reader.read_available();
         let mut st = shared.state();
-        let handled = (|| {
-            while let Some(len) = conn
-                .input
-                .next_frame_len(RESPONSE_HEADER_BYTES, MAX_ANSWER_BYTES)
-                .map_err(|e| format!("bad answer: {e}"))?
-            {
-                let frame = &conn.input.pending()[..len];
-                if let Some(why) = refusal(frame) {
-                    return Err(why);
-                }
-                let id = response_correlation_id(frame).map_err(|e| format!("bad answer: {e}"))?;
-                let asked = st
-                    .sending
-                    .asked
-                    .remove(&id)
-                    .ok_or_else(|| format!("an answer to no request in flight ({id})"))?;
-                self.answer(&mut st, id, asked, frame)?;
-                conn.input.consume(len);
-            }
-            Ok(())
-        })();
-        self.reader = Some(conn);
-        match handled.and(read) {
-            Ok(()) => Ok(()),
-            Err(why) => {
-                self.lose_locked(&mut st, why);
-                Ok(())
-            }
-        }
-    }
-
-    /// Handles the answer `frame` to request `id`, which asked `asked`.
-    fn answer(
-        &mut self,
-        st: &mut State,
-        id: u32,
-        asked: Asked,
-        frame: &[u8],
-    ) -> std::result::Result<(), String> {
-        match asked {
-            Asked::Produce {
-                topic, partition, ..
-            } => {
-                let answer = match decode_response(frame, ApiKey::Produce) {
-                    Ok((_, Ok(r))) => Ok(ack_of(r).map_err(|e| e.to_string())?),
-                    Ok((_, Err(e))) => Err((e.code, e.message)),
-                    Err(e) => return Err(format!("bad produce answer: {e}")),
-                };
-                self.produce_answered(st, &topic, partition, id, answer);
-            }
-            Asked::Metadata { topic, .. } => {
-                let known = match decode_response(frame, ApiKey::Metadata) {
-                    Ok((_, Ok(Response::Metadata { partitions }))) => Ok(partitions),
-                    Ok((_, Ok(other))) => return Err(unexpected(&other).to_string()),
-                    Ok((_, Err(e))) => Err(ClientError::Server {
-                        code: e.code,
-                        message: e.message,
-                    }),
-                    Err(e) => return Err(format!("bad metadata answer: {e}")),
-                };
-                let state = match known {
-                    Ok(n) => TopicState::Known(super::TopicQueues::new(&topic, n, st.sticky_seed)),
-                    Err(e) => TopicState::Failed(e),
-                };
-                st.topics.insert(topic, state);
-                self.notify = true;
-            }
-            Asked::InitProducer { .. } => match init_producer_answer(frame) {
-                Ok(Ok(identity)) => {
-                    st.identity = Some(identity);
-                    for t in st.topics.values_mut() {
-                        if let TopicState::Known(t) = t {
-                            t.partitions.iter_mut().for_each(|q| q.renumber());
-                        }
-                    }
-                    st.sending.bump = None;
-                }
-                Ok(Err(e)) => st.stopped = Some(e),
-                Err(why) => return Err(why),
-            },
-        }
-        Ok(())
-    }
-
-    /// A produce answer: the batch is finished, waits to be sent again, or fails.
-    fn produce_answered(
-        &mut self,
-        st: &mut State,
-        topic: &str,
-        partition: u32,
-        id: u32,
-        answer: std::result::Result<Ack, (ErrorCode, String)>,
-    ) {
-        let now = Instant::now();
-        let idempotent = self.shared.options.idempotence;
-        let backoff = self.shared.options.retry_backoff;
-        let Some(TopicState::Known(t)) = st.topics.get_mut(topic) else {
-            return;
-        };
-        let Some(q) = t.partitions.get_mut(partition as usize) else {
-            return;
-        };
-        let Some(at) = q.find(id) else {
-            return;
-        };
-        let (code, message) = match answer {
-            Ok(ack) => {
-                if let Some(b) = q.batches.remove(at) {
-                    self.finish(st, b, Ok(ack));
-                }
-                return;
-            }
-            Err(refused) => refused,
-        };
-        let b = &mut q.batches[at];
-        b.maybe_stored = false;
-        b.last_refusal = Some(format!("the server refused it ({code:?}): {message}"));
-        if retriable(code) {
-            b.stage = Stage::Waiting;
-            b.retry_at = Some(now + backoff);
-            return;
-        }
-        if code == ErrorCode::OutOfOrderSequence && idempotent {
-            // Nothing of it was stored. It goes again after the batch before it, if that one
-            // is to be sent again; otherwise that one is lost for good, and a new epoch lets
-            // this one be stored.
-            b.stage = Stage::Waiting;
-            b.retry_at = Some(now + backoff);
-            let seq = b.sequence.unwrap_or(0);
-            if !q.earlier_pending(seq, at) {
-                st.sending.bump.get_or_insert(Bump::Due);
-            }
-            return;
-        }
-        if code == ErrorCode::ProducerFenced {
-            st.stopped = Some(ClientError::Server {
-                code,
-                message: format!(
-                    "{message} (another producer took over this producer id; this one stops)"
-                ),
-            });
-            return;
-        }
-        let numbered = b.sequence.is_some();
-        if let Some(b) = q.batches.remove(at) {
-            if idempotent && numbered {
-                st.sending.bump.get_or_insert(Bump::Due);
-            }
-            self.finish(st, b, Err(ClientError::Server { code, message }));
+        let handled = handle_answers(&mut st, &shared, &mut reader.input, &mut self.told);
+        st.read_slot.reader = Some(reader);
+        if let Err(why) = handled.and(read) {
+            self.lose_locked(&mut st, why);
         }
     }
 
@@ -455,11 +279,10 @@ impl Io {
     }
 
     fn lose_locked(&mut self, st: &mut State, why: String) {
-        if let Some(mut link) = st.sending.link.take() {
-            let _ = self.shared.registry.deregister(link.stream_mut());
-            let _ = link.stream_mut().shutdown(std::net::Shutdown::Both);
+        if let Some(link) = st.sending.link.take() {
+            link.close(&self.shared.registry);
         }
-        self.reader = None;
+        st.read_slot.disconnected();
         st.sending.broken = None;
         self.last_failure = format!("the connection was lost: {why}");
         let idempotent = self.shared.options.idempotence;
@@ -488,7 +311,7 @@ impl Io {
                             "{why}; whether the message was stored is unknown (the producer \
                              is not idempotent, so it is not sent again)"
                         ));
-                        self.finish(st, b, Err(e));
+                        self.told.finish(st, b, Err(e));
                     }
                 }
                 Asked::Metadata { topic, .. } => {
@@ -507,12 +330,12 @@ impl Io {
         });
         match opened {
             Ok((link, reader)) => {
-                self.reader = Some(reader);
                 // The handshake used id 1 on the new connection: ids only need to be unique
                 // among the requests in flight on it, and there are none yet.
                 self.pause = RECONNECT_FIRST_PAUSE;
                 let mut st = self.shared.state();
                 st.sending.link = Some(link);
+                st.read_slot.connected(reader);
                 st.stats.reconnections += 1;
             }
             Err(e) => {
@@ -541,38 +364,10 @@ impl Io {
             }
         }
         for b in all {
-            self.finish(st, b, Err(e.clone()));
+            self.told.finish(st, b, Err(e.clone()));
         }
-        self.notify = true;
+        self.told.wake_senders();
     }
-
-    /// Takes `b`'s bytes off the buffer and keeps its answer for [`Io::tell`].
-    fn finish(&mut self, st: &mut State, b: Batch, answer: Result<Ack>) {
-        st.buffered = st.buffered.saturating_sub(b.bytes);
-        if st.senders_waiting > 0 {
-            self.notify = true;
-        }
-        self.done.push((b.outcome, answer));
-    }
-
-    /// Finishes the deliveries decided under the lock, and wakes waiting senders.
-    fn tell(&mut self) {
-        for (outcome, answer) in self.done.drain(..) {
-            outcome.finish(answer);
-        }
-        if std::mem::take(&mut self.notify) {
-            self.shared.changed.notify_all();
-        }
-    }
-}
-
-/// Refusals that a later try may not get: the server is busy, stopping, or out of space
-/// (retention or an operator may free some within the delivery timeout).
-fn retriable(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::Busy | ErrorCode::ShuttingDown | ErrorCode::NoSpace
-    )
 }
 
 /// Whether anything is waiting to be sent or answered.
@@ -593,6 +388,28 @@ fn queues(st: &State) -> impl Iterator<Item = &super::accumulator::PartitionQueu
             _ => None,
         })
         .flat_map(|t| t.partitions.iter())
+}
+
+/// Whether the producer's thread has work sooner than it planned to wake for: an epoch to
+/// change, a partition count to ask for, a connection to give up, or a batch due (a retry's
+/// pause, a linger) before its planned wake-up. A thread that changed the state while that
+/// thread was parked (a sender reading answers) wakes it then.
+pub(crate) fn wanted_sooner(st: &State, rules: &Rules) -> bool {
+    if st.sending.bump == Some(Bump::Due) || st.sending.broken.is_some() {
+        return true;
+    }
+    if st
+        .topics
+        .values()
+        .any(|t| matches!(t, TopicState::Asking { sent: false }))
+    {
+        return true;
+    }
+    match (next_due(st, rules, None), st.io_wake_at) {
+        (Some(due), Some(planned)) => due < planned,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// The soonest a partition's batch becomes due, a waiting batch's delivery timeout ends, or
@@ -642,19 +459,6 @@ fn open(
         })
     })?;
     Ok((stream, input, info))
-}
-
-/// The producer id and epoch an InitProducer answer gives, or the server's refusal.
-fn init_producer_answer(frame: &[u8]) -> std::result::Result<Result<(i64, i16)>, String> {
-    match decode_response(frame, ApiKey::InitProducer) {
-        Ok((_, Ok(Response::InitProducer { producer_id, epoch }))) => Ok(Ok((producer_id, epoch))),
-        Ok((_, Ok(other))) => Err(unexpected(&other).to_string()),
-        Ok((_, Err(e))) => Ok(Err(ClientError::Server {
-            code: e.code,
-            message: e.message,
-        })),
-        Err(e) => Err(format!("bad producer id answer: {e}")),
-    }
 }
 
 /// Sends `request` as `id` on a blocking connection with nothing else in flight and returns
@@ -710,28 +514,10 @@ fn into_link(
     let read_end = stream
         .try_clone()
         .map_err(|e| format!("clone the socket: {e}"))?;
-    let mut stream = mio::net::TcpStream::from_std(stream);
-    registry
-        .register(&mut stream, SOCKET, Interest::READABLE)
+    let link = Link::new(mio::net::TcpStream::from_std(stream), registry)?;
+    let reader = Reader::new(mio::net::TcpStream::from_std(read_end), input)
         .map_err(|e| format!("poll the socket: {e}"))?;
-    let reader = Reader {
-        stream: mio::net::TcpStream::from_std(read_end),
-        input,
-    };
-    Ok((Link::new(stream), reader))
-}
-
-/// Reads until the socket has nothing more (the poll reports only changes).
-fn read_available(conn: &mut Reader) -> std::result::Result<(), String> {
-    loop {
-        match conn.stream.read(conn.input.make_room()) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => conn.input.filled(n),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read failed: {e}")),
-        }
-    }
+    Ok((link, reader))
 }
 
 /// A number that differs between producers, to spread their first keyless partitions.

@@ -13,7 +13,7 @@ use keel_protocol::{encode_produce_request, encode_request, PartitionTarget, Req
 use mio::{Interest, Registry, Token};
 
 use super::accumulator::{PartitionQueue, Rules, Stage};
-use super::TopicState;
+use super::{State, TopicState};
 
 /// The poll's token for the connection.
 pub(crate) const SOCKET: Token = Token(1);
@@ -53,29 +53,72 @@ pub(crate) enum Bump {
     Asked,
 }
 
-/// The connection's writing end: the socket registered with the producer's poll (its
-/// thread reads through a clone of it).
+/// The connection's writing end: the socket as registered with the producer's poll (the
+/// reading end is a clone of it, `reading.rs`).
 pub(crate) struct Link {
     stream: mio::net::TcpStream,
     /// Requests encoded and not yet written in full.
     output: Vec<u8>,
     written: usize,
-    /// Registered for writability too: the socket took only part of `output`.
+    /// The socket took only part of `output`: the poll is to say when it has room.
     want_write: bool,
+    /// A sender reads the answers: the poll is not to say when they arrive.
+    reading_elsewhere: bool,
+    /// What the socket is registered for in the producer's poll, if anything.
+    registered: Option<Interest>,
 }
 
 impl Link {
-    pub fn new(stream: mio::net::TcpStream) -> Self {
-        Self {
+    /// The writing end of `stream`, registered with `registry` for readability.
+    pub fn new(mut stream: mio::net::TcpStream, registry: &Registry) -> Result<Self, String> {
+        registry
+            .register(&mut stream, SOCKET, Interest::READABLE)
+            .map_err(|e| format!("poll the socket: {e}"))?;
+        Ok(Self {
             stream,
             output: Vec::new(),
             written: 0,
             want_write: false,
-        }
+            reading_elsewhere: false,
+            registered: Some(Interest::READABLE),
+        })
     }
 
-    pub fn stream_mut(&mut self) -> &mut mio::net::TcpStream {
-        &mut self.stream
+    /// Takes the socket out of the producer's poll for good and shuts it down: the reading
+    /// end, wherever it is, sees the end.
+    pub fn close(mut self, registry: &Registry) {
+        if self.registered.is_some() {
+            let _ = registry.deregister(&mut self.stream);
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// A sender reads the answers from now on (`true`), or no longer (`false`).
+    pub fn read_elsewhere(&mut self, elsewhere: bool, registry: &Registry) -> Result<(), String> {
+        self.reading_elsewhere = elsewhere;
+        self.register(registry)
+    }
+
+    /// Registers the socket for what the producer's thread is to be told of now.
+    fn register(&mut self, registry: &Registry) -> Result<(), String> {
+        let wanted = match (!self.reading_elsewhere, self.want_write) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        };
+        if wanted == self.registered {
+            return Ok(());
+        }
+        let done = match (self.registered, wanted) {
+            (Some(_), Some(i)) => registry.reregister(&mut self.stream, SOCKET, i),
+            (None, Some(i)) => registry.register(&mut self.stream, SOCKET, i),
+            (Some(_), None) => registry.deregister(&mut self.stream),
+            (None, None) => Ok(()),
+        };
+        done.map_err(|e| format!("poll the socket: {e}"))?;
+        self.registered = wanted;
+        Ok(())
     }
 }
 
@@ -258,16 +301,27 @@ impl Sending {
             link.written = 0;
         }
         if unwritten != link.want_write {
-            let interest = if unwritten {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry
-                .reregister(&mut link.stream, SOCKET, interest)
-                .map_err(|e| format!("poll the socket: {e}"))?;
             link.want_write = unwritten;
+            link.register(registry)?;
         }
         Ok(())
     }
+}
+
+/// Encodes every batch that may go now, on every partition.
+pub(crate) fn send_due(st: &mut State, rules: &Rules, now: Instant) {
+    let hurry = st.hurry > 0 || st.closing;
+    let (mut sent, mut resent) = (0, 0);
+    for t in st.topics.values_mut() {
+        let TopicState::Known(t) = t else { continue };
+        for (p, q) in t.partitions.iter_mut().enumerate() {
+            let (s, r) =
+                st.sending
+                    .send_partition(&t.name, p as u32, q, rules, now, hurry, st.identity);
+            sent += s;
+            resent += r;
+        }
+    }
+    st.stats.requests += sent;
+    st.stats.resends += resent;
 }

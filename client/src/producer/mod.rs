@@ -9,10 +9,12 @@
 //! something to do sooner than it planned.
 
 mod accumulator;
+mod answers;
 mod delivery;
 mod io;
 mod link;
 mod options;
+mod reading;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -124,6 +126,8 @@ pub(crate) struct State {
     pub identity: Option<(i64, i16)>,
     /// The connection's writing end and the requests in flight.
     pub sending: link::Sending,
+    /// The connection's reading end, when no thread is reading it.
+    pub read_slot: reading::ReadSlot,
 }
 
 pub(crate) struct Shared {
@@ -287,7 +291,9 @@ impl Producer {
                 return Err(ClientError::Protocol(format!("no partition {partition}")));
             };
             let now = Instant::now();
-            let delivery = q.append(&m, rules, now, shared.delivery_limit());
+            let delivery = q
+                .append(&m, rules, now, shared.delivery_limit())
+                .read_through(Arc::downgrade(&self.shared));
             state.buffered += size;
             state.stats.messages += 1;
             let due = q.next_due(rules);
@@ -351,7 +357,8 @@ impl Producer {
         drop(st);
         let _ = shared.waker.wake();
         for o in outcomes {
-            let _ = Delivery::new(o, 0, shared.delivery_limit()).wait();
+            let d = Delivery::new(o, 0, shared.delivery_limit());
+            let _ = d.read_through(Arc::downgrade(&self.shared)).wait();
         }
         let mut st = shared.state();
         st.hurry -= 1;
