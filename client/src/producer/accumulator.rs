@@ -111,6 +111,8 @@ pub(crate) struct PartitionQueue {
     pub batches: VecDeque<Batch>,
     /// The sequence the next numbered batch starts at.
     pub next_sequence: i32,
+    /// In its topic's list of partitions with batches.
+    listed: bool,
 }
 
 impl PartitionQueue {
@@ -266,6 +268,10 @@ pub(crate) fn gave_up(timeout: Duration, b: &Batch, unconnected: Option<&str>) -
 pub(crate) struct TopicQueues {
     pub name: Arc<str>,
     pub partitions: Vec<PartitionQueue>,
+    /// The partitions that hold batches (and, until [`TopicQueues::prune`], some that held
+    /// them): what sending and timers look at, so that a topic of many partitions costs what
+    /// its busy ones do.
+    active: Vec<u32>,
     /// The partition keyless messages go to now, and the bytes sent there since it was
     /// chosen: it changes once a batch's worth went there (Kafka's sticky partitioner).
     sticky: u32,
@@ -278,6 +284,7 @@ impl TopicQueues {
         Self {
             name: Arc::from(name),
             partitions: (0..partitions).map(|_| PartitionQueue::default()).collect(),
+            active: Vec::new(),
             sticky: first_sticky % partitions,
             sticky_bytes: 0,
         }
@@ -285,6 +292,46 @@ impl TopicQueues {
 
     pub fn partition_count(&self) -> u32 {
         self.partitions.len() as u32
+    }
+
+    /// Partition `p`'s queue, to add to: listed among the active ones.
+    pub fn queue_to_fill(&mut self, p: u32) -> Option<&mut PartitionQueue> {
+        let q = self.partitions.get_mut(p as usize)?;
+        if !q.listed {
+            q.listed = true;
+            self.active.push(p);
+        }
+        Some(q)
+    }
+
+    /// The partitions that may hold batches, and their queues.
+    pub fn active(&self) -> impl Iterator<Item = (u32, &PartitionQueue)> {
+        self.active
+            .iter()
+            .filter_map(|&p| self.partitions.get(p as usize).map(|q| (p, q)))
+    }
+
+    /// Calls `f` with each partition that may hold batches, and its queue.
+    pub fn each_active(&mut self, mut f: impl FnMut(u32, &mut PartitionQueue)) {
+        for &p in &self.active {
+            if let Some(q) = self.partitions.get_mut(p as usize) {
+                f(p, q);
+            }
+        }
+    }
+
+    /// Drops the partitions left without batches from the active list.
+    pub fn prune(&mut self) {
+        let partitions = &mut self.partitions;
+        self.active
+            .retain(|&p| match partitions.get_mut(p as usize) {
+                Some(q) if q.batches.is_empty() => {
+                    q.listed = false;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            });
     }
 
     /// The partition `m` goes to: the one asked for, its key's (Kafka's murmur2), or the
@@ -430,6 +477,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_partitions_with_batches_are_looked_at() {
+        let (r, now) = (rules(), Instant::now());
+        let mut t = TopicQueues::new("t", 1000, 0);
+        assert_eq!(t.active().count(), 0);
+        for p in [7, 7, 300] {
+            let q = t.queue_to_fill(p).unwrap();
+            drop(q.append(&msg(b"x"), &r, now, LIMIT));
+        }
+        let listed: Vec<u32> = t.active().map(|(p, _)| p).collect();
+        assert_eq!(listed, [7, 300], "each listed once");
+        t.partitions[7].batches.clear();
+        t.prune();
+        let listed: Vec<u32> = t.active().map(|(p, _)| p).collect();
+        assert_eq!(listed, [300], "an emptied partition leaves the list");
+        drop(
+            t.queue_to_fill(7)
+                .unwrap()
+                .append(&msg(b"y"), &r, now, LIMIT),
+        );
+        assert_eq!(t.active().count(), 2, "and comes back with its next batch");
+        assert!(t.queue_to_fill(1000).is_none());
     }
 
     #[test]

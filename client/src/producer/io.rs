@@ -233,9 +233,7 @@ impl Io {
         let mut expired = Vec::new();
         for t in st.topics.values_mut() {
             if let TopicState::Known(t) = t {
-                for q in &mut t.partitions {
-                    q.expire(&rules, now, &mut expired);
-                }
+                t.each_active(|_, q| q.expire(&rules, now, &mut expired));
             }
         }
         for b in expired {
@@ -387,7 +385,7 @@ fn queues(st: &State) -> impl Iterator<Item = &super::accumulator::PartitionQueu
             TopicState::Known(t) => Some(t),
             _ => None,
         })
-        .flat_map(|t| t.partitions.iter())
+        .flat_map(|t| t.active().map(|(_, q)| q))
 }
 
 /// Whether the producer's thread has work sooner than it planned to wake for: an epoch to

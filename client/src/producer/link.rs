@@ -312,15 +312,17 @@ impl Sending {
 pub(crate) fn send_due(st: &mut State, rules: &Rules, now: Instant) {
     let hurry = st.hurry > 0 || st.closing;
     let (mut sent, mut resent) = (0, 0);
+    let identity = st.identity;
+    let sending = &mut st.sending;
     for t in st.topics.values_mut() {
         let TopicState::Known(t) = t else { continue };
-        for (p, q) in t.partitions.iter_mut().enumerate() {
-            let (s, r) =
-                st.sending
-                    .send_partition(&t.name, p as u32, q, rules, now, hurry, st.identity);
+        let name = Arc::clone(&t.name);
+        t.each_active(|p, q| {
+            let (s, r) = sending.send_partition(&name, p, q, rules, now, hurry, identity);
             sent += s;
             resent += r;
-        }
+        });
+        t.prune();
     }
     st.stats.requests += sent;
     st.stats.resends += resent;

@@ -287,7 +287,8 @@ impl Producer {
             };
             let rules = &shared.rules;
             let partition = topic.choose(&m, record.partition, rules)?;
-            let Some(q) = topic.partitions.get_mut(partition as usize) else {
+            let name = Arc::clone(&topic.name);
+            let Some(q) = topic.queue_to_fill(partition) else {
                 return Err(ClientError::Protocol(format!("no partition {partition}")));
             };
             let now = Instant::now();
@@ -303,15 +304,8 @@ impl Producer {
                 // The batch can go now and the producer's thread is parked: it goes from
                 // here, instead of after a wake-up of that thread.
                 let sending = &mut state.sending;
-                let (sent, resent) = sending.send_partition(
-                    &topic.name,
-                    partition,
-                    q,
-                    rules,
-                    now,
-                    false,
-                    state.identity,
-                );
+                let (sent, resent) =
+                    sending.send_partition(&name, partition, q, rules, now, false, state.identity);
                 state.stats.requests += sent;
                 state.stats.resends += resent;
                 // What the socket does not take now, the producer's thread writes when the
@@ -350,7 +344,7 @@ impl Producer {
                 TopicState::Known(t) => Some(t),
                 _ => None,
             })
-            .flat_map(|t| t.partitions.iter())
+            .flat_map(|t| t.active().map(|(_, q)| q))
             .flat_map(|q| q.batches.iter().map(|b| Arc::clone(&b.outcome)))
             .collect();
         st.io_parked = false;
