@@ -141,9 +141,11 @@ impl Runs {
 /// A produce load over the network: every producer is `keel_client::Producer` with its
 /// defaults, sent one message per call (it batches them itself).
 fn produce_workload(producers: usize, window: usize, partitions: u32) -> String {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
     format!(
-        "{producers} producers x {window} x {MESSAGE_BYTES} B in flight, one message per call, {partitions} partition{}",
-        if partitions == 1 { "" } else { "s" }
+        "{producers} producer{} x {window} x {MESSAGE_BYTES} B in flight, one message per call, {partitions} partition{}",
+        plural(producers as u64),
+        plural(u64::from(partitions)),
     )
 }
 
@@ -319,7 +321,10 @@ pub fn run(args: &SuiteArgs) -> Result<(), String> {
             runs.measure(
                 section,
                 peer.name(),
-                &format!("{publishers} publishers x 1 unconfirmed x 1024 B"),
+                &format!(
+                    "{publishers} publisher{} x 1 unconfirmed x 1024 B",
+                    if publishers == 1 { "" } else { "s" }
+                ),
                 || peers::produce(*peer, &args.peers, &load),
             );
         }

@@ -84,6 +84,11 @@ pub struct EngineConfig {
     /// wait). A flush waits only when fewer appends gathered during the last one than it
     /// answered, and never more than half the last flush's own write+sync time.
     pub commit_linger: Duration,
+    /// How long a partition remembers an idempotent producer it has not heard from (by the
+    /// server's clock; Kafka's `producer.id.expiration.ms`, default one day; `None`: until
+    /// [`crate::producers::PRODUCERS_MAX`] newer ones push it out). A batch the producer
+    /// sends again after that is stored again.
+    pub producer_expiry: Option<Duration>,
     /// Disk backend.
     pub io: IoMode,
     /// How a flush is made durable (default `Auto`; [`crate::Engine::config`] gives what
@@ -115,6 +120,7 @@ impl EngineConfig {
             zero_segments: true,
             retention_bytes: None,
             commit_linger: Duration::from_micros(200),
+            producer_expiry: Some(Duration::from_secs(86_400)),
             io: IoMode::Uring,
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,

@@ -208,6 +208,9 @@ impl Engine {
             }
         }
         engine.core.open_groups(Arc::downgrade(&engine.core))?;
+        if cfg.recovery == RecoveryMode::Repair {
+            engine.core.repair_producer_ids();
+        }
         for (name, cause) in damaged {
             log::error!(
                 "topic {name:?} is offline: {cause}. Every other topic is served; requests for \
@@ -239,6 +242,26 @@ impl EngineCore {
     /// Opens the consumer groups' durable state, checks it against the logs, starts their
     /// helper (which reaches the engine through `core`) and hands the shards what they serve
     /// groups with.
+    /// `--recovery repair`: a damaged `producer-ids` file is written again past every id it
+    /// can have handed out; one that cannot be keeps refusing new producers, named.
+    fn repair_producer_ids(&self) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match self.producer_ids.repair(&*self.files, now_ms) {
+            Ok(Some(next)) => log::warn!(
+                "repair: {} was damaged; rewrote it to hand out producer ids from {next} on, \
+                 past any handed out before",
+                self.cfg
+                    .data_dir
+                    .join(crate::producer_ids::FILE_NAME)
+                    .display()
+            ),
+            Ok(None) => {}
+            Err(e) => log::error!("repair: {e}"),
+        }
+    }
+
     fn open_groups(&self, core: Weak<EngineCore>) -> Result<(), OpenError> {
         let cfg = Arc::clone(&self.cfg);
         let (store, mut maps) = GroupStore::open(

@@ -130,6 +130,7 @@ pub fn open_partition<D: Disk>(
             }
             let mut partition = Partition::new(topic, id, dir, segments, limits, cfg);
             partition.producers = producers;
+            partition.producers.set_expiry(cfg.producer_expiry);
             Ok(partition)
         }
         Err(e) => {

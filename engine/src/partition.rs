@@ -242,7 +242,7 @@ impl Partition {
     ) -> Self {
         let (tail_cache_bytes, zero_segments) = (cfg.tail_cache_bytes, cfg.zero_segments);
         let next = segments.last().map_or(0, |s| s.next_offset);
-        Self {
+        let mut partition = Self {
             topic,
             id,
             dir,
@@ -271,7 +271,9 @@ impl Partition {
             waiting_reads: WaitingReads::default(),
             limits,
             linger: Linger::new(cfg.commit_linger),
-        }
+        };
+        partition.producers.set_expiry(cfg.producer_expiry);
+        partition
     }
 
     /// Bytes gathered and not yet durable.

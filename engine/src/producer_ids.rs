@@ -88,6 +88,28 @@ impl ProducerIds {
         Ok(ProducerIdentity { id, epoch: 0 })
     }
 
+    /// With `--recovery repair`: a damaged file is written again, with a first free id past
+    /// any this server can have handed out (`now_ms` x 1024: ids are handed out one at a time
+    /// from 0, and never a thousand a millisecond since 1970). Returns that id when it repaired
+    /// the file, `None` when it was sound.
+    pub fn repair(&self, files: &dyn MetaFs, now_ms: i64) -> Result<Option<i64>, AdminError> {
+        match self.read_first_free(files) {
+            Ok(_) => Ok(None),
+            Err(AdminError::DamagedProducerIds { .. }) => {
+                let next = now_ms.max(1).saturating_mul(BLOCK);
+                write_atomic(
+                    files,
+                    &self.path,
+                    seal_text(format!("next {next}\n")).as_bytes(),
+                )?;
+                // Read again when an id is first asked for.
+                *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(Some(next))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The first id never reserved, from the file (0 when there is none yet).
     fn read_first_free(&self, files: &dyn MetaFs) -> Result<i64, AdminError> {
         let bytes = match files.read(&self.path) {
@@ -140,6 +162,32 @@ mod tests {
                 id: BLOCK,
                 epoch: 0
             }
+        );
+    }
+
+    #[test]
+    fn repair_rewrites_a_damaged_file_past_every_id_handed_out_and_leaves_a_sound_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ProducerIds::new(dir.path());
+        for _ in 0..3000 {
+            ids.init(&SystemFs, None).unwrap();
+        }
+        assert_eq!(ids.repair(&SystemFs, 1_700_000_000_000).unwrap(), None);
+        assert_eq!(
+            ids.init(&SystemFs, None).unwrap().id,
+            3000,
+            "sound: untouched"
+        );
+        std::fs::write(dir.path().join(FILE_NAME), "next 12\ncrc 00000000\n").unwrap();
+        let ids = ProducerIds::new(dir.path());
+        let next = ids.repair(&SystemFs, 1_700_000_000_000).unwrap();
+        assert_eq!(next, Some(1_700_000_000_000 * BLOCK));
+        let id = ids.init(&SystemFs, None).unwrap().id;
+        assert_eq!(id, 1_700_000_000_000 * BLOCK, "past the 3001 handed out");
+        let reopened = ProducerIds::new(dir.path());
+        assert!(
+            reopened.init(&SystemFs, None).unwrap().id > id,
+            "and durable"
         );
     }
 

@@ -12,8 +12,11 @@
 //!
 //! The state lives in memory and is rebuilt at start from the batch headers of the log
 //! (`recovery.rs` folds every batch it scans), so it is exactly as durable as the log itself.
+//! A producer not heard from for `producer_expiry` (by the server's clock, Kafka's
+//! `producer.id.expiration.ms`) is forgotten, as is the quietest one past [`PRODUCERS_MAX`].
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::DataError;
 use crate::OffsetRange;
@@ -22,6 +25,8 @@ use crate::OffsetRange;
 pub const BATCHES_KEPT: usize = 5;
 /// Producers remembered per partition; past it, the one quiet the longest is forgotten.
 pub const PRODUCERS_MAX: usize = 4096;
+/// How often (at most) a partition looks for expired producers, in milliseconds.
+const EXPIRY_SWEEP_EVERY_MS: i64 = 1000;
 
 /// One batch a producer wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +48,9 @@ struct Producer {
     batches: VecDeque<ProducedBatch>,
     /// The newest batch's largest timestamp (ms): who has been quiet longest.
     last_timestamp: i64,
+    /// When the server last recorded a batch of it (ms since the epoch, the server's clock;
+    /// at start, when the log was read): what expiry goes by, whatever the clients' clocks.
+    last_seen_ms: i64,
 }
 
 /// The idempotence fields of a batch.
@@ -127,6 +135,17 @@ impl Verdict {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Producers {
     by_id: HashMap<i64, Producer>,
+    /// Forget a producer not seen for this long (ms); 0: never.
+    expiry_ms: i64,
+    /// The next time (ms) to look for expired producers.
+    next_sweep_ms: i64,
+}
+
+/// Now, in milliseconds since the epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `seq` plus `n`, wrapping past `i32::MAX` to 0 as Kafka's sequences do.
@@ -172,29 +191,52 @@ impl Producers {
         }
     }
 
+    /// Forgets producers not seen for `expiry` from now on (`None`: never).
+    pub fn set_expiry(&mut self, expiry: Option<Duration>) {
+        self.expiry_ms = expiry.map_or(0, |e| i64::try_from(e.as_millis()).unwrap_or(i64::MAX));
+        self.next_sweep_ms = 0;
+    }
+
     /// Records that batch `b` was written at `offsets`, ending at `end_pos` of its segment.
     pub fn record(&mut self, b: &Sequenced, offsets: OffsetRange, end_pos: u64) {
+        self.record_at(b, offsets, end_pos, now_ms());
+    }
+
+    /// [`Producers::record`] at `now_ms` by the server's clock.
+    fn record_at(&mut self, b: &Sequenced, offsets: OffsetRange, end_pos: u64, now_ms: i64) {
         let batch = ProducedBatch {
             first_seq: b.first_seq,
             last_seq: b.last_seq(),
             offsets,
             end_pos,
         };
-        self.push(b.producer_id, b.epoch, batch, b.max_timestamp);
+        self.push(b.producer_id, b.epoch, batch, b.max_timestamp, now_ms);
+        self.expire(now_ms);
+    }
+
+    /// Forgets the producers not seen for the expiry, at most once a second.
+    fn expire(&mut self, now_ms: i64) {
+        if self.expiry_ms == 0 || now_ms < self.next_sweep_ms {
+            return;
+        }
+        self.next_sweep_ms = now_ms.saturating_add(EXPIRY_SWEEP_EVERY_MS);
+        let oldest_kept = now_ms.saturating_sub(self.expiry_ms);
+        self.by_id.retain(|_, p| p.last_seen_ms >= oldest_kept);
     }
 
     /// Takes in what a scan of the next segment found, keeping only batches that end at or
     /// before `durable_end` (the rest were cut from the log).
     pub fn absorb(&mut self, later: Producers, durable_end: u64) {
+        let now = now_ms();
         for (id, p) in later.by_id {
             for &batch in p.batches.iter().filter(|b| b.end_pos <= durable_end) {
-                self.push(id, p.epoch, batch, p.last_timestamp);
+                self.push(id, p.epoch, batch, p.last_timestamp, now);
             }
         }
     }
 
     /// Adds `batch` as producer `id`'s newest at `epoch` (a new epoch forgets the old one's).
-    fn push(&mut self, id: i64, epoch: i16, batch: ProducedBatch, timestamp: i64) {
+    fn push(&mut self, id: i64, epoch: i16, batch: ProducedBatch, timestamp: i64, now_ms: i64) {
         if !self.by_id.contains_key(&id) && self.by_id.len() >= PRODUCERS_MAX {
             self.forget_quietest();
         }
@@ -202,7 +244,9 @@ impl Producers {
             epoch,
             batches: VecDeque::new(),
             last_timestamp: timestamp,
+            last_seen_ms: now_ms,
         });
+        p.last_seen_ms = p.last_seen_ms.max(now_ms);
         if epoch != p.epoch {
             p.epoch = epoch;
             p.batches.clear();
@@ -335,6 +379,51 @@ mod tests {
             ..batch(0, 1, 1)
         };
         assert_eq!(p.check(&quietest), Verdict::Write, "forgotten: no state");
+    }
+
+    #[test]
+    fn a_producer_not_seen_for_the_expiry_is_forgotten_by_the_servers_clock() {
+        let mut p = Producers::default();
+        p.set_expiry(Some(Duration::from_secs(60)));
+        let quiet = Sequenced {
+            producer_id: 1,
+            ..batch(0, 0, 1)
+        };
+        let busy = Sequenced {
+            producer_id: 2,
+            ..batch(0, 0, 1)
+        };
+        let t0 = 1_000_000;
+        p.record_at(&quiet, at(0, 0), 0, t0);
+        p.record_at(&busy, at(1, 1), 0, t0);
+        for (i, minute) in (1..=3i64).enumerate() {
+            let next = Sequenced {
+                first_seq: 1 + i as i32,
+                ..busy
+            };
+            p.record_at(
+                &next,
+                at(2 + i as u64, 2 + i as u64),
+                0,
+                t0 + minute * 30_000,
+            );
+        }
+        // 90 s after it was last seen, the quiet one is gone: its repeat is written as new.
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.check(&quiet), Verdict::Write);
+        assert_eq!(
+            p.check(&Sequenced {
+                first_seq: 3,
+                ..busy
+            }),
+            Verdict::Duplicate(at(4, 4)),
+            "the busy one is remembered"
+        );
+        // Without an expiry nobody is forgotten for being quiet.
+        let mut kept = Producers::default();
+        kept.record_at(&quiet, at(0, 0), 0, t0);
+        kept.record_at(&busy, at(1, 1), 0, t0 + 10 * 86_400_000);
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]

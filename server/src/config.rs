@@ -142,6 +142,10 @@ pub struct FileConfig {
     /// Longest a flush waits for the producers the last one answered, microseconds (default
     /// 200; 0: never).
     pub commit_linger_us: Option<u64>,
+    /// How long a partition remembers an idempotent producer it has not heard from,
+    /// milliseconds (Kafka's `producer.id.expiration.ms`; default 86400000, one day; 0: no
+    /// expiry by time). A batch such a producer sends again afterwards is stored again.
+    pub producer_expiry_ms: Option<u64>,
     /// "uring" (default: io_uring for the disk and the connections) or "portable" (pwrite +
     /// fdatasync on a thread per shard, two threads per connection; slower, for hosts that
     /// allow no io_uring).
@@ -208,6 +212,9 @@ impl FileConfig {
         }
         if let Some(us) = self.commit_linger_us {
             engine.commit_linger = std::time::Duration::from_micros(us);
+        }
+        if let Some(ms) = self.producer_expiry_ms {
+            engine.producer_expiry = (ms > 0).then(|| std::time::Duration::from_millis(ms));
         }
         engine.io = match self.io.as_deref() {
             None | Some("uring") => IoMode::Uring,
@@ -372,7 +379,7 @@ mod tests {
     fn file_values_override_defaults_and_unknown_keys_are_refused() {
         let f: FileConfig = toml::from_str(
             "listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\ncommit_linger_us = 50\n\
-             flush_sync = \"fdatasync\"\n",
+             flush_sync = \"fdatasync\"\nproducer_expiry_ms = 0\n",
         )
         .unwrap();
         let cfg = f.into_config().unwrap();
@@ -384,6 +391,12 @@ mod tests {
         );
         assert_eq!(cfg.engine.shards, 3);
         assert!(matches!(cfg.engine.io, IoMode::Portable));
+        assert_eq!(cfg.engine.producer_expiry, None, "0: no expiry by time");
+        let expiring: FileConfig = toml::from_str("producer_expiry_ms = 60000\n").unwrap();
+        assert_eq!(
+            expiring.into_config().unwrap().engine.producer_expiry,
+            Some(std::time::Duration::from_secs(60))
+        );
 
         let err = toml::from_str::<FileConfig>("shard = 3\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");

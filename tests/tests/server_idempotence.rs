@@ -113,4 +113,59 @@ fn keeld_hands_out_producer_ids_once_and_bumps_epochs() {
         "{c} after a restart, {a} and {b} before: never again"
     );
     assert_eq!(epoch, 0);
+    drop(client);
+
+    // A damaged file: new producers are refused, named, until `--recovery repair` rewrites
+    // it past every id handed out.
+    let mut keeld = keeld;
+    keeld.terminate();
+    let ids = keeld.data_dir.join("producer-ids");
+    std::fs::write(&ids, "next 3\ncrc 00000000\n").unwrap();
+    let keeld = Keeld::start(dir.path(), &[]);
+    let refused = keeld.client().init_producer(None).unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Corruption), "{refused}");
+    assert!(refused.to_string().contains("producer-ids"), "{refused}");
+    let mut keeld = keeld;
+    keeld.terminate();
+    let keeld = Keeld::start(dir.path(), &["--recovery", "repair"]);
+    assert!(
+        keeld.log_shows("producer-ids was damaged"),
+        "{}",
+        keeld.stderr()
+    );
+    let (d, _) = keeld.client().init_producer(None).unwrap();
+    assert!(d > c, "{d} after the repair, {c} before: never again");
+}
+
+/// `producer_expiry_ms`: a producer not heard from for that long is forgotten, so its repeat
+/// is stored again; one heard from within it is still recognised.
+#[test]
+fn keeld_forgets_a_producer_quiet_for_longer_than_its_expiry() {
+    let dir = data_dir();
+    let keeld = Keeld::start_with_config(dir.path(), "producer_expiry_ms = 1000\n", &[]);
+    let client = keeld.client();
+    client.create_topic("expiry", 1).unwrap();
+    let send = |producer: i64, values: &[&str]| {
+        let mut b = BatchBuilder::new(1_700_000_000_000).producer(producer, 0, 0);
+        for v in values {
+            b.push(None, v.as_bytes(), &[]);
+        }
+        client
+            .send_batch("expiry", Target::Partition(0), &b.build())
+            .unwrap()
+            .wait()
+            .unwrap()
+            .first_offset
+    };
+    assert_eq!(send(1, &["quiet"]), 0);
+    assert_eq!(send(1, &["quiet"]), 0, "a repeat within the expiry");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Another producer's batch makes the partition look for expired producers.
+    assert_eq!(send(2, &["busy"]), 1);
+    assert_eq!(send(1, &["quiet"]), 2, "forgotten: stored again");
+    assert_eq!(
+        send(2, &["busy"]),
+        1,
+        "the one just heard from is remembered"
+    );
 }
