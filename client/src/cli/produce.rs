@@ -57,9 +57,16 @@ pub fn run(server: &str, options: ClientOptions, args: &ProduceArgs) -> ExitCode
     let seconds = started.elapsed().as_secs_f64();
     match produced.and_then(|()| closed.map_err(Into::into)) {
         Ok(()) => {
+            let plural = |n: u64| if n == 1 { "" } else { "s" };
             eprintln!(
-                "keel: stored {} messages in {} requests ({} resent, {} reconnections) in {seconds:.2} s",
-                progress.stored, stats.requests, stats.resends, stats.reconnections
+                "keel: stored {} message{} in {} request{} ({} resent, {} reconnection{}) in {seconds:.2} s",
+                progress.stored,
+                plural(progress.stored),
+                stats.requests,
+                plural(stats.requests),
+                stats.resends,
+                stats.reconnections,
+                plural(stats.reconnections),
             );
             ExitCode::SUCCESS
         }
