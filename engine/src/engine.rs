@@ -245,10 +245,10 @@ impl EngineCore {
     /// `--recovery repair`: a damaged `producer-ids` file is written again past every id it
     /// can have handed out; one that cannot be keeps refusing new producers, named.
     fn repair_producer_ids(&self) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        match self.producer_ids.repair(&*self.files, now_ms) {
+        match self
+            .producer_ids
+            .repair(&*self.files, crate::producers::now_ms())
+        {
             Ok(Some(next)) => log::warn!(
                 "repair: {} was damaged; rewrote it to hand out producer ids from {next} on, \
                  past any handed out before",

@@ -75,10 +75,10 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, outcome: Arc<Outcome>) -> Self {
         Self {
             builder: BatchBuilder::new(now_ms()),
-            outcome: Outcome::new(),
+            outcome,
             created: now,
             bytes: 0,
             stage: Stage::Waiting,
@@ -116,14 +116,13 @@ pub(crate) struct PartitionQueue {
 }
 
 impl PartitionQueue {
-    /// Adds `m` to the batch being filled, or to a new one; `limit` bounds how long its
-    /// delivery may be waited for.
+    /// Adds `m` to the batch being filled, or to a new one whose outcome `new_outcome` makes.
     pub fn append(
         &mut self,
         m: &Message<'_>,
         rules: &Rules,
         now: Instant,
-        limit: Duration,
+        new_outcome: impl FnOnce() -> Arc<Outcome>,
     ) -> Delivery {
         let size = m.size();
         let fits = self.batches.back().is_some_and(|b| {
@@ -135,7 +134,7 @@ impl PartitionQueue {
             if let Some(b) = self.batches.back_mut() {
                 b.closed = true;
             }
-            self.batches.push_back(Batch::new(now));
+            self.batches.push_back(Batch::new(now, new_outcome()));
         }
         let Some(b) = self.batches.back_mut() else {
             unreachable!("a batch was just made");
@@ -146,7 +145,7 @@ impl PartitionQueue {
         if b.builder.encoded_len() >= rules.batch_bytes {
             b.closed = true;
         }
-        Delivery::new(Arc::clone(&b.outcome), index, limit)
+        Delivery::new(Arc::clone(&b.outcome), index)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -294,14 +293,14 @@ impl TopicQueues {
         self.partitions.len() as u32
     }
 
-    /// Partition `p`'s queue, to add to: listed among the active ones.
-    pub fn queue_to_fill(&mut self, p: u32) -> Option<&mut PartitionQueue> {
-        let q = self.partitions.get_mut(p as usize)?;
-        if !q.listed {
-            q.listed = true;
-            self.active.push(p);
+    /// Lists partition `p` among the active ones, before something is added to its queue.
+    pub fn list_active(&mut self, p: u32) {
+        if let Some(q) = self.partitions.get_mut(p as usize) {
+            if !q.listed {
+                q.listed = true;
+                self.active.push(p);
+            }
         }
-        Some(q)
     }
 
     /// The partitions that may hold batches, and their queues.
@@ -385,26 +384,28 @@ mod tests {
         }
     }
 
-    const LIMIT: Duration = Duration::from_secs(5);
+    fn outcome() -> Arc<Outcome> {
+        Outcome::new(std::sync::Weak::new(), Duration::from_secs(5))
+    }
 
     #[test]
     fn messages_fill_a_batch_until_it_is_full() {
         let (r, now) = (rules(), Instant::now());
         let mut q = PartitionQueue::default();
         let value = [7u8; 300];
-        drop(q.append(&msg(&value), &r, now, LIMIT));
-        drop(q.append(&msg(&value), &r, now, LIMIT));
+        drop(q.append(&msg(&value), &r, now, outcome));
+        drop(q.append(&msg(&value), &r, now, outcome));
         assert_eq!(
             q.batches.len(),
             1,
             "the second message joins the first's batch"
         );
-        drop(q.append(&msg(&value), &r, now, LIMIT));
+        drop(q.append(&msg(&value), &r, now, outcome));
         assert_eq!(q.batches.len(), 2, "the third does not fit in 1000 bytes");
         assert_eq!(q.batches[0].records(), 2);
         assert!(q.batches[0].closed);
         let big = [1u8; 5000];
-        drop(q.append(&msg(&big), &r, now, LIMIT));
+        drop(q.append(&msg(&big), &r, now, outcome));
         assert_eq!(q.batches.len(), 3, "a message over batch_bytes goes alone");
         assert!(q.batches[2].closed);
     }
@@ -413,11 +414,11 @@ mod tests {
     fn an_idle_partition_sends_at_once_and_a_busy_one_lingers() {
         let (r, now) = (rules(), Instant::now());
         let mut q = PartitionQueue::default();
-        drop(q.append(&msg(b"a"), &r, now, LIMIT));
+        drop(q.append(&msg(b"a"), &r, now, outcome));
         assert!(q.sendable(0, &r, now, false), "nothing in flight: no wait");
         q.batches[0].stage = Stage::InFlight(1);
         q.batches[0].closed = true;
-        drop(q.append(&msg(b"b"), &r, now, LIMIT));
+        drop(q.append(&msg(b"b"), &r, now, outcome));
         assert!(!q.sendable(1, &r, now, false), "one in flight: it lingers");
         assert_eq!(q.next_due(&r), Some(now + r.linger));
         assert!(
@@ -426,7 +427,7 @@ mod tests {
         );
         assert!(q.sendable(1, &r, now, true), "or a flush hurries it");
         q.batches[1].stage = Stage::InFlight(2);
-        drop(q.append(&msg(b"c"), &r, now, LIMIT));
+        drop(q.append(&msg(b"c"), &r, now, outcome));
         assert!(
             !q.sendable(2, &r, now + r.linger, true),
             "two in flight is the most"
@@ -443,7 +444,7 @@ mod tests {
         let (r, now) = (rules(), Instant::now());
         let mut q = PartitionQueue::default();
         for v in [[1u8; 600], [2u8; 600], [3u8; 600]] {
-            drop(q.append(&msg(&v), &r, now, LIMIT));
+            drop(q.append(&msg(&v), &r, now, outcome));
         }
         assert_eq!(q.number(0), Some(0));
         assert_eq!(q.number(0), Some(0), "a resend keeps its number");
@@ -459,7 +460,7 @@ mod tests {
     fn waiting_batches_expire_after_the_delivery_timeout_and_say_why() {
         let (r, now) = (rules(), Instant::now());
         let mut q = PartitionQueue::default();
-        let d = q.append(&msg(b"x"), &r, now, LIMIT);
+        let d = q.append(&msg(b"x"), &r, now, outcome);
         q.batches[0].last_refusal = Some("Busy: too many bytes".into());
         let mut out = Vec::new();
         q.expire(&r, now, &mut out);
@@ -485,8 +486,8 @@ mod tests {
         let mut t = TopicQueues::new("t", 1000, 0);
         assert_eq!(t.active().count(), 0);
         for p in [7, 7, 300] {
-            let q = t.queue_to_fill(p).unwrap();
-            drop(q.append(&msg(b"x"), &r, now, LIMIT));
+            t.list_active(p);
+            drop(t.partitions[p as usize].append(&msg(b"x"), &r, now, outcome));
         }
         let listed: Vec<u32> = t.active().map(|(p, _)| p).collect();
         assert_eq!(listed, [7, 300], "each listed once");
@@ -494,13 +495,11 @@ mod tests {
         t.prune();
         let listed: Vec<u32> = t.active().map(|(p, _)| p).collect();
         assert_eq!(listed, [300], "an emptied partition leaves the list");
-        drop(
-            t.queue_to_fill(7)
-                .unwrap()
-                .append(&msg(b"y"), &r, now, LIMIT),
-        );
+        t.list_active(7);
+        drop(t.partitions[7].append(&msg(b"y"), &r, now, outcome));
         assert_eq!(t.active().count(), 2, "and comes back with its next batch");
-        assert!(t.queue_to_fill(1000).is_none());
+        t.list_active(1000);
+        assert_eq!(t.active().count(), 2, "no such partition: not listed");
     }
 
     #[test]

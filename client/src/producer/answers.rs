@@ -150,13 +150,7 @@ fn produce_answered(
     let now = Instant::now();
     let idempotent = shared.options.idempotence;
     let backoff = shared.options.retry_backoff;
-    let Some(TopicState::Known(t)) = st.topics.get_mut(topic) else {
-        return;
-    };
-    let Some(q) = t.partitions.get_mut(partition as usize) else {
-        return;
-    };
-    let Some(at) = q.find(id) else {
+    let Some((q, at)) = st.in_flight_batch(topic, partition, id) else {
         return;
     };
     let (code, message) = match answer {

@@ -27,6 +27,12 @@ pub struct Stored {
 pub(crate) struct Outcome {
     slot: Mutex<Slot>,
     done: Condvar,
+    /// The producer, whose answers a waiting thread reads itself when no other thread does.
+    producer: Weak<Shared>,
+    /// Longer than the producer can take to finish the batch (its delivery timeout, and a
+    /// request timeout for the answer in flight then): a wait past it means the producer
+    /// stopped working, which is reported rather than waited for forever.
+    limit: Duration,
 }
 
 #[derive(Default)]
@@ -42,10 +48,13 @@ struct Slot {
 }
 
 impl Outcome {
-    pub fn new() -> Arc<Self> {
+    /// The outcome of a batch of `producer`'s, waited for at most `limit`.
+    pub fn new(producer: Weak<Shared>, limit: Duration) -> Arc<Self> {
         Arc::new(Self {
             slot: Mutex::new(Slot::default()),
             done: Condvar::new(),
+            producer,
+            limit,
         })
     }
 
@@ -103,28 +112,11 @@ pub struct Delivery {
     outcome: Arc<Outcome>,
     /// The message's place in its batch.
     index: u32,
-    /// Longer than the producer can take to finish any delivery (its delivery timeout, and a
-    /// request timeout for the answer in flight then): a wait past it means the producer
-    /// stopped working, which is reported rather than waited for forever.
-    limit: Duration,
-    /// The producer, whose answers a waiting thread reads itself when no other thread does.
-    producer: Weak<Shared>,
 }
 
 impl Delivery {
-    pub(crate) fn new(outcome: Arc<Outcome>, index: u32, limit: Duration) -> Self {
-        Self {
-            outcome,
-            index,
-            limit,
-            producer: Weak::new(),
-        }
-    }
-
-    /// The same delivery, whose wait may read `producer`'s answers itself.
-    pub(crate) fn read_through(mut self, producer: Weak<Shared>) -> Self {
-        self.producer = producer;
-        self
+    pub(crate) fn new(outcome: Arc<Outcome>, index: u32) -> Self {
+        Self { outcome, index }
     }
 
     /// Waits until the message is stored, or the producer gave up on it. If no other thread
@@ -132,8 +124,9 @@ impl Delivery {
     /// until its own comes: a lone message's round trip then wakes only the thread waiting
     /// for it.
     pub fn wait(self) -> Result<Stored> {
-        let deadline = Instant::now() + self.limit;
-        if let Some(producer) = self.producer.upgrade() {
+        let limit = self.outcome.limit;
+        let deadline = Instant::now() + limit;
+        if let Some(producer) = self.outcome.producer.upgrade() {
             while !self.outcome.is_finished()
                 && Instant::now() < deadline
                 && reading::read_until(&producer, &self.outcome, deadline)
@@ -146,7 +139,7 @@ impl Delivery {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ClientError::Timeout(self.limit));
+                return Err(ClientError::Timeout(limit));
             }
             slot.sleepers += 1;
             let (back, _) = self
@@ -219,9 +212,9 @@ mod tests {
 
     #[test]
     fn each_message_gets_its_own_offset_from_the_batch_answer() {
-        let o = Outcome::new();
-        let a = Delivery::new(Arc::clone(&o), 0, Duration::from_secs(5));
-        let b = Delivery::new(Arc::clone(&o), 4, Duration::from_secs(5));
+        let o = Outcome::new(Weak::new(), Duration::from_secs(10));
+        let a = Delivery::new(Arc::clone(&o), 0);
+        let b = Delivery::new(Arc::clone(&o), 4);
         assert!(a.try_result().is_none());
         o.finish(Ok(ack(100)));
         o.finish(Ok(ack(900))); // the first answer stays
@@ -237,8 +230,8 @@ mod tests {
 
     #[test]
     fn a_waiting_thread_is_woken_with_the_error() {
-        let o = Outcome::new();
-        let d = Delivery::new(Arc::clone(&o), 0, Duration::from_secs(10));
+        let o = Outcome::new(Weak::new(), Duration::from_secs(10));
+        let d = Delivery::new(Arc::clone(&o), 0);
         let waiter = std::thread::spawn(move || d.wait());
         std::thread::sleep(Duration::from_millis(20));
         o.finish(Err(ClientError::Protocol("refused".into())));
@@ -250,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_wait_is_bounded() {
-        let d = Delivery::new(Outcome::new(), 0, Duration::from_millis(30));
+        let d = Delivery::new(Outcome::new(Weak::new(), Duration::from_millis(30)), 0);
         assert!(matches!(d.wait(), Err(ClientError::Timeout(_))));
     }
 }

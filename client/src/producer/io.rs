@@ -203,7 +203,9 @@ impl Io {
         }
         let st = &mut *st;
         st.sending.ask_partition_counts(&mut st.topics, now);
-        let unknown_waiting = queues(st).any(|q| q.batches.iter().any(|b| b.maybe_stored));
+        let unknown_waiting = st
+            .queues()
+            .any(|q| q.batches.iter().any(|b| b.maybe_stored));
         st.sending
             .bump_epoch_when_due(st.identity, unknown_waiting, now);
         send_due(st, &rules, now);
@@ -292,13 +294,9 @@ impl Io {
                 Asked::Produce {
                     topic, partition, ..
                 } => {
-                    let Some(TopicState::Known(t)) = st.topics.get_mut(&*topic) else {
+                    let Some((q, at)) = st.in_flight_batch(&topic, partition, id) else {
                         continue;
                     };
-                    let Some(q) = t.partitions.get_mut(partition as usize) else {
-                        continue;
-                    };
-                    let Some(at) = q.find(id) else { continue };
                     if idempotent {
                         let b = &mut q.batches[at];
                         b.stage = Stage::Waiting;
@@ -370,22 +368,12 @@ impl Io {
 
 /// Whether anything is waiting to be sent or answered.
 fn has_work(st: &State) -> bool {
-    queues(st).any(|q| !q.batches.is_empty())
+    st.queues().any(|q| !q.batches.is_empty())
         || (!st.closing
             && st
                 .topics
                 .values()
                 .any(|t| matches!(t, TopicState::Asking { .. })))
-}
-
-fn queues(st: &State) -> impl Iterator<Item = &super::accumulator::PartitionQueue> {
-    st.topics
-        .values()
-        .filter_map(|t| match t {
-            TopicState::Known(t) => Some(t),
-            _ => None,
-        })
-        .flat_map(|t| t.active().map(|(_, q)| q))
 }
 
 /// Whether the producer's thread has work sooner than it planned to wake for: an epoch to
@@ -417,7 +405,7 @@ fn next_due(st: &State, rules: &Rules, asked_deadline: Option<Instant>) -> Optio
     let mut sooner = |t: Instant| {
         due = Some(due.map_or(t, |d| d.min(t)));
     };
-    for q in queues(st) {
+    for q in st.queues() {
         if let Some(t) = q.next_due(rules) {
             sooner(t);
         }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use delivery::Outcome;
 pub use delivery::{Delivery, Stored};
 pub use options::{ProducerOptions, IDEMPOTENT_IN_FLIGHT_MAX};
 
@@ -128,6 +129,35 @@ pub(crate) struct State {
     pub sending: link::Sending,
     /// The connection's reading end, when no thread is reading it.
     pub read_slot: reading::ReadSlot,
+}
+
+impl State {
+    /// The queues of the partitions that may hold batches, in every known topic.
+    pub fn queues(&self) -> impl Iterator<Item = &accumulator::PartitionQueue> {
+        self.topics
+            .values()
+            .filter_map(|t| match t {
+                TopicState::Known(t) => Some(t),
+                _ => None,
+            })
+            .flat_map(|t| t.active().map(|(_, q)| q))
+    }
+
+    /// The queue of `partition` of `topic` and the place in it of the batch in flight as
+    /// request `id`.
+    pub fn in_flight_batch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        id: u32,
+    ) -> Option<(&mut accumulator::PartitionQueue, usize)> {
+        let Some(TopicState::Known(t)) = self.topics.get_mut(topic) else {
+            return None;
+        };
+        let q = t.partitions.get_mut(partition as usize)?;
+        let at = q.find(id)?;
+        Some((q, at))
+    }
 }
 
 pub(crate) struct Shared {
@@ -287,14 +317,14 @@ impl Producer {
             };
             let rules = &shared.rules;
             let partition = topic.choose(&m, record.partition, rules)?;
-            let name = Arc::clone(&topic.name);
-            let Some(q) = topic.queue_to_fill(partition) else {
+            topic.list_active(partition);
+            let Some(q) = topic.partitions.get_mut(partition as usize) else {
                 return Err(ClientError::Protocol(format!("no partition {partition}")));
             };
             let now = Instant::now();
-            let delivery = q
-                .append(&m, rules, now, shared.delivery_limit())
-                .read_through(Arc::downgrade(&self.shared));
+            let delivery = q.append(&m, rules, now, || {
+                Outcome::new(Arc::downgrade(&self.shared), shared.delivery_limit())
+            });
             state.buffered += size;
             state.stats.messages += 1;
             let due = q.next_due(rules);
@@ -304,8 +334,15 @@ impl Producer {
                 // The batch can go now and the producer's thread is parked: it goes from
                 // here, instead of after a wake-up of that thread.
                 let sending = &mut state.sending;
-                let (sent, resent) =
-                    sending.send_partition(&name, partition, q, rules, now, false, state.identity);
+                let (sent, resent) = sending.send_partition(
+                    &topic.name,
+                    partition,
+                    q,
+                    rules,
+                    now,
+                    false,
+                    state.identity,
+                );
                 state.stats.requests += sent;
                 state.stats.resends += resent;
                 // What the socket does not take now, the producer's thread writes when the
@@ -338,21 +375,14 @@ impl Producer {
         let mut st = shared.state();
         st.hurry += 1;
         let outcomes: Vec<_> = st
-            .topics
-            .values()
-            .filter_map(|t| match t {
-                TopicState::Known(t) => Some(t),
-                _ => None,
-            })
-            .flat_map(|t| t.active().map(|(_, q)| q))
+            .queues()
             .flat_map(|q| q.batches.iter().map(|b| Arc::clone(&b.outcome)))
             .collect();
         st.io_parked = false;
         drop(st);
         let _ = shared.waker.wake();
         for o in outcomes {
-            let d = Delivery::new(o, 0, shared.delivery_limit());
-            let _ = d.read_through(Arc::downgrade(&self.shared)).wait();
+            let _ = Delivery::new(o, 0).wait();
         }
         let mut st = shared.state();
         st.hurry -= 1;
