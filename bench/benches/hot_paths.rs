@@ -83,15 +83,9 @@ fn gather(c: &mut Criterion) {
                 let end = flush_end(len as u64) as usize;
                 let bytes = buf.as_mut_slice();
                 bytes[len..end - TRAILER_BYTES].fill(0);
-                let t = Trailer {
-                    flush_start: 0,
-                    next_offset: batches as u64,
-                    flush_crc: keel_format::crc::crc32c_append(
-                        prefix_crc,
-                        &bytes[len..end - TRAILER_BYTES],
-                    ),
-                    scope: CrcScope::Headers,
-                };
+                let crc =
+                    keel_format::crc::crc32c_append(prefix_crc, &bytes[len..end - TRAILER_BYTES]);
+                let t = Trailer::alone(0, batches as u64, crc, CrcScope::Headers);
                 t.encode(&mut bytes[end - TRAILER_BYTES..end]);
                 black_box(end)
             })
@@ -131,12 +125,8 @@ fn recovery_scan(c: &mut Criterion) {
             pos += one.len();
         }
         let end = flush_end(pos as u64) as usize;
-        let t = Trailer {
-            flush_start: start as u64,
-            next_offset: next,
-            flush_crc: keel_format::crc::crc32c_append(prefix_crc, &seg[pos..end - TRAILER_BYTES]),
-            scope: CrcScope::Headers,
-        };
+        let crc = keel_format::crc::crc32c_append(prefix_crc, &seg[pos..end - TRAILER_BYTES]);
+        let t = Trailer::alone(start as u64, next, crc, CrcScope::Headers);
         t.encode(&mut seg[end - TRAILER_BYTES..end]);
         pos = end;
     }

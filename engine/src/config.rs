@@ -7,6 +7,10 @@ use std::time::Duration;
 use crate::aligned::BLOCK_BYTES;
 use crate::error::OpenError;
 use crate::io::{MappedRecord, MetaFs, SystemFs};
+use crate::trailer::PENDING_BLOCKS_MAX;
+
+/// Most flushes a partition may have in flight at once.
+pub const FLUSHES_IN_FLIGHT_MAX: usize = 4;
 #[cfg(feature = "testing")]
 use crate::testing::TestDisk;
 
@@ -84,6 +88,13 @@ pub struct EngineConfig {
     /// wait). A flush waits only when fewer appends gathered during the last one than it
     /// answered, and never more than half the last flush's own write+sync time.
     pub commit_linger: Duration,
+    /// Flushes a partition may have in flight at once (default 2, at most
+    /// [`FLUSHES_IN_FLIGHT_MAX`]). With more than one, appends that arrive while a flush
+    /// syncs go out in the next one at once instead of waiting for that sync; flushes are
+    /// still acknowledged in order, each once it and every earlier one is durable. A crash
+    /// can then tear all the flushes in flight, none of them acknowledged; recovery tells that
+    /// from corruption by what each flush's trailer says was in flight (`docs/FORMAT.md`).
+    pub flushes_in_flight: usize,
     /// How long a partition remembers an idempotent producer it has not heard from (by the
     /// server's clock; Kafka's `producer.id.expiration.ms`, default one day; `None`: until
     /// [`crate::producers::PRODUCERS_MAX`] newer ones push it out). A batch the producer
@@ -120,6 +131,7 @@ impl EngineConfig {
             zero_segments: true,
             retention_bytes: None,
             commit_linger: Duration::from_micros(200),
+            flushes_in_flight: 2,
             producer_expiry: Some(Duration::from_secs(86_400)),
             io: IoMode::Uring,
             flush_sync: FlushSync::Auto,
@@ -184,6 +196,20 @@ impl EngineConfig {
             return fail(format!(
                 "commit_linger must be at most 1 s, not {:?}",
                 self.commit_linger
+            ));
+        }
+        if self.flushes_in_flight == 0 || self.flushes_in_flight > FLUSHES_IN_FLIGHT_MAX {
+            return fail(format!(
+                "flushes_in_flight must be 1..={FLUSHES_IN_FLIGHT_MAX}, not {}",
+                self.flushes_in_flight
+            ));
+        }
+        // A flush's trailer says in 16 bits how many blocks were in flight before it.
+        let behind = (self.flushes_in_flight as u64 - 1) * (self.max_flush_bytes as u64 / block);
+        if behind > PENDING_BLOCKS_MAX {
+            return fail(format!(
+                "flushes_in_flight less one, times max_flush_bytes, must be at most {} bytes",
+                PENDING_BLOCKS_MAX * block
             ));
         }
         if self.retention_bytes == Some(0) {

@@ -1,9 +1,9 @@
 //! Adaptive commit linger: a partition's next flush may wait a moment for the appenders its
 //! last flush just answered.
 //!
-//! With one flush in flight per partition, appenders that each wait for their ack split into
-//! two halves that alternate: while one half's flush runs, the other half gathers, so each sync
-//! is shared by about half of them. When a flush completes with fewer appends gathered than it
+//! Appenders that each wait for their ack split into groups that alternate: while one group's
+//! flush runs, the next gathers (and, with a second flush allowed in flight, goes at once), so
+//! each sync is shared by a part of them. When a flush completes with fewer appends gathered than it
 //! answered plus those, the answered ones are likely to come straight back; holding the next
 //! flush until they do (or until a short budget runs out) lets one sync carry them all.
 //! PostgreSQL's `commit_delay` with `commit_siblings` is the same idea with a fixed delay; here

@@ -356,12 +356,8 @@ fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
     bytes[..s.tail_block.len()].copy_from_slice(&s.tail_block);
     let trailer_at = (end - block_start) as usize - TRAILER_BYTES;
     let pad = &bytes[s.tail_block.len()..trailer_at];
-    let t = Trailer {
-        flush_start: s.sealed_end,
-        next_offset: s.next_offset,
-        flush_crc: keel_format::crc::crc32c_append(s.unsealed_prefix_crc, pad),
-        scope: CrcScope::Headers,
-    };
+    let crc = keel_format::crc::crc32c_append(s.unsealed_prefix_crc, pad);
+    let t = Trailer::alone(s.sealed_end, s.next_offset, crc, CrcScope::Headers);
     t.encode(&mut bytes[trailer_at..(end - block_start) as usize]);
     buf
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::aligned::AlignedBuf;
+use crate::aligned::BLOCK_BYTES;
 use crate::batch::{self, BatchView};
 use crate::config::{EngineConfig, FlushSync};
 use crate::error::DataError;
@@ -24,7 +25,7 @@ use crate::read_ahead::ReadAhead;
 use crate::retention::Retired;
 use crate::segment::Segment;
 use crate::tail::{Chunk, TailCache};
-use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
+use crate::trailer::{self, CrcScope, Trailer, PENDING_BLOCKS_MAX, TRAILER_BYTES};
 use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES, ZERO_FLUSH_BYTES_MAX};
 use crate::{AppendDone, OffsetRange};
 
@@ -64,13 +65,15 @@ impl Gather {
 /// What must hold of a flush about to be written, gathered to be checked in one place.
 struct FlushFacts {
     start_pos: u64,
+    /// Where the last flush (durable or in flight) ended in the segment.
     segment_end: u64,
     segment_bytes: u64,
     len: usize,
     capacity: usize,
     first_offset: u64,
     next_offset: u64,
-    durable_next: u64,
+    /// One past the last offset of the last flush (durable or in flight).
+    flushed_next: u64,
     /// The trailer as read back from the buffer, and as written.
     trailer: Option<Trailer>,
     written: Trailer,
@@ -96,8 +99,8 @@ impl FlushFacts {
                 "a flush fits its segment",
             ),
             (
-                self.first_offset == self.durable_next,
-                "a flush's offsets follow the durable ones",
+                self.first_offset == self.flushed_next,
+                "a flush's offsets follow the last flush's",
             ),
             (
                 self.next_offset > self.first_offset,
@@ -111,22 +114,23 @@ impl FlushFacts {
         match rules.iter().find(|(holds, _)| !holds) {
             None => Ok(()),
             Some((_, rule)) => Err(format!(
-                "{rule} (flush at byte {} of {} bytes, offsets {}..{}; segment durable to {}, \
-                 partition durable to offset {})",
+                "{rule} (flush at byte {} of {} bytes, offsets {}..{}; segment flushed to {}, \
+                 partition flushed to offset {})",
                 self.start_pos,
                 self.len,
                 self.first_offset,
                 self.next_offset,
                 self.segment_end,
-                self.durable_next
+                self.flushed_next
             )),
         }
     }
 }
 
-/// The flush in flight: its write (made durable by itself) was submitted under `token`; its
-/// `Sync` completion says the durability holds.
+/// A flush in flight: its write (made durable by itself, or by the `fdatasync` linked to it)
+/// was submitted under `token`; its `Sync` completion says the durability holds.
 struct Flush {
+    token: u64,
     submitted: std::time::Instant,
     gather: Gather,
     len: usize,
@@ -148,6 +152,8 @@ pub struct Limits {
     pub retention_bytes: Option<u64>,
     /// What makes a flush's write durable.
     pub flush_sync: SyncAfter,
+    /// Flushes written at once (`EngineConfig::flushes_in_flight`).
+    pub flushes_in_flight: usize,
 }
 
 impl Limits {
@@ -164,6 +170,7 @@ impl Limits {
                 // every filesystem is the one to take.
                 FlushSync::Fdatasync | FlushSync::Auto => SyncAfter::File,
             },
+            flushes_in_flight: cfg.flushes_in_flight,
         }
     }
 }
@@ -184,7 +191,9 @@ pub struct Partition {
     pub(crate) durable_next: u64,
     pending: VecDeque<Gather>,
     pending_bytes: usize,
-    flushing: Option<Flush>,
+    /// Flushes in flight, oldest first: answered in this order, each only once every earlier
+    /// one is durable.
+    flushing: VecDeque<Flush>,
     pub(crate) tail: TailCache,
     poisoned: Option<DataError>,
     pub(crate) next_segment: Option<NextSegment>,
@@ -253,7 +262,7 @@ impl Partition {
             durable_next: next,
             pending: VecDeque::new(),
             pending_bytes: 0,
-            flushing: None,
+            flushing: VecDeque::new(),
             tail: TailCache::new(tail_cache_bytes),
             poisoned: None,
             next_segment: None,
@@ -283,15 +292,34 @@ impl Partition {
 
     /// True when no flush or read is in flight, and no read waits.
     pub fn is_idle(&self) -> bool {
-        self.flushing.is_none()
+        self.flushing.is_empty()
             && self.reads_in_flight == 0
             && !self.zeroing.busy()
             && self.waiting_reads.is_empty()
     }
 
-    /// True when appends are gathered and no flush is running.
+    /// True when appends are gathered and a flush of them may start now: fewer flushes than
+    /// the limit are in flight, and a flush into a new segment waits until the old segment's
+    /// flushes are done (a roll seals their segment, and recovery reads each segment alone).
     pub fn wants_flush(&self) -> bool {
-        self.flushing.is_none() && !self.pending.is_empty()
+        let Some(g) = self.pending.front() else {
+            return false;
+        };
+        if self.flushing.is_empty() {
+            return true;
+        }
+        let behind = g.start_pos.saturating_sub(self.pending_from(g));
+        self.flushing.len() < self.limits.flushes_in_flight
+            && !g.new_segment
+            && behind / BLOCK_BYTES as u64 <= PENDING_BLOCKS_MAX
+    }
+
+    /// Where the part of the segment not yet durable begins, for a flush of `g`: the start of
+    /// the oldest flush in flight, or `g`'s own start.
+    fn pending_from(&self, g: &Gather) -> u64 {
+        self.flushing
+            .front()
+            .map_or(g.start_pos, |f| f.gather.start_pos)
     }
 
     /// Whether the next flush should wait a moment for more appends (`linger.rs`). Only a
@@ -393,7 +421,7 @@ impl Partition {
         if let Some(g) = self.pending.iter_mut().find(|g| holds(g)) {
             return g.waiters.push((done, original));
         }
-        if let Some(f) = self.flushing.as_mut().filter(|f| holds(&f.gather)) {
+        if let Some(f) = self.flushing.iter_mut().find(|f| holds(&f.gather)) {
             return f.gather.waiters.push((done, original));
         }
         // Not durable, yet in no flush: its flush failed, which poisons the partition, and a
@@ -448,17 +476,17 @@ impl Partition {
         if let Some(back) = self.pending.back() {
             return back.start_pos + back.flushed_len() as u64;
         }
-        if let Some(f) = &self.flushing {
+        if let Some(f) = self.flushing.back() {
             return f.gather.start_pos + f.len as u64;
         }
         self.segments.last().map_or(0, |s| s.durable_end)
     }
 
-    /// Starts the next flush if none is running: one aligned write of the gathered batches,
-    /// padding and trailer, durable when it completes (`RWF_DSYNC`). Returns whether it
-    /// submitted one.
+    /// Starts the next flush if [`Partition::wants_flush`]: one aligned write of the gathered
+    /// batches, padding and trailer, durable when it completes. Returns whether it submitted
+    /// one.
     pub fn start_flush<D: Disk>(&mut self, disk: &mut D, token: u64) -> bool {
-        if self.flushing.is_some() {
+        if !self.wants_flush() {
             return false;
         }
         if self.flush_waits_for_zeroing() {
@@ -487,10 +515,16 @@ impl Partition {
         };
         let len = g.flushed_len();
         let trailer_at = len - TRAILER_BYTES;
+        let pending_from = self.pending_from(&g);
+        let (segment_end, flushed_next) = match self.flushing.back() {
+            Some(f) => (f.gather.start_pos + f.len as u64, f.gather.next_offset),
+            None => (seg.durable_end, self.durable_next),
+        };
         let bytes = g.buf.as_mut_slice();
         bytes[g.len..trailer_at].fill(0);
         let t = Trailer {
             flush_start: g.start_pos,
+            pending_from,
             next_offset: g.next_offset,
             flush_crc: keel_format::crc::crc32c_append(g.prefix_crc, &bytes[g.len..trailer_at]),
             scope: CrcScope::Headers,
@@ -498,13 +532,13 @@ impl Partition {
         t.encode(&mut bytes[trailer_at..len]);
         let facts = FlushFacts {
             start_pos: g.start_pos,
-            segment_end: seg.durable_end,
+            segment_end,
             segment_bytes: self.limits.segment_bytes,
             len,
             capacity: g.buf.capacity(),
             first_offset: g.first_offset,
             next_offset: g.next_offset,
-            durable_next: self.durable_next,
+            flushed_next,
             trailer: Trailer::decode(&g.buf.as_slice()[trailer_at..len]),
             written: t,
         };
@@ -522,13 +556,15 @@ impl Partition {
             return false;
         }
         let buf = std::mem::replace(&mut g.buf, AlignedBuf::zeroed(0));
-        // Nothing earlier in the file waits for this flush's sync: the previous flush was
-        // durable before this one started, so its own durability is all it needs; either kind
-        // of sync gives that (`filesystem.rs` says which one this filesystem can be trusted with).
+        // Each flush needs only its own bytes made durable: the flushes before it are durable
+        // already or have syncs of their own in flight, and it is answered only once they are
+        // (`take_finished`). Either kind of sync gives that (`filesystem.rs` says which one
+        // this filesystem can be trusted with).
         let sync = self.limits.flush_sync;
         disk.submit_write(seg.file, g.start_pos, buf, len, token, sync);
         self.linger.reset();
-        self.flushing = Some(Flush {
+        self.flushing.push_back(Flush {
+            token,
             submitted: Instant::now(),
             gather: g,
             len,
@@ -585,22 +621,48 @@ impl Partition {
         Ok(())
     }
 
-    /// Takes a completion of the running flush; returns what the flush did once both its write
-    /// and its sync are in.
-    pub fn on_flush_completion(&mut self, c: Completion) -> Option<FlushDone> {
-        let f = self.flushing.as_mut()?;
+    /// Takes a completion of a flush in flight. Returns true once that flush has all its
+    /// completions (its token is done with); [`Partition::take_finished`] then answers it when
+    /// its turn comes.
+    pub fn on_flush_completion(&mut self, c: Completion) -> bool {
+        let Some(f) = self.flushing.iter_mut().find(|f| f.token == c.token) else {
+            return false;
+        };
         match c.kind {
             IoKind::Write => {
                 f.buf = c.buf;
                 f.write = Some(c.result);
             }
             IoKind::Sync => f.sync = Some(c.result),
-            IoKind::Read => return None,
+            IoKind::Read => return false,
         }
-        if f.write.is_none() || f.sync.is_none() {
-            return None;
+        f.write.is_some() && f.sync.is_some()
+    }
+
+    /// The oldest flush in flight, once it has all its completions: every flush before it was
+    /// answered, so its appends can be. Call until it gives `None`. After a failed flush, the
+    /// ones written beside it are only taken back (their appends were answered with the
+    /// failure).
+    pub fn take_finished(&mut self) -> Option<FlushDone> {
+        loop {
+            let front = self.flushing.front()?;
+            if front.write.is_none() || front.sync.is_none() {
+                return None;
+            }
+            let mut f = self.flushing.pop_front()?;
+            if self.poisoned.is_some() {
+                debug_assert!(f.gather.waiters.is_empty());
+                if let Some(buf) = f.buf.take() {
+                    self.recycle(vec![buf]);
+                }
+                continue;
+            }
+            return Some(self.finish(f));
         }
-        let mut f = self.flushing.take()?;
+    }
+
+    /// Commits or fails `f`, the oldest flush, whose completions are all in.
+    fn finish(&mut self, mut f: Flush) -> FlushDone {
         let outcome = match (f.write.take(), f.sync.take()) {
             (Some(Ok(n)), Some(Ok(_))) if n == f.len => Ok(()),
             (Some(Ok(n)), Some(Ok(_))) => Err(io::Error::new(
@@ -626,13 +688,13 @@ impl Partition {
         } else {
             self.linger.reset();
         }
-        Some(FlushDone {
+        FlushDone {
             appends,
             bytes,
             ok,
             io_us,
             answers,
-        })
+        }
     }
 
     fn commit(&mut self, mut f: Flush) -> Vec<(AppendDone, Result<OffsetRange, DataError>)> {
@@ -675,7 +737,8 @@ impl Partition {
     }
 
     /// A write or sync failed: after an fsync error the file's state is unknown, so the
-    /// partition takes no more writes. Everything not yet durable fails; reads go on.
+    /// partition takes no more writes. Everything not yet durable fails, the flushes written
+    /// beside this one included (they are taken back as their completions come); reads go on.
     fn poison(
         &mut self,
         mut f: Flush,
@@ -699,12 +762,17 @@ impl Partition {
             source: Arc::new(cause),
         };
         self.pending_bytes -= f.gather.len;
-        let answers = f
+        let mut answers: Vec<_> = f
             .gather
             .waiters
             .drain(..)
             .map(|(done, _)| (done, Err(err.clone())))
             .collect();
+        for later in &mut self.flushing {
+            self.pending_bytes -= later.gather.len;
+            let failed = later.gather.waiters.drain(..);
+            answers.extend(failed.map(|(done, _)| (done, Err(err.clone()))));
+        }
         if let Some(buf) = f.buf.take() {
             self.recycle(vec![buf]);
         }
@@ -811,12 +879,7 @@ mod tests {
     use super::*;
 
     fn facts() -> FlushFacts {
-        let t = Trailer {
-            flush_start: 8192,
-            next_offset: 10,
-            flush_crc: 7,
-            scope: CrcScope::Headers,
-        };
+        let t = Trailer::alone(8192, 10, 7, CrcScope::Headers);
         FlushFacts {
             start_pos: 8192,
             segment_end: 8192,
@@ -825,7 +888,7 @@ mod tests {
             capacity: 8192,
             first_offset: 5,
             next_offset: 10,
-            durable_next: 5,
+            flushed_next: 5,
             trailer: Some(t),
             written: t,
         }
@@ -851,10 +914,10 @@ mod tests {
             ),
             (
                 FlushFacts {
-                    durable_next: 4,
+                    flushed_next: 4,
                     ..facts()
                 },
-                "follow the durable ones",
+                "follow the last flush's",
             ),
             (
                 FlushFacts {
@@ -911,15 +974,16 @@ mod tests {
         )
     }
 
-    /// Completes every operation the disk holds and hands the flush's completions to `p`;
-    /// returns what the flush did once it is done.
+    /// Completes every operation the disk holds and hands the flushes' completions to `p`;
+    /// returns what the last flush answered did.
     fn complete_flush(disk: &mut MemDisk, p: &mut Partition) -> Option<FlushDone> {
         while disk.complete(0).is_some() {}
         let mut c = Vec::new();
         disk.wait(&mut c, Block::No).unwrap();
-        c.into_iter()
-            .filter_map(|c| p.on_flush_completion(c))
-            .last()
+        for c in c {
+            p.on_flush_completion(c);
+        }
+        std::iter::from_fn(|| p.take_finished()).last()
     }
 
     #[test]
@@ -984,6 +1048,120 @@ mod tests {
         };
         assert_eq!(p.hold_flush(until), Hold::GoAtDeadline);
         assert!(p.start_flush(&mut disk, 3));
+    }
+
+    /// Appends `n` one-record batches answering into `log` as (offset, ok).
+    fn append_logged(p: &mut Partition, n: usize, log: &Arc<std::sync::Mutex<Vec<(u64, bool)>>>) {
+        for _ in 0..n {
+            let log = Arc::clone(log);
+            p.append(
+                batch(100),
+                Box::new(move |r: Result<OffsetRange, DataError>| {
+                    let entry = match r {
+                        Ok(range) => (range.first, true),
+                        Err(_) => (u64::MAX, false),
+                    };
+                    log.lock().unwrap().push(entry);
+                }),
+            );
+        }
+    }
+
+    /// The completions of the `index`-th queued operation.
+    fn complete_one(disk: &mut MemDisk, index: usize) -> Vec<Completion> {
+        disk.complete(index).unwrap();
+        let mut c = Vec::new();
+        disk.wait(&mut c, Block::No).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_later_flush_that_completes_first_is_answered_after_the_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        append_logged(&mut p, 3, &log);
+        assert!(p.start_flush(&mut disk, 1));
+        append_logged(&mut p, 2, &log);
+        assert!(
+            p.wants_flush(),
+            "a second flush may go while the first syncs"
+        );
+        assert!(p.start_flush(&mut disk, 2));
+        append_logged(&mut p, 1, &log);
+        assert!(!p.wants_flush(), "two flushes in flight is the limit");
+        assert!(!p.start_flush(&mut disk, 3));
+
+        // The second flush completes first: nothing is answered, nothing is durable.
+        for c in complete_one(&mut disk, 1) {
+            p.on_flush_completion(c);
+        }
+        assert!(p.take_finished().is_none());
+        assert!(log.lock().unwrap().is_empty());
+        assert_eq!(p.durable_next, 0);
+
+        // Then the first: both are answered, in order.
+        for c in complete_one(&mut disk, 0) {
+            p.on_flush_completion(c);
+        }
+        let first = p.take_finished().unwrap();
+        let second = p.take_finished().unwrap();
+        assert!(p.take_finished().is_none());
+        assert_eq!((first.answers.len(), second.answers.len()), (3, 2));
+        for (answer, outcome) in first.answers.into_iter().chain(second.answers) {
+            answer(outcome);
+        }
+        let offsets: Vec<u64> = log.lock().unwrap().iter().map(|&(o, _)| o).collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 4]);
+        assert_eq!(p.durable_next, 5);
+
+        // The second flush's trailer says the first was still in flight when it was written.
+        let bytes = disk.contents(p.segments[0].file).to_vec();
+        let end = p.segments[0].durable_end as usize;
+        let t = Trailer::decode(&bytes[end - TRAILER_BYTES..end]).unwrap();
+        assert_eq!((t.flush_start, t.pending_from), (4096, 0));
+        assert!(p.wants_flush(), "the third flush may go now");
+    }
+
+    #[test]
+    fn a_failed_flush_fails_the_one_written_beside_it_even_if_that_one_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = MemDisk::new().unwrap();
+        let mut p = partition(&mut disk, dir.path(), Duration::ZERO);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        append_logged(&mut p, 2, &log);
+        assert!(p.start_flush(&mut disk, 1));
+        append_logged(&mut p, 2, &log);
+        assert!(p.start_flush(&mut disk, 2));
+        for c in complete_one(&mut disk, 1) {
+            p.on_flush_completion(c);
+        }
+        for mut c in complete_one(&mut disk, 0) {
+            if c.kind == IoKind::Sync {
+                c.result = Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            p.on_flush_completion(c);
+        }
+        let failed = p.take_finished().unwrap();
+        assert!(!failed.ok);
+        assert!(
+            p.take_finished().is_none(),
+            "the second flush is only taken back"
+        );
+        for (answer, outcome) in failed.answers {
+            answer(outcome);
+        }
+        assert_eq!(*log.lock().unwrap(), vec![(u64::MAX, false); 4]);
+        assert_eq!(p.durable_next, 0);
+        assert!(p.is_idle());
+        assert_eq!(p.pending_bytes(), 0);
+        append_logged(&mut p, 1, &log);
+        assert_eq!(
+            log.lock().unwrap().len(),
+            5,
+            "a poisoned partition refuses at once"
+        );
     }
 
     #[test]
@@ -1152,6 +1330,7 @@ mod tests {
         for c in c {
             p.on_flush_completion(c);
         }
+        assert!(p.take_finished().is_some_and(|f| f.ok));
         // The next batch does not fit: its flush must roll into the next segment, where the
         // zero chunk [0, 256 KiB) is still in flight, so it waits.
         p.append(batch(250_000), Box::new(done));

@@ -286,14 +286,17 @@ fn batch_at<R: ReadAt>(
     }
 }
 
-/// Whether trailer `t`, found past the end of the log, can only belong to a flush written after
-/// the one that was in flight: it starts on a block boundary beyond that flush's start, and it
-/// ends at an offset beyond every offset found. (A torn flush's own trailer starts *at* that
-/// flush's start.)
+/// Whether trailer `t`, found past the end of the log, can only belong to a flush submitted
+/// after the damaged one was durable: it starts on a block boundary beyond that flush's start,
+/// it ends at an offset beyond every offset found, and when it was submitted nothing from the
+/// damaged flush's start on was still in flight. (A torn flush's own trailer starts *at* that
+/// flush's start; a flush written while the damaged one was in flight is part of the torn
+/// tail: neither was acknowledged, since flushes are acknowledged in order.)
 fn proves_later_flush(t: &Trailer, s: &Scan) -> bool {
     t.flush_start > s.sealed_end
         && t.flush_start.is_multiple_of(BLOCK_BYTES as u64)
         && t.next_offset > s.next_offset
+        && t.pending_from > s.sealed_end
 }
 
 /// Reads every block after the end: notes leftovers to clear and trailers of later flushes.
@@ -393,12 +396,7 @@ pub mod tests {
                 }
                 _ => keel_format::crc::crc32c(&out[flush_start..end - TRAILER_BYTES]),
             };
-            let t = Trailer {
-                flush_start: flush_start as u64,
-                next_offset: next,
-                flush_crc: crc,
-                scope,
-            };
+            let t = Trailer::alone(flush_start as u64, next, crc, scope);
             t.encode(&mut out[end - TRAILER_BYTES..end]);
             pos = end;
         }
@@ -454,25 +452,47 @@ pub mod tests {
         let (mut bytes, _) = segment_with(&flushes, 10, 64 * 1024);
         // Past the end (offsets 10..13), a trailer that is valid on its own but whose offsets do
         // not go beyond the log: leftovers from elsewhere, not a later flush of this log.
-        let stale = Trailer {
-            flush_start: 8192,
-            next_offset: 5,
-            flush_crc: 1,
-            scope: CrcScope::Headers,
-        };
+        let stale = Trailer::alone(8192, 5, 1, CrcScope::Headers);
         stale.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
         let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
         assert_eq!(s.later_flush_at, None);
         assert_eq!(s.dirty_end, 3 * 4096, "it is still cleared as a leftover");
         // A trailer that could only come from a later flush of this log is proof.
-        let later = Trailer {
-            flush_start: 8192,
-            next_offset: 20,
-            flush_crc: 1,
-            scope: CrcScope::Headers,
-        };
+        let later = Trailer::alone(8192, 20, 1, CrcScope::Headers);
         later.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
         let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
+        assert_eq!(s.later_flush_at, Some(3 * 4096 - TRAILER_BYTES as u64));
+    }
+
+    /// Rewrites the trailer of the flush ending at `end` to say that the log was still in
+    /// flight from `pending_from` when the flush was written.
+    fn written_beside(bytes: &mut [u8], end: usize, pending_from: u64) {
+        let at = end - TRAILER_BYTES;
+        let mut t = Trailer::decode(&bytes[at..end]).unwrap();
+        t.pending_from = pending_from;
+        t.encode(&mut bytes[at..end]);
+    }
+
+    #[test]
+    fn a_flush_written_while_a_lost_one_was_in_flight_is_torn_tail_not_proof() {
+        // Flushes at blocks 0, 1, 2: the second is lost whole; the third was written while
+        // the second was in flight.
+        let flushes = vec![
+            vec![batch_of(1, 100)],
+            vec![batch_of(1, 100)],
+            vec![batch_of(1, 100)],
+        ];
+        let (mut bytes, _) = segment_with(&flushes, 0, 64 * 1024);
+        written_beside(&mut bytes, 3 * 4096, 4096);
+        bytes[4096..8192].fill(0);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
+        assert_eq!((s.sealed_end, s.next_offset), (4096, 1));
+        assert_eq!(s.later_flush_at, None, "{:?}", s.invalid);
+        assert_eq!(s.dirty_end, 3 * 4096, "the third flush is cleared as a leftover");
+
+        // Written after the second one was durable, the same flush proves corruption.
+        written_beside(&mut bytes, 3 * 4096, 8192);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
         assert_eq!(s.later_flush_at, Some(3 * 4096 - TRAILER_BYTES as u64));
     }
 

@@ -142,6 +142,9 @@ pub struct FileConfig {
     /// Longest a flush waits for the producers the last one answered, microseconds (default
     /// 200; 0: never).
     pub commit_linger_us: Option<u64>,
+    /// Flushes a partition may have in flight at once (default 2, 1..=4): produces that arrive
+    /// while a flush syncs go out at once in the next, acknowledged in order.
+    pub flushes_in_flight: Option<usize>,
     /// How long a partition remembers an idempotent producer it has not heard from,
     /// milliseconds (Kafka's `producer.id.expiration.ms`; default 86400000, one day; 0: no
     /// expiry by time). A batch such a producer sends again afterwards is stored again.
@@ -212,6 +215,9 @@ impl FileConfig {
         }
         if let Some(us) = self.commit_linger_us {
             engine.commit_linger = std::time::Duration::from_micros(us);
+        }
+        if let Some(n) = self.flushes_in_flight {
+            engine.flushes_in_flight = n;
         }
         if let Some(ms) = self.producer_expiry_ms {
             engine.producer_expiry = (ms > 0).then(|| std::time::Duration::from_millis(ms));

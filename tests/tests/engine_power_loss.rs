@@ -187,6 +187,74 @@ fn every_kept_acknowledged_append_survives_power_cuts_in_reused_segment_files() 
     assert!(reused >= 4, "segment files were reused {reused} times");
 }
 
+/// A partition has several flushes in flight at once, and the device may complete a later one
+/// first (the simulator holds some writes back to make that common). Each flush is
+/// acknowledged only once every earlier one is durable: the power fails at a random write while
+/// appends stream (often between a later flush's completion and an earlier one's), and
+/// everything acknowledged must survive. A build that answers a flush as soon as its own write
+/// is durable loses acknowledged appends here.
+#[test]
+fn flushes_in_flight_together_are_acknowledged_in_order() {
+    for seed in 0..40u64 {
+        let dir = data_dir();
+        let plan = CrashPlan::new();
+        let engine = testing::open(
+            small_config(dir.path(), 2),
+            TestDisk::Crashes(Arc::clone(&plan)),
+        )
+        .unwrap();
+        engine.create_topic("pl", 2).unwrap();
+        plan.crash_at_write(40 + (seed as usize * 37) % 400);
+        let answers = Tagged::new();
+        let send = |seq: u64| {
+            let partition = (seq % 2) as u32;
+            let value = crash_value(0, partition, seq);
+            engine.append(
+                "pl",
+                partition,
+                one_record(&value),
+                answers.ticket((partition, value)),
+            );
+        };
+        let (mut sent, mut answered, mut acked) = (0u64, 0u64, Vec::new());
+        while sent < IN_FLIGHT {
+            send(sent);
+            sent += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answered < sent {
+            let Ok(((partition, value), r)) =
+                answers.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                panic!("seed {seed}: {answered} of {sent} appends answered");
+            };
+            answered += 1;
+            if let Ok(range) = appended(r) {
+                acked.push((partition, range.first, value));
+            }
+            if !plan.cut_by_countdown() {
+                send(sent);
+                sent += 1;
+            }
+        }
+        assert!(
+            plan.cut_by_countdown(),
+            "seed {seed}: the power never failed"
+        );
+        drop(engine);
+        let undone = plan.lose_unsynced_writes(seed).unwrap();
+
+        let engine = Engine::open(small_config(dir.path(), 2)).unwrap_or_else(|e| {
+            panic!("seed {seed}: reopen after the power cut ({undone} writes undone): {e}")
+        });
+        assert_all_survive(
+            &engine,
+            &acked,
+            &format!("seed {seed} ({undone} writes undone)"),
+        );
+    }
+}
+
 /// A process crash leaves its last writes on the device but not durable. The next engine must
 /// make them durable before it decides where the log ends and writes after it: otherwise a
 /// power cut soon after could drop the old tail while keeping the new writes behind it, and the

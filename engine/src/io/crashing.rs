@@ -18,6 +18,9 @@
 //! [`CrashPlan::lose_unsynced_writes`] sets each sector that differs from it back, or leaves
 //! it, at random. One simulator for the logs and the tables.
 //!
+//! Writes reach the device in an order of their own: some are held back until the next wait,
+//! after later ones (`reorder.rs`), as a device may complete writes in any order.
+//!
 //! Directory changes are durable once their directory is synced: renames made through the
 //! disk, and what the plan sees as the engine's metadata filesystem ([`MetaFs`]: topic and
 //! group files and directories). A crash undoes a newest-first run of random length of those
@@ -32,11 +35,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::dir_changes::DirChanges;
+use super::reorder::{HeldWrite, Reorder};
 use super::meta::{DirEntry, MetaFs, SystemFs};
 use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 use crate::xorshift::xorshift;
 
+/// How long a wait that may block waits for other completions while writes are held back
+/// (`reorder.rs`), before it submits them.
+const HOLD_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 /// Bytes a torn write keeps or loses as a unit (a disk sector).
 const SECTOR_BYTES: usize = 512;
 
@@ -310,6 +317,8 @@ pub struct CrashingDisk<D> {
     /// Syncs of mapped files in flight, by token.
     mapped_syncs: HashMap<u64, MappedSync>,
     failed: Vec<Completion>,
+    /// Writes passed on out of order (`reorder.rs`).
+    reorder: Reorder,
 }
 
 impl<D: Disk> CrashingDisk<D> {
@@ -324,11 +333,26 @@ impl<D: Disk> CrashingDisk<D> {
             syncs: HashMap::new(),
             mapped_syncs: HashMap::new(),
             failed: Vec::new(),
+            reorder: Reorder::new(0x5eed_0000 + id as u64),
         }
     }
 
     fn crashed(&self) -> bool {
         self.plan.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Passes writes held back on to the device, or fails them once the power is off.
+    fn submit_held(&mut self, writes: Vec<HeldWrite>) {
+        for w in writes {
+            if self.crashed() {
+                let linked = w.sync.any();
+                let never = Completion::never_ran(w.token, IoKind::Write, w.buf, linked, eio());
+                self.failed.extend(never);
+            } else {
+                self.inner
+                    .submit_write(w.file, w.offset, w.buf, w.len, w.token, w.sync);
+            }
+        }
     }
 
     fn before_image(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -460,7 +484,18 @@ impl<D: Disk> Disk for CrashingDisk<D> {
         if then_sync {
             self.syncs.insert(token, (file, sync == SyncAfter::File));
         }
-        self.inner.submit_write(file, offset, buf, len, token, sync);
+        let w = HeldWrite {
+            file,
+            offset,
+            buf,
+            len,
+            token,
+            sync,
+        };
+        if let Some(w) = self.reorder.hold(w) {
+            self.inner
+                .submit_write(w.file, w.offset, w.buf, w.len, w.token, w.sync);
+        }
     }
 
     fn submit_sync(&mut self, file: FileId, token: u64) {
@@ -500,11 +535,27 @@ impl<D: Disk> Disk for CrashingDisk<D> {
     }
 
     fn wait(&mut self, out: &mut Vec<Completion>, block: Block) -> io::Result<()> {
+        let due = self.reorder.release_due();
+        self.submit_held(due);
         let had_failed = !self.failed.is_empty();
         out.append(&mut self.failed);
         let seen = out.len();
-        self.inner
-            .wait(out, if had_failed { Block::No } else { block })?;
+        let holding = self.reorder.holding();
+        let first = match block {
+            _ if had_failed => Block::No,
+            Block::No => Block::No,
+            // Long enough for a write submitted after the held ones to complete first.
+            _ if holding => Block::AtMost(HOLD_WAIT),
+            other => other,
+        };
+        self.inner.wait(out, first)?;
+        if holding && first != Block::No && out.len() == seen {
+            let all = self.reorder.release_all();
+            self.submit_held(all);
+            let failed = !self.failed.is_empty();
+            out.append(&mut self.failed);
+            self.inner.wait(out, if failed { Block::No } else { block })?;
+        }
         let crashed = self.crashed();
         for c in &mut out[seen..] {
             let mapped = match c.kind {

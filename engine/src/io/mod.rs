@@ -22,6 +22,8 @@ mod meta;
 #[cfg(any(test, feature = "testing"))]
 mod memory;
 mod portable;
+#[cfg(feature = "testing")]
+mod reorder;
 mod uring;
 mod wake;
 

@@ -698,28 +698,36 @@ impl<D: Disk> Shard<D> {
         // Held flushes are looked at again each turn: their appends may be in, or their time up.
         list.append(&mut self.lingering);
         self.linger_until = None;
-        let now = Instant::now();
         for (topic, partition) in list.drain(..) {
-            let token = self.token();
-            let stopping = self.stopping;
-            let Some(p) = owned(&mut self.topics, &topic, partition) else {
-                continue;
-            };
-            if !p.wants_flush() {
-                continue;
-            }
-            if let Some(until) = flush_hold(&self.stats, stopping, p, now) {
-                let (list, at) = (&mut self.lingering, &mut self.linger_until);
-                note_until(list, at, topic, partition, until);
-                continue;
-            }
-            if p.start_flush(&mut self.disk, token) {
-                self.ops
-                    .insert(token, Owner::Flush(Arc::clone(&topic), partition));
-            }
+            self.start_flushes_of(&topic, partition);
             self.kick_zeroing(topic, partition);
         }
         self.to_flush = list;
+    }
+
+    /// Starts as many of the partition's flushes as may go now, or notes it as lingering when
+    /// its next flush waits for more appends (`linger.rs`).
+    fn start_flushes_of(&mut self, topic: &Arc<str>, partition: u32) {
+        loop {
+            let token = self.token();
+            let stopping = self.stopping;
+            let Some(p) = owned(&mut self.topics, topic, partition) else {
+                return;
+            };
+            if !p.wants_flush() {
+                return;
+            }
+            if let Some(until) = flush_hold(&self.stats, stopping, p, Instant::now()) {
+                let (list, at) = (&mut self.lingering, &mut self.linger_until);
+                note_until(list, at, Arc::clone(topic), partition, until);
+                return;
+            }
+            if !p.start_flush(&mut self.disk, token) {
+                return;
+            }
+            self.ops
+                .insert(token, Owner::Flush(Arc::clone(topic), partition));
+        }
     }
 
     /// Keeps one zero write into the partition's prepared segment in flight, until it is done.
@@ -784,30 +792,48 @@ impl<D: Disk> Shard<D> {
         match self.ops.get(&token) {
             Some(Owner::Flush(topic, partition)) => {
                 let (topic, partition) = (Arc::clone(topic), *partition);
-                let next_token = self.token();
                 let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };
-                let Some(done) = p.on_flush_completion(c) else {
+                if p.on_flush_completion(c) {
+                    self.ops.remove(&token);
+                }
+                let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };
-                self.ops.remove(&token);
-                // Keep the disk busy: the next flush goes out before this one's appenders are
-                // answered, unless it waits for them (then the shard's next turn decides).
-                if flush_hold(&self.stats, self.stopping, p, Instant::now()).is_some() {
-                    self.to_flush.push((Arc::clone(&topic), partition));
-                } else if p.start_flush(&mut self.disk, next_token) {
-                    self.ops
-                        .insert(next_token, Owner::Flush(Arc::clone(&topic), partition));
-                } else if p.wants_flush() {
-                    self.to_flush.push((Arc::clone(&topic), partition));
+                let mut finished = Vec::new();
+                while let Some(done) = p.take_finished() {
+                    finished.push(done);
                 }
-                let counter = if done.ok {
-                    &self.stats.flushes
-                } else {
-                    &self.stats.failed_flushes
+                if finished.is_empty() {
+                    return;
+                }
+                // Keep the disk busy: the next flushes go out before these ones' appenders are
+                // answered, unless they wait for them (then the shard's next turn decides).
+                self.start_flushes_of(&topic, partition);
+                let Some(p) = owned(&mut self.topics, &topic, partition) else {
+                    return;
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
+                let mut any_ok = false;
+                for done in &finished {
+                    let counter = if done.ok {
+                        &self.stats.flushes
+                    } else {
+                        &self.stats.failed_flushes
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if done.ok {
+                        any_ok = true;
+                        self.stats.flush_io_us.record(done.io_us);
+                        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .appends
+                            .fetch_add(done.appends as u64, Ordering::Relaxed);
+                        self.stats
+                            .bytes_written
+                            .fetch_add(done.bytes as u64, Ordering::Relaxed);
+                    }
+                }
                 p.enforce_retention(&mut self.disk);
                 let retired = p.take_retired();
                 self.stats
@@ -819,20 +845,12 @@ impl<D: Disk> Shard<D> {
                 self.stats
                     .segments_recycled
                     .fetch_add(retired.recycled, Ordering::Relaxed);
-                if done.ok {
-                    self.stats.flush_io_us.record(done.io_us);
-                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .appends
-                        .fetch_add(done.appends as u64, Ordering::Relaxed);
-                    self.stats
-                        .bytes_written
-                        .fetch_add(done.bytes as u64, Ordering::Relaxed);
+                for done in finished {
+                    for (answer, outcome) in done.answers {
+                        answer(outcome);
+                    }
                 }
-                for (answer, outcome) in done.answers {
-                    answer(outcome);
-                }
-                if done.ok {
+                if any_ok {
                     self.release_waiting_reads(&topic, partition);
                     self.groups_data_arrived(&topic);
                 }
