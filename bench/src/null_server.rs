@@ -12,6 +12,8 @@ use keel_protocol::{
 };
 
 const MAX_FRAME: u32 = 16 << 20;
+/// The largest batch it says it takes: keeld's default.
+const MAX_BATCH: u32 = 1 << 20;
 
 /// Listens on `listen`, prints "null server listening on ADDR", serves until killed.
 pub fn run(listen: &str) -> Result<(), String> {
@@ -80,6 +82,7 @@ fn answer(api: u16, id: u32, next_offset: &mut u64, out: &mut impl Write) -> std
             &Response::Handshake {
                 server: "keel-bench null server".into(),
                 max_frame_bytes: MAX_FRAME,
+                max_batch_bytes: MAX_BATCH,
                 apis: ApiKey::ALL
                     .iter()
                     .map(|&k| ApiVersions {

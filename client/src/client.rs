@@ -91,6 +91,8 @@ pub struct ServerInfo {
     pub server: String,
     /// Largest request frame it accepts.
     pub max_frame_bytes: u32,
+    /// Largest record batch a produce may carry.
+    pub max_batch_bytes: u32,
 }
 
 type Answer = Result<Vec<u8>>;
@@ -282,10 +284,12 @@ fn into_owned(r: Response<'_>) -> Response<'static> {
         Response::Handshake {
             server,
             max_frame_bytes,
+            max_batch_bytes,
             apis,
         } => Response::Handshake {
             server,
             max_frame_bytes,
+            max_batch_bytes,
             apis,
         },
         Response::CreateTopic => Response::CreateTopic,
@@ -369,6 +373,7 @@ impl Client {
             info: ServerInfo {
                 server: String::new(),
                 max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+                max_batch_bytes: DEFAULT_MAX_FRAME_BYTES,
             },
         };
         let hello = Request::Handshake {
@@ -752,6 +757,7 @@ pub(crate) fn server_info(answer: Response<'_>) -> std::result::Result<ServerInf
         Response::Handshake {
             server,
             max_frame_bytes,
+            max_batch_bytes,
             apis,
         } => {
             for api in ApiKey::ALL {
@@ -765,6 +771,7 @@ pub(crate) fn server_info(answer: Response<'_>) -> std::result::Result<ServerInf
             Ok(ServerInfo {
                 server,
                 max_frame_bytes,
+                max_batch_bytes,
             })
         }
         other => Err(format!("unexpected answer to the handshake: {other:?}")),

@@ -52,6 +52,17 @@ pub enum ClientError {
     /// The producer was closed, or stopped for good (see the message).
     #[error("the producer stopped: {0}")]
     ProducerStopped(String),
+    /// A message that would not fit the largest batch the server takes, even alone.
+    #[error(
+        "message of {size} bytes (in a batch of its own) exceeds the largest batch the server \
+         takes, {limit} bytes (keeld's max_batch_bytes, or its largest frame)"
+    )]
+    MessageTooLarge {
+        /// The batch it would take, alone.
+        size: usize,
+        /// The server's limit.
+        limit: usize,
+    },
     /// The request would exceed the server's largest frame.
     #[error("request of {size} bytes exceeds the server's maximum frame of {max} bytes")]
     TooLarge {

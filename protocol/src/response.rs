@@ -55,6 +55,8 @@ pub enum Response<'a> {
         server: String,
         /// Largest frame the server accepts.
         max_frame_bytes: u32,
+        /// Largest record batch a produce may carry.
+        max_batch_bytes: u32,
         /// Apis and versions.
         apis: Vec<ApiVersions>,
     },
@@ -138,10 +140,12 @@ pub fn encode_response(correlation_id: u32, response: &Response<'_>, out: &mut V
         Response::Handshake {
             server,
             max_frame_bytes,
+            max_batch_bytes,
             apis,
         } => {
             w.string(server);
             w.u32(*max_frame_bytes);
+            w.u32(*max_batch_bytes);
             w.u32(apis.len() as u32);
             for a in apis {
                 w.u16(a.api);
@@ -253,6 +257,7 @@ pub fn decode_response(
         ApiKey::Handshake => {
             let server = r.string("server name")?;
             let max_frame_bytes = r.u32("max frame bytes")?;
+            let max_batch_bytes = r.u32("max batch bytes")?;
             let n = r.count(6, "api count")?;
             let mut apis = Vec::with_capacity(n);
             for _ in 0..n {
@@ -265,6 +270,7 @@ pub fn decode_response(
             Response::Handshake {
                 server,
                 max_frame_bytes,
+                max_batch_bytes,
                 apis,
             }
         }

@@ -149,6 +149,7 @@ proptest! {
             0 => (ApiKey::Handshake, Response::Handshake {
                 server: names.concat(),
                 max_frame_bytes: *n,
+                max_batch_bytes: n / 2,
                 apis: ApiKey::ALL.iter().map(|a| ApiVersions { api: *a as u16, min: 0, max: 0 }).collect(),
             }),
             1 => (ApiKey::CreateTopic, Response::CreateTopic),

@@ -189,6 +189,8 @@ impl Handler {
             Request::Handshake { .. } => reply.ok(&Response::Handshake {
                 server: format!("keeld {}", env!("CARGO_PKG_VERSION")),
                 max_frame_bytes: self.max_frame_bytes,
+                max_batch_bytes: u32::try_from(self.engine.config().max_batch_bytes)
+                    .unwrap_or(u32::MAX),
                 apis: ApiKey::ALL
                     .iter()
                     .map(|&api| {

@@ -92,11 +92,25 @@ impl Keeld {
     pub fn launch(dir: &Path, more_config: &str, extra: &[&str]) -> Starting {
         let data_dir = dir.join("data");
         let config = dir.join("keeld.toml");
-        std::fs::write(
-            &config,
-            format!("segment_bytes = 1048576\nmax_batch_bytes = 262144\nzero_segments = false\n{more_config}"),
-        )
-        .expect("write the test config");
+        // The tests' defaults, each unless `more_config` sets the key itself.
+        let defaults = [
+            "segment_bytes = 1048576",
+            "max_batch_bytes = 262144",
+            "zero_segments = false",
+        ];
+        let given = |line: &str| {
+            let key = line.split('=').next().unwrap_or("").trim();
+            more_config
+                .lines()
+                .any(|l| l.split('=').next().unwrap_or("").trim() == key)
+        };
+        let mut text: String = defaults
+            .iter()
+            .filter(|l| !given(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(more_config);
+        std::fs::write(&config, text).expect("write the test config");
         let listen_given = extra.contains(&"--listen");
         let mut command = Command::new(package_bin("test-keeld"));
         command.arg("--data-dir").arg(&data_dir);

@@ -126,31 +126,60 @@ fn a_message_that_cannot_be_sent_fails_at_once_and_the_producer_goes_on() {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::UnknownPartition), "{e}"),
         Ok(d) => panic!("sent to a missing partition: {d:?}"),
     }
-    let huge = vec![7u8; 300_000];
-    assert!(matches!(
-        producer.send(Record::new("t", &huge)),
-        Err(ClientError::TooLarge { max: 270_336, .. })
-    ));
+    // Over the server's largest batch (256 KiB in the tests' config), though within its frame.
+    let huge = vec![7u8; 263_000];
+    match producer.send(Record::new("t", &huge)) {
+        Err(ClientError::MessageTooLarge { limit, .. }) => assert_eq!(limit, 262_144),
+        other => panic!("a message over the server's batch limit: {other:?}"),
+    }
     let fine = producer.send(Record::new("t", b"fine")).unwrap();
     assert_eq!(fine.wait().unwrap().offset, 0);
 }
 
 #[test]
-fn a_batch_refused_for_good_fails_alone_and_the_ones_after_it_are_stored_in_a_new_epoch() {
+fn batches_stay_within_the_servers_limit_whatever_batch_bytes_says() {
     let dir = data_dir();
-    // Frames may be larger than batches (256 KiB in the tests' config): a message between
-    // the two is sent, and refused.
-    let config = "max_frame_bytes = 1048576\n";
-    let server = Keeld::start_with_config(dir.path(), config, &[]);
+    let server = Keeld::start(dir.path(), &[]);
     let client = server.client();
     client.create_topic("t", 1).unwrap();
+    let producer = Producer::connect_with(
+        server.addr,
+        ProducerOptions {
+            batch_bytes: 16 << 20,
+            buffer_bytes: 32 << 20,
+            linger: Duration::from_millis(200),
+            ..options(PATIENCE)
+        },
+    )
+    .unwrap();
+    assert_eq!(producer.server_info().max_batch_bytes, 262_144);
+    // 2 MiB of 1 KiB messages sent at once: eight times what one batch may carry.
+    let value = [5u8; 1024];
+    let deliveries: Vec<_> = (0..2048)
+        .map(|_| producer.send(Record::new("t", &value)).unwrap())
+        .collect();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.wait().unwrap().offset, i as u64);
+    }
+    assert!(producer.stats().requests >= 8, "{:?}", producer.stats());
+}
+
+#[test]
+fn a_batch_refused_for_good_fails_alone_and_the_ones_after_it_are_stored_in_a_new_epoch() {
+    let dir = data_dir();
+    // The producer meets a server that takes batches of 512 KiB; the one it reconnects to takes
+    // 256 KiB (the tests' config), and refuses a batch between the two.
+    let config = "max_batch_bytes = 524288\nmax_frame_bytes = 1048576\n";
+    let mut server = Keeld::start_with_config(dir.path(), config, &[]);
+    let addr = server.addr.to_string();
+    server.client().create_topic("t", 1).unwrap();
     let producer = Producer::connect_with(server.addr, options(PATIENCE)).unwrap();
     let (_, epoch) = producer.identity().unwrap();
     let big = vec![9u8; 300_000];
     warm_up(&producer, "t");
-    server.signal("STOP");
-    // All in flight at once: the batches after the refused one arrive with sequences the
-    // server cannot accept.
+    server.kill();
+    // All sent at once on the new connection: the batches after the refused one arrive with
+    // sequences the server cannot accept.
     let before = producer.send(Record::new("t", b"before")).unwrap();
     let refused = producer.send(Record::new("t", &big)).unwrap();
     let after: Vec<_> = (0..50)
@@ -159,8 +188,8 @@ fn a_batch_refused_for_good_fails_alone_and_the_ones_after_it_are_stored_in_a_ne
             producer.send(Record::new("t", v.as_bytes())).unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    server.signal("CONT");
+    let server = Keeld::start(dir.path(), &["--listen", &addr]);
+    let client = server.client();
     assert_eq!(before.wait().unwrap().offset, 1);
     match refused.wait() {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::BatchTooLarge), "{e}"),

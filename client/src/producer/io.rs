@@ -33,6 +33,19 @@ pub(crate) const PRODUCE_FRAME_OVERHEAD: usize = 64 + keel_format::batch::HEADER
 const WAKE: Token = Token(0);
 /// How much a read takes off the socket at least: many answers at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest topic name, in bytes.
+const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// The largest batch the server takes, as it said in the handshake: its batch limit, and what
+/// fits its largest frame beside the longest topic name. A producer never builds a larger
+/// batch, whatever its `batch_bytes` says.
+pub(crate) fn batch_limit(info: &ServerInfo) -> usize {
+    let frame_room = (info.max_frame_bytes as usize).saturating_sub(
+        PRODUCE_FRAME_OVERHEAD + TOPIC_NAME_BYTES_MAX - keel_format::batch::HEADER_BYTES,
+    );
+    frame_room.min(info.max_batch_bytes as usize)
+}
+
 /// The first pause before connecting again, doubled after each failure up to the second.
 const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(10);
 const RECONNECT_LONGEST_PAUSE: Duration = Duration::from_secs(1);
@@ -91,7 +104,7 @@ impl Io {
         read_slot.connected(reader);
         let rules = Rules {
             linger: options.linger,
-            batch_bytes: options.batch_bytes,
+            batch_bytes: batch_limit(&info).min(options.batch_bytes),
             in_flight_max: options.in_flight_per_partition,
             delivery_timeout: options.delivery_timeout,
         };

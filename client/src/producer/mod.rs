@@ -241,8 +241,9 @@ impl Producer {
     /// [`ProducerOptions::buffer_bytes`] already or the topic's partition count is not known
     /// yet: then it waits for either, at most [`ProducerOptions::max_block`].
     ///
-    /// Fails at once if the message cannot be sent at all (over the server's largest frame,
-    /// an unknown topic or partition) or the producer stopped; everything else that happens
+    /// Fails at once if the message cannot be sent at all (a batch of its own would exceed
+    /// the largest batch the server takes: [`ClientError::MessageTooLarge`]; an unknown topic
+    /// or partition) or the producer stopped; everything else that happens
     /// to the message is in its [`Delivery`].
     pub fn send(&self, record: Record<'_>) -> Result<Delivery> {
         let m = Message {
@@ -251,12 +252,10 @@ impl Producer {
             headers: record.headers,
         };
         let size = m.size();
-        let frame = size + record.topic.len() + io::PRODUCE_FRAME_OVERHEAD;
-        if frame > self.shared.info.max_frame_bytes as usize {
-            return Err(ClientError::TooLarge {
-                size: frame,
-                max: self.shared.info.max_frame_bytes,
-            });
+        let alone = keel_format::batch::HEADER_BYTES + size;
+        let limit = io::batch_limit(&self.shared.info);
+        if alone > limit {
+            return Err(ClientError::MessageTooLarge { size: alone, limit });
         }
         let shared = &*self.shared;
         let deadline = Instant::now() + shared.options.max_block;

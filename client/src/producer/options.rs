@@ -18,7 +18,8 @@ pub struct ProducerOptions {
     /// 16 KiB). A larger message goes in a batch of its own. Larger than Kafka's because a
     /// Keel request carries one partition's batch where a Kafka request carries one batch for
     /// each partition of a broker: with five requests in flight per partition, 16 KiB batches
-    /// would hold a partition to 80 KiB in flight per producer.
+    /// would hold a partition to 80 KiB in flight per producer. Never more than the largest
+    /// batch the server said it takes in the handshake (keeld's `max_batch_bytes`).
     pub batch_bytes: usize,
     /// The most message bytes the producer holds, waiting or in flight (`buffer.memory`,
     /// 32 MiB); [`Producer::send`](crate::Producer::send) waits for room past it.
