@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hdrhistogram::Histogram;
-use keel_client::{FetchOptions, JoinSettings, OffsetSpan, PendingAck, StartAt, Target};
+use keel_client::{FetchOptions, JoinSettings, OffsetSpan, PendingAck, Producer, Record, StartAt};
 
 use crate::figures::{write_json, Figures, Percentiles};
 use crate::net_load::connect;
@@ -33,25 +33,25 @@ pub struct Backlog {
     pub per_request: u32,
 }
 
-/// Produces the backlog: batches of 64, up to 32 in flight, spread over the partitions.
+/// Produces the backlog with the client's producer: runs of 64 messages to each partition in
+/// turn, every delivery checked.
 pub(crate) fn fill(addr: &str, topic: &str, partitions: u32, b: &Backlog) -> Result<(), String> {
-    let c = connect(addr)?;
+    let producer = Producer::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
     let value = vec![b'x'; b.message_bytes];
-    let mut in_flight = VecDeque::new();
-    let mut sent = 0u64;
-    while sent < b.messages || !in_flight.is_empty() {
-        if sent < b.messages && in_flight.len() < 32 {
-            let n = 64.min(b.messages - sent);
-            let p = ((sent / 64) % u64::from(partitions)) as u32;
-            let values = (0..n).map(|_| &value[..]);
-            in_flight.push_back(
-                c.send_values(topic, Target::Partition(p), values)
-                    .map_err(|e| e.to_string())?,
-            );
-            sent += n;
-        } else if let Some(p) = in_flight.pop_front() {
-            p.wait().map_err(|e| format!("produce: {e}"))?;
+    let mut unchecked = VecDeque::new();
+    for sent in 0..b.messages {
+        let p = ((sent / 64) % u64::from(partitions)) as u32;
+        let record = Record::new(topic, &value).partition(p);
+        unchecked.push_back(producer.send(record).map_err(|e| format!("produce: {e}"))?);
+        // Checked a little behind the sends, so that at most this many are held.
+        if unchecked.len() > 8192 {
+            if let Some(d) = unchecked.pop_front() {
+                d.wait().map_err(|e| format!("produce: {e}"))?;
+            }
         }
+    }
+    for d in unchecked {
+        d.wait().map_err(|e| format!("produce: {e}"))?;
     }
     Ok(())
 }

@@ -11,19 +11,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use keel_format::batch::BatchBuilder;
 use keel_protocol::{
-    decode_response, encode_produce_request, encode_request, response_correlation_id, ApiKey,
-    FrameBuffer, PartitionTarget, Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES,
-    RESPONSE_HEADER_BYTES, SIZE_PREFIX_BYTES,
+    decode_response, encode_request, response_correlation_id, ApiKey, FrameBuffer, PartitionTarget,
+    Request, Response, TopicInfo, DEFAULT_MAX_FRAME_BYTES, RESPONSE_HEADER_BYTES,
+    SIZE_PREFIX_BYTES,
 };
 
 use crate::error::{ClientError, Result};
 use crate::message::Fetched;
-
-/// More than a produce frame's own fields take besides its topic, key and batch (size, header,
-/// target, producer id and sequence, and the lengths): its buffer never grows while encoded.
-const PRODUCE_FRAME_OVERHEAD: usize = 64;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -145,17 +140,19 @@ impl Shared {
 }
 
 /// A connection to `keeld`. Cheap to share between threads (`&Client` is enough to send);
-/// requests from all of them are pipelined on the one connection.
+/// requests from all of them are pipelined on the one connection. It administers topics,
+/// fetches, and serves consumer groups; to produce, use [`crate::Producer`].
 ///
 /// ```no_run
-/// use keel_client::{Client, FetchOptions, Target};
+/// use keel_client::{Client, FetchOptions, Producer, Record};
 /// # fn main() -> Result<(), keel_client::ClientError> {
 /// let client = Client::connect("127.0.0.1:7070")?;
 /// client.create_topic("orders", 4)?;
-/// // Answered once both messages are on stable storage.
-/// let ack = client.produce("orders", Target::Key(b"customer-7"), [&b"order #1"[..], b"order #2"])?;
-/// let fetched = client.fetch("orders", ack.partition, ack.first_offset, FetchOptions::default())?;
-/// for m in fetched.messages(ack.first_offset)? {
+/// let producer = Producer::connect("127.0.0.1:7070")?;
+/// // Answered once the message is on stable storage.
+/// let stored = producer.send(Record::new("orders", b"order #1").key(b"customer-7"))?.wait()?;
+/// let fetched = client.fetch("orders", stored.partition, stored.offset, FetchOptions::default())?;
+/// for m in fetched.messages(stored.offset)? {
 ///     println!("{} {:?}", m.offset, m.value);
 /// }
 /// # Ok(()) }
@@ -183,14 +180,9 @@ pub struct PendingReply {
 pub struct PendingProduce(PendingReply);
 
 impl PendingProduce {
-    /// Waits for the acknowledgement (at most the client's request timeout). To `.await` it
-    /// instead, see [`crate::ProduceFuture`].
+    /// Waits for the acknowledgement (at most the client's request timeout).
     pub fn wait(self) -> Result<Ack> {
         ack_of(self.0.wait()?)
-    }
-
-    pub(crate) fn into_reply(self) -> PendingReply {
-        self.0
     }
 }
 
@@ -515,7 +507,9 @@ impl Client {
         }
     }
 
-    /// Sends a batch built with [`BatchBuilder`] without waiting; many may be in flight.
+    /// Sends one batch built with [`crate::BatchBuilder`], exactly as built, without waiting;
+    /// many may be in flight. The raw path, for tools and tests that need a request's exact
+    /// layout: it neither batches, numbers nor retries. Applications use [`crate::Producer`].
     pub fn send_batch(
         &self,
         topic: &str,
@@ -534,70 +528,6 @@ impl Client {
             batch,
         };
         self.send(&request, Duration::ZERO).map(PendingProduce)
-    }
-
-    /// Sends `values` as one batch (with the target's key, if it has one) without waiting.
-    pub fn send_values<V: AsRef<[u8]>>(
-        &self,
-        topic: &str,
-        target: Target<'_>,
-        values: impl IntoIterator<Item = V>,
-    ) -> Result<PendingProduce> {
-        self.send_values_many(topic, target, [values])?
-            .pop()
-            .ok_or_else(|| ClientError::Protocol("no request was sent".into()))
-    }
-
-    /// Sends each of `batches` as a produce request of its own (with the target's key, if it
-    /// has one), all with one write to the socket, without waiting. A producer with several
-    /// batches ready saves a system call per batch; the server answers each as if it had come
-    /// alone. Nothing is sent if any batch is empty.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), keel_client::ClientError> {
-    /// use keel_client::{Client, Target};
-    /// let client = Client::connect("127.0.0.1:7070")?;
-    /// let batches = [vec!["a", "b"], vec!["c"]];
-    /// let pending = client.send_values_many("events", Target::Partition(0), &batches)?;
-    /// for p in pending {
-    ///     let ack = p.wait()?;
-    ///     println!("offsets {}..={}", ack.first_offset, ack.last_offset);
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn send_values_many<B, V>(
-        &self,
-        topic: &str,
-        target: Target<'_>,
-        batches: impl IntoIterator<Item = B>,
-    ) -> Result<Vec<PendingProduce>>
-    where
-        B: IntoIterator<Item = V>,
-        V: AsRef<[u8]>,
-    {
-        let mut frames = Vec::new();
-        let mut spans = Vec::new();
-        encode_produce_frames(
-            topic,
-            target,
-            batches,
-            || self.next_id(),
-            &mut frames,
-            &mut spans,
-        )?;
-        let sent = self.send_frames(&spans, ApiKey::Produce, &frames, Duration::ZERO)?;
-        Ok(sent.into_iter().map(PendingProduce).collect())
-    }
-
-    /// Produces `values` as one batch and waits until it is durable.
-    pub fn produce<V: AsRef<[u8]>>(
-        &self,
-        topic: &str,
-        target: Target<'_>,
-        values: impl IntoIterator<Item = V>,
-    ) -> Result<Ack> {
-        self.send_values(topic, target, values)?.wait()
     }
 
     /// Reads batches of `partition` from `offset` on. With a `max_wait`, an empty answer
@@ -651,53 +581,6 @@ impl Drop for Client {
             let _ = reader.join();
         }
     }
-}
-
-/// Encodes each of `batches` as a produce request frame (with the target's key, if it has
-/// one), end to end in `frames`; `spans` gets each one's correlation id (from `next_id`) and
-/// length. Fails, leaving `frames` as it was, if any batch is empty.
-pub(crate) fn encode_produce_frames<B, V>(
-    topic: &str,
-    target: Target<'_>,
-    batches: impl IntoIterator<Item = B>,
-    mut next_id: impl FnMut() -> u32,
-    frames: &mut Vec<u8>,
-    spans: &mut Vec<(u32, usize)>,
-) -> Result<()>
-where
-    B: IntoIterator<Item = V>,
-    V: AsRef<[u8]>,
-{
-    let (key, target) = match target {
-        Target::Key(k) => (Some(k), PartitionTarget::Key(k)),
-        Target::Partition(p) => (None, PartitionTarget::Partition(p)),
-    };
-    let key_len = key.map_or(0, <[u8]>::len);
-    let (frames_before, spans_before) = (frames.len(), spans.len());
-    for values in batches {
-        let values: Vec<V> = values.into_iter().collect();
-        let mut batch = BatchBuilder::new(now_ms());
-        // Each record adds its key, its value and at most 16 bytes of lengths and deltas.
-        batch.reserve(values.iter().map(|v| v.as_ref().len() + key_len + 16).sum());
-        for v in &values {
-            batch.push(key, v.as_ref(), &[]);
-        }
-        if batch.is_empty() {
-            frames.truncate(frames_before);
-            spans.truncate(spans_before);
-            return Err(ClientError::Protocol(
-                "a produce needs at least one message".into(),
-            ));
-        }
-        // Each value was copied once, into the batch's records; they are copied once more,
-        // into the frame, and then into the socket.
-        let id = next_id();
-        let at = frames.len();
-        frames.reserve(PRODUCE_FRAME_OVERHEAD + topic.len() + key_len + batch.encoded_len());
-        encode_produce_request(id, topic, &target, -1, -1, &batch, frames);
-        spans.push((id, frames.len() - at));
-    }
-    Ok(())
 }
 
 /// Fails with [`ClientError::TooLarge`] if any of the frames `spans` describes is over the

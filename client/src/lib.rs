@@ -15,7 +15,7 @@ mod groups;
 mod message;
 mod producer;
 
-pub use awaiting::{GroupAckFuture, ProduceFuture};
+pub use awaiting::GroupAckFuture;
 pub use client::{Ack, Client, ClientOptions, FetchOptions, PendingProduce, ServerInfo, Target};
 pub use error::{ClientError, Result};
 pub use groups::{spans_of, Delivered, Membership, PendingAck};

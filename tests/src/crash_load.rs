@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use keel_client::{Client, ClientError, Target};
 
 use crate::keeld::{values, Keeld, PATIENCE};
+use crate::raw_produce::send_values;
 use crate::Rng;
 
 /// Messages acknowledged so far: (partition, offset) -> value.
@@ -43,7 +44,7 @@ pub fn produce_until_killed(
             let values: Vec<_> = (next..next + n).map(|i| value(round, i)).collect();
             let partition = (next % u64::from(partitions)) as u32;
             next += n;
-            match client.send_values(topic, Target::Partition(partition), &values) {
+            match send_values(client, topic, Target::Partition(partition), &values) {
                 Ok(p) => in_flight.push_back((values, p)),
                 Err(_) => dead = true,
             }

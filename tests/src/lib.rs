@@ -10,6 +10,7 @@ pub mod cutter;
 pub mod groups;
 pub mod keeld;
 pub mod powerfs;
+pub mod raw_produce;
 
 use keel_engine::{BatchBuilder, BatchView, Engine, EngineConfig};
 use tempfile::TempDir;

@@ -1,5 +1,5 @@
-//! Produce acks awaited as futures: woken by their answer, in order, and ended by a lost
-//! connection rather than left pending. A paused keeld (`SIGSTOP`) makes the first poll
+//! Deliveries awaited as futures: woken once their message is stored, in order, and ended by a
+//! lost connection (without idempotence) rather than left pending. A paused keeld (`SIGSTOP`) makes the first poll
 //! pending for certain, so the wake-up itself is what these tests see.
 
 use std::future::{Future, IntoFuture};
@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use keel_client::{ClientError, Target};
+use keel_client::{ClientError, Producer, ProducerOptions, Record};
 use keel_tests::data_dir;
 use keel_tests::keeld::{values, Keeld};
 
@@ -72,58 +72,30 @@ impl Runner {
 const PATIENCE: Duration = Duration::from_secs(20);
 
 #[test]
-fn an_awaited_produce_is_woken_by_its_ack() {
-    let dir = data_dir();
-    let server = Keeld::start(dir.path(), &[]);
-    let client = server.client();
-    client.create_topic("async", 1).unwrap();
-    server.signal("STOP");
-    let pending = client
-        .send_values("async", Target::Partition(0), [&b"first"[..], b"second"])
-        .unwrap();
-    let runner = Runner::new();
-    let mut ack = pin!(pending.into_future());
-    // keeld is paused: the answer cannot be there yet.
-    assert!(runner.poll(ack.as_mut()).is_pending());
-    server.signal("CONT");
-    let ack = runner.run(ack, PATIENCE).unwrap();
-    assert_eq!(
-        (ack.partition, ack.first_offset, ack.last_offset),
-        (0, 0, 1)
-    );
-    assert!(runner.wakes() >= 1, "ready without being woken");
-    let stored = values(&client, "async", 0);
-    assert_eq!(
-        stored,
-        vec![(0, b"first".to_vec()), (1, b"second".to_vec())]
-    );
-}
-
-#[test]
-fn many_awaited_produces_are_acknowledged_in_order() {
+fn many_awaited_deliveries_are_stored_in_order() {
     let dir = data_dir();
     let server = Keeld::start(dir.path(), &[]);
     let client = server.client();
     client.create_topic("async", 2).unwrap();
+    let producer = server.producer(PATIENCE);
     let sent: Vec<_> = (0..400u32)
         .map(|i| {
             let value = format!("async {i} {}", "v".repeat((i % 53) as usize));
-            let p = client
-                .send_values("async", Target::Partition(i % 2), [value.as_bytes()])
-                .unwrap();
-            (i, value, p)
+            let record = Record::new("async", value.as_bytes()).partition(i % 2);
+            let d = producer.send(record).unwrap();
+            (i, value, d)
         })
         .collect();
     let runner = Runner::new();
     let mut next = [0u64; 2];
     let mut expected: [Vec<(u64, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
-    for (i, value, p) in sent {
-        let ack = runner.run(p.into_future(), PATIENCE).unwrap();
+    for (i, value, d) in sent {
+        let stored = runner.run(d.into_future(), PATIENCE).unwrap();
         let partition = (i % 2) as usize;
-        assert_eq!(ack.partition as usize, partition);
-        assert_eq!(ack.first_offset, next[partition], "message {i}");
+        assert_eq!(stored.partition as usize, partition);
+        assert_eq!(stored.offset, next[partition], "message {i}");
         next[partition] += 1;
-        expected[partition].push((ack.first_offset, value.into_bytes()));
+        expected[partition].push((stored.offset, value.into_bytes()));
     }
     for (partition, want) in expected.iter().enumerate() {
         assert!(values(&client, "async", partition as u32) == *want);
@@ -131,20 +103,29 @@ fn many_awaited_produces_are_acknowledged_in_order() {
 }
 
 #[test]
-fn an_awaited_produce_ends_when_the_connection_is_lost() {
+fn without_idempotence_an_awaited_delivery_ends_when_the_connection_is_lost() {
     let dir = data_dir();
     let mut server = Keeld::start(dir.path(), &[]);
-    let client = server.client();
-    client.create_topic("async", 1).unwrap();
-    server.signal("STOP");
-    let pending = client
-        .send_values("async", Target::Partition(0), [&b"never answered"[..]])
-        .unwrap();
+    server.client().create_topic("async", 1).unwrap();
+    let producer = Producer::connect_with(
+        server.addr,
+        ProducerOptions {
+            idempotence: false,
+            ..ProducerOptions::default()
+        },
+    )
+    .unwrap();
+    let warm = producer.send(Record::new("async", b"warm")).unwrap();
     let runner = Runner::new();
-    let mut ack = pin!(pending.into_future());
-    assert!(runner.poll(ack.as_mut()).is_pending());
+    assert_eq!(runner.run(warm, PATIENCE).unwrap().offset, 0);
+    server.signal("STOP");
+    let d = producer
+        .send(Record::new("async", b"never answered"))
+        .unwrap();
+    let mut stored = pin!(d.into_future());
+    assert!(runner.poll(stored.as_mut()).is_pending());
     server.kill();
-    match runner.run(ack, PATIENCE) {
+    match runner.run(stored, PATIENCE) {
         Err(ClientError::ConnectionLost(_)) => {}
         other => panic!("expected a lost connection, got {other:?}"),
     }
@@ -159,18 +140,14 @@ fn an_awaited_delivery_is_woken_once_its_message_is_stored() {
     client.create_topic("async", 1).unwrap();
     let producer = server.producer(PATIENCE);
     // The producer learns the topic's partitions before keeld pauses.
-    let first = producer
-        .send(keel_client::Record::new("async", b"first"))
-        .unwrap();
+    let first = producer.send(Record::new("async", b"first")).unwrap();
     let runner = Runner::new();
     assert_eq!(runner.run(first, PATIENCE).unwrap().offset, 0);
     server.signal("STOP");
     let deliveries: Vec<_> = (0..3)
         .map(|i| {
             let v = format!("awaited {i}");
-            producer
-                .send(keel_client::Record::new("async", v.as_bytes()))
-                .unwrap()
+            producer.send(Record::new("async", v.as_bytes())).unwrap()
         })
         .collect();
     let mut last = pin!(async {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use keel_client::{FetchOptions, Target};
 use keel_protocol::{decode_response, encode_request, ApiKey, Request};
 use keel_tests::keeld::Keeld;
+use keel_tests::raw_produce::produce;
 use keel_tests::{data_dir, read_frame};
 
 /// `n` fetches of partition 0 of "big" from offset 0, 256 KiB each, as one buffer of frames.
@@ -45,9 +46,13 @@ fn never_reading_client(io: &[&str]) {
     let client = server.client();
     client.create_topic("big", 1).unwrap();
     for _ in 0..4 {
-        client
-            .produce("big", Target::Partition(0), [vec![1u8; 250 * 1024]])
-            .unwrap();
+        produce(
+            &client,
+            "big",
+            Target::Partition(0),
+            [vec![1u8; 250 * 1024]],
+        )
+        .unwrap();
     }
     let baseline = rss(server.pid());
 
@@ -75,9 +80,7 @@ fn never_reading_client(io: &[&str]) {
     );
 
     // Another client is served meanwhile.
-    let ack = client
-        .produce("big", Target::Partition(0), ["small"])
-        .unwrap();
+    let ack = produce(&client, "big", Target::Partition(0), ["small"]).unwrap();
     assert_eq!(ack.first_offset, 4);
     let fetched = client.fetch("big", 0, 4, FetchOptions::default()).unwrap();
     assert_eq!(
@@ -119,9 +122,13 @@ fn stalled_reader_is_disconnected(io: &[&str]) {
     let server = Keeld::start_with_config(dir.path(), config, io);
     let client = server.client();
     client.create_topic("big", 1).unwrap();
-    client
-        .produce("big", Target::Partition(0), [vec![1u8; 250 * 1024]])
-        .unwrap();
+    produce(
+        &client,
+        "big",
+        Target::Partition(0),
+        [vec![1u8; 250 * 1024]],
+    )
+    .unwrap();
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     let requests = fetch_requests(2000);
     stalled.write_all(&requests).unwrap();
@@ -142,8 +149,7 @@ fn stalled_reader_is_disconnected(io: &[&str]) {
     );
     // Everyone else is served.
     assert_eq!(
-        client
-            .produce("big", Target::Partition(0), ["x"])
+        produce(&client, "big", Target::Partition(0), ["x"])
             .unwrap()
             .first_offset,
         1

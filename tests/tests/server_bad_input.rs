@@ -10,6 +10,7 @@ use keel_client::{
 };
 use keel_protocol::{decode_response, encode_request, ApiKey, Request, Response};
 use keel_tests::keeld::Keeld;
+use keel_tests::raw_produce::produce;
 use keel_tests::{data_dir, read_frame};
 
 fn connect(server: &Keeld) -> TcpStream {
@@ -117,9 +118,7 @@ fn unreadable_frames(io: &[&str]) {
     let server = Keeld::start(dir.path(), io);
     let client = server.client();
     client.create_topic("t", 1).unwrap();
-    let before = client
-        .produce("t", Target::Partition(0), ["before"])
-        .unwrap();
+    let before = produce(&client, "t", Target::Partition(0), ["before"]).unwrap();
 
     // A size beyond the 16 MiB limit: answered (the header is there) and closed.
     let mut big = connect(&server);
@@ -152,9 +151,7 @@ fn unreadable_frames(io: &[&str]) {
     drop(half);
 
     // Everyone else carries on, and nothing acknowledged was lost.
-    let after = client
-        .produce("t", Target::Partition(0), ["after"])
-        .unwrap();
+    let after = produce(&client, "t", Target::Partition(0), ["after"]).unwrap();
     assert_eq!(after.first_offset, before.first_offset + 1);
     let fetched = client.fetch("t", 0, 0, FetchOptions::default()).unwrap();
     let values: Vec<_> = fetched

@@ -8,6 +8,7 @@ use std::path::Path;
 use keel_client::{Client, ClientError, ErrorCode, JoinSettings, Membership, StartAt, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::{fetch_all, metrics_addr, sample, values, Keeld};
+use keel_tests::raw_produce::produce;
 
 /// Flips a byte inside the first occurrence of `needle` in `file`.
 fn flip_inside(file: &Path, needle: &[u8]) {
@@ -58,12 +59,8 @@ fn damaged_files_are_held_offline_and_everything_else_is_served_until_repair() {
         // data that was durable later (corruption, not a torn tail).
         for i in 0..5 {
             let value = format!("{topic}-value-{i:04}");
-            client
-                .produce(topic, Target::Partition(0), [value.as_bytes()])
-                .unwrap();
-            client
-                .produce(topic, Target::Partition(1), [value.as_bytes()])
-                .unwrap();
+            produce(&client, topic, Target::Partition(0), [value.as_bytes()]).unwrap();
+            produce(&client, topic, Target::Partition(1), [value.as_bytes()]).unwrap();
         }
     }
     join(&client, "healthy").unwrap();
@@ -97,15 +94,13 @@ fn damaged_files_are_held_offline_and_everything_else_is_served_until_repair() {
     let client = keeld.client();
     assert_eq!(values(&client, "good", 0).len(), 5);
     assert_eq!(values(&client, "bad", 1).len(), 5);
-    client
-        .produce("good", Target::Partition(1), [b"still served"])
-        .unwrap();
-    let message = offline_code(client.produce("bad", Target::Partition(0), [b"x"]));
+    produce(&client, "good", Target::Partition(1), [b"still served"]).unwrap();
+    let message = offline_code(produce(&client, "bad", Target::Partition(0), [b"x"]));
     assert!(
         message.contains("bad/0") && message.contains("at byte"),
         "{message}"
     );
-    let message = offline_code(client.produce("broken", Target::Partition(1), [b"x"]));
+    let message = offline_code(produce(&client, "broken", Target::Partition(1), [b"x"]));
     assert!(message.contains("broken/meta"), "{message}");
     offline_code(client.partitions("broken"));
     let message = offline_code(join(&client, "damaged"));
@@ -136,9 +131,7 @@ fn damaged_files_are_held_offline_and_everything_else_is_served_until_repair() {
     assert_eq!(client.partitions("broken").unwrap(), 2);
     assert_eq!(values(&client, "broken", 1).len(), 5);
     join(&client, "damaged").unwrap();
-    let ack = client
-        .produce("bad", Target::Partition(0), [b"after repair"])
-        .unwrap();
+    let ack = produce(&client, "bad", Target::Partition(0), [b"after repair"]).unwrap();
     assert_eq!(ack.first_offset, 5, "no offset is handed out twice");
     drop(client);
     assert!(keeld.terminate().success());

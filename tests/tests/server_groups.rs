@@ -13,6 +13,7 @@ use keel_client::{
 };
 use keel_tests::data_dir;
 use keel_tests::keeld::{fetch_all, Keeld, PATIENCE};
+use keel_tests::raw_produce;
 
 type Key = (u32, u64);
 
@@ -61,9 +62,7 @@ fn produce(client: &Client, topic: &str, partitions: u32, n: u64) -> HashMap<Key
     for i in 0..n {
         let p = (i % u64::from(partitions)) as u32;
         let value = format!("{topic}-{i}").into_bytes();
-        let ack = client
-            .produce(topic, Target::Partition(p), [&value])
-            .unwrap();
+        let ack = raw_produce::produce(client, topic, Target::Partition(p), [&value]).unwrap();
         sent.insert((p, ack.first_offset), value);
     }
     sent
@@ -416,9 +415,7 @@ fn keel_consume_prints_then_acknowledges_and_no_ack_leaves_messages_for_the_next
     let client = keeld.client();
     client.create_topic("lines", 1).unwrap();
     let input: Vec<String> = (1..=12).map(|i| format!("line {i}")).collect();
-    client
-        .produce("lines", Target::Partition(0), &input)
-        .unwrap();
+    raw_produce::produce(&client, "lines", Target::Partition(0), &input).unwrap();
     let run = |args: &[&str]| {
         let out = keeld
             .keel()
@@ -469,7 +466,7 @@ fn large_messages_and_scattered_redeliveries_arrive_intact() {
         })
         .collect();
     for v in &values {
-        client.produce("big", Target::Partition(0), [v]).unwrap();
+        raw_produce::produce(&client, "big", Target::Partition(0), [v]).unwrap();
     }
     let m = join(&client, "big", JoinSettings::default());
     let check = |got: &[Delivered]| {
@@ -543,9 +540,8 @@ fn a_group_behind_the_log_start_goes_on_from_it_after_retention() {
     let value = vec![0x5a; 8000];
     let mut end = 0;
     for _ in 0..26 {
-        let ack = client
-            .produce("ret", Target::Partition(0), vec![&value; 30])
-            .unwrap();
+        let ack =
+            raw_produce::produce(&client, "ret", Target::Partition(0), vec![&value; 30]).unwrap();
         end = ack.first_offset + 30;
     }
     let below = |offset| {

@@ -11,6 +11,7 @@ use keel_client::{ErrorCode, Target};
 use keel_protocol::{decode_response, ApiKey};
 use keel_tests::data_dir;
 use keel_tests::keeld::{Keeld, PATIENCE};
+use keel_tests::raw_produce::produce;
 
 /// Connections announcing a frame they never finish.
 const HALF_SENT: usize = 300;
@@ -48,7 +49,7 @@ fn announced_frame(size: u32) -> Vec<u8> {
 /// A well-behaved client still gets its produce acknowledged and read back.
 fn served(keeld: &Keeld, value: &[u8]) {
     let client = keeld.client();
-    let ack = client.produce("t", Target::Partition(0), [value]).unwrap();
+    let ack = produce(&client, "t", Target::Partition(0), [value]).unwrap();
     let fetched = client
         .fetch("t", 0, ack.first_offset, Default::default())
         .unwrap();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use keel_client::{BatchBuilder, ErrorCode, FetchOptions, Target};
 use keel_tests::keeld::{fetch_all, Keeld};
+use keel_tests::raw_produce::produce;
 use keel_tests::{data_dir, Rng};
 
 #[test]
@@ -70,13 +71,9 @@ fn keyed_produces_land_on_one_partition_and_errors_are_named() {
     let server = Keeld::start(dir.path(), &[]);
     let client = server.client();
     client.create_topic("keyed", 4).unwrap();
-    let first = client
-        .produce("keyed", Target::Key(b"customer-7"), ["a"])
-        .unwrap();
+    let first = produce(&client, "keyed", Target::Key(b"customer-7"), ["a"]).unwrap();
     for v in ["b", "c", "d"] {
-        let ack = client
-            .produce("keyed", Target::Key(b"customer-7"), [v])
-            .unwrap();
+        let ack = produce(&client, "keyed", Target::Key(b"customer-7"), [v]).unwrap();
         assert_eq!(ack.partition, first.partition, "one key, one partition");
     }
     // The server routes keys with Kafka's partitioner (its murmur2 is checked against Kafka's
@@ -87,15 +84,11 @@ fn keyed_produces_land_on_one_partition_and_errors_are_named() {
     );
     let err = |e: keel_client::ClientError| e.code();
     assert_eq!(
-        err(client
-            .produce("nope", Target::Partition(0), ["x"])
-            .unwrap_err()),
+        err(produce(&client, "nope", Target::Partition(0), ["x"]).unwrap_err()),
         Some(ErrorCode::UnknownTopic)
     );
     assert_eq!(
-        err(client
-            .produce("keyed", Target::Partition(4), ["x"])
-            .unwrap_err()),
+        err(produce(&client, "keyed", Target::Partition(4), ["x"]).unwrap_err()),
         Some(ErrorCode::UnknownPartition)
     );
     assert_eq!(
@@ -119,9 +112,7 @@ fn keyed_produces_land_on_one_partition_and_errors_are_named() {
     // A batch over the server's limit (256 KiB in the tests' config) is refused by name.
     let big = vec![7u8; 300 * 1024];
     assert_eq!(
-        err(client
-            .produce("keyed", Target::Partition(0), [big])
-            .unwrap_err()),
+        err(produce(&client, "keyed", Target::Partition(0), [big]).unwrap_err()),
         Some(ErrorCode::BatchTooLarge)
     );
     // A corrupted batch (CRC) is refused, and the connection keeps working.
@@ -159,9 +150,7 @@ fn a_waiting_fetch_is_answered_when_a_message_arrives() {
         // Whether the produce lands before or after the fetch parks, the fetch must come back
         // with it (a fetch that is not woken would come back empty after 50 s).
         std::thread::sleep(Duration::from_millis(200));
-        client
-            .produce("waits", Target::Partition(0), ["wake up"])
-            .unwrap();
+        produce(&client, "waits", Target::Partition(0), ["wake up"]).unwrap();
         let fetched = waiter.join().unwrap();
         let messages = fetched.messages(0).unwrap();
         assert_eq!(messages.len(), 1);

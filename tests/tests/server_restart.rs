@@ -5,6 +5,7 @@ use std::process::Command;
 use keel_client::{Client, ClientError, ErrorCode, FetchOptions, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::{package_bin, values, Keeld};
+use keel_tests::raw_produce::{produce, send_values};
 
 #[test]
 fn a_restarted_server_has_every_topic_and_message() {
@@ -17,13 +18,13 @@ fn a_restarted_server_has_every_topic_and_message() {
         let topic = if i % 3 == 0 { "b" } else { "a" };
         // Values up to 9 KiB: the log spans several 1 MiB segments.
         let value = format!("{i}:{}", "v".repeat((i as usize * 37) % 9000));
-        client
-            .produce(
-                topic,
-                Target::Partition(i % 2 % client.partitions(topic).unwrap()),
-                [value],
-            )
-            .unwrap();
+        produce(
+            &client,
+            topic,
+            Target::Partition(i % 2 % client.partitions(topic).unwrap()),
+            [value],
+        )
+        .unwrap();
     }
     let before: Vec<_> = [("a", 0), ("a", 1), ("b", 0)]
         .iter()
@@ -49,7 +50,7 @@ fn a_restarted_server_has_every_topic_and_message() {
         .collect();
     assert_eq!(before, after);
     // Appends continue where the log ended.
-    let ack = client.produce("b", Target::Partition(0), ["next"]).unwrap();
+    let ack = produce(&client, "b", Target::Partition(0), ["next"]).unwrap();
     assert_eq!(ack.first_offset, before[2].len() as u64);
 }
 
@@ -88,7 +89,12 @@ fn produce_until_stopped(
     for i in 0u64.. {
         if !stopped {
             let value = format!("{topic}-{i}-{}", "z".repeat((i % 50) as usize * 20));
-            match client.send_values(topic, Target::Partition((i % 2) as u32), [value.as_bytes()]) {
+            match send_values(
+                client,
+                topic,
+                Target::Partition((i % 2) as u32),
+                [value.as_bytes()],
+            ) {
                 Ok(p) => in_flight.push_back((value, p)),
                 Err(_) => stopped = true,
             }
