@@ -11,6 +11,7 @@ pub mod groups;
 pub mod keeld;
 pub mod powerfs;
 pub mod raw_produce;
+pub mod refuser;
 
 use keel_engine::{BatchBuilder, BatchView, Engine, EngineConfig};
 use tempfile::TempDir;

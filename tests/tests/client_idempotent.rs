@@ -2,7 +2,8 @@
 //! (`SIGKILL`) and restarted, and while its connections are cut, many times: it connects
 //! again, resends what was in flight in order, and in the end every message is in the log
 //! exactly once, in the order it was sent, at the offset its delivery named. (With the
-//! server's duplicate check taken out, these fail: resent batches are stored twice.)
+//! server's duplicate check taken out, these fail: resent batches are stored twice.) The same
+//! holds when some of its requests are refused as `Busy`.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use keel_client::{ClientOptions, Delivery, Producer, ProducerOptions, Record};
 use keel_tests::cutter::Cutter;
 use keel_tests::data_dir;
 use keel_tests::keeld::{values, Keeld};
+use keel_tests::refuser::Refuser;
 
 fn options() -> ProducerOptions {
     ProducerOptions {
@@ -146,4 +148,47 @@ fn across_cut_connections_each_message_is_stored_once_in_order() {
         "something was in flight at a cut: {stats:?}"
     );
     check_exactly_once(&keeld.client(), "cut", deliveries);
+}
+
+/// keeld (here a relay in front of it) refuses one produce request in five with `Busy`, as an
+/// overloaded server would: the request never reached keeld, and the ones the producer sent
+/// after it on the same partition arrive with a gap in their numbers. The producer sends the
+/// refused batch again after its back-off, in its place, and every message is stored once, in
+/// order.
+#[test]
+fn refused_as_busy_each_message_is_stored_once_in_order() {
+    const MESSAGES: usize = 3000;
+    let dir = data_dir();
+    let keeld = Keeld::start(dir.path(), &[]);
+    keeld.client().create_topic("busy", 2).unwrap();
+    let relay = Refuser::start(keeld.addr, 5);
+    let producer = Producer::connect_with(
+        relay.addr,
+        ProducerOptions {
+            retry_backoff: Duration::from_millis(5),
+            // Small batches: many requests, so many refusals.
+            batch_bytes: 400,
+            ..options()
+        },
+    )
+    .unwrap();
+    let mut deliveries = Vec::with_capacity(MESSAGES);
+    for i in 0..MESSAGES {
+        let (partition, value) = message(i);
+        let record = Record::new("busy", value.as_bytes()).partition(partition);
+        deliveries.push(producer.send(record).unwrap());
+        if i % 40 == 39 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    producer.flush().unwrap();
+    let stats = producer.stats();
+    assert!(
+        relay.refused() >= 10,
+        "refused {}; {stats:?}",
+        relay.refused()
+    );
+    assert!(stats.resends >= relay.refused(), "{stats:?}");
+    assert_eq!(stats.reconnections, 0, "{stats:?}");
+    check_exactly_once(&keeld.client(), "busy", deliveries);
 }
