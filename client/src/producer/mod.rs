@@ -258,7 +258,9 @@ impl Producer {
             return Err(ClientError::MessageTooLarge { size: alone, limit });
         }
         let shared = &*self.shared;
-        let deadline = Instant::now() + shared.options.max_block;
+        // One clock read serves the wait's deadline and the batch's time, unless it waits.
+        let mut now = Instant::now();
+        let deadline = now + shared.options.max_block;
         let mut st = shared.state();
         loop {
             if let Some(e) = &st.stopped {
@@ -287,7 +289,7 @@ impl Producer {
                     let _ = shared.waker.wake();
                 }
             }
-            let now = Instant::now();
+            now = Instant::now();
             if now >= deadline {
                 let what = if matches!(st.topics.get(record.topic), Some(TopicState::Known(_))) {
                     "room in the producer's buffer"
@@ -306,6 +308,7 @@ impl Producer {
                 .unwrap_or_else(|p| p.into_inner());
             st = back;
             st.senders_waiting -= 1;
+            now = Instant::now();
         }
         let (delivery, wake) = {
             let state = &mut *st;
@@ -320,7 +323,6 @@ impl Producer {
             let Some(q) = topic.partitions.get_mut(partition as usize) else {
                 return Err(ClientError::Protocol(format!("no partition {partition}")));
             };
-            let now = Instant::now();
             let delivery = q.append(&m, rules, now, || {
                 Outcome::new(Arc::downgrade(&self.shared), shared.delivery_limit())
             });
