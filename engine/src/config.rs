@@ -226,3 +226,37 @@ impl EngineConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(cfg: &EngineConfig) -> String {
+        match cfg.validate() {
+            Err(OpenError::InvalidConfig(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flushes_in_flight_must_be_one_to_four_and_fit_a_trailer() {
+        let mut cfg = EngineConfig::new("/nonexistent");
+        assert!(cfg.validate().is_ok(), "the defaults");
+        for n in [0, FLUSHES_IN_FLIGHT_MAX + 1] {
+            cfg.flushes_in_flight = n;
+            assert!(refusal(&cfg).contains("flushes_in_flight must be 1..=4"));
+        }
+        cfg.flushes_in_flight = FLUSHES_IN_FLIGHT_MAX;
+        assert!(cfg.validate().is_ok(), "4 flushes of 4 MiB");
+        // Three flushes of 128 MiB behind the newest: more blocks than its trailer can say.
+        cfg.max_flush_bytes = 128 << 20;
+        cfg.max_pending_bytes = cfg.max_flush_bytes;
+        cfg.segment_bytes = 1 << 30;
+        assert!(refusal(&cfg).contains("times max_flush_bytes"));
+        cfg.flushes_in_flight = 1;
+        assert!(
+            cfg.validate().is_ok(),
+            "one flush at a time has nothing behind it"
+        );
+    }
+}

@@ -385,7 +385,7 @@ mod tests {
     fn file_values_override_defaults_and_unknown_keys_are_refused() {
         let f: FileConfig = toml::from_str(
             "listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\ncommit_linger_us = 50\n\
-             flush_sync = \"fdatasync\"\nproducer_expiry_ms = 0\n",
+             flush_sync = \"fdatasync\"\nproducer_expiry_ms = 0\nflushes_in_flight = 1\n",
         )
         .unwrap();
         let cfg = f.into_config().unwrap();
@@ -398,6 +398,7 @@ mod tests {
         assert_eq!(cfg.engine.shards, 3);
         assert!(matches!(cfg.engine.io, IoMode::Portable));
         assert_eq!(cfg.engine.producer_expiry, None, "0: no expiry by time");
+        assert_eq!(cfg.engine.flushes_in_flight, 1);
         let expiring: FileConfig = toml::from_str("producer_expiry_ms = 60000\n").unwrap();
         assert_eq!(
             expiring.into_config().unwrap().engine.producer_expiry,
