@@ -22,7 +22,7 @@ use crate::aligned::AlignedBuf;
 /// Slots in a ring's buffer table.
 pub(crate) const SLOTS: usize = 32;
 /// Most bytes one ring keeps registered (its shard's flush buffers in circulation: gathers,
-/// the flush in flight, the tail caches of its partitions).
+/// the flushes in flight, the tail caches of its partitions).
 pub(crate) const PINNED_BYTES_MAX: usize = 64 << 20;
 /// Smaller buffers are written the plain way: their pinning costs little.
 pub(crate) const REGISTERED_BYTES_MIN: usize = 64 << 10;
