@@ -113,6 +113,9 @@ pub(crate) struct PartitionQueue {
     pub next_sequence: i32,
     /// In its topic's list of partitions with batches.
     listed: bool,
+    /// Record bytes the last batch closed with: a new batch reserves as much, so a steady
+    /// stream fills its batches without growing them a doubling at a time.
+    last_records_bytes: usize,
 }
 
 impl PartitionQueue {
@@ -133,8 +136,13 @@ impl PartitionQueue {
         if !fits {
             if let Some(b) = self.batches.back_mut() {
                 b.closed = true;
+                self.last_records_bytes = b.bytes;
             }
-            self.batches.push_back(Batch::new(now, new_outcome()));
+            let mut batch = Batch::new(now, new_outcome());
+            batch
+                .builder
+                .reserve(self.last_records_bytes.min(rules.batch_bytes));
+            self.batches.push_back(batch);
         }
         let Some(b) = self.batches.back_mut() else {
             unreachable!("a batch was just made");

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ pub struct Stored {
 
 /// A batch's answer, shared by the [`Delivery`] of each of its messages.
 pub(crate) struct Outcome {
+    /// Set once, under `slot`'s lock (so a waiter that looked under the lock is woken); read
+    /// without it: checking a finished delivery takes no lock.
+    answer: OnceLock<Result<Ack>>,
     slot: Mutex<Slot>,
     done: Condvar,
     /// The producer, whose answers a waiting thread reads itself when no other thread does.
@@ -37,7 +40,6 @@ pub(crate) struct Outcome {
 
 #[derive(Default)]
 struct Slot {
-    answer: Option<Result<Ack>>,
     /// Async tasks waiting.
     tasks: Vec<Waker>,
     /// Threads waiting on the condition variable.
@@ -51,6 +53,7 @@ impl Outcome {
     /// The outcome of a batch of `producer`'s, waited for at most `limit`.
     pub fn new(producer: Weak<Shared>, limit: Duration) -> Arc<Self> {
         Arc::new(Self {
+            answer: OnceLock::new(),
             slot: Mutex::new(Slot::default()),
             done: Condvar::new(),
             producer,
@@ -66,10 +69,9 @@ impl Outcome {
     /// Sets the batch's answer (the first one given stays) and wakes whoever waits for it.
     pub fn finish(&self, answer: Result<Ack>) {
         let mut slot = self.slot();
-        if slot.answer.is_some() {
+        if self.answer.set(answer).is_err() {
             return;
         }
-        slot.answer = Some(answer);
         let tasks = std::mem::take(&mut slot.tasks);
         let sleepers = slot.sleepers;
         let poller = slot.poller.take();
@@ -84,13 +86,13 @@ impl Outcome {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.slot().answer.is_some()
+        self.answer.get().is_some()
     }
 
     /// Has `poller` woken when the batch is finished; false if it is already.
     pub fn watch(&self, poller: &Arc<mio::Waker>) -> bool {
         let mut slot = self.slot();
-        if slot.answer.is_some() {
+        if self.answer.get().is_some() {
             return false;
         }
         slot.poller = Some(Arc::clone(poller));
@@ -138,7 +140,7 @@ impl Delivery {
         }
         let mut slot = self.outcome.slot();
         loop {
-            if let Some(answer) = &slot.answer {
+            if let Some(answer) = self.outcome.answer.get() {
                 return self.stored(answer);
             }
             let now = Instant::now();
@@ -158,8 +160,7 @@ impl Delivery {
 
     /// The outcome if it is known already, without waiting.
     pub fn try_result(&self) -> Option<Result<Stored>> {
-        let slot = self.outcome.slot();
-        slot.answer.as_ref().map(|a| self.stored(a))
+        self.outcome.answer.get().map(|a| self.stored(a))
     }
 
     /// True once the outcome is known ([`Delivery::wait`] will not wait).
@@ -182,8 +183,12 @@ impl Future for Delivery {
     type Output = Result<Stored>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(answer) = self.outcome.answer.get() {
+            return Poll::Ready(self.stored(answer));
+        }
         let mut slot = self.outcome.slot();
-        if let Some(answer) = &slot.answer {
+        // Set under this lock: looked at again holding it, so the task cannot miss its wake.
+        if let Some(answer) = self.outcome.answer.get() {
             return Poll::Ready(self.stored(answer));
         }
         if !slot.tasks.iter().any(|t| t.will_wake(cx.waker())) {
