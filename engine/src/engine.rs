@@ -64,6 +64,9 @@ pub struct EngineStats {
     pub segments_recycled: u64,
     /// Flushes that waited for the appenders the last flush answered (`commit_linger`).
     pub flushes_held: u64,
+    /// Flushes written while an earlier flush of their partition was still in flight
+    /// (`flushes_in_flight`).
+    pub flushes_overlapped: u64,
     /// Of those, the ones that went when their wait ran out, not all of them back.
     pub holds_expired: u64,
     /// Partitions held offline because they could not be recovered at start (those of offline
@@ -761,6 +764,7 @@ impl EngineCore {
             total.segments_deleted += get(&s.stats.segments_deleted);
             total.segments_recycled += get(&s.stats.segments_recycled);
             total.flushes_held += get(&s.stats.flushes_held);
+            total.flushes_overlapped += get(&s.stats.flushes_overlapped);
             total.holds_expired += get(&s.stats.holds_expired);
             total.partitions_offline += get(&s.stats.partitions_offline);
             s.stats.flush_io_us.add_to(&mut total.flush_io_us);

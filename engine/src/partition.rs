@@ -298,6 +298,11 @@ impl Partition {
             && self.waiting_reads.is_empty()
     }
 
+    /// True when no flush of this partition is in flight.
+    pub fn is_flushing_idle(&self) -> bool {
+        self.flushing.is_empty()
+    }
+
     /// True when appends are gathered and a flush of them may start now: fewer flushes than
     /// the limit are in flight, and a flush into a new segment waits until the old segment's
     /// flushes are done (a roll seals their segment, and recovery reads each segment alone).

@@ -121,3 +121,51 @@ fn lone_append_after_bursts(io: IoMode) {
         assert_eq!(record.value, Some(value.as_bytes()));
     }
 }
+
+/// Appends streamed from many appenders at once with two flushes allowed in flight: some flushes
+/// are written while the one before them syncs, and the offsets stay dense and in order of the
+/// answers. With one allowed, none ever is.
+#[test]
+fn a_second_flush_goes_while_the_first_syncs_only_when_allowed() {
+    for (allowed, overlaps) in [(2usize, true), (1, false)] {
+        let dir = data_dir();
+        let mut cfg = small_config(dir.path(), 1);
+        cfg.segment_bytes = 16 << 20;
+        cfg.commit_linger = Duration::ZERO;
+        cfg.flushes_in_flight = allowed;
+        let engine = Engine::open(cfg).unwrap();
+        engine.create_topic("pipe", 1).unwrap();
+        let answers = Tagged::new();
+        let mut sent = 0u64;
+        let mut offsets = Vec::new();
+        for _ in 0..256 {
+            engine.append("pipe", 0, one_record(b"x"), answers.ticket(sent));
+            sent += 1;
+        }
+        while offsets.len() < 4000 {
+            let (_, r) = answers.recv_timeout(Duration::from_secs(30)).unwrap();
+            offsets.push(appended(r).unwrap().first);
+            engine.append("pipe", 0, one_record(b"x"), answers.ticket(sent));
+            sent += 1;
+        }
+        let stats = engine.stats();
+        assert!(
+            stats.flushes_overlapped <= stats.flushes,
+            "{allowed} in flight: {stats:?}"
+        );
+        assert_eq!(
+            stats.flushes_overlapped > 0,
+            overlaps,
+            "{allowed} in flight: {} of {} flushes overlapped",
+            stats.flushes_overlapped,
+            stats.flushes
+        );
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            offsets, sorted,
+            "{allowed} in flight: answered in offset order"
+        );
+        assert_eq!(sorted, (0..4000).collect::<Vec<_>>());
+    }
+}

@@ -120,6 +120,8 @@ fn metrics_count_the_segment_files_retention_reuses_and_deletes() {
     assert!(
         sample(addr, "keel_flushes_held_total") >= sample(addr, "keel_flush_holds_expired_total")
     );
+    // A flush written beside an earlier one is one of the flushes.
+    assert!(sample(addr, "keel_flushes_overlapped_total") <= sample(addr, "keel_flushes_total"));
 }
 
 #[test]

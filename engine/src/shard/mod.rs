@@ -160,6 +160,8 @@ pub struct ShardStats {
     pub segments_recycled: AtomicU64,
     /// Flushes that waited for the appenders the last flush answered (`linger.rs`).
     pub flushes_held: AtomicU64,
+    /// Flushes written while an earlier flush of their partition was still in flight.
+    pub flushes_overlapped: AtomicU64,
     /// Of those, the ones that went at their deadline with not all of them back.
     pub holds_expired: AtomicU64,
     /// Partitions held offline because they could not be recovered.
@@ -722,8 +724,14 @@ impl<D: Disk> Shard<D> {
                 note_until(list, at, Arc::clone(topic), partition, until);
                 return;
             }
+            let overlapped = !p.is_flushing_idle();
             if !p.start_flush(&mut self.disk, token) {
                 return;
+            }
+            if overlapped {
+                self.stats
+                    .flushes_overlapped
+                    .fetch_add(1, Ordering::Relaxed);
             }
             self.ops
                 .insert(token, Owner::Flush(Arc::clone(topic), partition));
