@@ -64,11 +64,11 @@ pub struct EngineStats {
     pub segments_recycled: u64,
     /// Flushes that waited for the appenders the last flush answered (`commit_linger`).
     pub flushes_held: u64,
+    /// Of those, the ones that went when their wait ran out, not all of them back.
+    pub holds_expired: u64,
     /// Flushes written while an earlier flush of their partition was still in flight
     /// (`flushes_in_flight`).
     pub flushes_overlapped: u64,
-    /// Of those, the ones that went when their wait ran out, not all of them back.
-    pub holds_expired: u64,
     /// Partitions held offline because they could not be recovered at start (those of offline
     /// topics not counted).
     pub partitions_offline: u64,

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::aligned::AlignedBuf;
-use crate::aligned::BLOCK_BYTES;
+use crate::aligned::{AlignedBuf, BLOCK_BYTES};
 use crate::batch::{self, BatchView};
 use crate::config::{EngineConfig, FlushSync};
 use crate::error::DataError;

@@ -258,14 +258,14 @@ pub fn render(sources: &Sources) -> String {
                 s.flushes_held,
             ),
             (
-                "keel_flushes_overlapped_total",
-                "Group commits written while an earlier one of their partition was still in flight (flushes_in_flight).",
-                s.flushes_overlapped,
-            ),
-            (
                 "keel_flush_holds_expired_total",
                 "Of those, the ones that went when the wait ran out, not all of them back.",
                 s.holds_expired,
+            ),
+            (
+                "keel_flushes_overlapped_total",
+                "Group commits written while an earlier one of their partition was still in flight (flushes_in_flight).",
+                s.flushes_overlapped,
             ),
         ] {
             out.family(name, "counter", help);

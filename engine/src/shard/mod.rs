@@ -160,10 +160,10 @@ pub struct ShardStats {
     pub segments_recycled: AtomicU64,
     /// Flushes that waited for the appenders the last flush answered (`linger.rs`).
     pub flushes_held: AtomicU64,
-    /// Flushes written while an earlier flush of their partition was still in flight.
-    pub flushes_overlapped: AtomicU64,
     /// Of those, the ones that went at their deadline with not all of them back.
     pub holds_expired: AtomicU64,
+    /// Flushes written while an earlier flush of their partition was still in flight.
+    pub flushes_overlapped: AtomicU64,
     /// Partitions held offline because they could not be recovered.
     pub partitions_offline: AtomicU64,
     /// Microseconds from a flush's submission to both its write and its sync completing.
@@ -700,8 +700,9 @@ impl<D: Disk> Shard<D> {
         // Held flushes are looked at again each turn: their appends may be in, or their time up.
         list.append(&mut self.lingering);
         self.linger_until = None;
+        let now = Instant::now();
         for (topic, partition) in list.drain(..) {
-            self.start_flushes_of(&topic, partition);
+            self.start_flushes_of(&topic, partition, now);
             self.kick_zeroing(topic, partition);
         }
         self.to_flush = list;
@@ -709,7 +710,7 @@ impl<D: Disk> Shard<D> {
 
     /// Starts as many of the partition's flushes as may go now, or notes it as lingering when
     /// its next flush waits for more appends (`linger.rs`).
-    fn start_flushes_of(&mut self, topic: &Arc<str>, partition: u32) {
+    fn start_flushes_of(&mut self, topic: &Arc<str>, partition: u32, now: Instant) {
         loop {
             let token = self.token();
             let stopping = self.stopping;
@@ -719,7 +720,7 @@ impl<D: Disk> Shard<D> {
             if !p.wants_flush() {
                 return;
             }
-            if let Some(until) = flush_hold(&self.stats, stopping, p, Instant::now()) {
+            if let Some(until) = flush_hold(&self.stats, stopping, p, now) {
                 let (list, at) = (&mut self.lingering, &mut self.linger_until);
                 note_until(list, at, Arc::clone(topic), partition, until);
                 return;
@@ -818,7 +819,7 @@ impl<D: Disk> Shard<D> {
                 }
                 // Keep the disk busy: the next flushes go out before these ones' appenders are
                 // answered, unless they wait for them (then the shard's next turn decides).
-                self.start_flushes_of(&topic, partition);
+                self.start_flushes_of(&topic, partition, Instant::now());
                 let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };
