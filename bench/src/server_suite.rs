@@ -17,6 +17,9 @@ use crate::net_load::{self, NetLoad};
 use crate::probe::RingCeiling;
 use crate::rounds::{median, Rounds};
 
+/// How the null server's rows are named.
+pub(crate) const NULL_SERVER: &str = "null server (no storage)";
+
 /// The shape of the produce load.
 #[derive(Args, Debug, Clone)]
 pub struct Shape {
@@ -331,7 +334,7 @@ pub fn run(
         "| system | msg/s | MB/s | produce→ack p50 / p90 / p99 / p99.9 / max |\n|---|---|---|---|"
     );
     let mut rows = vec![
-        ("null server (no storage)".to_string(), null_out),
+        (NULL_SERVER.to_string(), null_out),
         ("keeld (durable)".to_string(), uring_out),
     ];
     for (net, out, _) in &others {

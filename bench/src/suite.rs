@@ -18,6 +18,7 @@ use crate::plot;
 use crate::probe::{self, Probe};
 use crate::server_suite::{
     create_topic, engine_produce, keeld_binary, start_keeld, start_null_server, Shape, Storage,
+    NULL_SERVER,
 };
 
 #[derive(Args, Debug, Clone)]
@@ -89,8 +90,6 @@ const GROUP_COMMIT: &str = "group commit";
 const PEERS: &str = "the peers' workload";
 const PEERS_16X1: &str = "the peers' workload, 16 x 1";
 const PEERS_1X1: &str = "the peers' workload, 1 x 1";
-/// The null server's rows.
-const NULL_SERVER: &str = "null server (no storage)";
 const DRAIN: &str = "consume with per-message acks";
 const E2E: &str = "end to end";
 const KEEL: &str = "Keel (keeld)";

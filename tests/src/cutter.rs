@@ -3,40 +3,45 @@
 //! not have reached keeld, and keeld's answers after the cut never arrive.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+
+use crate::relay::Acceptor;
 
 /// The relay; it stops (and cuts what is left) when dropped.
 pub struct Cutter {
     /// Where clients connect.
     pub addr: SocketAddr,
     live: Arc<Mutex<Vec<TcpStream>>>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    /// Accepts until the relay is dropped.
+    _acceptor: Acceptor,
 }
 
 impl Cutter {
     /// Relays every connection made to [`Cutter::addr`] to `upstream`.
     pub fn start(upstream: SocketAddr) -> Cutter {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        listener
-            .set_nonblocking(true)
-            .expect("make the relay's listener non-blocking");
-        let addr = listener.local_addr().expect("the relay's address");
         let live = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let (live, stop) = (Arc::clone(&live), Arc::clone(&stop));
-            std::thread::spawn(move || accept(&listener, upstream, &live, &stop))
-        };
+        let streams = Arc::clone(&live);
+        let acceptor = Acceptor::start(upstream, move |client, server| {
+            let pairs = [
+                (client.try_clone(), server.try_clone()),
+                (server.try_clone(), client.try_clone()),
+            ];
+            {
+                let mut live = streams.lock().unwrap();
+                live.extend(client.try_clone());
+                live.extend(server.try_clone());
+            }
+            for pair in pairs {
+                if let (Ok(from), Ok(to)) = pair {
+                    std::thread::spawn(move || copy(from, to));
+                }
+            }
+        });
         Cutter {
-            addr,
+            addr: acceptor.addr,
             live,
-            stop,
-            acceptor: Some(acceptor),
+            _acceptor: acceptor,
         }
     }
 
@@ -53,49 +58,7 @@ impl Cutter {
 
 impl Drop for Cutter {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         self.cut();
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-    }
-}
-
-fn accept(
-    listener: &TcpListener,
-    upstream: SocketAddr,
-    live: &Mutex<Vec<TcpStream>>,
-    stop: &AtomicBool,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let client = match listener.accept() {
-            Ok((client, _)) => client,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
-        };
-        let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
-            // keeld is down: the client sees its connection closed, as it would.
-            continue;
-        };
-        let _ = client.set_nonblocking(false);
-        let _ = client.set_nodelay(true);
-        let _ = server.set_nodelay(true);
-        let pairs = [
-            (client.try_clone(), server.try_clone()),
-            (server.try_clone(), client.try_clone()),
-        ];
-        {
-            let mut live = live.lock().unwrap();
-            live.extend(client.try_clone());
-            live.extend(server.try_clone());
-        }
-        for pair in pairs {
-            if let (Ok(from), Ok(to)) = pair {
-                std::thread::spawn(move || copy(from, to));
-            }
-        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod keeld;
 pub mod powerfs;
 pub mod raw_produce;
 pub mod refuser;
+pub mod relay;
 
 use keel_engine::{BatchBuilder, BatchView, Engine, EngineConfig};
 use tempfile::TempDir;

@@ -3,11 +3,11 @@
 //! request never reaches keeld, and its answer comes back among keeld's own answers.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+
+use crate::relay::Acceptor;
 
 use keel_protocol::{
     encode_error, frame_len, ApiKey, ErrorCode, REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
@@ -16,13 +16,13 @@ use keel_protocol::{
 /// Largest frame the relay passes on.
 const MAX_FRAME: u32 = 64 << 20;
 
-/// The relay; it stops (and closes what is left) when dropped.
+/// The relay; it stops accepting when dropped.
 pub struct Refuser {
     /// Where clients connect.
     pub addr: SocketAddr,
     refused: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    /// Accepts until the relay is dropped.
+    _acceptor: Acceptor,
 }
 
 impl Refuser {
@@ -30,66 +30,35 @@ impl Refuser {
     /// `one_in`-th produce request (counted over all connections) with `Busy` itself.
     pub fn start(upstream: SocketAddr, one_in: u64) -> Refuser {
         assert!(one_in > 0);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        listener
-            .set_nonblocking(true)
-            .expect("make the relay's listener non-blocking");
-        let addr = listener.local_addr().expect("the relay's address");
         let refused = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
         let produces = Arc::new(AtomicU64::new(0));
-        let acceptor = {
-            let (refused, stop) = (Arc::clone(&refused), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((client, _)) = listener.accept() else {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    };
-                    let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))
-                    else {
-                        continue;
-                    };
-                    let _ = client.set_nonblocking(false);
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (Ok(from_client), Ok(from_server), Ok(to_client)) =
-                        (client.try_clone(), server.try_clone(), client.try_clone())
-                    else {
-                        continue;
-                    };
-                    let to_client = Arc::new(Mutex::new(to_client));
-                    let turn = Turn {
-                        one_in,
-                        produces: Arc::clone(&produces),
-                        refused: Arc::clone(&refused),
-                    };
-                    let answers = Arc::clone(&to_client);
-                    std::thread::spawn(move || requests(from_client, server, &to_client, &turn));
-                    std::thread::spawn(move || answers_back(from_server, &answers));
-                }
-            })
-        };
+        let counted = Arc::clone(&refused);
+        let acceptor = Acceptor::start(upstream, move |client, server| {
+            let (Ok(from_client), Ok(from_server), Ok(to_client)) =
+                (client.try_clone(), server.try_clone(), client.try_clone())
+            else {
+                return;
+            };
+            let to_client = Arc::new(Mutex::new(to_client));
+            let turn = Turn {
+                one_in,
+                produces: Arc::clone(&produces),
+                refused: Arc::clone(&counted),
+            };
+            let answers = Arc::clone(&to_client);
+            std::thread::spawn(move || requests(from_client, server, &to_client, &turn));
+            std::thread::spawn(move || answers_back(from_server, &answers));
+        });
         Refuser {
-            addr,
+            addr: acceptor.addr,
             refused,
-            stop,
-            acceptor: Some(acceptor),
+            _acceptor: acceptor,
         }
     }
 
     /// Produce requests answered `Busy` so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Refuser {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
     }
 }
 

@@ -349,8 +349,7 @@ impl<D: Disk> CrashingDisk<D> {
                 let never = Completion::never_ran(w.token, IoKind::Write, w.buf, linked, eio());
                 self.failed.extend(never);
             } else {
-                self.inner
-                    .submit_write(w.file, w.offset, w.buf, w.len, w.token, w.sync);
+                w.submit_to(&mut self.inner);
             }
         }
     }
@@ -493,8 +492,7 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             sync,
         };
         if let Some(w) = self.reorder.hold(w) {
-            self.inner
-                .submit_write(w.file, w.offset, w.buf, w.len, w.token, w.sync);
+            w.submit_to(&mut self.inner);
         }
     }
 

@@ -6,7 +6,7 @@
 //! then really is done (and durable) while the earlier one has not reached the device, and a
 //! power cut in between loses the earlier one.
 
-use super::{FileId, SyncAfter};
+use super::{Disk, FileId, SyncAfter};
 use crate::aligned::AlignedBuf;
 use crate::xorshift::xorshift;
 
@@ -23,6 +23,13 @@ pub(crate) struct HeldWrite {
     pub(crate) len: usize,
     pub(crate) token: u64,
     pub(crate) sync: SyncAfter,
+}
+
+impl HeldWrite {
+    /// Passes the write on to `disk`.
+    pub(crate) fn submit_to<D: Disk>(self, disk: &mut D) {
+        disk.submit_write(self.file, self.offset, self.buf, self.len, self.token, self.sync);
+    }
 }
 
 /// Writes held back for a few waits, chosen at random from a seed.

@@ -19,7 +19,7 @@ use crate::janitor::JanitorTx;
 use crate::linger::Hold;
 use crate::long_poll::ParkedRead;
 use crate::open::open_partition;
-use crate::partition::Partition;
+use crate::partition::{FlushDone, Partition};
 use crate::read::{DiskRead, ReadFor, ReadResult, ReadStep};
 use crate::topic_name::{Fnv1aBuild, TopicMap, TopicName};
 use crate::{AppendDone, ReadDone};
@@ -804,15 +804,10 @@ impl<D: Disk> Shard<D> {
                 let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };
-                if p.on_flush_completion(c) {
+                let complete = p.on_flush_completion(c);
+                let finished: Vec<FlushDone> = std::iter::from_fn(|| p.take_finished()).collect();
+                if complete {
                     self.ops.remove(&token);
-                }
-                let Some(p) = owned(&mut self.topics, &topic, partition) else {
-                    return;
-                };
-                let mut finished = Vec::new();
-                while let Some(done) = p.take_finished() {
-                    finished.push(done);
                 }
                 if finished.is_empty() {
                     return;
