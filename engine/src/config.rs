@@ -107,6 +107,11 @@ pub struct EngineConfig {
     pub flush_sync: FlushSync,
     /// What to do about corruption found when opening.
     pub recovery: RecoveryMode,
+    /// Whether opening reads every sealed segment whole, checking each flush, instead of the
+    /// summary saved beside it when it was sealed (`summary.rs`). Off by default: start-up then
+    /// reads only each partition's last segment, and damage to a sealed segment is reported
+    /// when it is read. [`RecoveryMode::Repair`] always reads them all.
+    pub check_sealed_segments: bool,
     /// Slots of each shard's offset table: how many (group, partition) pairs it can hold.
     pub group_slots: usize,
     /// A test backend over io_uring, set by `testing::open` alone.
@@ -136,6 +141,7 @@ impl EngineConfig {
             io: IoMode::Uring,
             flush_sync: FlushSync::Auto,
             recovery: RecoveryMode::Strict,
+            check_sealed_segments: false,
             group_slots: 16_384,
             #[cfg(feature = "testing")]
             test_disk: None,

@@ -4,6 +4,7 @@
 //! DATA/LOCK                                  flock'ed while an engine has the directory
 //! DATA/topics/NAME/meta                      topic metadata, replaced atomically
 //! DATA/topics/NAME/PARTITION/BASE.seg        segments, BASE = 20-digit first offset
+//! DATA/topics/NAME/PARTITION/BASE.sum        a sealed segment's summary (`summary.rs`)
 //! DATA/topics/NAME/PARTITION/next.prep       the next segment, allocated ahead of need
 //! DATA/topics/NAME/PARTITION/lost            offsets a repair cut away, until filled
 //! DATA/groups/offsets-N.tbl                  consumer-group offset table N (docs/FORMAT.md)
@@ -22,6 +23,7 @@ const META_HEADER: &str = "keel-topic 1";
 /// Name of the prepared, not yet used, next segment of a partition.
 pub const PREPARED_SEGMENT: &str = "next.prep";
 const SEGMENT_SUFFIX: &str = ".seg";
+const SUMMARY_SUFFIX: &str = ".sum";
 /// Suffix of a segment file retention dropped, waiting for the janitor (`janitor.rs`).
 pub const DROPPED_SUFFIX: &str = ".dropped";
 /// Longest topic name (as Kafka's).
@@ -54,9 +56,22 @@ pub fn dropped_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}{DROPPED_SUFFIX}")
 }
 
+/// File name of the summary of the segment whose first offset is `base_offset`.
+pub fn summary_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}{SUMMARY_SUFFIX}")
+}
+
 /// The base offset of a segment file name, if it is one.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    parse_base(name.strip_suffix(SEGMENT_SUFFIX)?)
+}
+
+/// The base offset of a segment summary's file name, if it is one.
+pub fn parse_summary_file_name(name: &str) -> Option<u64> {
+    parse_base(name.strip_suffix(SUMMARY_SUFFIX)?)
+}
+
+fn parse_base(digits: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

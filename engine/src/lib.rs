@@ -56,6 +56,7 @@ internal! {
     layout;
     offsets;
     recovery;
+    summary;
     trailer;
 }
 /// Opening the engine on a test backend.

@@ -1,24 +1,25 @@
 //! Opening a partition: find its segments, scan them, decide torn tail or corruption, and make
 //! the last segment ready for appends. The rules are in `docs/FORMAT.md`.
 
-use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::aligned::{align_down, align_up, AlignedBuf};
+use crate::aligned::{align_down, align_up, AlignedBuf, BLOCK_BYTES};
 use crate::blocking::{BlockingIo, FileReader};
 use crate::config::{EngineConfig, RecoveryMode};
 use crate::error::DataError;
 use crate::io::{Disk, FileId, MetaFs};
 use crate::layout::{
-    parse_segment_file_name, partition_dir, segment_file_name, LostOffsets, DROPPED_SUFFIX,
-    PREPARED_SEGMENT,
+    parse_segment_file_name, parse_summary_file_name, partition_dir, segment_file_name,
+    summary_file_name, LostOffsets, DROPPED_SUFFIX, PREPARED_SEGMENT,
 };
 use crate::partition::{Limits, Partition};
 use crate::prepare::NextSegment;
 use crate::producers::Producers;
-use crate::recovery::{scan, Scan};
+use crate::recovery::{scan, ReadAt, Scan};
 use crate::segment::Segment;
+use crate::summary::{self, SegmentSummary};
 use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
 use crate::zeroing::ZERO_CHUNK_BYTES;
 
@@ -31,7 +32,11 @@ pub fn open_partition<D: Disk>(
 ) -> Result<Partition, DataError> {
     let dir = partition_dir(&cfg.data_dir, &topic, id);
     let limits = Limits::from_config(cfg);
-    let bases = list_segments(io.disk, &dir)?;
+    let files = cfg.meta_fs();
+    let bases = list_segments(io.disk, &*files, &dir)?;
+    // Repair must find damage wherever it is, so it reads every segment.
+    let use_summaries = !cfg.check_sealed_segments && cfg.recovery == RecoveryMode::Strict;
+    let mut read_whole = 0usize;
     if !bases.is_empty() {
         // The same for the directory entries of its segments.
         io.disk
@@ -72,6 +77,30 @@ pub fn open_partition<D: Disk>(
                     });
                 }
             }
+            if !is_last && use_summaries {
+                match load_summary(io, &*files, file, &dir, base) {
+                    Ok(summary) => {
+                        producers = Producers::restore(summary.producers);
+                        let mut segment = Segment::new(
+                            base,
+                            path,
+                            file,
+                            summary.durable_end,
+                            summary.next_offset,
+                            summary.index,
+                        );
+                        segment.seal_index();
+                        segments.push(segment);
+                        continue;
+                    }
+                    Err(NoSummary::Missing) => {}
+                    Err(NoSummary::Unusable(why)) => log::warn!(
+                        "{}: summary {why}; reading the segment instead",
+                        path.display()
+                    ),
+                }
+            }
+            read_whole += 1;
             if is_last {
                 // Trust nothing a crashed predecessor may have left unsynced: make it durable
                 // before deciding where the log ends and writing after it.
@@ -95,7 +124,6 @@ pub fn open_partition<D: Disk>(
                         path.display(),
                         s.valid_end
                     );
-                    let files = cfg.meta_fs();
                     let later = &bases[i + 1..];
                     record_lost_offsets(io, &*files, &dir, &s, later, limits.max_batch_bytes)?;
                     true
@@ -112,12 +140,23 @@ pub fn open_partition<D: Disk>(
             };
             producers.absorb(std::mem::take(&mut s.producers), durable_end);
             let mut segment = Segment::new(base, path, file, durable_end, s.next_offset, s.index);
-            if !ends_log {
+            if ends_log {
+                // Appends go on in it: a summary from when it was sealed before a crash (or
+                // before a repair cut it) no longer describes it.
+                let removed = summary::remove(&*files, &dir, base)
+                    .map_err(|e| DataError::io("remove summary of", &segment.path, e))?;
+                if removed {
+                    io.disk
+                        .sync_dir(&dir)
+                        .map_err(|e| DataError::io("sync directory", &dir, e))?;
+                }
+            } else {
                 segment.seal_index();
+                save_summary(&*files, &dir, &segment, &producers);
             }
             segments.push(segment);
             if truncate_here {
-                remove_segments_after(io.disk, &dir, &bases[i + 1..])?;
+                remove_segments_after(io.disk, &*files, &dir, &bases[i + 1..])?;
                 break;
             }
         }
@@ -126,7 +165,7 @@ pub fn open_partition<D: Disk>(
     match result {
         Ok(()) => {
             if !bases.is_empty() {
-                log_recovered(&topic, id, &segments, cleared_bytes);
+                log_recovered(&topic, id, &segments, read_whole, cleared_bytes);
             }
             let mut partition = Partition::new(topic, id, dir, segments, limits, cfg);
             partition.producers = producers;
@@ -191,20 +230,115 @@ fn record_lost_offsets<D: Disk>(
 
 /// The start-up line of a recovered partition: where its log ends, and what was cleared past
 /// the end (bytes of a flush that was in flight, never acknowledged).
-fn log_recovered(topic: &str, id: u32, segments: &[Segment], cleared_bytes: u64) {
+fn log_recovered(
+    topic: &str,
+    id: u32,
+    segments: &[Segment],
+    read_whole: usize,
+    cleared_bytes: u64,
+) {
     let end = segments.last().map_or(0, |s| s.next_offset);
     let start = segments.first().map_or(0, |s| s.base_offset);
+    let count = segments.len();
     if cleared_bytes == 0 {
         log::info!(
-            "{topic}/{id}: recovered offsets {start}..{end} in {} segment(s)",
-            segments.len()
+            "{topic}/{id}: recovered offsets {start}..{end} in {count} segment(s), \
+             {read_whole} read whole"
         );
     } else {
         log::info!(
-            "{topic}/{id}: recovered offsets {start}..{end} in {} segment(s); cleared \
-             {cleared_bytes} bytes past the end (a flush in flight at the crash, never \
-             acknowledged)",
-            segments.len()
+            "{topic}/{id}: recovered offsets {start}..{end} in {count} segment(s), \
+             {read_whole} read whole; cleared {cleared_bytes} bytes past the end (a flush in \
+             flight at the crash, never acknowledged)"
+        );
+    }
+}
+
+/// Why a sealed segment's summary is not used.
+enum NoSummary {
+    /// There is none (never saved, or lost in a crash).
+    Missing,
+    /// There is one, but it cannot be believed: why.
+    Unusable(String),
+}
+
+/// The summary of the sealed segment `file` starting at `base`, once it checks out: its own
+/// CRC and bounds, and a valid flush trailer in the segment's last block ending where the
+/// summary says its log ends, at the offset it says (`summary.rs`).
+fn load_summary<D: Disk>(
+    io: &mut BlockingIo<'_, D>,
+    files: &dyn MetaFs,
+    file: FileId,
+    dir: &Path,
+    base: u64,
+) -> Result<SegmentSummary, NoSummary> {
+    let path = dir.join(summary_file_name(base));
+    let bytes = match files.read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(NoSummary::Missing),
+        Err(e) => return Err(NoSummary::Unusable(format!("cannot be read: {e}"))),
+    };
+    let summary = SegmentSummary::decode(&bytes, base).map_err(NoSummary::Unusable)?;
+    let unusable = |why: String| NoSummary::Unusable(why);
+    let len = io.disk.len(file).map_err(|e| {
+        unusable(format!(
+            "cannot be checked: the segment's size is unknown: {e}"
+        ))
+    })?;
+    if summary.durable_end > len {
+        return Err(unusable(format!(
+            "says the log ends at byte {}, past the segment's {len} bytes",
+            summary.durable_end
+        )));
+    }
+    if summary.durable_end == 0 {
+        return if summary.next_offset == base {
+            Ok(summary)
+        } else {
+            Err(unusable("gives offsets to an empty segment".into()))
+        };
+    }
+    let block = BLOCK_BYTES as u64;
+    let at = summary.durable_end - block;
+    let mut reader = FileReader { io, file };
+    let (buf, read) = reader.read_at(at, AlignedBuf::zeroed(BLOCK_BYTES), BLOCK_BYTES);
+    match read {
+        Ok(n) if n == BLOCK_BYTES => {}
+        Ok(n) => {
+            return Err(unusable(format!(
+                "cannot be checked: read {n} bytes at {at}"
+            )))
+        }
+        Err(e) => return Err(unusable(format!("cannot be checked: {e}"))),
+    }
+    let last = Trailer::decode(&buf.as_slice()[BLOCK_BYTES - TRAILER_BYTES..]);
+    match last {
+        Some(t) if t.next_offset == summary.next_offset => Ok(summary),
+        Some(t) => Err(unusable(format!(
+            "says the log ends at offset {}, the segment's last flush at {}",
+            summary.next_offset, t.next_offset
+        ))),
+        None => Err(unusable(format!(
+            "says the log ends at byte {}, where the segment has no flush trailer",
+            summary.durable_end
+        ))),
+    }
+}
+
+/// Saves the summary of `segment`, sealed and just read whole, so the next start need not read
+/// it; `producers` is the partition's state at its end. A failure costs only that read again.
+fn save_summary(files: &dyn MetaFs, dir: &Path, segment: &Segment, producers: &Producers) {
+    let summary = SegmentSummary {
+        base_offset: segment.base_offset,
+        next_offset: segment.next_offset,
+        durable_end: segment.durable_end,
+        index: segment.index().to_vec(),
+        producers: producers.saved_before(segment.next_offset),
+    };
+    if let Err(e) = summary::save(files, dir, &summary) {
+        log::warn!(
+            "{}: could not save its summary ({e}); the next start reads it again",
+            segment.path.display()
         );
     }
 }
@@ -231,23 +365,38 @@ fn damage(s: &Scan, next_base: Option<u64>) -> Option<String> {
     None
 }
 
-fn list_segments<D: Disk>(disk: &mut D, dir: &Path) -> Result<Vec<u64>, DataError> {
-    let entries = fs::read_dir(dir).map_err(|e| DataError::io("list partition", dir, e))?;
+/// The partition's segments' base offsets, ascending. Removes what is not log: a prepared
+/// segment never used, dropped segments, and summaries whose segment is gone.
+fn list_segments<D: Disk>(
+    disk: &mut D,
+    files: &dyn MetaFs,
+    dir: &Path,
+) -> Result<Vec<u64>, DataError> {
+    let entries = files
+        .list(dir)
+        .map_err(|e| DataError::io("list partition", dir, e))?;
     let mut bases = Vec::new();
+    let mut summaries = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| DataError::io("list partition", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if let Some(base) = parse_segment_file_name(&name) {
+        if let Some(base) = parse_segment_file_name(&entry.name) {
             bases.push(base);
-        } else if name == PREPARED_SEGMENT || name.ends_with(DROPPED_SUFFIX) {
+        } else if let Some(base) = parse_summary_file_name(&entry.name) {
+            summaries.push((base, entry.path));
+        } else if entry.name == PREPARED_SEGMENT || entry.name.ends_with(DROPPED_SUFFIX) {
             // Never used, or dropped by retention before a crash: neither is log.
-            let path = entry.path();
-            disk.remove(&path)
-                .map_err(|e| DataError::io("remove", &path, e))?;
+            disk.remove(&entry.path)
+                .map_err(|e| DataError::io("remove", &entry.path, e))?;
         }
     }
     bases.sort_unstable();
+    for (base, path) in summaries {
+        if bases.binary_search(&base).is_err() {
+            // Left by retention or a repair; gone again should a crash bring it back.
+            files
+                .remove_file(&path)
+                .map_err(|e| DataError::io("remove", &path, e))?;
+        }
+    }
     Ok(bases)
 }
 
@@ -364,6 +513,7 @@ fn seal(s: &Scan, block_start: u64, end: u64) -> AlignedBuf {
 
 fn remove_segments_after<D: Disk>(
     disk: &mut D,
+    files: &dyn MetaFs,
     dir: &Path,
     bases: &[u64],
 ) -> Result<(), DataError> {
@@ -371,6 +521,8 @@ fn remove_segments_after<D: Disk>(
         let path: PathBuf = dir.join(segment_file_name(base));
         disk.remove(&path)
             .map_err(|e| DataError::io("remove segment", &path, e))?;
+        summary::remove(files, dir, base)
+            .map_err(|e| DataError::io("remove summary of", &path, e))?;
     }
     if !bases.is_empty() {
         disk.sync_dir(dir)

@@ -13,7 +13,7 @@ use crate::aligned::{AlignedBuf, BLOCK_BYTES};
 use crate::batch::{self, BatchView};
 use crate::config::{EngineConfig, FlushSync};
 use crate::error::DataError;
-use crate::io::{Completion, Disk, IoKind, SyncAfter};
+use crate::io::{Completion, Disk, IoKind, MetaFs, SyncAfter};
 use crate::layout::segment_file_name;
 use crate::linger::{Hold, Linger};
 use crate::long_poll::WaitingReads;
@@ -23,6 +23,7 @@ use crate::read::{ReadFor, ReadHints};
 use crate::read_ahead::ReadAhead;
 use crate::retention::Retired;
 use crate::segment::Segment;
+use crate::summary::{self, SegmentSummary};
 use crate::tail::{Chunk, TailCache};
 use crate::trailer::{self, CrcScope, Trailer, PENDING_BLOCKS_MAX, TRAILER_BYTES};
 use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES, ZERO_FLUSH_BYTES_MAX};
@@ -179,6 +180,8 @@ pub struct Partition {
     pub(crate) topic: Arc<str>,
     pub(crate) id: u32,
     pub(crate) dir: PathBuf,
+    /// The data directory's small files: where sealed segments' summaries go.
+    pub(crate) files: Arc<dyn MetaFs>,
     pub(crate) segments: Vec<Segment>,
     /// A roll may have left more log than retention keeps.
     pub(crate) retention_due: bool,
@@ -254,6 +257,7 @@ impl Partition {
             topic,
             id,
             dir,
+            files: cfg.meta_fs(),
             segments,
             retention_due: true,
             retired: Retired::default(),
@@ -610,6 +614,9 @@ impl Partition {
         if let Some(sealed) = self.segments.last_mut() {
             sealed.seal_index();
         }
+        if let Some(sealed) = self.segments.last() {
+            self.save_summary(sealed);
+        }
         self.segments.push(Segment::new(
             base_offset,
             path,
@@ -623,6 +630,27 @@ impl Partition {
         self.retention_due = true;
         self.enforce_retention(disk);
         Ok(())
+    }
+
+    /// Saves the summary of `sealed`, which a roll just sealed: nothing of it changes any more,
+    /// and every flush of it is durable. A failure costs only a scan of it at the next start.
+    fn save_summary(&self, sealed: &Segment) {
+        let summary = SegmentSummary {
+            base_offset: sealed.base_offset,
+            next_offset: sealed.next_offset,
+            durable_end: sealed.durable_end,
+            index: sealed.index().to_vec(),
+            producers: self.producers.saved_before(sealed.next_offset),
+        };
+        if let Err(e) = summary::save(&*self.files, &self.dir, &summary) {
+            log::warn!(
+                "{}/{}: could not save the summary of segment {} ({e}); the next start reads \
+                 the segment instead",
+                self.topic,
+                self.id,
+                sealed.base_offset
+            );
+        }
     }
 
     /// Takes a completion of a flush in flight. Returns true once that flush has all its

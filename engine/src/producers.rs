@@ -12,6 +12,8 @@
 //!
 //! The state lives in memory and is rebuilt at start from the batch headers of the log
 //! (`recovery.rs` folds every batch it scans), so it is exactly as durable as the log itself.
+//! A sealed segment's summary (`summary.rs`) saves the state as it was at the segment's end, so
+//! that start-up reads only the batches after the newest summary.
 //! A producer not heard from for `producer_expiry` (by the server's clock, Kafka's
 //! `producer.id.expiration.ms`) is forgotten, as is the quietest one past [`PRODUCERS_MAX`].
 
@@ -51,6 +53,21 @@ struct Producer {
     /// When the server last recorded a batch of it (ms since the epoch, the server's clock;
     /// at start, when the log was read): what expiry goes by, whatever the clients' clocks.
     last_seen_ms: i64,
+}
+
+/// One producer's state as a segment summary saves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedProducer {
+    /// Producer id.
+    pub id: i64,
+    /// Its current epoch.
+    pub epoch: i16,
+    /// The newest batch's largest timestamp (ms).
+    pub last_timestamp: i64,
+    /// When the server last recorded a batch of it (ms since the epoch, the server's clock).
+    pub last_seen_ms: i64,
+    /// Its last batches, oldest first (at most [`BATCHES_KEPT`]; `end_pos` is not saved).
+    pub batches: Vec<ProducedBatch>,
 }
 
 /// The idempotence fields of a batch.
@@ -232,6 +249,54 @@ impl Producers {
             for &batch in p.batches.iter().filter(|b| b.end_pos <= durable_end) {
                 self.push(id, p.epoch, batch, p.last_timestamp, now);
             }
+        }
+    }
+
+    /// The state as it was when the log ended at `next_offset`: each producer's batches below
+    /// it, ordered by producer id. A roll saves it while batches bound for the next segment may
+    /// be gathered already.
+    pub fn saved_before(&self, next_offset: u64) -> Vec<SavedProducer> {
+        let mut saved: Vec<SavedProducer> = self
+            .by_id
+            .iter()
+            .filter_map(|(&id, p)| {
+                let batches: Vec<ProducedBatch> = p
+                    .batches
+                    .iter()
+                    .filter(|b| b.offsets.last < next_offset)
+                    .map(|b| ProducedBatch { end_pos: 0, ..*b })
+                    .collect();
+                (!batches.is_empty()).then_some(SavedProducer {
+                    id,
+                    epoch: p.epoch,
+                    last_timestamp: p.last_timestamp,
+                    last_seen_ms: p.last_seen_ms,
+                    batches,
+                })
+            })
+            .collect();
+        saved.sort_unstable_by_key(|p| p.id);
+        saved
+    }
+
+    /// The state a summary saved ([`Producers::saved_before`]), without an expiry (see
+    /// [`Producers::set_expiry`]).
+    pub fn restore(saved: Vec<SavedProducer>) -> Self {
+        let by_id = saved
+            .into_iter()
+            .map(|p| {
+                let producer = Producer {
+                    epoch: p.epoch,
+                    batches: p.batches.into(),
+                    last_timestamp: p.last_timestamp,
+                    last_seen_ms: p.last_seen_ms,
+                };
+                (p.id, producer)
+            })
+            .collect();
+        Self {
+            by_id,
+            ..Self::default()
         }
     }
 
@@ -424,6 +489,40 @@ mod tests {
         kept.record_at(&quiet, at(0, 0), 0, t0);
         kept.record_at(&busy, at(1, 1), 0, t0 + 10 * 86_400_000);
         assert_eq!(kept.len(), 2);
+    }
+
+    #[test]
+    fn a_saved_state_holds_only_batches_before_the_end_and_restores_the_same_verdicts() {
+        let mut p = Producers::default();
+        let other = |first_seq| Sequenced {
+            producer_id: 9,
+            ..batch(1, first_seq, 1)
+        };
+        p.record(&batch(0, 0, 2), at(0, 1), 100);
+        p.record(&other(0), at(2, 2), 200);
+        p.record(&batch(0, 2, 1), at(3, 3), 300);
+        p.record(&other(1), at(4, 4), 50);
+        let saved = p.saved_before(4);
+        assert_eq!(
+            saved.iter().map(|s| s.id).collect::<Vec<_>>(),
+            [7, 9],
+            "ordered by id"
+        );
+        assert_eq!(saved[1].batches.len(), 1, "offset 4 lies past the end");
+        assert!(saved
+            .iter()
+            .flat_map(|s| &s.batches)
+            .all(|b| b.end_pos == 0));
+        let restored = Producers::restore(saved);
+        for b in [batch(0, 0, 2), batch(0, 2, 1), other(0)] {
+            assert_eq!(restored.check(&b), p.check(&b), "{b:?}");
+        }
+        assert_eq!(
+            restored.check(&other(1)),
+            Verdict::Write,
+            "the batch past the end is not remembered"
+        );
+        assert_eq!(restored.check(&batch(0, 9, 1)), p.check(&batch(0, 9, 1)));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::io::Disk;
 use crate::layout::{dropped_file_name, PREPARED_SEGMENT};
 use crate::partition::Partition;
 use crate::prepare::NextSegment;
+use crate::summary;
 
 /// Segments retention has dropped, by what became of their files.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -56,6 +57,15 @@ impl Partition {
         }
         let mut renamed = false;
         for segment in self.segments.drain(..drop).collect::<Vec<_>>() {
+            // Its summary goes first: a summary left behind is removed at the next open anyway.
+            if let Err(e) = summary::remove(&*self.files, &self.dir, segment.base_offset) {
+                log::warn!(
+                    "{}/{}: could not remove the summary of segment {}: {e}",
+                    self.topic,
+                    self.id,
+                    segment.base_offset
+                );
+            }
             let full = disk
                 .len(segment.file)
                 .is_ok_and(|len| len == self.limits.segment_bytes);

@@ -109,6 +109,11 @@ impl Segment {
         self.index.shrink_to_fit();
     }
 
+    /// The sparse index, offsets ascending.
+    pub fn index(&self) -> &[IndexEntry] {
+        &self.index
+    }
+
     /// Entries in the index.
     #[cfg(test)]
     pub fn index_len(&self) -> usize {

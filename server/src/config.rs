@@ -163,6 +163,10 @@ pub struct FileConfig {
     /// "strict" (default: refuse to open a corrupt partition) or "repair" (truncate it, losing
     /// the data after the corruption).
     pub recovery: Option<String>,
+    /// Whether start-up reads every sealed segment whole, checking each flush, rather than the
+    /// summary saved when it was sealed (default false: only each partition's last segment is
+    /// read; damage in an older one is reported when it is read).
+    pub check_sealed_segments: Option<bool>,
     /// Default consumer session timeout, milliseconds.
     pub session_timeout_ms: Option<u32>,
     /// Default ack timeout of a new group, milliseconds.
@@ -250,6 +254,9 @@ impl FileConfig {
                 )))
             }
         };
+        if let Some(check) = self.check_sealed_segments {
+            engine.check_sealed_segments = check;
+        }
         if let Some(net) = &self.net {
             return Err(ConfigError::Invalid(format!(
                 "net = {net:?}: the net setting is gone; connections are served by io_uring \
@@ -385,7 +392,8 @@ mod tests {
     fn file_values_override_defaults_and_unknown_keys_are_refused() {
         let f: FileConfig = toml::from_str(
             "listen = \"127.0.0.1:9000\"\nshards = 3\nio = \"portable\"\ncommit_linger_us = 50\n\
-             flush_sync = \"fdatasync\"\nproducer_expiry_ms = 0\nflushes_in_flight = 1\n",
+             flush_sync = \"fdatasync\"\nproducer_expiry_ms = 0\nflushes_in_flight = 1\n\
+             check_sealed_segments = true\n",
         )
         .unwrap();
         let cfg = f.into_config().unwrap();
@@ -399,6 +407,7 @@ mod tests {
         assert!(matches!(cfg.engine.io, IoMode::Portable));
         assert_eq!(cfg.engine.producer_expiry, None, "0: no expiry by time");
         assert_eq!(cfg.engine.flushes_in_flight, 1);
+        assert!(cfg.engine.check_sealed_segments);
         let expiring: FileConfig = toml::from_str("producer_expiry_ms = 60000\n").unwrap();
         assert_eq!(
             expiring.into_config().unwrap().engine.producer_expiry,

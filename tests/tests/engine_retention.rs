@@ -102,10 +102,12 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
     drop(engine);
 
     // Every kept segment file but the first has been used before: what follows its data is
-    // an older part of the log, not damage.
+    // an older part of the log, not damage. Once read whole, once from the summaries.
     for round in 0..2 {
-        let engine = Engine::open(config(dir.path()))
-            .unwrap_or_else(|e| panic!("reopen {round} over reused files: {e}"));
+        let mut cfg = config(dir.path());
+        cfg.check_sealed_segments = round == 0;
+        let engine =
+            Engine::open(cfg).unwrap_or_else(|e| panic!("reopen {round} over reused files: {e}"));
         assert_retained(&engine, &appended, &format!("reopen {round}"));
         appended.extend(append_many(&engine, &mut rng, 400));
         assert_retained(&engine, &appended, &format!("after reopen {round}"));
@@ -130,7 +132,21 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
         .expect("the victim is in the oldest kept segment");
     bytes[at + victim.len() / 2] ^= 0x20;
     fs::write(&oldest, &bytes).unwrap();
+    // Start-up believes the sealed segment's summary; reading the batch names the damage.
     let engine = Engine::open(config(dir.path())).unwrap();
+    match engine.read_wait("r", 0, start, 1 << 20) {
+        Err(DataError::Corruption { path, position, .. }) => {
+            assert_eq!(path, oldest, "names the damaged file");
+            assert_eq!(position, at as u64, "names the damaged batch");
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("a damaged reused segment was served"),
+    }
+    drop(engine);
+    // Reading every segment at start finds it there, and holds the partition offline.
+    let mut check_all = config(dir.path());
+    check_all.check_sealed_segments = true;
+    let engine = Engine::open(check_all).unwrap();
     match engine.read_wait("r", 0, start, 1 << 20) {
         Err(DataError::PartitionOffline { cause, .. }) => match cause.as_ref() {
             DataError::Corruption { path, position, .. } => {

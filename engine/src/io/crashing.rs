@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -89,6 +89,8 @@ pub struct CrashPlan {
     writes: Mutex<Vec<Written>>,
     /// Renames through the disks, and the metadata files' and directories' changes.
     dirs: DirChanges,
+    /// Files written without a sync ([`MetaFs::write_unsynced`]): a power cut may tear them.
+    unsynced_files: Mutex<Vec<PathBuf>>,
     mapped: Mutex<MappedFiles>,
     crashed: AtomicBool,
     disks: AtomicUsize,
@@ -257,6 +259,7 @@ impl CrashPlan {
         let mut next = xorshift(seed);
         let mut undone = self.lose_unsynced_mapped(&mut next)?;
         undone += self.dirs.lose_unsynced(&mut next)?;
+        undone += self.tear_unsynced_files(&mut next)?;
         let writes = self.writes();
         for w in writes.iter().rev().filter(|w| !w.durable) {
             let file = &w.handle;
@@ -275,6 +278,33 @@ impl CrashPlan {
             undone += 1;
         }
         Ok(undone)
+    }
+
+    /// Each file written without a sync that is still there is kept whole, emptied, or cut at
+    /// a random length, as `next` picks. Returns how many were damaged.
+    fn tear_unsynced_files(&self, next: &mut impl FnMut() -> u64) -> io::Result<usize> {
+        let mut torn = 0;
+        let files = std::mem::take(
+            &mut *self
+                .unsynced_files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for path in files {
+            let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+                continue; // undone with its directory entry, or removed since
+            };
+            let len = file.metadata()?.len();
+            let keep = match next() % 3 {
+                0 => continue,
+                1 => 0,
+                _ => next() % len.max(1),
+            };
+            file.set_len(keep)?;
+            file.sync_all()?;
+            torn += 1;
+        }
+        Ok(torn)
     }
 
     /// A sync of the file `inode` makes durable the write linked to it and, when `whole_file`,
@@ -618,6 +648,19 @@ impl MetaFs for CrashPlan {
         if new {
             self.dirs.created(path, false);
         }
+        Ok(())
+    }
+    fn write_unsynced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.refuse_when_cut()?;
+        let new = !path.exists();
+        SystemFs.write_unsynced(path, bytes)?;
+        if new {
+            self.dirs.created(path, false);
+        }
+        self.unsynced_files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(path.to_path_buf());
         Ok(())
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -27,6 +27,9 @@ pub trait MetaFs: Send + Sync {
     fn create_dir(&self, dir: &Path) -> io::Result<()>;
     /// Creates (or truncates) the file at `path`, writes `bytes` and syncs the file.
     fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Creates (or truncates) the file at `path` and writes `bytes`, without a sync: for a
+    /// file whose loss or damage costs only time (a cache checked when read).
+    fn write_unsynced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Reads the whole file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Renames `from` to `to`, replacing `to` if it exists.
@@ -53,6 +56,9 @@ impl MetaFs for SystemFs {
         let mut f = fs::File::create(path)?;
         f.write_all(bytes)?;
         f.sync_all()
+    }
+    fn write_unsynced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        fs::write(path, bytes)
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
