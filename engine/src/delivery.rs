@@ -265,9 +265,15 @@ impl PartitionDelivery {
     ) {
         // The delivery rules, checked where they act: a message is with one member at a time,
         // and nothing acknowledged is handed out.
-        assert!(offset >= self.acks.committed, "{offset} is below the committed offset");
+        assert!(
+            offset >= self.acks.committed,
+            "{offset} is below the committed offset"
+        );
         assert!(!self.acks.is_acked(offset), "{offset} is acknowledged");
-        assert!(!self.redeliver.contains_key(&offset), "{offset} is also waiting");
+        assert!(
+            !self.redeliver.contains_key(&offset),
+            "{offset} is also waiting"
+        );
         let before = self.in_flight.insert(
             offset,
             InFlight {

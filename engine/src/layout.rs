@@ -114,11 +114,11 @@ pub struct TopicMeta {
 }
 
 impl TopicMeta {
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         seal_text(format!("{META_HEADER}\npartitions {}\n", self.partitions))
     }
 
-    fn decode(text: &str) -> Option<Self> {
+    pub(crate) fn decode(text: &str) -> Option<Self> {
         let mut lines = unseal_text(text)?.lines();
         if lines.next()? != META_HEADER {
             return None;
@@ -297,8 +297,8 @@ impl DataDirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use crate::io::SystemFs;
+    use std::fs;
 
     #[test]
     fn segment_names_round_trip_and_reject_others() {

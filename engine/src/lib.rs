@@ -9,18 +9,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-/// Modules the server has no business with: public to the tests and benchmarks only (cargo
-/// feature `testing`), private otherwise.
-macro_rules! internal {
-    ($($(#[$doc:meta])* $module:ident;)*) => {$(
-        $(#[$doc])*
-        #[cfg(feature = "testing")]
-        pub mod $module;
-        #[cfg(not(feature = "testing"))]
-        mod $module;
-    )*};
-}
-
 use keel_format::batch;
 mod blocking;
 mod completions;
@@ -46,7 +34,17 @@ mod shard;
 mod tail;
 mod topic_name;
 mod zeroing;
-internal! {
+// Modules the server has no business with: public to the tests and benchmarks only (cargo
+// feature `testing`), private otherwise. The public declarations are written out, so that
+// tools reading the module tree (cargo-mutants) find each file once; the private ones come
+// from a macro.
+macro_rules! private_unless_testing {
+    ($($module:ident;)*) => {$(
+        #[cfg(not(feature = "testing"))]
+        mod $module;
+    )*};
+}
+private_unless_testing! {
     aligned;
     delivery;
     filesystem;
@@ -59,9 +57,34 @@ internal! {
     summary;
     trailer;
 }
+#[cfg(feature = "testing")]
+pub mod aligned;
+#[cfg(feature = "testing")]
+pub mod delivery;
+#[cfg(feature = "testing")]
+pub mod filesystem;
+/// What fuzzing checks of the decoders of what the engine reads from disk.
+#[cfg(any(test, feature = "testing"))]
+pub mod fuzz_checks;
+#[cfg(feature = "testing")]
+pub mod groups;
+#[cfg(feature = "testing")]
+pub mod histogram;
+#[cfg(feature = "testing")]
+pub mod io;
+#[cfg(feature = "testing")]
+pub mod layout;
+#[cfg(feature = "testing")]
+pub mod offsets;
+#[cfg(feature = "testing")]
+pub mod recovery;
+#[cfg(feature = "testing")]
+pub mod summary;
 /// Opening the engine on a test backend.
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod trailer;
 /// A deterministic pseudo-random sequence, for tests and simulated faults.
 #[cfg(any(test, feature = "testing"))]
 pub mod xorshift;

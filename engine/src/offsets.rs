@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use memmap2::MmapMut;
 
 use crate::error::IoFailure;
-use crate::io::MappedRecord;
 use crate::io::sync_dir;
+use crate::io::MappedRecord;
 
 /// Offsets above the committed one whose acknowledgement a slot can hold.
 pub const WINDOW: usize = 4096;
@@ -29,7 +29,7 @@ pub const SLOT_BYTES: usize = 2 * COPY_BYTES;
 const MAGIC: [u8; 4] = *b"KOFS";
 const BITMAP_AT: usize = 28;
 const BITMAP_BYTES: usize = WINDOW / 8;
-const CRC_AT: usize = BITMAP_AT + BITMAP_BYTES;
+pub(crate) const CRC_AT: usize = BITMAP_AT + BITMAP_BYTES;
 
 /// The durable acknowledgement state of one (group, partition).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,7 +354,7 @@ impl OffsetTable {
     }
 }
 
-enum Decoded {
+pub(crate) enum Decoded {
     Empty,
     Bad,
     Ok(u64, AckState),
@@ -368,7 +368,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Copy layout: magic "KOFS" | seq u64 | owner u64 | committed u64 | bitmap (512 bytes) |
 /// CRC-32C u32 of everything before it; little-endian; the rest of the copy is zero.
-fn encode(seq: u64, state: &AckState, out: &mut [u8]) {
+pub(crate) fn encode(seq: u64, state: &AckState, out: &mut [u8]) {
     out.fill(0);
     out[..4].copy_from_slice(&MAGIC);
     out[4..12].copy_from_slice(&seq.to_le_bytes());
@@ -379,7 +379,7 @@ fn encode(seq: u64, state: &AckState, out: &mut [u8]) {
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn decode(b: &[u8]) -> Decoded {
+pub(crate) fn decode(b: &[u8]) -> Decoded {
     if b.iter().all(|&x| x == 0) {
         return Decoded::Empty;
     }
@@ -490,6 +490,69 @@ mod tests {
             "another owner's slot"
         );
         assert_eq!(t.load(1, 7), Loaded::Nothing { damaged: false });
+    }
+
+    #[test]
+    fn offsets_beyond_the_window_are_not_acknowledged_and_cannot_be() {
+        let mut s = AckState::new(1, 100);
+        let last = 100 + WINDOW as u64 - 1;
+        assert!(s.ack(last), "the window's last offset");
+        assert!(s.is_acked(last));
+        assert!(!s.is_acked(last + 1), "past the window");
+        assert!(!s.ack(last + 1), "refused: past the window");
+        assert!(!s.is_acked(last + 1));
+        assert!(s.is_acked(99), "below the committed offset");
+    }
+
+    #[test]
+    fn a_new_table_has_exactly_the_slots_asked_for() {
+        // More than the 1 MiB the file is grown by at a time.
+        let (dir, t) = table(1000);
+        assert_eq!(t.slots(), 1000);
+        let len = std::fs::metadata(dir.path().join("offsets")).unwrap().len();
+        assert_eq!(len, 1000 * SLOT_BYTES as u64);
+    }
+
+    #[test]
+    fn after_reopening_a_store_goes_over_the_older_copy_never_the_newest() {
+        // States acknowledging 0, 1, 2, 3 offsets past the committed one (never its own).
+        let states: Vec<AckState> = (0..4u64)
+            .map(|n| {
+                let mut s = AckState::new(9, 100);
+                for o in 0..n {
+                    s.ack(102 + o);
+                }
+                s
+            })
+            .collect();
+        // Two or three synced stores: the newest durable state in one copy, then the other.
+        for synced in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("offsets");
+            {
+                let mut t = OffsetTable::open(&path, 1).unwrap();
+                for s in &states[..synced] {
+                    t.store(0, s);
+                    t.flush(None).unwrap();
+                }
+            }
+            let durable = &states[synced - 1];
+            let mut t = OffsetTable::open(&path, 1).unwrap();
+            assert_eq!(t.load(0, 9), Loaded::State(durable.clone()));
+            // A store after the reopen, not synced: a power cut may tear the copy it went to.
+            t.store(0, &states[synced]);
+            let written = (0..2)
+                .find(|&which| {
+                    matches!(decode(t.copy(0, which)), Decoded::Ok(_, ref s) if *s == states[synced])
+                })
+                .unwrap();
+            t.map[written * COPY_BYTES + 20] ^= 0xff;
+            assert_eq!(
+                t.load(0, 9),
+                Loaded::OtherCopyDamaged(durable.clone()),
+                "{synced} syncs: the newest durable state survives a store over the other copy"
+            );
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@ use crate::aligned::{align_down, AlignedBuf, BLOCK_BYTES};
 use crate::batch::{self, BatchView, LOG_OVERHEAD_BYTES};
 use crate::producers::{sequenced, Producers, Sequenced};
 use crate::segment::{IndexEntry, INDEX_INTERVAL_BYTES};
-use crate::OffsetRange;
 use crate::trailer::{self, CrcScope, Trailer, TRAILER_BYTES};
+use crate::OffsetRange;
 
 /// Bytes read per step while scanning.
 const SCAN_WINDOW_BYTES: usize = 4 << 20;
@@ -21,6 +21,25 @@ pub trait ReadAt {
         -> (AlignedBuf, io::Result<usize>);
 }
 
+/// A segment's bytes in memory, read as a file: for tests and fuzzing.
+#[cfg(any(test, feature = "testing"))]
+pub struct MemFile<'a>(pub &'a [u8]);
+
+#[cfg(any(test, feature = "testing"))]
+impl ReadAt for MemFile<'_> {
+    fn read_at(
+        &mut self,
+        pos: u64,
+        mut buf: AlignedBuf,
+        len: usize,
+    ) -> (AlignedBuf, io::Result<usize>) {
+        let start = usize::try_from(pos).unwrap_or(usize::MAX).min(self.0.len());
+        let n = len.min(self.0.len() - start).min(buf.capacity());
+        buf.as_mut_slice()[..n].copy_from_slice(&self.0[start..start + n]);
+        (buf, Ok(n))
+    }
+}
+
 /// A sliding window over a file, so batches that straddle read boundaries are seen whole.
 struct Window<R> {
     src: R,
@@ -31,10 +50,10 @@ struct Window<R> {
 }
 
 impl<R: ReadAt> Window<R> {
-    fn new(src: R, file_len: u64) -> Self {
+    fn new(src: R, file_len: u64, window_bytes: usize) -> Self {
         Self {
             src,
-            buf: AlignedBuf::zeroed(SCAN_WINDOW_BYTES),
+            buf: AlignedBuf::zeroed(window_bytes),
             start: 0,
             filled: 0,
             file_len,
@@ -111,7 +130,26 @@ pub fn scan<R: ReadAt>(
     base_offset: u64,
     max_batch_bytes: usize,
 ) -> io::Result<Scan> {
-    let mut w = Window::new(src, file_len);
+    scan_in_windows(
+        src,
+        file_len,
+        base_offset,
+        max_batch_bytes,
+        SCAN_WINDOW_BYTES,
+    )
+}
+
+/// [`scan`], reading `window_bytes` (a multiple of the block size) at a time: the tests slide
+/// small windows over segments many windows long, as production's slide over 256 MiB ones.
+pub(crate) fn scan_in_windows<R: ReadAt>(
+    src: R,
+    file_len: u64,
+    base_offset: u64,
+    max_batch_bytes: usize,
+    window_bytes: usize,
+) -> io::Result<Scan> {
+    assert!(window_bytes.is_multiple_of(BLOCK_BYTES));
+    let mut w = Window::new(src, file_len, window_bytes);
     let mut s = Scan {
         next_offset: base_offset,
         ..Scan::default()
@@ -332,23 +370,7 @@ fn look_past_the_end<R: ReadAt>(w: &mut Window<R>, s: &mut Scan) -> io::Result<(
 #[allow(missing_docs)]
 pub mod tests {
     use super::*;
-
-    /// Reads from bytes in memory.
-    pub struct MemFile<'a>(pub &'a [u8]);
-
-    impl ReadAt for MemFile<'_> {
-        fn read_at(
-            &mut self,
-            pos: u64,
-            mut buf: AlignedBuf,
-            len: usize,
-        ) -> (AlignedBuf, io::Result<usize>) {
-            let start = (pos as usize).min(self.0.len());
-            let n = len.min(self.0.len() - start);
-            buf.as_mut_slice()[..n].copy_from_slice(&self.0[start..start + n]);
-            (buf, Ok(n))
-        }
-    }
+    use crate::aligned::align_up;
 
     /// Builds segment bytes from flushes of batches, as the writer lays them out.
     pub fn segment_with(
@@ -411,6 +433,232 @@ pub mod tests {
         b.build()
     }
 
+    /// Random flushes of 1..=4 batches of 1..=3 records, values from a few bytes to
+    /// `max_value` (more than a small scan window).
+    fn random_flushes(
+        next: &mut impl FnMut() -> u64,
+        count: usize,
+        max_value: usize,
+    ) -> Vec<Vec<Vec<u8>>> {
+        (0..count)
+            .map(|_| {
+                (0..1 + next() % 4)
+                    .map(|_| {
+                        let records = 1 + (next() % 3) as usize;
+                        let value = match next() % 4 {
+                            0 => (next() % 64) as usize,
+                            1 => (next() % max_value as u64) as usize,
+                            _ => (next() % 3000) as usize,
+                        };
+                        batch_of(records, value)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// What a scan finds that the tests compare.
+    fn found(
+        s: &Scan,
+    ) -> (
+        u64,
+        u64,
+        u64,
+        Vec<IndexEntry>,
+        bool,
+        Option<u64>,
+        u64,
+        usize,
+    ) {
+        (
+            s.valid_end,
+            s.sealed_end,
+            s.next_offset,
+            s.index.clone(),
+            s.invalid.is_some(),
+            s.later_flush_at,
+            s.dirty_end,
+            s.tail_block.len(),
+        )
+    }
+
+    /// Scans `bytes` with every small window, and once with a window holding the whole file.
+    /// Every small one must find what the whole one finds.
+    fn scan_every_window(bytes: &[u8], base: u64) -> Scan {
+        let whole = align_up(bytes.len() as u64).max(BLOCK_BYTES as u64) as usize;
+        let reference =
+            scan_in_windows(MemFile(bytes), bytes.len() as u64, base, 1 << 20, whole).unwrap();
+        for window in [
+            BLOCK_BYTES,
+            2 * BLOCK_BYTES,
+            3 * BLOCK_BYTES,
+            16 * BLOCK_BYTES,
+        ] {
+            let s =
+                scan_in_windows(MemFile(bytes), bytes.len() as u64, base, 1 << 20, window).unwrap();
+            assert_eq!(found(&s), found(&reference), "window of {window} bytes");
+        }
+        reference
+    }
+
+    #[test]
+    fn a_segment_many_windows_long_scans_the_same_with_any_window() {
+        let mut next = crate::xorshift::xorshift(0x5ca7);
+        for layout in 0..40 {
+            let count = 1 + (next() % 12) as usize;
+            let flushes = random_flushes(&mut next, count, 20_000);
+            let (mut bytes, starts) = segment_with(&flushes, 7, 512 * 1024);
+            let records: u64 = flushes
+                .iter()
+                .flatten()
+                .map(|b| BatchView::verify(b).unwrap().record_count() as u64)
+                .sum();
+            let end = (0..bytes.len())
+                .rev()
+                .find(|&i| bytes[i] != 0)
+                .map_or(0, |i| align_up(i as u64 + 1));
+            // Every other layout ends its file exactly where its last flush ends.
+            if layout % 2 == 0 {
+                bytes.truncate(end as usize);
+            }
+            let s = scan_every_window(&bytes, 7);
+            let what = format!("layout {layout}");
+            assert_eq!(s.next_offset, 7 + records, "{what}");
+            assert_eq!(
+                (s.sealed_end, s.valid_end, s.dirty_end),
+                (end, end, end),
+                "{what}"
+            );
+            assert!(s.invalid.is_none() && s.later_flush_at.is_none(), "{what}");
+            // An entry at the first batch, then at each batch an index interval or more past
+            // the last entry.
+            let mut expected: Vec<u64> = Vec::new();
+            for &at in &starts {
+                if expected
+                    .last()
+                    .is_none_or(|&p| at >= p + INDEX_INTERVAL_BYTES)
+                {
+                    expected.push(at);
+                }
+            }
+            let positions: Vec<u64> = s.index.iter().map(|e| e.pos).collect();
+            assert_eq!(positions, expected, "{what}");
+            assert_eq!(s.index[0], IndexEntry { offset: 7, pos: 0 }, "{what}");
+        }
+    }
+
+    #[test]
+    fn damage_is_told_the_same_with_any_window() {
+        let mut next = crate::xorshift::xorshift(0xda3a);
+        for layout in 0..30 {
+            let count = 3 + (next() % 8) as usize;
+            let flushes = random_flushes(&mut next, count, 20_000);
+            let (clean, starts) = segment_with(&flushes, 0, 512 * 1024);
+            // A torn last flush: its last block lost.
+            let mut torn = clean.clone();
+            let last_end = (0..torn.len())
+                .rev()
+                .find(|&i| torn[i] != 0)
+                .map_or(0, |i| align_up(i as u64 + 1) as usize);
+            torn[last_end - BLOCK_BYTES..last_end].fill(0);
+            let s = scan_every_window(&torn, 0);
+            assert!(s.later_flush_at.is_none(), "layout {layout}: a torn tail");
+            assert!(s.sealed_end < last_end as u64);
+            // A flipped byte inside a batch of the first flush, later flushes durable.
+            let mut flipped = clean.clone();
+            flipped[starts[0] as usize + 70] ^= 0x10;
+            let s = scan_every_window(&flipped, 0);
+            assert_eq!(s.sealed_end, 0, "layout {layout}");
+            assert!(
+                s.later_flush_at.is_some(),
+                "layout {layout}: proof of corruption"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_flush_leaves_no_index_entry_inside_it() {
+        // A first flush of one batch over an index interval long, so the last flush's first
+        // batch is indexed, and later ones of it too.
+        let flushes = vec![
+            vec![batch_of(1, 33_000)],
+            (0..12).map(|_| batch_of(2, 3000)).collect(),
+        ];
+        let (mut bytes, starts) = segment_with(&flushes, 0, 256 * 1024);
+        let last_flush = starts[1];
+        let clean = scan_every_window(&bytes, 0);
+        assert!(
+            clean.index.iter().any(|e| e.pos == last_flush)
+                && clean.index.iter().any(|e| e.pos > last_flush),
+            "the test needs entries at and inside the last flush: {:?}",
+            clean.index
+        );
+        // The leader epoch of its third batch: outside the batch CRC, inside the flush CRC.
+        bytes[starts[3] as usize + 13] ^= 1;
+        let s = scan_every_window(&bytes, 0);
+        assert_eq!(
+            (s.sealed_end, s.valid_end, s.next_offset),
+            (last_flush, last_flush, 1)
+        );
+        assert_eq!(
+            s.index,
+            [IndexEntry { offset: 0, pos: 0 }],
+            "only the entries before the dropped flush"
+        );
+    }
+
+    #[test]
+    fn a_file_cut_mid_block_is_cleared_only_where_stale_bytes_lie() {
+        let flushes = vec![vec![batch_of(2, 100)], vec![batch_of(1, 5000)]];
+        let (bytes, _) = segment_with(&flushes, 0, 64 * 1024);
+        let end = scan_every_window(&bytes, 0).sealed_end as usize;
+        let mut cut = bytes[..end + 1000].to_vec();
+        let s = scan_every_window(&cut, 0);
+        assert_eq!(
+            (s.sealed_end, s.dirty_end),
+            (end as u64, end as u64),
+            "zeros"
+        );
+        cut[end + 999] = 0x7f;
+        let s = scan_every_window(&cut, 0);
+        assert_eq!(s.sealed_end, end as u64);
+        assert_eq!(s.dirty_end, cut.len() as u64, "the stale byte is cleared");
+    }
+
+    #[test]
+    fn a_scan_finds_each_idempotent_batch_where_it_is() {
+        let batch = |seq: i32, n: usize| {
+            let mut b = batch::BatchBuilder::new(0).producer(5, 0, seq);
+            for _ in 0..n {
+                b.push(None, &[7; 900], &[]);
+            }
+            b.build()
+        };
+        let flushes = vec![vec![batch(0, 2), batch(2, 3)], vec![batch(5, 1)]];
+        let (bytes, starts) = segment_with(&flushes, 100, 64 * 1024);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 100, 1 << 20).unwrap();
+        let sequenced = |first_seq, records| Sequenced {
+            producer_id: 5,
+            epoch: 0,
+            first_seq,
+            records,
+            max_timestamp: 0,
+        };
+        let at = |first, last| crate::producers::Verdict::Duplicate(OffsetRange { first, last });
+        // Kept only up to the first flush's end: the third batch is cut, the others repeat.
+        // The third batch starts the second flush, where the first one ends.
+        let first_flush_end = starts[2];
+        let mut kept = Producers::default();
+        kept.absorb(s.producers, first_flush_end);
+        assert_eq!(kept.check(&sequenced(0, 2)), at(100, 101));
+        assert_eq!(kept.check(&sequenced(2, 3)), at(102, 104));
+        assert_eq!(
+            kept.check(&sequenced(5, 1)),
+            crate::producers::Verdict::Write,
+            "cut away: written as new"
+        );
+    }
+
     #[test]
     fn clean_segment_scans_to_its_last_flush() {
         let flushes = vec![
@@ -457,6 +705,11 @@ pub mod tests {
         let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
         assert_eq!(s.later_flush_at, None);
         assert_eq!(s.dirty_end, 3 * 4096, "it is still cleared as a leftover");
+        // Nor one that ends at the log's own end: a later flush holds at least one record.
+        let empty = Trailer::alone(8192, 13, 1, CrcScope::Headers);
+        empty.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
+        let s = scan(MemFile(&bytes), bytes.len() as u64, 10, 1 << 20).unwrap();
+        assert_eq!(s.later_flush_at, None);
         // A trailer that could only come from a later flush of this log is proof.
         let later = Trailer::alone(8192, 20, 1, CrcScope::Headers);
         later.encode(&mut bytes[3 * 4096 - TRAILER_BYTES..3 * 4096]);
@@ -488,7 +741,11 @@ pub mod tests {
         let s = scan(MemFile(&bytes), bytes.len() as u64, 0, 1 << 20).unwrap();
         assert_eq!((s.sealed_end, s.next_offset), (4096, 1));
         assert_eq!(s.later_flush_at, None, "{:?}", s.invalid);
-        assert_eq!(s.dirty_end, 3 * 4096, "the third flush is cleared as a leftover");
+        assert_eq!(
+            s.dirty_end,
+            3 * 4096,
+            "the third flush is cleared as a leftover"
+        );
 
         // Written after the second one was durable, the same flush proves corruption.
         written_beside(&mut bytes, 3 * 4096, 8192);

@@ -20,12 +20,6 @@ use crate::OffsetRange;
 
 const MAGIC: &[u8; 4] = b"KSUM";
 const VERSION: u16 = 1;
-/// Magic, version, reserved, base offset, next offset, durable end, index and producer counts.
-const HEADER_BYTES: usize = 4 + 2 + 2 + 8 + 8 + 8 + 4 + 4;
-const INDEX_ENTRY_BYTES: usize = 16;
-/// Id, epoch, batch count, last timestamp, last seen.
-const PRODUCER_BYTES: usize = 8 + 2 + 2 + 8 + 8;
-const BATCH_BYTES: usize = 4 + 4 + 8 + 8;
 const CRC_BYTES: usize = 4;
 
 /// What start-up needs of one sealed segment.
@@ -46,14 +40,7 @@ pub struct SegmentSummary {
 impl SegmentSummary {
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let batches: usize = self.producers.iter().map(|p| p.batches.len()).sum();
-        let mut out = Vec::with_capacity(
-            HEADER_BYTES
-                + self.index.len() * INDEX_ENTRY_BYTES
-                + self.producers.len() * PRODUCER_BYTES
-                + batches * BATCH_BYTES
-                + CRC_BYTES,
-        );
+        let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_be_bytes());
         out.extend_from_slice(&0u16.to_be_bytes());
@@ -105,7 +92,10 @@ impl SegmentSummary {
         if version != VERSION {
             return Err(format!("version {version}, not {VERSION}"));
         }
-        r.u16().ok_or_else(short)?;
+        let reserved = r.u16().ok_or_else(short)?;
+        if reserved != 0 {
+            return Err(format!("reserved bytes hold {reserved}, not 0"));
+        }
         let base = r.u64().ok_or_else(short)?;
         let next_offset = r.u64().ok_or_else(short)?;
         let durable_end = r.u64().ok_or_else(short)?;
@@ -133,7 +123,8 @@ impl SegmentSummary {
             let after_last = index
                 .last()
                 .is_none_or(|last| e.offset > last.offset && e.pos > last.pos);
-            if !(after_last && e.offset < next_offset.max(base + 1) && e.pos < durable_end) {
+            let inside = base <= e.offset && e.offset < next_offset && e.pos < durable_end;
+            if !(after_last && inside) {
                 return Err(format!("index entry {e:?} out of order or past the end"));
             }
             index.push(e);
@@ -305,7 +296,10 @@ mod tests {
             }
         }
         for len in 0..bytes.len() {
-            assert!(SegmentSummary::decode(&bytes[..len], 1000).is_err(), "{len}");
+            assert!(
+                SegmentSummary::decode(&bytes[..len], 1000).is_err(),
+                "{len}"
+            );
         }
     }
 
@@ -320,9 +314,112 @@ mod tests {
         let mut unordered = s.clone();
         unordered.index.swap(0, 1);
         assert!(SegmentSummary::decode(&unordered.encode(), 1000).is_err());
-        let mut unaligned = s;
+        let mut unaligned = s.clone();
         unaligned.durable_end += 1;
         assert!(SegmentSummary::decode(&unaligned.encode(), 1000).is_err());
+        // Found by fuzzing: a reserved field that is not zero, sealed with a valid CRC, was
+        // read as if it were (and would have been written back as zero).
+        let mut reserved = s.encode();
+        reserved[7] = 10;
+        let body = reserved.len() - 4;
+        let crc = keel_format::crc::crc32c(&reserved[..body]);
+        reserved[body..].copy_from_slice(&crc.to_be_bytes());
+        assert!(SegmentSummary::decode(&reserved, 1000).is_err());
+    }
+
+    /// A summary with `index` entries, `producers` producers of `batches` batches each, over
+    /// offsets 0..100_000 and bytes 0..4096 * 100_000.
+    fn sized(index: usize, producers: usize, batches: usize) -> SegmentSummary {
+        SegmentSummary {
+            base_offset: 0,
+            next_offset: 100_000,
+            durable_end: 4096 * 100_000,
+            index: (0..index as u64)
+                .map(|i| IndexEntry {
+                    offset: i,
+                    pos: i * 4096,
+                })
+                .collect(),
+            producers: (0..producers as i64)
+                .map(|id| SavedProducer {
+                    id,
+                    epoch: 0,
+                    last_timestamp: 0,
+                    last_seen_ms: 0,
+                    batches: (0..batches as u64)
+                        .map(|b| ProducedBatch {
+                            first_seq: b as i32,
+                            last_seq: b as i32,
+                            offsets: OffsetRange { first: b, last: b },
+                            end_pos: 0,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn decodes(s: &SegmentSummary) -> bool {
+        SegmentSummary::decode(&s.encode(), s.base_offset).is_ok()
+    }
+
+    #[test]
+    fn every_bound_is_taken_up_to_its_limit_and_refused_past_it() {
+        assert!(decodes(&sized(0, 0, 0)), "nothing in it");
+        let empty = SegmentSummary {
+            base_offset: 7,
+            next_offset: 7,
+            durable_end: 0,
+            ..sized(0, 0, 0)
+        };
+        assert!(decodes(&empty), "an empty segment");
+        assert!(!decodes(&SegmentSummary {
+            next_offset: 6,
+            ..empty.clone()
+        }));
+        assert!(decodes(&sized(SEALED_INDEX_ENTRIES_MAX, 0, 0)));
+        assert!(!decodes(&sized(SEALED_INDEX_ENTRIES_MAX + 1, 0, 0)));
+        assert!(decodes(&sized(0, PRODUCERS_MAX, 1)));
+        assert!(!decodes(&sized(0, PRODUCERS_MAX + 1, 1)));
+        assert!(decodes(&sized(0, 1, BATCHES_KEPT)));
+        assert!(!decodes(&sized(0, 1, BATCHES_KEPT + 1)));
+        assert!(!decodes(&sized(0, 1, 0)), "a producer without batches");
+    }
+
+    #[test]
+    fn each_field_out_of_its_range_is_refused() {
+        let s = sample();
+        let refused = |change: &dyn Fn(&mut SegmentSummary)| {
+            let mut bad = s.clone();
+            change(&mut bad);
+            !decodes(&bad)
+        };
+        assert!(decodes(&s));
+        // Index entries: strictly ascending in both offset and position, inside the segment.
+        assert!(refused(&|b| b.index[1].offset = b.index[0].offset));
+        assert!(refused(&|b| b.index[1].pos = b.index[0].pos));
+        assert!(refused(&|b| b.index[1].offset = b.next_offset));
+        assert!(refused(&|b| b.index[1].pos = b.durable_end));
+        assert!(refused(&|b| b.index[0].offset = b.base_offset - 1));
+        // Producers: ids ascending, not negative; batches with sane sequences and offsets.
+        assert!(refused(&|b| b.producers[1].id = b.producers[0].id));
+        assert!(refused(&|b| b.producers[0].id = -1));
+        assert!(refused(&|b| b.producers[0].batches[0].first_seq = -1));
+        assert!(refused(&|b| b.producers[0].batches[0].last_seq = -1));
+        assert!(refused(&|b| {
+            let batch = &mut b.producers[0].batches[0];
+            batch.offsets.first = batch.offsets.last + 1;
+        }));
+        assert!(
+            !refused(&|b| {
+                let batch = &mut b.producers[0].batches[1];
+                batch.offsets.first = batch.offsets.last;
+            }),
+            "a batch of one record"
+        );
+        assert!(!refused(
+            &|b| b.producers[1].batches[0].offsets.last = b.next_offset - 1
+        ));
     }
 
     #[test]

@@ -20,10 +20,9 @@ const COMPRESSION_MASK: i16 = 0x07;
 /// Attribute bits of a transactional batch (bit 4) and of a control batch (bit 5).
 const TRANSACTIONAL_OR_CONTROL: i16 = 0x30;
 
-/// The name of a RecordBatch compression codec (attribute bits 0–2).
+/// The name of a RecordBatch compression codec (attribute bits 0–2, not 0: uncompressed).
 fn codec_name(codec: i16) -> &'static str {
     match codec {
-        0 => "none",
         1 => "gzip",
         2 => "snappy",
         3 => "lz4",
@@ -301,8 +300,8 @@ impl<'a> Cursor<'a> {
     fn nullable_bytes(&mut self) -> Option<Option<&'a [u8]>> {
         match self.varint()? {
             -1 => Some(None),
-            n if n >= 0 => Some(Some(self.take(usize::try_from(n).ok()?)?)),
-            _ => None,
+            // Any other negative length fails the conversion.
+            n => Some(Some(self.take(usize::try_from(n).ok()?)?)),
         }
     }
 }
@@ -687,6 +686,164 @@ mod tests {
             assert_eq!(
                 view.check_appendable(),
                 Err(BatchError::Transactional { attributes })
+            );
+        }
+    }
+
+    #[test]
+    fn packed_batches_are_walked_whole_and_a_cut_one_is_not_taken() {
+        let one = sample();
+        let mut two = BatchBuilder::new(5);
+        two.push(None, b"second", &[]);
+        let two = two.build();
+        let packed = [one.clone(), two.clone()].concat();
+        let walked: Vec<&[u8]> = batches(&packed).map(|b| b.unwrap().bytes()).collect();
+        assert_eq!(walked, [&one[..], &two[..]]);
+        let trusted: Vec<&[u8]> = trusted_batches(&packed).map(|b| b.bytes()).collect();
+        assert_eq!(
+            trusted,
+            [&one[..], &two[..]],
+            "the last one ends exactly at the end"
+        );
+        // The second cut short: verified, it is an error; trusted, the walk stops before it.
+        let cut = &packed[..packed.len() - 1];
+        let walked: Vec<_> = batches(cut).collect();
+        assert_eq!(walked.len(), 2);
+        assert!(walked[0].is_ok() && walked[1].is_err());
+        assert_eq!(trusted_batches(cut).count(), 1);
+    }
+
+    #[test]
+    fn every_header_field_reads_from_its_place() {
+        let mut b = BatchBuilder::new(1_700_000_000_123).producer(99, 3, 7);
+        assert!(b.is_empty());
+        assert_eq!(b.len(), 0, "nothing pushed");
+        b.push(None, b"a", &[]);
+        assert!(!b.is_empty());
+        assert_eq!(b.len(), 1);
+        b.push(None, b"b", &[]);
+        assert_eq!(b.len(), 2);
+        let bytes = b.build();
+        assert_eq!(
+            be_i32(&bytes, 12),
+            -1,
+            "no partition leader epoch, as Kafka writes it"
+        );
+        let view = BatchView::verify(&bytes).unwrap();
+        assert_eq!(view.bytes(), &bytes[..]);
+        assert_eq!(view.base_timestamp(), 1_700_000_000_123);
+        assert_eq!(view.max_timestamp(), 1_700_000_000_123);
+        assert_eq!(
+            (
+                view.producer_id(),
+                view.producer_epoch(),
+                view.base_sequence()
+            ),
+            (99, 3, 7)
+        );
+        assert_eq!(
+            declared_len(&bytes[..LOG_OVERHEAD_BYTES]),
+            Some(bytes.len() as u64)
+        );
+        assert_eq!(declared_len(&bytes[..LOG_OVERHEAD_BYTES - 1]), None);
+        assert_eq!(
+            BatchView::verify(&[0u8; 5]).err(),
+            Some(BatchError::Length {
+                declared: -1,
+                actual: 5
+            }),
+            "no length to read: declared -1"
+        );
+    }
+
+    #[test]
+    fn each_codec_is_named_and_a_bad_record_by_its_index() {
+        let mut builder = BatchBuilder::new(0);
+        builder.push(None, b"x", &[]);
+        let plain = builder.build();
+        for (codec, named) in [
+            (1, "gzip"),
+            (2, "snappy"),
+            (3, "lz4"),
+            (4, "zstd"),
+            (5, "an undefined codec"),
+        ] {
+            let bytes = with_attributes(&plain, codec);
+            let view = BatchView::verify(&bytes).unwrap();
+            assert_eq!(
+                view.check_appendable(),
+                Err(BatchError::Compressed { codec: named })
+            );
+        }
+        // Three records; the third's length is made to run past the batch (and the batch
+        // re-signed): the records before it read, it is named by its index.
+        let mut b = BatchBuilder::new(0);
+        for v in [b"one", b"two", b"six"] {
+            b.push(None, v, &[]);
+        }
+        let mut bytes = b.build();
+        let records: Vec<(usize, usize)> = {
+            let view = BatchView::verify(&bytes).unwrap();
+            let mut at = HEADER_BYTES;
+            view.records()
+                .map(|_| {
+                    let (_, used) = parse_record(&bytes[at..]).unwrap();
+                    at += used;
+                    (at - used, used)
+                })
+                .collect()
+        };
+        let (third, _) = records[2];
+        bytes[third] = 100; // its length varint: 50, past the end
+        let crc = crate::crc::crc32c(&bytes[CRC_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        let view = BatchView { bytes: &bytes };
+        let read: Vec<_> = view.records().collect();
+        assert!(read[0].is_ok() && read[1].is_ok());
+        assert!(
+            matches!(read[2], Err(BatchError::Record { index: 2, .. })),
+            "{:?}",
+            read[2]
+        );
+    }
+
+    #[test]
+    fn a_record_count_that_disagrees_with_the_last_offset_delta_is_refused() {
+        // With a codec set the records are not parsed, so only these two fields say how many
+        // offsets the batch takes: a batch they disagree on would overlap the next one.
+        let gzip = with_attributes(&sample(), 1);
+        let with = |count: i32, delta: i32| {
+            let mut b = gzip.clone();
+            b[23..27].copy_from_slice(&delta.to_be_bytes());
+            b[57..61].copy_from_slice(&count.to_be_bytes());
+            let crc = crate::crc::crc32c(&b[CRC_START..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            b
+        };
+        assert!(BatchView::verify(&with(3, 2)).is_ok(), "as built");
+        // A batch of no records at all: its header alone, as long as it says.
+        let mut empty = with(0, -1)[..HEADER_BYTES].to_vec();
+        let body = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
+        empty[8..12].copy_from_slice(&body.to_be_bytes());
+        let crc = crate::crc::crc32c(&empty[CRC_START..]);
+        empty[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            BatchView::verify(&empty).err(),
+            Some(BatchError::RecordCount {
+                count: 0,
+                last_offset_delta: -1
+            }),
+            "its length is right; its count is not"
+        );
+        for (count, delta) in [(3, 5), (3, 1), (0, -1), (-1, -2), (1, 1)] {
+            let bytes = with(count, delta);
+            assert_eq!(
+                BatchView::verify(&bytes).err(),
+                Some(BatchError::RecordCount {
+                    count,
+                    last_offset_delta: delta
+                }),
+                "count {count}, last offset delta {delta}"
             );
         }
     }

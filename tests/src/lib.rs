@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 pub mod answers;
 pub mod crash_load;
 pub mod cutter;
+pub mod exactly_once;
 pub mod groups;
 pub mod keeld;
+pub mod member;
 pub mod powerfs;
 pub mod raw_produce;
 pub mod refuser;
@@ -175,4 +177,18 @@ pub fn read_frame(s: &mut impl std::io::Read) -> Vec<u8> {
     frame.resize(4 + u32::from_le_bytes(size) as usize, 0);
     s.read_exact(&mut frame[4..]).unwrap();
     frame
+}
+
+/// Copies the directory tree `from` to `to` (created), leaving out the engine's `LOCK` file.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

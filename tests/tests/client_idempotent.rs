@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use keel_client::{ClientOptions, Delivery, Producer, ProducerOptions, Record};
 use keel_tests::cutter::Cutter;
 use keel_tests::data_dir;
-use keel_tests::keeld::{values, Keeld};
+use keel_tests::exactly_once::{self, Sent};
+use keel_tests::keeld::Keeld;
 use keel_tests::refuser::Refuser;
 
 fn options() -> ProducerOptions {
@@ -32,36 +33,19 @@ fn message(i: usize) -> (u32, String) {
 /// Every delivery succeeded at the offset its partition's log holds its message at, and each
 /// partition holds exactly its messages, once each, in sending order.
 fn check_exactly_once(client: &keel_client::Client, topic: &str, deliveries: Vec<Delivery>) {
-    let mut stored: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-    let logs: Vec<Vec<(u64, Vec<u8>)>> = (0..2).map(|p| values(client, topic, p)).collect();
-    for (i, d) in deliveries.into_iter().enumerate() {
-        let (partition, value) = message(i);
-        let at = d.wait().unwrap_or_else(|e| panic!("message {i}: {e}"));
-        assert_eq!(at.partition, partition);
-        let log = &logs[partition as usize];
-        let found = log
-            .iter()
-            .find(|(o, _)| *o == at.offset)
-            .map(|(_, v)| v.as_slice());
-        assert_eq!(
-            found,
-            Some(value.as_bytes()),
-            "message {i}: its delivery's offset"
-        );
-        stored[partition as usize].push(value);
-    }
-    for (p, want) in stored.iter().enumerate() {
-        let got: Vec<String> = logs[p]
-            .iter()
-            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
-            .collect();
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "partition {p}: none twice, none lost"
-        );
-        assert!(&got == want, "partition {p}: in order");
-    }
+    let sent = deliveries
+        .into_iter()
+        .enumerate()
+        .map(|(i, delivery)| {
+            let (partition, value) = message(i);
+            Sent {
+                partition,
+                value: value.into_bytes(),
+                delivery,
+            }
+        })
+        .collect();
+    exactly_once::check(client, topic, 2, sent);
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use keel_engine::{BatchView, DataError, Engine, RecoveryMode, LOST_HEADER};
 use keel_tests::{
-    data_dir, one_record, random_batch, read_all, segment_files, small_config, with_offset, Rng,
+    copy_dir, data_dir, one_record, random_batch, read_all, segment_files, small_config,
+    with_offset, Rng,
 };
 
 /// Fills one partition until its log spans segments, the last holding over 64 KiB. Returns
@@ -51,19 +52,6 @@ fn last_segment_data_end(dir: &Path, log: &[(u64, Vec<u8>)]) -> usize {
     positions(&bytes, &tail)
         .last()
         .map_or(0, |&(i, at)| at + tail[i].1.len())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! damage.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keel_engine::{DataError, Engine, EngineConfig};
@@ -98,6 +98,21 @@ fn retention_drops_old_segments_reuses_their_files_and_reopens_over_their_leftov
         (3..=5).contains(&files.len()),
         "retention keeps 3 to 5 segments of {SEGMENT} bytes, found {}",
         files.len()
+    );
+    // A dropped segment's summary goes with it; each sealed segment kept has its own.
+    let mut summaries: Vec<PathBuf> = fs::read_dir(dir.path().join("topics/r/0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sum"))
+        .collect();
+    let sealed: Vec<PathBuf> = files[..files.len() - 1]
+        .iter()
+        .map(|f| f.with_extension("sum"))
+        .collect();
+    summaries.sort();
+    assert_eq!(
+        summaries, sealed,
+        "summaries of exactly the sealed segments kept"
     );
     drop(engine);
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use keel_engine::summary::SegmentSummary;
 use keel_engine::{BatchBuilder, DataError, Engine, OffsetRange};
-use keel_tests::{data_dir, read_all, segment_files, small_config};
+use keel_tests::{copy_dir, data_dir, read_all, segment_files, small_config};
 
 /// A batch of `records` messages of about 1 KiB from `producer`, first sequence `seq`.
 fn batch(producer: i64, seq: i32, records: usize) -> Vec<u8> {
@@ -176,14 +176,21 @@ fn a_missing_damaged_or_mismatched_summary_is_not_believed_and_is_written_again(
     }
     s.producers.retain(|p| !p.batches.is_empty());
     fs::write(summary_of(wrong_offset), s.encode()).unwrap();
-    // A summary whose segment is gone.
+    // A summary whose segment is gone, and one beside the segment that ends the log (left
+    // by a crash between a roll's summary and its new segment, say).
     let orphan = dir.path().join("topics/t/0/00000000000099999999.sum");
     fs::write(&orphan, b"left behind").unwrap();
+    let last = summary_of(segments.last().unwrap());
+    fs::write(&last, b"left behind").unwrap();
 
     let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
     assert_same(&engine, &log, &built, "with four summaries not believed");
     drop(engine);
     assert!(!orphan.exists(), "a summary without its segment is removed");
+    assert!(
+        !last.exists(),
+        "the segment that ends the log has no summary"
+    );
     for (segment, original) in [missing, damaged, wrong_end, wrong_offset]
         .into_iter()
         .zip(originals)
@@ -207,17 +214,4 @@ fn decode(segment: &Path) -> SegmentSummary {
         .parse()
         .unwrap();
     SegmentSummary::decode(&bytes, base).unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

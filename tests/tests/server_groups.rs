@@ -2,71 +2,16 @@
 //! its session or ack deadline runs out, and on nack; dead-lettering; keeld killed mid-stream;
 //! torn slots in the offset table file; and `keel consume`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_client::{
-    spans_of, BatchBuilder, Client, Delivered, JoinSettings, Membership, OffsetSpan, StartAt,
-    Target,
-};
+use keel_client::{spans_of, BatchBuilder, Delivered, JoinSettings, OffsetSpan, StartAt, Target};
 use keel_tests::data_dir;
 use keel_tests::keeld::{fetch_all, Keeld, PATIENCE};
+use keel_tests::member::{drain, join, keys, produce, Key};
 use keel_tests::raw_produce;
-
-type Key = (u32, u64);
-
-fn join(client: &Client, topic: &str, settings: JoinSettings) -> Membership {
-    client
-        .join_group("g", topic, StartAt::Earliest, settings)
-        .unwrap()
-}
-
-/// Consumes until `want` messages came (or, with `want` 0, until a wait of `quiet` brings
-/// nothing), acknowledging each durably when `ack`.
-fn drain(
-    client: &Client,
-    m: &Membership,
-    want: usize,
-    quiet: Duration,
-    ack: bool,
-) -> Vec<Delivered> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut got = Vec::new();
-    while want == 0 || got.len() < want {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {want} messages came",
-            got.len()
-        );
-        let batch = client.consume(m, 100, quiet).unwrap();
-        if batch.is_empty() && want == 0 {
-            break;
-        }
-        if ack && !batch.is_empty() {
-            client.ack(m, &spans_of(&batch), true).unwrap();
-        }
-        got.extend(batch);
-    }
-    got
-}
-
-fn keys(d: &[Delivered]) -> BTreeSet<Key> {
-    d.iter().map(|d| (d.partition, d.message.offset)).collect()
-}
-
-/// Produces `n` messages round-robin over the topic's partitions; returns key -> value.
-fn produce(client: &Client, topic: &str, partitions: u32, n: u64) -> HashMap<Key, Vec<u8>> {
-    let mut sent = HashMap::new();
-    for i in 0..n {
-        let p = (i % u64::from(partitions)) as u32;
-        let value = format!("{topic}-{i}").into_bytes();
-        let ack = raw_produce::produce(client, topic, Target::Partition(p), [&value]).unwrap();
-        sent.insert((p, ack.first_offset), value);
-    }
-    sent
-}
 
 /// A `keel consume --no-ack` process holding what it printed.
 fn start_cli_consumer(keeld: &Keeld, topic: &str, prefetch: u32) -> Child {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::layout::{seal_text, unseal_text};
+use crate::layout::{seal_text, unseal_text, validate_group_name, validate_topic_name};
 
 const HEADER: &str = "keel-group 1";
 
@@ -106,8 +106,10 @@ impl GroupMeta {
                     .to_string(),
             )
         };
-        let group = field("group")?;
-        let topic = field("topic")?;
+        // Names as Keel makes them, or the file is not one it wrote (a name with a '\r' at
+        // its end, say, would not read back the same).
+        let group = field("group").filter(|g| validate_group_name(g).is_ok())?;
+        let topic = field("topic").filter(|t| validate_topic_name(t).is_ok())?;
         let created: u64 = field("created")?.parse().ok()?;
         let ack_timeout_ms: u64 = field("ack_timeout_ms")?.parse().ok()?;
         let max_deliveries: u32 = field("max_deliveries")?.parse().ok()?;
@@ -170,6 +172,15 @@ mod tests {
         assert_eq!(GroupMeta::decode(&text), Some(meta));
         let flipped = text.replacen("max_deliveries 3", "max_deliveries 9", 1);
         assert_eq!(GroupMeta::decode(&flipped), None, "the CRC catches an edit");
+        // A name Keel would never write, sealed with a valid CRC (found by fuzzing: a topic
+        // ending in two '\r' lost one when read back).
+        for (field, bad) in [
+            ("topic orders", "topic orders\r\r"),
+            ("group billing", "group a b"),
+        ] {
+            let body = unseal_text(&text).unwrap().replacen(field, bad, 1);
+            assert_eq!(GroupMeta::decode(&seal_text(body)), None, "{bad:?}");
+        }
         assert_ne!(
             owner_tag("billing", "orders", 0, created),
             owner_tag("billing", "orders", 0, created + 1),

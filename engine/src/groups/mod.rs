@@ -16,17 +16,19 @@ mod store;
 
 use std::sync::Arc;
 
-pub(crate) use consume::{cover, ConsumeDone, ConsumeGather, ConsumeTask, Look, Reading};
 pub use consume::ConsumedPartition;
+pub(crate) use consume::{cover, ConsumeDone, ConsumeGather, ConsumeTask, Look, Reading};
 pub(crate) use countdown::Countdown;
 pub(crate) use countdown::GroupDone;
 pub(crate) use helper::{GroupHelper, HelperJob, HelperTx};
 pub(crate) use members::Member;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use meta::GroupMeta;
 pub use meta::{GroupSettings, SlotRef};
-pub use store::{load_state, GroupStore, StoredGroup, TableRef};
 /// For tests of the store alone, which read the tables the shards would own.
 #[cfg(feature = "testing")]
 pub use store::TableMaps;
+pub use store::{load_state, GroupStore, StoredGroup, TableRef};
 
 /// A group: its name and the topic it reads.
 pub type GroupKey = (Arc<str>, Arc<str>);

@@ -596,40 +596,35 @@ fn open_table(
 /// valid copy of its slot, or, when both copies are damaged (or lost), its checkpoint, with a
 /// warning: messages acknowledged after the checkpoint are delivered again, none is skipped.
 pub fn load_state(map: &OffsetTable, path: &Path, g: &StoredGroup, partition: u32) -> AckState {
-        let slot = g.slots[partition as usize];
-        let checkpoint = g.checkpoint(partition);
-        let table = path.display();
-        let (found, problem) = match map.load(slot.slot, slot.owner) {
-            Loaded::State(state) => (Some(state), None),
-            Loaded::OtherCopyDamaged(state) => {
-                (Some(state), Some("one copy of its slot is damaged"))
-            }
-            Loaded::Nothing { damaged: true } => {
-                (None, Some("both copies of its slot are damaged"))
-            }
-            Loaded::Nothing { damaged: false } => (None, Some("its slot holds nothing for it")),
-        };
-        // The checkpoint was recorded only once durable in the table, so a slot state older
-        // than it is stale (its newer copy was lost): take whichever is newer, so that nothing
-        // durably acknowledged is delivered again.
-        let state = match found {
-            Some(state) if state.committed >= checkpoint => state,
-            _ => AckState::new(slot.owner, checkpoint),
-        };
-        if let Some(problem) = problem {
-            log::warn!(
-                "group {:?} on {}/{partition}: {problem} (table {table}, slot {}); going on from \
+    let slot = g.slots[partition as usize];
+    let checkpoint = g.checkpoint(partition);
+    let table = path.display();
+    let (found, problem) = match map.load(slot.slot, slot.owner) {
+        Loaded::State(state) => (Some(state), None),
+        Loaded::OtherCopyDamaged(state) => (Some(state), Some("one copy of its slot is damaged")),
+        Loaded::Nothing { damaged: true } => (None, Some("both copies of its slot are damaged")),
+        Loaded::Nothing { damaged: false } => (None, Some("its slot holds nothing for it")),
+    };
+    // The checkpoint was recorded only once durable in the table, so a slot state older
+    // than it is stale (its newer copy was lost): take whichever is newer, so that nothing
+    // durably acknowledged is delivered again.
+    let state = match found {
+        Some(state) if state.committed >= checkpoint => state,
+        _ => AckState::new(slot.owner, checkpoint),
+    };
+    if let Some(problem) = problem {
+        log::warn!(
+            "group {:?} on {}/{partition}: {problem} (table {table}, slot {}); going on from \
                  committed offset {} (the slot's surviving state, or the group's checkpoint at \
                  {checkpoint} if newer)",
-                g.group,
-                g.topic,
-                slot.slot,
-                state.committed,
-            );
-        }
-        state
+            g.group,
+            g.topic,
+            slot.slot,
+            state.committed,
+        );
+    }
+    state
 }
-
 
 /// Reads every `*.meta` in a topic's group directory, removing temp files a crash left.
 /// A damaged group file: (group, topic) and why.
@@ -683,8 +678,8 @@ fn read_metas(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use crate::io::SystemFs;
+    use std::fs;
     use std::time::Duration;
 
     fn starts(v: Vec<u64>) -> impl FnOnce() -> Result<Vec<u64>, GroupError> {
@@ -693,7 +688,9 @@ mod tests {
 
     /// A group's creation writes its new slots through the shards owning the tables; a store
     /// alone has none: these tests write them into the maps, and sync where it matters.
-    fn write_into(maps: &mut TableMaps) -> impl FnOnce(&[(SlotRef, u64)]) -> Result<(), GroupError> + '_ {
+    fn write_into(
+        maps: &mut TableMaps,
+    ) -> impl FnOnce(&[(SlotRef, u64)]) -> Result<(), GroupError> + '_ {
         move |slots| {
             for &(slot, start) in slots {
                 maps.store(slot, &AckState::new(slot.owner, start));
@@ -714,7 +711,8 @@ mod tests {
             max_deliveries: 4,
         };
         {
-            let (store, mut maps) = GroupStore::open(dir.path(), 2, 64, None, Arc::new(SystemFs)).unwrap();
+            let (store, mut maps) =
+                GroupStore::open(dir.path(), 2, 64, None, Arc::new(SystemFs)).unwrap();
             let g = store
                 .find_or_create(
                     "g",
@@ -755,9 +753,17 @@ mod tests {
     #[test]
     fn both_copies_damaged_falls_back_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut maps) = GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
+        let (store, mut maps) =
+            GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), write_into(&mut maps))
+            .find_or_create(
+                "g",
+                "t",
+                GroupSettings::default(),
+                1,
+                starts(vec![0]),
+                write_into(&mut maps),
+            )
             .unwrap();
         let mut s = store.load(&maps, &g, 0);
         for o in 0..50 {
@@ -788,7 +794,14 @@ mod tests {
     fn synced_group(dir: &Path, acked: u64, checkpoint: u64) -> (PathBuf, usize) {
         let (store, mut maps) = GroupStore::open(dir, 1, 8, None, Arc::new(SystemFs)).unwrap();
         let g = store
-            .find_or_create("g", "t", GroupSettings::default(), 1, starts(vec![0]), write_into(&mut maps))
+            .find_or_create(
+                "g",
+                "t",
+                GroupSettings::default(),
+                1,
+                starts(vec![0]),
+                write_into(&mut maps),
+            )
             .unwrap();
         let mut s = store.load(&maps, &g, 0);
         for o in [0, acked] {
@@ -812,7 +825,8 @@ mod tests {
             bytes[slot * crate::offsets::SLOT_BYTES + copy * crate::offsets::COPY_BYTES + 20] ^=
                 0xff;
             fs::write(&path, bytes).unwrap();
-            let (store, maps) = GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
+            let (store, maps) =
+                GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
             let g = store.find("g", "t").unwrap();
             assert_eq!(
                 store.load(&maps, &g, 0).committed,
@@ -825,7 +839,8 @@ mod tests {
     #[test]
     fn slots_of_a_deleted_topic_s_groups_are_reused_without_reading_old_state() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut maps) = GroupStore::open(dir.path(), 1, 2, None, Arc::new(SystemFs)).unwrap();
+        let (store, mut maps) =
+            GroupStore::open(dir.path(), 1, 2, None, Arc::new(SystemFs)).unwrap();
         let g = store
             .find_or_create(
                 "g",
@@ -860,6 +875,10 @@ mod tests {
                 write_into(&mut maps),
             )
             .unwrap();
-        assert_eq!(store.load(&maps, &g2, 0).committed, 0, "a new group starts afresh");
+        assert_eq!(
+            store.load(&maps, &g2, 0).committed,
+            0,
+            "a new group starts afresh"
+        );
     }
 }

@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::dir_changes::DirChanges;
-use super::reorder::{HeldWrite, Reorder};
 use super::meta::{DirEntry, MetaFs, SystemFs};
+use super::reorder::{HeldWrite, Reorder};
 use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
 use crate::xorshift::xorshift;
@@ -157,7 +157,9 @@ impl CrashPlan {
         mapped.started += 1;
         let number = mapped.started;
         let Some(m) = mapped.files.get(&inode) else {
-            return Err(io::Error::other("a sync of a file not registered as mapped"));
+            return Err(io::Error::other(
+                "a sync of a file not registered as mapped",
+            ));
         };
         let image = read_whole(&m.handle)?;
         Ok(MappedSync {
@@ -582,7 +584,8 @@ impl<D: Disk> Disk for CrashingDisk<D> {
             self.submit_held(all);
             let failed = !self.failed.is_empty();
             out.append(&mut self.failed);
-            self.inner.wait(out, if failed { Block::No } else { block })?;
+            self.inner
+                .wait(out, if failed { Block::No } else { block })?;
         }
         let crashed = self.crashed();
         for c in &mut out[seen..] {

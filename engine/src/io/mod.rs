@@ -18,9 +18,9 @@ mod dir_changes;
 mod faulty;
 mod files;
 mod fixed;
-mod meta;
 #[cfg(any(test, feature = "testing"))]
 mod memory;
+mod meta;
 mod portable;
 #[cfg(feature = "testing")]
 mod reorder;
@@ -67,10 +67,10 @@ impl MappedRecord {
 #[cfg(feature = "testing")]
 pub use faulty::{FaultPlan, FaultyDisk};
 pub(crate) use files::sync_dir;
-pub use meta::{MetaFs, SystemFs};
 pub(crate) use fixed::FixedTag;
 #[cfg(any(test, feature = "testing"))]
 pub use memory::{MemDisk, WriteRecord};
+pub use meta::{MetaFs, SystemFs};
 pub use portable::PortableDisk;
 pub use uring::UringDisk;
 pub use wake::{Waker, WAKE_BATCH};

@@ -13,12 +13,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-
-
 use super::files::{self, FileTable};
-use crate::inbox::{inbox, Inbox, InboxSender};
 use super::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
 use crate::aligned::AlignedBuf;
+use crate::inbox::{inbox, Inbox, InboxSender};
 
 enum Op {
     Write {

@@ -28,7 +28,14 @@ pub(crate) struct HeldWrite {
 impl HeldWrite {
     /// Passes the write on to `disk`.
     pub(crate) fn submit_to<D: Disk>(self, disk: &mut D) {
-        disk.submit_write(self.file, self.offset, self.buf, self.len, self.token, self.sync);
+        disk.submit_write(
+            self.file,
+            self.offset,
+            self.buf,
+            self.len,
+            self.token,
+            self.sync,
+        );
     }
 }
 
@@ -120,6 +127,9 @@ mod tests {
         let mut sorted = order.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..300).collect::<Vec<_>>());
-        assert!(order.windows(2).any(|w| w[0] > w[1]), "nothing was reordered");
+        assert!(
+            order.windows(2).any(|w| w[0] > w[1]),
+            "nothing was reordered"
+        );
     }
 }

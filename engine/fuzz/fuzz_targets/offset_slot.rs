@@ -1,0 +1,8 @@
+//! Arbitrary bytes through `keel_engine::fuzz_checks::offset_slot`. Run from `engine/`:
+//! `cargo +nightly fuzz run -s none offset_slot -- -max_total_time=60`. The corpus it keeps (and any
+//! crash it saves) is replayed under `cargo test` by `tests/tests/fuzz_corpus.rs`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| keel_engine::fuzz_checks::offset_slot(data));
