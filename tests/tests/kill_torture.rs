@@ -168,7 +168,7 @@ fn every_acknowledged_message_and_ack_survives_random_kills() {
                 let _ = churn.send(Record::new("churn", &filler));
                 i += 1;
                 // Bursts of 50, 40 a second.
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     std::thread::sleep(Duration::from_millis(25));
                 }
             }
