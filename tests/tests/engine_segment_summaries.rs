@@ -215,3 +215,20 @@ fn decode(segment: &Path) -> SegmentSummary {
         .unwrap();
     SegmentSummary::decode(&bytes, base).unwrap()
 }
+
+#[test]
+fn a_summary_that_cannot_be_removed_from_the_segment_ending_the_log_is_a_named_error() {
+    let dir = data_dir();
+    build(dir.path());
+    // A directory where the last segment's summary would be: removing it fails (not with
+    // "not found"), and appends after a summary that may still be believed must not go on.
+    let last = summary_of(segment_files(dir.path(), "t", 0).last().unwrap());
+    fs::create_dir_all(last.join("in the way")).unwrap();
+    let engine = Engine::open(small_config(dir.path(), 1)).unwrap();
+    let err = engine.append_wait("t", 0, batch(3, 0, 1)).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        matches!(err, DataError::PartitionOffline { .. }) && shown.contains("remove summary"),
+        "{shown}"
+    );
+}
