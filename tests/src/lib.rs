@@ -192,3 +192,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The base offset a segment file (or its summary) is named by.
+pub fn segment_base(path: &Path) -> u64 {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap();
+    stem.parse().unwrap()
+}

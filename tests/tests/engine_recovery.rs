@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use keel_engine::{BatchView, DataError, Engine, RecoveryMode, LOST_HEADER};
 use keel_tests::{
-    copy_dir, data_dir, one_record, random_batch, read_all, segment_files, small_config,
-    with_offset, Rng,
+    copy_dir, data_dir, one_record, random_batch, read_all, segment_base, segment_files,
+    small_config, with_offset, Rng,
 };
 
 /// Fills one partition until its log spans segments, the last holding over 64 KiB. Returns
@@ -47,7 +47,7 @@ fn last_segment_data_end(dir: &Path, log: &[(u64, Vec<u8>)]) -> usize {
     let files = segment_files(dir, "t", 0);
     let Some(last) = files.last() else { return 0 };
     let bytes = fs::read(last).unwrap();
-    let base: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base = segment_base(last);
     let tail: Vec<_> = log.iter().filter(|(o, _)| *o >= base).cloned().collect();
     positions(&bytes, &tail)
         .last()
@@ -59,13 +59,7 @@ fn a_torn_tail_at_every_512_byte_boundary_of_the_last_64_kib_is_cut_off() {
     let pristine = data_dir();
     let log = build_log(pristine.path());
     let last_file = segment_files(pristine.path(), "t", 0).pop().unwrap();
-    let base: u64 = last_file
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let base = segment_base(&last_file);
     let file = fs::read(&last_file).unwrap();
     let tail: Vec<_> = log.iter().filter(|(o, _)| *o >= base).cloned().collect();
     let placed = positions(&file, &tail);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use keel_engine::summary::SegmentSummary;
 use keel_engine::{BatchBuilder, DataError, Engine, OffsetRange};
-use keel_tests::{copy_dir, data_dir, read_all, segment_files, small_config};
+use keel_tests::{copy_dir, data_dir, read_all, segment_base, segment_files, small_config};
 
 /// A batch of `records` messages of about 1 KiB from `producer`, first sequence `seq`.
 fn batch(producer: i64, seq: i32, records: usize) -> Vec<u8> {
@@ -206,14 +206,7 @@ fn a_missing_damaged_or_mismatched_summary_is_not_believed_and_is_written_again(
 /// The summary beside `segment`, which must be valid.
 fn decode(segment: &Path) -> SegmentSummary {
     let bytes = fs::read(summary_of(segment)).unwrap();
-    let base: u64 = segment
-        .file_stem()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    SegmentSummary::decode(&bytes, base).unwrap()
+    SegmentSummary::decode(&bytes, segment_base(segment)).unwrap()
 }
 
 #[test]

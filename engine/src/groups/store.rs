@@ -753,27 +753,7 @@ mod tests {
     #[test]
     fn both_copies_damaged_falls_back_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut maps) =
-            GroupStore::open(dir.path(), 1, 8, None, Arc::new(SystemFs)).unwrap();
-        let g = store
-            .find_or_create(
-                "g",
-                "t",
-                GroupSettings::default(),
-                1,
-                starts(vec![0]),
-                write_into(&mut maps),
-            )
-            .unwrap();
-        let mut s = store.load(&maps, &g, 0);
-        for o in 0..50 {
-            s.ack(o);
-            store_state(&mut maps, &g, 0, &s);
-        }
-        store.checkpoint(&g, &[30]).unwrap();
-        let (path, slot) = store.slot_of(&g, 0).unwrap();
-        drop(g);
-        drop(store);
+        let (path, slot) = synced_group(dir.path(), 50, 30);
         let mut bytes = fs::read(&path).unwrap();
         let at = slot * crate::offsets::SLOT_BYTES;
         bytes[at + 20] ^= 0xff;
