@@ -32,8 +32,13 @@ const TOPIC: &str = "torture";
 const PARTITIONS: u32 = 2;
 /// Small segments, so rolls (and summaries) come often; retention, which the busy "churn"
 /// topic reaches within seconds and the torture topic, sent in bursts so that each burst takes
-/// a few flushes (a flush takes at least a 4 KiB block), never does.
-const CONFIG: &str = "segment_bytes = 524288\nretention_bytes = 50331648\n";
+/// a few flushes (a flush takes at least a 4 KiB block), never does. Per kill cycle the churn
+/// topic grows by about 3.5 MB and each torture partition by about 0.15 MB, so retention grows
+/// with the cycles.
+fn config(cycles: u64) -> String {
+    let retention = (cycles * (640 << 10)).max(32 << 20);
+    format!("segment_bytes = 524288\nretention_bytes = {retention}\n")
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -127,7 +132,8 @@ fn every_acknowledged_message_and_ack_survives_random_kills() {
     let seed = env_u64("KEEL_TORTURE_SEED", 0x70_27_0e);
     let mut rng = Rng(seed);
     let dir = data_dir();
-    let first = Keeld::start_with_config(dir.path(), CONFIG, &[]);
+    let config = config(cycles);
+    let first = Keeld::start_with_config(dir.path(), &config, &[]);
     let addr = first.addr;
     let listen = addr.to_string();
     first.client().create_topic(TOPIC, PARTITIONS).unwrap();
@@ -183,7 +189,7 @@ fn every_acknowledged_message_and_ack_survives_random_kills() {
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
         keeld.kill();
         std::thread::sleep(Duration::from_millis(rng.below(100)));
-        keeld = Keeld::start_with_config(dir.path(), CONFIG, &["--listen", &listen]);
+        keeld = Keeld::start_with_config(dir.path(), &config, &["--listen", &listen]);
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
