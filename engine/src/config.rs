@@ -152,7 +152,7 @@ impl EngineConfig {
     /// or, under the crash simulator, its plan's record of them.
     pub(crate) fn meta_fs(&self) -> Arc<dyn MetaFs> {
         #[cfg(feature = "testing")]
-        if let Some(TestDisk::Crashes(plan)) = &self.test_disk {
+        if let Some(plan) = self.test_disk.as_ref().and_then(TestDisk::crash_plan) {
             return Arc::clone(plan) as Arc<dyn MetaFs>;
         }
         Arc::new(SystemFs)
@@ -162,7 +162,7 @@ impl EngineConfig {
     /// the engine runs under one; never for keeld.
     pub(crate) fn crash_plan(&self) -> Option<Arc<MappedRecord>> {
         #[cfg(feature = "testing")]
-        if let Some(TestDisk::Crashes(plan)) = &self.test_disk {
+        if let Some(plan) = self.test_disk.as_ref().and_then(TestDisk::crash_plan) {
             return Some(Arc::clone(plan));
         }
         None

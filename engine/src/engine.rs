@@ -815,6 +815,11 @@ fn start_shard(
             let disk = CrashingDisk::new(uring()?, Arc::clone(plan));
             return spawn_shard(cfg, id, disk, janitor);
         }
+        Some(TestDisk::FaultsAndCrashes(faults, crashes)) => {
+            let crashing = CrashingDisk::new(uring()?, Arc::clone(crashes));
+            let disk = FaultyDisk::new(crashing, Arc::clone(faults));
+            return spawn_shard(cfg, id, disk, janitor);
+        }
         None => {}
     }
     match &cfg.io {

@@ -17,6 +17,19 @@ pub enum TestDisk {
     /// Power cuts: unsynced writes, directory changes and offset-table sectors can be undone
     /// (`io/crashing.rs`); also the engine's metadata filesystem.
     Crashes(Arc<CrashPlan>),
+    /// Both: failures injected over the power-cut simulator, so that a write whose sync
+    /// failed is still on the simulated disk, unsynced, when the power is cut.
+    FaultsAndCrashes(Arc<FaultPlan>, Arc<CrashPlan>),
+}
+
+impl TestDisk {
+    /// The crash simulator's plan, if this backend has one.
+    pub(crate) fn crash_plan(&self) -> Option<&Arc<CrashPlan>> {
+        match self {
+            TestDisk::Faults(_) => None,
+            TestDisk::Crashes(plan) | TestDisk::FaultsAndCrashes(_, plan) => Some(plan),
+        }
+    }
 }
 
 /// Opens the engine with `cfg` on `disk`.
