@@ -152,7 +152,7 @@ pub fn open_partition<D: Disk>(
                 }
             } else {
                 segment.seal_index();
-                save_summary(&*files, &dir, &segment, &producers);
+                summary::save(&*files, &dir, &segment, &producers);
             }
             segments.push(segment);
             if truncate_here {
@@ -322,24 +322,6 @@ fn load_summary<D: Disk>(
             "says the log ends at byte {}, where the segment has no flush trailer",
             summary.durable_end
         ))),
-    }
-}
-
-/// Saves the summary of `segment`, sealed and just read whole, so the next start need not read
-/// it; `producers` is the partition's state at its end. A failure costs only that read again.
-fn save_summary(files: &dyn MetaFs, dir: &Path, segment: &Segment, producers: &Producers) {
-    let summary = SegmentSummary {
-        base_offset: segment.base_offset,
-        next_offset: segment.next_offset,
-        durable_end: segment.durable_end,
-        index: segment.index().to_vec(),
-        producers: producers.saved_before(segment.next_offset),
-    };
-    if let Err(e) = summary::save(files, dir, &summary) {
-        log::warn!(
-            "{}: could not save its summary ({e}); the next start reads it again",
-            segment.path.display()
-        );
     }
 }
 

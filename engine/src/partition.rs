@@ -23,7 +23,7 @@ use crate::read::{ReadFor, ReadHints};
 use crate::read_ahead::ReadAhead;
 use crate::retention::Retired;
 use crate::segment::Segment;
-use crate::summary::{self, SegmentSummary};
+use crate::summary;
 use crate::tail::{Chunk, TailCache};
 use crate::trailer::{self, CrcScope, Trailer, PENDING_BLOCKS_MAX, TRAILER_BYTES};
 use crate::zeroing::{Zeroing, ZERO_CHUNK_BYTES, ZERO_FLUSH_BYTES_MAX};
@@ -614,8 +614,10 @@ impl Partition {
         if let Some(sealed) = self.segments.last_mut() {
             sealed.seal_index();
         }
+        // Nothing of it changes any more, and every flush of it is durable (a roll waits for
+        // them).
         if let Some(sealed) = self.segments.last() {
-            self.save_summary(sealed);
+            summary::save(&*self.files, &self.dir, sealed, &self.producers);
         }
         self.segments.push(Segment::new(
             base_offset,
@@ -630,27 +632,6 @@ impl Partition {
         self.retention_due = true;
         self.enforce_retention(disk);
         Ok(())
-    }
-
-    /// Saves the summary of `sealed`, which a roll just sealed: nothing of it changes any more,
-    /// and every flush of it is durable. A failure costs only a scan of it at the next start.
-    fn save_summary(&self, sealed: &Segment) {
-        let summary = SegmentSummary {
-            base_offset: sealed.base_offset,
-            next_offset: sealed.next_offset,
-            durable_end: sealed.durable_end,
-            index: sealed.index().to_vec(),
-            producers: self.producers.saved_before(sealed.next_offset),
-        };
-        if let Err(e) = summary::save(&*self.files, &self.dir, &summary) {
-            log::warn!(
-                "{}/{}: could not save the summary of segment {} ({e}); the next start reads \
-                 the segment instead",
-                self.topic,
-                self.id,
-                sealed.base_offset
-            );
-        }
     }
 
     /// Takes a completion of a flush in flight. Returns true once that flush has all its

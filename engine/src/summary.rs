@@ -14,8 +14,8 @@ use std::path::Path;
 use crate::aligned::BLOCK_BYTES;
 use crate::io::MetaFs;
 use crate::layout::summary_file_name;
-use crate::producers::{ProducedBatch, SavedProducer, BATCHES_KEPT, PRODUCERS_MAX};
-use crate::segment::{IndexEntry, SEALED_INDEX_ENTRIES_MAX};
+use crate::producers::{ProducedBatch, Producers, SavedProducer, BATCHES_KEPT, PRODUCERS_MAX};
+use crate::segment::{IndexEntry, Segment, SEALED_INDEX_ENTRIES_MAX};
 use crate::OffsetRange;
 
 const MAGIC: &[u8; 4] = b"KSUM";
@@ -184,10 +184,24 @@ impl SegmentSummary {
     }
 }
 
-/// Saves `summary` beside its segment in the partition directory `dir`, without a sync.
-pub fn save(files: &dyn MetaFs, dir: &Path, summary: &SegmentSummary) -> io::Result<()> {
+/// Saves the summary of `segment`, sealed, beside it in the partition directory `dir`, without
+/// a sync; `producers` is the partition's state at its end or later. A failure is logged: it
+/// costs only a read of the whole segment at the next start.
+pub fn save(files: &dyn MetaFs, dir: &Path, segment: &Segment, producers: &Producers) {
+    let summary = SegmentSummary {
+        base_offset: segment.base_offset,
+        next_offset: segment.next_offset,
+        durable_end: segment.durable_end,
+        index: segment.index().to_vec(),
+        producers: producers.saved_before(segment.next_offset),
+    };
     let path = dir.join(summary_file_name(summary.base_offset));
-    files.write_unsynced(&path, &summary.encode())
+    if let Err(e) = files.write_unsynced(&path, &summary.encode()) {
+        log::warn!(
+            "{}: could not save its summary ({e}); the next start reads it whole instead",
+            segment.path.display()
+        );
+    }
 }
 
 /// Removes the summary of the segment starting at `base_offset`, if there is one; returns
