@@ -460,7 +460,7 @@ impl EngineCore {
             reply,
         }) {
             for reply in replies {
-                let _ = reply.recv();
+                let _ = crate::reply::wait_reply(&reply);
             }
         }
         if let Err(e) = self.discard_topic_dir(name, dir) {
@@ -505,7 +505,7 @@ impl EngineCore {
             })
             .map_err(|ShuttingDown| AdminError::ShuttingDown)?;
         for reply in replies {
-            reply.recv().map_err(|_| AdminError::ShuttingDown)??;
+            crate::reply::wait_reply(&reply).map_err(|_| AdminError::ShuttingDown)??;
         }
         let dir = topic_dir(&self.cfg.data_dir, name);
         if let Err(e) = self.discard_topic_dir(name, &dir) {
@@ -577,8 +577,7 @@ impl EngineCore {
         }
         let mut first_err = None;
         for rx in waits {
-            if let Err(e) = rx
-                .recv()
+            if let Err(e) = crate::reply::wait_reply(&rx)
                 .map_err(|_| DataError::ShuttingDown)
                 .and_then(|r| r)
             {
@@ -673,7 +672,7 @@ impl EngineCore {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv().map_err(|_| DataError::ShuttingDown)?
+        crate::reply::wait_reply(&rx).map_err(|_| DataError::ShuttingDown)?
     }
 
     /// Reads whole batches from `from` on, up to `max_bytes` (at least one batch when any is
@@ -747,7 +746,7 @@ impl EngineCore {
                 let _ = tx.send(r);
             }),
         );
-        rx.recv().map_err(|_| DataError::ShuttingDown)?
+        crate::reply::wait_reply(&rx).map_err(|_| DataError::ShuttingDown)?
     }
 
     /// Counters summed over the shards.
@@ -774,6 +773,11 @@ impl EngineCore {
     }
 
     fn stop_shards(&self) {
+        // Stopping waits on threads a simulation does not drive: its shards run free now.
+        #[cfg(feature = "testing")]
+        if let Some(sim) = crate::simulation::driven_here() {
+            sim.run_free();
+        }
         // First the groups' helper, which asks the shards for the last checkpoints.
         if let Some(groups) = self.groups.get() {
             groups.helper.stop();
@@ -818,6 +822,17 @@ fn start_shard(
         Some(TestDisk::FaultsAndCrashes(faults, crashes)) => {
             let crashing = CrashingDisk::new(uring()?, Arc::clone(crashes));
             let disk = FaultyDisk::new(crashing, Arc::clone(faults));
+            return spawn_shard(cfg, id, disk, janitor);
+        }
+        Some(TestDisk::Simulated(sim)) => {
+            let simulated = crate::simulation::SimDisk::new(sim)
+                .map_err(|e| OpenError::io("make a simulated disk", "", e))?;
+            let crashing = CrashingDisk::new(simulated, Arc::clone(sim.crashes()));
+            let disk = FaultyDisk::new(crashing, Arc::clone(sim.faults()));
+            if sim.acks_before_sync() {
+                let disk = crate::simulation::EarlySyncDisk::new(disk);
+                return spawn_shard(cfg, id, disk, janitor);
+            }
             return spawn_shard(cfg, id, disk, janitor);
         }
         None => {}

@@ -167,7 +167,7 @@ impl EngineCore {
             req.session_timeout,
             req.max_unacked,
         ));
-        member.touch(Instant::now());
+        member.touch(crate::clock::now());
         if let Some(g) = groups.loaded().get_mut(&key) {
             g.members.retain(|_, m| !m.is_gone());
             g.members.insert(id, Arc::clone(&member));
@@ -242,7 +242,7 @@ impl EngineCore {
             waits.push(rx);
         }
         for rx in waits {
-            committed.extend(rx.recv().map_err(|_| GroupError::ShuttingDown)??);
+            committed.extend(crate::reply::wait_reply(&rx).map_err(|_| GroupError::ShuttingDown)??);
         }
         committed.sort_unstable();
         log::info!(
@@ -274,7 +274,7 @@ impl EngineCore {
             waits.push(rx);
         }
         for rx in waits {
-            rx.recv().map_err(|_| GroupError::ShuttingDown)??;
+            crate::reply::wait_reply(&rx).map_err(|_| GroupError::ShuttingDown)??;
         }
         Ok(())
     }
@@ -365,7 +365,7 @@ impl EngineCore {
                 group: group.to_string(),
                 member,
             })?;
-        m.touch(Instant::now());
+        m.touch(crate::clock::now());
         Ok(())
     }
 
@@ -533,7 +533,7 @@ impl EngineCore {
             .map(|k| (k.clone(), Vec::new()))
             .collect();
         for rx in replies {
-            for m in rx.recv().unwrap_or_default() {
+            for m in crate::reply::wait_reply(&rx).unwrap_or_default() {
                 by_group.entry(m.key.clone()).or_default().push(m);
             }
         }

@@ -28,6 +28,7 @@ mod producer_ids;
 mod producers;
 mod read;
 mod read_ahead;
+mod reply;
 mod retention;
 mod segment;
 mod shard;
@@ -46,6 +47,7 @@ macro_rules! private_unless_testing {
 }
 private_unless_testing! {
     aligned;
+    clock;
     delivery;
     filesystem;
     groups;
@@ -59,6 +61,8 @@ private_unless_testing! {
 }
 #[cfg(feature = "testing")]
 pub mod aligned;
+#[cfg(feature = "testing")]
+pub mod clock;
 #[cfg(feature = "testing")]
 pub mod delivery;
 #[cfg(feature = "testing")]
@@ -78,6 +82,10 @@ pub mod layout;
 pub mod offsets;
 #[cfg(feature = "testing")]
 pub mod recovery;
+/// The deterministic simulator's engine side: shards that run one turn at a time, a
+/// simulated disk, and simulated time.
+#[cfg(feature = "testing")]
+pub mod simulation;
 #[cfg(feature = "testing")]
 pub mod summary;
 /// Opening the engine on a test backend.

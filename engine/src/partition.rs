@@ -573,7 +573,7 @@ impl Partition {
         self.linger.reset();
         self.flushing.push_back(Flush {
             token,
-            submitted: Instant::now(),
+            submitted: crate::clock::now(),
             gather: g,
             len,
             buf: None,
@@ -687,7 +687,9 @@ impl Partition {
         };
         let appends = f.gather.waiters.len();
         let bytes = f.len;
-        let io_us = f.submitted.elapsed().as_micros() as u64;
+        let io_us = crate::clock::now()
+            .saturating_duration_since(f.submitted)
+            .as_micros() as u64;
         self.flush_bytes_avg = (self.flush_bytes_avg * 7 + bytes) / 8;
         let ok = outcome.is_ok();
         let answers = match outcome {

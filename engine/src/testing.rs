@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::engine::Engine;
 use crate::error::OpenError;
 use crate::io::{CrashPlan, FaultPlan};
+use crate::simulation::Simulation;
 use crate::EngineConfig;
 
 /// A test backend over io_uring.
@@ -20,6 +21,9 @@ pub enum TestDisk {
     /// Both: failures injected over the power-cut simulator, so that a write whose sync
     /// failed is still on the simulated disk, unsynced, when the power is cut.
     FaultsAndCrashes(Arc<FaultPlan>, Arc<CrashPlan>),
+    /// The deterministic simulator: no io_uring; shards run in the turns the simulation
+    /// gives, over the simulation's fault and power-cut plans.
+    Simulated(Arc<Simulation>),
 }
 
 impl TestDisk {
@@ -28,6 +32,7 @@ impl TestDisk {
         match self {
             TestDisk::Faults(_) => None,
             TestDisk::Crashes(plan) | TestDisk::FaultsAndCrashes(_, plan) => Some(plan),
+            TestDisk::Simulated(sim) => Some(sim.crashes()),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod powerfs;
 pub mod raw_produce;
 pub mod refuser;
 pub mod relay;
+pub mod simulation;
 
 use keel_engine::{BatchBuilder, BatchView, Engine, EngineConfig};
 use tempfile::TempDir;

@@ -35,7 +35,7 @@ impl Member {
             conn,
             session_timeout,
             max_unacked,
-            joined: Instant::now(),
+            joined: crate::clock::now(),
             last_seen_us: AtomicU64::new(0),
             held: AtomicUsize::new(0),
             gone: AtomicBool::new(false),

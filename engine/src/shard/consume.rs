@@ -41,7 +41,7 @@ impl<D: Disk> Shard<D> {
         gather: Arc<ConsumeGather>,
         chain: Vec<usize>,
     ) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let known = self.groups.groups.get_mut(&key).and_then(|g| {
             let m = g.members.get(&member).filter(|m| !m.is_gone()).cloned()?;
             Some((m, g.turn_order()))
@@ -104,7 +104,7 @@ impl<D: Disk> Shard<D> {
                 let Some(p) = task.todo.pop() else {
                     return self.consume_finish(task);
                 };
-                task.reading = self.hand_out(&task, p, Instant::now());
+                task.reading = self.hand_out(&task, p, crate::clock::now());
                 if task.reading.is_none() {
                     continue;
                 }
@@ -261,7 +261,7 @@ impl<D: Disk> Shard<D> {
             );
             ReadResult::default()
         });
-        let now = Instant::now();
+        let now = crate::clock::now();
         let covered = cover(&reading.deliveries, &read.data, &task.gather);
         let dead_letters = std::mem::take(&mut reading.dead_letters);
         let (in_data, missing): (Vec<u64>, Vec<u64>) = dead_letters
@@ -317,7 +317,7 @@ impl<D: Disk> Shard<D> {
 
     /// This shard is done looking: the request is answered, or waits here.
     fn consume_finish(&mut self, task: ConsumeTask) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let ConsumeTask {
             key,
             member,
@@ -431,7 +431,7 @@ impl<D: Disk> Shard<D> {
         g.waiters
             .retain(|old| old.member.id != w.member.id || !old.gather.is_answered());
         g.waiters.push(w);
-        let next = Instant::now() + GROUP_TICK;
+        let next = crate::clock::now() + GROUP_TICK;
         self.groups.tick_at = Some(self.groups.tick_at.map_or(next, |t| t.min(next)));
     }
 

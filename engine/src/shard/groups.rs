@@ -331,10 +331,10 @@ impl<D: Disk> Shard<D> {
                     g.members.insert(member.id, member);
                     self.groups
                         .tick_at
-                        .get_or_insert(Instant::now() + GROUP_TICK);
+                        .get_or_insert(crate::clock::now() + GROUP_TICK);
                 }
             }
-            GroupCmd::Left { key, member } => self.member_left(&key, member, Instant::now()),
+            GroupCmd::Left { key, member } => self.member_left(&key, member, crate::clock::now()),
             GroupCmd::Consume {
                 key,
                 member,
@@ -445,7 +445,7 @@ impl<D: Disk> Shard<D> {
         };
         // An ack from a member whose session ended still counts: the message was processed.
         if let Some(m) = g.members.get(&member) {
-            m.touch(Instant::now());
+            m.touch(crate::clock::now());
         }
         if let Some(&(p, ..)) = spans.iter().find(|s| s.0 >= g.stored.partitions()) {
             return done.part_done(Err(GroupError::Data(DataError::UnknownPartition {
@@ -500,7 +500,7 @@ impl<D: Disk> Shard<D> {
         let Some(g) = self.groups.groups.get_mut(key) else {
             return done.part_done(Err(unknown_member(key, member)));
         };
-        let now = Instant::now();
+        let now = crate::clock::now();
         match g.members.get(&member) {
             Some(m) if !m.is_gone() => m.touch(now),
             _ => return done.part_done(Err(unknown_member(key, member))),
@@ -533,7 +533,7 @@ impl<D: Disk> Shard<D> {
             d.dead_lettered(offset);
             store_into(&mut self.groups.tables, slot, d.acks());
         } else {
-            d.retry_dead_letter(offset, Instant::now() + DEAD_LETTER_RETRY);
+            d.retry_dead_letter(offset, crate::clock::now() + DEAD_LETTER_RETRY);
         }
         g.settle(partition);
         self.groups.mark_changed(key);
@@ -569,7 +569,7 @@ impl<D: Disk> Shard<D> {
         };
         if !queued {
             if let Some(d) = g.partitions.get_mut(&partition) {
-                d.retry_dead_letter(offset, Instant::now() + DEAD_LETTER_RETRY);
+                d.retry_dead_letter(offset, crate::clock::now() + DEAD_LETTER_RETRY);
             }
         }
     }
@@ -592,7 +592,7 @@ impl<D: Disk> Shard<D> {
     /// The groups' part of a shard turn: the clock when due, then waiting consumes of groups
     /// where something changed.
     pub(super) fn groups_turn(&mut self) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         if self.groups.tick_at.is_some_and(|t| t <= now) {
             self.groups_tick(now);
             self.groups.tick_at = self.groups.active().then(|| now + GROUP_TICK);
@@ -697,12 +697,12 @@ impl<D: Disk> Shard<D> {
     /// When the shard's clock must wake it for its groups.
     pub(super) fn groups_wake_at(&self) -> Option<Instant> {
         if !self.groups.changed.is_empty() {
-            return Some(Instant::now());
+            return Some(crate::clock::now());
         }
         if self.groups.retry_soon {
             // Another shard is taking its first look at the request: moments, not worth a
             // busy loop.
-            return Some(Instant::now() + RETRY_SOON);
+            return Some(crate::clock::now() + RETRY_SOON);
         }
         self.groups.tick_at
     }

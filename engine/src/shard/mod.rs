@@ -365,7 +365,7 @@ impl<D: Disk> Shard<D> {
             let block = match (block, wake_by) {
                 (false, _) => Block::No,
                 (true, None) => Block::Yes,
-                (true, Some(until)) => match until.checked_duration_since(Instant::now()) {
+                (true, Some(until)) => match until.checked_duration_since(crate::clock::now()) {
                     Some(left) if !left.is_zero() => Block::AtMost(left),
                     _ => Block::No,
                 },
@@ -490,7 +490,7 @@ impl<D: Disk> Shard<D> {
                 let stopping = self.stopping;
                 match self.partition(&topic, partition) {
                     Ok(p) => match until.filter(|_| !stopping && from == p.durable_next) {
-                        Some(until) if until > Instant::now() => {
+                        Some(until) if until > crate::clock::now() => {
                             p.waiting_reads.park(ParkedRead {
                                 from,
                                 max_bytes,
@@ -553,7 +553,7 @@ impl<D: Disk> Shard<D> {
     }
 
     fn answer_due_reads(&mut self) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         if self.reads_until.is_some_and(|u| u <= now) {
             self.answer_waiting_reads(Some(now));
         }
@@ -700,7 +700,7 @@ impl<D: Disk> Shard<D> {
         // Held flushes are looked at again each turn: their appends may be in, or their time up.
         list.append(&mut self.lingering);
         self.linger_until = None;
-        let now = Instant::now();
+        let now = crate::clock::now();
         for (topic, partition) in list.drain(..) {
             self.start_flushes_of(&topic, partition, now);
             self.kick_zeroing(topic, partition);
@@ -814,7 +814,7 @@ impl<D: Disk> Shard<D> {
                 }
                 // Keep the disk busy: the next flushes go out before these ones' appenders are
                 // answered, unless they wait for them (then the shard's next turn decides).
-                self.start_flushes_of(&topic, partition, Instant::now());
+                self.start_flushes_of(&topic, partition, crate::clock::now());
                 let Some(p) = owned(&mut self.topics, &topic, partition) else {
                     return;
                 };

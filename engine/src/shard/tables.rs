@@ -99,7 +99,7 @@ impl<D: Disk> Shard<D> {
                             map: t.map,
                             file,
                             dirty: false,
-                            last_sync: Instant::now(),
+                            last_sync: crate::clock::now(),
                             waiting: Vec::new(),
                             syncing: None,
                             poisoned: None,
@@ -247,7 +247,7 @@ impl<D: Disk> Shard<D> {
             .filter(|t| t.syncing.is_none() && t.poisoned.is_none())
             .filter_map(|t| {
                 if !t.waiting.is_empty() {
-                    Some(Instant::now())
+                    Some(crate::clock::now())
                 } else {
                     t.dirty.then_some(t.last_sync + PERIODIC_SYNC)
                 }
