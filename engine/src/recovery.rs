@@ -51,9 +51,12 @@ struct Window<R> {
 
 impl<R: ReadAt> Window<R> {
     fn new(src: R, file_len: u64, window_bytes: usize) -> Self {
+        // No bigger than the file: start-up scans many files smaller than a window.
+        let file_bytes = crate::aligned::align_up(file_len).max(BLOCK_BYTES as u64);
+        let bytes = usize::try_from(file_bytes).map_or(window_bytes, |f| f.min(window_bytes));
         Self {
             src,
-            buf: AlignedBuf::zeroed(window_bytes),
+            buf: AlignedBuf::zeroed(bytes),
             start: 0,
             filled: 0,
             file_len,

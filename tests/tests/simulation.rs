@@ -8,7 +8,7 @@
 use keel_tests::simulation;
 
 /// Seeds CI runs.
-const CI_SEEDS: u64 = 100;
+const CI_SEEDS: u64 = 300;
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

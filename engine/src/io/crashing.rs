@@ -387,14 +387,9 @@ impl<D: Disk> CrashingDisk<D> {
     }
 
     fn before_image(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        // Past the end reads as zeros.
         let mut before = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match file.read_at(&mut before[got..], offset + got as u64)? {
-                0 => break, // past the end reads as zeros
-                n => got += n,
-            }
-        }
+        super::read_up_to(file, &mut before, offset)?;
         Ok(before)
     }
 }

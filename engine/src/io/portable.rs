@@ -185,7 +185,7 @@ fn execute(rx: &Inbox<Op>, done: &Done) {
                 len,
                 token,
             } => {
-                let result = read_up_to(&file, &mut buf.as_mut_slice()[..len], offset);
+                let result = files::read_up_to(&file, &mut buf.as_mut_slice()[..len], offset);
                 vec![Completion {
                     token,
                     kind: IoKind::Read,
@@ -202,20 +202,6 @@ fn execute(rx: &Inbox<Op>, done: &Done) {
         };
         done.push(completions);
     }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 impl Disk for PortableDisk {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use super::{Completing, Simulation};
 use crate::aligned::AlignedBuf;
-use crate::io::{Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker};
+use crate::io::{
+    read_up_to, Allocation, Block, Completion, Disk, FileId, IoKind, SyncAfter, Waker,
+};
 use crate::xorshift::xorshift;
 
 /// How long a shard running free (shutting down) with nothing queued sleeps before it looks
@@ -100,31 +102,33 @@ impl DiskState {
                 token,
                 then_sync,
             } => {
-                let result = if self.off {
+                let written = if self.off {
                     Err(eio())
                 } else {
-                    self.file(file).and_then(|f| {
-                        f.write_all_at(&buf.as_slice()[..len], offset)?;
-                        Ok(len)
-                    })
+                    self.file(file)
+                        .and_then(|f| f.write_all_at(&buf.as_slice()[..len], offset))
                 };
-                let failed = result.is_err();
+                if let Err(e) = written {
+                    out.extend(Completion::never_ran(
+                        token,
+                        IoKind::Write,
+                        buf,
+                        then_sync,
+                        e,
+                    ));
+                    return;
+                }
                 out.push(Completion {
                     token,
                     kind: IoKind::Write,
-                    result,
+                    result: Ok(len),
                     buf: Some(buf),
                 });
-                if then_sync && (with_sync || failed) {
-                    let result = if failed {
-                        Err(io::Error::from_raw_os_error(libc::ECANCELED))
-                    } else {
-                        Ok(0)
-                    };
+                if then_sync && with_sync {
                     out.push(Completion {
                         token,
                         kind: IoKind::Sync,
-                        result,
+                        result: Ok(0),
                         buf: None,
                     });
                 } else if then_sync {
@@ -148,7 +152,7 @@ impl DiskState {
                     Err(eio())
                 } else {
                     self.file(file)
-                        .and_then(|f| read_at(f, &mut buf, len, offset))
+                        .and_then(|f| read_up_to(f, &mut buf.as_mut_slice()[..len], offset))
                 };
                 out.push(Completion {
                     token,
@@ -159,19 +163,6 @@ impl DiskState {
             }
         }
     }
-}
-
-/// Reads up to `len` bytes at `offset` into `buf`; fewer at the end of the file.
-fn read_at(file: &File, buf: &mut AlignedBuf, len: usize, offset: u64) -> io::Result<usize> {
-    let into = &mut buf.as_mut_slice()[..len];
-    let mut got = 0;
-    while got < len {
-        match file.read_at(&mut into[got..], offset + got as u64)? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
 }
 
 /// One shard's simulated disk.

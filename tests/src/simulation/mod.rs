@@ -13,6 +13,9 @@ mod model;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use std::time::Duration;
 
 use keel_engine::clock::simulated;
@@ -122,9 +125,26 @@ struct Run {
 pub fn run(seed: u64, ack_before_sync: bool) -> Result<Report, String> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     simulated::start();
+    let unpinned = pin_to_this_cpu();
     let result = run_seed(seed, ack_before_sync);
+    if let Some(cpus) = unpinned {
+        // Best effort: a test thread left on one CPU is only slower.
+        let _ = sched_setaffinity(Pid::from_raw(0), &cpus);
+    }
     simulated::stop();
     result
+}
+
+/// Pins the current thread to the CPU it runs on, so the shards the simulation spawns from it
+/// run there too; returns the CPUs it was allowed before. Only one thread of a simulation runs
+/// at a time, and a hand-off between threads on one CPU is a plain context switch: spread
+/// over several, each turn waits for an idle CPU to wake, which made up most of a run.
+fn pin_to_this_cpu() -> Option<CpuSet> {
+    let before = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    let mut here = CpuSet::new();
+    here.set(sched_getcpu().ok()?).ok()?;
+    sched_setaffinity(Pid::from_raw(0), &here).ok()?;
+    Some(before)
 }
 
 fn run_seed(seed: u64, ack_before_sync: bool) -> Result<Report, String> {
