@@ -66,7 +66,9 @@ impl MappedRecord {
 }
 #[cfg(feature = "testing")]
 pub use faulty::{FaultPlan, FaultyDisk};
-pub(crate) use files::{read_up_to, sync_dir};
+#[cfg(feature = "testing")]
+pub(crate) use files::read_up_to;
+pub(crate) use files::sync_dir;
 pub(crate) use fixed::FixedTag;
 #[cfg(any(test, feature = "testing"))]
 pub use memory::{MemDisk, WriteRecord};
