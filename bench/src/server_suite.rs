@@ -569,7 +569,13 @@ pub(crate) fn start_keeld(
     let mut cmd = Command::new(keeld);
     cmd.arg("--data-dir")
         .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-kafka",
+            "--log-level",
+            "warn",
+        ])
         .args(extra);
     let server = ChildServer::start(cmd, "keeld", "keeld listening on ")?;
     Ok((server, data))

@@ -30,7 +30,7 @@ use crate::shard::{Command, GroupCmd, Opening, Shard, ShardLinks, ShardStats};
 use crate::testing::TestDisk;
 use crate::topic_name::{fnv1a, TopicName};
 use crate::BatchBuilder;
-use crate::{AppendDone, OffsetRange, ReadDone, ReadResult};
+use crate::{AppendDone, LogBounds, OffsetRange, ReadDone, ReadResult};
 
 struct ShardHandle {
     tx: InboxSender<Command>,
@@ -747,6 +747,20 @@ impl EngineCore {
             }),
         );
         crate::reply::wait_reply(&rx).map_err(|_| DataError::ShuttingDown)?
+    }
+
+    /// Where partition `partition` of `topic` begins and ends now.
+    pub fn log_bounds(&self, topic: &str, partition: u32) -> Result<LogBounds, DataError> {
+        // A read from past any end reads nothing and is refused with both bounds.
+        match self.read_wait(topic, partition, u64::MAX, 0) {
+            Err(DataError::OffsetOutOfRange { start, end, .. }) => Ok(LogBounds { start, end }),
+            Err(e) => Err(e),
+            // Only a log ending at u64::MAX, which offsets never reach.
+            Ok(r) => Ok(LogBounds {
+                start: r.next_offset,
+                end: r.high_watermark,
+            }),
+        }
     }
 
     /// Counters summed over the shards.

@@ -118,6 +118,15 @@ pub struct OffsetRange {
     pub last: u64,
 }
 
+/// Where a partition's log begins and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The first offset kept (retention moves it on).
+    pub start: u64,
+    /// One past the last durable record: the next offset to be written.
+    pub end: u64,
+}
+
 /// The engine's own continuation of an append, run on the shard once it is durable or failed
 /// (a caller's append is answered through its [`Ticket`]).
 pub(crate) type AppendDone = Box<dyn FnOnce(Result<OffsetRange, DataError>) + Send>;

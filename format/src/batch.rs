@@ -33,7 +33,6 @@ fn codec_name(codec: i16) -> &'static str {
 
 /// Why a batch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum BatchError {
     /// Fewer bytes than a batch header, or a length field that disagrees with the bytes given.
     #[error("batch length mismatch: header says {declared} bytes, {actual} given")]

@@ -30,6 +30,13 @@ struct Args {
     /// port (logged at start). [default: off]
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve Kafka clients (librdkafka, kafka-python, kcat) on ADDR; port 0 picks a free port
+    /// (the ready line says which). [default: 127.0.0.1:9092]
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_kafka")]
+    kafka_listen: Option<SocketAddr>,
+    /// Serve no Kafka clients.
+    #[arg(long)]
+    no_kafka: bool,
     /// Shard threads, each pinned to a core with its own io_uring. [default: one per core]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -82,6 +89,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     file.data_dir = args.data_dir.or(file.data_dir);
     file.listen = args.listen.or(file.listen);
     file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(addr) = args.kafka_listen {
+        file.kafka_listen = Some(addr.to_string());
+    }
+    if args.no_kafka {
+        file.kafka_listen = Some(crate::config::KAFKA_OFF.into());
+    }
     file.shards = args.shards.or(file.shards);
     file.recovery = args.recovery.or(file.recovery);
     if args.portable_io {
@@ -105,8 +118,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         })?;
     let cfg = server.config();
+    let kafka = match server.kafka_addr() {
+        Some(addr) => format!("Kafka protocol on {addr}"),
+        None => "no Kafka protocol".into(),
+    };
     println!(
-        "keeld listening on {} (data dir {}, {} shards, {})",
+        "keeld listening on {} (data dir {}, {} shards, {}; {kafka})",
         server.local_addr(),
         cfg.engine.data_dir.display(),
         cfg.engine.shards,

@@ -12,6 +12,10 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "./keel-data";
 /// Default listen address: loopback only, so a fresh install is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default Kafka-protocol listen address: Kafka's own port, on loopback.
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+/// What `kafka_listen` says to serve no Kafka clients.
+pub const KAFKA_OFF: &str = "off";
 
 /// Everything `keeld` runs with.
 #[derive(Debug, Clone)]
@@ -20,6 +24,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address of the metrics endpoint (`GET /metrics`), if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the Kafka-protocol listener, if it is on.
+    pub kafka_listen: Option<SocketAddr>,
     /// Largest request frame accepted; larger ones close the connection.
     pub max_frame_bytes: u32,
     /// Request and response bytes one connection may have in flight before the server stops
@@ -108,6 +114,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Metrics endpoint address (off when missing).
     pub metrics_listen: Option<SocketAddr>,
+    /// Kafka-protocol listen address, or "off".
+    pub kafka_listen: Option<String>,
     /// Shard threads (default: one per core).
     pub shards: Option<usize>,
     /// Pin shard threads to cores.
@@ -269,9 +277,18 @@ impl FileConfig {
                 .parse()
                 .map_err(|e| ConfigError::Invalid(format!("default listen address: {e}")))?,
         };
+        let kafka_listen = match self.kafka_listen.as_deref().unwrap_or(DEFAULT_KAFKA_LISTEN) {
+            KAFKA_OFF => None,
+            addr => Some(addr.parse().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "kafka_listen = {addr:?}: {e} (an address such as 127.0.0.1:9092, or \"off\")"
+                ))
+            })?),
+        };
         let cfg = ServerConfig {
             listen,
             metrics_listen: self.metrics_listen,
+            kafka_listen,
             max_frame_bytes: self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES),
             connection_inflight_bytes: self.connection_inflight_bytes.unwrap_or(64 << 20),
             shard_inflight_bytes: self.shard_inflight_bytes.unwrap_or(256 << 20),
@@ -330,6 +347,20 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be positive".into());
+        }
+        let ports = [
+            ("listen", Some(self.listen)),
+            ("metrics_listen", self.metrics_listen),
+            ("kafka_listen", self.kafka_listen),
+        ];
+        for (i, (a, addr_a)) in ports.iter().enumerate() {
+            for (b, addr_b) in &ports[i + 1..] {
+                if let (Some(x), Some(y)) = (addr_a, addr_b) {
+                    if x.port() != 0 && x.port() == y.port() {
+                        return invalid(format!("{a} and {b} both use port {}", x.port()));
+                    }
+                }
+            }
         }
         let g = &self.groups;
         // The defaults stand in for what a join may ask: the same ranges, 0 excluded.

@@ -18,6 +18,7 @@ mod connection;
 
 mod frames;
 mod handler;
+mod kafka;
 mod log_limit;
 pub mod logger;
 mod metrics;

@@ -3,18 +3,20 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use keel_engine::{Engine, IoMode, OpenError};
 use keel_protocol::{encode_error, ErrorCode};
+use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::ServerConfig;
 use crate::conn_limits::ConnLimits;
 use crate::connection;
 use crate::handler::Handler;
+use crate::kafka::KafkaContext;
 use crate::log_limit::RateLimitedWarn;
 use crate::metrics::{MetricsEndpoint, Sources};
 use crate::pending::{Answerer, SharedPending};
@@ -50,6 +52,8 @@ pub enum ServerError {
 #[derive(Default)]
 pub(crate) struct Registry {
     state: Mutex<RegistryState>,
+    /// The last connection id given (both protocols).
+    last_id: AtomicU64,
     changed: Condvar,
     /// Told when a connection closes (its group members leave).
     engine: Mutex<Option<Weak<Engine>>>,
@@ -66,6 +70,26 @@ impl Registry {
     /// Connections open now.
     pub(crate) fn open_connections(&self) -> usize {
         self.state().streams.len()
+    }
+
+    /// Counts `stream` in, under a new id: shutdown stops reading it and waits for its
+    /// reader and writer, whose guards count it out.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+    ) -> std::io::Result<(u64, ReaderDone, WriterDone)> {
+        let registered = stream.try_clone()?;
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.update(|s| {
+            s.streams.insert(id, registered);
+            s.readers += 1;
+            s.writers += 1;
+        });
+        Ok((
+            id,
+            ReaderDone(Arc::clone(self), id),
+            WriterDone(Arc::clone(self)),
+        ))
     }
 
     fn state(&self) -> MutexGuard<'_, RegistryState> {
@@ -125,6 +149,18 @@ fn refuse(stream: TcpStream, max_connections: usize) {
     });
 }
 
+/// The native protocol's listener, among the sockets the main thread watches.
+const NATIVE: Token = Token(0);
+/// The Kafka protocol's listener.
+const KAFKA: Token = Token(1);
+
+/// A listener as the main thread watches it: non-blocking, sharing the socket.
+fn watched(listener: &TcpListener) -> std::io::Result<mio::net::TcpListener> {
+    let shared = listener.try_clone()?;
+    shared.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(shared))
+}
+
 /// Connections the kernel queues for `accept` once keeld listens.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -180,6 +216,8 @@ pub struct Server {
     /// answering their requests as the engine finishes them.
     portable: Option<(Arc<connection::Shared>, Answerer)>,
     metrics: Option<MetricsEndpoint>,
+    /// The Kafka-protocol listener and what its connections share, when it is on.
+    kafka: Option<(TcpListener, Arc<KafkaContext>)>,
 }
 
 impl Server {
@@ -188,6 +226,7 @@ impl Server {
     /// left waiting in a queue nobody serves.
     pub fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
         let socket = bind(cfg.listen)?;
+        let kafka_socket = cfg.kafka_listen.map(bind).transpose()?;
         let local_addr = socket
             .local_addr()
             .ok()
@@ -229,11 +268,27 @@ impl Server {
             }
         };
         // Everything is ready: connections may come.
+        let kafka = match (kafka_socket, cfg.kafka_listen) {
+            (Some(socket), Some(addr)) => {
+                let ctx = KafkaContext {
+                    engine: Arc::clone(&engine),
+                    registry: Arc::clone(&registry),
+                    max_frame_bytes: cfg.max_frame_bytes,
+                    max_connections: cfg.max_connections,
+                    idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+                    frame_read_timeout: Duration::from_millis(cfg.frame_read_timeout_ms),
+                    write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+                };
+                Some((listen(socket, addr)?, Arc::new(ctx)))
+            }
+            _ => None,
+        };
         let listener = listen(socket, local_addr)?;
         Ok(Self {
             net,
             portable,
             metrics,
+            kafka,
             cfg,
             listener,
             local_addr,
@@ -247,6 +302,11 @@ impl Server {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The Kafka listener's address, when it is on.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The metrics endpoint's address, when it is on.
@@ -276,46 +336,87 @@ impl Server {
     /// reading requests, lets the engine finish and answer every flush in flight, waits for
     /// the answers to be written, and closes the engine.
     pub fn run(self) -> Result<(), ServerError> {
-        let mut next_id = 0u64;
-        for conn in self.listener.incoming() {
-            if self.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            match conn {
-                Ok(stream) if self.registry.open_connections() >= self.cfg.max_connections => {
-                    refuse(stream, self.cfg.max_connections);
-                }
-                Ok(stream) => {
-                    next_id += 1;
-                    if let Err(e) = self.spawn_connection(next_id, stream) {
-                        log::error!("cannot serve a new connection: {e}");
-                    }
-                }
-                // Out of file descriptors and the like: the listener itself is fine, and the
-                // connections already open keep being served.
-                Err(e) => {
-                    ACCEPT_FAILED.warn(|| format!("accept failed: {e}"));
+        let fail = |source| ServerError::Io {
+            what: "watch the listen sockets",
+            source,
+        };
+        let mut poll = Poll::new().map_err(fail)?;
+        let mut native = watched(&self.listener).map_err(fail)?;
+        poll.registry()
+            .register(&mut native, NATIVE, Interest::READABLE)
+            .map_err(fail)?;
+        let mut kafka = match &self.kafka {
+            Some((listener, _)) => Some(watched(listener).map_err(fail)?),
+            None => None,
+        };
+        if let Some(kafka) = &mut kafka {
+            poll.registry()
+                .register(kafka, KAFKA, Interest::READABLE)
+                .map_err(fail)?;
+        }
+        let mut events = Events::with_capacity(4);
+        while !self.stopping.load(Ordering::Acquire) {
+            if let Err(e) = poll.poll(&mut events, None) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    ACCEPT_FAILED.warn(|| format!("waiting for connections failed: {e}"));
                     std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for event in &events {
+                let listener = match (event.token(), &kafka) {
+                    (KAFKA, Some(kafka)) => kafka,
+                    _ => &native,
+                };
+                // Edge-triggered: take every connection waiting.
+                while !self.stopping.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((stream, _)) => self.serve(event.token(), stream.into()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // Out of file descriptors and the like: the listener itself is fine,
+                        // and the connections already open keep being served.
+                        Err(e) => {
+                            ACCEPT_FAILED.warn(|| format!("accept failed: {e}"));
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
                 }
             }
         }
+        // The watched copies close with the listeners: no connection queues meanwhile.
+        drop(native);
+        drop(kafka);
         self.shut_down();
         Ok(())
     }
 
-    fn spawn_connection(&self, id: u64, stream: TcpStream) -> std::io::Result<()> {
+    /// Serves a connection accepted on the listener `token` names.
+    fn serve(&self, token: Token, stream: TcpStream) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        // Accepted from a non-blocking listener; served with blocking calls and timeouts.
+        if let Err(e) = stream.set_nonblocking(false) {
+            log::error!("cannot serve a new connection: {e}");
+            return;
+        }
+        if let (KAFKA, Some((_, ctx))) = (token, &self.kafka) {
+            return crate::kafka::serve(stream, ctx);
+        }
+        if self.registry.open_connections() >= self.cfg.max_connections {
+            return refuse(stream, self.cfg.max_connections);
+        }
+        if let Err(e) = self.spawn_connection(stream) {
+            log::error!("cannot serve a new connection: {e}");
+        }
+    }
+
+    fn spawn_connection(&self, stream: TcpStream) -> std::io::Result<()> {
         let peer = stream.peer_addr()?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_millis(self.cfg.write_timeout_ms)))?;
-        let registered = stream.try_clone()?;
-        self.registry.update(|s| {
-            s.streams.insert(id, registered);
-            s.readers += 1;
-            s.writers += 1;
-        });
         // From here on the guards count the connection out, whatever happens to it.
-        let reader_done = ReaderDone(Arc::clone(&self.registry), id);
-        let writer_done = WriterDone(Arc::clone(&self.registry));
+        let (id, reader_done, writer_done) = self.registry.register(&stream)?;
         if let Some(net) = &self.net {
             net.adopt(NewConn {
                 id,
@@ -355,9 +456,11 @@ impl Server {
             net,
             portable,
             metrics,
+            kafka,
             ..
         } = self;
         drop(listener);
+        drop(kafka);
         drop(metrics);
         let open = registry.state().streams.len();
         log::info!("stopping: no new connections or requests; finishing what {open} connections have in flight");

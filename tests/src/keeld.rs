@@ -43,16 +43,22 @@ pub struct Starting {
 impl Starting {
     /// Waits (up to [`PATIENCE`]) for its ready line.
     pub fn ready(mut self) -> Keeld {
-        let Ok(addr) = self.ready.recv_timeout(PATIENCE) else {
+        let Ok(line) = self.ready.recv_timeout(PATIENCE) else {
             // Dropping self kills it.
             panic!(
                 "keeld did not become ready within {PATIENCE:?}; its stderr:\n{}",
                 self.stderr.lock().unwrap()
             );
         };
+        let addr = line.split_whitespace().next().unwrap_or("");
+        let kafka_addr = line
+            .split_once("Kafka protocol on ")
+            .map(|(_, rest)| rest.trim_end_matches(')'))
+            .map(|a| a.parse().expect("Kafka address in the ready line"));
         Keeld {
             child: self.child.take(),
             addr: addr.parse().expect("listen address in the ready line"),
+            kafka_addr,
             data_dir: self.data_dir.clone(),
             stderr: Arc::clone(&self.stderr),
         }
@@ -69,6 +75,8 @@ pub struct Keeld {
     child: Option<Child>,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of its Kafka listener, when it is on.
+    pub kafka_addr: Option<SocketAddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
@@ -97,6 +105,8 @@ impl Keeld {
             "segment_bytes = 1048576",
             "max_batch_bytes = 262144",
             "zero_segments = false",
+            // Tests run side by side: each keeld's Kafka listener on a port of its own.
+            "kafka_listen = \"127.0.0.1:0\"",
         ];
         let given = |line: &str| {
             let key = line.split('=').next().unwrap_or("").trim();
@@ -146,8 +156,7 @@ impl Keeld {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("keeld listening on ") {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
+                    let _ = tx.send(rest.to_string());
                 }
             }
         });

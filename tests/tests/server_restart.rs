@@ -61,7 +61,14 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     let out = Command::new(package_bin("test-keeld"))
         .arg("--data-dir")
         .arg(&server.data_dir)
-        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

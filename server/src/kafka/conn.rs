@@ -1,0 +1,152 @@
+//! One Kafka connection: size-prefixed request frames read one at a time, each answered in
+//! order before the next is read (Kafka's clients match answers to requests by order as well
+//! as by correlation id).
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::apis::{self, Answer, Session};
+use super::KafkaContext;
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("a request frame of {0} bytes is outside the allowed 8 to {1} bytes")]
+    FrameSize(i64, u32),
+    #[error("request header: {0}")]
+    Header(String),
+    #[error("{api:?} v{version}: {why}")]
+    Request {
+        api: ApiKey,
+        version: i16,
+        why: String,
+    },
+    #[error("api key {0} is not a Kafka API")]
+    UnknownApi(i16),
+    #[error("{0:?} v{1} is not served (ApiVersions lists what is)")]
+    Unsupported(ApiKey, i16),
+}
+
+/// Registers `stream` and serves it on a thread of its own.
+pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(ctx.write_timeout))?;
+    let (_, reader_done, writer_done) = ctx.registry.register(&stream)?;
+    let ctx = Arc::clone(ctx);
+    std::thread::Builder::new()
+        .name(format!("keel-kafka-{peer}"))
+        .spawn(move || {
+            log::debug!("{peer}: Kafka client connected");
+            let served = Session::new(Arc::clone(&ctx.engine), local)
+                .map_err(ConnError::from)
+                .and_then(|session| serve(stream, &ctx, session));
+            match served {
+                Ok(()) => log::debug!("{peer}: Kafka client disconnected"),
+                // Clients close with a reset often enough: not worth a warning.
+                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    log::debug!("{peer}: Kafka client disconnected: {e}");
+                }
+                Err(e) => log::warn!("{peer}: Kafka connection closed: {e}"),
+            }
+            drop(reader_done);
+            drop(writer_done);
+        })?;
+    Ok(())
+}
+
+fn serve(mut stream: TcpStream, ctx: &KafkaContext, mut session: Session) -> Result<(), ConnError> {
+    let mut out = BytesMut::new();
+    loop {
+        let Some(frame) = read_frame(&mut stream, ctx)? else {
+            return Ok(());
+        };
+        let Some(answer) = answer(frame, &mut session)? else {
+            continue; // acks=0: no answer at all.
+        };
+        out.clear();
+        encode(&answer, &mut out)?;
+        stream.write_all(&out)?;
+    }
+}
+
+/// The next request frame; `None` when the client closed the connection between requests.
+fn read_frame(stream: &mut TcpStream, ctx: &KafkaContext) -> Result<Option<Bytes>, ConnError> {
+    stream.set_read_timeout(Some(ctx.idle_timeout))?;
+    let mut size = [0u8; 4];
+    match stream.read(&mut size[..1]) {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) => return Err(e.into()),
+    }
+    stream.set_read_timeout(Some(ctx.frame_read_timeout))?;
+    stream.read_exact(&mut size[1..])?;
+    let len = i32::from_be_bytes(size);
+    // Header: api key, version and correlation id at least.
+    if len < 8 || len as u32 > ctx.max_frame_bytes {
+        return Err(ConnError::FrameSize(i64::from(len), ctx.max_frame_bytes));
+    }
+    let mut body = vec![0u8; len as usize];
+    stream.read_exact(&mut body)?;
+    Ok(Some(Bytes::from(body)))
+}
+
+/// Decodes one request and answers it; `None` for a request that gets no answer.
+fn answer(mut frame: Bytes, session: &mut Session) -> Result<Option<Answer>, ConnError> {
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(key).map_err(|()| ConnError::UnknownApi(key))?;
+    let Some(served) = apis::served(api) else {
+        return Err(ConnError::Unsupported(api, version));
+    };
+    if !served.contains(version) {
+        // Kafka's rule: an ApiVersions too new is answered at v0 with the versions served, so
+        // that the client can pick one; any other request at a version not served is a
+        // client's bug, and the connection is closed.
+        if api == ApiKey::ApiVersions {
+            return Ok(Some(apis::api_versions_unsupported(correlation_id)));
+        }
+        return Err(ConnError::Unsupported(api, version));
+    }
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| ConnError::Header(e.to_string()))?;
+    let request =
+        RequestKind::decode(api, &mut frame, version).map_err(|e| ConnError::Request {
+            api,
+            version,
+            why: e.to_string(),
+        })?;
+    Ok(apis::handle(session, &header, request))
+}
+
+/// Writes `answer` as a size-prefixed response frame.
+fn encode(answer: &Answer, out: &mut BytesMut) -> Result<(), ConnError> {
+    let fail = |e: String| {
+        ConnError::Io(io::Error::other(format!(
+            "cannot encode the answer to {:?} v{}: {e}",
+            answer.api, answer.version
+        )))
+    };
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(answer.correlation_id)
+        .encode(out, answer.api.response_header_version(answer.version))
+        .map_err(|e| fail(e.to_string()))?;
+    answer
+        .body
+        .encode(out, answer.version)
+        .map_err(|e| fail(e.to_string()))?;
+    let len = i32::try_from(out.len() - 4)
+        .map_err(|_| ConnError::Io(io::Error::other("an answer over 2 GiB")))?;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
