@@ -10,7 +10,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender};
+use keel_format::batch::trusted_batches;
 
+use crate::committed::{Committed, CommittedOffset, GroupOffsets};
 use crate::completions::{Answer, Kind, Ticket};
 use crate::config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 use crate::error::{AdminError, DataError, IoFailure, OpenError, ShuttingDown};
@@ -99,6 +101,8 @@ pub struct EngineCore {
     pub(crate) groups: OnceLock<Groups>,
     /// Idempotent producers' ids (`producer_ids.rs`).
     producer_ids: ProducerIds,
+    /// Offsets committed by groups that keep their own place (`committed.rs`).
+    committed: Committed,
     _lock: DataDirLock,
 }
 
@@ -129,6 +133,9 @@ impl Deref for Engine {
 
 /// Header of the records that fill offsets lost in a repair.
 pub const LOST_HEADER: &[u8] = b"keel.lost";
+
+/// Batch bytes one read asks for while [`Engine::offset_at_time`] scans.
+const TIME_SCAN_READ_BYTES: usize = 256 << 10;
 
 /// The start-up line saying how flushes are made durable on this data directory, and why.
 fn describe_durability(cfg: &EngineConfig, filesystem: &Filesystem) -> String {
@@ -188,6 +195,7 @@ impl Engine {
             _lock: lock,
             groups: OnceLock::new(),
             producer_ids: ProducerIds::new(&cfg.data_dir),
+            committed: Committed::new(&cfg.data_dir),
             cfg: Arc::clone(&cfg),
             files,
         };
@@ -402,6 +410,26 @@ impl EngineCore {
         current: Option<ProducerIdentity>,
     ) -> Result<ProducerIdentity, AdminError> {
         self.producer_ids.init(&*self.files, current)
+    }
+
+    /// Commits `offsets` (topic, partition, offset and metadata) for `group`, a group that
+    /// keeps its own place (Kafka's classic groups); durable before it returns.
+    pub fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, u32, CommittedOffset)],
+    ) -> Result<(), AdminError> {
+        self.committed.commit(&*self.files, group, offsets)
+    }
+
+    /// The offsets `group` committed.
+    pub fn committed_offsets(&self, group: &str) -> Result<GroupOffsets, AdminError> {
+        self.committed.fetch(&*self.files, group)
+    }
+
+    /// Every group that committed offsets.
+    pub fn committed_groups(&self) -> Result<Vec<String>, AdminError> {
+        self.committed.groups(&*self.files)
     }
 
     /// Creates a topic with `partitions` partitions, durably. All or nothing, across errors
@@ -761,6 +789,38 @@ impl EngineCore {
                 end: r.high_watermark,
             }),
         }
+    }
+
+    /// The first record of `partition` whose timestamp is at or after `ts` (milliseconds since
+    /// the Unix epoch): its offset and timestamp; `None` when no record is that late. A scan
+    /// from the log's start: there is no time index.
+    pub fn offset_at_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        ts: i64,
+    ) -> Result<Option<(u64, i64)>, DataError> {
+        let bounds = self.log_bounds(topic, partition)?;
+        let mut from = bounds.start;
+        while from < bounds.end {
+            let read = self.read_wait(topic, partition, from, TIME_SCAN_READ_BYTES)?;
+            for b in trusted_batches(&read.data) {
+                // Batches are whole: the first may begin before `from`.
+                let base = b.base_offset() as u64;
+                for r in b.records().flatten() {
+                    let at = b.base_timestamp() + r.timestamp_delta;
+                    let offset = base + r.offset_delta as u64;
+                    if offset >= from && at >= ts {
+                        return Ok(Some((offset, at)));
+                    }
+                }
+            }
+            if read.next_offset <= from {
+                break;
+            }
+            from = read.next_offset;
+        }
+        Ok(None)
     }
 
     /// Counters summed over the shards.

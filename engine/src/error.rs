@@ -155,6 +155,23 @@ pub enum AdminError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A group's committed offsets file is damaged: that group's offsets are neither read nor
+    /// replaced until the file is removed (the group then starts where its clients say).
+    #[error("damaged committed offsets file {}: {detail}", path.display())]
+    DamagedCommittedOffsets {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// More than a limit allows.
+    #[error("at most {max} {what}")]
+    TooMany {
+        /// What is limited.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

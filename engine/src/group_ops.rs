@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::bounded;
-use keel_format::batch::trusted_batches;
 
 use crate::completions::{Answer, Kind, Ticket};
 use crate::delivery::MemberId;
@@ -21,9 +20,6 @@ use crate::groups::{
     GroupStore, Member, SlotRef, Span, StoredGroup,
 };
 use crate::shard::{Command, GroupCmd, GroupPartitionMetrics};
-
-/// Bytes one read asks for when a group's start is looked up.
-const START_READ_BYTES: usize = 256 << 10;
 
 /// Where a new group starts in each partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,43 +284,17 @@ impl EngineCore {
     ) -> Result<Vec<u64>, GroupError> {
         (0..partitions)
             .map(|p| {
-                let end = self.read_wait(topic, p, 0, 1)?.high_watermark;
+                let bounds = self.log_bounds(topic, p)?;
                 Ok(match start {
                     GroupStart::Earliest => 0,
-                    GroupStart::Latest => end,
-                    GroupStart::Offset(o) => o.min(end),
-                    GroupStart::Timestamp(ts) => self.offset_at_time(topic, p, ts, end)?,
+                    GroupStart::Latest => bounds.end,
+                    GroupStart::Offset(o) => o.min(bounds.end),
+                    GroupStart::Timestamp(ts) => self
+                        .offset_at_time(topic, p, ts)?
+                        .map_or(bounds.end, |(offset, _)| offset),
                 })
             })
             .collect()
-    }
-
-    /// The first offset whose timestamp is at or after `ts` (or the end): a scan from the
-    /// start, acceptable once per group creation.
-    fn offset_at_time(
-        &self,
-        topic: &str,
-        partition: u32,
-        ts: i64,
-        end: u64,
-    ) -> Result<u64, GroupError> {
-        let mut from = 0;
-        while from < end {
-            let read = self.read_wait(topic, partition, from, START_READ_BYTES)?;
-            for b in trusted_batches(&read.data) {
-                let base = b.base_offset() as u64;
-                for r in b.records().flatten() {
-                    if b.base_timestamp() + r.timestamp_delta >= ts {
-                        return Ok(base + r.offset_delta as u64);
-                    }
-                }
-            }
-            if read.next_offset <= from {
-                break;
-            }
-            from = read.next_offset;
-        }
-        Ok(end)
     }
 
     /// Leaves a group: what the member holds is redelivered.

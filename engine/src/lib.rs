@@ -11,6 +11,7 @@
 
 use keel_format::batch;
 mod blocking;
+mod committed;
 mod completions;
 mod config;
 mod engine;
@@ -98,6 +99,7 @@ pub mod trailer;
 pub mod xorshift;
 
 pub use batch::{BatchBuilder, BatchError, BatchView, Record};
+pub use committed::{CommittedOffset, GroupOffsets};
 pub use completions::{Answer, Completion, CompletionQueue, Reservation, Ticket};
 pub use config::{EngineConfig, FlushSync, IoMode, RecoveryMode};
 pub use engine::{shard_for, Engine, EngineStats, LOST_HEADER};

@@ -176,7 +176,10 @@ impl WireError for AdminError {
             AdminError::NoSpace { .. } => ErrorCode::NoSpace,
             AdminError::ShuttingDown => ErrorCode::ShuttingDown,
             AdminError::Partition(e) => e.code(),
-            AdminError::DamagedProducerIds { .. } => ErrorCode::Corruption,
+            AdminError::DamagedProducerIds { .. } | AdminError::DamagedCommittedOffsets { .. } => {
+                ErrorCode::Corruption
+            }
+            AdminError::TooMany { .. } => ErrorCode::InvalidArgument,
             AdminError::Io(_) => ErrorCode::Internal,
         }
     }

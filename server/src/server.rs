@@ -272,6 +272,7 @@ impl Server {
             (Some(socket), Some(addr)) => {
                 let ctx = KafkaContext {
                     engine: Arc::clone(&engine),
+                    coordinator: Arc::default(),
                     registry: Arc::clone(&registry),
                     max_frame_bytes: cfg.max_frame_bytes,
                     max_connections: cfg.max_connections,

@@ -103,6 +103,112 @@ def consume_confluent(bootstrap, topic, partitions, n):
     return {"records": out, "errors": errors}
 
 
+def group_rebalance(bootstrap, topic, n):
+    """Two librdkafka consumers in one group: the first alone, then both (a rebalance), until
+    every record of the topic was consumed; each commits what it consumed."""
+    from confluent_kafka import Consumer
+
+    def member(name):
+        assigned = []
+
+        def on_assign(consumer, partitions):
+            assigned.append(sorted(p.partition for p in partitions))
+
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "g",
+                "client.id": name,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+            }
+        )
+        c.subscribe([topic], on_assign=on_assign)
+        return c, assigned
+
+    seen = {}
+    errors = []
+    refused = []
+
+    def poll(c, name):
+        m = c.poll(0.1)
+        if m is None:
+            return
+        if m.error():
+            errors.append(str(m.error()))
+            return
+        seen.setdefault((m.partition(), m.offset()), []).append(name)
+        try:
+            c.commit(message=m, asynchronous=False)
+        except Exception as e:  # refused during a rebalance: the record comes again
+            refused.append(str(e))
+
+    a, a_assigned = member("a")
+    deadline = time.time() + 60
+    while len(seen) < n // 4 and time.time() < deadline:
+        poll(a, "a")
+    b, b_assigned = member("b")
+    while len(seen) < n and time.time() < deadline:
+        poll(a, "a")
+        poll(b, "b")
+    a.close()
+    b.close()
+    return {
+        "seen": [[p, o, names] for (p, o), names in sorted(seen.items())],
+        "a_assigned": a_assigned,
+        "b_assigned": b_assigned,
+        "errors": errors,
+        "refused_commits": len(refused),
+    }
+
+
+def group_resume(bootstrap, topic, partitions, wait_s):
+    """A new member of group "g": the offsets it starts from, and what it consumes in wait_s."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "g", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    committed = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+    c.subscribe([topic])
+    got = []
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        m = c.poll(0.1)
+        if m is not None and not m.error():
+            got.append([m.partition(), m.offset()])
+    c.close()
+    return {"committed": [[tp.partition, tp.offset] for tp in committed], "consumed": got}
+
+
+def produce_spread(bootstrap, topic, n, partitions, first):
+    """Records first..first+n over `partitions` partitions, acks=all."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    acked = []
+    for i in range(first, first + n):
+        producer.produce(topic, value=b"%d" % i, partition=i % partitions, on_delivery=lambda e, m: acked.append(e is None))
+    producer.flush(30)
+    return {"acked": sum(acked)}
+
+
+def offsets(bootstrap, topic, partitions, ts):
+    """ListOffsets through kafka-python: earliest, latest, and the first at or after ts."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    at = c.offsets_for_times({tp: ts for tp in tps})
+    out = {
+        "earliest": [c.beginning_offsets(tps)[tp] for tp in tps],
+        "latest": [c.end_offsets(tps)[tp] for tp in tps],
+        "at": [None if at[tp] is None else [at[tp].offset, at[tp].timestamp] for tp in tps],
+    }
+    c.close()
+    return out
+
+
 def main():
     command, bootstrap, topic = sys.argv[1:4]
     rest = [int(a) for a in sys.argv[4:]]
@@ -111,6 +217,10 @@ def main():
         "produce-confluent": produce_confluent,
         "consume-kafka-python": consume_kafka_python,
         "consume-confluent": consume_confluent,
+        "group-rebalance": group_rebalance,
+        "group-resume": group_resume,
+        "produce-spread": produce_spread,
+        "offsets": offsets,
     }[command](bootstrap, topic, *rest)
     json.dump(result, sys.stdout)
 

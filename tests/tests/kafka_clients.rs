@@ -97,10 +97,12 @@ fn run(command: &mut Command) -> String {
     String::from_utf8(stdout).expect("utf-8 output")
 }
 
-/// Runs one command of `tests/kafka/clients.py`; its JSON answer.
-fn script(args: &[&str]) -> Value {
+/// Runs one command of `tests/kafka/clients.py` against `keeld`; its JSON answer. A failure
+/// shows keeld's log too.
+fn script(keeld: &Keeld, args: &[&str]) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kafka/clients.py");
-    let out = run(Command::new("python3").arg(path).args(args));
+    let ran = std::panic::catch_unwind(|| run(Command::new("python3").arg(&path).args(args)));
+    let out = ran.unwrap_or_else(|_| panic!("{args:?} failed; keeld's log:\n{}", keeld.stderr()));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
@@ -202,11 +204,33 @@ fn kafka_python_round_trips_byte_for_byte_through_both_protocols() {
     let keeld = Keeld::start(dir.path(), &[]);
     let kafka = kafka_addr(&keeld);
     let n = 300;
-    let produced = script(&["produce-kafka-python", &kafka, "kp", &n.to_string()]);
+    let produced = script(
+        &keeld,
+        &["produce-kafka-python", &kafka, "kp", &n.to_string()],
+    );
     let at = check_acked(&produced, n);
-    let consumed = script(&["consume-kafka-python", &kafka, "kp", "2", &n.to_string()]);
+    let consumed = script(
+        &keeld,
+        &["consume-kafka-python", &kafka, "kp", "2", &n.to_string()],
+    );
     check_consumed(&consumed["records"], &at);
     check_with_keel(&keeld, "kp", &at);
+
+    // ListOffsets: earliest, latest, and by time (record i has timestamp BASE + i; odd i go to
+    // partition 1). Past every record there is none.
+    let base = record(0).3;
+    let ts = (base + 101).to_string();
+    let offsets = script(&keeld, &["offsets", &kafka, "kp", "2", &ts]);
+    assert_eq!(offsets["earliest"], serde_json::json!([0, 0]));
+    assert_eq!(offsets["latest"], serde_json::json!([150, 150]));
+    assert_eq!(
+        offsets["at"],
+        serde_json::json!([[51, base + 102], [50, base + 101]]),
+        "the first record at or after the time"
+    );
+    let late = (base + 10_000).to_string();
+    let offsets = script(&keeld, &["offsets", &kafka, "kp", "2", &late]);
+    assert_eq!(offsets["at"], serde_json::json!([null, null]));
 }
 
 #[test]
@@ -219,12 +243,15 @@ fn an_idempotent_librdkafka_producer_is_acknowledged_durably_and_keel_records_re
     let mut keeld = Keeld::start(dir.path(), &[]);
     keeld.client().create_topic("kc", 2).unwrap();
     let n = 500;
-    let produced = script(&[
-        "produce-confluent",
-        &kafka_addr(&keeld),
-        "kc",
-        &n.to_string(),
-    ]);
+    let produced = script(
+        &keeld,
+        &[
+            "produce-confluent",
+            &kafka_addr(&keeld),
+            "kc",
+            &n.to_string(),
+        ],
+    );
     let failed = produced["failed"].as_array().expect("failed");
     assert!(
         failed.is_empty(),
@@ -238,7 +265,10 @@ fn an_idempotent_librdkafka_producer_is_acknowledged_durably_and_keel_records_re
     let keeld = Keeld::start(dir.path(), &[]);
     let kafka = kafka_addr(&keeld);
     check_with_keel(&keeld, "kc", &at);
-    let consumed = script(&["consume-confluent", &kafka, "kc", "2", &n.to_string()]);
+    let consumed = script(
+        &keeld,
+        &["consume-confluent", &kafka, "kc", "2", &n.to_string()],
+    );
     let errors = consumed["errors"].as_array().expect("errors");
     assert!(errors.is_empty(), "consume errors: {:?}", errors.first());
     check_consumed(&consumed["records"], &at);
@@ -260,7 +290,7 @@ fn an_idempotent_librdkafka_producer_is_acknowledged_durably_and_keel_records_re
             .unwrap();
         at.insert((i64::from(p), ack.first_offset as i64), i);
     }
-    let consumed = script(&["consume-kafka-python", &kafka, "nk", "2", "40"]);
+    let consumed = script(&keeld, &["consume-kafka-python", &kafka, "nk", "2", "40"]);
     check_consumed(&consumed["records"], &at);
 }
 
@@ -423,4 +453,69 @@ fn bad_kafka_input_closes_only_that_connection() {
         "{}",
         keeld.stderr()
     );
+}
+
+fn pairs(v: &Value) -> Vec<(i64, i64)> {
+    v.as_array()
+        .expect("pairs")
+        .iter()
+        .map(|p| (num(&p[0]), num(&p[1])))
+        .collect()
+}
+
+#[test]
+fn a_consumer_group_rebalances_and_its_commits_survive_kill_9() {
+    if !python_clients() {
+        return;
+    }
+    let dir = keel_tests::data_dir();
+    let mut keeld = Keeld::start(dir.path(), &[]);
+    keeld.client().create_topic("cg", 4).unwrap();
+    let kafka = kafka_addr(&keeld);
+    let produced = script(&keeld, &["produce-spread", &kafka, "cg", "400", "4", "0"]);
+    assert_eq!(num(&produced["acked"]), 400);
+
+    // librdkafka consumer "a" alone, then "b" joins: a rebalance splits the partitions.
+    let run = script(&keeld, &["group-rebalance", &kafka, "cg", "400"]);
+    let errors = run["errors"].as_array().expect("errors");
+    assert!(errors.is_empty(), "consume errors: {:?}", errors.first());
+    let seen = run["seen"].as_array().expect("seen");
+    assert_eq!(seen.len(), 400, "every record consumed at least once");
+    let a: Vec<Vec<i64>> = serde_json::from_value(run["a_assigned"].clone()).unwrap();
+    let b: Vec<Vec<i64>> = serde_json::from_value(run["b_assigned"].clone()).unwrap();
+    assert_eq!(
+        a.first(),
+        Some(&vec![0, 1, 2, 3]),
+        "alone, a has every partition"
+    );
+    let (a_last, b_last) = (a.last().unwrap(), b.last().expect("b was assigned"));
+    assert!(!b_last.is_empty(), "the rebalance gave b partitions");
+    let mut both: Vec<i64> = a_last.iter().chain(b_last).copied().collect();
+    both.sort();
+    assert_eq!(
+        both,
+        vec![0, 1, 2, 3],
+        "after the rebalance each partition has one owner"
+    );
+
+    // The commits are durable: after kill -9 a new member starts where the group left off.
+    keeld.kill();
+    let keeld = Keeld::start(dir.path(), &[]);
+    let kafka = kafka_addr(&keeld);
+    let resumed = script(&keeld, &["group-resume", &kafka, "cg", "4", "1"]);
+    assert_eq!(
+        pairs(&resumed["committed"]),
+        vec![(0, 100), (1, 100), (2, 100), (3, 100)],
+        "every partition committed to its end"
+    );
+    assert!(
+        pairs(&resumed["consumed"]).is_empty(),
+        "nothing consumed twice"
+    );
+    script(&keeld, &["produce-spread", &kafka, "cg", "8", "4", "400"]);
+    let resumed = script(&keeld, &["group-resume", &kafka, "cg", "4", "8"]);
+    let mut consumed = pairs(&resumed["consumed"]);
+    consumed.sort();
+    let want: Vec<(i64, i64)> = (0..4).flat_map(|p| [(p, 100), (p, 101)]).collect();
+    assert_eq!(consumed, want, "only the new records");
 }

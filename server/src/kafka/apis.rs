@@ -32,7 +32,9 @@ use keel_engine::{
     Answer as EngineAnswer, CompletionQueue, DataError, Engine, ProducerIdentity, Ticket, Waker,
 };
 
+use super::coordinator::Coordinator;
 use super::errors::{admin_error, data_error};
+use super::group_apis;
 
 /// This server's broker id: Keel is one node.
 const NODE: i32 = 0;
@@ -68,12 +70,21 @@ impl Served {
 const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
 ];
 
 /// The versions of `api` served; `None` for an API not served.
@@ -90,6 +101,10 @@ pub struct Session {
     pub engine: Arc<Engine>,
     /// The address the client reached: the one given to it as the broker's.
     pub advertised: SocketAddr,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The classic consumer groups' membership.
+    pub coordinator: Arc<Coordinator>,
     /// Where the engine answers this connection's appends and reads.
     queue: Arc<CompletionQueue>,
     next_tag: u64,
@@ -101,10 +116,17 @@ pub struct Session {
 
 impl Session {
     /// A connection's state.
-    pub fn new(engine: Arc<Engine>, advertised: SocketAddr) -> std::io::Result<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        coordinator: Arc<Coordinator>,
+        advertised: SocketAddr,
+        peer: SocketAddr,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             engine,
             advertised,
+            peer,
+            coordinator,
             queue: CompletionQueue::new(IN_FLIGHT_MAX, Arc::new(Waker::new()?)),
             next_tag: 0,
             arrived: HashMap::new(),
@@ -212,6 +234,26 @@ pub fn handle(s: &mut Session, header: &RequestHeader, request: RequestKind) -> 
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(s, r)),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(s, r)),
         RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(init_producer_id(s, &r)),
+        RequestKind::FindCoordinator(r) => {
+            let version = header.request_api_version;
+            ResponseKind::FindCoordinator(group_apis::find_coordinator(s, &r, version))
+        }
+        RequestKind::JoinGroup(r) => {
+            let client = header.client_id.as_ref().map(|c| c.to_string());
+            let client = client.unwrap_or_default();
+            ResponseKind::JoinGroup(group_apis::join_group(s, r, &client))
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(group_apis::sync_group(s, r)),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group_apis::heartbeat(s, &r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(group_apis::leave_group(s, &r)),
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(group_apis::offset_commit(s, &r))
+        }
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(group_apis::offset_fetch(s, &r)),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(group_apis::list_groups(s, &r)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(group_apis::describe_groups(s, &r))
+        }
         other => {
             // `served` lets through only the requests above.
             log::error!("Kafka request {other:?} reached no handler");
@@ -230,7 +272,8 @@ fn name(topic: &TopicName) -> &str {
     &topic.0
 }
 
-fn topic_name(name: &str) -> TopicName {
+/// `name` as Kafka's messages carry it.
+pub fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
@@ -560,6 +603,16 @@ fn list_offsets(s: &Session, r: ListOffsetsRequest) -> ListOffsetsResponse {
                     match p.timestamp {
                         LATEST => answer.with_offset(bounds.end as i64),
                         EARLIEST => answer.with_offset(bounds.start as i64),
+                        ts if ts >= 0 => {
+                            match s.engine.offset_at_time(name(&t.name), partition, ts) {
+                                Ok(Some((offset, at))) => {
+                                    answer.with_offset(offset as i64).with_timestamp(at)
+                                }
+                                // Kafka's answer when no record is that late.
+                                Ok(None) => answer.with_offset(-1),
+                                Err(e) => answer.with_error_code(data_error(&e)).with_offset(-1),
+                            }
+                        }
                         _ => answer
                             .with_error_code(K::InvalidRequest.code())
                             .with_offset(-1),

@@ -46,7 +46,8 @@ pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()
         .name(format!("keel-kafka-{peer}"))
         .spawn(move || {
             log::debug!("{peer}: Kafka client connected");
-            let served = Session::new(Arc::clone(&ctx.engine), local)
+            let coordinator = Arc::clone(&ctx.coordinator);
+            let served = Session::new(Arc::clone(&ctx.engine), coordinator, local, peer)
                 .map_err(ConnError::from)
                 .and_then(|session| serve(stream, &ctx, session));
             match served {

@@ -53,7 +53,9 @@ pub fn admin_error(e: &AdminError) -> i16 {
         AdminError::Io(_)
         | AdminError::NoSpace { .. }
         | AdminError::TopicOffline { .. }
-        | AdminError::DamagedProducerIds { .. } => K::KafkaStorageError.code(),
+        | AdminError::DamagedProducerIds { .. }
+        | AdminError::DamagedCommittedOffsets { .. } => K::KafkaStorageError.code(),
+        AdminError::TooMany { .. } => K::PolicyViolation.code(),
         AdminError::ShuttingDown => K::NotController.code(),
     }
 }

@@ -11,7 +11,9 @@
 
 mod apis;
 mod conn;
+mod coordinator;
 mod errors;
+mod group_apis;
 
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -20,11 +22,14 @@ use std::time::Duration;
 use keel_engine::Engine;
 
 use crate::server::Registry;
+pub(crate) use coordinator::Coordinator;
 
 /// What every Kafka connection needs.
 pub(crate) struct KafkaContext {
     /// The engine, shared with the native protocol's connections.
     pub engine: Arc<Engine>,
+    /// The classic consumer groups' membership.
+    pub coordinator: Arc<Coordinator>,
     /// Connections open, of both protocols, and how shutdown waits for them.
     pub registry: Arc<Registry>,
     /// Largest request accepted.
