@@ -54,7 +54,10 @@ pub(crate) fn messages_in(
         let batch = batch.map_err(|e| ClientError::Protocol(format!("batch: {e}")))?;
         let base = u64::try_from(batch.base_offset())
             .map_err(|_| ClientError::Protocol("negative base offset".into()))?;
-        for record in batch.records() {
+        let records = batch
+            .decoded()
+            .map_err(|e| ClientError::Protocol(format!("batch: {e}")))?;
+        for record in records.iter() {
             let record = record.map_err(|e| ClientError::Protocol(format!("record: {e}")))?;
             let offset = base + record.offset_delta as u64;
             if !wanted(offset) {

@@ -6,6 +6,9 @@
 //! base sequence i32 | record count i32 | records. The engine writes the base offset and nothing
 //! else, which is why the CRC does not cover it. See `docs/FORMAT.md`.
 
+use std::borrow::Cow;
+
+use crate::compression::{decompress, Codec, DecompressError};
 use crate::varint::{get_varint, put_varint, varint_len};
 
 /// Bytes before the first record.
@@ -61,12 +64,21 @@ pub enum BatchError {
         /// Declared last offset delta.
         last_offset_delta: i32,
     },
-    /// The batch is compressed; the server does not decode compression yet.
-    #[error("compressed batches ({codec}) are not supported yet: send uncompressed records")]
+    /// The records of a compressed batch read as if they were not: they are read through
+    /// [`BatchView::decoded`].
+    #[error("the records of a {codec} batch are read decompressed (BatchView::decoded)")]
     Compressed {
         /// The codec the attributes name.
         codec: &'static str,
     },
+    /// Attribute bits naming no codec (5 to 7).
+    #[error(
+        "batch compression codec {0} is not defined (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)"
+    )]
+    UndefinedCodec(i16),
+    /// Compressed records that do not decompress, or decompress to too much.
+    #[error(transparent)]
+    Decompress(#[from] DecompressError),
     /// A transactional or control batch: transactions are not supported.
     #[error("transactional and control batches are not supported (attributes {attributes:#06x})")]
     Transactional {
@@ -143,23 +155,16 @@ impl<'a> BatchView<'a> {
                 last_offset_delta,
             });
         }
-        if view.attributes() & COMPRESSION_MASK == 0 {
-            check_records(&bytes[HEADER_BYTES..], count as usize)?;
-        }
+        // Compressed records are decompressed and checked the same way.
+        check_records(&view.decoded()?.bytes, count as usize)?;
         Ok(view)
     }
 
     /// Refuses what a producer may send in a valid batch but the server does not take yet:
-    /// compression and transactions. Stored batches are never checked against it, so a log
-    /// written by a later version stays readable.
+    /// transactions. Stored batches are never checked against it, so a log written by a later
+    /// version stays readable.
     pub fn check_appendable(&self) -> Result<(), BatchError> {
         let attributes = self.attributes();
-        let codec = attributes & COMPRESSION_MASK;
-        if codec != 0 {
-            return Err(BatchError::Compressed {
-                codec: codec_name(codec),
-            });
-        }
         if attributes & TRANSACTIONAL_OR_CONTROL != 0 {
             return Err(BatchError::Transactional { attributes });
         }
@@ -206,8 +211,29 @@ impl<'a> BatchView<'a> {
     pub fn max_timestamp(&self) -> i64 {
         be_i64(self.bytes, 35)
     }
-    /// The records, decoded lazily. A compressed batch yields one error instead of reading
-    /// compressed bytes as records.
+    /// The codec its records are compressed with.
+    pub fn codec(&self) -> Result<Codec, BatchError> {
+        let bits = self.attributes() & COMPRESSION_MASK;
+        Codec::from_bits(bits).ok_or(BatchError::UndefinedCodec(bits))
+    }
+
+    /// Its records, decompressed if they are compressed (borrowed if not), to read with
+    /// [`DecodedRecords::iter`].
+    pub fn decoded(&self) -> Result<DecodedRecords<'a>, BatchError> {
+        let records = &self.bytes[HEADER_BYTES..];
+        let bytes = match self.codec()? {
+            Codec::None => Cow::Borrowed(records),
+            codec => Cow::Owned(decompress(codec, records)?),
+        };
+        Ok(DecodedRecords {
+            bytes,
+            count: self.record_count().max(0) as usize,
+        })
+    }
+
+    /// The records of an uncompressed batch, decoded lazily. A compressed batch yields one
+    /// error instead of reading compressed bytes as records ([`BatchView::decoded`] reads
+    /// both).
     pub fn records(&self) -> Records<'a> {
         let codec = self.attributes() & COMPRESSION_MASK;
         Records {
@@ -221,12 +247,45 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// `batch` (uncompressed, as [`BatchBuilder`] builds it) with its records compressed with
+/// `codec`, as a Kafka producer compresses them: the header kept, its attributes, length and
+/// CRC set anew.
+pub fn compress_batch(batch: &[u8], codec: Codec) -> Vec<u8> {
+    let mut out = batch[..HEADER_BYTES].to_vec();
+    out.extend(crate::compression::compress(codec, &batch[HEADER_BYTES..]));
+    let len = i32::try_from(out.len() - LOG_OVERHEAD_BYTES).unwrap_or(i32::MAX);
+    out[8..12].copy_from_slice(&len.to_be_bytes());
+    let attributes = (be_i16(&out, 21) & !COMPRESSION_MASK) | codec.bits();
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crate::crc::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
 /// Writes the engine-assigned base offset into a batch (the only field the engine changes).
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
 }
 
-/// One decoded record of an uncompressed batch.
+/// A batch's records, decompressed where they were compressed.
+pub struct DecodedRecords<'a> {
+    bytes: Cow<'a, [u8]>,
+    count: usize,
+}
+
+impl DecodedRecords<'_> {
+    /// The records, decoded lazily.
+    pub fn iter(&self) -> Records<'_> {
+        Records {
+            rest: &self.bytes,
+            index: 0,
+            remaining: self.count,
+            refused: None,
+        }
+    }
+}
+
+/// One decoded record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
     /// Offset relative to the batch's base offset.
@@ -661,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn compressed_and_transactional_batches_are_valid_but_not_appendable() {
+    fn compressed_batches_are_appendable_and_false_or_undefined_codecs_are_refused() {
         let mut builder = BatchBuilder::new(0);
         builder.push(None, b"plain text", &[]);
         let plain = builder.build();
@@ -669,16 +728,22 @@ mod tests {
             .unwrap()
             .check_appendable()
             .is_ok());
-        for (attributes, named) in [(4, "zstd"), (7, "an undefined codec"), (1, "gzip")] {
+        let gzip = compress_batch(&plain, Codec::Gzip);
+        assert!(BatchView::verify(&gzip).unwrap().check_appendable().is_ok());
+        // Plain records under a codec's bits do not decompress; an undefined codec is named.
+        for (attributes, codec) in [(4, "zstd"), (1, "gzip"), (3, "lz4")] {
             let bytes = with_attributes(&plain, attributes);
-            let view = BatchView::verify(&bytes).expect("stored batches stay readable");
-            let refused = view.check_appendable().unwrap_err();
-            assert_eq!(refused, BatchError::Compressed { codec: named });
-            // Reading it never passes compressed bytes off as records.
-            let mut records = view.records();
-            assert_eq!(records.next(), Some(Err(refused)));
-            assert_eq!(records.next(), None);
+            match BatchView::verify(&bytes) {
+                Err(BatchError::Decompress(DecompressError::Damaged { codec: c, .. })) => {
+                    assert_eq!(c, codec);
+                }
+                other => panic!("{codec}: {other:?}"),
+            }
         }
+        assert_eq!(
+            BatchView::verify(&with_attributes(&plain, 7)).err(),
+            Some(BatchError::UndefinedCodec(7))
+        );
         for attributes in [0x10, 0x20] {
             let bytes = with_attributes(&plain, attributes);
             let view = BatchView::verify(&bytes).unwrap();
@@ -760,20 +825,21 @@ mod tests {
         let mut builder = BatchBuilder::new(0);
         builder.push(None, b"x", &[]);
         let plain = builder.build();
-        for (codec, named) in [
-            (1, "gzip"),
-            (2, "snappy"),
-            (3, "lz4"),
-            (4, "zstd"),
-            (5, "an undefined codec"),
-        ] {
-            let bytes = with_attributes(&plain, codec);
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let bytes = compress_batch(&plain, codec);
             let view = BatchView::verify(&bytes).unwrap();
+            assert_eq!(view.codec(), Ok(codec));
             assert_eq!(
-                view.check_appendable(),
-                Err(BatchError::Compressed { codec: named })
+                view.records().next(),
+                Some(Err(BatchError::Compressed {
+                    codec: codec.name()
+                }))
             );
         }
+        assert_eq!(
+            BatchView::verify(&with_attributes(&plain, 5)).err(),
+            Some(BatchError::UndefinedCodec(5))
+        );
         // Three records; the third's length is made to run past the batch (and the batch
         // re-signed): the records before it read, it is named by its index.
         let mut b = BatchBuilder::new(0);
@@ -808,9 +874,9 @@ mod tests {
 
     #[test]
     fn a_record_count_that_disagrees_with_the_last_offset_delta_is_refused() {
-        // With a codec set the records are not parsed, so only these two fields say how many
-        // offsets the batch takes: a batch they disagree on would overlap the next one.
-        let gzip = with_attributes(&sample(), 1);
+        // These two fields say how many offsets the batch takes: a batch they disagree on
+        // would overlap the next one. Checked before the records, compressed or not.
+        let gzip = compress_batch(&sample(), Codec::Gzip);
         let with = |count: i32, delta: i32| {
             let mut b = gzip.clone();
             b[23..27].copy_from_slice(&delta.to_be_bytes());
@@ -906,5 +972,68 @@ mod tests {
             BatchView::verify(&bytes),
             Err(BatchError::Record { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn compressed_batches_verify_and_decode_with_every_codec() {
+        let mut b = BatchBuilder::new(1_000);
+        b.push(Some(b"k1"), b"first value", &[(b"h", b"v")]);
+        b.push(None, &[7u8; 3000], &[]);
+        b.push(Some(b"k3"), b"", &[]);
+        let plain = b.build();
+        let want: Vec<_> = BatchView::verify(&plain)
+            .unwrap()
+            .records()
+            .map(|r| format!("{:?}", r.unwrap()))
+            .collect();
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let packed = compress_batch(&plain, codec);
+            let view = BatchView::verify(&packed).unwrap();
+            assert_eq!(view.codec().unwrap(), codec);
+            assert!(packed.len() < plain.len(), "{codec:?} made it smaller");
+            let decoded = view.decoded().unwrap();
+            let got: Vec<_> = decoded
+                .iter()
+                .map(|r| format!("{:?}", r.unwrap()))
+                .collect();
+            assert_eq!(got, want, "{codec:?}");
+            assert!(
+                matches!(
+                    view.records().next(),
+                    Some(Err(BatchError::Compressed { .. }))
+                ),
+                "records() does not read compressed bytes as records"
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_holding_fewer_records_than_it_declares_is_refused() {
+        let mut b = BatchBuilder::new(0);
+        b.push(None, b"one", &[]);
+        b.push(None, b"two", &[]);
+        let plain = b.build();
+        let mut packed = compress_batch(&plain, Codec::Lz4);
+        // Declare three records (count and last offset delta), and seal the CRC again.
+        packed[23..27].copy_from_slice(&2i32.to_be_bytes());
+        packed[57..61].copy_from_slice(&3i32.to_be_bytes());
+        let crc = crate::crc::crc32c(&packed[CRC_START..]);
+        packed[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(
+            matches!(
+                BatchView::verify(&packed),
+                Err(BatchError::Record { index: 2, .. })
+            ),
+            "{:?}",
+            BatchView::verify(&packed).err()
+        );
+        let mut undefined = compress_batch(&plain, Codec::Gzip);
+        undefined[22] |= 0x07;
+        let crc = crate::crc::crc32c(&undefined[CRC_START..]);
+        undefined[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            BatchView::verify(&undefined).err(),
+            Some(BatchError::UndefinedCodec(7))
+        );
     }
 }

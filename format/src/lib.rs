@@ -9,5 +9,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
+pub mod compression;
 pub mod crc;
 mod varint;

@@ -113,8 +113,8 @@ pub enum ErrorCode {
     /// No such member in the group: its session ended (timeout, disconnect, restart). Join
     /// again.
     UnknownMember = 18,
-    /// A batch compressed with a codec the server does not decode yet (all of them, for now):
-    /// send uncompressed records.
+    /// A batch whose attributes name no compression codec (5 to 7; gzip, snappy, lz4 and
+    /// zstd are taken).
     CompressionUnsupported = 19,
     /// The partition, topic or group is offline: its files are damaged (the server's log names
     /// the file and byte); the rest of the server runs.

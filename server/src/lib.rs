@@ -18,7 +18,7 @@ mod connection;
 
 mod frames;
 mod handler;
-mod kafka;
+pub mod kafka;
 mod log_limit;
 pub mod logger;
 mod metrics;

@@ -139,9 +139,9 @@ impl WireError for DataError {
         match self {
             DataError::UnknownTopic(_) | DataError::TopicDeleted(_) => ErrorCode::UnknownTopic,
             DataError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
-            DataError::InvalidBatch(BatchError::Compressed { .. }) => {
-                ErrorCode::CompressionUnsupported
-            }
+            DataError::InvalidBatch(
+                BatchError::Compressed { .. } | BatchError::UndefinedCodec(_),
+            ) => ErrorCode::CompressionUnsupported,
             DataError::InvalidBatch(_) => ErrorCode::InvalidBatch,
             DataError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             DataError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

@@ -19,13 +19,13 @@ def hexed(b):
     return None if b is None else b.hex()
 
 
-def produce_kafka_python(bootstrap, topic, n):
+def produce_kafka_python(bootstrap, topic, n, codec=None):
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, 2, 1)])
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type=codec)
     futures = []
     for i in range(n):
         key, value, headers, ts = record(i)
@@ -41,13 +41,20 @@ def produce_kafka_python(bootstrap, topic, n):
     return {"acked": acked}
 
 
-def produce_confluent(bootstrap, topic, n):
+def produce_confluent(bootstrap, topic, n, codec="none"):
     from confluent_kafka import Producer
 
     # batch.size below the tests' keeld's max_batch_bytes (256 KiB), as a Kafka user sets it
     # below the broker's message.max.bytes.
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, "acks": "all", "batch.size": 200000}
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "acks": "all",
+            "batch.size": 200000,
+            "compression.type": codec,
+        }
     )
     acked, failed = [], []
 
@@ -211,7 +218,7 @@ def offsets(bootstrap, topic, partitions, ts):
 
 def main():
     command, bootstrap, topic = sys.argv[1:4]
-    rest = [int(a) for a in sys.argv[4:]]
+    rest = [int(a) if a.lstrip("-").isdigit() else a for a in sys.argv[4:]]
     result = {
         "produce-kafka-python": produce_kafka_python,
         "produce-confluent": produce_confluent,

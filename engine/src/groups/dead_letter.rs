@@ -43,7 +43,8 @@ pub fn copy_of(data: &[u8], origin: &Origin<'_>) -> Option<Vec<u8>> {
         if base > origin.offset || (b.last_offset() as u64) < origin.offset {
             continue;
         }
-        for r in b.records().flatten() {
+        let Ok(records) = b.decoded() else { continue };
+        for r in records.iter().flatten() {
             if base + r.offset_delta as u64 == origin.offset {
                 let at = b.base_timestamp() + r.timestamp_delta;
                 return Some(dead_letter_batch(at, &r, &headers));

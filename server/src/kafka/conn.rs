@@ -15,7 +15,7 @@ use super::KafkaContext;
 
 /// Why a connection was closed.
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub(super) enum ConnError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("a request frame of {0} bytes is outside the allowed 8 to {1} bytes")]
@@ -100,11 +100,23 @@ fn read_frame(stream: &mut TcpStream, ctx: &KafkaContext) -> Result<Option<Bytes
     Ok(Some(Bytes::from(body)))
 }
 
-/// Decodes one request and answers it; `None` for a request that gets no answer.
-fn answer(mut frame: Bytes, session: &mut Session) -> Result<Option<Answer>, ConnError> {
-    let key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+/// A request frame, decoded.
+pub(super) enum Decoded {
+    /// A request of a version served.
+    Request(Box<(RequestHeader, RequestKind)>),
+    /// An ApiVersions at a version too new to decode: answered at v0 (its correlation id).
+    ApiVersionsTooNew(i32),
+}
+
+/// Decodes a request frame (without its size prefix): header and body, for an API and
+/// version this listener serves.
+pub(super) fn decode(mut frame: Bytes) -> Result<Decoded, ConnError> {
+    let Some(head) = frame.first_chunk::<8>() else {
+        return Err(ConnError::FrameSize(frame.len() as i64, 8));
+    };
+    let key = i16::from_be_bytes([head[0], head[1]]);
+    let version = i16::from_be_bytes([head[2], head[3]]);
+    let correlation_id = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     let api = ApiKey::try_from(key).map_err(|()| ConnError::UnknownApi(key))?;
     let Some(served) = apis::served(api) else {
         return Err(ConnError::Unsupported(api, version));
@@ -114,7 +126,7 @@ fn answer(mut frame: Bytes, session: &mut Session) -> Result<Option<Answer>, Con
         // that the client can pick one; any other request at a version not served is a
         // client's bug, and the connection is closed.
         if api == ApiKey::ApiVersions {
-            return Ok(Some(apis::api_versions_unsupported(correlation_id)));
+            return Ok(Decoded::ApiVersionsTooNew(correlation_id));
         }
         return Err(ConnError::Unsupported(api, version));
     }
@@ -126,7 +138,20 @@ fn answer(mut frame: Bytes, session: &mut Session) -> Result<Option<Answer>, Con
             version,
             why: e.to_string(),
         })?;
-    Ok(apis::handle(session, &header, request))
+    Ok(Decoded::Request(Box::new((header, request))))
+}
+
+/// Decodes one request and answers it; `None` for a request that gets no answer.
+fn answer(frame: Bytes, session: &mut Session) -> Result<Option<Answer>, ConnError> {
+    match decode(frame)? {
+        Decoded::ApiVersionsTooNew(correlation_id) => {
+            Ok(Some(apis::api_versions_unsupported(correlation_id)))
+        }
+        Decoded::Request(request) => {
+            let (header, request) = *request;
+            Ok(apis::handle(session, &header, request))
+        }
+    }
 }
 
 /// Writes `answer` as a size-prefixed response frame.

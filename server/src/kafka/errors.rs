@@ -32,7 +32,10 @@ pub fn data_error(e: &DataError) -> i16 {
 /// The Kafka error code for a batch the engine refused.
 fn batch_error(e: &BatchError) -> i16 {
     match e {
-        BatchError::Compressed { .. } => K::UnsupportedCompressionType.code(),
+        BatchError::Compressed { .. } | BatchError::UndefinedCodec(_) => {
+            K::UnsupportedCompressionType.code()
+        }
+        BatchError::Decompress(_) => K::CorruptMessage.code(),
         BatchError::Crc { .. } => K::CorruptMessage.code(),
         BatchError::Magic(_) => K::UnsupportedForMessageFormat.code(),
         BatchError::Length { .. } | BatchError::RecordCount { .. } | BatchError::Record { .. } => {

@@ -44,6 +44,14 @@ pub(crate) struct KafkaContext {
     pub write_timeout: Duration,
 }
 
+/// Decodes a Kafka request frame (without its 4-byte size) as the listener does, and says why
+/// it cannot be served; for the fuzzer (`server/fuzz`), which checks that no input panics.
+pub fn decode_request(frame: &[u8]) -> Result<(), String> {
+    conn::decode(bytes::Bytes::copy_from_slice(frame))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Serves `stream`, a new Kafka connection (accepted by the server's main thread beside the
 /// native protocol's), on a thread of its own; refuses it past `max_connections`.
 pub(crate) fn serve(stream: TcpStream, ctx: &Arc<KafkaContext>) {
