@@ -23,6 +23,8 @@ mod child;
 mod consume_suite;
 mod engine_load;
 mod figures;
+#[cfg(feature = "kafka")]
+mod kafka_load;
 mod keeld_metrics;
 mod machine;
 mod net_load;
@@ -235,6 +237,25 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// keeld's Kafka listener driven by librdkafka beside Keel's own protocol and producer,
+    /// one workload, one run: producers sending one message per call, acks after durability,
+    /// then a drain of what they wrote. Needs the `kafka` feature (builds librdkafka).
+    Kafka {
+        /// keeld's address (its own protocol).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        server: String,
+        /// keeld's Kafka listener.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// Seconds of producing on each path.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[command(flatten)]
+        shape: server_suite::Shape,
+        /// Partitions (producer i writes partition i % partitions).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
     /// The peers (RabbitMQ quorum and classic queues, NATS JetStream) under Keel's produce
     /// workload and backlog drain; start them first with `bench/peers/setup.sh start DIR`.
     /// Needs the `peers` feature.
@@ -325,6 +346,20 @@ fn main() -> ExitCode {
                     .and_then(|f| json.map_or(Ok(()), |path| figures::write_json(&path, &f)))
             }
         }
+        #[cfg(feature = "kafka")]
+        Command::Kafka {
+            server,
+            kafka,
+            seconds,
+            shape,
+            partitions,
+        } => kafka_load::run(&server, &kafka, seconds, &shape, partitions).map(|_| ()),
+        #[cfg(not(feature = "kafka"))]
+        Command::Kafka { .. } => Err(
+            "keel-bench was built without librdkafka: cargo build --release -p keel-bench \
+             --features kafka"
+                .into(),
+        ),
         Command::Peers {
             addrs,
             publishers,

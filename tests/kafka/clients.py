@@ -216,6 +216,81 @@ def offsets(bootstrap, topic, partitions, ts):
     return out
 
 
+def produce_through_restarts(bootstrap, topic, n):
+    """An idempotent librdkafka producer sending records 0..n-1 (value: the number) at a steady
+    pace over two partitions while keeld is killed and restarted under it; retries until each is
+    acknowledged or two minutes pass."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "message.timeout.ms": 120000,
+            "retry.backoff.ms": 50,
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 500,
+        }
+    )
+    acked, failed = [], []
+
+    def report(err, msg):
+        if err is None:
+            acked.append(int(msg.value()))
+        else:
+            failed.append(str(err))
+
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(topic, value=b"%d" % i, partition=i % 2, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 20 == 19:
+            producer.poll(0.005)
+    left = producer.flush(130)
+    return {"acked": sorted(acked), "failed": failed[:5], "failed_count": len(failed), "unflushed": left}
+
+
+def configs(bootstrap, topic):
+    """DescribeConfigs, AlterConfigs and IncrementalAlterConfigs through librdkafka's admin."""
+    import warnings
+
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    out = {}
+    for kind, name, key in [(ResourceType.TOPIC, topic, "topic"), (ResourceType.BROKER, "0", "broker")]:
+        for res, f in admin.describe_configs([ConfigResource(kind, name)]).items():
+            out[key] = {k: v.value for k, v in f.result().items()}
+    for res, f in admin.describe_configs([ConfigResource(ResourceType.TOPIC, "no-such-topic")]).items():
+        try:
+            f.result()
+            out["unknown"] = "described"
+        except Exception as e:
+            out["unknown"] = e.args[0].name()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        altered = admin.alter_configs([ConfigResource(ResourceType.TOPIC, topic, set_config={"retention.ms": "1000"})])
+    for res, f in altered.items():
+        try:
+            f.result()
+            out["alter"] = "altered"
+        except Exception as e:
+            out["alter"] = e.args[0].name()
+    entry = ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)
+    for res, f in admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])]).items():
+        try:
+            f.result()
+            out["incremental"] = "altered"
+        except Exception as e:
+            out["incremental"] = e.args[0].name()
+    return out
+
+
 def main():
     command, bootstrap, topic = sys.argv[1:4]
     rest = [int(a) if a.lstrip("-").isdigit() else a for a in sys.argv[4:]]
@@ -228,6 +303,8 @@ def main():
         "group-resume": group_resume,
         "produce-spread": produce_spread,
         "offsets": offsets,
+        "produce-through-restarts": produce_through_restarts,
+        "configs": configs,
     }[command](bootstrap, topic, *rest)
     json.dump(result, sys.stdout)
 

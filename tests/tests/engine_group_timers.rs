@@ -51,18 +51,19 @@ fn ack_deadlines_nack_delays_and_sessions_end_on_the_shards_clocks() {
         .unwrap()
         .member;
 
-    // Ack deadline: taken, not acknowledged, delivered again once it passes.
+    // Ack deadline: taken, not acknowledged, delivered again once it passes. The clocks are
+    // read before each request: the engine's deadline counts from a moment after them.
+    let taken = Instant::now();
     let first = consume(&engine, "g", "t", a, 10, Duration::ZERO).unwrap();
     assert_eq!(first, vec![(0, 0, 1), (0, 1, 1), (0, 2, 1)]);
-    let taken = Instant::now();
     let again = consume_within(&engine, a, Duration::from_secs(10));
     assert!(taken.elapsed() >= ack_timeout, "not before its deadline");
     assert_eq!(again, vec![(0, 0, 2), (0, 1, 2), (0, 2, 2)]);
 
     // Nack delay: given back for 400 ms, then delivered again.
     ack(&engine, "g", "t", a, &[(0, 0), (0, 2)], false).unwrap();
-    nack(&engine, "g", "t", a, &[(0, 1)], Duration::from_millis(400)).unwrap();
     let nacked = Instant::now();
+    nack(&engine, "g", "t", a, &[(0, 1)], Duration::from_millis(400)).unwrap();
     let back = consume_within(&engine, a, Duration::from_secs(10));
     assert!(
         nacked.elapsed() >= Duration::from_millis(400),
@@ -77,11 +78,11 @@ fn ack_deadlines_nack_delays_and_sessions_end_on_the_shards_clocks() {
         .unwrap()
         .member;
     engine.append_wait("t", 0, one_record(b"for b")).unwrap();
+    let silent_from = Instant::now();
     assert_eq!(
         consume(&engine, "g", "t", b, 10, Duration::ZERO).unwrap(),
         vec![(0, 3, 1)]
     );
-    let silent_from = Instant::now();
     let moved = consume_within(&engine, a, Duration::from_secs(10));
     assert!(
         silent_from.elapsed() >= Duration::from_millis(300),

@@ -615,3 +615,90 @@ fn compressed_batches_of_every_codec_are_stored_as_sent_and_read_decoded() {
     let at = check_acked(&produced, 100);
     check_with_keel(&keeld, "zp", &at);
 }
+
+#[test]
+fn an_idempotent_producer_stores_every_record_exactly_once_across_kill_9_restarts() {
+    if !python_clients() {
+        return;
+    }
+    let dir = keel_tests::data_dir();
+    // A fixed Kafka port, so that the producer finds keeld again after each restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kafka = format!("127.0.0.1:{port}");
+    let flags = ["--kafka-listen", kafka.as_str()];
+    let mut keeld = Keeld::start(dir.path(), &flags);
+    keeld.client().create_topic("x", 2).unwrap();
+    let n = 20_000;
+    let script_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kafka/clients.py");
+    let args = ["produce-through-restarts", kafka.as_str(), "x", "20000"];
+    let producing = std::thread::spawn({
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        move || run(Command::new("python3").arg(script_path).args(args))
+    });
+    let mut restarts = 0;
+    while !producing.is_finished() && restarts < 4 {
+        std::thread::sleep(Duration::from_millis(700));
+        keeld.kill();
+        keeld = Keeld::start(dir.path(), &flags);
+        restarts += 1;
+    }
+    let out = producing.join().expect("the producer's script");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(num(&answer["failed_count"]), 0, "{}", answer["failed"]);
+    assert_eq!(num(&answer["unflushed"]), 0);
+    let acked = answer["acked"].as_array().unwrap().len();
+    assert_eq!(acked, n, "every record acknowledged");
+    assert!(
+        restarts >= 2,
+        "keeld was killed under the producer ({restarts} times)"
+    );
+
+    let client = keeld.client();
+    let mut seen = vec![0u32; n];
+    for p in 0..2 {
+        let mut last = None;
+        for m in fetch_all(&client, "x", p, 0, 1 << 20) {
+            let v: usize = std::str::from_utf8(m.value.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(v % 2, p as usize, "record {v} in its partition");
+            assert!(
+                last < Some(v),
+                "partition {p}: {v} after {last:?}: out of order"
+            );
+            last = Some(v);
+            seen[v] += 1;
+        }
+    }
+    let missing: Vec<usize> = (0..n).filter(|&i| seen[i] == 0).take(5).collect();
+    let doubled: Vec<usize> = (0..n).filter(|&i| seen[i] > 1).take(5).collect();
+    assert!(missing.is_empty(), "records lost: {missing:?}");
+    assert!(doubled.is_empty(), "records stored twice: {doubled:?}");
+    println!("{n} records, {restarts} kill -9 restarts: each stored exactly once, in order");
+}
+
+#[test]
+fn topic_settings_are_described_and_refused_changes_name_keelds_configuration() {
+    if !python_clients() {
+        return;
+    }
+    let dir = keel_tests::data_dir();
+    let keeld = Keeld::start(dir.path(), &[]);
+    keeld.client().create_topic("cfg", 1).unwrap();
+    let kafka = kafka_addr(&keeld);
+    let got = script(&keeld, &["configs", &kafka, "cfg"]);
+    // The tests' keeld: 1 MiB segments, 256 KiB batches (tests/src/keeld.rs).
+    assert_eq!(got["topic"]["segment.bytes"], "1048576", "{got}");
+    assert_eq!(got["topic"]["max.message.bytes"], "262144", "{got}");
+    assert_eq!(got["topic"]["cleanup.policy"], "delete");
+    assert_eq!(got["broker"]["message.max.bytes"], "262144");
+    assert_eq!(got["broker"]["auto.create.topics.enable"], "false");
+    assert_eq!(got["unknown"], "UNKNOWN_TOPIC_OR_PART");
+    assert_eq!(got["alter"], "INVALID_CONFIG");
+    assert_eq!(got["incremental"], "INVALID_CONFIG");
+}

@@ -32,6 +32,7 @@ use keel_engine::{
     Answer as EngineAnswer, CompletionQueue, DataError, Engine, ProducerIdentity, Ticket, Waker,
 };
 
+use super::configs;
 use super::coordinator::Coordinator;
 use super::errors::{admin_error, data_error};
 use super::group_apis;
@@ -85,6 +86,9 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// The versions of `api` served; `None` for an API not served.
@@ -251,6 +255,13 @@ pub fn handle(s: &mut Session, header: &RequestHeader, request: RequestKind) -> 
         }
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(group_apis::offset_fetch(s, &r)),
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(group_apis::list_groups(s, &r)),
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(configs::describe_configs(s, &r))
+        }
+        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter_configs(s, &r)),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(s, &r))
+        }
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(group_apis::describe_groups(s, &r))
         }

@@ -10,6 +10,7 @@
 //! the shards together (every partition of a produce at once), so they share group commits.
 
 mod apis;
+mod configs;
 mod conn;
 mod coordinator;
 mod errors;
