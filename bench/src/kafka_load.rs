@@ -17,6 +17,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::figures::{Figures, Percentiles};
 use crate::server_suite::{self, Shape};
 
+/// How long a producer waiting for room in its window polls for delivery reports at a time.
+const POLL_WAIT: Duration = Duration::from_micros(50);
+
 /// What every librdkafka producer of a run records.
 struct Deliveries {
     /// Send times are kept as nanoseconds after this, in each message's delivery opaque.
@@ -26,8 +29,10 @@ struct Deliveries {
     latencies_us: Mutex<Histogram<u64>>,
 }
 
+/// One producer's context: the run's records, and its own count of acknowledged messages
+/// (its window is counted against it).
 #[derive(Clone)]
-struct Counting(Arc<Deliveries>);
+struct Counting(Arc<Deliveries>, Arc<AtomicU64>);
 
 impl ClientContext for Counting {}
 
@@ -41,6 +46,7 @@ impl ProducerContext for Counting {
             return;
         }
         d.acked.fetch_add(1, Ordering::Relaxed);
+        self.1.fetch_add(1, Ordering::Relaxed);
         let now = d.base.elapsed().as_nanos() as u64;
         let us = now.saturating_sub(sent_ns as u64) / 1000;
         if let Ok(mut h) = d.latencies_us.lock() {
@@ -57,6 +63,7 @@ fn kafka_produce(
     seconds: f64,
     shape: &Shape,
     partitions: u32,
+    batch_bytes: usize,
 ) -> Result<Figures, String> {
     let deliveries = Arc::new(Deliveries {
         base: Instant::now(),
@@ -71,7 +78,7 @@ fn kafka_produce(
     let until = start + Duration::from_secs_f64(seconds);
     let threads: Vec<_> = (0..shape.producers)
         .map(|i| {
-            let ctx = Counting(Arc::clone(&deliveries));
+            let ctx = Counting(Arc::clone(&deliveries), Arc::new(AtomicU64::new(0)));
             let (kafka, topic, value) = (kafka.to_string(), topic.to_string(), value.clone());
             let window = shape.window;
             let partition = (i as u32 % partitions) as i32;
@@ -81,21 +88,32 @@ fn kafka_produce(
                     .set("bootstrap.servers", &kafka)
                     .set("acks", "all")
                     .set("enable.idempotence", idempotence.to_string())
+                    // Keel's producer's linger (Kafka's); the batch size is the caller's.
+                    .set("linger.ms", "5")
+                    .set("batch.size", batch_bytes.to_string())
                     .create_with_context(ctx.clone())
                     .map_err(|e| format!("librdkafka producer: {e}"))?;
+                // At most `window` sent and not yet acknowledged, as the delivery reports
+                // taken so far say (polled every 64 sends, or when the window is full).
+                let mut sent_count = 0u64;
                 while Instant::now() < until {
-                    if producer.in_flight_count() as usize >= window {
-                        producer.poll(Duration::from_millis(1));
+                    let acked = ctx.1.load(Ordering::Relaxed);
+                    if sent_count.saturating_sub(acked) >= window as u64 {
+                        // rdkafka's poll waits out its whole timeout: a short one.
+                        producer.poll(POLL_WAIT);
                         continue;
                     }
                     let sent = ctx.0.base.elapsed().as_nanos() as usize;
                     let record = BaseRecord::with_opaque_to(&topic, sent)
                         .partition(partition)
                         .payload(&value[..]);
-                    if producer.send::<[u8], [u8]>(record).is_err() {
-                        producer.poll(Duration::from_millis(1));
+                    match producer.send::<[u8], [u8]>(record) {
+                        Ok(()) => sent_count += 1,
+                        Err(_) => producer.poll(POLL_WAIT),
                     }
-                    producer.poll(Duration::ZERO);
+                    if sent_count.is_multiple_of(64) {
+                        producer.poll(Duration::ZERO);
+                    }
                 }
                 producer
                     .flush(Duration::from_secs(60))
@@ -186,12 +204,14 @@ fn native_drain(server: &str, topic: &str, partitions: u32, messages: u64) -> Re
 }
 
 /// The whole comparison; prints a table and returns (native, Kafka) produce figures.
+/// `batch_bytes` is librdkafka's `batch.size`.
 pub fn run(
     server: &str,
     kafka: &str,
     seconds: f64,
     shape: &Shape,
     partitions: u32,
+    batch_bytes: usize,
 ) -> Result<(Figures, Figures), String> {
     let run_id = std::process::id();
     let native_topic = format!("bench-native-{run_id}");
@@ -199,12 +219,19 @@ pub fn run(
     server_suite::create_topic(server, &kafka_topic, partitions)?;
     let native =
         server_suite::produce_once(server, &native_topic, seconds, shape, partitions, None, 0)?;
-    let over_kafka = kafka_produce(kafka, &kafka_topic, seconds, shape, partitions)?;
+    let over_kafka = kafka_produce(kafka, &kafka_topic, seconds, shape, partitions, batch_bytes)?;
     let native_drain = native_drain(server, &native_topic, partitions, native.messages)?;
     let kafka_drain = kafka_drain(kafka, &kafka_topic, partitions, over_kafka.messages)?;
+    // Each run's topics take their segments' space: gone with the run.
+    let client = crate::net_load::connect(server)?;
+    for topic in [&native_topic, &kafka_topic] {
+        client
+            .delete_topic(topic)
+            .map_err(|e| format!("delete topic {topic}: {e}"))?;
+    }
     println!(
         "\n{} producers x {} messages of {} B in flight, one per call, {partitions} partitions, \
-         acks after durability\n",
+         acks after durability; librdkafka batch.size {batch_bytes}\n",
         shape.producers, shape.window, shape.message_bytes
     );
     println!("| path | produce msg/s | produce→ack p50 / p99 µs | drain msg/s |");

@@ -255,6 +255,9 @@ enum Command {
         /// Partitions (producer i writes partition i % partitions).
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+        /// librdkafka's `batch.size` (its default is 1000000; Keel's producer batches 64 KiB).
+        #[arg(long, default_value_t = 1_000_000)]
+        kafka_batch_bytes: usize,
     },
     /// The peers (RabbitMQ quorum and classic queues, NATS JetStream) under Keel's produce
     /// workload and backlog drain; start them first with `bench/peers/setup.sh start DIR`.
@@ -353,7 +356,9 @@ fn main() -> ExitCode {
             seconds,
             shape,
             partitions,
-        } => kafka_load::run(&server, &kafka, seconds, &shape, partitions).map(|_| ()),
+            kafka_batch_bytes,
+        } => kafka_load::run(&server, &kafka, seconds, &shape, partitions, kafka_batch_bytes)
+            .map(|_| ()),
         #[cfg(not(feature = "kafka"))]
         Command::Kafka { .. } => Err(
             "keel-bench was built without librdkafka: cargo build --release -p keel-bench \

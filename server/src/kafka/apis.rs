@@ -2,52 +2,33 @@
 //! partition's batches at once, answered once durable), a fetch into reads (a long poll when
 //! nothing is there yet), and the metadata and admin requests into their engine calls.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, InitProducerIdRequest,
     InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseKind,
-    TopicName,
+    MetadataResponse, RequestHeader, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as K;
-use keel_engine::{
-    Answer as EngineAnswer, CompletionQueue, DataError, Engine, ProducerIdentity, Ticket, Waker,
-};
+use keel_engine::ProducerIdentity;
 
 use super::configs;
-use super::coordinator::Coordinator;
 use super::errors::{admin_error, data_error};
 use super::group_apis;
+use super::session::{Session, Waiter};
+use super::{fetch, produce};
 
 /// This server's broker id: Keel is one node.
 const NODE: i32 = 0;
-/// Requests of one connection waiting on the engine at once.
-const IN_FLIGHT_MAX: usize = 4096;
-/// Longest a request waits for the engine before its missing parts are answered as timed out
-/// (the engine answers every request; this bounds a wait on a stalled disk).
-const ENGINE_PATIENCE: Duration = Duration::from_secs(120);
-/// Longest long poll a fetch may ask for.
-const MAX_FETCH_WAIT: Duration = Duration::from_secs(60);
-/// Most record bytes one fetch answer carries, whatever the client asks.
-const FETCH_ANSWER_BYTES_MAX: usize = 32 << 20;
 /// ListOffsets' timestamps that name a position, not a time.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -99,85 +80,6 @@ pub fn served(api: ApiKey) -> Option<Served> {
         .map(|&(_, min, max)| Served { min, max })
 }
 
-/// One connection's state.
-pub struct Session {
-    /// The engine.
-    pub engine: Arc<Engine>,
-    /// The address the client reached: the one given to it as the broker's.
-    pub advertised: SocketAddr,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The classic consumer groups' membership.
-    pub coordinator: Arc<Coordinator>,
-    /// Where the engine answers this connection's appends and reads.
-    queue: Arc<CompletionQueue>,
-    next_tag: u64,
-    /// Answers arrived, not taken yet.
-    arrived: HashMap<u64, EngineAnswer>,
-    /// Long polls no longer waited for: their answers are dropped when they come.
-    abandoned: HashSet<u64>,
-}
-
-impl Session {
-    /// A connection's state.
-    pub fn new(
-        engine: Arc<Engine>,
-        coordinator: Arc<Coordinator>,
-        advertised: SocketAddr,
-        peer: SocketAddr,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
-            engine,
-            advertised,
-            peer,
-            coordinator,
-            queue: CompletionQueue::new(IN_FLIGHT_MAX, Arc::new(Waker::new()?)),
-            next_tag: 0,
-            arrived: HashMap::new(),
-            abandoned: HashSet::new(),
-        })
-    }
-
-    /// A ticket for one engine call, and its tag; waits for room among the calls in flight.
-    fn ticket(&mut self) -> Option<(u64, Ticket)> {
-        let deadline = Instant::now() + ENGINE_PATIENCE;
-        loop {
-            if let Some(place) = self.queue.reserve() {
-                self.next_tag += 1;
-                return Some((self.next_tag, place.ticket(self.next_tag)));
-            }
-            if !self.take_arrivals(deadline) {
-                return None;
-            }
-        }
-    }
-
-    /// Waits for answers until `deadline`; false if none came.
-    fn take_arrivals(&mut self, deadline: Instant) -> bool {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut got = Vec::new();
-        if self.queue.wait(&mut got, left) == 0 {
-            return false;
-        }
-        for c in got {
-            if !self.abandoned.remove(&c.tag) {
-                self.arrived.insert(c.tag, c.answer);
-            }
-        }
-        true
-    }
-
-    /// Waits until every call in `tags` is answered, or until `done` says enough is there,
-    /// or `deadline`.
-    fn wait_for(&mut self, tags: &[u64], deadline: Instant, done: impl Fn(&Self) -> bool) {
-        while !tags.iter().all(|t| self.arrived.contains_key(t)) && !done(self) {
-            if !self.take_arrivals(deadline) {
-                return;
-            }
-        }
-    }
-}
-
 /// An answer to one request.
 pub struct Answer {
     /// The request's API.
@@ -218,22 +120,64 @@ pub fn api_versions_unsupported(correlation_id: i32) -> Answer {
     }
 }
 
-/// Handles one request; `None` when it gets no answer (a produce with `acks=0`).
-pub fn handle(s: &mut Session, header: &RequestHeader, request: RequestKind) -> Option<Answer> {
+/// Which request an answer answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+impl Head {
+    fn answer(self, body: ResponseKind) -> Answer {
+        Answer {
+            api: self.api,
+            version: self.version,
+            correlation_id: self.correlation_id,
+            body,
+        }
+    }
+}
+
+/// A request handled by the reader, its answer ready or to come.
+pub enum Pending {
+    /// Answered already.
+    Ready(Box<Answer>),
+    /// A produce in the engine's hands.
+    Produce(Head, produce::Submitted),
+    /// A fetch, read on the writer in its turn.
+    Fetch(Head, Box<FetchRequest>),
+}
+
+/// The answer to a pending request, once it is there (on the writer); `None` for a produce
+/// with `acks=0`, which is answered with nothing.
+pub fn finish(s: &Session, w: &mut Waiter, pending: Pending) -> Option<Answer> {
+    match pending {
+        Pending::Ready(answer) => Some(*answer),
+        Pending::Produce(head, submitted) => {
+            let silent = submitted.silent;
+            let answer = produce::answer(w, submitted);
+            (!silent).then(|| head.answer(ResponseKind::Produce(answer)))
+        }
+        Pending::Fetch(head, r) => Some(head.answer(ResponseKind::Fetch(fetch::answer(s, w, *r)))),
+    }
+}
+
+/// Handles one request on the reader: answered at once, or handed on to the writer. `None`
+/// for a request that reached no handler (`served` lets none through).
+pub fn handle(s: &Session, header: &RequestHeader, request: RequestKind) -> Option<Pending> {
+    let head = Head {
+        api: ApiKey::try_from(header.request_api_key).ok()?,
+        version: header.request_api_version,
+        correlation_id: header.correlation_id,
+    };
     let body = match request {
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(ApiVersionsResponse::default().with_api_keys(api_keys()))
         }
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(s, r)),
-        RequestKind::Produce(r) => {
-            let acks = r.acks;
-            let answer = produce(s, r);
-            if acks == 0 {
-                return None;
-            }
-            ResponseKind::Produce(answer)
-        }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(s, r)),
+        RequestKind::Produce(r) => return Some(Pending::Produce(head, produce::submit(s, r))),
+        RequestKind::Fetch(r) => return Some(Pending::Fetch(head, Box::new(r))),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(s, r)),
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(s, r)),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(s, r)),
@@ -271,12 +215,7 @@ pub fn handle(s: &mut Session, header: &RequestHeader, request: RequestKind) -> 
             return None;
         }
     };
-    Some(Answer {
-        api: ApiKey::try_from(header.request_api_key).ok()?,
-        version: header.request_api_version,
-        correlation_id: header.correlation_id,
-        body,
-    })
+    Some(Pending::Ready(Box::new(head.answer(body))))
 }
 
 fn name(topic: &TopicName) -> &str {
@@ -327,268 +266,6 @@ fn metadata(s: &Session, r: MetadataRequest) -> MetadataResponse {
         .with_cluster_id(Some(StrBytes::from_static_str("keel")))
         .with_controller_id(BrokerId(NODE))
         .with_topics(topics)
-}
-
-/// Splits a produce's records into their RecordBatches; `None` if the lengths do not add up
-/// (the engine checks each batch itself).
-fn batches(mut records: Bytes) -> Option<Vec<Bytes>> {
-    let mut out = Vec::new();
-    while !records.is_empty() {
-        // Base offset (8 bytes), then the length of the rest.
-        let len = records.get(8..12)?;
-        let rest = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let whole = rest.checked_add(12)?;
-        if whole > records.len() {
-            return None;
-        }
-        out.push(records.split_to(whole));
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-fn produce(s: &mut Session, r: ProduceRequest) -> ProduceResponse {
-    let acks_ok = matches!(r.acks, -1..=1);
-    let engine = Arc::clone(&s.engine);
-    // Every partition's batches go to the shards before any answer is awaited: they share
-    // the shards' group commits.
-    let mut parts = Vec::new();
-    for topic in &r.topic_data {
-        for p in &topic.partition_data {
-            let index = p.index;
-            let fail = |code: i16| (index, Err(code));
-            let Ok(partition) = u32::try_from(p.index) else {
-                parts.push((name(&topic.name), fail(K::UnknownTopicOrPartition.code())));
-                continue;
-            };
-            if !acks_ok {
-                parts.push((name(&topic.name), fail(K::InvalidRequiredAcks.code())));
-                continue;
-            }
-            let Some(batches) = p.records.clone().and_then(batches) else {
-                parts.push((name(&topic.name), fail(K::CorruptMessage.code())));
-                continue;
-            };
-            let mut tags = Vec::new();
-            for batch in batches {
-                let Some((tag, ticket)) = s.ticket() else {
-                    break;
-                };
-                engine.append(name(&topic.name), partition, batch, ticket);
-                tags.push(tag);
-            }
-            parts.push((name(&topic.name), (index, Ok(tags))));
-        }
-    }
-    let all: Vec<u64> = parts
-        .iter()
-        .filter_map(|(_, (_, r))| r.as_ref().ok())
-        .flatten()
-        .copied()
-        .collect();
-    s.wait_for(&all, Instant::now() + ENGINE_PATIENCE, |_| false);
-    let mut responses: Vec<TopicProduceResponse> = Vec::new();
-    for (topic, (index, outcome)) in parts {
-        let answer = PartitionProduceResponse::default()
-            .with_index(index)
-            .with_log_append_time_ms(-1)
-            .with_log_start_offset(-1);
-        let answer = match outcome {
-            Err(code) => answer.with_error_code(code).with_base_offset(-1),
-            Ok(tags) => produced(s, topic, answer, &tags),
-        };
-        match responses.iter_mut().find(|t| name(&t.name) == topic) {
-            Some(t) => t.partition_responses.push(answer),
-            None => responses.push(
-                TopicProduceResponse::default()
-                    .with_name(topic_name(topic))
-                    .with_partition_responses(vec![answer]),
-            ),
-        }
-    }
-    ProduceResponse::default().with_responses(responses)
-}
-
-/// A partition's produce answer from its batches' appends: the first one's offset, or the
-/// first error.
-fn produced(
-    s: &mut Session,
-    topic: &str,
-    answer: PartitionProduceResponse,
-    tags: &[u64],
-) -> PartitionProduceResponse {
-    let mut base = None;
-    for tag in tags {
-        match s.arrived.remove(tag) {
-            Some(EngineAnswer::Appended(Ok(range))) => {
-                base.get_or_insert(range.first);
-            }
-            Some(EngineAnswer::Appended(Err(e))) => {
-                log::debug!("Kafka produce to {topic} refused: {e}");
-                return answer
-                    .with_error_code(data_error(&e))
-                    .with_error_message(Some(StrBytes::from_string(e.to_string())))
-                    .with_base_offset(-1);
-            }
-            Some(_) | None => {
-                s.abandoned.insert(*tag);
-                return answer
-                    .with_error_code(K::RequestTimedOut.code())
-                    .with_base_offset(-1);
-            }
-        }
-    }
-    match base {
-        Some(first) => answer.with_base_offset(first as i64),
-        // The ticket queue stayed full: nothing was sent.
-        None => answer
-            .with_error_code(K::RequestTimedOut.code())
-            .with_base_offset(-1),
-    }
-}
-
-/// One partition of a fetch, as it is answered.
-struct FetchedPartition {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    max_bytes: usize,
-    outcome: Result<keel_engine::ReadResult, DataError>,
-}
-
-fn fetch(s: &mut Session, r: FetchRequest) -> FetchResponse {
-    let wait = Duration::from_millis(u64::try_from(r.max_wait_ms).unwrap_or(0)).min(MAX_FETCH_WAIT);
-    let budget = usize::try_from(r.max_bytes)
-        .unwrap_or(0)
-        .clamp(1, FETCH_ANSWER_BYTES_MAX);
-    let mut parts: Vec<FetchedPartition> = Vec::new();
-    for t in &r.topics {
-        for p in &t.partitions {
-            parts.push(FetchedPartition {
-                topic: name(&t.topic).to_string(),
-                partition: p.partition,
-                offset: p.fetch_offset,
-                max_bytes: usize::try_from(p.partition_max_bytes)
-                    .unwrap_or(0)
-                    .clamp(1, budget),
-                outcome: Err(DataError::ShuttingDown),
-            });
-        }
-    }
-    read_all(s, &mut parts, None);
-    let found: usize = parts
-        .iter()
-        .filter_map(|p| p.outcome.as_ref().ok())
-        .map(|r| r.data.len())
-        .sum();
-    if found == 0 && !wait.is_zero() && r.min_bytes > 0 {
-        read_all(s, &mut parts, Some(Instant::now() + wait));
-    }
-    let mut used = 0usize;
-    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
-    for p in parts {
-        let mut answer = PartitionData::default()
-            .with_partition_index(p.partition)
-            .with_log_start_offset(-1)
-            .with_preferred_read_replica(BrokerId(-1))
-            .with_aborted_transactions(Some(Vec::new()));
-        match p.outcome {
-            Ok(read) => {
-                let hw = read.high_watermark as i64;
-                answer = answer.with_high_watermark(hw).with_last_stable_offset(hw);
-                // At least one partition's data, past the budget if need be (as Kafka does),
-                // so that a batch larger than the budget still moves the consumer on.
-                if !read.data.is_empty() && (used == 0 || used + read.data.len() <= budget) {
-                    used += read.data.len();
-                    answer = answer.with_records(Some(Bytes::from(read.data)));
-                } else {
-                    answer = answer.with_records(Some(Bytes::new()));
-                }
-            }
-            Err(e) => {
-                answer = answer
-                    .with_error_code(data_error(&e))
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_records(Some(Bytes::new()));
-            }
-        }
-        match responses.iter_mut().find(|t| name(&t.topic) == p.topic) {
-            Some(t) => t.partitions.push(answer),
-            None => responses.push(
-                FetchableTopicResponse::default()
-                    .with_topic(topic_name(&p.topic))
-                    .with_partitions(vec![answer]),
-            ),
-        }
-    }
-    FetchResponse::default().with_responses(responses)
-}
-
-/// Reads every partition of `parts` that has nothing yet, at once: without waiting, or, with
-/// `until`, as a long poll that ends as soon as one of them brings data (the others are
-/// abandoned: the engine answers them at `until`, and their answers are dropped).
-fn read_all(s: &mut Session, parts: &mut [FetchedPartition], until: Option<Instant>) {
-    let engine = Arc::clone(&s.engine);
-    let mut tags = Vec::new();
-    for (i, p) in parts.iter().enumerate() {
-        let has_data = matches!(&p.outcome, Ok(r) if !r.data.is_empty());
-        let failed = until.is_some() && p.outcome.is_err();
-        if has_data || failed {
-            continue;
-        }
-        let (Ok(partition), Ok(from)) = (u32::try_from(p.partition), u64::try_from(p.offset))
-        else {
-            continue;
-        };
-        let Some((tag, ticket)) = s.ticket() else {
-            break;
-        };
-        match until {
-            None => engine.read(&p.topic, partition, from, p.max_bytes, ticket),
-            Some(until) => {
-                engine.read_waiting(&p.topic, partition, from, p.max_bytes, until, ticket);
-            }
-        }
-        tags.push((i, tag));
-    }
-    let all: Vec<u64> = tags.iter().map(|(_, t)| *t).collect();
-    let deadline = until.unwrap_or_else(Instant::now) + ENGINE_PATIENCE;
-    let any_data = |s: &Session| {
-        until.is_some()
-            && all.iter().any(|t| {
-                matches!(s.arrived.get(t), Some(EngineAnswer::Read(Ok(r))) if !r.data.is_empty())
-            })
-    };
-    s.wait_for(&all, deadline, any_data);
-    for (i, tag) in tags {
-        match s.arrived.remove(&tag) {
-            Some(EngineAnswer::Read(outcome)) => {
-                // A long poll that found nothing keeps the first look's answer.
-                let empty = matches!(&outcome, Ok(r) if r.data.is_empty());
-                if until.is_none() || !empty {
-                    parts[i].outcome = outcome;
-                }
-            }
-            Some(_) | None => {
-                s.abandoned.insert(tag);
-            }
-        }
-    }
-    // Bad partition numbers and offsets never reached the engine.
-    for p in parts.iter_mut() {
-        if u32::try_from(p.partition).is_err() {
-            p.outcome = Err(DataError::UnknownPartition {
-                topic: p.topic.clone(),
-                partition: u32::MAX,
-            });
-        } else if p.offset < 0 {
-            p.outcome = Err(DataError::OffsetOutOfRange {
-                offset: 0,
-                start: 0,
-                end: 0,
-            });
-        }
-    }
 }
 
 fn list_offsets(s: &Session, r: ListOffsetsRequest) -> ListOffsetsResponse {

@@ -15,8 +15,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as K;
 use keel_engine::EngineConfig;
 
-use super::apis::Session;
 use super::errors::data_error;
+use super::session::Session;
 
 /// Kafka's resource types.
 const TOPIC: i8 = 2;

@@ -1,16 +1,21 @@
-//! One Kafka connection: size-prefixed request frames read one at a time, each answered in
-//! order before the next is read (Kafka's clients match answers to requests by order as well
-//! as by correlation id).
+//! One Kafka connection, on two threads: the reader reads size-prefixed request frames,
+//! decodes them and hands their work to the engine at once (a producer's pipelined requests
+//! then share group commits); the writer answers them strictly in request order (Kafka's
+//! clients match answers to requests by order as well as by correlation id). At most
+//! [`PIPELINE_DEPTH`] requests wait between the two; past it the reader stops reading.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::apis::{self, Answer, Session};
+use super::apis::{self, Answer, Pending};
+use super::session::{Session, Waiter};
 use super::KafkaContext;
 
 /// Why a connection was closed.
@@ -34,23 +39,39 @@ pub(super) enum ConnError {
     Unsupported(ApiKey, i16),
 }
 
-/// Registers `stream` and serves it on a thread of its own.
+/// Requests read and not yet answered, at most, per connection.
+const PIPELINE_DEPTH: usize = 16;
+
+/// Registers `stream` and serves it on two threads of its own.
 pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()> {
     let peer = stream.peer_addr()?;
     let local = stream.local_addr()?;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(ctx.write_timeout))?;
+    let session = Arc::new(Session::new(
+        Arc::clone(&ctx.engine),
+        Arc::clone(&ctx.coordinator),
+        local,
+        peer,
+    )?);
+    let writer_stream = stream.try_clone()?;
     let (_, reader_done, writer_done) = ctx.registry.register(&stream)?;
+    let (tx, rx) = bounded::<Pending>(PIPELINE_DEPTH);
+    let writer_session = Arc::clone(&session);
+    std::thread::Builder::new()
+        .name(format!("keel-kafka-w-{peer}"))
+        .spawn(move || {
+            if let Err(e) = write_answers(writer_stream, &writer_session, &rx) {
+                log::debug!("{peer}: Kafka answers not written: {e}");
+            }
+            drop(writer_done);
+        })?;
     let ctx = Arc::clone(ctx);
     std::thread::Builder::new()
         .name(format!("keel-kafka-{peer}"))
         .spawn(move || {
             log::debug!("{peer}: Kafka client connected");
-            let coordinator = Arc::clone(&ctx.coordinator);
-            let served = Session::new(Arc::clone(&ctx.engine), coordinator, local, peer)
-                .map_err(ConnError::from)
-                .and_then(|session| serve(stream, &ctx, session));
-            match served {
+            match read_requests(stream, &ctx, &session, &tx) {
                 Ok(()) => log::debug!("{peer}: Kafka client disconnected"),
                 // Clients close with a reset often enough: not worth a warning.
                 Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
@@ -58,25 +79,66 @@ pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()
                 }
                 Err(e) => log::warn!("{peer}: Kafka connection closed: {e}"),
             }
+            // The writer answers what was read, then closes the connection.
+            drop(tx);
             drop(reader_done);
-            drop(writer_done);
         })?;
     Ok(())
 }
 
-fn serve(mut stream: TcpStream, ctx: &KafkaContext, mut session: Session) -> Result<(), ConnError> {
-    let mut out = BytesMut::new();
+/// The reader: requests handled and handed to the writer, until the client closes or sends
+/// something that cannot be served.
+fn read_requests(
+    mut stream: TcpStream,
+    ctx: &KafkaContext,
+    session: &Session,
+    tx: &Sender<Pending>,
+) -> Result<(), ConnError> {
     loop {
         let Some(frame) = read_frame(&mut stream, ctx)? else {
             return Ok(());
         };
-        let Some(answer) = answer(frame, &mut session)? else {
-            continue; // acks=0: no answer at all.
+        let pending = match decode(frame)? {
+            Decoded::ApiVersionsTooNew(correlation_id) => {
+                Pending::Ready(Box::new(apis::api_versions_unsupported(correlation_id)))
+            }
+            Decoded::Request(request) => {
+                let (header, request) = *request;
+                match apis::handle(session, &header, request) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
         };
-        out.clear();
-        encode(&answer, &mut out)?;
-        stream.write_all(&out)?;
+        if tx.send(pending).is_err() {
+            // The writer stopped (the client stopped reading): nothing more is answered.
+            return Ok(());
+        }
     }
+}
+
+/// The writer: each request's answer in turn, once it is there, until the reader is done and
+/// everything it read is answered; then the connection is closed.
+fn write_answers(
+    mut stream: TcpStream,
+    session: &Session,
+    rx: &Receiver<Pending>,
+) -> Result<(), ConnError> {
+    let mut waiter = Waiter::new(session);
+    let mut out = BytesMut::new();
+    let written = (|| {
+        for pending in rx {
+            let Some(answer) = apis::finish(session, &mut waiter, pending) else {
+                continue; // acks=0: no answer at all.
+            };
+            out.clear();
+            encode(&answer, &mut out)?;
+            stream.write_all(&out)?;
+        }
+        Ok(())
+    })();
+    let _ = stream.shutdown(Shutdown::Both);
+    written
 }
 
 /// The next request frame; `None` when the client closed the connection between requests.
@@ -139,19 +201,6 @@ pub(super) fn decode(mut frame: Bytes) -> Result<Decoded, ConnError> {
             why: e.to_string(),
         })?;
     Ok(Decoded::Request(Box::new((header, request))))
-}
-
-/// Decodes one request and answers it; `None` for a request that gets no answer.
-fn answer(frame: Bytes, session: &mut Session) -> Result<Option<Answer>, ConnError> {
-    match decode(frame)? {
-        Decoded::ApiVersionsTooNew(correlation_id) => {
-            Ok(Some(apis::api_versions_unsupported(correlation_id)))
-        }
-        Decoded::Request(request) => {
-            let (header, request) = *request;
-            Ok(apis::handle(session, &header, request))
-        }
-    }
 }
 
 /// Writes `answer` as a size-prefixed response frame.

@@ -27,9 +27,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as K;
 use keel_engine::CommittedOffset;
 
-use super::apis::Session;
 use super::coordinator::{Join, Phase};
 use super::errors::admin_error;
+use super::session::Session;
 
 fn text(s: &StrBytes) -> String {
     s.to_string()

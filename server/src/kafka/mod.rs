@@ -14,7 +14,10 @@ mod configs;
 mod conn;
 mod coordinator;
 mod errors;
+mod fetch;
 mod group_apis;
+mod produce;
+mod session;
 
 use std::net::TcpStream;
 use std::sync::Arc;
