@@ -275,6 +275,7 @@ impl Server {
                     coordinator: Arc::default(),
                     registry: Arc::clone(&registry),
                     max_frame_bytes: cfg.max_frame_bytes,
+                    connection_inflight_bytes: cfg.connection_inflight_bytes,
                     max_connections: cfg.max_connections,
                     idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
                     frame_read_timeout: Duration::from_millis(cfg.frame_read_timeout_ms),

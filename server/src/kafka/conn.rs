@@ -2,7 +2,8 @@
 //! decodes them and hands their work to the engine at once (a producer's pipelined requests
 //! then share group commits); the writer answers them strictly in request order (Kafka's
 //! clients match answers to requests by order as well as by correlation id). At most
-//! [`PIPELINE_DEPTH`] requests wait between the two; past it the reader stops reading.
+//! [`PIPELINE_DEPTH`] requests, and `connection_inflight_bytes` of them, wait between the two;
+//! past either the reader stops reading.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -17,6 +18,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use super::apis::{self, Answer, Pending};
 use super::session::{Session, Waiter};
 use super::KafkaContext;
+use crate::budget::{BudgetHold, ByteBudget};
 
 /// Why a connection was closed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub(super) enum ConnError {
 
 /// Requests read and not yet answered, at most, per connection.
 const PIPELINE_DEPTH: usize = 16;
+/// Bytes of a request body allocated before any of it has come.
+const FIRST_READ_BYTES: usize = 64 << 10;
 
 /// Registers `stream` and serves it on two threads of its own.
 pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()> {
@@ -56,7 +60,8 @@ pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()
     )?);
     let writer_stream = stream.try_clone()?;
     let (_, reader_done, writer_done) = ctx.registry.register(&stream)?;
-    let (tx, rx) = bounded::<Pending>(PIPELINE_DEPTH);
+    let (tx, rx) = bounded::<(Pending, BudgetHold)>(PIPELINE_DEPTH);
+    let budget = ByteBudget::new(ctx.connection_inflight_bytes);
     let writer_session = Arc::clone(&session);
     std::thread::Builder::new()
         .name(format!("keel-kafka-w-{peer}"))
@@ -71,7 +76,7 @@ pub(super) fn spawn(stream: TcpStream, ctx: &Arc<KafkaContext>) -> io::Result<()
         .name(format!("keel-kafka-{peer}"))
         .spawn(move || {
             log::debug!("{peer}: Kafka client connected");
-            match read_requests(stream, &ctx, &session, &tx) {
+            match read_requests(stream, &ctx, &session, &budget, &tx) {
                 Ok(()) => log::debug!("{peer}: Kafka client disconnected"),
                 // Clients close with a reset often enough: not worth a warning.
                 Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
@@ -92,10 +97,11 @@ fn read_requests(
     mut stream: TcpStream,
     ctx: &KafkaContext,
     session: &Session,
-    tx: &Sender<Pending>,
+    budget: &Arc<ByteBudget>,
+    tx: &Sender<(Pending, BudgetHold)>,
 ) -> Result<(), ConnError> {
     loop {
-        let Some(frame) = read_frame(&mut stream, ctx)? else {
+        let Some((frame, hold)) = read_frame(&mut stream, ctx, budget)? else {
             return Ok(());
         };
         let pending = match decode(frame)? {
@@ -110,7 +116,7 @@ fn read_requests(
                 }
             }
         };
-        if tx.send(pending).is_err() {
+        if tx.send((pending, hold)).is_err() {
             // The writer stopped (the client stopped reading): nothing more is answered.
             return Ok(());
         }
@@ -122,12 +128,13 @@ fn read_requests(
 fn write_answers(
     mut stream: TcpStream,
     session: &Session,
-    rx: &Receiver<Pending>,
+    rx: &Receiver<(Pending, BudgetHold)>,
 ) -> Result<(), ConnError> {
     let mut waiter = Waiter::new(session);
     let mut out = BytesMut::new();
     let written = (|| {
-        for pending in rx {
+        // The request's bytes go back to the budget once it is answered.
+        for (pending, _hold) in rx {
             let Some(answer) = apis::finish(session, &mut waiter, pending) else {
                 continue; // acks=0: no answer at all.
             };
@@ -141,8 +148,14 @@ fn write_answers(
     written
 }
 
-/// The next request frame; `None` when the client closed the connection between requests.
-fn read_frame(stream: &mut TcpStream, ctx: &KafkaContext) -> Result<Option<Bytes>, ConnError> {
+/// The next request frame and the budget it holds; `None` when the client closed the
+/// connection between requests. The frame's bytes are taken from `budget` before its body is
+/// read, so a connection past its budget is not read further until answers go out.
+fn read_frame(
+    stream: &mut TcpStream,
+    ctx: &KafkaContext,
+    budget: &Arc<ByteBudget>,
+) -> Result<Option<(Bytes, BudgetHold)>, ConnError> {
     stream.set_read_timeout(Some(ctx.idle_timeout))?;
     let mut size = [0u8; 4];
     match stream.read(&mut size[..1]) {
@@ -157,9 +170,22 @@ fn read_frame(stream: &mut TcpStream, ctx: &KafkaContext) -> Result<Option<Bytes
     if len < 8 || len as u32 > ctx.max_frame_bytes {
         return Err(ConnError::FrameSize(i64::from(len), ctx.max_frame_bytes));
     }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body)?;
-    Ok(Some(Bytes::from(body)))
+    let len = len as usize;
+    let hold = budget.acquire(len);
+    // Grown as the bytes come: a client that announces a large frame and sends little holds
+    // little.
+    let mut body = Vec::with_capacity(len.min(FIRST_READ_BYTES));
+    (&mut *stream).take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Err(ConnError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the connection closed {} bytes into a {len}-byte request",
+                body.len()
+            ),
+        )));
+    }
+    Ok(Some((Bytes::from(body), hold)))
 }
 
 /// A request frame, decoded.

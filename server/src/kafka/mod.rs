@@ -38,6 +38,9 @@ pub(crate) struct KafkaContext {
     pub registry: Arc<Registry>,
     /// Largest request accepted.
     pub max_frame_bytes: u32,
+    /// Request bytes one connection may have read and not yet answered; past it the reader
+    /// waits, and the client's sends slow down.
+    pub connection_inflight_bytes: usize,
     /// Connections served at once, both protocols together.
     pub max_connections: usize,
     /// A connection sending nothing for this long is closed.
