@@ -11,13 +11,13 @@ use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::figures::{Figures, Percentiles};
 use crate::server_suite::{self, Shape};
 
-/// How long a producer waiting for room in its window polls for delivery reports at a time.
+/// How long a producer waits for room in its window before it looks again.
 const POLL_WAIT: Duration = Duration::from_micros(50);
 
 /// What every librdkafka producer of a run records.
@@ -84,7 +84,8 @@ fn kafka_produce(
             let partition = (i as u32 % partitions) as i32;
             let idempotence = !shape.no_idempotence;
             std::thread::spawn(move || -> Result<(), String> {
-                let producer: BaseProducer<Counting> = ClientConfig::new()
+                // librdkafka's delivery reports are taken by rdkafka's own polling thread.
+                let producer: ThreadedProducer<Counting> = ClientConfig::new()
                     .set("bootstrap.servers", &kafka)
                     .set("acks", "all")
                     .set("enable.idempotence", idempotence.to_string())
@@ -99,8 +100,7 @@ fn kafka_produce(
                 while Instant::now() < until {
                     let acked = ctx.1.load(Ordering::Relaxed);
                     if sent_count.saturating_sub(acked) >= window as u64 {
-                        // rdkafka's poll waits out its whole timeout: a short one.
-                        producer.poll(POLL_WAIT);
+                        std::thread::sleep(POLL_WAIT);
                         continue;
                     }
                     let sent = ctx.0.base.elapsed().as_nanos() as usize;
@@ -109,10 +109,7 @@ fn kafka_produce(
                         .payload(&value[..]);
                     match producer.send::<[u8], [u8]>(record) {
                         Ok(()) => sent_count += 1,
-                        Err(_) => producer.poll(POLL_WAIT),
-                    }
-                    if sent_count.is_multiple_of(64) {
-                        producer.poll(Duration::ZERO);
+                        Err(_) => std::thread::sleep(POLL_WAIT),
                     }
                 }
                 producer
