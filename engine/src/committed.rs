@@ -66,20 +66,16 @@ impl Committed {
     ) -> Result<(), AdminError> {
         // Maps changed by whole insertions: consistent after a panic.
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if !groups.contains_key(group) {
-            if groups.len() >= GROUPS_MAX {
+        let mut next = match groups.get(group) {
+            Some(current) => current.clone(),
+            None if groups.len() >= GROUPS_MAX => {
                 return Err(AdminError::TooMany {
                     what: "consumer groups with committed offsets",
                     max: GROUPS_MAX,
-                });
+                })
             }
-            let read = self.read(files, group)?;
-            groups.insert(group.to_string(), read);
-        }
-        let Some(current) = groups.get(group) else {
-            return Err(AdminError::ShuttingDown);
+            None => self.read(files, group)?,
         };
-        let mut next = current.clone();
         for (topic, partition, c) in offsets {
             if c.metadata.len() > METADATA_BYTES_MAX {
                 return Err(AdminError::TooMany {

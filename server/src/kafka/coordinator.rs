@@ -30,9 +30,10 @@ const SESSION_MAX: Duration = Duration::from_secs(30 * 60);
 const REBALANCE_MAX: Duration = Duration::from_secs(5 * 60);
 
 /// Where a group is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
     /// No members.
+    #[default]
     Empty,
     /// Waiting for its members to join again.
     PreparingRebalance,
@@ -116,7 +117,7 @@ struct Member {
 
 #[derive(Default)]
 struct Group {
-    phase: Option<Phase>,
+    phase: Phase,
     generation: i32,
     protocol_type: String,
     protocol: String,
@@ -126,12 +127,8 @@ struct Group {
 }
 
 impl Group {
-    fn phase(&self) -> Phase {
-        self.phase.unwrap_or(Phase::Empty)
-    }
-
     fn start_rebalance(&mut self, now: Instant) {
-        if self.phase() == Phase::PreparingRebalance {
+        if self.phase == Phase::PreparingRebalance {
             return;
         }
         let longest = self
@@ -140,7 +137,7 @@ impl Group {
             .map(|m| m.rebalance_timeout)
             .max()
             .unwrap_or_default();
-        self.phase = Some(Phase::PreparingRebalance);
+        self.phase = Phase::PreparingRebalance;
         self.rebalance_deadline = Some(now + longest);
         for m in self.members.values_mut() {
             m.joined = false;
@@ -161,7 +158,7 @@ impl Group {
 
     fn after_departure(&mut self, now: Instant) {
         if self.members.is_empty() {
-            self.phase = Some(Phase::Empty);
+            self.phase = Phase::Empty;
             self.leader.clear();
             self.rebalance_deadline = None;
         } else {
@@ -171,7 +168,7 @@ impl Group {
 
     /// Completes the rebalance under way if every member joined or its deadline passed.
     fn try_complete(&mut self, now: Instant) -> bool {
-        if self.phase() != Phase::PreparingRebalance {
+        if self.phase != Phase::PreparingRebalance {
             return false;
         }
         let all = self.members.values().all(|m| m.joined);
@@ -233,7 +230,7 @@ impl Group {
                 },
             });
         }
-        self.phase = Some(Phase::CompletingRebalance);
+        self.phase = Phase::CompletingRebalance;
         self.rebalance_deadline = None;
         true
     }
@@ -362,20 +359,20 @@ impl Coordinator {
         if let Some(e) = g.check(member, generation) {
             return Err(e);
         }
-        if g.phase() == Phase::PreparingRebalance {
+        if g.phase == Phase::PreparingRebalance {
             return Err(K::RebalanceInProgress.code());
         }
         let session = g.members.get(member).map(|m| m.session_timeout);
         if let Some(m) = g.members.get_mut(member) {
             m.last_heard = now;
         }
-        if g.leader == member && g.phase() == Phase::CompletingRebalance {
+        if g.leader == member && g.phase == Phase::CompletingRebalance {
             for (id, assignment) in assignments {
                 if let Some(m) = g.members.get_mut(&id) {
                     m.assignment = assignment;
                 }
             }
-            g.phase = Some(Phase::Stable);
+            g.phase = Phase::Stable;
             self.changed.notify_all();
         }
         let deadline = now + session.unwrap_or(SESSION_MIN);
@@ -386,7 +383,7 @@ impl Coordinator {
             if let Some(e) = g.check(member, generation) {
                 return Err(e);
             }
-            match g.phase() {
+            match g.phase {
                 Phase::Stable => {
                     return Ok(g
                         .members
@@ -415,7 +412,7 @@ impl Coordinator {
         if let Some(m) = g.members.get_mut(member) {
             m.last_heard = now;
         }
-        match g.phase() {
+        match g.phase {
             Phase::PreparingRebalance => K::RebalanceInProgress.code(),
             _ => 0,
         }
@@ -461,7 +458,7 @@ impl Coordinator {
         if let Some(m) = g.members.get_mut(member) {
             m.last_heard = now;
         }
-        (g.phase() == Phase::PreparingRebalance).then(|| K::RebalanceInProgress.code())
+        (g.phase == Phase::PreparingRebalance).then(|| K::RebalanceInProgress.code())
     }
 
     /// A group's state, if the coordinator holds it.
@@ -470,7 +467,7 @@ impl Coordinator {
         let g = groups.get_mut(group)?;
         g.expire(Instant::now());
         Some(GroupView {
-            phase: g.phase(),
+            phase: g.phase,
             protocol_type: g.protocol_type.clone(),
             protocol: g.protocol.clone(),
             members: g
@@ -496,7 +493,7 @@ impl Coordinator {
     pub fn list(&self) -> Vec<(String, Phase, String)> {
         self.groups()
             .iter()
-            .map(|(name, g)| (name.clone(), g.phase(), g.protocol_type.clone()))
+            .map(|(name, g)| (name.clone(), g.phase, g.protocol_type.clone()))
             .collect()
     }
 
